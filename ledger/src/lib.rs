@@ -1,0 +1,16 @@
+//! tokenledger's domain model, shared by the gateway and the processor.
+//!
+//! Layout:
+//! - [`event`]: the usage event, its validation rules and its wire form on
+//!   the HTTP API and on Kafka.
+//! - [`pricebook`]: per-million-token prices with effective dates, and the
+//!   cost of one event.
+//!
+//! Nothing here performs I/O; every rule is a pure function so it can be
+//! tested exhaustively (see the proptest suites in each module).
+
+pub mod event;
+pub mod pricebook;
+
+pub use event::{BatchError, EventError, FieldError, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
+pub use pricebook::{Cost, Price, PriceBook, PriceBookError, PricingStatus};
