@@ -1,1 +1,172 @@
-fn main() {}
+//! The `gateway` binary: parse arguments, load configuration, set up
+//! logging, build the producer and serve until told to stop.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use gateway::app::{AppState, Settings};
+use gateway::auth::{hash_key, KeyRing};
+use gateway::config::{Config, ENV_CONFIG_FILE, ENV_LOG_FILTER};
+use gateway::kafka::KafkaAppender;
+use gateway::server::{serve, Drained};
+use gateway::shutdown::spawn_signal_handler;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// tokenledger's HTTP gateway: authenticates usage events, validates them
+/// and appends them to Kafka, answering 202 only once Kafka acknowledged.
+///
+/// Configuration is layered: built-in defaults, then the TOML file given
+/// with --config (or TOKENLEDGER_CONFIG), then environment variables such
+/// as TOKENLEDGER_KAFKA__BROKERS=host:9092 (prefix TOKENLEDGER_, `__`
+/// between section and key). Logging is filtered by TOKENLEDGER_LOG
+/// (default "info").
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, value_name = "PATH", env = ENV_CONFIG_FILE, global = true)]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read an API key from stdin and print its SHA-256 hex, the value to
+    /// put in `auth.keys[].sha256`.
+    HashKey,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::HashKey) = cli.command {
+        return print_key_hash();
+    }
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    if cli.print_config {
+        print!("{}", config.to_redacted_toml()?);
+        return Ok(());
+    }
+    init_logging(cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let drained = runtime.block_on(run(config))?;
+    // Blocking tasks (a metadata fetch, a flush) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match drained {
+        Drained::Completely => Ok(()),
+        Drained::TimedOut => {
+            bail!("shutdown timed out before every request was answered and every record flushed")
+        }
+    }
+}
+
+fn print_key_hash() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the key from stdin")?;
+    // `echo KEY | gateway hash-key` adds a newline that is not part of the key.
+    let key = input.strip_suffix('\n').unwrap_or(&input);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    if key.is_empty() {
+        bail!("no key on stdin");
+    }
+    if key.chars().count() < 16 {
+        eprintln!("warning: keys shorter than 16 characters are easy to guess");
+    }
+    println!("{}", hash_key(key));
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env(ENV_LOG_FILTER)
+        .or_else(|_| EnvFilter::try_new("info"))
+        .context("parsing TOKENLEDGER_LOG")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|error| anyhow::anyhow!("installing the log subscriber: {error}"))
+}
+
+async fn run(config: Config) -> anyhow::Result<Drained> {
+    let keys = KeyRing::from_config(&config.auth).context("loading API keys")?;
+    if keys.is_enabled() {
+        tracing::info!(keys = keys.len(), "authentication enabled");
+    } else {
+        tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events");
+    }
+    let appender =
+        Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
+    let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
+
+    spawn_signal_handler(state.shutdown.clone())?;
+    let fatal_watch_token = state.shutdown.clone();
+    let fatal_watch_appender = appender.clone();
+    tokio::spawn(async move {
+        // librdkafka reports a fatal idempotence error once; the process
+        // cannot recover from it, so stop and let the supervisor restart us.
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = fatal_watch_token.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if fatal_watch_appender.has_fatal_error() {
+                tracing::error!("kafka producer is unusable after a fatal error; shutting down");
+                fatal_watch_token.cancel();
+                return;
+            }
+        }
+    });
+
+    let api_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let admin_listener = TcpListener::bind(config.http.admin_listen)
+        .await
+        .with_context(|| format!("binding http.admin_listen {}", config.http.admin_listen))?;
+    tracing::info!(
+        listen = %api_listener.local_addr()?,
+        admin_listen = %admin_listener.local_addr()?,
+        brokers = %config.kafka.brokers,
+        topic = %config.kafka.topic,
+        "gateway listening"
+    );
+    let drained = serve(
+        api_listener,
+        admin_listener,
+        state,
+        config.http.shutdown_timeout(),
+    )
+    .await?;
+    if appender.has_fatal_error() {
+        bail!("stopped after a fatal Kafka producer error");
+    }
+    tracing::info!(?drained, "gateway stopped");
+    Ok(drained)
+}

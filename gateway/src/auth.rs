@@ -1,0 +1,377 @@
+//! API-key authentication: the key ring built from configuration, and the
+//! [`Authenticated`] extractor every protected handler takes.
+//!
+//! Only SHA-256 hashes of keys are configured. A presented key is hashed and
+//! compared with every configured hash in constant time, so neither the
+//! comparison nor the position of the match leaks through timing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, KeyConfig, KeysFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing or unknown API key")]
+    Unauthenticated,
+    #[error("cannot read auth.keys_file {path}")]
+    KeysFileUnreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth.keys_file {path} is not a valid keys file")]
+    KeysFileInvalid {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("API key #{position} ({origin}): {problem}")]
+    InvalidKey {
+        position: usize,
+        origin: &'static str,
+        problem: String,
+    },
+    #[error("authentication is enabled but no API keys are configured (set auth.keys or auth.keys_file, or auth.enabled = false)")]
+    NoKeys,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        // Configuration errors never reach a request; anything else is a
+        // refused key, and saying which part failed would help an attacker.
+        (
+            StatusCode::UNAUTHORIZED,
+            [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            Json(json!({
+                "error": "unauthorized",
+                "message": "missing or unknown API key (send Authorization: Bearer <key>)",
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// Who is calling, once the key has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The tenant a tenant key is bound to; `None` for admin keys and when
+    /// authentication is disabled.
+    pub tenant: Option<String>,
+    /// Admin keys may write any tenant's events and manage budgets.
+    pub admin: bool,
+}
+
+impl Authenticated {
+    /// Whether this caller may write or read data of `tenant_id`.
+    pub fn may_access_tenant(&self, tenant_id: &str) -> bool {
+        self.admin || self.tenant.as_deref() == Some(tenant_id)
+    }
+}
+
+#[derive(Clone)]
+struct KeyEntry {
+    sha256: [u8; 32],
+    principal: Authenticated,
+}
+
+/// The configured keys. Cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct KeyRing {
+    enabled: bool,
+    entries: Vec<KeyEntry>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("enabled", &self.enabled)
+            .field("keys", &self.entries.len())
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// Builds the ring from `auth.keys` plus the keys in `auth.keys_file`.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, AuthError> {
+        if !config.enabled {
+            return Ok(Self::disabled());
+        }
+        let mut entries = Vec::new();
+        for (position, key) in config.keys.iter().enumerate() {
+            entries.push(parse_key(key, position + 1, "auth.keys")?);
+        }
+        if let Some(path) = &config.keys_file {
+            for (position, key) in read_keys_file(path)?.keys.iter().enumerate() {
+                entries.push(parse_key(key, position + 1, "auth.keys_file")?);
+            }
+        }
+        if entries.is_empty() {
+            return Err(AuthError::NoKeys);
+        }
+        Ok(Self {
+            enabled: true,
+            entries,
+        })
+    }
+
+    /// Accepts every request as an admin. Only for an explicit
+    /// `auth.enabled = false`.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Checks the `Authorization: Bearer <key>` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthError> {
+        if !self.enabled {
+            return Ok(Authenticated {
+                tenant: None,
+                admin: true,
+            });
+        }
+        let presented = bearer_token(headers).ok_or(AuthError::Unauthenticated)?;
+        let presented_sha256: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Visit every entry whatever matches, so the time taken does not
+        // depend on which key (if any) was presented.
+        let mut found: Option<&KeyEntry> = None;
+        for entry in &self.entries {
+            let is_match: bool = entry.sha256.ct_eq(&presented_sha256).into();
+            if is_match && found.is_none() {
+                found = Some(entry);
+            }
+        }
+        found
+            .map(|entry| entry.principal.clone())
+            .ok_or(AuthError::Unauthenticated)
+    }
+}
+
+/// Hex SHA-256 of a key, the form `auth.keys[].sha256` takes.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn parse_key(
+    key: &KeyConfig,
+    position: usize,
+    origin: &'static str,
+) -> Result<KeyEntry, AuthError> {
+    let invalid = |problem: &str| AuthError::InvalidKey {
+        position,
+        origin,
+        problem: problem.to_owned(),
+    };
+    let mut sha256 = [0_u8; 32];
+    hex::decode_to_slice(key.sha256.trim(), &mut sha256)
+        .map_err(|_| invalid("sha256 must be 64 hex digits (see `gateway hash-key`)"))?;
+    let principal = match (&key.tenant_id, key.admin) {
+        (Some(_), true) => {
+            return Err(invalid(
+                "a key is either bound to a tenant_id or admin, not both",
+            ))
+        }
+        (None, false) => return Err(invalid("needs a tenant_id or admin = true")),
+        (Some(tenant), false) if tenant.trim().is_empty() => {
+            return Err(invalid("tenant_id must not be empty"))
+        }
+        (Some(tenant), false) => Authenticated {
+            tenant: Some(tenant.clone()),
+            admin: false,
+        },
+        (None, true) => Authenticated {
+            tenant: None,
+            admin: true,
+        },
+    };
+    Ok(KeyEntry { sha256, principal })
+}
+
+fn read_keys_file(path: &Path) -> Result<KeysFile, AuthError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::KeysFileUnreadable {
+        path: shown.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| AuthError::KeysFileInvalid {
+        path: shown,
+        source: Box::new(source),
+    })
+}
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Arc<KeyRing>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ring = Arc::<KeyRing>::from_ref(state);
+        ring.authenticate(&parts.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        KeyRing::from_config(&AuthConfig {
+            enabled: true,
+            keys: vec![
+                KeyConfig {
+                    sha256: hash_key("acme-secret"),
+                    tenant_id: Some("acme".into()),
+                    admin: false,
+                },
+                KeyConfig {
+                    sha256: hash_key("root-secret"),
+                    tenant_id: None,
+                    admin: true,
+                },
+            ],
+            keys_file: None,
+        })
+        .expect("valid ring")
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("header"));
+        headers
+    }
+
+    #[test]
+    fn hash_key_is_hex_sha256() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn tenant_and_admin_keys_authenticate() {
+        let ring = ring();
+        let tenant = ring
+            .authenticate(&headers("Bearer acme-secret"))
+            .expect("tenant key");
+        assert_eq!(tenant.tenant.as_deref(), Some("acme"));
+        assert!(!tenant.admin);
+        assert!(tenant.may_access_tenant("acme"));
+        assert!(!tenant.may_access_tenant("globex"));
+        let admin = ring
+            .authenticate(&headers("bearer root-secret"))
+            .expect("admin key, scheme case-insensitive");
+        assert!(admin.admin);
+        assert!(admin.may_access_tenant("globex"));
+    }
+
+    #[test]
+    fn unknown_missing_and_malformed_credentials_are_refused() {
+        let ring = ring();
+        for value in [
+            "Bearer nope",
+            "Bearer ",
+            "Basic YWNtZTpzZWNyZXQ=",
+            "acme-secret",
+        ] {
+            assert!(ring.authenticate(&headers(value)).is_err(), "{value}");
+        }
+        assert!(ring.authenticate(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn enabled_without_keys_is_a_configuration_error() {
+        let err = KeyRing::from_config(&AuthConfig::default()).expect_err("no keys");
+        assert!(matches!(err, AuthError::NoKeys));
+    }
+
+    #[test]
+    fn disabled_auth_admits_everyone_as_admin() {
+        let ring = KeyRing::from_config(&AuthConfig {
+            enabled: false,
+            ..AuthConfig::default()
+        })
+        .expect("disabled ring");
+        let who = ring.authenticate(&HeaderMap::new()).expect("admitted");
+        assert!(who.admin);
+    }
+
+    #[test]
+    fn bad_key_entries_are_refused() {
+        for (sha256, tenant_id, admin) in [
+            ("xyz".to_string(), Some("acme"), false),
+            (hash_key("k"), Some("acme"), true),
+            (hash_key("k"), None, false),
+            (hash_key("k"), Some(" "), false),
+        ] {
+            let config = AuthConfig {
+                enabled: true,
+                keys: vec![KeyConfig {
+                    sha256,
+                    tenant_id: tenant_id.map(Into::into),
+                    admin,
+                }],
+                keys_file: None,
+            };
+            assert!(KeyRing::from_config(&config).is_err());
+        }
+    }
+
+    #[test]
+    fn keys_file_adds_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[keys]]\nsha256 = \"{}\"\ntenant_id = \"globex\"\n",
+                hash_key("globex-secret")
+            ),
+        )
+        .expect("write keys");
+        let ring = KeyRing::from_config(&AuthConfig {
+            enabled: true,
+            keys: Vec::new(),
+            keys_file: Some(path),
+        })
+        .expect("ring from file");
+        let who = ring
+            .authenticate(&headers("Bearer globex-secret"))
+            .expect("file key");
+        assert_eq!(who.tenant.as_deref(), Some("globex"));
+    }
+}

@@ -1,0 +1,488 @@
+//! The gateway's configuration: typed sections with defaults, layered from
+//! defaults, an optional TOML file and `TOKENLEDGER_…` environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ledger::event::ValidationLimits;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable that overrides a setting;
+/// `__` separates nesting levels (`TOKENLEDGER_KAFKA__BROKERS`).
+pub const ENV_PREFIX: &str = "TOKENLEDGER_";
+/// Environment variable naming the TOML file, when `--config` is absent.
+pub const ENV_CONFIG_FILE: &str = "TOKENLEDGER_CONFIG";
+/// Environment variable holding the tracing filter.
+pub const ENV_LOG_FILTER: &str = "TOKENLEDGER_LOG";
+
+/// Room for reading the body and for the delivery report to arrive after
+/// librdkafka's own message timeout.
+const MIN_REQUEST_TIMEOUT_HEADROOM_MS: u64 = 1_000;
+
+const REDACTED: &str = "<redacted>";
+
+/// librdkafka settings the gateway owns: overriding them through
+/// `kafka.properties` would silently weaken "202 means durably appended" or
+/// fight a typed setting, so they are refused at startup instead.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queue.buffering.max.messages",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "compression.type",
+    "compression.codec",
+];
+
+/// Substrings of librdkafka property names whose values are credentials.
+const SECRET_PROPERTY_MARKERS: &[&str] = &["password", "secret", "sasl.oauthbearer", "key.pem"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("invalid configuration")]
+    Extract(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot render the configuration as TOML")]
+    Render(#[from] toml::ser::Error),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub auth: AuthConfig,
+    pub validation: ValidationConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The API: `POST /v1/usage`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`; kept apart so the API port can be
+    /// exposed publicly without exposing metrics.
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Upper bound on a whole request, body upload included. Must exceed
+    /// `kafka.message_timeout_ms` by a second so a produce is never cut
+    /// short by it.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests and the producer flush may take after
+    /// SIGTERM before the process exits anyway.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    pub topic: String,
+    /// How long one record may wait for the broker's acknowledgement before
+    /// the request is answered 503.
+    pub message_timeout_ms: u64,
+    /// Bound of the producer's in-memory queue; a full queue answers 503
+    /// instead of growing.
+    pub queue_max_messages: u32,
+    pub linger_ms: u64,
+    pub compression: Compression,
+    /// Extra librdkafka settings (security, tuning), applied verbatim.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "usage-events".into(),
+            message_timeout_ms: 5_000,
+            queue_max_messages: 100_000,
+            linger_ms: 5,
+            compression: Compression::Lz4,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Turning authentication off must be written down; the gateway then
+    /// accepts any tenant's events from anyone.
+    pub enabled: bool,
+    pub keys: Vec<KeyConfig>,
+    /// TOML file holding a `keys` array, so key hashes need not sit in the
+    /// main configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keys: Vec::new(),
+            keys_file: None,
+        }
+    }
+}
+
+/// One API key, stored only as the SHA-256 of the key (`gateway hash-key`).
+/// Exactly one of `tenant_id` and `admin = true` must be given.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("sha256", &REDACTED)
+            .field("tenant_id", &self.tenant_id)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// The shape of `auth.keys_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    pub max_batch_events: usize,
+    pub backfill_days: u32,
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        let limits = ValidationLimits::default();
+        Self {
+            max_batch_events: limits.max_batch_events,
+            backfill_days: 35,
+            max_future_skew_secs: 300,
+        }
+    }
+}
+
+impl ValidationConfig {
+    pub fn limits(&self) -> ValidationLimits {
+        ValidationLimits {
+            max_future_skew: chrono::Duration::seconds(
+                i64::try_from(self.max_future_skew_secs).unwrap_or(i64::MAX / 1000),
+            ),
+            backfill_window: chrono::Duration::days(i64::from(self.backfill_days)),
+            max_batch_events: self.max_batch_events,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `TOKENLEDGER_…` variables from
+    /// the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+    }
+
+    /// [`Config::load`] with the environment provider supplied, so tests can
+    /// use a fake environment instead of mutating the process's.
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            // figment treats a missing file as empty; a typo in --config
+            // must not silently run with defaults.
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile {
+                    path: path.to_owned(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env.split("__").ignore(&["config", "log"]));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.http.request_timeout_ms
+            < self.kafka.message_timeout_ms + MIN_REQUEST_TIMEOUT_HEADROOM_MS
+        {
+            return invalid(format!(
+                "http.request_timeout_ms ({}) must exceed kafka.message_timeout_ms ({}) by at least {MIN_REQUEST_TIMEOUT_HEADROOM_MS} ms, or a slow acknowledgement is cut off without saying which events were appended",
+                self.http.request_timeout_ms, self.kafka.message_timeout_ms
+            ));
+        }
+        if self.http.max_body_bytes == 0 {
+            return invalid("http.max_body_bytes must be positive".into());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers must name at least one broker".into());
+        }
+        if self.kafka.topic.trim().is_empty() {
+            return invalid("kafka.topic must not be empty".into());
+        }
+        if self.kafka.message_timeout_ms == 0 {
+            return invalid("kafka.message_timeout_ms must be positive".into());
+        }
+        if self.kafka.queue_max_messages == 0 {
+            return invalid("kafka.queue_max_messages must be positive".into());
+        }
+        for name in self.kafka.properties.keys() {
+            if RESERVED_KAFKA_PROPERTIES.contains(&name.as_str()) {
+                return invalid(format!(
+                    "kafka.properties may not set {name:?}: the gateway sets it itself (use the typed kafka.* setting if there is one)"
+                ));
+            }
+        }
+        if self.validation.max_batch_events == 0 {
+            return invalid("validation.max_batch_events must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with credentials replaced, for
+    /// `--print-config`.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut shown = self.clone();
+        for key in &mut shown.auth.keys {
+            key.sha256 = REDACTED.into();
+        }
+        for (name, value) in &mut shown.kafka.properties {
+            if is_secret_property(name) {
+                *value = REDACTED.into();
+            }
+        }
+        Ok(toml::to_string(&shown)?)
+    }
+}
+
+fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PROPERTY_MARKERS
+        .iter()
+        .any(|marker| name.contains(marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prefix nobody sets keeps these tests independent of the
+    /// machine's own `TOKENLEDGER_…` variables.
+    fn no_env() -> Env {
+        Env::prefixed("TLGWTEST_UNSET_")
+    }
+
+    fn error_chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let config = Config::load_from(None, no_env()).expect("defaults load");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.http.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.http.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.kafka.topic, "usage-events");
+        assert_eq!(config.kafka.message_timeout_ms, 5_000);
+        assert_eq!(config.kafka.queue_max_messages, 100_000);
+        assert_eq!(config.kafka.compression, Compression::Lz4);
+        assert!(config.auth.enabled);
+        assert_eq!(config.validation.max_batch_events, 1000);
+        assert_eq!(config.validation.backfill_days, 35);
+        assert_eq!(config.validation.max_future_skew_secs, 300);
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            r#"
+[http]
+listen = "0.0.0.0:18080"
+[kafka]
+topic = "from-file"
+brokers = "file:9092"
+[[auth.keys]]
+sha256 = "aa"
+tenant_id = "acme"
+"#,
+        )
+        .expect("write config");
+        let env = Env::prefixed("TLGWTEST_A_");
+        std::env::set_var("TLGWTEST_A_KAFKA__BROKERS", "10.0.0.1:9092,10.0.0.2:9092");
+        std::env::set_var("TLGWTEST_A_CONFIG", "/ignored.toml");
+        std::env::set_var("TLGWTEST_A_LOG", "debug");
+        let config = Config::load_from(Some(&path), env).expect("layered config loads");
+        assert_eq!(config.http.listen.to_string(), "0.0.0.0:18080");
+        assert_eq!(config.kafka.topic, "from-file");
+        assert_eq!(config.kafka.brokers, "10.0.0.1:9092,10.0.0.2:9092");
+        assert_eq!(config.auth.keys.len(), 1);
+        assert_eq!(config.auth.keys[0].tenant_id.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_files_and_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "[kafka]\ntopics = \"typo\"\n").expect("write config");
+        let err = Config::load_from(Some(&path), no_env()).expect_err("typo refused");
+        assert!(error_chain(&err).contains("topics"), "{err:?}");
+
+        std::env::set_var("TLGWTEST_B_HTTP__LISTN", "0.0.0.0:1");
+        let err = Config::load_from(None, Env::prefixed("TLGWTEST_B_")).expect_err("typo refused");
+        assert!(error_chain(&err).contains("listn"), "{err:?}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/gateway.toml")), no_env())
+            .expect_err("missing file refused");
+        assert!(matches!(err, ConfigError::MissingFile { .. }));
+    }
+
+    #[test]
+    fn reserved_kafka_properties_are_refused() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("enable.idempotence".into(), "false".into());
+        assert!(config.validate().is_err());
+        config.kafka.properties.clear();
+        config
+            .kafka
+            .properties
+            .insert("client.id".into(), "gw".into());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn request_timeout_must_exceed_message_timeout() {
+        let mut config = Config::default();
+        config.http.request_timeout_ms = config.kafka.message_timeout_ms;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn printed_config_redacts_secrets_and_parses_back() {
+        let mut config = Config::default();
+        config.auth.keys.push(KeyConfig {
+            sha256: "deadbeef".repeat(8),
+            tenant_id: Some("acme".into()),
+            admin: false,
+        });
+        config
+            .kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        config
+            .kafka
+            .properties
+            .insert("client.id".into(), "gateway-1".into());
+        let printed = config.to_redacted_toml().expect("renders");
+        assert!(!printed.contains("deadbeef"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("gateway-1"), "{printed}");
+        let reparsed: Config = toml::from_str(&printed).expect("printed config parses back");
+        assert_eq!(reparsed.kafka.topic, config.kafka.topic);
+        assert_eq!(reparsed.auth.keys[0].tenant_id.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn key_debug_output_hides_the_hash() {
+        let key = KeyConfig {
+            sha256: "0123456789abcdef".into(),
+            tenant_id: None,
+            admin: true,
+        };
+        assert!(!format!("{key:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,36 @@
+//! tokenledger's HTTP gateway: authenticate, validate and append usage
+//! events to Kafka, answering 202 only once Kafka has acknowledged them.
+//!
+//! Layout:
+//! - [`config`]: the typed configuration and its layering (defaults, TOML
+//!   file, `TOKENLEDGER_…` variables).
+//! - [`auth`]: API keys (stored as SHA-256), the [`auth::Authenticated`]
+//!   extractor.
+//! - [`append`]: the [`append::Appender`] trait the handlers write through,
+//!   and how the fate of each record is reported.
+//! - [`kafka`]: the idempotent Kafka producer behind that trait.
+//! - [`memory`]: an in-memory appender with scripted failures, for tests.
+//! - [`api`]: the handlers and [`api::AppError`], the one mapping from
+//!   failures to status codes and JSON bodies.
+//! - [`app`]: [`app::AppState`] and the routers ([`app::router`],
+//!   [`app::router_with`] for later routes, [`app::admin_router`]).
+//! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
+//! - [`server`], [`shutdown`]: serving both ports and draining on SIGTERM.
+
+pub mod api;
+pub mod app;
+pub mod append;
+pub mod auth;
+pub mod config;
+pub mod kafka;
+pub mod memory;
+pub mod metrics;
+pub mod readiness;
+pub mod request_id;
+pub mod server;
+pub mod shutdown;
+
+pub use app::{admin_router, router, router_with, AppState, Settings};
+pub use append::{AppendError, AppendReport, Appender};
+pub use auth::{Authenticated, KeyRing};
+pub use config::Config;
