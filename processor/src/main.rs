@@ -1,1 +1,206 @@
-fn main() {}
+//! The `processor` binary: command line, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use processor::config::{Config, LOG_FILTER_ENV};
+use processor::{database, migrate, pipeline, report};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// tokenledger's processor: consumes usage events from Kafka and writes
+/// each exactly once into TimescaleDB, with Prometheus metrics.
+///
+/// Configuration is layered: built-in defaults, then the TOML file from
+/// --config or TOKENLEDGER_CONFIG, then environment variables such as
+/// TOKENLEDGER_KAFKA__BROKERS or TOKENLEDGER_DATABASE__URL ("__" separates
+/// sections). Log filter: TOKENLEDGER_LOG (default "info").
+#[derive(Debug, Parser)]
+#[command(name = "processor", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (overrides TOKENLEDGER_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (database password
+    /// redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume usage events and write them to the database (the pipeline).
+    Run,
+    /// Apply the SQL migrations that the database does not have yet.
+    Migrate {
+        /// Read V<N>__name.sql files from this directory instead of the
+        /// ones built into the binary.
+        #[arg(long, value_name = "DIR")]
+        sql_dir: Option<PathBuf>,
+    },
+    /// Print what landed: totals and the daily rollups per tenant and model.
+    Report {
+        /// Materialize the continuous aggregates first.
+        #[arg(long)]
+        refresh: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// How many days of rollups to show.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("processor: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("processor: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref()).context("loading the configuration")?;
+    if cli.print_config {
+        print!("{}", config.to_redacted_toml()?);
+        return Ok(());
+    }
+    match cli.command {
+        None => anyhow::bail!(
+            "no command given: use `processor run`, `migrate` or `report` (see --help)"
+        ),
+        Some(Command::Run) => run(config).await,
+        Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
+        Some(Command::Report {
+            refresh,
+            format,
+            days,
+        }) => print_report(&config, refresh, format, days).await,
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    tokio::spawn(watch_signals(shutdown.clone(), timeout));
+    pipeline::run(&config, shutdown).await?;
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT: graceful stop, bounded by `timeout`. Second: exit
+/// at once.
+async fn watch_signals(shutdown: CancellationToken, timeout: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "shutting down: committing the in-flight batch"
+    );
+    shutdown.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        _ = interrupt.recv() => {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        _ = tokio::time::sleep(timeout) => {
+            tracing::error!("shutdown did not finish within shutdown_timeout_ms; exiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_migrations(config: &Config, sql_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let migrations = match &sql_dir {
+        Some(dir) => migrate::from_dir(dir)?,
+        None => migrate::embedded()?,
+    };
+    let mut client = database::connect(&config.database).await?;
+    let outcomes = migrate::apply(&mut client, &migrations).await?;
+    let mut applied = 0;
+    for outcome in &outcomes {
+        match outcome.status {
+            migrate::MigrationStatus::Applied => {
+                applied += 1;
+                println!("applied          {}", outcome.name);
+            }
+            migrate::MigrationStatus::AlreadyApplied => {
+                println!("already applied  {}", outcome.name);
+            }
+        }
+    }
+    println!(
+        "{applied} migration(s) applied, {} already up to date",
+        outcomes.len() - applied
+    );
+    Ok(())
+}
+
+async fn print_report(
+    config: &Config,
+    refresh: bool,
+    format: Format,
+    days: u32,
+) -> anyhow::Result<()> {
+    let client = database::connect(&config.database).await?;
+    migrate::verify(&client, &migrate::embedded()?).await?;
+    if refresh {
+        report::refresh(&client).await?;
+    }
+    let gathered = report::gather(&client, days).await?;
+    match format {
+        Format::Table => print!("{}", gathered.to_table()),
+        Format::Json => println!("{}", gathered.to_json()?),
+    }
+    Ok(())
+}

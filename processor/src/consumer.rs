@@ -1,0 +1,499 @@
+//! The Kafka side: the consumer-group member on its own thread, partition
+//! assignment at the offsets stored in the database, the hand-over of
+//! records through a bounded channel, topic creation, and lag reporting.
+//!
+//! Why a `BaseConsumer` polled on a dedicated thread rather than a
+//! `StreamConsumer`: librdkafka runs rebalance callbacks inside `poll`, on
+//! the polling thread. On that plain thread the assignment callback can
+//! block on a database query (via the runtime handle) and hand librdkafka
+//! the assignment *with the stored offsets already in it*, so fetching
+//! starts at the right place instead of being corrected by a later seek.
+//! Inside an async task the same callback could not block without stalling
+//! a runtime worker. The thread also gives natural backpressure: when the
+//! writer is slow or retrying, the bounded channel is full and the thread
+//! stops polling, so no more records are fetched into memory.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Record;
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::offsets::{self, NextOffsets, OffsetFloors};
+
+/// How often the polling thread wakes up to notice shutdown when idle or
+/// blocked on a full channel.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to read stored offsets on assignment.
+const MAX_ASSIGN_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Create(KafkaError),
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("fatal Kafka error {code:?}: {reason}")]
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
+    #[error("cannot create topics: {0}")]
+    CreateTopics(KafkaError),
+    #[error("cannot create topic {topic}: {code:?}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("creating topics did not finish within {0:?}")]
+    CreateTopicsTimeout(Duration),
+    #[error("cannot spawn the consumer thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// The librdkafka settings shared by every client: brokers, then the
+/// operator's extra properties (which may override anything set here).
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Creates the topic and the dead-letter topic when they are missing;
+/// "already exists" is success.
+pub async fn ensure_topics(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConsumerError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(ConsumerError::CreateTopics)?;
+    let topics = [
+        NewTopic::new(
+            &kafka.topic,
+            kafka.topic_partitions,
+            TopicReplication::Fixed(kafka.topic_replication),
+        ),
+        NewTopic::new(
+            &kafka.dlq_topic,
+            kafka.topic_partitions,
+            TopicReplication::Fixed(kafka.topic_replication),
+        ),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout, admin.create_topics(&topics, &options))
+        .await
+        .map_err(|_| ConsumerError::CreateTopicsTimeout(timeout))?
+        .map_err(ConsumerError::CreateTopics)?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(ConsumerError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// What the assignment callback needs to look up stored offsets.
+pub struct ProcessorContext {
+    pool: Pool,
+    group_id: String,
+    topic: String,
+    floors: OffsetFloors,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    db_timeout: Duration,
+}
+
+impl std::fmt::Debug for ProcessorContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorContext")
+            .field("group_id", &self.group_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for ProcessorContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a negative
+            // lag means unknown.
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .set_consumer_lag(*partition, stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProcessorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if !self.position_at_stored_offsets(partitions) {
+                    // shutting down: take nothing, so nothing is fetched
+                    *partitions = TopicPartitionList::new();
+                }
+                if cooperative {
+                    consumer.incremental_assign(partitions).map(|_| ())
+                } else {
+                    consumer.assign(partitions)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Nothing to flush: a batch holding records of a revoked
+                // partition may still commit, because inserts are idempotent
+                // and stored offsets only move forward (see lib.rs).
+                tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked");
+                if cooperative {
+                    consumer.incremental_unassign(partitions).map(|_| ())
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "applying the assignment failed");
+        }
+    }
+}
+
+impl ProcessorContext {
+    /// Sets each assigned partition's start offset to the one stored in the
+    /// database (or the beginning when none is stored), retrying until the
+    /// database answers. Returns false when shutdown interrupted it.
+    ///
+    /// Starting anywhere else is never allowed: Kafka's committed offsets
+    /// are for monitoring only and may be behind or (after a database
+    /// restore) ahead of what is stored.
+    fn position_at_stored_offsets(&self, partitions: &mut TopicPartitionList) -> bool {
+        let assigned: Vec<i32> = partitions
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        let stored = loop {
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            let lookup = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                offsets::load(&**client, &self.group_id, &self.topic, &assigned)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let result = self
+                .runtime
+                .block_on(tokio::time::timeout(self.db_timeout, lookup))
+                .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.db_timeout)));
+            match result {
+                Ok(stored) => break stored,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "cannot read stored offsets for the assignment; retrying"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_ASSIGN_BACKOFF);
+                }
+            }
+        };
+        for partition in &assigned {
+            let offset = match stored.get(partition) {
+                Some(next_offset) => {
+                    self.floors.raise(&self.topic, *partition, *next_offset);
+                    Offset::Offset(*next_offset)
+                }
+                None => Offset::Beginning,
+            };
+            if let Err(error) = partitions.set_partition_offset(&self.topic, *partition, offset) {
+                tracing::error!(%error, partition, "cannot set the start offset");
+            }
+        }
+        tracing::info!(
+            partitions = ?assigned,
+            stored = ?stored,
+            "partitions assigned at stored offsets"
+        );
+        true
+    }
+}
+
+fn partition_numbers(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
+    partitions
+        .elements()
+        .iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+        .collect()
+}
+
+/// Settings every processor consumer needs for the exactly-once design.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000");
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    // Correctness settings come last so that properties cannot undo them:
+    // offsets live in the database, Kafka commits are explicit and only for
+    // monitoring.
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    config
+}
+
+/// The group member: its consumer (shared for monitoring commits) and its
+/// polling thread.
+pub struct GroupMember {
+    consumer: Option<Arc<BaseConsumer<ProcessorContext>>>,
+    thread: Option<JoinHandle<Result<(), ConsumerError>>>,
+}
+
+impl std::fmt::Debug for GroupMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMember").finish_non_exhaustive()
+    }
+}
+
+/// Everything the consumer needs besides its Kafka settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerDeps {
+    pub pool: Pool,
+    pub floors: OffsetFloors,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub db_timeout: Duration,
+    /// Capacity of the channel to the batcher, in records.
+    pub channel_capacity: usize,
+}
+
+impl GroupMember {
+    /// Joins the group and starts polling on a new thread. Records arrive on
+    /// the returned receiver.
+    pub fn start(
+        kafka: &KafkaConfig,
+        deps: ConsumerDeps,
+    ) -> Result<(Self, mpsc::Receiver<Record>), ConsumerError> {
+        let context = ProcessorContext {
+            pool: deps.pool.clone(),
+            group_id: kafka.group_id.clone(),
+            topic: kafka.topic.clone(),
+            floors: deps.floors.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: deps.shutdown.clone(),
+            metrics: deps.metrics.clone(),
+            db_timeout: deps.db_timeout,
+        };
+        let consumer: BaseConsumer<ProcessorContext> = consumer_config(kafka)
+            .create_with_context(context)
+            .map_err(ConsumerError::Create)?;
+        consumer
+            .subscribe(&[&kafka.topic])
+            .map_err(|source| ConsumerError::Subscribe {
+                topic: kafka.topic.clone(),
+                source,
+            })?;
+        let consumer = Arc::new(consumer);
+        let (sender, receiver) = mpsc::channel(deps.channel_capacity.max(1));
+        let thread_consumer = consumer.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let shutdown = deps.shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || poll_loop(thread_consumer, sender, runtime, shutdown))
+            .map_err(ConsumerError::Spawn)?;
+        Ok((
+            Self {
+                consumer: Some(consumer),
+                thread: Some(thread),
+            },
+            receiver,
+        ))
+    }
+
+    /// Commits `next_offsets` to Kafka without waiting. Only lag monitoring
+    /// reads them; correctness never depends on this succeeding.
+    pub fn commit_for_monitoring(&self, next_offsets: &NextOffsets) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next_offset) in next_offsets {
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*next_offset))
+            {
+                tracing::debug!(%error, "cannot build the monitoring commit");
+                return;
+            }
+        }
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "monitoring commit not sent");
+        }
+    }
+
+    /// Whether the polling thread has stopped (after shutdown or an error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Leaves the group: the polling thread, which holds the last reference
+    /// to the consumer, closes it. Waits at most `timeout`.
+    pub async fn stop(mut self, timeout: Duration) -> Result<(), ConsumerError> {
+        self.consumer.take();
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(timeout, joined).await {
+            Ok(Ok(Ok(result))) => result,
+            Ok(Ok(Err(_))) | Ok(Err(_)) => {
+                tracing::error!("the consumer thread panicked");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(?timeout, "the consumer did not leave the group in time");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<ProcessorContext>>,
+    sender: mpsc::Sender<Record>,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let result = poll_until_shutdown(&consumer, &sender, &runtime, &shutdown);
+    // Close the group membership here, on this thread, where the revoke
+    // callback may run. The run loop has dropped its reference by now or
+    // drops it shortly; wait for that so this drop is the closing one.
+    drop(sender);
+    let mut consumer = consumer;
+    for _ in 0..50 {
+        match Arc::try_unwrap(consumer) {
+            Ok(owned) => {
+                drop(owned);
+                return result;
+            }
+            Err(shared) => {
+                consumer = shared;
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+    }
+    result
+}
+
+fn poll_until_shutdown(
+    consumer: &BaseConsumer<ProcessorContext>,
+    sender: &mpsc::Sender<Record>,
+    runtime: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumerError> {
+    while !shutdown.is_cancelled() {
+        let message = match consumer.poll(POLL_INTERVAL) {
+            None => continue,
+            Some(Err(error)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(ConsumerError::Fatal { code, reason });
+                }
+                // Transient (broker down, partition leader moving): librdkafka
+                // retries by itself; keep polling.
+                tracing::warn!(%error, "kafka consumer error");
+                continue;
+            }
+            Some(Ok(message)) => message,
+        };
+        let mut record = Some(Record {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            schema: message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|header| header.key == "schema")
+                    .and_then(|header| header.value.map(<[u8]>::to_vec))
+            }),
+        });
+        drop(message);
+        // Backpressure: while the batcher is behind, stop polling. Each wait
+        // is bounded so shutdown is noticed.
+        while let Some(pending) = record.take() {
+            match runtime.block_on(sender.send_timeout(pending, POLL_INTERVAL)) {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(pending)) => {
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    record = Some(pending);
+                }
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
+            }
+        }
+    }
+    Ok(())
+}

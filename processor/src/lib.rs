@@ -1,0 +1,66 @@
+//! tokenledger's processor: consumes usage events from Kafka in a consumer
+//! group, prices them, writes each exactly once into TimescaleDB and
+//! exports Prometheus counters for the rows it stored.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration and its layering (defaults → file → env).
+//! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
+//! - [`consumer`]: the consumer-group member on its own thread; assignment
+//!   at the offsets stored in the database; topic creation.
+//! - [`batch`]: records accumulate into batches closed by size or age.
+//! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
+//! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
+//! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
+//! - [`metrics`]: the seed's counters, operational metrics, `/metrics`,
+//!   `/healthz`, `/readyz`.
+//! - [`pipeline`]: the run loop tying them together, retries and shutdown.
+//! - [`report`]: `processor report`, what landed in the database.
+//! - [`database`]: connection pool and single connections.
+//!
+//! # Exactly once
+//!
+//! Kafka delivers at least once; the table must count every event once.
+//!
+//! 1. **The row is the record of having processed an event.** Rows are keyed
+//!    by `(created_at, id)` and inserted with `ON CONFLICT DO NOTHING
+//!    RETURNING`, so delivering an event again (a client retry through the
+//!    gateway, redelivery after a crash, two consumers during a rebalance,
+//!    a replay) cannot add a second row. `RETURNING` tells which rows are
+//!    new; a key already stored is compared by `payload_sha256`: equal is a
+//!    duplicate, different a conflicting reuse of the id, which is
+//!    dead-lettered instead of silently dropped.
+//! 2. **The offsets live in the same transaction as the rows.** Each batch
+//!    upserts `ingest_offsets.next_offset = GREATEST(stored, last + 1)` for
+//!    every partition it touched and commits together with its rows, so the
+//!    stored position and the stored rows can never disagree, and the
+//!    position never moves backwards, even when two processors briefly
+//!    write the same partition.
+//! 3. **Nothing is skipped.** On assignment the consumer starts each
+//!    partition at its stored `next_offset` (earliest when none), read
+//!    inside the rebalance callback before the assignment takes effect;
+//!    records below a partition's known stored offset are dropped as already
+//!    stored. A record is below the stored offset only if a committed batch
+//!    covered it, and a batch only covers a record it stored, found stored,
+//!    or had acknowledged by the dead-letter topic *before* the transaction
+//!    committed. Kafka's own committed offsets are written after the
+//!    database commit for lag monitoring only and are never read.
+//! 4. **Side effects follow the commit.** Prometheus counters move after
+//!    the commit and only for the rows `RETURNING` reported as new, so a
+//!    batch that is retried or redelivered does not count twice. A crash
+//!    between commit and counting loses those increments from one process's
+//!    counters (they restart from zero anyway) but never double-counts.
+//!    Effects that must be exact (budget spend) belong inside the
+//!    transaction, in [`writer`].
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod database;
+pub mod dead_letters;
+pub mod metrics;
+pub mod migrate;
+pub mod offsets;
+pub mod pipeline;
+pub mod report;
+pub mod writer;

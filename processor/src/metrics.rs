@@ -1,0 +1,506 @@
+//! Prometheus metrics: the seed guide's four usage counters, the pipeline's
+//! operational metrics, the label-cardinality bound, and the HTTP listener
+//! serving them with `/healthz` and `/readyz`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use prometheus::{
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rust_decimal::prelude::ToPrimitive;
+use tokio_util::sync::CancellationToken;
+
+use crate::dead_letters::Reason;
+use crate::writer::BatchOutcome;
+
+/// The label value that stands for every value past the cardinality bound.
+pub const OTHER_LABEL: &str = "__other__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot register metric: {0}")]
+    Register(#[from] prometheus::Error),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("metrics server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Admits at most `max` distinct label values; later newcomers become
+/// [`OTHER_LABEL`]. First come, first kept: which values get their own
+/// series depends on arrival order since start, and a restart may choose
+/// differently. Sums over all values stay exact either way, because the
+/// overflow is counted under `__other__` rather than dropped.
+#[derive(Debug)]
+pub struct LabelBound {
+    max: usize,
+    admitted: HashSet<String>,
+}
+
+impl LabelBound {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            admitted: HashSet::new(),
+        }
+    }
+
+    pub fn label<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.admitted.contains(value) {
+            return value;
+        }
+        if self.admitted.len() < self.max {
+            self.admitted.insert(value.to_owned());
+            return value;
+        }
+        OTHER_LABEL
+    }
+}
+
+#[derive(Debug)]
+struct Bounds {
+    tenants: LabelBound,
+    models: LabelBound,
+    // Providers are not named by the configuration; they get the model
+    // bound's size, which is far above the handful that exist.
+    providers: LabelBound,
+}
+
+/// Every metric the processor exports, in its own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    bounds: Mutex<Bounds>,
+    total_tokens: IntCounterVec,
+    total_cost: CounterVec,
+    prompt_tokens: IntCounterVec,
+    completion_tokens: IntCounterVec,
+    events_consumed: IntCounter,
+    events_inserted: IntCounter,
+    events_duplicate: IntCounter,
+    events_conflict: IntCounter,
+    events_dead_lettered: IntCounterVec,
+    events_unpriced: IntCounterVec,
+    batch_size: Histogram,
+    batch_duration: Histogram,
+    end_to_end_latency: Histogram,
+    consumer_lag: IntGaugeVec,
+    db_retries: IntCounter,
+    up: IntGauge,
+    last_commit: Gauge,
+    ready: AtomicBool,
+}
+
+const USAGE_LABELS: &[&str] = &["provider", "model", "tenant_id"];
+
+impl Metrics {
+    pub fn new(max_tenant_labels: usize, max_model_labels: usize) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let int_counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok::<_, prometheus::Error>(metric)
+        };
+        let int_counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok::<_, prometheus::Error>(metric)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok::<_, prometheus::Error>(metric)
+        };
+
+        let total_tokens = int_counter_vec(
+            "axonflow_orchestrator_provider_total_tokens",
+            "Total tokens (prompt + completion) of stored LLM calls.",
+            USAGE_LABELS,
+        )?;
+        let total_cost = CounterVec::new(
+            Opts::new(
+                "axonflow_orchestrator_provider_total_cost",
+                "Cost in USD of stored LLM calls (caller's estimate, else the price book).",
+            ),
+            USAGE_LABELS,
+        )?;
+        registry.register(Box::new(total_cost.clone()))?;
+        let prompt_tokens = int_counter_vec(
+            "axonflow_orchestrator_provider_prompt_tokens",
+            "Prompt (input) tokens of stored LLM calls.",
+            USAGE_LABELS,
+        )?;
+        let completion_tokens = int_counter_vec(
+            "axonflow_orchestrator_provider_completion_tokens",
+            "Completion (output) tokens of stored LLM calls.",
+            USAGE_LABELS,
+        )?;
+        let events_consumed = int_counter(
+            "tokenledger_events_consumed_total",
+            "Kafka records in committed batches, poison and duplicates included.",
+        )?;
+        let events_inserted = int_counter(
+            "tokenledger_events_inserted_total",
+            "Usage events stored for the first time.",
+        )?;
+        let events_duplicate = int_counter(
+            "tokenledger_events_duplicate_total",
+            "Usage events already stored with the same content (retries, redelivery).",
+        )?;
+        let events_conflict = int_counter(
+            "tokenledger_events_conflict_total",
+            "Usage events whose (id, created_at) is stored with different content.",
+        )?;
+        let events_dead_lettered = int_counter_vec(
+            "tokenledger_events_dead_lettered_total",
+            "Records sent to the dead-letter topic, by reason.",
+            &["reason"],
+        )?;
+        let events_unpriced = int_counter_vec(
+            "tokenledger_events_unpriced_total",
+            "Stored usage events without a known price (stored at cost 0).",
+            &["provider", "model"],
+        )?;
+        let batch_size = histogram(
+            "tokenledger_batch_size",
+            "Records per committed batch.",
+            prometheus::exponential_buckets(1.0, 4.0, 8)?,
+        )?;
+        let batch_duration = histogram(
+            "tokenledger_batch_duration_seconds",
+            "Time to commit one batch, retries included.",
+            prometheus::exponential_buckets(0.001, 2.5, 12)?,
+        )?;
+        let end_to_end_latency = histogram(
+            "tokenledger_end_to_end_latency_seconds",
+            "From the gateway accepting an event to its row being committed.",
+            prometheus::exponential_buckets(0.01, 2.5, 12)?,
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "tokenledger_consumer_lag",
+                "Records behind the partition's high watermark (best effort).",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let db_retries = int_counter(
+            "tokenledger_db_retries_total",
+            "Batch transactions retried after an error.",
+        )?;
+        let up = IntGauge::new("tokenledger_processor_up", "1 while the processor runs.")?;
+        registry.register(Box::new(up.clone()))?;
+        up.set(1);
+        let last_commit = Gauge::new(
+            "tokenledger_last_commit_timestamp_seconds",
+            "Unix time of the last committed batch.",
+        )?;
+        registry.register(Box::new(last_commit.clone()))?;
+        for reason in Reason::ALL {
+            // pre-create so rate() works from the first dead letter on
+            events_dead_lettered.with_label_values(&[reason.as_str()]);
+        }
+
+        Ok(Self {
+            registry,
+            bounds: Mutex::new(Bounds {
+                tenants: LabelBound::new(max_tenant_labels),
+                models: LabelBound::new(max_model_labels),
+                providers: LabelBound::new(max_model_labels),
+            }),
+            total_tokens,
+            total_cost,
+            prompt_tokens,
+            completion_tokens,
+            events_consumed,
+            events_inserted,
+            events_duplicate,
+            events_conflict,
+            events_dead_lettered,
+            events_unpriced,
+            batch_size,
+            batch_duration,
+            end_to_end_latency,
+            consumer_lag,
+            db_retries,
+            up,
+            last_commit,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Moves the counters for a committed batch. Only `new_rows` count
+    /// towards usage: duplicates were counted when first stored.
+    pub fn record_batch(&self, outcome: &BatchOutcome, duration: std::time::Duration) {
+        let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
+        for row in &outcome.new_rows {
+            let event = &row.event;
+            let provider = bounds.providers.label(&event.provider);
+            let model = bounds.models.label(&event.model);
+            let tenant = bounds.tenants.label(&event.tenant_id);
+            let labels = [provider, model, tenant];
+            self.total_tokens
+                .with_label_values(&labels)
+                .inc_by(u64::from(event.total_tokens));
+            self.prompt_tokens
+                .with_label_values(&labels)
+                .inc_by(u64::from(event.prompt_tokens));
+            self.completion_tokens
+                .with_label_values(&labels)
+                .inc_by(u64::from(event.completion_tokens));
+            self.total_cost
+                .with_label_values(&labels)
+                .inc_by(row.cost.usd.to_f64().unwrap_or(0.0));
+            if row.cost.status == ledger::PricingStatus::Unpriced {
+                self.events_unpriced
+                    .with_label_values(&[provider, model])
+                    .inc();
+            }
+            let latency = outcome.committed_at - event.received_at;
+            self.end_to_end_latency
+                .observe(latency.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+        drop(bounds);
+        self.events_consumed.inc_by(outcome.consumed as u64);
+        self.events_inserted.inc_by(outcome.new_rows.len() as u64);
+        self.events_duplicate.inc_by(outcome.duplicates as u64);
+        self.events_conflict.inc_by(outcome.conflicts as u64);
+        for (reason, count) in &outcome.dead_lettered {
+            self.events_dead_lettered
+                .with_label_values(&[reason.as_str()])
+                .inc_by(*count as u64);
+        }
+        self.batch_size.observe(outcome.consumed as f64);
+        self.batch_duration.observe(duration.as_secs_f64());
+        self.last_commit
+            .set(outcome.committed_at.timestamp_micros() as f64 / 1e6);
+    }
+
+    pub fn record_db_retry(&self) {
+        self.db_retries.inc();
+    }
+
+    pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(lag.max(0));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_down(&self) {
+        self.up.set(0);
+    }
+
+    /// The exposition text of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec only fails on invalid metric names, which are
+        // constants checked by the tests.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    pub fn seconds_since_last_commit(&self) -> Option<f64> {
+        let last = self.last_commit.get();
+        (last > 0.0).then(|| Utc::now().timestamp_micros() as f64 / 1e6 - last)
+    }
+}
+
+/// The admin router: metrics at `path`, liveness and readiness.
+pub fn router(metrics: Arc<Metrics>, path: &str) -> Router {
+    Router::new()
+        .route(path, get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(serve_ready))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        metrics.render(),
+    )
+}
+
+async fn serve_ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `address` now (so a taken port fails startup) and serves until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    address: &str,
+    path: &str,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), MetricsError>>, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| MetricsError::Listen {
+            address: address.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr().ok();
+    tracing::info!(address = ?local, path, "metrics listening");
+    let app = router(metrics, path);
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(MetricsError::Serve)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::PricedEvent;
+    use ledger::{Cost, PricingStatus, UsageEvent};
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn label_bound_admits_first_values_then_folds_the_rest() {
+        let mut bound = LabelBound::new(2);
+        assert_eq!(bound.label("a"), "a");
+        assert_eq!(bound.label("b"), "b");
+        assert_eq!(bound.label("c"), OTHER_LABEL);
+        assert_eq!(bound.label("a"), "a", "admitted values stay admitted");
+        assert_eq!(bound.label("d"), OTHER_LABEL);
+        let mut none = LabelBound::new(0);
+        assert_eq!(none.label("x"), OTHER_LABEL);
+    }
+
+    fn row(tenant: &str, model: &str, status: PricingStatus) -> PricedEvent {
+        let now = Utc::now();
+        PricedEvent {
+            event: UsageEvent {
+                id: uuid::Uuid::now_v7(),
+                created_at: now,
+                tenant_id: tenant.into(),
+                user_id: None,
+                provider: "openai".into(),
+                model: model.into(),
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                total_tokens: 10,
+                cached_prompt_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+                estimated_cost: None,
+                labels: Default::default(),
+                received_at: now,
+                request_id: None,
+            },
+            cost: Cost {
+                usd: Decimal::new(25, 2),
+                status,
+            },
+            content_sha256: [0; 32],
+            record_index: 0,
+            source_partition: 0,
+            source_offset: 0,
+        }
+    }
+
+    fn value_of(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn seed_counters_have_exact_names_labels_and_bounded_cardinality() {
+        let metrics = Metrics::new(2, 200).expect("metrics");
+        let outcome = BatchOutcome {
+            consumed: 5,
+            new_rows: vec![
+                row("t1", "gpt-4o", PricingStatus::Priced),
+                row("t2", "gpt-4o", PricingStatus::Priced),
+                row("t3", "gpt-4o", PricingStatus::Unpriced),
+                row("t4", "gpt-4o", PricingStatus::Priced),
+            ],
+            duplicates: 1,
+            conflicts: 0,
+            dead_lettered: [(Reason::Undecodable, 1)].into(),
+            next_offsets: Default::default(),
+            committed_at: Utc::now(),
+        };
+        metrics.record_batch(&outcome, std::time::Duration::from_millis(3));
+        let text = metrics.render();
+        let series = |name: &str, tenant: &str| {
+            format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
+        };
+        let total = "axonflow_orchestrator_provider_total_tokens";
+        assert_eq!(value_of(&text, &series(total, "t1")), Some(10.0), "{text}");
+        assert_eq!(value_of(&text, &series(total, "t2")), Some(10.0));
+        assert_eq!(value_of(&text, &series(total, "__other__")), Some(20.0));
+        assert_eq!(value_of(&text, &series(total, "t3")), None);
+        let cost = "axonflow_orchestrator_provider_total_cost";
+        assert_eq!(value_of(&text, &series(cost, "__other__")), Some(0.5));
+        let prompt = "axonflow_orchestrator_provider_prompt_tokens";
+        assert_eq!(value_of(&text, &series(prompt, "t1")), Some(7.0));
+        let completion = "axonflow_orchestrator_provider_completion_tokens";
+        assert_eq!(value_of(&text, &series(completion, "t1")), Some(3.0));
+        assert_eq!(
+            value_of(
+                &text,
+                "tokenledger_events_unpriced_total{model=\"gpt-4o\",provider=\"openai\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&text, "tokenledger_events_consumed_total"),
+            Some(5.0)
+        );
+        assert_eq!(
+            value_of(&text, "tokenledger_events_inserted_total"),
+            Some(4.0)
+        );
+        assert_eq!(
+            value_of(&text, "tokenledger_events_duplicate_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(
+                &text,
+                "tokenledger_events_dead_lettered_total{reason=\"undecodable\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(value_of(&text, "tokenledger_processor_up"), Some(1.0));
+        for name in [
+            "tokenledger_batch_size_bucket",
+            "tokenledger_batch_duration_seconds_bucket",
+            "tokenledger_end_to_end_latency_seconds_bucket",
+            "tokenledger_last_commit_timestamp_seconds",
+            "tokenledger_db_retries_total",
+            "tokenledger_events_conflict_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

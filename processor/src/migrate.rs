@@ -1,0 +1,405 @@
+//! Schema migrations: the `sql/V<N>__name.sql` files, embedded in the
+//! binary or read from a directory, applied in version order and recorded
+//! with their checksum in `tokenledger_schema_migrations`.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+/// First line that makes a file run outside a transaction, statement by
+/// statement (see sql/README.md).
+pub const NO_TRANSACTION_MARKER: &str = "-- tokenledger:no-transaction";
+
+/// The migrations compiled into the binary. A unit test compares this list
+/// with the files in sql/, so adding a file without listing it here fails.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("V1__audit.sql", include_str!("../../sql/V1__audit.sql")),
+    ("V2__rollups.sql", include_str!("../../sql/V2__rollups.sql")),
+];
+
+const CREATE_HISTORY_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS tokenledger_schema_migrations (
+    version    INTEGER     PRIMARY KEY,
+    name       TEXT        NOT NULL,
+    checksum   TEXT        NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("migration file name {name:?} does not follow V<N>__name.sql")]
+    BadFileName { name: String },
+    #[error("migrations {first} and {second} share version {version}")]
+    DuplicateVersion {
+        version: i32,
+        first: String,
+        second: String,
+    },
+    #[error("cannot read migrations from {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "migration V{version} ({name}) was applied with checksum {applied} but the file now has \
+         {current}: released migrations must not be edited; put the change into a new version"
+    )]
+    ChecksumMismatch {
+        version: i32,
+        name: String,
+        applied: String,
+        current: String,
+    },
+    #[error(
+        "the database does not offer TimescaleDB continuous aggregates (timescaledb.license = \
+         {license:?}), which migration {name} needs: use a TimescaleDB with the Community \
+         (TSL) license, e.g. the timescale/timescaledb image"
+    )]
+    ContinuousAggregatesUnavailable { name: String, license: String },
+    #[error("migration {name} failed: {source}")]
+    Apply {
+        name: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(
+        "the database schema is behind this processor: {missing} not applied; run `processor migrate`"
+    )]
+    NotMigrated { missing: String },
+}
+
+/// One migration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i32,
+    pub name: String,
+    pub sql: String,
+    pub checksum: String,
+    pub no_transaction: bool,
+}
+
+impl Migration {
+    pub fn parse(file_name: &str, sql: &str) -> Result<Self, MigrateError> {
+        let bad = || MigrateError::BadFileName {
+            name: file_name.to_owned(),
+        };
+        let stem = file_name.strip_suffix(".sql").ok_or_else(bad)?;
+        let rest = stem.strip_prefix('V').ok_or_else(bad)?;
+        let (digits, label) = rest.split_once("__").ok_or_else(bad)?;
+        let leading_zero = digits.starts_with('0');
+        let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        if label.is_empty() || leading_zero || !all_digits {
+            return Err(bad());
+        }
+        let version: i32 = digits.parse().map_err(|_| bad())?;
+        Ok(Self {
+            version,
+            name: file_name.to_owned(),
+            sql: sql.to_owned(),
+            checksum: hex::encode(Sha256::digest(sql.as_bytes())),
+            no_transaction: sql.lines().next().map(str::trim_end) == Some(NO_TRANSACTION_MARKER),
+        })
+    }
+
+    /// The statements of a no-transaction file: split at `;` ending a line,
+    /// the convention sql/README.md sets for such files.
+    pub fn statements(&self) -> Vec<String> {
+        let mut statements = Vec::new();
+        let mut current = String::new();
+        for line in self.sql.lines() {
+            current.push_str(line);
+            current.push('\n');
+            if line.trim_end().ends_with(';') {
+                statements.push(std::mem::take(&mut current));
+            }
+        }
+        statements.push(current);
+        statements
+            .into_iter()
+            .filter(|statement| !is_only_comments(statement))
+            .collect()
+    }
+
+    fn needs_continuous_aggregates(&self) -> bool {
+        self.sql.contains("timescaledb.continuous")
+    }
+}
+
+fn is_only_comments(statement: &str) -> bool {
+    statement
+        .lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with("--") || line == ";")
+}
+
+/// The embedded migrations, sorted by version.
+pub fn embedded() -> Result<Vec<Migration>, MigrateError> {
+    sorted(
+        EMBEDDED
+            .iter()
+            .map(|(name, sql)| Migration::parse(name, sql))
+            .collect::<Result<_, _>>()?,
+    )
+}
+
+/// The `V*.sql` files of `dir`, sorted by version. Other files are ignored.
+pub fn from_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
+    let read_err = |source| MigrateError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut migrations = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with('V') && name.ends_with(".sql")) {
+            continue;
+        }
+        let sql = std::fs::read_to_string(entry.path()).map_err(read_err)?;
+        migrations.push(Migration::parse(&name, &sql)?);
+    }
+    sorted(migrations)
+}
+
+fn sorted(mut migrations: Vec<Migration>) -> Result<Vec<Migration>, MigrateError> {
+    migrations.sort_by_key(|migration| migration.version);
+    for pair in migrations.windows(2) {
+        if pair[0].version == pair[1].version {
+            return Err(MigrateError::DuplicateVersion {
+                version: pair[0].version,
+                first: pair[0].name.clone(),
+                second: pair[1].name.clone(),
+            });
+        }
+    }
+    Ok(migrations)
+}
+
+/// What happened to one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStatus {
+    Applied,
+    AlreadyApplied,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationOutcome {
+    pub name: String,
+    pub status: MigrationStatus,
+}
+
+/// Applies every migration not yet recorded, in version order. A recorded
+/// migration whose file changed is an error rather than silently skipped.
+pub async fn apply(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<MigrationOutcome>, MigrateError> {
+    client.batch_execute(CREATE_HISTORY_TABLE).await?;
+    let applied = applied_checksums(client).await?;
+    let mut outcomes = Vec::with_capacity(migrations.len());
+    for migration in migrations {
+        if let Some((_, checksum)) = applied.iter().find(|(v, _)| *v == migration.version) {
+            if *checksum != migration.checksum {
+                return Err(MigrateError::ChecksumMismatch {
+                    version: migration.version,
+                    name: migration.name.clone(),
+                    applied: checksum.clone(),
+                    current: migration.checksum.clone(),
+                });
+            }
+            outcomes.push(MigrationOutcome {
+                name: migration.name.clone(),
+                status: MigrationStatus::AlreadyApplied,
+            });
+            continue;
+        }
+        if migration.needs_continuous_aggregates() {
+            require_continuous_aggregates(client, &migration.name).await?;
+        }
+        apply_one(client, migration).await?;
+        outcomes.push(MigrationOutcome {
+            name: migration.name.clone(),
+            status: MigrationStatus::Applied,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Fails unless every migration in `expected` is recorded as applied with
+/// the same checksum: `run` and `report` refuse an unmigrated database with
+/// a message instead of retrying "relation does not exist" forever.
+pub async fn verify(client: &Client, expected: &[Migration]) -> Result<(), MigrateError> {
+    let table_exists: bool = client
+        .query_one(
+            "SELECT to_regclass('tokenledger_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let applied = if table_exists {
+        applied_checksums(client).await?
+    } else {
+        Vec::new()
+    };
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|migration| !applied.iter().any(|(v, _)| *v == migration.version))
+        .map(|migration| migration.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(MigrateError::NotMigrated {
+            missing: missing.join(", "),
+        });
+    }
+    Ok(())
+}
+
+async fn applied_checksums(client: &Client) -> Result<Vec<(i32, String)>, MigrateError> {
+    let rows = client
+        .query(
+            "SELECT version, checksum FROM tokenledger_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+async fn require_continuous_aggregates(client: &Client, name: &str) -> Result<(), MigrateError> {
+    // Apache-licensed builds report "apache" and refuse CREATE MATERIALIZED
+    // VIEW ... timescaledb.continuous with an error that does not say what to
+    // do about it; checking up front gives the operator a clear message.
+    let license: Option<String> = client
+        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
+        .await?
+        .get(0);
+    let license = license.unwrap_or_default();
+    if license != "timescale" {
+        return Err(MigrateError::ContinuousAggregatesUnavailable {
+            name: name.to_owned(),
+            license,
+        });
+    }
+    Ok(())
+}
+
+async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
+    let failed = |source| MigrateError::Apply {
+        name: migration.name.clone(),
+        source,
+    };
+    if migration.no_transaction {
+        for statement in migration.statements() {
+            client.batch_execute(&statement).await.map_err(failed)?;
+        }
+        record(client, migration).await.map_err(failed)?;
+        return Ok(());
+    }
+    let transaction = client.transaction().await.map_err(failed)?;
+    transaction
+        .batch_execute(&migration.sql)
+        .await
+        .map_err(failed)?;
+    record(&transaction, migration).await.map_err(failed)?;
+    transaction.commit().await.map_err(failed)?;
+    Ok(())
+}
+
+async fn record(
+    client: &impl tokio_postgres::GenericClient,
+    migration: &Migration,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO tokenledger_schema_migrations (version, name, checksum) VALUES ($1, $2, $3) \
+             ON CONFLICT (version) DO NOTHING",
+            &[&migration.version, &migration.name, &migration.checksum],
+        )
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+    }
+
+    #[test]
+    fn every_file_in_sql_is_embedded_and_identical() {
+        let on_disk = from_dir(&sql_dir()).expect("sql/ parses");
+        let embedded = embedded().expect("embedded list parses");
+        let disk_names: Vec<&str> = on_disk.iter().map(|m| m.name.as_str()).collect();
+        let embedded_names: Vec<&str> = embedded.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            disk_names, embedded_names,
+            "add every sql/V*.sql file to migrate::EMBEDDED"
+        );
+        for (disk, built_in) in on_disk.iter().zip(&embedded) {
+            assert_eq!(disk.checksum, built_in.checksum, "{}", disk.name);
+        }
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        let migrations = sorted(vec![
+            Migration::parse("V10__ten.sql", "SELECT 10;").expect("valid"),
+            Migration::parse("V9__nine.sql", "SELECT 9;").expect("valid"),
+            Migration::parse("V2__two.sql", "SELECT 2;").expect("valid"),
+        ])
+        .expect("distinct versions");
+        let versions: Vec<i32> = migrations.iter().map(|m| m.version).collect();
+        assert_eq!(versions, [2, 9, 10]);
+    }
+
+    #[test]
+    fn bad_names_and_duplicate_versions_are_rejected() {
+        for name in [
+            "V01__x.sql",
+            "V1_x.sql",
+            "v1__x.sql",
+            "V__x.sql",
+            "V1__.sql",
+            "V1__x.txt",
+        ] {
+            assert!(Migration::parse(name, "").is_err(), "{name}");
+        }
+        let duplicate = sorted(vec![
+            Migration::parse("V3__a.sql", "").expect("valid"),
+            Migration::parse("V3__b.sql", "").expect("valid"),
+        ]);
+        assert!(matches!(
+            duplicate,
+            Err(MigrateError::DuplicateVersion { version: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn no_transaction_marker_is_honoured_and_statements_split_at_line_end() {
+        let sql = "-- tokenledger:no-transaction\n-- comment\nCALL a(';x');\nSELECT 1\n  ;\n\n-- trailing\n";
+        let migration = Migration::parse("V7__refresh.sql", sql).expect("valid");
+        assert!(migration.no_transaction);
+        let statements = migration.statements();
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(statements[0].contains("CALL a(';x');"));
+        assert!(statements[1].contains("SELECT 1"));
+
+        let transactional = Migration::parse("V8__x.sql", "SELECT 1;\n").expect("valid");
+        assert!(!transactional.no_transaction);
+    }
+
+    #[test]
+    fn the_rollups_migration_is_recognised_as_needing_continuous_aggregates() {
+        let embedded = embedded().expect("embedded");
+        let needing: Vec<&str> = embedded
+            .iter()
+            .filter(|m| m.needs_continuous_aggregates())
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(needing.contains(&"V2__rollups.sql"), "{needing:?}");
+        assert!(!needing.contains(&"V1__audit.sql"), "{needing:?}");
+    }
+}

@@ -1,0 +1,307 @@
+//! The run loop: start-up checks, then collect a batch, commit it (retrying
+//! the same batch until it commits), count it, repeat; and a graceful stop
+//! that commits the in-flight batch.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger::PriceBook;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, BatchLimits};
+use crate::config::{Config, PricingConfig};
+use crate::consumer::{self, ConsumerDeps, ConsumerError, GroupMember};
+use crate::database::{self, DatabaseError};
+use crate::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
+use crate::metrics::{self, Metrics, MetricsError};
+use crate::migrate::{self, MigrateError};
+use crate::offsets::OffsetFloors;
+use crate::writer::{self, AttemptState, BatchOutcome, WriteError, Writer};
+
+/// First pause after a failed attempt; doubled per attempt up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read the price book {path}: {source}")]
+    PriceBookFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid price book {path}: {source}")]
+    PriceBook {
+        path: String,
+        source: ledger::PriceBookError,
+    },
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
+    #[error("cannot commit a batch: {0}")]
+    Write(WriteError),
+    #[error("the consumer stopped unexpectedly")]
+    ConsumerStopped,
+}
+
+/// The built-in price book with the configured file laid over it.
+pub fn load_price_book(pricing: &PricingConfig) -> Result<PriceBook, RunError> {
+    let builtin = PriceBook::builtin();
+    let Some(path) = &pricing.pricebook_path else {
+        return Ok(builtin);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::PriceBookFile {
+        path: shown.clone(),
+        source,
+    })?;
+    let overrides = PriceBook::from_toml(&text).map_err(|source| RunError::PriceBook {
+        path: shown,
+        source,
+    })?;
+    Ok(builtin.with_overrides(overrides))
+}
+
+/// Runs the pipeline until `shutdown` is cancelled, then commits the
+/// in-flight batch and leaves the consumer group. The caller bounds the
+/// whole shutdown with `shutdown_timeout_ms`.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let price_book = load_price_book(&config.pricing)?;
+    tracing::info!(prices = price_book.len(), "price book loaded");
+    let pool = database::pool(&config.database)?;
+    let metrics = Arc::new(Metrics::new(
+        config.metrics.max_tenant_labels,
+        config.metrics.max_model_labels,
+    )?);
+    let server_stop = CancellationToken::new();
+    let server = metrics::serve(
+        metrics.clone(),
+        &config.metrics.listen,
+        &config.metrics.path,
+        server_stop.clone(),
+    )
+    .await?;
+
+    let expected = migrate::embedded()?;
+    let schema_ok = retry_until_shutdown("checking the database schema", &shutdown, || async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| Retry::Transient(e.to_string()))?;
+        match migrate::verify(&client, &expected).await {
+            Ok(()) => Ok(()),
+            Err(error @ MigrateError::NotMigrated { .. }) => Err(Retry::Fatal(error)),
+            Err(error) => Err(Retry::Transient(error.to_string())),
+        }
+    })
+    .await?;
+    if !schema_ok {
+        return Ok(());
+    }
+    let db_timeout = config.database.timeout();
+    let topics_ok = retry_until_shutdown("creating topics", &shutdown, || async {
+        consumer::ensure_topics(&config.kafka, db_timeout)
+            .await
+            .map_err(|e| Retry::<ConsumerError>::Transient(e.to_string()))
+    })
+    .await?;
+    if !topics_ok {
+        return Ok(());
+    }
+
+    let dead_letters = KafkaDeadLetters::new(
+        consumer::client_config(&config.kafka),
+        &config.kafka.dlq_topic,
+        db_timeout,
+    )?;
+    let writer = Writer::new(
+        pool.clone(),
+        &config.kafka.group_id,
+        dead_letters,
+        db_timeout,
+    );
+    let floors = OffsetFloors::default();
+    let (member, mut records) = GroupMember::start(
+        &config.kafka,
+        ConsumerDeps {
+            pool: pool.clone(),
+            floors: floors.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            db_timeout,
+            channel_capacity: config.batch.max_events,
+        },
+    )?;
+    metrics.set_ready(true);
+    tracing::info!(
+        topic = %config.kafka.topic,
+        group_id = %config.kafka.group_id,
+        "processor running"
+    );
+
+    let limits = BatchLimits {
+        max_events: config.batch.max_events,
+        max_latency: config.batch.max_latency(),
+    };
+    let mut result = Ok(());
+    loop {
+        let collected = batch::collect(&mut records, limits, &shutdown, |record| {
+            floors.admits(record)
+        })
+        .await;
+        let batch = match collected {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(batch::BatchError::SourceClosed) => {
+                if !shutdown.is_cancelled() {
+                    result = Err(RunError::ConsumerStopped);
+                }
+                break;
+            }
+        };
+        let closed_by = batch.closed_by;
+        let outcome = match commit_batch(&writer, &price_book, batch.records, &metrics).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        };
+        floors.raise_all(&outcome.next_offsets);
+        member.commit_for_monitoring(&outcome.next_offsets);
+        if closed_by == batch::CloseReason::Shutdown {
+            tracing::info!(
+                records = outcome.consumed,
+                "committed the in-flight batch on shutdown"
+            );
+            break;
+        }
+        if member.is_finished() && !shutdown.is_cancelled() {
+            result = Err(RunError::ConsumerStopped);
+            break;
+        }
+    }
+
+    metrics.set_ready(false);
+    // Stop the polling thread in every case (it also watches `shutdown`).
+    shutdown.cancel();
+    drop(records);
+    let consumer_result = member
+        .stop(Duration::from_millis(config.shutdown_timeout_ms))
+        .await;
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    match (result, consumer_result) {
+        (Err(error), _) => Err(error),
+        (Ok(()), Err(error)) => Err(error.into()),
+        (Ok(()), Ok(())) => {
+            tracing::info!("processor stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Commits one batch, retrying the same batch with capped exponential
+/// backoff while the error is retryable. Nothing else is consumed
+/// meanwhile: the consumer thread blocks on the full channel.
+pub async fn commit_batch<D: DeadLetterSink>(
+    writer: &Writer<D>,
+    price_book: &PriceBook,
+    records: Vec<batch::Record>,
+    metrics: &Metrics,
+) -> Result<BatchOutcome, RunError> {
+    let started = Instant::now();
+    let prepared = writer::prepare(records, price_book);
+    let mut attempt_state = AttemptState::default();
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u32 = 1;
+    let outcome = loop {
+        match writer.write(&prepared, &mut attempt_state).await {
+            Ok(outcome) => break outcome,
+            Err(error) if error.is_retryable() => {
+                metrics.record_db_retry();
+                metrics.set_ready(false);
+                tracing::warn!(
+                    attempt,
+                    backoff_ms = backoff.as_millis() as u64,
+                    records = prepared.records.len(),
+                    %error,
+                    "batch transaction failed; retrying the same batch"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+            Err(error) => return Err(RunError::Write(error)),
+        }
+    };
+    if attempt > 1 {
+        tracing::info!(attempt, "batch committed after retrying");
+    }
+    metrics.set_ready(true);
+    metrics.record_batch(&outcome, started.elapsed());
+    let dead_lettered: usize = outcome.dead_lettered.values().sum();
+    if dead_lettered > 0 || outcome.conflicts > 0 {
+        tracing::info!(
+            records = outcome.consumed,
+            inserted = outcome.new_rows.len(),
+            duplicates = outcome.duplicates,
+            conflicts = outcome.conflicts,
+            dead_lettered,
+            "batch committed"
+        );
+    } else {
+        tracing::debug!(
+            records = outcome.consumed,
+            inserted = outcome.new_rows.len(),
+            duplicates = outcome.duplicates,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+    }
+    Ok(outcome)
+}
+
+/// How a start-up step failed.
+enum Retry<E> {
+    Transient(String),
+    Fatal(E),
+}
+
+/// Retries `step` with backoff until it succeeds (true), `shutdown` is
+/// cancelled (false) or it fails fatally.
+async fn retry_until_shutdown<E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<bool, RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), Retry<E>>>,
+    RunError: From<E>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u32 = 1;
+    loop {
+        match step().await {
+            Ok(()) => return Ok(true),
+            Err(Retry::Fatal(error)) => return Err(error.into()),
+            Err(Retry::Transient(error)) => {
+                tracing::warn!(attempt, backoff_ms = backoff.as_millis() as u64, %error, "{what} failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        attempt += 1;
+    }
+}

@@ -1,0 +1,324 @@
+//! `processor report`: what has landed in the database (raw totals and the
+//! daily rollups per tenant, per model and per tenant and model), as a
+//! readable table or as JSON.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// The rollups in dependency order: the daily ones read `usage_hourly`.
+pub const CONTINUOUS_AGGREGATES: [&str; 4] =
+    ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("cannot refresh {aggregate}: {source}")]
+    Refresh {
+        aggregate: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot render JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    pub rows: i64,
+    pub tenants: i64,
+    pub models: i64,
+    pub total_tokens: i64,
+    pub cost_usd: Decimal,
+    pub unpriced_rows: i64,
+    pub first_created_at: Option<DateTime<Utc>>,
+    pub last_created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DailyRow {
+    pub day: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cost_usd: Decimal,
+    pub unpriced_requests: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub days: u32,
+    pub totals: Totals,
+    pub tenant_daily: Vec<DailyRow>,
+    pub model_daily: Vec<DailyRow>,
+    pub usage_daily: Vec<DailyRow>,
+}
+
+/// Materializes every rollup. Each call is its own statement outside any
+/// transaction: TimescaleDB refuses to refresh inside one.
+pub async fn refresh(client: &Client) -> Result<(), ReportError> {
+    for aggregate in CONTINUOUS_AGGREGATES {
+        client
+            .batch_execute(&format!(
+                "CALL refresh_continuous_aggregate('{aggregate}', NULL, NULL)"
+            ))
+            .await
+            .map_err(|source| ReportError::Refresh { aggregate, source })?;
+    }
+    Ok(())
+}
+
+/// Reads the report covering the last `days` days of rollups; the totals
+/// cover the whole raw table.
+pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
+    let totals_row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT tenant_id), count(DISTINCT (provider, model)),
+                    COALESCE(sum(total_tokens), 0)::BIGINT, COALESCE(sum(estimated_cost), 0),
+                    count(*) FILTER (WHERE pricing_status = 'unpriced'),
+                    min(created_at), max(created_at)
+             FROM gateway_mode_audit",
+            &[],
+        )
+        .await?;
+    let totals = Totals {
+        rows: totals_row.get(0),
+        tenants: totals_row.get(1),
+        models: totals_row.get(2),
+        total_tokens: totals_row.get(3),
+        cost_usd: totals_row.get(4),
+        unpriced_rows: totals_row.get(5),
+        first_created_at: totals_row.get(6),
+        last_created_at: totals_row.get(7),
+    };
+    let window = i32::try_from(days).unwrap_or(i32::MAX);
+    let sums = "requests, prompt_tokens, completion_tokens, total_tokens, cost, unpriced_requests";
+    let tenant_daily = daily(
+        client,
+        &format!(
+            "SELECT to_char(day, 'YYYY-MM-DD'), tenant_id, NULL::text, NULL::text, {sums}
+             FROM tenant_daily WHERE day > now() - make_interval(days => $1::int4)
+             ORDER BY day, tenant_id"
+        ),
+        window,
+    )
+    .await?;
+    let model_daily = daily(
+        client,
+        &format!(
+            "SELECT to_char(day, 'YYYY-MM-DD'), NULL::text, provider::text, model::text, {sums}
+             FROM model_daily WHERE day > now() - make_interval(days => $1::int4)
+             ORDER BY day, provider, model"
+        ),
+        window,
+    )
+    .await?;
+    let usage_daily = daily(
+        client,
+        &format!(
+            "SELECT to_char(day, 'YYYY-MM-DD'), tenant_id::text, provider::text, model::text, {sums}
+             FROM usage_daily WHERE day > now() - make_interval(days => $1::int4)
+             ORDER BY day, tenant_id, provider, model"
+        ),
+        window,
+    )
+    .await?;
+    Ok(Report {
+        days,
+        totals,
+        tenant_daily,
+        model_daily,
+        usage_daily,
+    })
+}
+
+async fn daily(client: &Client, sql: &str, days: i32) -> Result<Vec<DailyRow>, ReportError> {
+    let rows = client.query(sql, &[&days]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| DailyRow {
+            day: row.get(0),
+            tenant_id: row.get(1),
+            provider: row.get(2),
+            model: row.get(3),
+            requests: row.get(4),
+            prompt_tokens: row.get(5),
+            completion_tokens: row.get(6),
+            total_tokens: row.get(7),
+            cost_usd: row.get::<_, Option<Decimal>>(8).unwrap_or_default(),
+            unpriced_requests: row.get(9),
+        })
+        .collect())
+}
+
+impl Report {
+    pub fn to_json(&self) -> Result<String, ReportError> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn to_table(&self) -> String {
+        let totals = &self.totals;
+        let mut out = String::new();
+        out.push_str("gateway_mode_audit\n");
+        out.push_str(&render_table(
+            &[
+                "rows",
+                "tenants",
+                "models",
+                "total_tokens",
+                "cost_usd",
+                "unpriced",
+                "first",
+                "last",
+            ],
+            &[vec![
+                totals.rows.to_string(),
+                totals.tenants.to_string(),
+                totals.models.to_string(),
+                totals.total_tokens.to_string(),
+                totals.cost_usd.round_dp(6).to_string(),
+                totals.unpriced_rows.to_string(),
+                totals
+                    .first_created_at
+                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+                totals
+                    .last_created_at
+                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+            ]],
+        ));
+        let sections: [(&str, &[DailyRow], &[&str]); 3] = [
+            ("tenant_daily", &self.tenant_daily, &["day", "tenant_id"]),
+            (
+                "model_daily",
+                &self.model_daily,
+                &["day", "provider", "model"],
+            ),
+            (
+                "usage_daily",
+                &self.usage_daily,
+                &["day", "tenant_id", "provider", "model"],
+            ),
+        ];
+        for (name, rows, keys) in sections {
+            out.push_str(&format!("\n{name} (last {} days)\n", self.days));
+            let mut header: Vec<&str> = keys.to_vec();
+            header.extend([
+                "requests",
+                "prompt",
+                "completion",
+                "total_tokens",
+                "cost_usd",
+                "unpriced",
+            ]);
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| {
+                    let mut cells = vec![row.day.clone()];
+                    for value in [&row.tenant_id, &row.provider, &row.model]
+                        .into_iter()
+                        .flatten()
+                    {
+                        cells.push(value.clone());
+                    }
+                    cells.extend([
+                        row.requests.to_string(),
+                        row.prompt_tokens.to_string(),
+                        row.completion_tokens.to_string(),
+                        row.total_tokens.to_string(),
+                        row.cost_usd.round_dp(6).to_string(),
+                        row.unpriced_requests.to_string(),
+                    ]);
+                    cells
+                })
+                .collect();
+            if body.is_empty() {
+                out.push_str("(no rows)\n");
+            } else {
+                out.push_str(&render_table(&header, &body));
+            }
+        }
+        out
+    }
+}
+
+/// Left-aligned text columns, right-aligned numbers, padded to the widest cell.
+fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let is_number = |cell: &str| !cell.is_empty() && cell.parse::<f64>().is_ok();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| {
+                if is_number(cell) {
+                    format!("{cell:>width$}")
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_json_keeps_decimals_exact() {
+        let report = Report {
+            days: 30,
+            totals: Totals {
+                rows: 3,
+                tenants: 2,
+                models: 1,
+                total_tokens: 300,
+                cost_usd: Decimal::new(12_345, 7),
+                unpriced_rows: 0,
+                first_created_at: None,
+                last_created_at: None,
+            },
+            tenant_daily: vec![DailyRow {
+                day: "2026-01-05".into(),
+                tenant_id: Some("acme".into()),
+                provider: None,
+                model: None,
+                requests: 3,
+                prompt_tokens: 200,
+                completion_tokens: 100,
+                total_tokens: 300,
+                cost_usd: Decimal::new(12_345, 7),
+                unpriced_requests: 0,
+            }],
+            model_daily: vec![],
+            usage_daily: vec![],
+        };
+        let table = report.to_table();
+        assert!(table.contains("tenant_daily (last 30 days)"), "{table}");
+        assert!(table.contains("2026-01-05  acme"), "{table}");
+        assert!(table.contains("(no rows)"), "{table}");
+        let json = report.to_json().expect("json");
+        assert!(json.contains("\"0.0012345\""), "{json}");
+        assert!(!json.contains("\"provider\": null"), "{json}");
+    }
+}

@@ -1,0 +1,592 @@
+//! The batch transaction: decode, price and dedupe a batch, insert the new
+//! rows, sort the rest into duplicates and conflicts, dead-letter what
+//! cannot be stored, and store the next offsets, all in one transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Object, Pool, Transaction};
+use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
+use uuid::Uuid;
+
+use crate::batch::Record;
+use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
+use crate::offsets::{self, NextOffsets, OffsetsError};
+
+/// The idempotency key of a usage event.
+pub type EventKey = (Uuid, DateTime<Utc>);
+
+const INSERT_ROWS: &str = "
+INSERT INTO gateway_mode_audit (
+    id, tenant_id, user_id, provider, model,
+    prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
+    cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
+    request_id, received_at, payload_sha256, source_partition, source_offset)
+SELECT * FROM UNNEST(
+    $1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
+    $6::int4[], $7::int4[], $8::int4[], $9::numeric[], $10::timestamptz[],
+    $11::int4[], $12::int4[], $13::int4[], $14::text[], $15::jsonb[],
+    $16::text[], $17::timestamptz[], $18::bytea[], $19::int4[], $20::int8[])
+ON CONFLICT DO NOTHING
+RETURNING id, created_at";
+
+const STORED_HASHES: &str = "
+SELECT audit.id, audit.created_at, audit.payload_sha256
+FROM gateway_mode_audit AS audit
+JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS wanted(id, created_at)
+  ON audit.id = wanted.id AND audit.created_at = wanted.created_at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error during {step}: {source}")]
+    Database {
+        step: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("database step {step} did not finish within {timeout:?}")]
+    Timeout {
+        step: &'static str,
+        timeout: Duration,
+    },
+    #[error(transparent)]
+    Offsets(#[from] OffsetsError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error("row ({id}, {created_at}) was neither inserted nor found stored")]
+    MissingStoredRow { id: Uuid, created_at: DateTime<Utc> },
+}
+
+impl WriteError {
+    /// Whether trying the same batch again can succeed. A schema problem
+    /// (undefined table or column, SQLSTATE class 42) will not heal by
+    /// itself; everything else (connection loss, timeouts, serialization
+    /// failures, the dead-letter topic being down) might.
+    pub fn is_retryable(&self) -> bool {
+        let database_error = match self {
+            WriteError::Database { source, .. } => Some(source),
+            WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
+            _ => None,
+        };
+        let sqlstate_class = database_error
+            .and_then(|error| error.code())
+            .map(|code| &code.code()[..2]);
+        sqlstate_class != Some("42")
+    }
+}
+
+/// One decoded, priced event of a batch with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedEvent {
+    pub event: UsageEvent,
+    pub cost: Cost,
+    pub content_sha256: [u8; 32],
+    /// Index of its record in [`PreparedBatch::records`].
+    pub record_index: usize,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl PricedEvent {
+    pub fn key(&self) -> EventKey {
+        (self.event.id, self.event.created_at)
+    }
+}
+
+/// A batch after decoding, pricing and in-batch deduplication; no I/O yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedBatch {
+    pub records: Vec<Record>,
+    /// The first occurrence of each `(id, created_at)`, in arrival order.
+    pub unique: Vec<PricedEvent>,
+    /// Later occurrences of a key already in `unique`.
+    pub repeats: Vec<PricedEvent>,
+    /// Records that cannot be stored whatever the database holds, with
+    /// their index in `records`.
+    pub poison: Vec<(usize, DeadLetter)>,
+    /// One past the highest offset of every partition in the batch,
+    /// poison records included.
+    pub next_offsets: NextOffsets,
+}
+
+/// Decodes, checks, prices and dedupes a batch of records.
+pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
+    let mut unique: Vec<PricedEvent> = Vec::with_capacity(records.len());
+    let mut repeats = Vec::new();
+    let mut poison = Vec::new();
+    let mut next_offsets = NextOffsets::new();
+    let mut first_seen: HashMap<EventKey, usize> = HashMap::with_capacity(records.len());
+    for (record_index, record) in records.iter().enumerate() {
+        let next = next_offsets
+            .entry((record.topic.clone(), record.partition))
+            .or_insert(record.offset + 1);
+        *next = (*next).max(record.offset + 1);
+
+        let event = match decode(record) {
+            Ok(event) => event,
+            Err((reason, detail)) => {
+                poison.push((
+                    record_index,
+                    DeadLetter {
+                        record: record.clone(),
+                        reason,
+                        detail,
+                    },
+                ));
+                continue;
+            }
+        };
+        let priced = PricedEvent {
+            cost: price_book.cost(&event),
+            content_sha256: event.content_sha256(),
+            event,
+            record_index,
+            source_partition: record.partition,
+            source_offset: record.offset,
+        };
+        match first_seen.get(&priced.key()) {
+            Some(_) => repeats.push(priced),
+            None => {
+                first_seen.insert(priced.key(), unique.len());
+                unique.push(priced);
+            }
+        }
+    }
+    PreparedBatch {
+        records,
+        unique,
+        repeats,
+        poison,
+        next_offsets,
+    }
+}
+
+/// Decodes one record into a storable event, or says why it is poison.
+fn decode(record: &Record) -> Result<UsageEvent, (Reason, String)> {
+    if let Some(schema) = &record.schema {
+        if schema.as_slice() != KAFKA_SCHEMA.as_bytes() {
+            return Err((
+                Reason::Schema,
+                format!(
+                    "schema header {:?}, this processor reads {KAFKA_SCHEMA:?}",
+                    String::from_utf8_lossy(schema)
+                ),
+            ));
+        }
+    }
+    let Some(value) = &record.value else {
+        return Err((Reason::Undecodable, "record has no value".into()));
+    };
+    let event = UsageEvent::from_kafka_value(value).map_err(|error| {
+        // from_kafka_value reports both kinds alike; a value that is a
+        // well-formed event breaking a rule is "invalid", anything else
+        // "undecodable", so operators know whether a producer or a client
+        // is at fault.
+        let reason = match serde_json::from_slice::<UsageEvent>(value) {
+            Ok(_) => Reason::Invalid,
+            Err(_) => Reason::Undecodable,
+        };
+        (reason, error.to_string())
+    })?;
+    check_storable(&event).map_err(|detail| (Reason::Invalid, detail))?;
+    Ok(event)
+}
+
+/// Limits of the table that the event contract does not imply: counts are
+/// u32 on the wire but INTEGER in the seed's schema, and PostgreSQL text
+/// cannot hold NUL. Without this check one such record would fail its whole
+/// batch on every retry and stall the partition.
+fn check_storable(event: &UsageEvent) -> Result<(), String> {
+    let counts = [
+        ("prompt_tokens", event.prompt_tokens),
+        ("completion_tokens", event.completion_tokens),
+        ("total_tokens", event.total_tokens),
+        ("cached_prompt_tokens", event.cached_prompt_tokens),
+        ("cache_write_tokens", event.cache_write_tokens),
+        ("reasoning_tokens", event.reasoning_tokens),
+    ];
+    for (field, count) in counts {
+        if i32::try_from(count).is_err() {
+            return Err(format!(
+                "{field}: {count} exceeds the table's INTEGER range ({})",
+                i32::MAX
+            ));
+        }
+    }
+    if event
+        .request_id
+        .as_deref()
+        .is_some_and(|id| id.contains('\0'))
+    {
+        return Err("request_id: must not contain NUL".into());
+    }
+    Ok(())
+}
+
+/// How the events of a batch relate to what the database holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Indexes into [`PreparedBatch::unique`] of the rows this batch inserted.
+    pub new: Vec<usize>,
+    /// Events equal to the stored row with their key (retries, replays).
+    pub duplicates: usize,
+    /// Events whose key is stored with different content: (record index, detail).
+    pub conflicts: Vec<(usize, String)>,
+}
+
+/// Sorts a batch's events given which keys the insert reported as new and
+/// the stored hashes of the keys it did not.
+pub fn classify(
+    prepared: &PreparedBatch,
+    inserted: &HashSet<EventKey>,
+    stored: &HashMap<EventKey, Vec<u8>>,
+) -> Result<Classification, WriteError> {
+    let mut classification = Classification::default();
+    let mut known: HashMap<EventKey, &[u8]> = HashMap::with_capacity(prepared.unique.len());
+    for (index, priced) in prepared.unique.iter().enumerate() {
+        let key = priced.key();
+        if inserted.contains(&key) {
+            classification.new.push(index);
+            known.insert(key, &priced.content_sha256);
+        } else {
+            let stored_hash = stored.get(&key).ok_or(WriteError::MissingStoredRow {
+                id: key.0,
+                created_at: key.1,
+            })?;
+            known.insert(key, stored_hash);
+            compare(priced, stored_hash, &mut classification);
+        }
+    }
+    for priced in &prepared.repeats {
+        let key = priced.key();
+        let known_hash = known.get(&key).ok_or(WriteError::MissingStoredRow {
+            id: key.0,
+            created_at: key.1,
+        })?;
+        compare(priced, known_hash, &mut classification);
+    }
+    Ok(classification)
+}
+
+fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classification) {
+    if stored_hash == priced.content_sha256.as_slice() {
+        classification.duplicates += 1;
+    } else {
+        classification.conflicts.push((
+            priced.record_index,
+            format!(
+                "(id, created_at) = ({}, {}) is stored with content sha256 {}, this record has {}",
+                priced.event.id,
+                priced.event.created_at.to_rfc3339(),
+                hex::encode(stored_hash),
+                hex::encode(priced.content_sha256)
+            ),
+        ));
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub consumed: usize,
+    /// Rows inserted by this batch, with their cost: the only rows counters
+    /// (and budgets) may count.
+    pub new_rows: Vec<PricedEvent>,
+    pub duplicates: usize,
+    pub conflicts: usize,
+    pub dead_lettered: BTreeMap<Reason, usize>,
+    pub next_offsets: NextOffsets,
+    pub committed_at: DateTime<Utc>,
+}
+
+/// Dead letters already acknowledged in earlier attempts of the same batch,
+/// by record index, so a retry does not send them again.
+#[derive(Debug, Default)]
+pub struct AttemptState {
+    acknowledged_dead_letters: HashSet<usize>,
+}
+
+/// Writes batches to the database.
+#[derive(Debug)]
+pub struct Writer<D> {
+    pool: Pool,
+    group_id: String,
+    dead_letters: D,
+    step_timeout: Duration,
+}
+
+impl<D: DeadLetterSink> Writer<D> {
+    pub fn new(pool: Pool, group_id: &str, dead_letters: D, step_timeout: Duration) -> Self {
+        Self {
+            pool,
+            group_id: group_id.to_owned(),
+            dead_letters,
+            step_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// One attempt at committing `prepared`. On error nothing was committed
+    /// (dead letters may have been sent; `attempt` remembers them) and the
+    /// caller may call again with the same batch and state.
+    pub async fn write(
+        &self,
+        prepared: &PreparedBatch,
+        attempt: &mut AttemptState,
+    ) -> Result<BatchOutcome, WriteError> {
+        // Poison does not depend on the database: acknowledge it before the
+        // transaction starts so the transaction is held open for less time.
+        for (record_index, letter) in &prepared.poison {
+            self.dead_letter(letter, *record_index, attempt).await?;
+        }
+
+        let mut client = self.bounded("connect", self.pool.get()).await??;
+        let result = self
+            .write_in_transaction(&mut client, prepared, attempt)
+            .await;
+        if result.is_err() {
+            // The connection may be mid-transaction or mid-statement after a
+            // timeout; never hand it back to the pool.
+            drop(Object::take(client));
+        }
+        result
+    }
+
+    async fn write_in_transaction(
+        &self,
+        client: &mut Object,
+        prepared: &PreparedBatch,
+        attempt: &mut AttemptState,
+    ) -> Result<BatchOutcome, WriteError> {
+        let transaction = self
+            .bounded("begin", client.transaction())
+            .await?
+            .map_err(db("begin"))?;
+
+        let inserted = self
+            .bounded("insert", insert_rows(&transaction, &prepared.unique))
+            .await??;
+        let not_inserted: Vec<EventKey> = prepared
+            .unique
+            .iter()
+            .map(PricedEvent::key)
+            .filter(|key| !inserted.contains(key))
+            .collect();
+        let stored = self
+            .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
+            .await??;
+        let classification = classify(prepared, &inserted, &stored)?;
+
+        // Conflicts are known only now; they must be acknowledged by the
+        // dead-letter topic before the offsets below move past them.
+        for (record_index, detail) in &classification.conflicts {
+            let letter = DeadLetter {
+                record: prepared.records[*record_index].clone(),
+                reason: Reason::Conflict,
+                detail: detail.clone(),
+            };
+            self.dead_letter(&letter, *record_index, attempt).await?;
+        }
+
+        let new_rows: Vec<PricedEvent> = classification
+            .new
+            .iter()
+            .map(|index| prepared.unique[*index].clone())
+            .collect();
+        // Further effects of new rows that must commit with them (budget
+        // spend, threshold crossings) belong here: they see exactly the rows
+        // this transaction inserted, each with its cost.
+
+        self.bounded(
+            "store offsets",
+            offsets::store(&*transaction, &self.group_id, &prepared.next_offsets),
+        )
+        .await??;
+        self.bounded("commit", transaction.commit())
+            .await?
+            .map_err(db("commit"))?;
+
+        let mut dead_lettered: BTreeMap<Reason, usize> = BTreeMap::new();
+        for (_, letter) in &prepared.poison {
+            *dead_lettered.entry(letter.reason).or_default() += 1;
+        }
+        if !classification.conflicts.is_empty() {
+            *dead_lettered.entry(Reason::Conflict).or_default() += classification.conflicts.len();
+        }
+        Ok(BatchOutcome {
+            consumed: prepared.records.len(),
+            new_rows,
+            duplicates: classification.duplicates,
+            conflicts: classification.conflicts.len(),
+            dead_lettered,
+            next_offsets: prepared.next_offsets.clone(),
+            committed_at: Utc::now(),
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        letter: &DeadLetter,
+        record_index: usize,
+        attempt: &mut AttemptState,
+    ) -> Result<(), WriteError> {
+        if attempt.acknowledged_dead_letters.contains(&record_index) {
+            return Ok(());
+        }
+        tracing::warn!(
+            reason = letter.reason.as_str(),
+            partition = letter.record.partition,
+            offset = letter.record.offset,
+            detail = %letter.detail,
+            "dead-lettering record"
+        );
+        self.dead_letters.send(letter).await?;
+        attempt.acknowledged_dead_letters.insert(record_index);
+        Ok(())
+    }
+
+    async fn bounded<T>(
+        &self,
+        step: &'static str,
+        future: impl Future<Output = T>,
+    ) -> Result<T, WriteError> {
+        tokio::time::timeout(self.step_timeout, future)
+            .await
+            .map_err(|_| WriteError::Timeout {
+                step,
+                timeout: self.step_timeout,
+            })
+    }
+}
+
+fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> WriteError {
+    move |source| WriteError::Database { step, source }
+}
+
+async fn insert_rows(
+    transaction: &Transaction<'_>,
+    rows: &[PricedEvent],
+) -> Result<HashSet<EventKey>, WriteError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event.id).collect();
+    let tenants: Vec<&str> = rows.iter().map(|r| r.event.tenant_id.as_str()).collect();
+    let users: Vec<Option<&str>> = rows.iter().map(|r| r.event.user_id.as_deref()).collect();
+    let providers: Vec<&str> = rows.iter().map(|r| r.event.provider.as_str()).collect();
+    let models: Vec<&str> = rows.iter().map(|r| r.event.model.as_str()).collect();
+    let prompt: Vec<i32> = rows.iter().map(|r| count(r.event.prompt_tokens)).collect();
+    let completion: Vec<i32> = rows
+        .iter()
+        .map(|r| count(r.event.completion_tokens))
+        .collect();
+    let total: Vec<i32> = rows.iter().map(|r| count(r.event.total_tokens)).collect();
+    let costs: Vec<rust_decimal::Decimal> = rows.iter().map(|r| r.cost.usd).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.created_at).collect();
+    let cached: Vec<i32> = rows
+        .iter()
+        .map(|r| count(r.event.cached_prompt_tokens))
+        .collect();
+    let cache_write: Vec<i32> = rows
+        .iter()
+        .map(|r| count(r.event.cache_write_tokens))
+        .collect();
+    let reasoning: Vec<i32> = rows
+        .iter()
+        .map(|r| count(r.event.reasoning_tokens))
+        .collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.cost.status.as_str()).collect();
+    let labels: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::Value::Object(
+                r.event
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        })
+        .collect();
+    let request_ids: Vec<Option<&str>> =
+        rows.iter().map(|r| r.event.request_id.as_deref()).collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.received_at).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| r.content_sha256.as_slice()).collect();
+    let source_partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
+    let source_offsets: Vec<i64> = rows.iter().map(|r| r.source_offset).collect();
+
+    let statement = transaction
+        .prepare_cached(INSERT_ROWS)
+        .await
+        .map_err(db("prepare insert"))?;
+    let returned = transaction
+        .query(
+            &statement,
+            &[
+                &ids,
+                &tenants,
+                &users,
+                &providers,
+                &models,
+                &prompt,
+                &completion,
+                &total,
+                &costs,
+                &created,
+                &cached,
+                &cache_write,
+                &reasoning,
+                &statuses,
+                &labels,
+                &request_ids,
+                &received,
+                &hashes,
+                &source_partitions,
+                &source_offsets,
+            ],
+        )
+        .await
+        .map_err(db("insert"))?;
+    Ok(returned
+        .iter()
+        .map(|row| (row.get::<_, Uuid>(0), row.get::<_, DateTime<Utc>>(1)))
+        .collect())
+}
+
+async fn stored_hashes(
+    transaction: &Transaction<'_>,
+    keys: &[EventKey],
+) -> Result<HashMap<EventKey, Vec<u8>>, WriteError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let created: Vec<DateTime<Utc>> = keys.iter().map(|(_, at)| *at).collect();
+    let statement = transaction
+        .prepare_cached(STORED_HASHES)
+        .await
+        .map_err(db("prepare stored hashes"))?;
+    let rows = transaction
+        .query(&statement, &[&ids, &created])
+        .await
+        .map_err(db("stored hashes"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                (row.get::<_, Uuid>(0), row.get::<_, DateTime<Utc>>(1)),
+                row.get::<_, Vec<u8>>(2),
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;
