@@ -353,6 +353,11 @@ def listen_addresses(config):
     return found
 
 
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
 def http_urls(test):
     return [urlparse(part) for word in test for part in str(word).split() if part.startswith("http://")]
 
@@ -370,11 +375,11 @@ for name, svc in services.items():
     env = dict(stages.get(target, {}).get("env", {}))
     env.update({k: str(v) for k, v in (svc.get("environment") or {}).items() if v is not None})
     ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **ours}
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1", **ours}
     proc = subprocess.run([str(binary), "--print-config"], env=run_env, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         report(f"{name}: {target} accepts its container environment",
-               [f"{target} --print-config exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}"])
+               [f"{target} --print-config exited {proc.returncode}: {last_line(proc.stderr or proc.stdout)}"])
         continue
     try:
         config = tomllib.loads(proc.stdout)
@@ -420,7 +425,7 @@ for name, svc in services.items():
     if command and not command[0].startswith("-"):
         help_run = subprocess.run([str(binary), command[0], "--help"], env=run_env, capture_output=True, text=True, timeout=60)
         report(f"{name}: `{target} {command[0]}` is a subcommand",
-               [] if help_run.returncode == 0 else [f"{target} {command[0]} --help exited {help_run.returncode}: {help_run.stderr.strip()}"])
+               [] if help_run.returncode == 0 else [f"{target} {command[0]} --help exited {help_run.returncode}: {last_line(help_run.stderr)}"])
 
 problems = []
 for target in BINARIES:
