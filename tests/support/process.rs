@@ -79,6 +79,7 @@ impl ChildProcess {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot spawn {:?}: {e}", cmd.get_program()));
+        register_pid(child.id(), name);
         ChildProcess {
             name: name.to_owned(),
             child,
@@ -231,6 +232,7 @@ impl Drop for ChildProcess {
                 false
             }
         };
+        unregister_pid(self.child.id());
         if std::thread::panicking() || exited_badly {
             eprintln!(
                 "----- {} (pid {}) log, last {} KiB -----\n{}\n----- end of {} log -----",
@@ -241,5 +243,22 @@ impl Drop for ChildProcess {
                 self.name
             );
         }
+    }
+}
+
+/// scripts/test.sh sets this to a directory where every spawned process leaves a `<pid>` file
+/// until it is reaped, so the script can kill what a killed test run left behind, and nothing
+/// else.
+const PID_DIR_VAR: &str = "TOKENLEDGER_E2E_PID_DIR";
+
+fn register_pid(pid: u32, name: &str) {
+    if let Some(dir) = std::env::var_os(PID_DIR_VAR).filter(|d| !d.is_empty()) {
+        let _ = std::fs::write(Path::new(&dir).join(pid.to_string()), name);
+    }
+}
+
+fn unregister_pid(pid: u32) {
+    if let Some(dir) = std::env::var_os(PID_DIR_VAR).filter(|d| !d.is_empty()) {
+        let _ = std::fs::remove_file(Path::new(&dir).join(pid.to_string()));
     }
 }
