@@ -118,6 +118,12 @@ install_venv() {
 }
 
 install_prometheus_tools() {
+  # scripts/services.sh exports these when it installed them; otherwise they are on PATH.
+  if [ -n "${TOKENLEDGER_PROMTOOL_BIN:-}" ] && [ -n "${TOKENLEDGER_AMTOOL_BIN:-}" ]; then
+    PROMTOOL=$TOKENLEDGER_PROMTOOL_BIN AMTOOL=$TOKENLEDGER_AMTOOL_BIN
+    return
+  fi
+  PROMTOOL=promtool AMTOOL=amtool
   if command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; then
     return
   fi
@@ -131,9 +137,9 @@ install_prometheus_tools() {
 
 check_tool_versions() {
   local v
-  v=$(promtool --version 2>&1 | awk '/version/ {print $3; exit}')
+  v=$("$PROMTOOL" --version 2>&1 | awk '/version/ {print $3; exit}')
   case "$v" in "$PROMETHEUS_VERSION_PREFIX"*) ;; *) die "promtool $v, want $PROMETHEUS_VERSION_PREFIX*" ;; esac
-  v=$(amtool --version 2>&1 | awk '/version/ {print $3; exit}')
+  v=$("$AMTOOL" --version 2>&1 | awk '/version/ {print $3; exit}')
   case "$v" in "$ALERTMANAGER_VERSION_PREFIX"*) ;; *) die "amtool $v, want $ALERTMANAGER_VERSION_PREFIX*" ;; esac
 }
 
@@ -606,7 +612,7 @@ main() {
   # promtool on the config as mounted in the container: rule_files resolve like they will there.
   local prom_cfg="$work/fs/prometheus/etc/prometheus/prometheus.yml"
   if [ -f "$prom_cfg" ]; then
-    if out=$(promtool check config "$prom_cfg" 2>&1); then
+    if out=$("$PROMTOOL" check config "$prom_cfg" 2>&1); then
       local found expected
       found=$(printf '%s\n' "$out" | sed -n 's/.*SUCCESS: \([0-9]*\) rule files found.*/\1/p' | head -n1)
       expected=$(find "$ROOT/alerts" -maxdepth 1 -name '*.yml' | wc -l)
@@ -625,18 +631,18 @@ main() {
 
   local am_cfg="$work/fs/alertmanager/etc/alertmanager/alertmanager.yml"
   if [ -f "$am_cfg" ]; then
-    run_check "alertmanager: amtool check-config deploy/alertmanager.yml" amtool check-config "$am_cfg"
+    run_check "alertmanager: amtool check-config deploy/alertmanager.yml" "$AMTOOL" check-config "$am_cfg"
     # severity -> receiver for the processor's budget alerts; any other alert keeps the default.
     local severity receiver
     for severity in critical:budget-critical warning:budget-warning info:budget-info; do
       receiver=${severity#*:}
       severity=${severity%%:*}
       run_check "alertmanager: LLMBudgetThreshold severity=$severity routes to $receiver" \
-        amtool config routes test --config.file="$am_cfg" --verify.receivers="$receiver" \
+        "$AMTOOL" config routes test --config.file="$am_cfg" --verify.receivers="$receiver" \
         alertname=LLMBudgetThreshold severity="$severity" tenant=acme period=monthly threshold=75
     done
     run_check "alertmanager: other alerts route to default" \
-      amtool config routes test --config.file="$am_cfg" --verify.receivers=default \
+      "$AMTOOL" config routes test --config.file="$am_cfg" --verify.receivers=default \
       alertname=HighLLMSpend severity=warning
   else
     fail "alertmanager: amtool check-config deploy/alertmanager.yml" "the alertmanager service mounts no /etc/alertmanager/alertmanager.yml"
