@@ -467,23 +467,30 @@ if prom_path.is_file():
     for job in prom.get("scrape_configs") or []:
         jobs.add(job.get("job_name"))
         metrics_path = job.get("metrics_path", "/metrics")
-        for static in job.get("static_configs") or []:
-            for target in static.get("targets") or []:
-                host, port = addr_port(target)
-                if host == "localhost":
-                    continue
-                if host not in services:
-                    problems.append(f"job {job.get('job_name')}: target {target} is not a compose service")
-                    continue
-                if host in configs:
-                    binary, config = configs[host]
-                    listen, _ = lookup(config, METRICS_LISTEN[binary])
-                    if addr_port(listen)[1] != port:
-                        problems.append(f"job {job.get('job_name')}: scrapes {target}, {binary} serves metrics on {listen}")
-                    if binary == "processor":
-                        path, _ = lookup(config, ("metrics", "path"))
-                        if path != metrics_path:
-                            problems.append(f"job {job.get('job_name')}: metrics_path {metrics_path}, processor serves {path}")
+        targets = [t for static in job.get("static_configs") or [] for t in static.get("targets") or []]
+        for dns in job.get("dns_sd_configs") or []:
+            if dns.get("type", "SRV") != "A" or "port" not in dns:
+                problems.append(f"job {job.get('job_name')}: dns_sd_configs must be type A with a port")
+                continue
+            targets += [f"{name}:{dns['port']}" for name in dns.get("names") or []]
+        if not targets:
+            problems.append(f"job {job.get('job_name')}: no targets")
+        for target in targets:
+            host, port = addr_port(target)
+            if host == "localhost":
+                continue
+            if host not in services:
+                problems.append(f"job {job.get('job_name')}: target {target} is not a compose service")
+                continue
+            if host in configs:
+                binary, config = configs[host]
+                listen, _ = lookup(config, METRICS_LISTEN[binary])
+                if addr_port(listen)[1] != port:
+                    problems.append(f"job {job.get('job_name')}: scrapes {target}, {binary} serves metrics on {listen}")
+                if binary == "processor":
+                    path, _ = lookup(config, ("metrics", "path"))
+                    if path != metrics_path:
+                        problems.append(f"job {job.get('job_name')}: metrics_path {metrics_path}, processor serves {path}")
     for am in (prom.get("alerting") or {}).get("alertmanagers") or []:
         for static in am.get("static_configs") or []:
             for target in static.get("targets") or []:
@@ -585,12 +592,17 @@ main() {
   # Without the secrets it must refuse to start rather than run with a default password.
   : >"$work/empty.env"
   local out
-  if out=$(env -u POSTGRES_PASSWORD -u GRAFANA_ADMIN_PASSWORD -u GATEWAY_AUTH_KEYS \
+  local -a unset_secrets=()
+  local secret
+  for secret in $(grep -o '\${[A-Z0-9_]*:?' "$ROOT/docker-compose.yml" | tr -d '${:?' | sort -u); do
+    unset_secrets+=(-u "$secret")
+  done
+  if out=$(env "${unset_secrets[@]}" \
     "${compose[@]}" --env-file "$work/empty.env" config --quiet 2>&1); then
     fail "compose: refuses to load without the secrets in .env" "it loaded without POSTGRES_PASSWORD"
   else
     case "$out" in
-      *POSTGRES_PASSWORD* | *GRAFANA_ADMIN_PASSWORD* | *GATEWAY_AUTH_KEYS*) pass "compose: refuses to load without the secrets in .env" ;;
+      *"required variable"*) pass "compose: refuses to load without the secrets in .env" ;;
       *) fail "compose: refuses to load without the secrets in .env" "$out" ;;
     esac
   fi
