@@ -187,19 +187,24 @@ impl Drop for InflightGuard {
 /// Status codes as static strings, so label values stay bounded even if a
 /// handler invents an unusual code.
 fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (200, "200"),
+        (202, "202"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (413, "413"),
+        (415, "415"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    if let Some((_, label)) = KNOWN.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
     match status {
-        200 => "200",
-        202 => "202",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        413 => "413",
-        415 => "415",
-        500 => "500",
-        503 => "503",
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
