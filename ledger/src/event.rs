@@ -522,7 +522,7 @@ fn check_window(
     }
 }
 
-fn type_name(value: &Value) -> &'static str {
+pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -585,7 +585,7 @@ fn parse_identifier(value: &Value, max_chars: usize) -> Result<String, String> {
 
 /// Characters that render as nothing or reorder text: two identifiers that
 /// look the same to a person must not be different tenants or models.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}'
@@ -597,7 +597,7 @@ fn is_invisible(c: char) -> bool {
         | '\u{E0000}'..='\u{E0FFF}')
 }
 
-fn check_identifier(text: &str, max_chars: usize) -> Result<(), String> {
+pub(crate) fn check_identifier(text: &str, max_chars: usize) -> Result<(), String> {
     if text.is_empty() {
         return Err("must not be empty".into());
     }
@@ -622,7 +622,7 @@ fn parse_provider(value: &Value) -> Result<String, String> {
     Ok(provider)
 }
 
-fn check_provider(provider: &str) -> Result<(), String> {
+pub(crate) fn check_provider(provider: &str) -> Result<(), String> {
     if provider.is_empty() {
         return Err("must not be empty".into());
     }
@@ -728,7 +728,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
 
 /// Echoing a hostile key back verbatim would put control characters into
 /// clients' logs; escape them and cap the length.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let escaped: String = text.escape_debug().collect();
     if escaped.chars().count() > 80 {
         let mut short: String = escaped.chars().take(77).collect();

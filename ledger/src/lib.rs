@@ -5,12 +5,16 @@
 //!   the HTTP API and on Kafka.
 //! - [`pricebook`]: per-million-token prices with effective dates, and the
 //!   cost of one event.
+//! - [`budget`]: budgets, their calendar periods in a time zone, threshold
+//!   crossings and the text of their alerts.
 //!
 //! Nothing here performs I/O; every rule is a pure function so it can be
 //! tested exhaustively (see the proptest suites in each module).
 
+pub mod budget;
 pub mod event;
 pub mod pricebook;
 
+pub use budget::{Budget, Period, PeriodBounds, Scope, TenantScope, ThresholdAlert};
 pub use event::{BatchError, EventError, FieldError, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 pub use pricebook::{Cost, Price, PriceBook, PriceBookError, PricingStatus};
