@@ -22,7 +22,7 @@ pub enum AppendError {
     /// one was not attempted (queuing it would reorder the batch).
     #[error("not attempted because an earlier record of the request could not be queued")]
     NotAttempted,
-    #[error("the broker did not acknowledge the record within {0:?}")]
+    #[error("the broker did not acknowledge the record within {} ms", .0.as_millis())]
     TimedOut(Duration),
     #[error("the broker refused the record: {0}")]
     Rejected(String),

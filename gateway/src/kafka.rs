@@ -58,6 +58,13 @@ impl ClientContext for GatewayKafkaContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Ordering::Relaxed);
             tracing::error!(%error, reason, "kafka producer hit a fatal error; it cannot deliver any more records");
+        } else if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            // librdkafka repeats these on every reconnect attempt and has
+            // already logged the underlying connection failure itself.
+            tracing::debug!(%error, reason, "kafka client error");
         } else {
             tracing::warn!(%error, reason, "kafka client error");
         }

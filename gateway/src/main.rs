@@ -1,7 +1,7 @@
 //! The `gateway` binary: parse arguments, load configuration, set up
 //! logging, build the producer and serve until told to stop.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,7 +105,9 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env(ENV_LOG_FILTER)
         .or_else(|_| EnvFilter::try_new("info"))
         .context("parsing TOKENLEDGER_LOG")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
