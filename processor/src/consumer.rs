@@ -237,7 +237,8 @@ impl ProcessorContext {
             };
             let result = self
                 .runtime
-                .block_on(tokio::time::timeout(self.db_timeout, lookup))
+                // the timer must be created inside the runtime, hence the block
+                .block_on(async { tokio::time::timeout(self.db_timeout, lookup).await })
                 .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.db_timeout)));
             match result {
                 Ok(stored) => break stored,
@@ -483,7 +484,7 @@ fn poll_until_shutdown(
         // Backpressure: while the batcher is behind, stop polling. Each wait
         // is bounded so shutdown is noticed.
         while let Some(pending) = record.take() {
-            match runtime.block_on(sender.send_timeout(pending, POLL_INTERVAL)) {
+            match runtime.block_on(async { sender.send_timeout(pending, POLL_INTERVAL).await }) {
                 Ok(()) => {}
                 Err(mpsc::error::SendTimeoutError::Timeout(pending)) => {
                     if shutdown.is_cancelled() {

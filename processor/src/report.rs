@@ -7,9 +7,14 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-/// The rollups in dependency order: the daily ones read `usage_hourly`.
-pub const CONTINUOUS_AGGREGATES: [&str; 4] =
-    ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"];
+/// The rollups in dependency order (the daily ones read `usage_hourly`),
+/// with their bucket width.
+pub const CONTINUOUS_AGGREGATES: [(&str, &str); 4] = [
+    ("usage_hourly", "1 hour"),
+    ("usage_daily", "1 day"),
+    ("tenant_daily", "1 day"),
+    ("model_daily", "1 day"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -62,13 +67,20 @@ pub struct Report {
     pub usage_daily: Vec<DailyRow>,
 }
 
-/// Materializes every rollup. Each call is its own statement outside any
-/// transaction: TimescaleDB refuses to refresh inside one.
+/// Materializes every rollup up to the start of its current bucket. Each
+/// call is its own statement outside any transaction: TimescaleDB refuses
+/// to refresh inside one.
+///
+/// The open bucket is left to real-time aggregation, as the refresh
+/// policies do: materializing it would move the watermark past it, and
+/// rows arriving later in that bucket would stay invisible until the next
+/// refresh.
 pub async fn refresh(client: &Client) -> Result<(), ReportError> {
-    for aggregate in CONTINUOUS_AGGREGATES {
+    for (aggregate, width) in CONTINUOUS_AGGREGATES {
         client
             .batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{aggregate}', NULL, NULL)"
+                "CALL refresh_continuous_aggregate('{aggregate}', NULL, \
+                 time_bucket(INTERVAL '{width}', now()))"
             ))
             .await
             .map_err(|source| ReportError::Refresh { aggregate, source })?;
