@@ -58,6 +58,8 @@ eval "$(bash scripts/services.sh env)" || exit 1
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --workspace --bins
+# Offline validation of docker-compose.yml, the Dockerfile and deploy/ (needs the built binaries).
+step "check deploy" bash scripts/check-deploy.sh
 
 shopt -s nullglob
 rules=(alerts/*.yml)
