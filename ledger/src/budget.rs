@@ -37,7 +37,7 @@ pub const MAX_THRESHOLD_PERCENT: u16 = 1000;
 pub const MAX_THRESHOLDS: usize = 20;
 pub const MAX_BUDGET_NAME_CHARS: usize = 100;
 /// Upper bound of a budget amount in USD.
-pub const MAX_AMOUNT_USD: i64 = 1_000_000_000_000;
+pub const MAX_AMOUNT_USD: i64 = 1_000_000_000;
 /// Decimal places an amount may have (the spend column's scale).
 pub const MAX_AMOUNT_SCALE: u32 = 10;
 /// The `alertname` label of every budget alert.

@@ -39,6 +39,7 @@ pub struct Config {
     pub batch: BatchConfig,
     pub metrics: MetricsConfig,
     pub pricing: PricingConfig,
+    pub alerting: AlertingConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     pub shutdown_timeout_ms: u64,
@@ -99,6 +100,49 @@ pub struct PricingConfig {
     pub pricebook_path: Option<PathBuf>,
 }
 
+/// Delivery of budget threshold crossings (see `alert_outbox`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Alertmanager's base URL (`http://alertmanager:9093`); crossings are
+    /// POSTed to `<url>/api/v2/alerts`. Without it crossings are recorded
+    /// in `budget_alerts` but pushed nowhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager_url: Option<String>,
+    /// A URL that receives the same JSON array as Alertmanager.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// How often the outbox looks for crossings to push.
+    pub poll_interval_ms: u64,
+    /// Upper bound of the pause between attempts at an alert that failed.
+    pub max_backoff_ms: u64,
+    /// Upper bound on one HTTP request.
+    pub timeout_ms: u64,
+    /// Alerts per request.
+    pub batch_size: usize,
+    /// Most `tokenledger_budget_spend_ratio` series exported (the highest
+    /// ratios win).
+    pub max_ratio_series: usize,
+    /// For tests only: push a crossing only once it has been recorded for
+    /// this long, leaving a window between commit and push. 0 in production.
+    pub push_delay_ms: u64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            alertmanager_url: None,
+            webhook_url: None,
+            poll_interval_ms: 1_000,
+            max_backoff_ms: 60_000,
+            timeout_ms: 5_000,
+            batch_size: 100,
+            max_ratio_series: 5_000,
+            push_delay_ms: 0,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -107,6 +151,7 @@ impl Default for Config {
             batch: BatchConfig::default(),
             metrics: MetricsConfig::default(),
             pricing: PricingConfig::default(),
+            alerting: AlertingConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -211,6 +256,7 @@ impl Config {
         if self.kafka.topic_partitions < 1 || self.kafka.topic_replication < 1 {
             return fail("kafka.topic_partitions and kafka.topic_replication must be at least 1");
         }
+        self.alerting.validate()?;
         Ok(())
     }
 
@@ -220,6 +266,37 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = redact_database_url(&self.database.url);
         Ok(toml::to_string_pretty(&shown)?)
+    }
+}
+
+impl AlertingConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("alerting.alertmanager_url", &self.alertmanager_url),
+            ("alerting.webhook_url", &self.webhook_url),
+        ] {
+            let Some(url) = url else { continue };
+            if !url.starts_with("http://") {
+                return Err(ConfigError::Constraint(format!(
+                    "{key} must be an http:// URL, got {url:?} (this build speaks plain HTTP; \
+                     route to TLS receivers through Alertmanager)"
+                )));
+            }
+        }
+        if self.poll_interval_ms == 0 || self.timeout_ms == 0 || self.batch_size == 0 {
+            return Err(ConfigError::Constraint(
+                "alerting.poll_interval_ms, timeout_ms and batch_size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }
 

@@ -16,6 +16,10 @@
 //!   `/healthz`, `/readyz`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
+//! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
+//! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
+//! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
+//!   the spend-ratio gauges.
 //! - [`database`]: connection pool and single connections.
 //!
 //! # Exactly once
@@ -53,7 +57,10 @@
 //!    Effects that must be exact (budget spend) belong inside the
 //!    transaction, in [`writer`].
 
+pub mod alert_outbox;
 pub mod batch;
+pub mod budget_spend;
+pub mod budgets;
 pub mod config;
 pub mod consumer;
 pub mod database;

@@ -310,6 +310,11 @@ impl Metrics {
         self.up.set(0);
     }
 
+    /// The registry, for metrics other modules own (the alert outbox's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The exposition text of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

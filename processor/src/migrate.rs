@@ -16,6 +16,7 @@ pub const NO_TRANSACTION_MARKER: &str = "-- tokenledger:no-transaction";
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("V1__audit.sql", include_str!("../../sql/V1__audit.sql")),
     ("V2__rollups.sql", include_str!("../../sql/V2__rollups.sql")),
+    ("V3__budgets.sql", include_str!("../../sql/V3__budgets.sql")),
 ];
 
 const CREATE_HISTORY_TABLE: &str = "

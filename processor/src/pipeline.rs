@@ -45,6 +45,8 @@ pub enum RunError {
     Consumer(#[from] ConsumerError),
     #[error(transparent)]
     DeadLetters(#[from] DeadLetterError),
+    #[error(transparent)]
+    AlertOutbox(#[from] crate::alert_outbox::OutboxError),
     #[error("cannot commit a batch: {0}")]
     Write(WriteError),
     #[error("the consumer stopped unexpectedly")]
@@ -139,6 +141,14 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
             channel_capacity: config.batch.max_events,
         },
     )?;
+    // Pushes recorded budget crossings; stopped last, after the final commit.
+    let outbox_stop = CancellationToken::new();
+    let outbox = crate::alert_outbox::start(
+        pool.clone(),
+        &config.alerting,
+        metrics.registry(),
+        outbox_stop.clone(),
+    )?;
     metrics.set_ready(true);
     tracing::info!(
         topic = %config.kafka.topic,
@@ -197,7 +207,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         .stop(Duration::from_millis(config.shutdown_timeout_ms))
         .await;
     server_stop.cancel();
+    outbox_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), outbox).await;
     match (result, consumer_result) {
         (Err(error), _) => Err(error),
         (Ok(()), Err(error)) => Err(error.into()),

@@ -399,9 +399,14 @@ impl<D: DeadLetterSink> Writer<D> {
             .iter()
             .map(|index| prepared.unique[*index].clone())
             .collect();
-        // Further effects of new rows that must commit with them (budget
-        // spend, threshold crossings) belong here: they see exactly the rows
-        // this transaction inserted, each with its cost.
+        // Effects of new rows that must commit with them: budget spend and
+        // threshold crossings see exactly the rows this transaction
+        // inserted, each with its cost.
+        self.bounded(
+            "budgets",
+            crate::budget_spend::record(&transaction, &new_rows),
+        )
+        .await??;
 
         self.bounded(
             "store offsets",

@@ -383,7 +383,7 @@ async fn an_unmigrated_database_is_reported_and_no_transaction_files_run_outside
     let mut migrations = migrate::embedded().expect("embedded");
     migrations.push(
         migrate::Migration::parse(
-            "V3__refresh.sql",
+            "V1000__refresh.sql",
             "-- tokenledger:no-transaction\n\
              CALL refresh_continuous_aggregate('usage_hourly', NULL, NULL);\n\
              CALL refresh_continuous_aggregate('usage_daily', NULL, NULL);\n",
@@ -393,5 +393,5 @@ async fn an_unmigrated_database_is_reported_and_no_transaction_files_run_outside
     let outcomes = migrate::apply(&mut client, &migrations)
         .await
         .expect("a refresh runs because it is sent outside a transaction");
-    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes.len(), migrations.len());
 }

@@ -1,0 +1,487 @@
+//! Delivery of recorded threshold crossings, and the budget gauges.
+//!
+//! `budget_alerts` is an outbox: the batch transaction records a crossing
+//! (exactly once, see [`crate::budget_spend`]); this task pushes it to
+//! Alertmanager (`POST /api/v2/alerts`) and to the optional webhook until
+//! each answers 2xx, with capped exponential backoff in between. A row is
+//! marked delivered per target only after that target accepted it, so an
+//! outage of Alertmanager delays alerts and loses none, and a processor that
+//! dies between commit and push pushes after its restart (any processor of
+//! the group will: the outbox is in the database, not in memory).
+//!
+//! Delivery is at least once: a crash between a 2xx and marking the row
+//! delivered pushes it again. Alertmanager merges alerts with identical
+//! labels, so it still shows one alert per crossing; a webhook receiver
+//! should dedupe on the labels (they identify the crossing).
+//!
+//! Several processors may run this loop; a row is claimed by moving its
+//! `next_attempt_at` past a lease with `FOR UPDATE SKIP LOCKED`, in a
+//! statement of its own (no transaction stays open during HTTP calls).
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use deadpool_postgres::Pool;
+use ledger::{Period, ThresholdAlert};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::AlertingConfig;
+
+/// First pause after a failed push; doubled per attempt up to `max_backoff_ms`.
+const FIRST_BACKOFF_MS: f64 = 1_000.0;
+/// How often the gauges are read from the database, in polls.
+const GAUGE_EVERY_POLLS: u32 = 5;
+/// The last error kept per row, in characters.
+const MAX_ERROR_CHARS: usize = 500;
+
+const CLAIM_DUE: &str = "
+UPDATE budget_alerts AS a
+SET attempts = a.attempts + 1,
+    next_attempt_at = now() + $1::float8 * INTERVAL '1 millisecond'
+FROM (
+    SELECT budget_id, tenant_id, period_start, threshold
+    FROM budget_alerts
+    WHERE next_attempt_at <= now()
+      AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
+      AND (($3 AND alertmanager_delivered_at IS NULL) OR ($4 AND webhook_delivered_at IS NULL))
+    ORDER BY next_attempt_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
+  AND a.period_start = due.period_start AND a.threshold = due.threshold
+RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
+          a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
+          a.alertmanager_delivered_at IS NULL AS needs_alertmanager,
+          a.webhook_delivered_at IS NULL AS needs_webhook";
+
+const KEYS: &str = "
+FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[])
+     AS k(budget_id, tenant_id, period_start, threshold)
+WHERE a.budget_id = k.budget_id AND a.tenant_id = k.tenant_id
+  AND a.period_start = k.period_start AND a.threshold = k.threshold";
+
+const PENDING: &str = "
+SELECT count(*), EXTRACT(EPOCH FROM now() - min(crossed_at))::float8
+FROM budget_alerts
+WHERE ($1 AND alertmanager_delivered_at IS NULL) OR ($2 AND webhook_delivered_at IS NULL)";
+
+const CURRENT_RATIOS: &str = "
+SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
+FROM budget_spend AS s JOIN budgets AS b ON b.id = s.budget_id
+WHERE s.period_start <= now() AND s.period_end > now()
+ORDER BY s.spend_usd / b.amount_usd DESC, b.name, s.tenant_id
+LIMIT $1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error while {step}: {source}")]
+    Database {
+        step: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("cannot register metric: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> OutboxError {
+    move |source| OutboxError::Database { step, source }
+}
+
+/// Where a crossing is pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Alertmanager,
+    Webhook,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager",
+            Target::Webhook => "webhook",
+        }
+    }
+
+    fn delivered_column(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager_delivered_at",
+            Target::Webhook => "webhook_delivered_at",
+        }
+    }
+}
+
+/// The outbox's and the budgets' metrics, in the processor's registry.
+#[derive(Debug, Clone)]
+pub struct OutboxMetrics {
+    spend_ratio: GaugeVec,
+    pending: IntGauge,
+    oldest_pending_age: prometheus::Gauge,
+    delivered: IntCounterVec,
+    failures: IntCounterVec,
+}
+
+impl OutboxMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let spend_ratio = GaugeVec::new(
+            Opts::new(
+                "tokenledger_budget_spend_ratio",
+                "Spend of the current period divided by the budget amount, per budget and tenant \
+                 (1 = the whole budget). At most alerting.max_ratio_series series, highest first.",
+            ),
+            &["tenant_id", "budget", "period"],
+        )?;
+        let pending = IntGauge::new(
+            "tokenledger_budget_alerts_pending",
+            "Recorded budget threshold crossings not yet accepted by every configured target.",
+        )?;
+        let oldest_pending_age = prometheus::Gauge::new(
+            "tokenledger_budget_alerts_oldest_pending_age_seconds",
+            "Age of the oldest crossing not yet accepted by every configured target (0 if none).",
+        )?;
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alerts_delivered_total",
+                "Budget threshold alerts accepted by a target (alertmanager, webhook).",
+            ),
+            &["target"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alert_delivery_failures_total",
+                "Failed pushes of budget threshold alerts, by target; each is retried.",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(spend_ratio.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(oldest_pending_age.clone()))?;
+        registry.register(Box::new(delivered.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        for target in [Target::Alertmanager, Target::Webhook] {
+            delivered.with_label_values(&[target.as_str()]);
+            failures.with_label_values(&[target.as_str()]);
+        }
+        Ok(Self {
+            spend_ratio,
+            pending,
+            oldest_pending_age,
+            delivered,
+            failures,
+        })
+    }
+}
+
+/// One claimed row of `budget_alerts`.
+#[derive(Debug, Clone)]
+struct Claimed {
+    alert: ThresholdAlert,
+    needs_alertmanager: bool,
+    needs_webhook: bool,
+}
+
+/// The delivery loop. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AlertOutbox {
+    pool: Pool,
+    config: AlertingConfig,
+    http: reqwest::Client,
+    metrics: Arc<OutboxMetrics>,
+}
+
+impl AlertOutbox {
+    pub fn new(
+        pool: Pool,
+        config: AlertingConfig,
+        metrics: Arc<OutboxMetrics>,
+    ) -> Result<Self, OutboxError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout())
+            .build()
+            .map_err(OutboxError::Client)?;
+        Ok(Self {
+            pool,
+            config,
+            http,
+            metrics,
+        })
+    }
+
+    fn targets(&self) -> (bool, bool) {
+        (
+            self.config.alertmanager_url.is_some(),
+            self.config.webhook_url.is_some(),
+        )
+    }
+
+    /// Pushes due crossings and refreshes the gauges every poll interval
+    /// until `shutdown` is cancelled. Errors are logged and retried on the
+    /// next poll; they never stop ingestion.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (alertmanager, webhook) = self.targets();
+        tracing::info!(
+            alertmanager = self.config.alertmanager_url.as_deref().unwrap_or("(none)"),
+            webhook = self.config.webhook_url.is_some(),
+            "budget alert outbox running"
+        );
+        if !alertmanager && !webhook {
+            tracing::warn!("alerting.alertmanager_url is not set: budget crossings are recorded in budget_alerts but not pushed");
+        }
+        let mut interval = tokio::time::interval(self.config.poll_interval());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            if alertmanager || webhook {
+                // Drain what is due, a batch at a time.
+                loop {
+                    match self.deliver_due().await {
+                        Ok(claimed) if claimed >= self.config.batch_size => continue,
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "budget alert outbox poll failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            if polls % GAUGE_EVERY_POLLS == 0 {
+                if let Err(error) = self.refresh_gauges().await {
+                    tracing::warn!(%error, "cannot refresh the budget gauges");
+                }
+            }
+            polls = polls.wrapping_add(1);
+        }
+        tracing::info!("budget alert outbox stopped");
+    }
+
+    /// Claims the due crossings, pushes them, records the outcome. Returns
+    /// how many were claimed.
+    pub async fn deliver_due(&self) -> Result<usize, OutboxError> {
+        let (alertmanager, webhook) = self.targets();
+        let lease_ms = (self.config.timeout_ms as f64) * 2.0 + 1_000.0;
+        let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        let claimed: Vec<Claimed> = {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    CLAIM_DUE,
+                    &[
+                        &lease_ms,
+                        &(self.config.push_delay_ms as f64),
+                        &alertmanager,
+                        &webhook,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(db("claiming due alerts"))?
+                .iter()
+                .map(claimed_from_row)
+                .collect()
+        };
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        for target in [Target::Alertmanager, Target::Webhook] {
+            let url = match target {
+                Target::Alertmanager => self
+                    .config
+                    .alertmanager_url
+                    .as_deref()
+                    .map(|base| format!("{}/api/v2/alerts", base.trim_end_matches('/'))),
+                Target::Webhook => self.config.webhook_url.clone(),
+            };
+            let Some(url) = url else { continue };
+            let batch: Vec<&ThresholdAlert> = claimed
+                .iter()
+                .filter(|c| match target {
+                    Target::Alertmanager => c.needs_alertmanager,
+                    Target::Webhook => c.needs_webhook,
+                })
+                .map(|c| &c.alert)
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let payload = Value::Array(batch.iter().map(|a| a.to_alertmanager_json()).collect());
+            let result = self.push(&url, &payload).await;
+            let client = self.pool.get().await?;
+            match result {
+                Ok(()) => {
+                    let statement = format!(
+                        "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
+                        target.delivered_column()
+                    );
+                    let (ids, tenants, starts, thresholds) = key_columns(&batch);
+                    client
+                        .execute(&statement, &[&ids, &tenants, &starts, &thresholds])
+                        .await
+                        .map_err(db("marking alerts delivered"))?;
+                    self.metrics
+                        .delivered
+                        .with_label_values(&[target.as_str()])
+                        .inc_by(batch.len() as u64);
+                    tracing::info!(
+                        target = target.as_str(),
+                        alerts = batch.len(),
+                        "budget alerts delivered"
+                    );
+                }
+                Err(error) => {
+                    let statement = format!(
+                        "UPDATE budget_alerts AS a
+                         SET next_attempt_at = now() + LEAST($5::float8,
+                                 $6::float8 * power(2, LEAST(a.attempts - 1, 30)))
+                                 * INTERVAL '1 millisecond',
+                             last_error = $7
+                         {KEYS}"
+                    );
+                    let (ids, tenants, starts, thresholds) = key_columns(&batch);
+                    let message: String = format!("{}: {error}", target.as_str())
+                        .chars()
+                        .take(MAX_ERROR_CHARS)
+                        .collect();
+                    client
+                        .execute(
+                            &statement,
+                            &[
+                                &ids,
+                                &tenants,
+                                &starts,
+                                &thresholds,
+                                &(self.config.max_backoff_ms as f64),
+                                &FIRST_BACKOFF_MS,
+                                &message,
+                            ],
+                        )
+                        .await
+                        .map_err(db("scheduling a retry"))?;
+                    self.metrics
+                        .failures
+                        .with_label_values(&[target.as_str()])
+                        .inc();
+                    tracing::warn!(
+                        target = target.as_str(),
+                        alerts = batch.len(),
+                        %error,
+                        "pushing budget alerts failed; will retry with backoff"
+                    );
+                }
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    async fn push(&self, url: &str, payload: &Value) -> Result<(), String> {
+        let response = self
+            .http
+            .post(url)
+            .json(payload)
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(format!("HTTP {status}: {}", body.trim()))
+    }
+
+    /// Reads the current periods' spend ratios and the pending count.
+    pub async fn refresh_gauges(&self) -> Result<(), OutboxError> {
+        let (alertmanager, webhook) = self.targets();
+        let client = self.pool.get().await?;
+        let limit = i64::try_from(self.config.max_ratio_series).unwrap_or(i64::MAX);
+        let rows = client
+            .query(CURRENT_RATIOS, &[&limit])
+            .await
+            .map_err(db("reading spend ratios"))?;
+        let pending = client
+            .query_one(PENDING, &[&alertmanager, &webhook])
+            .await
+            .map_err(db("counting pending alerts"))?;
+        // Reset first: a budget deleted, renamed or in a new period without
+        // spend yet must not keep its last value.
+        self.metrics.spend_ratio.reset();
+        for row in &rows {
+            let name: String = row.get(0);
+            let tenant: String = row.get(1);
+            let period: String = row.get(2);
+            let ratio = ledger::budget::spend_ratio(row.get::<_, Decimal>(3), row.get(4));
+            self.metrics
+                .spend_ratio
+                .with_label_values(&[&tenant, &name, &period])
+                .set(ratio.to_f64().unwrap_or(0.0));
+        }
+        self.metrics.pending.set(pending.get(0));
+        self.metrics
+            .oldest_pending_age
+            .set(pending.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0));
+        Ok(())
+    }
+}
+
+type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i16>);
+
+fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
+    let mut columns: KeyColumns = Default::default();
+    for alert in alerts {
+        columns.0.push(alert.budget_id);
+        columns.1.push(alert.tenant_id.clone());
+        columns.2.push(alert.period_start);
+        columns
+            .3
+            .push(i16::try_from(alert.threshold).unwrap_or(i16::MAX));
+    }
+    columns
+}
+
+fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
+    let period: String = row.get("period");
+    let timezone: String = row.get("timezone");
+    let threshold: i16 = row.get("threshold");
+    Claimed {
+        alert: ThresholdAlert {
+            budget_id: row.get("budget_id"),
+            budget_name: row.get("budget_name"),
+            tenant_id: row.get("tenant_id"),
+            period: period.parse().unwrap_or(Period::Monthly),
+            timezone: timezone.parse().unwrap_or(Tz::UTC),
+            period_start: row.get("period_start"),
+            period_end: row.get("period_end"),
+            threshold: u16::try_from(threshold).unwrap_or(0),
+            amount_usd: row.get("amount_usd"),
+            spend_usd: row.get("spend_usd"),
+            narrowing: row.get("narrowing"),
+            crossed_at: row.get("crossed_at"),
+        },
+        needs_alertmanager: row.get("needs_alertmanager"),
+        needs_webhook: row.get("needs_webhook"),
+    }
+}
+
+/// Registers the metrics and spawns the delivery loop until `stop`.
+pub fn start(
+    pool: Pool,
+    config: &AlertingConfig,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, OutboxError> {
+    let metrics = Arc::new(OutboxMetrics::new(registry)?);
+    let outbox = AlertOutbox::new(pool, config.clone(), metrics)?;
+    Ok(tokio::spawn(outbox.run(stop)))
+}
