@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use processor::config::{Config, LOG_FILTER_ENV};
-use processor::{database, migrate, pipeline, report};
+use processor::{budgets, database, migrate, pipeline, report};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -57,6 +57,27 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// Manage budgets (also possible through the gateway's admin API).
+    Budgets {
+        #[command(subcommand)]
+        command: BudgetsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BudgetsCommand {
+    /// Create or update the budgets of a TOML file ([[budgets]] tables),
+    /// matched by name, in one transaction.
+    Apply {
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Also delete the budgets the file does not name.
+        #[arg(long)]
+        prune: bool,
+        /// Only validate the file.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -105,7 +126,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate` or `report` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report` or `budgets apply` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -114,7 +135,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             format,
             days,
         }) => print_report(&config, refresh, format, days).await,
+        Some(Command::Budgets {
+            command:
+                BudgetsCommand::Apply {
+                    file,
+                    prune,
+                    dry_run,
+                },
+        }) => apply_budgets(&config, &file, prune, dry_run).await,
     }
+}
+
+async fn apply_budgets(
+    config: &Config,
+    file: &std::path::Path,
+    prune: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let parsed = budgets::read_file(file)?;
+    if dry_run {
+        println!("{}: {} valid budget(s)", file.display(), parsed.len());
+        return Ok(());
+    }
+    let mut client = database::connect(&config.database).await?;
+    migrate::verify(&client, &migrate::embedded()?).await?;
+    let report = budgets::apply(&mut client, &parsed, prune).await?;
+    for (what, names) in [
+        ("created", &report.created),
+        ("updated", &report.updated),
+        ("unchanged", &report.unchanged),
+        ("deleted", &report.deleted),
+    ] {
+        for name in names {
+            println!("{what:<10} {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
