@@ -35,6 +35,7 @@ struct Stack {
     database: Database,
     gateway: ChildProcess,
     processor: ChildProcess,
+    processor_metrics: String,
     gateway_url: String,
     http: reqwest::Client,
 }
@@ -59,12 +60,13 @@ impl Stack {
                 ("TOKENLEDGER_AUTH__ENABLED", "false"),
             ],
         );
-        let processor = spawn_processor(&broker, &database);
+        let (processor, processor_metrics) = spawn_processor(&broker, &database);
         let mut stack = Stack {
             broker,
             database,
             gateway,
             processor,
+            processor_metrics,
             gateway_url: format!("http://{api}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -147,11 +149,12 @@ impl Stack {
     }
 }
 
-fn spawn_processor(broker: &Broker, database: &Database) -> ChildProcess {
+/// The processor and the address of its metrics listener.
+fn spawn_processor(broker: &Broker, database: &Database) -> (ChildProcess, String) {
     let brokers = broker.bootstrap();
     let url = database.url();
     let metrics = format!("127.0.0.1:{}", free_port());
-    ChildProcess::spawn(
+    let process = ChildProcess::spawn(
         "processor",
         Binary::path("processor"),
         &["run"],
@@ -165,7 +168,8 @@ fn spawn_processor(broker: &Broker, database: &Database) -> ChildProcess {
             ("TOKENLEDGER_BATCH__MAX_LATENCY_MS", "100"),
             ("TOKENLEDGER_LOG", "info"),
         ],
-    )
+    );
+    (process, metrics)
 }
 
 /// Runs `processor <args>` to completion and returns its output; panics unless it succeeds.
@@ -413,7 +417,8 @@ async fn every_accepted_event_lands_exactly_once() {
         }
         if index == 8 {
             stack.processor.kill9();
-            stack.processor = spawn_processor(&stack.broker, &stack.database);
+            (stack.processor, stack.processor_metrics) =
+                spawn_processor(&stack.broker, &stack.database);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -523,6 +528,46 @@ async fn every_accepted_event_lands_exactly_once() {
         .collect();
     partitions.sort();
     assert_eq!(partitions, ["0", "1"], "dead letters: {letters:?}");
+
+    // The restarted processor counted both dead letters, and says it is healthy and ready.
+    let base = format!("http://{}", stack.processor_metrics);
+    for path in ["/healthz", "/readyz"] {
+        let response = stack
+            .http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("metrics listener answers");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let metrics = stack
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "tokenledger_events_dead_lettered_total{reason=\"undecodable\"} 2"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a graceful stop well within shutdown_timeout_ms (10 s by default).
+    stack.processor.sigterm();
+    let status = stack.processor.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "processor exit after SIGTERM: {status:?}; log:\n{}",
+        stack.processor.log_tail()
+    );
 }
 
 /// The rows of a simple query as text (NULL as None).
