@@ -66,6 +66,62 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub auth: AuthConfig,
     pub validation: ValidationConfig,
+    pub database: DatabaseConfig,
+}
+
+/// The database the budget API reads and writes (the processor's). Without
+/// `url` the budget endpoints answer 503 and everything else works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A libpq-style connection string (`host=… user=…` or `postgres://…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub pool_size: usize,
+    /// Upper bound on getting a connection and on each query.
+    pub timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 4,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Hides a password in either connection-string form.
+fn redact_database_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:{REDACTED}{}",
+                    &url[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => format!("password={REDACTED}"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +369,9 @@ impl Config {
         if self.validation.max_batch_events == 0 {
             return invalid("validation.max_batch_events must be positive".into());
         }
+        if self.database.pool_size == 0 || self.database.timeout_ms == 0 {
+            return invalid("database.pool_size and database.timeout_ms must be positive".into());
+        }
         Ok(())
     }
 
@@ -322,6 +381,9 @@ impl Config {
         let mut shown = self.clone();
         for key in &mut shown.auth.keys {
             key.sha256 = REDACTED.into();
+        }
+        if let Some(url) = &mut shown.database.url {
+            *url = redact_database_url(url);
         }
         for (name, value) in &mut shown.kafka.properties {
             if is_secret_property(name) {
@@ -474,6 +536,26 @@ tenant_id = "acme"
         let reparsed: Config = toml::from_str(&printed).expect("printed config parses back");
         assert_eq!(reparsed.kafka.topic, config.kafka.topic);
         assert_eq!(reparsed.auth.keys[0].tenant_id.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn printed_config_hides_the_database_password() {
+        for (url, hidden) in [
+            (
+                "postgres://u:s3cret@db:5432/x",
+                "postgres://u:<redacted>@db:5432/x",
+            ),
+            (
+                "host=db user=u password=s3cret",
+                "host=db user=u password=<redacted>",
+            ),
+        ] {
+            let mut config = Config::default();
+            config.database.url = Some(url.into());
+            let printed = config.to_redacted_toml().expect("renders");
+            assert!(!printed.contains("s3cret"), "{printed}");
+            assert!(printed.contains(hidden), "{printed}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   failures to status codes and JSON bodies.
 //! - [`app`]: [`app::AppState`] and the routers ([`app::router`],
 //!   [`app::router_with`] for later routes, [`app::admin_router`]).
+//! - [`budgets`]: the admin budget API and the budget status endpoint, on
+//!   the processor's database (`database.url`).
 //! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
 //! - [`server`], [`shutdown`]: serving both ports and draining on SIGTERM.
 
@@ -21,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod append;
 pub mod auth;
+pub mod budgets;
 pub mod config;
 pub mod kafka;
 pub mod memory;

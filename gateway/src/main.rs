@@ -10,9 +10,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use gateway::app::{AppState, Settings};
 use gateway::auth::{hash_key, KeyRing};
+use gateway::budgets::{self, BudgetStore};
 use gateway::config::{Config, ENV_CONFIG_FILE, ENV_LOG_FILTER};
 use gateway::kafka::KafkaAppender;
-use gateway::server::{serve, Drained};
+use gateway::server::{serve_with, Drained};
 use gateway::shutdown::spawn_signal_handler;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -124,6 +125,13 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     }
     let appender =
         Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
+    let budget_store = BudgetStore::connect_lazily(&config.database)
+        .map_err(anyhow::Error::msg)
+        .context("configuring the budget database")?;
+    if budget_store.is_none() {
+        tracing::info!("database.url is not set: the budget endpoints answer 503");
+    }
+    let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store);
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 
     spawn_signal_handler(state.shutdown.clone())?;
@@ -159,10 +167,11 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         topic = %config.kafka.topic,
         "gateway listening"
     );
-    let drained = serve(
+    let drained = serve_with(
         api_listener,
         admin_listener,
         state,
+        budget_routes,
         config.http.shutdown_timeout(),
     )
     .await?;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::app::{admin_router, router, AppState};
+use axum::Router;
+
+use crate::app::{admin_router, router_with, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -45,9 +47,27 @@ pub async fn serve(
     state: AppState,
     shutdown_timeout: Duration,
 ) -> Result<Drained, ServeError> {
+    serve_with(
+        api_listener,
+        admin_listener,
+        state,
+        Router::new(),
+        shutdown_timeout,
+    )
+    .await
+}
+
+/// [`serve`] with `extra` routes (the budget API) on the API port.
+pub async fn serve_with(
+    api_listener: TcpListener,
+    admin_listener: TcpListener,
+    state: AppState,
+    extra: Router<AppState>,
+    shutdown_timeout: Duration,
+) -> Result<Drained, ServeError> {
     let token = state.shutdown.clone();
     let api = tokio::spawn(
-        axum::serve(api_listener, router(state.clone()))
+        axum::serve(api_listener, router_with(state.clone(), extra))
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .into_future(),
     );
