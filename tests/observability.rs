@@ -12,10 +12,12 @@
 
 mod grafana;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use e2e::Database;
-use grafana::{load_dashboards, substitute_sql, QueryKind, SqlVars};
+use e2e::{free_port, repo_root, wait_for, Binary, Broker, ChildProcess, Database, Prometheus};
+use grafana::{load_dashboards, substitute_promql, substitute_sql, PromVars, QueryKind, SqlVars};
+use serde_json::{json, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The rows of a simple query as column name → text value maps (NULL as None).
@@ -417,4 +419,684 @@ async fn check_sql_panels(client: &Client) {
     );
     let top = &panels["Top tenants by cost"];
     assert_eq!(top.len(), 1, "{top:?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// The whole pipeline under known traffic.
+
+const TOPIC: &str = "usage-events";
+const DLQ_TOPIC: &str = "usage-events.dlq";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How far `increase()`/`rate()` may extrapolate above the exact increase. The traffic is
+/// measured between a warm-up sample and samples at least ~25 s later, scraped every second, so
+/// extrapolation adds at most ~1.5 s / 25 s.
+const EXTRAPOLATION_TOLERANCE: f64 = 0.08;
+
+/// One kind of LLM call in the test traffic: its labels, tokens and cost per call, and how many
+/// calls the measured phase sends (the warm-up phase sends one of each).
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    tenant_id: &'static str,
+    provider: &'static str,
+    model: &'static str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// None: no estimated_cost and no price in the price book, so the call is unpriced (cost 0).
+    estimated_cost: Option<f64>,
+    measured_calls: u64,
+}
+
+impl Traffic {
+    fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    fn cost(&self) -> f64 {
+        self.estimated_cost.unwrap_or(0.0)
+    }
+
+    fn event(&self) -> Value {
+        let mut event = json!({
+            "tenant_id": self.tenant_id,
+            "provider": self.provider,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        });
+        if let Some(cost) = self.estimated_cost {
+            event["estimated_cost"] = json!(format!("{cost:.2}"));
+        }
+        event
+    }
+}
+
+/// Measured phase: $75 + $29 + $5 = $109 (above HighLLMSpend's $100) and 1,184,500 tokens, which
+/// is ~3948 tokens/s over 5 minutes (above TokenUsageSpike's 1000/s).
+const TRAFFIC: &[Traffic] = &[
+    Traffic {
+        tenant_id: "acme",
+        provider: "openai",
+        model: "gpt-4o",
+        prompt_tokens: 60_000,
+        completion_tokens: 20_000,
+        estimated_cost: Some(12.5),
+        measured_calls: 6,
+    },
+    Traffic {
+        tenant_id: "acme",
+        provider: "anthropic",
+        model: "claude-3-5-sonnet",
+        prompt_tokens: 50_000,
+        completion_tokens: 25_000,
+        estimated_cost: Some(7.25),
+        measured_calls: 4,
+    },
+    Traffic {
+        tenant_id: "globex",
+        provider: "openai",
+        model: "gpt-4o-mini",
+        prompt_tokens: 30_000,
+        completion_tokens: 10_000,
+        estimated_cost: Some(0.5),
+        measured_calls: 10,
+    },
+    Traffic {
+        tenant_id: "globex",
+        provider: "tokenledger-test",
+        model: "unpriced-model",
+        prompt_tokens: 1_000,
+        completion_tokens: 500,
+        estimated_cost: None,
+        measured_calls: 3,
+    },
+];
+
+fn measured_sum(by: impl Fn(&Traffic) -> f64, filter: impl Fn(&Traffic) -> bool) -> f64 {
+    TRAFFIC
+        .iter()
+        .filter(|t| filter(t))
+        .map(|t| by(t) * t.measured_calls as f64)
+        .sum()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version, 74 bits that only need to be
+/// unique within this test run.
+fn uuid_v7() -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let millis = since_epoch.as_millis() as u64 & 0xFFFF_FFFF_FFFF;
+    let unique = u64::from(since_epoch.subsec_nanos()) ^ (u64::from(std::process::id()) << 32);
+    let rand_a = unique & 0x0FFF;
+    let rand_b = (unique >> 12) & 0x3FFF_FFFF_FFFF_FFFF;
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        millis >> 16,
+        millis & 0xFFFF,
+        rand_a,
+        0x8000 | ((rand_b >> 48) & 0x3FFF),
+        rand_b & 0xFFFF_FFFF_FFFF
+    )
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
+}
+
+async fn answers_ok(url: &str) -> bool {
+    http()
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn wait_ready(process: &mut ChildProcess, url: &str) {
+    let ready = wait_for(STARTUP_TIMEOUT, || async { answers_ok(url).await }).await;
+    process.assert_running();
+    assert!(
+        ready,
+        "{} not ready at {url}; log:\n{}",
+        process.name(),
+        process.log_tail()
+    );
+}
+
+fn spawn_processor(broker: &Broker, db: &Database, metrics: &str, group: &str) -> ChildProcess {
+    let brokers = broker.bootstrap();
+    let url = db.url();
+    ChildProcess::spawn(
+        "processor",
+        Binary::path("processor"),
+        &["run"],
+        &[
+            ("TOKENLEDGER_KAFKA__BROKERS", brokers.as_str()),
+            ("TOKENLEDGER_KAFKA__GROUP_ID", group),
+            ("TOKENLEDGER_KAFKA__SESSION_TIMEOUT_MS", "6000"),
+            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
+            ("TOKENLEDGER_METRICS__LISTEN", metrics),
+            ("TOKENLEDGER_BATCH__MAX_LATENCY_MS", "100"),
+        ],
+    )
+}
+
+async fn migrate(broker: &Broker, db: &Database) {
+    let brokers = broker.bootstrap();
+    let url = db.url();
+    let mut migrate = ChildProcess::spawn(
+        "processor-migrate",
+        Binary::path("processor"),
+        &["migrate"],
+        &[
+            ("TOKENLEDGER_KAFKA__BROKERS", brokers.as_str()),
+            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
+        ],
+    );
+    let status = migrate.wait_exit(STARTUP_TIMEOUT).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "processor migrate: {status:?}; log:\n{}",
+        migrate.log_tail()
+    );
+}
+
+async fn post_usage(gateway: &str, events: &[Value]) -> Vec<String> {
+    let url = format!("http://{gateway}/v1/usage");
+    let response = http()
+        .post(&url)
+        .json(&Value::Array(events.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(status.as_u16(), 202, "POST {url}: {body}");
+    body["ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Posts one event whose total_tokens contradicts its prompt and completion tokens: the gateway
+/// answers 400 and counts it as rejected (reason invalid).
+async fn post_invalid_usage(gateway: &str) {
+    let url = format!("http://{gateway}/v1/usage");
+    let mut event = TRAFFIC[0].event();
+    event["total_tokens"] = json!(TRAFFIC[0].tokens() + 1);
+    let response = http()
+        .post(&url)
+        .json(&event)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 400, "POST {url} of {event}");
+}
+
+/// An instant query's samples as (labels, value).
+async fn samples(prometheus: &Prometheus, promql: &str) -> Vec<(Value, f64)> {
+    prometheus
+        .query(promql)
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let value = s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            (s["metric"].clone(), value)
+        })
+        .collect()
+}
+
+/// `promql`'s samples keyed by the value of `label`.
+async fn by_label(prometheus: &Prometheus, promql: &str, label: &str) -> BTreeMap<String, f64> {
+    samples(prometheus, promql)
+        .await
+        .into_iter()
+        .map(|(metric, value)| {
+            let key = metric[label].as_str().unwrap_or_default().to_owned();
+            (key, value)
+        })
+        .collect()
+}
+
+async fn wait_value(prometheus: &Prometheus, promql: &str, expected: f64) {
+    let reached = wait_for(SETTLE_TIMEOUT, || async {
+        prometheus
+            .query_f64(promql)
+            .await
+            .is_some_and(|v| (v - expected).abs() < 1e-6)
+    })
+    .await;
+    assert!(
+        reached,
+        "{promql} did not reach {expected} within {SETTLE_TIMEOUT:?}: {:?}",
+        prometheus.query(promql).await
+    );
+}
+
+/// `actual` is an extrapolated increase (or rate) of an exact `expected`.
+fn assert_extrapolated(actual: f64, expected: f64, what: &str) {
+    assert!(
+        actual >= expected * (1.0 - 1e-9) && actual <= expected * (1.0 + EXTRAPOLATION_TOLERANCE),
+        "{what}: got {actual}, expected {expected} (+{}% extrapolation at most)",
+        EXTRAPOLATION_TOLERANCE * 100.0
+    );
+}
+
+/// The usage guide's queries, evaluated now.
+#[derive(Debug, Clone, PartialEq)]
+struct SeedNumbers {
+    total_tokens_24h: f64,
+    tokens_by_provider_24h: BTreeMap<String, f64>,
+    cost_by_model_7d: BTreeMap<String, f64>,
+}
+
+async fn seed_numbers(prometheus: &Prometheus) -> SeedNumbers {
+    SeedNumbers {
+        total_tokens_24h: prometheus
+            .query_f64("sum(increase(axonflow_orchestrator_provider_total_tokens[24h]))")
+            .await
+            .unwrap_or_default(),
+        tokens_by_provider_24h: by_label(
+            prometheus,
+            "sum by (provider) (increase(axonflow_orchestrator_provider_total_tokens[24h]))",
+            "provider",
+        )
+        .await,
+        cost_by_model_7d: by_label(
+            prometheus,
+            "sum by (model) (increase(axonflow_orchestrator_provider_total_cost[7d]))",
+            "model",
+        )
+        .await,
+    }
+}
+
+fn assert_seed_numbers(numbers: &SeedNumbers, when: &str) {
+    let tokens = |t: &Traffic| t.tokens() as f64;
+    assert_extrapolated(
+        numbers.total_tokens_24h,
+        measured_sum(tokens, |_| true),
+        &format!("{when}: total tokens in the last 24 hours"),
+    );
+    let providers: BTreeSet<&str> = TRAFFIC.iter().map(|t| t.provider).collect();
+    for provider in providers {
+        assert_extrapolated(
+            numbers.tokens_by_provider_24h[provider],
+            measured_sum(tokens, |t| t.provider == provider),
+            &format!("{when}: tokens by provider, {provider}"),
+        );
+    }
+    for traffic in TRAFFIC.iter().filter(|t| t.estimated_cost.is_some()) {
+        assert_extrapolated(
+            numbers.cost_by_model_7d[traffic.model],
+            measured_sum(Traffic::cost, |t| t.model == traffic.model),
+            &format!("{when}: cost by model, {}", traffic.model),
+        );
+    }
+}
+
+/// `label_values(selector, label)` as Grafana runs it: the label's values on the series matching
+/// the selector.
+async fn label_values(prometheus: &Prometheus, definition: &str, vars: &PromVars) -> Vec<String> {
+    let inner = definition
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|d| d.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unsupported variable query {definition:?}"));
+    let (selector, label) = inner
+        .rsplit_once(',')
+        .unwrap_or_else(|| panic!("label_values without a selector: {definition:?}"));
+    let selector = substitute_promql(selector.trim(), vars);
+    let body = prometheus
+        .get(
+            &format!("/api/v1/label/{}/values", label.trim()),
+            &[("match[]", selector.as_str())],
+        )
+        .await;
+    body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Runs every Prometheus panel query and template variable of every dashboard with `vars`, the
+/// way Grafana does (range queries over the last minutes, instant queries now); each must answer
+/// without error and with at least one series.
+async fn check_prometheus_panels(prometheus: &Prometheus, vars: &PromVars, only_filtered: bool) {
+    let end = unix_now();
+    let start = (end - 120.0).to_string();
+    let end = end.to_string();
+    for dashboard in load_dashboards() {
+        let variables = dashboard.json["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if only_filtered && variables.is_empty() {
+            continue;
+        }
+        for variable in &variables {
+            if variable["datasource"]["uid"] != grafana::PROMETHEUS_UID {
+                continue;
+            }
+            let definition = variable["definition"].as_str().unwrap_or_default();
+            let values = label_values(prometheus, definition, vars).await;
+            assert!(
+                !values.is_empty(),
+                "{}: variable {definition:?} has no values with {vars:?}",
+                dashboard.file
+            );
+        }
+        for query in dashboard.queries() {
+            let QueryKind::PromQl { expr, instant } = &query.kind else {
+                continue;
+            };
+            let promql = substitute_promql(expr, vars);
+            let result = if *instant {
+                prometheus.query(&promql).await
+            } else {
+                prometheus
+                    .get(
+                        "/api/v1/query_range",
+                        &[
+                            ("query", promql.as_str()),
+                            ("start", start.as_str()),
+                            ("end", end.as_str()),
+                            ("step", "5"),
+                        ],
+                    )
+                    .await["data"]["result"]
+                    .clone()
+            };
+            assert!(
+                result.as_array().is_some_and(|r| !r.is_empty()),
+                "{}: no data for {promql}",
+                query.name()
+            );
+        }
+    }
+}
+
+/// The alerts Prometheus holds now, as alertname → (state, labels).
+async fn alerts(prometheus: &Prometheus) -> BTreeMap<String, (String, Value)> {
+    let body = prometheus.get("/api/v1/alerts", &[]).await;
+    body["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let name = a["labels"]["alertname"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let state = a["state"].as_str().unwrap_or_default().to_owned();
+            (name, (state, a["labels"].clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pipeline_metrics_dashboards_and_alerts() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 3).await;
+    broker.create_topic(DLQ_TOPIC, 1).await;
+    let db = Database::start().await;
+    migrate(&broker, &db).await;
+
+    let processor_metrics = format!("127.0.0.1:{}", free_port());
+    let mut processor = spawn_processor(&broker, &db, &processor_metrics, "tokenledger-processor");
+    wait_ready(
+        &mut processor,
+        &format!("http://{processor_metrics}/readyz"),
+    )
+    .await;
+
+    let gateway_api = format!("127.0.0.1:{}", free_port());
+    let gateway_admin = format!("127.0.0.1:{}", free_port());
+    let brokers = broker.bootstrap();
+    let mut gateway = ChildProcess::spawn(
+        "gateway",
+        Binary::path("gateway"),
+        &[] as &[&str],
+        &[
+            ("TOKENLEDGER_KAFKA__BROKERS", brokers.as_str()),
+            ("TOKENLEDGER_HTTP__LISTEN", gateway_api.as_str()),
+            ("TOKENLEDGER_HTTP__ADMIN_LISTEN", gateway_admin.as_str()),
+            ("TOKENLEDGER_AUTH__ENABLED", "false"),
+        ],
+    );
+    wait_ready(&mut gateway, &format!("http://{gateway_api}/readyz")).await;
+
+    let rules = repo_root().join("alerts").join("tokenledger.rules.yml");
+    let prometheus = Prometheus::start(&[&processor_metrics, &gateway_admin], &[rules]).await;
+    prometheus
+        .wait_target_up(&processor_metrics, STARTUP_TIMEOUT)
+        .await;
+    prometheus
+        .wait_target_up(&gateway_admin, STARTUP_TIMEOUT)
+        .await;
+    let loaded: Vec<String> = prometheus
+        .rules()
+        .await
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        loaded.contains(&"axonflow-cost".to_owned()),
+        "rule groups: {loaded:?}"
+    );
+
+    // Warm-up: one call of each kind, so that every usage series exists in Prometheus before the
+    // measured traffic (a counter's first sample carries no increase).
+    let warm_up: Vec<Value> = TRAFFIC.iter().map(Traffic::event).collect();
+    post_usage(&gateway_api, &warm_up).await;
+    let warm_up_calls = TRAFFIC.len() as f64;
+    wait_value(
+        &prometheus,
+        "count(axonflow_orchestrator_provider_total_tokens)",
+        warm_up_calls,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_events_inserted_total)",
+        warm_up_calls,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Measured traffic. The first call carries its own UUIDv7 (created_at is its time), so that
+    // it can be sent again: once unchanged (a duplicate) and once with other tokens (a conflict).
+    let first_id = uuid_v7();
+    let mut measured = Vec::new();
+    for traffic in TRAFFIC {
+        for _ in 0..traffic.measured_calls {
+            measured.push(traffic.event());
+        }
+    }
+    measured[0]["id"] = json!(first_id);
+    let measured_calls = measured.len() as f64;
+    for chunk in measured.chunks(5) {
+        post_usage(&gateway_api, chunk).await;
+    }
+    let duplicate = measured[0].clone();
+    let mut conflict = measured[0].clone();
+    conflict["prompt_tokens"] = json!(1);
+    post_usage(&gateway_api, &[duplicate, conflict]).await;
+    post_invalid_usage(&gateway_api).await;
+    let stored_calls = warm_up_calls + measured_calls;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_events_inserted_total)",
+        stored_calls,
+    )
+    .await;
+    wait_value(&prometheus, "sum(tokenledger_events_duplicate_total)", 1.0).await;
+    wait_value(&prometheus, "sum(tokenledger_events_conflict_total)", 1.0).await;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_gateway_events_accepted_total)",
+        stored_calls + 2.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_gateway_events_rejected_total{reason=\"invalid\"})",
+        1.0,
+    )
+    .await;
+    // Let the series collect samples after the traffic, so extrapolation stays small.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // The guide's example queries.
+    let before_restart = seed_numbers(&prometheus).await;
+    assert_seed_numbers(&before_restart, "before the restart");
+    let rates = samples(
+        &prometheus,
+        "rate(axonflow_orchestrator_provider_total_tokens[5m]) * 60",
+    )
+    .await;
+    assert_eq!(rates.len(), TRAFFIC.len(), "{rates:?}");
+    for (labels, per_minute) in rates {
+        let traffic = TRAFFIC
+            .iter()
+            .find(|t| labels["model"] == t.model && labels["tenant_id"] == t.tenant_id)
+            .unwrap_or_else(|| panic!("unexpected series {labels}"));
+        assert_eq!(labels["provider"], traffic.provider);
+        let tokens = (traffic.tokens() * traffic.measured_calls) as f64;
+        assert_extrapolated(per_minute, tokens / 5.0, &format!("tokens/min of {labels}"));
+    }
+
+    // Both cost alerts' expressions, verbatim: above their thresholds with this traffic.
+    let spend = prometheus
+        .query_f64("sum(increase(axonflow_orchestrator_provider_total_cost[24h])) > 100")
+        .await
+        .unwrap_or_else(|| panic!("HighLLMSpend's expression returned nothing"));
+    assert_extrapolated(
+        spend,
+        measured_sum(Traffic::cost, |_| true),
+        "HighLLMSpend value",
+    );
+    let token_rate = prometheus
+        .query_f64("sum(rate(axonflow_orchestrator_provider_total_tokens[5m])) > 1000")
+        .await
+        .unwrap_or_else(|| panic!("TokenUsageSpike's expression returned nothing"));
+    let tokens_per_second = measured_sum(|t| t.tokens() as f64, |_| true) / 300.0;
+    assert_extrapolated(token_rate, tokens_per_second, "TokenUsageSpike value");
+
+    // The rules Prometheus evaluates against the real metrics: the two cost alerts, unpriced
+    // usage and the conflict are pending (their `for:` has not passed); nothing fires, and the
+    // conflict does not also count as a dead letter.
+    let expected_pending: BTreeSet<&str> = [
+        "HighLLMSpend",
+        "TokenUsageSpike",
+        "TokenledgerConflictingEventIds",
+        "TokenledgerUnpricedUsage",
+    ]
+    .into();
+    let settled = wait_for(SETTLE_TIMEOUT, || async {
+        let now = alerts(&prometheus).await;
+        let names: BTreeSet<&str> = now.keys().map(String::as_str).collect();
+        names == expected_pending
+    })
+    .await;
+    let now = alerts(&prometheus).await;
+    assert!(settled, "alerts: {now:?}");
+    for (name, (state, _)) in &now {
+        assert_eq!(state, "pending", "{name}");
+    }
+    let unpriced_labels = &now["TokenledgerUnpricedUsage"].1;
+    assert_eq!(unpriced_labels["provider"], "tokenledger-test");
+    assert_eq!(unpriced_labels["model"], "unpriced-model");
+
+    // Every Prometheus panel and variable of the dashboards: All, and one tenant/provider/model.
+    check_prometheus_panels(&prometheus, &PromVars::all("30s"), false).await;
+    let one = PromVars {
+        tenant_id: "acme".to_owned(),
+        provider: "openai".to_owned(),
+        model: "gpt-4o".to_owned(),
+        ..PromVars::all("30s")
+    };
+    check_prometheus_panels(&prometheus, &one, true).await;
+
+    // Every SQL panel over what the pipeline stored.
+    let client = db.client().await;
+    let tenants = sql_variable_values(&client).await;
+    assert_eq!(tenants, ["acme", "globex"], "$tenant_id options");
+    let (from, to) = time_range(&client, "date_trunc('day', now() - INTERVAL '30 days')").await;
+    let vars = SqlVars {
+        from,
+        to,
+        tenant_ids: tenants,
+        regex_tenant_ids: Vec::new(),
+        regex_providers: Vec::new(),
+        regex_models: Vec::new(),
+    };
+    let panels = run_sql_panels(&client, &vars, &[]).await;
+    let all_calls = |by: fn(&Traffic) -> f64| -> f64 {
+        TRAFFIC
+            .iter()
+            .map(|t| by(t) * (t.measured_calls + 1) as f64)
+            .sum()
+    };
+    assert_close(
+        single(&panels, "Tokens in range"),
+        all_calls(|t| t.tokens() as f64),
+        "Tokens in range",
+    );
+    assert_close(
+        single(&panels, "Cost in range"),
+        all_calls(Traffic::cost),
+        "Cost in range",
+    );
+    assert_close(
+        single(&panels, "Unpriced requests in range"),
+        all_calls(|t| if t.estimated_cost.is_none() { 1.0 } else { 0.0 }),
+        "Unpriced requests in range",
+    );
+
+    // A processor crash, then every event delivered again: a new consumer group replays the
+    // topic from the start. Everything is a duplicate; the usage counters must not move.
+    processor.kill9();
+    let mut replay = spawn_processor(&broker, &db, &processor_metrics, "tokenledger-replay");
+    wait_ready(&mut replay, &format!("http://{processor_metrics}/readyz")).await;
+    // The new process counts every record again: the stored calls and the first duplicate as
+    // duplicates, the conflict as a conflict.
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_events_duplicate_total)",
+        stored_calls + 1.0,
+    )
+    .await;
+    wait_value(&prometheus, "sum(tokenledger_events_conflict_total)", 1.0).await;
+    wait_value(&prometheus, "sum(tokenledger_events_inserted_total)", 0.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replay.assert_running();
+    let after_restart = seed_numbers(&prometheus).await;
+    assert_seed_numbers(&after_restart, "after the restart and redelivery");
+    let rows = number(&client, "SELECT count(*) FROM gateway_mode_audit", "rows").await;
+    assert_close(
+        rows,
+        stored_calls,
+        "rows in gateway_mode_audit after the replay",
+    );
+    gateway.assert_running();
 }
