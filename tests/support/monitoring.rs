@@ -256,7 +256,19 @@ pub struct Alertmanager {
     port: u16,
     client: reqwest::Client,
     process: ChildProcess,
-    _dir: TempDir,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+fn alertmanager_args(dir: &Path, port: u16) -> Vec<String> {
+    vec![
+        format!("--config.file={}", dir.join("alertmanager.yml").display()),
+        format!("--storage.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        // An empty cluster address turns gossip off; otherwise it binds :9094.
+        "--cluster.listen-address=".to_owned(),
+        "--log.level=warn".to_owned(),
+    ]
 }
 
 impl Alertmanager {
@@ -271,20 +283,10 @@ impl Alertmanager {
             "route:\n  receiver: tests\n  group_by: ['...']\n  group_wait: 1s\n  \
              group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: tests\n",
         );
-        let data = dir.path().join("data");
         let (port, process) = start_http_service(
             "alertmanager",
             &bin,
-            |port| {
-                vec![
-                    format!("--config.file={}", config.display()),
-                    format!("--storage.path={}", data.display()),
-                    format!("--web.listen-address=127.0.0.1:{port}"),
-                    // An empty cluster address turns gossip off; otherwise it binds :9094.
-                    "--cluster.listen-address=".to_owned(),
-                    "--log.level=warn".to_owned(),
-                ]
-            },
+            |port| alertmanager_args(dir.path(), port),
             "/-/ready",
         )
         .await;
@@ -292,8 +294,44 @@ impl Alertmanager {
             port,
             client: http(),
             process,
-            _dir: dir,
+            bin,
+            dir,
         }
+    }
+
+    /// Kills Alertmanager (an outage). The alerts it held are gone (it keeps them in memory).
+    pub fn stop(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts Alertmanager again on the same port with the same configuration, after
+    /// [`Alertmanager::stop`].
+    pub async fn start_again(&mut self) {
+        assert!(
+            !self.process.is_running(),
+            "start_again: alertmanager is still running"
+        );
+        let mut process = ChildProcess::spawn(
+            "alertmanager",
+            &self.bin,
+            &alertmanager_args(self.dir.path(), self.port),
+            &[],
+        );
+        let url = format!("{}/-/ready", self.url());
+        let ready = wait_for(READY_TIMEOUT, || {
+            let running = process.is_running();
+            let (client, url) = (self.client.clone(), url.clone());
+            async move { running && is_ready(&client, &url).await }
+        })
+        .await;
+        if !ready {
+            panic!(
+                "alertmanager did not start again on port {} within {READY_TIMEOUT:?}; log:\n{}",
+                self.port,
+                process.log_tail()
+            );
+        }
+        self.process = process;
     }
 
     pub fn url(&self) -> String {
