@@ -591,24 +591,52 @@ fn spawn_processor(broker: &Broker, db: &Database, metrics: &str, group: &str) -
     )
 }
 
-async fn migrate(broker: &Broker, db: &Database) {
+/// Runs a one-shot processor command (`migrate`, `budgets apply …`) to completion.
+async fn processor_command(broker: &Broker, db: &Database, args: &[&str]) {
     let brokers = broker.bootstrap();
     let url = db.url();
-    let mut migrate = ChildProcess::spawn(
-        "processor-migrate",
+    let mut command = ChildProcess::spawn(
+        "processor-command",
         Binary::path("processor"),
-        &["migrate"],
+        args,
         &[
             ("TOKENLEDGER_KAFKA__BROKERS", brokers.as_str()),
             ("TOKENLEDGER_DATABASE__URL", url.as_str()),
         ],
     );
-    let status = migrate.wait_exit(STARTUP_TIMEOUT).await;
+    let status = command.wait_exit(STARTUP_TIMEOUT).await;
     assert!(
         status.is_some_and(|s| s.success()),
-        "processor migrate: {status:?}; log:\n{}",
-        migrate.log_tail()
+        "processor {args:?}: {status:?}; log:\n{}",
+        command.log_tail()
     );
+}
+
+/// Monthly budgets for the two tenants, sized so that the test traffic takes acme past its
+/// budget (123.75 of 100) and globex past 90% of its (5.50 of 6).
+const BUDGETS_TOML: &str = r#"
+[[budgets]]
+name = "acme-monthly"
+tenant_id = "acme"
+period = "monthly"
+amount_usd = "100.00"
+
+[[budgets]]
+name = "globex-monthly"
+tenant_id = "globex"
+period = "monthly"
+amount_usd = "6.00"
+"#;
+
+/// The spend ratio each budget of [`BUDGETS_TOML`] must reach: every call of the tenant (warm-up
+/// and measured) over the amount.
+fn expected_spend_ratio(tenant_id: &str, amount_usd: f64) -> f64 {
+    TRAFFIC
+        .iter()
+        .filter(|t| t.tenant_id == tenant_id)
+        .map(|t| t.cost() * (t.measured_calls + 1) as f64)
+        .sum::<f64>()
+        / amount_usd
 }
 
 async fn post_usage(gateway: &str, events: &[Value]) -> Vec<String> {
@@ -859,7 +887,13 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     broker.create_topic(TOPIC, 3).await;
     broker.create_topic(DLQ_TOPIC, 1).await;
     let db = Database::start().await;
-    migrate(&broker, &db).await;
+    processor_command(&broker, &db, &["migrate"]).await;
+    let budgets_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let budgets_file = budgets_dir.path().join("budgets.toml");
+    std::fs::write(&budgets_file, BUDGETS_TOML)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", budgets_file.display()));
+    let budgets_path = budgets_file.to_string_lossy().into_owned();
+    processor_command(&broker, &db, &["budgets", "apply", "--file", &budgets_path]).await;
 
     let processor_metrics = format!("127.0.0.1:{}", free_port());
     let mut processor = spawn_processor(&broker, &db, &processor_metrics, "tokenledger-processor");
@@ -963,6 +997,20 @@ async fn pipeline_metrics_dashboards_and_alerts() {
         1.0,
     )
     .await;
+    let acme_ratio = expected_spend_ratio("acme", 100.0);
+    let globex_ratio = expected_spend_ratio("globex", 6.0);
+    wait_value(
+        &prometheus,
+        "tokenledger_budget_spend_ratio{tenant_id=\"acme\",budget=\"acme-monthly\",period=\"monthly\"}",
+        acme_ratio,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        "tokenledger_budget_spend_ratio{tenant_id=\"globex\",budget=\"globex-monthly\",period=\"monthly\"}",
+        globex_ratio,
+    )
+    .await;
     // Let the series collect samples after the traffic, so extrapolation stays small.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
@@ -1003,11 +1051,13 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     assert_extrapolated(token_rate, tokens_per_second, "TokenUsageSpike value");
 
     // The rules Prometheus evaluates against the real metrics: the two cost alerts, unpriced
-    // usage and the conflict are pending (their `for:` has not passed); nothing fires, and the
-    // conflict does not also count as a dead letter.
+    // usage, the conflict and both budgets are pending (their `for:` has not passed); nothing
+    // fires, and the conflict does not also count as a dead letter.
     let expected_pending: BTreeSet<&str> = [
         "HighLLMSpend",
         "TokenUsageSpike",
+        "TokenledgerBudgetExceeded",
+        "TokenledgerBudgetNearlyExhausted",
         "TokenledgerConflictingEventIds",
         "TokenledgerUnpricedUsage",
     ]
@@ -1026,6 +1076,11 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     let unpriced_labels = &now["TokenledgerUnpricedUsage"].1;
     assert_eq!(unpriced_labels["provider"], "tokenledger-test");
     assert_eq!(unpriced_labels["model"], "unpriced-model");
+    assert_eq!(now["TokenledgerBudgetExceeded"].1["budget"], "acme-monthly");
+    assert_eq!(
+        now["TokenledgerBudgetNearlyExhausted"].1["budget"],
+        "globex-monthly"
+    );
 
     // Every Prometheus panel and variable of the dashboards: All, and one tenant/provider/model.
     check_prometheus_panels(&prometheus, &PromVars::all("30s"), false).await;
@@ -1092,6 +1147,18 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     replay.assert_running();
     let after_restart = seed_numbers(&prometheus).await;
     assert_seed_numbers(&after_restart, "after the restart and redelivery");
+    // The budgets did not count the redelivered spend either.
+    for (budget, ratio) in [
+        ("acme-monthly", acme_ratio),
+        ("globex-monthly", globex_ratio),
+    ] {
+        wait_value(
+            &prometheus,
+            &format!("tokenledger_budget_spend_ratio{{budget=\"{budget}\"}}"),
+            ratio,
+        )
+        .await;
+    }
     let rows = number(&client, "SELECT count(*) FROM gateway_mode_audit", "rows").await;
     assert_close(
         rows,
