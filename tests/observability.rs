@@ -1062,10 +1062,19 @@ async fn pipeline_metrics_dashboards_and_alerts() {
         "TokenledgerUnpricedUsage",
     ]
     .into();
+    // A slow machine may legitimately make these pending as well; nothing else may be.
+    let may_be_pending: BTreeSet<&str> = [
+        "TokenledgerDatabaseRetrying",
+        "TokenledgerEndToEndLatencyHigh",
+    ]
+    .into();
     let settled = wait_for(SETTLE_TIMEOUT, || async {
         let now = alerts(&prometheus).await;
         let names: BTreeSet<&str> = now.keys().map(String::as_str).collect();
-        names == expected_pending
+        names.is_superset(&expected_pending)
+            && names
+                .iter()
+                .all(|n| expected_pending.contains(n) || may_be_pending.contains(n))
     })
     .await;
     let now = alerts(&prometheus).await;
