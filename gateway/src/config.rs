@@ -306,6 +306,24 @@ impl ValidationConfig {
     }
 }
 
+/// Keeps only the variables that name one of this binary's settings. The
+/// gateway and the processor share the `TOKENLEDGER_` prefix, so one
+/// environment file can serve both, and tools export variables of their own
+/// under it; a setting's section is matched, and an unknown key inside a
+/// known section is still refused.
+fn own_settings(env: Env) -> Env {
+    let top_level: Vec<String> = match figment::value::Value::serialize(Config::default()) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
+        _ => Vec::new(),
+    };
+    env.filter(move |key| {
+        let first = key.as_str().split("__").next().unwrap_or_default();
+        top_level
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(first))
+    })
+}
+
 impl Config {
     /// Defaults, then `file` (if any), then `TOKENLEDGER_…` variables from
     /// the process environment.
@@ -327,7 +345,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(env.split("__").ignore(&["config", "log"]));
+        figment = figment.merge(own_settings(env).split("__").ignore(&["config", "log"]));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -481,6 +499,17 @@ tenant_id = "acme"
         std::env::set_var("TLGWTEST_B_HTTP__LISTN", "0.0.0.0:1");
         let err = Config::load_from(None, Env::prefixed("TLGWTEST_B_")).expect_err("typo refused");
         assert!(error_chain(&err).contains("listn"), "{err:?}");
+    }
+
+    #[test]
+    fn variables_of_other_binaries_and_tools_are_not_settings() {
+        std::env::set_var("TLGWTEST_C_TANSU_BIN", "/opt/tansu");
+        std::env::set_var("TLGWTEST_C_DATABASE_POOL", "9");
+        std::env::set_var("TLGWTEST_C_METRICS__LISTEN", "127.0.0.1:1");
+        std::env::set_var("TLGWTEST_C_KAFKA__TOPIC", "from-env");
+        let config = Config::load_from(None, Env::prefixed("TLGWTEST_C_"))
+            .expect("foreign variables ignored");
+        assert_eq!(config.kafka.topic, "from-env");
     }
 
     #[test]

@@ -202,6 +202,24 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Keeps only the variables that name one of this binary's settings. The
+/// gateway and the processor share the `TOKENLEDGER_` prefix, so one
+/// environment file can serve both, and tools export variables of their own
+/// under it; a setting's section is matched, and an unknown key inside a
+/// known section is still refused.
+fn own_settings(env: Env) -> Env {
+    let top_level: Vec<String> = match figment::value::Value::serialize(Config::default()) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
+        _ => Vec::new(),
+    };
+    env.filter(move |key| {
+        let first = key.as_str().split("__").next().unwrap_or_default();
+        top_level
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(first))
+    })
+}
+
 impl Config {
     /// The layered sources: defaults, then the file (if any), then the
     /// environment. Kept separate from [`Config::load`] so tests can inspect it.
@@ -211,7 +229,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment.merge(
-            Env::prefixed(ENV_PREFIX)
+            own_settings(Env::prefixed(ENV_PREFIX))
                 .ignore(NON_CONFIG_ENV_KEYS)
                 .split("__"),
         )
@@ -458,6 +476,9 @@ mod tests {
             // not configuration keys: must not trip deny_unknown_fields
             jail.set_env("TOKENLEDGER_CONFIG", "processor.toml");
             jail.set_env("TOKENLEDGER_LOG", "debug");
+            // the gateway's settings and tools' variables share the prefix
+            jail.set_env("TOKENLEDGER_HTTP__LISTEN", "0.0.0.0:8080");
+            jail.set_env("TOKENLEDGER_TANSU_BIN", "/opt/tansu");
 
             let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.kafka.brokers, "env:2", "env wins over the file");
