@@ -176,36 +176,47 @@ impl Report {
         Ok(serde_json::to_string_pretty(self)?)
     }
 
+    /// What a person wants to see first: the totals, cost per day, and the
+    /// top tenants and models of the window, from the daily rollups.
     pub fn to_table(&self) -> String {
-        let totals = &self.totals;
-        let mut out = String::new();
-        out.push_str("gateway_mode_audit\n");
-        out.push_str(&render_table(
-            &[
-                "rows",
-                "tenants",
-                "models",
-                "total_tokens",
-                "cost_usd",
-                "unpriced",
-                "first",
-                "last",
-            ],
-            &[vec![
-                totals.rows.to_string(),
-                totals.tenants.to_string(),
-                totals.models.to_string(),
-                totals.total_tokens.to_string(),
-                totals.cost_usd.round_dp(6).to_string(),
-                totals.unpriced_rows.to_string(),
-                totals
-                    .first_created_at
-                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
-                totals
-                    .last_created_at
-                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
-            ]],
+        const TOP: usize = 10;
+        let mut out = self.totals_table();
+        out.push_str(&format!(
+            "\nper day (tenant_daily, last {} days)\n",
+            self.days
         ));
+        let per_day = sum_by(&self.tenant_daily, |row| vec![row.day.clone()]);
+        out.push_str(&summary_table(&["day"], &per_day, usize::MAX));
+        out.push_str(&format!(
+            "\ntop tenants by cost (tenant_daily, last {} days)\n",
+            self.days
+        ));
+        let per_tenant = sum_by(&self.tenant_daily, |row| {
+            vec![row.tenant_id.clone().unwrap_or_default()]
+        });
+        out.push_str(&summary_table(&["tenant_id"], &by_cost(per_tenant), TOP));
+        out.push_str(&format!(
+            "\ntop models by cost (model_daily, last {} days)\n",
+            self.days
+        ));
+        let per_model = sum_by(&self.model_daily, |row| {
+            vec![
+                row.provider.clone().unwrap_or_default(),
+                row.model.clone().unwrap_or_default(),
+            ]
+        });
+        out.push_str(&summary_table(
+            &["provider", "model"],
+            &by_cost(per_model),
+            TOP,
+        ));
+        out
+    }
+
+    /// Every rollup row of the window: per tenant, per model, and per
+    /// tenant and model, each per day.
+    pub fn to_detail_table(&self) -> String {
+        let mut out = self.totals_table();
         let sections: [(&str, &[DailyRow], &[&str]); 3] = [
             ("tenant_daily", &self.tenant_daily, &["day", "tenant_id"]),
             (
@@ -259,6 +270,117 @@ impl Report {
         }
         out
     }
+
+    fn totals_table(&self) -> String {
+        let totals = &self.totals;
+        let mut out = String::new();
+        out.push_str("gateway_mode_audit\n");
+        out.push_str(&render_table(
+            &[
+                "rows",
+                "tenants",
+                "models",
+                "total_tokens",
+                "cost_usd",
+                "unpriced",
+                "first",
+                "last",
+            ],
+            &[vec![
+                totals.rows.to_string(),
+                totals.tenants.to_string(),
+                totals.models.to_string(),
+                totals.total_tokens.to_string(),
+                totals.cost_usd.round_dp(6).to_string(),
+                totals.unpriced_rows.to_string(),
+                totals
+                    .first_created_at
+                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+                totals
+                    .last_created_at
+                    .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+            ]],
+        ));
+        out
+    }
+}
+
+/// Sums daily rows into one row per key, keeping first-seen key order.
+fn sum_by(
+    rows: &[DailyRow],
+    key: impl Fn(&DailyRow) -> Vec<String>,
+) -> Vec<(Vec<String>, DailyRow)> {
+    let mut sums: Vec<(Vec<String>, DailyRow)> = Vec::new();
+    for row in rows {
+        let k = key(row);
+        match sums.iter_mut().find(|(existing, _)| *existing == k) {
+            Some((_, sum)) => {
+                sum.requests += row.requests;
+                sum.prompt_tokens += row.prompt_tokens;
+                sum.completion_tokens += row.completion_tokens;
+                sum.total_tokens += row.total_tokens;
+                sum.cost_usd += row.cost_usd;
+                sum.unpriced_requests += row.unpriced_requests;
+            }
+            None => sums.push((k, row.clone())),
+        }
+    }
+    sums
+}
+
+fn by_cost(mut sums: Vec<(Vec<String>, DailyRow)>) -> Vec<(Vec<String>, DailyRow)> {
+    sums.sort_by(|a, b| b.1.cost_usd.cmp(&a.1.cost_usd).then_with(|| a.0.cmp(&b.0)));
+    sums
+}
+
+/// Keys, then the sums; rows past `limit` are folded into one "(N more)" row
+/// so the total still adds up.
+fn summary_table(keys: &[&str], sums: &[(Vec<String>, DailyRow)], limit: usize) -> String {
+    if sums.is_empty() {
+        return "(no rows)\n".into();
+    }
+    let mut header = keys.to_vec();
+    header.extend([
+        "requests",
+        "total_tokens",
+        "cost_usd",
+        "cost_per_1k_tokens",
+        "unpriced",
+    ]);
+    let cells = |key: Vec<String>, row: &DailyRow| {
+        let per_1k = if row.total_tokens > 0 {
+            (row.cost_usd * Decimal::from(1000) / Decimal::from(row.total_tokens)).round_dp(6)
+        } else {
+            Decimal::ZERO
+        };
+        let mut cells = key;
+        cells.extend([
+            row.requests.to_string(),
+            row.total_tokens.to_string(),
+            row.cost_usd.round_dp(6).to_string(),
+            per_1k.to_string(),
+            row.unpriced_requests.to_string(),
+        ]);
+        cells
+    };
+    let mut body: Vec<Vec<String>> = sums
+        .iter()
+        .take(limit)
+        .map(|(key, row)| cells(key.clone(), row))
+        .collect();
+    if sums.len() > limit {
+        let rest = &sums[limit..];
+        let folded = sum_by(
+            &rest.iter().map(|(_, row)| row.clone()).collect::<Vec<_>>(),
+            |_| Vec::new(),
+        );
+        if let Some((_, row)) = folded.first() {
+            let mut key = vec![format!("({} more)", rest.len())];
+            key.resize(keys.len(), String::new());
+            body.push(cells(key, row));
+        }
+    }
+    render_table(&header, &body)
 }
 
 /// Left-aligned text columns, right-aligned numbers, padded to the widest cell.
@@ -325,12 +447,80 @@ mod tests {
             model_daily: vec![],
             usage_daily: vec![],
         };
-        let table = report.to_table();
+        let table = report.to_detail_table();
         assert!(table.contains("tenant_daily (last 30 days)"), "{table}");
         assert!(table.contains("2026-01-05  acme"), "{table}");
         assert!(table.contains("(no rows)"), "{table}");
         let json = report.to_json().expect("json");
         assert!(json.contains("\"0.0012345\""), "{json}");
         assert!(!json.contains("\"provider\": null"), "{json}");
+    }
+
+    fn row(day: &str, tenant: &str, requests: i64, cost: i64) -> DailyRow {
+        DailyRow {
+            day: day.into(),
+            tenant_id: Some(tenant.into()),
+            provider: None,
+            model: None,
+            requests,
+            prompt_tokens: requests * 10,
+            completion_tokens: 0,
+            total_tokens: requests * 10,
+            cost_usd: Decimal::new(cost, 2),
+            unpriced_requests: 0,
+        }
+    }
+
+    #[test]
+    fn summary_ranks_tenants_by_cost_and_folds_the_tail() {
+        let mut tenant_daily = Vec::new();
+        for i in 0..12 {
+            tenant_daily.push(row("2026-01-05", &format!("t{i:02}"), 1, i + 1));
+            tenant_daily.push(row("2026-01-06", &format!("t{i:02}"), 1, i + 1));
+        }
+        let report = Report {
+            days: 7,
+            totals: Totals {
+                rows: 24,
+                tenants: 12,
+                models: 0,
+                total_tokens: 240,
+                cost_usd: Decimal::new(156, 0),
+                unpriced_rows: 0,
+                first_created_at: None,
+                last_created_at: None,
+            },
+            tenant_daily,
+            model_daily: vec![],
+            usage_daily: vec![],
+        };
+        let table = report.to_table();
+        // per day: 12 tenants x (1..=12 cents) = 0.78 each day
+        let day = table
+            .lines()
+            .find(|l| l.starts_with("2026-01-05"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert_eq!(
+            day,
+            ["2026-01-05", "12", "120", "0.78", "6.50", "0"],
+            "{table}"
+        );
+        let tenants = table
+            .split("top tenants")
+            .nth(1)
+            .and_then(|rest| rest.split("top models").next())
+            .unwrap_or_default();
+        let first = tenants.lines().nth(3).unwrap_or_default();
+        assert!(first.starts_with("t11"), "highest cost first: {tenants}");
+        // t00 and t01 fold into one row: 2 tenants x 2 days, 0.01+0.02 twice
+        assert!(tenants.contains("(2 more)"), "{tenants}");
+        assert!(
+            tenants
+                .lines()
+                .any(|l| l.starts_with("(2 more)") && l.contains("0.06")),
+            "{tenants}"
+        );
+        assert!(table.contains("top models by cost"), "{table}");
     }
 }
