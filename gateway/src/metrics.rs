@@ -35,6 +35,19 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    pub const ALL: [Self; 10] = [
+        Self::Invalid,
+        Self::Malformed,
+        Self::UnsupportedMediaType,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::TooLarge,
+        Self::QueueFull,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::ShuttingDown,
+    ];
+
     pub fn as_label(self) -> &'static str {
         match self {
             Self::Invalid => "invalid",
@@ -115,6 +128,12 @@ impl Metrics {
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(events_accepted_total.clone()))?;
         registry.register(Box::new(events_rejected_total.clone()))?;
+        // Every reason is exported from the start at 0: a series that first
+        // appears at 1 hides that increment from rate() and increase(), and
+        // the first 503s are the ones an alert should see.
+        for reason in RejectReason::ALL {
+            events_rejected_total.with_label_values(&[reason.as_label()]);
+        }
         registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(produce_duration_seconds.clone()))?;
         registry.register(Box::new(inflight_requests.clone()))?;
@@ -235,6 +254,8 @@ mod tests {
             "tokenledger_gateway_produce_duration_seconds_bucket",
             "tokenledger_gateway_inflight_requests 1",
             "tokenledger_gateway_up 1",
+            "tokenledger_gateway_events_rejected_total{reason=\"unavailable\"} 0",
+            "tokenledger_gateway_events_rejected_total{reason=\"queue_full\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
