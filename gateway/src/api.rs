@@ -2,11 +2,11 @@
 //! becomes a status code and a JSON body.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -209,19 +209,45 @@ pub async fn post_usage(
     auth: Result<Authenticated, AuthError>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), AppError> {
+) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Accepted>), AppError> {
+    let started = Instant::now();
     let received_at = Utc::now();
     let result = accept_usage(&state, request_id, auth, &headers, body, received_at).await;
-    match &result {
-        Ok((_, Json(accepted))) => state.metrics.accepted(accepted.accepted),
+    match result {
+        Ok((accepted, produce_time)) => {
+            state.metrics.accepted(accepted.accepted);
+            let timing = server_timing(produce_time, started.elapsed());
+            Ok((
+                StatusCode::ACCEPTED,
+                [(SERVER_TIMING, timing)],
+                Json(accepted),
+            ))
+        }
         Err(error) => {
             if let Some((reason, events)) = error.rejection() {
                 state.metrics.rejected(reason, events);
             }
-            log_refusal(error);
+            log_refusal(&error);
+            Err(error)
         }
     }
-    result
+}
+
+/// The `Server-Timing` response header (the `http` crate has no constant).
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// `Server-Timing` of a 202: `kafka` is the wait for the broker's
+/// acknowledgement, `gateway` everything else the handler spent (reading,
+/// validating, encoding), in milliseconds. Lets a client or a benchmark
+/// tell the gateway's own latency from the broker's.
+fn server_timing(produce_time: Duration, total: Duration) -> HeaderValue {
+    let gateway_time = total.saturating_sub(produce_time);
+    let text = format!(
+        "kafka;dur={:.3}, gateway;dur={:.3}",
+        produce_time.as_secs_f64() * 1e3,
+        gateway_time.as_secs_f64() * 1e3
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("gateway"))
 }
 
 async fn accept_usage(
@@ -231,7 +257,7 @@ async fn accept_usage(
     headers: &HeaderMap,
     body: Body,
     received_at: chrono::DateTime<Utc>,
-) -> Result<(StatusCode, Json<Accepted>), AppError> {
+) -> Result<(Accepted, Duration), AppError> {
     // Authenticate before reading the body: an anonymous client learns
     // nothing about validation and cannot make us buffer megabytes.
     let caller = auth?;
@@ -269,19 +295,18 @@ async fn accept_usage(
 
     let produce_started = Instant::now();
     let report = state.appender.append(&events).await;
-    state
-        .metrics
-        .observe_produce(produce_started.elapsed().as_secs_f64());
+    let produce_time = produce_started.elapsed();
+    state.metrics.observe_produce(produce_time.as_secs_f64());
     debug_assert_eq!(report.outcomes.len(), events.len(), "one outcome per event");
 
     if report.outcomes.len() == events.len() && report.all_acknowledged() {
         tracing::debug!(events = events.len(), "usage events appended");
         return Ok((
-            StatusCode::ACCEPTED,
-            Json(Accepted {
+            Accepted {
                 accepted: ids.len(),
                 ids,
-            }),
+            },
+            produce_time,
         ));
     }
     let acknowledged = ids

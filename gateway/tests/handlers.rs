@@ -525,3 +525,25 @@ async fn metrics_count_requests_events_and_rejections_with_bounded_labels() {
         assert!(!text.contains(secret), "{secret:?} leaked into metrics");
     }
 }
+
+#[tokio::test]
+async fn an_accepted_request_says_how_long_kafka_took_and_what_the_gateway_added() {
+    let app = app();
+    let (status, headers, body) =
+        send_json(&app.router, post_json(Some(ACME_KEY), &event("acme"))).await;
+    assert_eq!(status, 202, "{body}");
+    let timing = headers
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("a Server-Timing header in {headers:?}"));
+    let durations: Vec<(&str, f64)> = timing
+        .split(", ")
+        .map(|metric| {
+            let (name, duration) = metric.split_once(";dur=").expect("name;dur=ms");
+            (name, duration.parse().expect("milliseconds"))
+        })
+        .collect();
+    let names: Vec<&str> = durations.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["kafka", "gateway"], "{timing}");
+    assert!(durations.iter().all(|(_, ms)| *ms >= 0.0), "{timing}");
+}
