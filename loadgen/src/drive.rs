@@ -62,7 +62,17 @@ pub struct DriveSummary {
     pub elapsed_seconds: f64,
     pub accepted_events_per_second: f64,
     pub latency_ms: LatencySummary,
+    /// From the `Server-Timing` header of accepted requests: the gateway's
+    /// own time (`gateway`) and its wait for Kafka's acknowledgement
+    /// (`kafka`). Absent when the gateway sends no such header.
+    pub server_timing_ms: Option<ServerTimingSummary>,
     pub first_rejection: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerTimingSummary {
+    pub gateway: LatencySummary,
+    pub kafka: LatencySummary,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -72,6 +82,64 @@ pub struct LatencySummary {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+impl LatencySummary {
+    /// Percentiles in milliseconds of a histogram recorded in microseconds.
+    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// Per-request histograms (microseconds) a worker records.
+struct Histograms {
+    request: Histogram<u64>,
+    gateway: Histogram<u64>,
+    kafka: Histogram<u64>,
+}
+
+impl Histograms {
+    fn new() -> Result<Self, hdrhistogram::CreationError> {
+        let new = || Histogram::new_with_bounds(1, 60_000_000, 3);
+        Ok(Self {
+            request: new()?,
+            gateway: new()?,
+            kafka: new()?,
+        })
+    }
+
+    fn add(&mut self, other: &Histograms) {
+        let _ = self.request.add(&other.request);
+        let _ = self.gateway.add(&other.gateway);
+        let _ = self.kafka.add(&other.kafka);
+    }
+}
+
+/// The `kafka` and `gateway` durations (ms) of a `Server-Timing` value such
+/// as `kafka;dur=1.250, gateway;dur=0.310`.
+pub fn parse_server_timing(value: &str) -> (Option<f64>, Option<f64>) {
+    let mut kafka = None;
+    let mut gateway = None;
+    for metric in value.split(',') {
+        let mut parts = metric.trim().split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let duration = parts
+            .filter_map(|param| param.trim().strip_prefix("dur="))
+            .find_map(|d| d.parse::<f64>().ok());
+        match name {
+            "kafka" => kafka = duration,
+            "gateway" => gateway = duration,
+            _ => {}
+        }
+    }
+    (kafka, gateway)
 }
 
 #[derive(Debug, Default)]
@@ -128,7 +196,7 @@ pub async fn drive(config: DriveConfig) -> Result<DriveSummary, DriveError> {
             counters: Arc::clone(&counters),
             max_retries: config.max_retries,
             duplicate_share: config.duplicate_share,
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            histograms: Histograms::new()?,
             first_rejection: None,
             dice: TrafficGenerator::new(TrafficConfig {
                 seed: config.traffic.seed ^ (workers.len() as u64 + 1),
@@ -159,11 +227,11 @@ pub async fn drive(config: DriveConfig) -> Result<DriveSummary, DriveError> {
     });
 
     let _ = generator.await;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut histograms = Histograms::new()?;
     let mut first_rejection = None;
     for worker in workers {
-        if let Ok((worker_histogram, rejection)) = worker.await {
-            let _ = histogram.add(worker_histogram);
+        if let Ok((worker_histograms, rejection)) = worker.await {
+            histograms.add(&worker_histograms);
             first_rejection = first_rejection.or(rejection);
         }
     }
@@ -172,7 +240,6 @@ pub async fn drive(config: DriveConfig) -> Result<DriveSummary, DriveError> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let accepted = counters.accepted.load(Ordering::Relaxed);
-    let micros_to_ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(DriveSummary {
         requests: counters.requests.load(Ordering::Relaxed),
         events_accepted: accepted,
@@ -182,13 +249,11 @@ pub async fn drive(config: DriveConfig) -> Result<DriveSummary, DriveError> {
         events_failed: counters.failed.load(Ordering::Relaxed),
         elapsed_seconds: elapsed,
         accepted_events_per_second: accepted as f64 / elapsed.max(1e-9),
-        latency_ms: LatencySummary {
-            p50: micros_to_ms(0.5),
-            p90: micros_to_ms(0.9),
-            p99: micros_to_ms(0.99),
-            p999: micros_to_ms(0.999),
-            max: histogram.max() as f64 / 1000.0,
-        },
+        latency_ms: LatencySummary::from_micros(&histograms.request),
+        server_timing_ms: (!histograms.gateway.is_empty()).then(|| ServerTimingSummary {
+            gateway: LatencySummary::from_micros(&histograms.gateway),
+            kafka: LatencySummary::from_micros(&histograms.kafka),
+        }),
         first_rejection,
     })
 }
@@ -238,7 +303,7 @@ struct Worker {
     counters: Arc<Counters>,
     max_retries: u32,
     duplicate_share: f64,
-    histogram: Histogram<u64>,
+    histograms: Histograms,
     first_rejection: Option<String>,
     dice: TrafficGenerator,
 }
@@ -247,7 +312,7 @@ impl Worker {
     async fn run(
         mut self,
         receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>,
-    ) -> (Histogram<u64>, Option<String>) {
+    ) -> (Histograms, Option<String>) {
         loop {
             let next = receiver.lock().await.recv().await;
             let Some(batch) = next else { break };
@@ -261,7 +326,7 @@ impl Worker {
                 let _ = self.post(&batch).await;
             }
         }
-        (self.histogram, self.first_rejection)
+        (self.histograms, self.first_rejection)
     }
 
     /// Sends until accepted, refused, or out of retries. True if accepted.
@@ -323,6 +388,18 @@ impl Worker {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status == StatusCode::ACCEPTED {
+            let timing = response
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .map(parse_server_timing);
+            if let Some((Some(kafka_ms), Some(gateway_ms))) = timing {
+                let micros = |ms: f64| (ms * 1000.0).round().max(1.0) as u64;
+                let _ = self.histograms.kafka.record(micros(kafka_ms));
+                let _ = self.histograms.gateway.record(micros(gateway_ms));
+            }
+        }
         if status.is_client_error() && self.first_rejection.is_none() {
             let text = response.text().await.unwrap_or_default();
             self.first_rejection = Some(format!("{status}: {}", truncate(&text, 400)));
@@ -331,7 +408,7 @@ impl Worker {
             let _ = response.bytes().await;
         }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let _ = self.histogram.record(micros.max(1));
+        let _ = self.histograms.request.record(micros.max(1));
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         Ok((status, retry_after))
     }
@@ -339,4 +416,22 @@ impl Worker {
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_is_read_by_metric_name() {
+        assert_eq!(
+            parse_server_timing("kafka;dur=1.250, gateway;dur=0.310"),
+            (Some(1.25), Some(0.31))
+        );
+        assert_eq!(
+            parse_server_timing("gateway;desc=\"x\";dur=2"),
+            (None, Some(2.0))
+        );
+        assert_eq!(parse_server_timing("db;dur=3"), (None, None));
+    }
 }
