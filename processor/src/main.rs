@@ -225,8 +225,9 @@ async fn run_migrations(config: &Config, sql_dir: Option<PathBuf>) -> anyhow::Re
     let mut client = database::connect(&config.database).await?;
     let outcomes = migrate::apply(&mut client, &migrations).await?;
     let mut applied = 0;
+    let mut skipped = 0;
     for outcome in &outcomes {
-        match outcome.status {
+        match &outcome.status {
             migrate::MigrationStatus::Applied => {
                 applied += 1;
                 println!("applied          {}", outcome.name);
@@ -234,11 +235,29 @@ async fn run_migrations(config: &Config, sql_dir: Option<PathBuf>) -> anyhow::Re
             migrate::MigrationStatus::AlreadyApplied => {
                 println!("already applied  {}", outcome.name);
             }
+            migrate::MigrationStatus::Skipped { left_out } => {
+                skipped += 1;
+                println!("skipped          {}", outcome.name);
+                println!(
+                    "  this database runs the Apache-licensed edition of TimescaleDB \
+                     (timescaledb.license = apache), which has no continuous aggregates, \
+                     compression or job policies; left out:"
+                );
+                for feature in left_out {
+                    println!("    - {feature}");
+                }
+                println!(
+                    "  the audit table, offsets and budgets work as usual; reports must read \
+                     gateway_mode_audit directly (the seed's queries do; sql/reports/ and \
+                     `processor report` need the rollups). Run `processor migrate` again on a \
+                     Community-edition TimescaleDB to add them."
+                );
+            }
         }
     }
     println!(
-        "{applied} migration(s) applied, {} already up to date",
-        outcomes.len() - applied
+        "{applied} migration(s) applied, {skipped} skipped, {} already up to date",
+        outcomes.len() - applied - skipped
     );
     Ok(())
 }

@@ -126,6 +126,63 @@ impl Migration {
     fn needs_continuous_aggregates(&self) -> bool {
         self.sql.contains("timescaledb.continuous")
     }
+
+    /// What this migration creates that only TimescaleDB's Community (TSL)
+    /// part offers, in words: what an Apache-edition database goes without.
+    pub fn community_features(&self) -> Vec<String> {
+        let mut features = Vec::new();
+        for line in self.sql.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
+                let view = rest.split_whitespace().next().unwrap_or(rest);
+                features.push(format!("continuous aggregate {view}"));
+            }
+        }
+        let policies = self.sql.matches("add_continuous_aggregate_policy(").count();
+        if policies > 0 {
+            features.push(format!("{policies} refresh policies"));
+        }
+        if self.sql.contains("timescaledb.compress") || self.sql.contains("add_compression_policy(")
+        {
+            features.push("compression of raw audit chunks and its policy".to_owned());
+        }
+        features
+    }
+}
+
+/// Which TimescaleDB the database runs, from `timescaledb.license`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edition {
+    /// `timescale`: the Community edition, with continuous aggregates,
+    /// compression and job policies.
+    Community,
+    /// `apache`: hypertables only, as in some managed PostgreSQL services.
+    Apache,
+    /// Anything else, including no TimescaleDB at all.
+    Other(String),
+}
+
+impl Edition {
+    pub fn from_license(license: Option<&str>) -> Edition {
+        match license.unwrap_or_default() {
+            "timescale" => Edition::Community,
+            "apache" => Edition::Apache,
+            other => Edition::Other(other.to_owned()),
+        }
+    }
+
+    /// Whether `migration` is left out on this edition rather than applied.
+    pub fn skips(&self, migration: &Migration) -> bool {
+        *self == Edition::Apache && migration.needs_continuous_aggregates()
+    }
+}
+
+/// The edition of the connected database.
+pub async fn edition(client: &Client) -> Result<Edition, MigrateError> {
+    let license: Option<String> = client
+        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
+        .await?
+        .get(0);
+    Ok(Edition::from_license(license.as_deref()))
 }
 
 fn is_only_comments(statement: &str) -> bool {
@@ -183,6 +240,12 @@ fn sorted(mut migrations: Vec<Migration>) -> Result<Vec<Migration>, MigrateError
 pub enum MigrationStatus {
     Applied,
     AlreadyApplied,
+    /// Not applied because the database is the Apache edition of
+    /// TimescaleDB; lists what is left out. Applied by a later `migrate`
+    /// once the database offers it.
+    Skipped {
+        left_out: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +262,7 @@ pub async fn apply(
 ) -> Result<Vec<MigrationOutcome>, MigrateError> {
     client.batch_execute(CREATE_HISTORY_TABLE).await?;
     let applied = applied_checksums(client).await?;
+    let edition = edition(client).await?;
     let mut outcomes = Vec::with_capacity(migrations.len());
     for migration in migrations {
         if let Some((_, checksum)) = applied.iter().find(|(v, _)| *v == migration.version) {
@@ -216,8 +280,22 @@ pub async fn apply(
             });
             continue;
         }
+        if edition.skips(migration) {
+            outcomes.push(MigrationOutcome {
+                name: migration.name.clone(),
+                status: MigrationStatus::Skipped {
+                    left_out: migration.community_features(),
+                },
+            });
+            continue;
+        }
         if migration.needs_continuous_aggregates() {
-            require_continuous_aggregates(client, &migration.name).await?;
+            if let Edition::Other(license) = &edition {
+                return Err(MigrateError::ContinuousAggregatesUnavailable {
+                    name: migration.name.clone(),
+                    license: license.clone(),
+                });
+            }
         }
         apply_one(client, migration).await?;
         outcomes.push(MigrationOutcome {
@@ -230,7 +308,8 @@ pub async fn apply(
 
 /// Fails unless every migration in `expected` is recorded as applied with
 /// the same checksum: `run` and `report` refuse an unmigrated database with
-/// a message instead of retrying "relation does not exist" forever.
+/// a message instead of retrying "relation does not exist" forever. On the
+/// Apache edition the migrations `apply` skips are not expected.
 pub async fn verify(client: &Client, expected: &[Migration]) -> Result<(), MigrateError> {
     let table_exists: bool = client
         .query_one(
@@ -244,11 +323,15 @@ pub async fn verify(client: &Client, expected: &[Migration]) -> Result<(), Migra
     } else {
         Vec::new()
     };
-    let missing: Vec<&str> = expected
+    let mut missing: Vec<&Migration> = expected
         .iter()
         .filter(|migration| !applied.iter().any(|(v, _)| *v == migration.version))
-        .map(|migration| migration.name.as_str())
         .collect();
+    if missing.iter().any(|m| m.needs_continuous_aggregates()) {
+        let edition = edition(client).await?;
+        missing.retain(|migration| !edition.skips(migration));
+    }
+    let missing: Vec<&str> = missing.iter().map(|m| m.name.as_str()).collect();
     if !missing.is_empty() {
         return Err(MigrateError::NotMigrated {
             missing: missing.join(", "),
@@ -265,24 +348,6 @@ async fn applied_checksums(client: &Client) -> Result<Vec<(i32, String)>, Migrat
         )
         .await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
-
-async fn require_continuous_aggregates(client: &Client, name: &str) -> Result<(), MigrateError> {
-    // Apache-licensed builds report "apache" and refuse CREATE MATERIALIZED
-    // VIEW ... timescaledb.continuous with an error that does not say what to
-    // do about it; checking up front gives the operator a clear message.
-    let license: Option<String> = client
-        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
-        .await?
-        .get(0);
-    let license = license.unwrap_or_default();
-    if license != "timescale" {
-        return Err(MigrateError::ContinuousAggregatesUnavailable {
-            name: name.to_owned(),
-            license,
-        });
-    }
-    Ok(())
 }
 
 async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
@@ -390,6 +455,45 @@ mod tests {
 
         let transactional = Migration::parse("V8__x.sql", "SELECT 1;\n").expect("valid");
         assert!(!transactional.no_transaction);
+    }
+
+    #[test]
+    fn the_apache_edition_skips_the_rollups_and_says_what_it_leaves_out() {
+        let embedded = embedded().expect("embedded");
+        let apache = Edition::from_license(Some("apache"));
+        assert_eq!(apache, Edition::Apache);
+        let skipped: Vec<&str> = embedded
+            .iter()
+            .filter(|m| apache.skips(m))
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(skipped, ["V2__rollups.sql"]);
+        let community = Edition::from_license(Some("timescale"));
+        assert!(embedded.iter().all(|m| !community.skips(m)));
+        assert_eq!(
+            Edition::from_license(None),
+            Edition::Other(String::new()),
+            "no TimescaleDB: nothing is skipped, the rollups fail with a message"
+        );
+        assert!(embedded
+            .iter()
+            .all(|m| !Edition::from_license(None).skips(m)));
+
+        let rollups = embedded
+            .iter()
+            .find(|m| m.name == "V2__rollups.sql")
+            .expect("V2");
+        assert_eq!(
+            rollups.community_features(),
+            [
+                "continuous aggregate usage_hourly",
+                "continuous aggregate usage_daily",
+                "continuous aggregate tenant_daily",
+                "continuous aggregate model_daily",
+                "4 refresh policies",
+                "compression of raw audit chunks and its policy",
+            ]
+        );
     }
 
     #[test]
