@@ -267,6 +267,8 @@ pub async fn commit_batch<D: DeadLetterSink>(
             duplicates = outcome.duplicates,
             conflicts = outcome.conflicts,
             dead_lettered,
+            committed_at = %outcome.committed_at.to_rfc3339(),
+            next_offsets = ?outcome.next_offsets,
             "batch committed"
         );
     } else {
@@ -275,6 +277,8 @@ pub async fn commit_batch<D: DeadLetterSink>(
             inserted = outcome.new_rows.len(),
             duplicates = outcome.duplicates,
             duration_ms = started.elapsed().as_millis() as u64,
+            committed_at = %outcome.committed_at.to_rfc3339(),
+            next_offsets = ?outcome.next_offsets,
             "batch committed"
         );
     }
