@@ -1,0 +1,332 @@
+//! `tokenledger-bench`: starts the whole stack on loopback, measures the
+//! broker's and the database's own ceilings, drives the gateway over HTTP
+//! with realistic multi-tenant traffic, and reports throughput, latency, CPU
+//! and memory as a table and as JSON. `scripts/bench.sh` builds and runs it.
+//!
+//! Layout: [`stack`] starts and stops the services and binaries,
+//! [`ceilings`] measures raw produce and raw COPY, [`scenarios`] drives and
+//! samples, [`latency`] computes exact accept → commit latencies,
+//! [`procstat`] reads CPU and memory from /proc, [`report`] renders.
+
+mod ceilings;
+mod latency;
+mod procstat;
+mod report;
+mod scenarios;
+mod stack;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::report::{LatencyScenario, Report, StallScenario};
+use crate::scenarios::{Action, Load, Probe};
+use crate::stack::{DatabaseKind, Overrides, Stack};
+
+/// Benchmark tokenledger end to end on this machine.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Short smoke run (a few seconds per scenario, no stall scenario).
+    #[arg(long)]
+    quick: bool,
+    /// Run against a native PostgreSQL 17 + TimescaleDB (Apache edition)
+    /// installed in this root by scripts/native-timescaledb.sh, instead of
+    /// PGlite + TimescaleDB.
+    #[arg(long, value_name = "DIR")]
+    native_root: Option<PathBuf>,
+    /// Where the gateway and processor binaries are (default: next to this one).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// The JSON report.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Seconds of the sustained end-to-end scenario.
+    #[arg(long)]
+    sustain_secs: Option<u64>,
+    /// Seconds of each maximum-throughput gateway scenario.
+    #[arg(long)]
+    burst_secs: Option<u64>,
+    /// Seconds of the fixed-rate latency scenario.
+    #[arg(long)]
+    latency_secs: Option<u64>,
+    /// Offered rate of the latency scenario, events/s.
+    #[arg(long, default_value_t = 10_000)]
+    latency_rate: u64,
+    /// Events per request in the latency scenario.
+    #[arg(long, default_value_t = 10)]
+    latency_batch_size: usize,
+    /// Events for each ceiling measurement.
+    #[arg(long)]
+    ceiling_events: Option<usize>,
+    /// Extra processor setting, e.g. TOKENLEDGER_BATCH__MAX_LATENCY_MS=50 (repeatable).
+    #[arg(long = "processor-env", value_name = "KEY=VALUE")]
+    processor_env: Vec<String>,
+    /// Extra gateway setting, e.g. TOKENLEDGER_KAFKA__LINGER_MS=5 (repeatable).
+    #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
+    gateway_env: Vec<String>,
+    /// Only these scenarios (comma separated: ceilings,single,batch,sustained,latency,stall).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{pair:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kind = match &args.native_root {
+        Some(root) => DatabaseKind::Native { root: root.clone() },
+        None => DatabaseKind::Pglite,
+    };
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => stack::default_bin_dir()?,
+    };
+    let overrides = Overrides {
+        processor: parse_env(&args.processor_env)?,
+        gateway: parse_env(&args.gateway_env)?,
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let quick = args.quick;
+    let burst = Duration::from_secs(args.burst_secs.unwrap_or(if quick { 5 } else { 20 }));
+    let sustain = Duration::from_secs(args.sustain_secs.unwrap_or(if quick { 10 } else { 60 }));
+    let latency_for = Duration::from_secs(args.latency_secs.unwrap_or(if quick { 8 } else { 30 }));
+    let ceiling_events = args
+        .ceiling_events
+        .unwrap_or(if quick { 50_000 } else { 300_000 });
+    let drain_limit = Duration::from_secs(300);
+
+    let mut report = Report::new(&kind, quick, &overrides);
+    let mut stack = Stack::start(&kind, &bin_dir, &overrides).await?;
+    report.migrate_output = stack.migrate_output.clone();
+    let probe = Probe::new(&mut stack);
+
+    if wanted("ceilings") {
+        eprintln!("bench: ceilings with {ceiling_events} events");
+        let events = ceilings::gateway_events(ceiling_events, 7)?;
+        let produce =
+            ceilings::raw_produce(&stack.broker.bootstrap(), "bench-raw-produce", &events).await?;
+        eprintln!(
+            "bench: raw produce {:.0} events/s",
+            produce.events_per_second
+        );
+        let rows = ceilings::priced_rows(&events);
+        drop(events);
+        let copy = ceilings::raw_copy(&stack.db_url(), &rows, 5_000).await?;
+        eprintln!(
+            "bench: raw binary COPY {:.0} rows/s",
+            copy.events_per_second
+        );
+        report.raw_produce = Some(produce);
+        report.raw_copy = Some(copy);
+        ceilings::settle(Duration::from_secs(2)).await;
+    }
+
+    let base = Load {
+        batch_size: 100,
+        concurrency: 8,
+        rate: 0,
+        duration: burst,
+        duplicate_share: 0.02,
+        tenants: 200,
+        seed: 42,
+    };
+    if wanted("single") {
+        let load = Load {
+            batch_size: 1,
+            concurrency: 64,
+            seed: 1,
+            ..base.clone()
+        };
+        report.single_event = Some(
+            scenarios::run(
+                "single-event requests",
+                &stack,
+                &probe,
+                &load,
+                drain_limit,
+                vec![],
+            )
+            .await?,
+        );
+    }
+    if wanted("batch") {
+        let load = Load {
+            seed: 2,
+            ..base.clone()
+        };
+        report.batch_100 = Some(
+            scenarios::run("batches of 100", &stack, &probe, &load, drain_limit, vec![]).await?,
+        );
+    }
+    if wanted("sustained") {
+        let load = Load {
+            duration: sustain,
+            seed: 3,
+            ..base.clone()
+        };
+        let first = scenarios::run(
+            "sustained, as fast as accepted",
+            &stack,
+            &probe,
+            &load,
+            drain_limit,
+            vec![],
+        )
+        .await?;
+        // When the gateway outran the processor the backlog grew: find the
+        // rate the pipeline sustains by offering a little less than landed.
+        let grew = first.backlog_growth_per_second > 0.05 * first.landed_per_second;
+        if grew {
+            let rate = (first.landed_per_second * 0.9).max(1_000.0) as u64;
+            let load = Load {
+                rate,
+                seed: 4,
+                ..load.clone()
+            };
+            let second = scenarios::run(
+                "sustained, at 90% of what landed",
+                &stack,
+                &probe,
+                &load,
+                drain_limit,
+                vec![],
+            )
+            .await?;
+            report.sustained_max = Some(first);
+            report.sustained = Some(second);
+        } else {
+            report.sustained = Some(first);
+        }
+    }
+    if wanted("latency") {
+        let load = Load {
+            batch_size: args.latency_batch_size,
+            concurrency: 32,
+            rate: args.latency_rate,
+            duration: latency_for,
+            seed: 5,
+            ..base.clone()
+        };
+        let outcome = scenarios::run(
+            "fixed rate latency",
+            &stack,
+            &probe,
+            &load,
+            drain_limit,
+            vec![],
+        )
+        .await?;
+        // Skip the first seconds: connection set-up and the first batches.
+        let warmup = chrono::Duration::seconds(if quick { 1 } else { 3 });
+        let rows = rows_received_between(
+            &stack.db_url(),
+            outcome.window_start + warmup,
+            outcome.window_end,
+        )
+        .await?;
+        let commits = latency::CommitLog::parse(&stack.processor.log_contents(), stack::TOPIC);
+        let (histogram, unmatched) = latency::accept_to_commit(&commits, &rows);
+        report.latency = Some(LatencyScenario {
+            accept_to_commit_ms: latency::LatencyMs::from_micros(&histogram),
+            rows_without_logged_commit: unmatched,
+            partition_commits_logged: commits.batches(),
+            outcome,
+        });
+    }
+    if wanted("stall") && !quick {
+        report.stall = Some(stall(&mut stack, &probe, &base, drain_limit).await?);
+    }
+
+    report.peak_rss = probe.peak_rss();
+    stack.stop().await;
+    report.finish();
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/report.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", report.to_table());
+    eprintln!("bench: JSON report written to {}", out.display());
+    Ok(())
+}
+
+/// `(received_at, source_partition, source_offset)` of the rows the gateway
+/// received in `[from, to)`.
+async fn rows_received_between(
+    db_url: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<(chrono::DateTime<chrono::Utc>, i32, i64)>> {
+    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let rows = client
+        .query(
+            "SELECT received_at, source_partition, source_offset FROM gateway_mode_audit \
+             WHERE received_at >= $1 AND received_at < $2",
+            &[&from, &to],
+        )
+        .await
+        .context("reading the latency window's rows")?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
+}
+
+/// A stalled database under load: the database's processes are stopped
+/// (SIGSTOP) for a while, then resumed; memory is sampled throughout.
+async fn stall(
+    stack: &mut Stack,
+    probe: &Probe,
+    base: &Load,
+    drain_limit: Duration,
+) -> anyhow::Result<StallScenario> {
+    let database_pid = probe.database_pid();
+    let stall_at = Duration::from_secs(5);
+    let stall_for = Duration::from_secs(20);
+    let signal_tree = move |signal: Signal| {
+        for pid in procstat::process_tree(database_pid) {
+            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), signal);
+        }
+    };
+    let stop: Action = Box::new(move || signal_tree(Signal::SIGSTOP));
+    let resume: Action = Box::new(move || signal_tree(Signal::SIGCONT));
+    let load = Load {
+        rate: 5_000,
+        duration: stall_at + stall_for + Duration::from_secs(5),
+        seed: 6,
+        ..base.clone()
+    };
+    let outcome = scenarios::run(
+        "stalled database",
+        stack,
+        probe,
+        &load,
+        drain_limit,
+        vec![(stall_at, stop), (stall_at + stall_for, resume)],
+    )
+    .await?;
+    Ok(StallScenario::new(outcome, stall_at, stall_for))
+}
