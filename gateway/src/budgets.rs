@@ -27,9 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use ledger::budget::{reached, spend_ratio, LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use ledger::budget::{reached, spend_ratio, EVERY_TENANT};
+use ledger::budget_row::BudgetColumns;
 use ledger::{Budget, FieldError};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -308,9 +308,9 @@ async fn create(
     store
         .bounded(async {
             let client = store.client().await?;
-            let columns = Columns::of(&budget);
+            let columns = BudgetColumns::of(&budget);
             client
-                .execute(INSERT, &columns.params(&budget))
+                .execute(INSERT, &columns.params(&budget.id, &budget))
                 .await
                 .map_err(|error| duplicate_or(error, &budget.name))?;
             Ok(())
@@ -366,7 +366,7 @@ async fn replace(
         .bounded(async {
             let mut client = store.client().await?;
             let transaction = client.transaction().await?;
-            let columns = Columns::of(&budget);
+            let columns = BudgetColumns::of(&budget);
             transaction
                 .execute(
                     RESET_SPEND_IF_SCOPE_CHANGED,
@@ -383,7 +383,7 @@ async fn replace(
                 )
                 .await?;
             let updated = transaction
-                .execute(UPDATE, &columns.params(&budget))
+                .execute(UPDATE, &columns.params(&budget.id, &budget))
                 .await
                 .map_err(|error| duplicate_or(error, &budget.name))?;
             if updated == 0 {
@@ -550,100 +550,10 @@ fn duplicate_or(error: tokio_postgres::Error, name: &str) -> BudgetApiError {
     }
 }
 
-/// A budget's column values as the `budgets` table stores them.
-struct Columns {
-    tenant_id: String,
-    provider: Option<String>,
-    model: Option<String>,
-    label_key: Option<String>,
-    label_value: Option<String>,
-    period: &'static str,
-    timezone: &'static str,
-    thresholds: Vec<i16>,
-}
-
-impl Columns {
-    fn of(budget: &Budget) -> Self {
-        Self {
-            tenant_id: budget.scope.tenant.as_str().to_owned(),
-            provider: budget.scope.provider.clone(),
-            model: budget.scope.model.clone(),
-            label_key: budget.scope.label.as_ref().map(|l| l.key.clone()),
-            label_value: budget.scope.label.as_ref().map(|l| l.value.clone()),
-            period: budget.period.as_str(),
-            timezone: budget.timezone.name(),
-            thresholds: budget
-                .thresholds
-                .iter()
-                .map(|t| i16::try_from(*t).unwrap_or(i16::MAX))
-                .collect(),
-        }
-    }
-
-    /// Parameters $1..$12 of INSERT and UPDATE.
-    fn params<'a>(
-        &'a self,
-        budget: &'a Budget,
-    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 12] {
-        [
-            &budget.id,
-            &budget.name,
-            &self.tenant_id,
-            &self.provider,
-            &self.model,
-            &self.label_key,
-            &self.label_value,
-            &self.period,
-            &self.timezone,
-            &budget.amount_usd,
-            &self.thresholds,
-            &budget.hard_limit,
-        ]
-    }
-}
-
 /// The budget a `budgets` row describes; `None` (with a warning) for a row
 /// the API would not have written.
 fn budget_from_row(row: &tokio_postgres::Row) -> Option<Budget> {
-    let id: Uuid = row.get("id");
-    let period: String = row.get("period");
-    let timezone: String = row.get("timezone");
-    let (Ok(period), Ok(timezone)) = (period.parse::<Period>(), timezone.parse::<Tz>()) else {
-        tracing::warn!(%id, period, timezone, "skipping a budget with an unknown period or time zone");
-        return None;
-    };
-    let tenant: String = row.get("tenant_id");
-    let label = match (
-        row.get::<_, Option<String>>("label_key"),
-        row.get::<_, Option<String>>("label_value"),
-    ) {
-        (Some(key), Some(value)) => Some(LabelMatch { key, value }),
-        _ => None,
-    };
-    let mut thresholds: Vec<u16> = row
-        .get::<_, Vec<i16>>("thresholds")
-        .into_iter()
-        .filter_map(|t| u16::try_from(t).ok())
-        .collect();
-    thresholds.sort_unstable();
-    thresholds.dedup();
-    Some(Budget {
-        id,
-        name: row.get("name"),
-        scope: Scope {
-            tenant: if tenant == EVERY_TENANT {
-                TenantScope::Every
-            } else {
-                TenantScope::One(tenant)
-            },
-            provider: row.get("provider"),
-            model: row.get("model"),
-            label,
-        },
-        period,
-        timezone,
-        amount_usd: row.get("amount_usd"),
-        thresholds,
-        hard_limit: row.get("hard_limit"),
-    })
+    ledger::budget_row::budget_from_row(row)
+        .map_err(|problem| tracing::warn!(problem, "skipping a budgets row"))
+        .ok()
 }

@@ -7,11 +7,15 @@
 //!   cost of one event.
 //! - [`budget`]: budgets, their calendar periods in a time zone, threshold
 //!   crossings and the text of their alerts.
+//! - [`budget_row`] (feature `postgres`): how a budget is stored in the
+//!   `budgets` table, the one mapping both services use.
 //!
 //! Nothing here performs I/O; every rule is a pure function so it can be
 //! tested exhaustively (see the proptest suites in each module).
 
 pub mod budget;
+#[cfg(feature = "postgres")]
+pub mod budget_row;
 pub mod event;
 pub mod pricebook;
 

@@ -6,10 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use chrono_tz::Tz;
-use ledger::budget::{LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use ledger::budget_row::BudgetColumns;
 use ledger::Budget;
-use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
@@ -83,48 +81,9 @@ pub async fn load(client: &impl GenericClient) -> Result<Vec<Budget>, tokio_post
 
 /// The budget a `budgets` row describes (columns as in `SELECT_BUDGETS`).
 pub fn budget_from_row(row: &Row) -> Option<Budget> {
-    let id: Uuid = row.get("id");
-    let name: String = row.get("name");
-    let tenant: String = row.get("tenant_id");
-    let period: String = row.get("period");
-    let timezone: String = row.get("timezone");
-    let thresholds: Vec<i16> = row.get("thresholds");
-    let label = match (
-        row.get::<_, Option<String>>("label_key"),
-        row.get::<_, Option<String>>("label_value"),
-    ) {
-        (Some(key), Some(value)) => Some(LabelMatch { key, value }),
-        _ => None,
-    };
-    let (Ok(period), Ok(timezone)) = (period.parse::<Period>(), timezone.parse::<Tz>()) else {
-        tracing::warn!(%id, name, period, timezone, "skipping a budget with an unknown period or time zone");
-        return None;
-    };
-    let mut thresholds: Vec<u16> = thresholds
-        .into_iter()
-        .filter_map(|t| u16::try_from(t).ok())
-        .collect();
-    thresholds.sort_unstable();
-    thresholds.dedup();
-    Some(Budget {
-        id,
-        name,
-        scope: Scope {
-            tenant: if tenant == EVERY_TENANT {
-                TenantScope::Every
-            } else {
-                TenantScope::One(tenant)
-            },
-            provider: row.get("provider"),
-            model: row.get("model"),
-            label,
-        },
-        period,
-        timezone,
-        amount_usd: row.get::<_, Decimal>("amount_usd"),
-        thresholds,
-        hard_limit: row.get("hard_limit"),
-    })
+    ledger::budget_row::budget_from_row(row)
+        .map_err(|problem| tracing::warn!(problem, "skipping a budgets row"))
+        .ok()
 }
 
 /// The shape of a budgets file: `[[budgets]]` tables in the API's JSON
@@ -210,7 +169,7 @@ pub async fn apply(
     let mut report = ApplyReport::default();
     for budget in budgets {
         let id = existing.get(&budget.name).copied().unwrap_or(budget.id);
-        let columns = Columns::of(budget);
+        let columns = BudgetColumns::of(budget);
         transaction
             .execute(
                 RESET_SPEND_IF_SCOPE_CHANGED,
@@ -269,38 +228,6 @@ pub async fn apply(
     Ok(report)
 }
 
-/// A budget's column values as the `budgets` table stores them.
-#[derive(Debug)]
-pub struct Columns {
-    pub tenant_id: String,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub label_key: Option<String>,
-    pub label_value: Option<String>,
-    pub period: &'static str,
-    pub timezone: &'static str,
-    pub thresholds: Vec<i16>,
-}
-
-impl Columns {
-    pub fn of(budget: &Budget) -> Self {
-        Self {
-            tenant_id: budget.scope.tenant.as_str().to_owned(),
-            provider: budget.scope.provider.clone(),
-            model: budget.scope.model.clone(),
-            label_key: budget.scope.label.as_ref().map(|l| l.key.clone()),
-            label_value: budget.scope.label.as_ref().map(|l| l.value.clone()),
-            period: budget.period.as_str(),
-            timezone: budget.timezone.name(),
-            thresholds: budget
-                .thresholds
-                .iter()
-                .map(|t| i16::try_from(*t).unwrap_or(i16::MAX))
-                .collect(),
-        }
-    }
-}
-
 /// Reads and validates a budgets file.
 pub fn read_file(path: &Path) -> Result<Vec<Budget>, BudgetsError> {
     let text = std::fs::read_to_string(path).map_err(|source| BudgetsError::ReadFile {
@@ -313,6 +240,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Budget>, BudgetsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ledger::budget::TenantScope;
 
     #[test]
     fn parses_a_budgets_file_and_reports_every_problem_with_its_place() {
@@ -379,7 +307,7 @@ mod tests {
             &serde_json::json!({"name": "x", "tenant_id": "*", "period": "daily", "amount_usd": "1"}),
         )
         .expect("valid");
-        let columns = Columns::of(&budget);
+        let columns = BudgetColumns::of(&budget);
         assert_eq!(columns.tenant_id, "*");
         assert_eq!(columns.thresholds, vec![50, 75, 90, 100]);
         assert_eq!(columns.timezone, "UTC");
