@@ -60,23 +60,13 @@ fn any_json() -> impl Strategy<Value = Value> {
 /// Events close to valid, with fields dropped, replaced or added, so the
 /// fuzzer reaches acceptance, validation and the tenant check alike.
 fn near_event() -> impl Strategy<Value = Value> {
-    let field_names = prop::sample::select(vec![
-        "id",
-        "created_at",
-        "tenant_id",
-        "user_id",
-        "provider",
-        "model",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cached_prompt_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "estimated_cost",
-        "labels",
-        "unknown_field",
-    ]);
+    let field_names = prop::sample::select(
+        ledger::event::KNOWN_FIELDS
+            .iter()
+            .copied()
+            .chain(["unknown_field"])
+            .collect::<Vec<_>>(),
+    );
     let tenant = prop::sample::select(vec!["acme", "globex", "", "acme "]);
     (
         tenant,

@@ -35,7 +35,8 @@ pub const MAX_ESTIMATED_COST_USD: i64 = 1_000_000;
 /// The audit column is NUMERIC(20,10).
 pub const MAX_COST_SCALE: u32 = 10;
 
-const KNOWN_FIELDS: &[&str] = &[
+/// Every field a client may send; anything else is refused.
+pub const KNOWN_FIELDS: &[&str] = &[
     "id",
     "created_at",
     "tenant_id",
