@@ -136,6 +136,7 @@ env "${common_env[@]}" \
   "$BIN/processor" run >"$STATE/processor.log" 2>&1 &
 echo $! >"$STATE/processor.pid"
 env "${common_env[@]}" \
+  "TOKENLEDGER_DATABASE__URL=$DATABASE_URL" \
   "TOKENLEDGER_HTTP__LISTEN=127.0.0.1:$GATEWAY_PORT" \
   "TOKENLEDGER_HTTP__ADMIN_LISTEN=127.0.0.1:$GATEWAY_ADMIN_PORT" \
   "$BIN/gateway" --config "$STATE/gateway.toml" >"$STATE/gateway.log" 2>&1 &
@@ -164,6 +165,12 @@ curl -sS -X POST "http://127.0.0.1:$GATEWAY_PORT/v1/usage" \
 curl -sS -X POST "http://127.0.0.1:$GATEWAY_PORT/v1/usage" -H 'content-type: application/json' \
   -d '{}' -w '\nHTTP %{http_code}\n'
 
+step "A monthly budget for every tenant (\$2 each, alerts at 50/75/90/100 %)"
+curl -sS -X POST "http://127.0.0.1:$GATEWAY_PORT/v1/budgets" \
+  -H "Authorization: Bearer $ADMIN_KEY" -H 'content-type: application/json' \
+  -d '{"name":"every-tenant-monthly","tenant_id":"*","period":"monthly","amount_usd":"2"}' \
+  -w '\nHTTP %{http_code}\n'
+
 step "Sending $EVENTS events from 25 tenants over the past 7 days (batches of 100, 2% resent as client retries)"
 "$BIN/tokenledger-loadgen" --url "http://127.0.0.1:$GATEWAY_PORT" --api-key "$ADMIN_KEY" \
   --events "$EVENTS" --tenants 25 --spread-days 7 --batch-size 100 --concurrency 8 \
@@ -191,7 +198,11 @@ echo "demo: $rows rows for $ACCEPTED accepted events (duplicates absorbed: each 
 [ "$rows" -eq "$ACCEPTED" ] || die "expected exactly $ACCEPTED rows, found $rows"
 
 step "What landed (rollups refreshed)"
-env "${common_env[@]}" "TOKENLEDGER_DATABASE__URL=$DATABASE_URL" "$BIN/processor" report --refresh --days 7
+env "${common_env[@]}" "TOKENLEDGER_DATABASE__URL=$DATABASE_URL" "$BIN/processor" report --refresh --days 8
+
+step "Budget status for acme (GET /v1/budgets/status: what an application asks before it spends)"
+curl -fsS "http://127.0.0.1:$GATEWAY_PORT/v1/budgets/status?tenant_id=acme" -H "Authorization: Bearer $ADMIN_KEY" |
+  python3 -m json.tool
 
 step "The seed's Prometheus counters (processor :$PROCESSOR_METRICS_PORT/metrics, a few lines)"
 curl -fsS "http://127.0.0.1:$PROCESSOR_METRICS_PORT/metrics" |
