@@ -2,7 +2,7 @@
 //! each event to the usage topic, keyed by tenant.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,12 +71,32 @@ impl ClientContext for GatewayKafkaContext {
     }
 }
 
-pub struct KafkaAppender {
+/// One librdkafka producer and its fatal-error flag.
+struct ProducerHandle {
     producer: FutureProducer<GatewayKafkaContext>,
+    fatal: Arc<AtomicBool>,
+}
+
+impl ProducerHandle {
+    fn create(config: &ClientConfig) -> Result<Self, KafkaSetupError> {
+        let fatal = Arc::new(AtomicBool::new(false));
+        let context = GatewayKafkaContext {
+            fatal: fatal.clone(),
+        };
+        let producer = config.create_with_context(context)?;
+        Ok(Self { producer, fatal })
+    }
+}
+
+pub struct KafkaAppender {
+    client_config: ClientConfig,
+    /// Replaced when the broker stops accepting the producer's identity
+    /// (see [`is_fenced`]); appends in flight keep the handle they started
+    /// with.
+    current: RwLock<Arc<ProducerHandle>>,
     topic: String,
     delivery_wait: Duration,
     shut_down: AtomicBool,
-    fatal: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaAppender {
@@ -117,29 +137,68 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 
 impl KafkaAppender {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaSetupError> {
-        let fatal = Arc::new(AtomicBool::new(false));
-        let context = GatewayKafkaContext {
-            fatal: fatal.clone(),
-        };
-        let producer = producer_config(config).create_with_context(context)?;
+        let client_config = producer_config(config);
+        let handle = ProducerHandle::create(&client_config)?;
         Ok(Self {
-            producer,
+            client_config,
+            current: RwLock::new(Arc::new(handle)),
             topic: config.topic.clone(),
             delivery_wait: config.message_timeout() + DELIVERY_WAIT_MARGIN,
             shut_down: AtomicBool::new(false),
-            fatal,
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer<GatewayKafkaContext> {
-        &self.producer
+    /// The producer appends use now.
+    pub fn producer(&self) -> FutureProducer<GatewayKafkaContext> {
+        self.handle().producer.clone()
     }
 
     pub fn has_fatal_error(&self) -> bool {
-        self.fatal.load(Ordering::Relaxed)
+        self.handle().fatal.load(Ordering::Relaxed)
     }
 
-    fn enqueue(&self, event: &UsageEvent) -> Result<DeliveryFuture, AppendError> {
+    fn handle(&self) -> Arc<ProducerHandle> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `fenced` with a new producer (a new producer id), unless
+    /// another append already did.
+    ///
+    /// An idempotent producer whose records timed out bumps its epoch
+    /// (KIP-360). A broker that refuses the bumped epoch, or has forgotten
+    /// the producer id, answers every later record of that producer with
+    /// the same error, so without a new producer the gateway would answer
+    /// 503 forever after the broker came back. Records the old producer
+    /// still holds fail and are reported to their clients as not
+    /// acknowledged; their retries go through the new producer.
+    fn replace_fenced(&self, fenced: &Arc<ProducerHandle>) {
+        let replacement = match ProducerHandle::create(&self.client_config) {
+            Ok(handle) => Arc::new(handle),
+            Err(error) => {
+                tracing::error!(%error, "cannot create a replacement Kafka producer");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            if !Arc::ptr_eq(&current, fenced) {
+                return;
+            }
+            std::mem::replace(&mut *current, replacement)
+        };
+        tracing::warn!("the broker fenced the Kafka producer; replaced it with a new one");
+        // Destroying a librdkafka handle blocks until its threads stop.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
+    fn enqueue(
+        &self,
+        producer: &FutureProducer<GatewayKafkaContext>,
+        event: &UsageEvent,
+    ) -> Result<DeliveryFuture, AppendError> {
         let value = event.to_kafka_value();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -157,7 +216,7 @@ impl KafkaAppender {
             .key(event.tenant_id.as_str())
             .payload(value.as_slice())
             .headers(headers);
-        self.producer
+        producer
             .send_result(record)
             .map_err(|(error, _record)| classify_enqueue_error(&error))
     }
@@ -168,6 +227,21 @@ fn classify_enqueue_error(error: &KafkaError) -> AppendError {
         Some(RDKafkaErrorCode::QueueFull) => AppendError::QueueFull,
         _ => AppendError::Rejected(error.to_string()),
     }
+}
+
+/// Errors with which a broker refuses the producer's identity (id and
+/// epoch) rather than one record: every later record of the same producer
+/// would fail alike.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 fn classify_delivery_error(error: &KafkaError, waited: Duration) -> AppendError {
@@ -183,7 +257,8 @@ fn classify_delivery_error(error: &KafkaError, waited: Duration) -> AppendError 
 #[async_trait]
 impl Appender for KafkaAppender {
     async fn append(&self, events: &[UsageEvent]) -> AppendReport {
-        if self.shut_down.load(Ordering::Relaxed) || self.has_fatal_error() {
+        let handle = self.handle();
+        if self.shut_down.load(Ordering::Relaxed) || handle.fatal.load(Ordering::Relaxed) {
             return AppendReport {
                 outcomes: vec![Err(AppendError::ShuttingDown); events.len()],
             };
@@ -199,7 +274,7 @@ impl Appender for KafkaAppender {
                 pending.push(Err(AppendError::NotAttempted));
                 continue;
             }
-            let queued = self.enqueue(event);
+            let queued = self.enqueue(&handle.producer, event);
             stopped = queued.is_err();
             pending.push(queued);
         }
@@ -207,18 +282,28 @@ impl Appender for KafkaAppender {
         // still be appended, and the client must learn which were.
         let started = Instant::now();
         let deadline = started + self.delivery_wait;
-        let outcomes = join_all(pending.into_iter().map(|queued| async move {
-            let delivery = queued?;
-            match tokio::time::timeout_at(deadline, delivery).await {
-                Ok(Ok(Ok(_delivery))) => Ok(()),
-                Ok(Ok(Err((error, _message)))) => {
-                    Err(classify_delivery_error(&error, started.elapsed()))
+        let fenced = AtomicBool::new(false);
+        let outcomes = join_all(pending.into_iter().map(|queued| {
+            let fenced = &fenced;
+            async move {
+                let delivery = queued?;
+                match tokio::time::timeout_at(deadline, delivery).await {
+                    Ok(Ok(Ok(_delivery))) => Ok(()),
+                    Ok(Ok(Err((error, _message)))) => {
+                        if is_fenced(&error) {
+                            fenced.store(true, Ordering::Relaxed);
+                        }
+                        Err(classify_delivery_error(&error, started.elapsed()))
+                    }
+                    Ok(Err(_canceled)) => Err(AppendError::ShuttingDown),
+                    Err(_elapsed) => Err(AppendError::TimedOut(started.elapsed())),
                 }
-                Ok(Err(_canceled)) => Err(AppendError::ShuttingDown),
-                Err(_elapsed) => Err(AppendError::TimedOut(started.elapsed())),
             }
         }))
         .await;
+        if fenced.load(Ordering::Relaxed) && !self.shut_down.load(Ordering::Relaxed) {
+            self.replace_fenced(&handle);
+        }
         AppendReport { outcomes }
     }
 
@@ -228,7 +313,7 @@ impl Appender for KafkaAppender {
                 "the producer hit a fatal error".into(),
             ));
         }
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let topic = self.topic.clone();
         // fetch_metadata blocks the calling thread until the broker answers.
         let checked = tokio::task::spawn_blocking(move || {
@@ -260,7 +345,7 @@ impl Appender for KafkaAppender {
 
     async fn close(&self, timeout: Duration) -> Result<(), AppendError> {
         self.shut_down.store(true, Ordering::Relaxed);
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => Ok(()),
