@@ -107,7 +107,6 @@ impl NativeDatabase {
                 "UTF8",
                 "--no-sync",
             ])
-            .env_clear()
             .env("LANG", "C.UTF-8")
             .output()
             .context("running initdb in the native root (needs root for chroot)")?;

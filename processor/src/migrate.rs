@@ -262,7 +262,6 @@ pub async fn apply(
 ) -> Result<Vec<MigrationOutcome>, MigrateError> {
     client.batch_execute(CREATE_HISTORY_TABLE).await?;
     let applied = applied_checksums(client).await?;
-    let edition = edition(client).await?;
     let mut outcomes = Vec::with_capacity(migrations.len());
     for migration in migrations {
         if let Some((_, checksum)) = applied.iter().find(|(v, _)| *v == migration.version) {
@@ -280,21 +279,26 @@ pub async fn apply(
             });
             continue;
         }
-        if edition.skips(migration) {
-            outcomes.push(MigrationOutcome {
-                name: migration.name.clone(),
-                status: MigrationStatus::Skipped {
-                    left_out: migration.community_features(),
-                },
-            });
-            continue;
-        }
         if migration.needs_continuous_aggregates() {
-            if let Edition::Other(license) = &edition {
-                return Err(MigrateError::ContinuousAggregatesUnavailable {
-                    name: migration.name.clone(),
-                    license: license.clone(),
-                });
+            // Read here, not up front: the license setting exists only once
+            // an earlier migration has created the extension.
+            match edition(client).await? {
+                Edition::Community => {}
+                Edition::Apache => {
+                    outcomes.push(MigrationOutcome {
+                        name: migration.name.clone(),
+                        status: MigrationStatus::Skipped {
+                            left_out: migration.community_features(),
+                        },
+                    });
+                    continue;
+                }
+                Edition::Other(license) => {
+                    return Err(MigrateError::ContinuousAggregatesUnavailable {
+                        name: migration.name.clone(),
+                        license,
+                    });
+                }
             }
         }
         apply_one(client, migration).await?;
