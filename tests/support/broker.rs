@@ -24,6 +24,9 @@ const START_ATTEMPTS: usize = 3;
 pub struct Broker {
     bin: PathBuf,
     port: u16,
+    /// The port put in metadata when clients must reach the broker through something else (a
+    /// [`crate::FaultProxy`]); None = its own port.
+    advertised_port: Option<u16>,
     process: Option<ChildProcess>,
 }
 
@@ -31,12 +34,24 @@ impl Broker {
     /// Starts a broker on a free port and waits until it answers a metadata request.
     /// Panics if `TOKENLEDGER_TANSU_BIN` is not set (run scripts/test.sh).
     pub async fn start() -> Broker {
+        Self::start_with(None).await
+    }
+
+    /// Starts a broker that tells clients, in its metadata, to connect to `127.0.0.1:advertised`
+    /// (a proxy forwarding to [`Broker::listener_addr`]), so every connection after the bootstrap
+    /// goes through that port. Clients should bootstrap through it too.
+    pub async fn start_advertising(advertised: u16) -> Broker {
+        Self::start_with(Some(advertised)).await
+    }
+
+    async fn start_with(advertised_port: Option<u16>) -> Broker {
         let bin = required_path("TOKENLEDGER_TANSU_BIN");
         let mut last_log = String::new();
         for _ in 0..START_ATTEMPTS {
             let mut broker = Broker {
                 bin: bin.clone(),
                 port: free_port(),
+                advertised_port,
                 process: None,
             };
             match broker.launch().await {
@@ -51,12 +66,16 @@ impl Broker {
     /// Starts tansu on `self.port`; Err(log tail) if it exits during startup.
     async fn launch(&mut self) -> Result<(), String> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            self.advertised_port.unwrap_or(self.port)
+        );
         let args = [
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
             "--storage-engine",
             "memory://tansu/",
         ];
@@ -90,6 +109,11 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address tansu listens on (what a proxy in front of it forwards to).
+    pub fn listener_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// A client configuration pointing at this broker, with the settings tansu needs in tests.

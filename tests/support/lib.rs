@@ -14,8 +14,11 @@ use std::time::Duration;
 mod binary;
 mod broker;
 mod database;
+pub mod ledger_check;
 mod monitoring;
 mod process;
+mod proxy;
+pub mod usage;
 
 pub use binary::Binary;
 pub use broker::Broker;
@@ -24,6 +27,7 @@ pub use database::{
 };
 pub use monitoring::{Alertmanager, Prometheus};
 pub use process::ChildProcess;
+pub use proxy::{FaultProxy, ProxyMode, Shaping};
 
 /// The repository root (the workspace directory), for `sql/`, `alerts/`, `grafana/` and friends.
 pub fn repo_root() -> PathBuf {
