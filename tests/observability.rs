@@ -15,7 +15,10 @@ mod grafana;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use e2e::{free_port, repo_root, wait_for, Binary, Broker, ChildProcess, Database, Prometheus};
+use e2e::{
+    free_port, repo_root, wait_for, wait_for_some, Binary, Broker, ChildProcess, Database,
+    Prometheus,
+};
 use grafana::{load_dashboards, substitute_promql, substitute_sql, PromVars, QueryKind, SqlVars};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -920,7 +923,15 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     wait_ready(&mut gateway, &format!("http://{gateway_api}/readyz")).await;
 
     let rules = repo_root().join("alerts").join("tokenledger.rules.yml");
-    let prometheus = Prometheus::start(&[&processor_metrics, &gateway_admin], &[rules]).await;
+    // The job names a deployment uses (deploy/prometheus.yml): the `up` rules select on them.
+    let prometheus = Prometheus::start_jobs(
+        &[
+            ("tokenledger-processor", processor_metrics.as_str()),
+            ("tokenledger-gateway", gateway_admin.as_str()),
+        ],
+        &[rules],
+    )
+    .await;
     prometheus
         .wait_target_up(&processor_metrics, STARTUP_TIMEOUT)
         .await;
@@ -1140,6 +1151,20 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     // A processor crash, then every event delivered again: a new consumer group replays the
     // topic from the start. Everything is a duplicate; the usage counters must not move.
     processor.kill9();
+    // With the processor gone its scrape fails, and the down alert goes pending (its `for:`
+    // keeps it from firing in a test's lifetime); the gateway's stays quiet.
+    let down = wait_for_some(STARTUP_TIMEOUT, || async {
+        alerts(&prometheus)
+            .await
+            .remove("TokenledgerProcessorDown")
+            .filter(|(state, _)| state == "pending")
+    })
+    .await
+    .expect("TokenledgerProcessorDown pending after the processor died");
+    assert_eq!(down.1["job"], "tokenledger-processor", "{down:?}");
+    assert!(!alerts(&prometheus)
+        .await
+        .contains_key("TokenledgerGatewayDown"));
     let mut replay = spawn_processor(&broker, &db, &processor_metrics, "tokenledger-replay");
     wait_ready(&mut replay, &format!("http://{processor_metrics}/readyz")).await;
     // The new process counts every record again: the stored calls and the first duplicate as

@@ -91,6 +91,13 @@ impl Prometheus {
         Self::start_with_alertmanager(scrape_targets, rule_files, None).await
     }
 
+    /// As [`Prometheus::start`], with each target under its own job name, as a deployment
+    /// scrapes them (`tokenledger-processor`, `tokenledger-gateway`), so rules that select on
+    /// `job` can be exercised.
+    pub async fn start_jobs(jobs: &[(&str, &str)], rule_files: &[PathBuf]) -> Prometheus {
+        Self::start_configured(&prometheus_config(jobs, rule_files, None)).await
+    }
+
     /// As [`Prometheus::start`], sending fired alerts to the Alertmanager at `alertmanager`
     /// (`host:port`) when given.
     pub async fn start_with_alertmanager(
@@ -98,13 +105,15 @@ impl Prometheus {
         rule_files: &[PathBuf],
         alertmanager: Option<&str>,
     ) -> Prometheus {
+        let jobs: Vec<(&str, &str)> = scrape_targets.iter().map(|t| ("tokenledger", *t)).collect();
+        Self::start_configured(&prometheus_config(&jobs, rule_files, alertmanager)).await
+    }
+
+    async fn start_configured(config_text: &str) -> Prometheus {
         let bin = required_path("TOKENLEDGER_PROMETHEUS_BIN");
         let dir = temp_dir("tokenledger-e2e-prometheus-");
         let config = dir.path().join("prometheus.yml");
-        write(
-            &config,
-            &prometheus_config(scrape_targets, rule_files, alertmanager),
-        );
+        write(&config, config_text);
         let data = dir.path().join("data");
         let (port, process) = start_http_service(
             "prometheus",
@@ -231,15 +240,33 @@ fn yaml_list(items: impl IntoIterator<Item = String>) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn prometheus_config(targets: &[&str], rules: &[PathBuf], alertmanager: Option<&str>) -> String {
+fn prometheus_config(
+    jobs: &[(&str, &str)],
+    rules: &[PathBuf],
+    alertmanager: Option<&str>,
+) -> String {
     let mut config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          rule_files: {}\n\
-         scrape_configs:\n  - job_name: tokenledger\n    metrics_path: /metrics\n    \
-         static_configs:\n      - targets: {}\n",
+         scrape_configs:\n",
         yaml_list(rules.iter().map(|p| p.display().to_string())),
-        yaml_list(targets.iter().map(|t| (*t).to_owned())),
     );
+    let mut names: Vec<&str> = jobs.iter().map(|(job, _)| *job).collect();
+    names.dedup();
+    if names.is_empty() {
+        names.push("tokenledger");
+    }
+    for name in names {
+        let targets = jobs
+            .iter()
+            .filter(|(job, _)| *job == name)
+            .map(|(_, target)| (*target).to_owned());
+        config.push_str(&format!(
+            "  - job_name: {name}\n    metrics_path: /metrics\n    \
+             static_configs:\n      - targets: {}\n",
+            yaml_list(targets)
+        ));
+    }
     if let Some(am) = alertmanager {
         config.push_str(&format!(
             "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: {}\n",
