@@ -397,14 +397,79 @@ impl UsageEvent {
     /// the gateway added (`received_at`, `request_id`). Two deliveries with
     /// the same `(id, created_at)` and the same hash are one event retried;
     /// a different hash is a conflicting reuse of the id.
+    ///
+    /// The hashed bytes are the Kafka form of the event with `received_at`
+    /// at the epoch and no `request_id`; they are streamed into the hash
+    /// from a borrowed view, without copying the event (this runs once per
+    /// record in the processor's hot path).
     pub fn content_sha256(&self) -> [u8; 32] {
-        let content = Self {
+        let content = Content {
+            id: &self.id,
+            created_at: &self.created_at,
+            tenant_id: &self.tenant_id,
+            user_id: self.user_id.as_deref(),
+            provider: &self.provider,
+            model: &self.model,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens,
+            cached_prompt_tokens: self.cached_prompt_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            estimated_cost: self.estimated_cost,
+            labels: &self.labels,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
-            request_id: None,
-            ..self.clone()
         };
-        let bytes = serde_json::to_vec(&content).unwrap_or_default();
-        Sha256::digest(bytes).into()
+        let mut hasher = HashWriter(Sha256::new());
+        // Writing into a hash cannot fail, and serialising strings,
+        // integers and maps of strings cannot either.
+        let _ = serde_json::to_writer(&mut hasher, &content);
+        hasher.0.finalize().into()
+    }
+}
+
+/// What [`UsageEvent::content_sha256`] hashes: serialises exactly like a
+/// `UsageEvent` (same fields, order and attributes) without `request_id`.
+#[derive(Serialize)]
+struct Content<'a> {
+    id: &'a Uuid,
+    created_at: &'a DateTime<Utc>,
+    tenant_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    provider: &'a str,
+    model: &'a str,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+    cached_prompt_tokens: u32,
+    cache_write_tokens: u32,
+    reasoning_tokens: u32,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rust_decimal::serde::str_option::serialize"
+    )]
+    estimated_cost: Option<Decimal>,
+    #[serde(skip_serializing_if = "no_labels")]
+    labels: &'a BTreeMap<String, String>,
+    received_at: DateTime<Utc>,
+}
+
+fn no_labels(labels: &&BTreeMap<String, String>) -> bool {
+    labels.is_empty()
+}
+
+/// Feeds serialised bytes straight into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

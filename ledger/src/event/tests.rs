@@ -384,6 +384,23 @@ proptest! {
     }
 
     #[test]
+    fn content_hash_is_the_hash_of_the_kafka_form_without_gateway_fields(
+        value in arb_event(),
+        request_id in prop::option::of("[a-z0-9-]{1,20}"),
+    ) {
+        let mut event = parse(&value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        event.request_id = request_id;
+        // The definition the stored payload_sha256 values were computed with.
+        let reference = UsageEvent {
+            received_at: DateTime::<Utc>::UNIX_EPOCH,
+            request_id: None,
+            ..event.clone()
+        };
+        let expected: [u8; 32] = Sha256::digest(reference.to_kafka_value()).into();
+        prop_assert_eq!(event.content_sha256(), expected);
+    }
+
+    #[test]
     fn arbitrary_json_never_panics_and_errors_name_fields(value in arb_json()) {
         if let Err(err) = parse(&value) {
             prop_assert!(!err.errors.is_empty());
