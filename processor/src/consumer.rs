@@ -481,6 +481,15 @@ fn poll_until_shutdown(
             }),
         });
         drop(message);
+        // Usually the channel has room: hand the record over without
+        // entering the runtime.
+        if let Some(ready) = record.take() {
+            match sender.try_send(ready) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(pending)) => record = Some(pending),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            }
+        }
         // Backpressure: while the batcher is behind, stop polling. Each wait
         // is bounded so shutdown is noticed.
         while let Some(pending) = record.take() {

@@ -120,10 +120,7 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
     let mut next_offsets = NextOffsets::new();
     let mut first_seen: HashMap<EventKey, usize> = HashMap::with_capacity(records.len());
     for (record_index, record) in records.iter().enumerate() {
-        let next = next_offsets
-            .entry((record.topic.clone(), record.partition))
-            .or_insert(record.offset + 1);
-        *next = (*next).max(record.offset + 1);
+        raise_next_offset(&mut next_offsets, record);
 
         let event = match decode(record) {
             Ok(event) => event,
@@ -161,6 +158,22 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
         repeats,
         poison,
         next_offsets,
+    }
+}
+
+/// Moves the partition's next offset past `record`. Looks the partition up
+/// by reference first: the key's topic is copied only for the first record
+/// of each partition, not for every record.
+fn raise_next_offset(next_offsets: &mut NextOffsets, record: &Record) {
+    let next = record.offset + 1;
+    let existing = next_offsets
+        .iter_mut()
+        .find(|((topic, partition), _)| *partition == record.partition && *topic == record.topic);
+    match existing {
+        Some((_, stored)) => *stored = (*stored).max(next),
+        None => {
+            next_offsets.insert((record.topic.clone(), record.partition), next);
+        }
     }
 }
 
