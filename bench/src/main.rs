@@ -66,6 +66,10 @@ struct Args {
     /// Extra processor setting, e.g. TOKENLEDGER_BATCH__MAX_LATENCY_MS=50 (repeatable).
     #[arg(long = "processor-env", value_name = "KEY=VALUE")]
     processor_env: Vec<String>,
+    /// A processor TOML configuration file (for settings the environment
+    /// cannot express, such as librdkafka properties with dots).
+    #[arg(long, value_name = "PATH")]
+    processor_config: Option<PathBuf>,
     /// Extra gateway setting, e.g. TOKENLEDGER_KAFKA__LINGER_MS=5 (repeatable).
     #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
     gateway_env: Vec<String>,
@@ -96,8 +100,17 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => stack::default_bin_dir()?,
     };
+    let mut processor_env = parse_env(&args.processor_env)?;
+    if let Some(path) = &args.processor_config {
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("processor configuration {}", path.display()))?;
+        processor_env.push((
+            "TOKENLEDGER_CONFIG".to_owned(),
+            path.to_string_lossy().into_owned(),
+        ));
+    }
     let overrides = Overrides {
-        processor: parse_env(&args.processor_env)?,
+        processor: processor_env,
         gateway: parse_env(&args.gateway_env)?,
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
@@ -253,9 +266,6 @@ async fn main() -> anyhow::Result<()> {
     }
 
     report.peak_rss = probe.peak_rss();
-    stack.stop().await;
-    report.finish();
-
     let out = args
         .out
         .clone()
@@ -263,6 +273,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // The processor's log (one line per committed batch) beside the report,
+    // for looking at batch sizes and commit times afterwards.
+    let processor_log = out.with_extension("processor.log");
+    std::fs::write(&processor_log, stack.processor.log_contents())
+        .with_context(|| format!("writing {}", processor_log.display()))?;
+    stack.stop().await;
+    report.finish();
+
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{}", report.to_table());
