@@ -284,6 +284,27 @@ fn batch_shapes() {
 }
 
 #[test]
+fn a_key_given_twice_is_refused_at_any_depth() {
+    let l = limits();
+    for body in [
+        r#"{"tenant_id":"acme","provider":"openai","model":"gpt-4o","prompt_tokens":1,"completion_tokens":1,"prompt_tokens":900}"#,
+        r#"[{"tenant_id":"acme","provider":"openai","model":"gpt-4o","prompt_tokens":1,"completion_tokens":1,"labels":{"a":"x","a":"y"}}]"#,
+    ] {
+        match parse_batch(body.as_bytes(), now(), &l) {
+            Err(BatchError::Malformed(message)) => {
+                assert!(message.contains("appears twice"), "{message}");
+            }
+            other => panic!("expected Malformed for {body}, got {other:?}"),
+        }
+    }
+    let once = r#"{"tenant_id":"acme","provider":"openai","model":"gpt-4o","prompt_tokens":1,"completion_tokens":1,"labels":{"a":"x"},"estimated_cost":null}"#;
+    assert_eq!(
+        parse_batch(once.as_bytes(), now(), &l).map(|v| v.len()),
+        Ok(1)
+    );
+}
+
+#[test]
 fn kafka_round_trip_and_strict_decode() {
     let mut event = parse(&minimal()).expect("valid");
     event.request_id = Some("req-1".into());
