@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -99,39 +101,50 @@ fn error_body(code: &str, message: String) -> serde_json::Value {
     json!({ "error": code, "message": message })
 }
 
+/// A refusal sent before the request body was read. The unread body makes
+/// the connection unusable for another request, so say so: a client that
+/// reuses it would otherwise meet a reset on its next request.
+fn closing(response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         match self {
-            Self::Unauthorized => (
+            Self::Unauthorized => closing((
                 StatusCode::UNAUTHORIZED,
                 [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
                 Json(error_body("unauthorized", message)),
-            )
-                .into_response(),
+            )),
             Self::Forbidden { errors } => (
                 StatusCode::FORBIDDEN,
                 Json(json!({ "error": "forbidden", "message": message, "errors": errors })),
             )
                 .into_response(),
-            Self::UnsupportedMediaType => (
+            Self::UnsupportedMediaType => closing((
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Json(error_body("unsupported_media_type", message)),
-            )
-                .into_response(),
-            Self::PayloadTooLarge { limit } => (
+            )),
+            Self::PayloadTooLarge { limit } => closing((
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({ "error": "payload_too_large", "message": message, "limit_bytes": limit })),
-            )
-                .into_response(),
-            Self::UnreadableBody(_) => (
+                Json(
+                    json!({ "error": "payload_too_large", "message": message, "limit_bytes": limit }),
+                ),
+            )),
+            Self::UnreadableBody(_) => closing((
                 StatusCode::BAD_REQUEST,
                 Json(error_body("unreadable_body", message)),
+            )),
+            Self::EmptyBody => (
+                StatusCode::BAD_REQUEST,
+                Json(error_body("empty_body", message)),
             )
                 .into_response(),
-            Self::EmptyBody => {
-                (StatusCode::BAD_REQUEST, Json(error_body("empty_body", message))).into_response()
-            }
             Self::Batch(batch) => batch_error_response(batch, message),
             Self::Unavailable {
                 cause,
@@ -140,7 +153,10 @@ impl IntoResponse for AppError {
             } => {
                 let not_acknowledged: Vec<Uuid> = {
                     let acked: BTreeSet<&Uuid> = acknowledged.iter().collect();
-                    ids.iter().filter(|id| !acked.contains(id)).copied().collect()
+                    ids.iter()
+                        .filter(|id| !acked.contains(id))
+                        .copied()
+                        .collect()
                 };
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -167,9 +183,11 @@ impl IntoResponse for AppError {
                 Json(json!({ "status": "not_ready", "error": "not_ready", "message": message })),
             )
                 .into_response(),
-            Self::NotFound => {
-                (StatusCode::NOT_FOUND, Json(error_body("not_found", message))).into_response()
-            }
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                Json(error_body("not_found", message)),
+            )
+                .into_response(),
             Self::Metrics(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(error_body("internal", message)),
