@@ -107,6 +107,13 @@ impl StallScenario {
 }
 
 #[derive(Debug, Serialize)]
+pub struct MetricsScrape {
+    pub seconds: f64,
+    pub bytes: usize,
+    pub series: usize,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Target {
     pub name: String,
     pub target: String,
@@ -129,12 +136,13 @@ pub struct Report {
     pub raw_copy: Option<Ceiling>,
     pub single_event: Option<Outcome>,
     pub batch_100: Option<Outcome>,
-    /// The as-fast-as-accepted sustained run, kept when its backlog grew.
+    /// The first sustained run, kept when its backlog grew.
     pub sustained_max: Option<Outcome>,
     pub sustained: Option<Outcome>,
     pub latency: Option<LatencyScenario>,
     pub stall: Option<StallScenario>,
     pub peak_rss: PeakRss,
+    pub processor_metrics_scrape: Option<MetricsScrape>,
     pub targets: Vec<Target>,
 }
 
@@ -158,6 +166,7 @@ impl Report {
             latency: None,
             stall: None,
             peak_rss: PeakRss::default(),
+            processor_metrics_scrape: None,
             targets: Vec::new(),
         }
     }
@@ -298,8 +307,8 @@ impl Report {
         if let Some(max) = &self.sustained_max {
             row(
                 &format!(
-                    "end to end, as fast as accepted ({:.0} s; backlog grew {:.0}/s)",
-                    max.drive.elapsed_seconds, max.backlog_growth_per_second
+                    "end to end offered {}/s ({:.0} s; backlog grew {:.0}/s: not sustained)",
+                    max.offered_rate, max.drive.elapsed_seconds, max.backlog_growth_per_second
                 ),
                 rate(Some(max.landed_per_second)),
                 rate(ceiling_e2e),
@@ -382,8 +391,13 @@ impl Report {
             let c = &sustained.cpu_s;
             let per = |s: f64| seconds(Some(s / c.processor_events.max(1.0) * 100_000.0));
             row(
-                "broker / database CPU per 100k events (sustained)",
-                format!("{} / {}", per(c.broker), per(c.database)),
+                "broker / database / load generator CPU per 100k events (sustained)",
+                format!(
+                    "{} / {} / {}",
+                    per(c.broker),
+                    per(c.database),
+                    per(c.load_generator)
+                ),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -402,6 +416,20 @@ impl Report {
             String::new(),
             String::new(),
         );
+        if let Some(scrape) = &self.processor_metrics_scrape {
+            row(
+                "one scrape of the processor's /metrics at the end",
+                format!(
+                    "{:.0} ms, {} series, {:.1} MB",
+                    scrape.seconds * 1e3,
+                    scrape.series,
+                    scrape.bytes as f64 / 1e6
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            );
+        }
         if let Some(stall) = &self.stall {
             row(
                 &format!(

@@ -34,6 +34,8 @@ pub struct Sample {
     pub processor_cpu_s: f64,
     pub broker_cpu_s: f64,
     pub database_cpu_s: f64,
+    /// This process: the HTTP load generator (and the sampler).
+    pub load_generator_cpu_s: f64,
     pub gateway_rss_mib: f64,
     pub processor_rss_mib: f64,
     /// Events the gateway answered 202 (retries and resends included).
@@ -50,7 +52,13 @@ impl Sample {
     }
 }
 
-/// The pids and URLs the sampler reads.
+/// The pids, URLs and log the sampler reads.
+///
+/// What the processor committed is read from its log ("batch committed"
+/// lines, `records=` and `inserted=`), not from its `/metrics`: rendering
+/// the seed's per-tenant counters (thousands of series after a few minutes
+/// of 200 tenants) costs the processor real CPU, and a benchmark must not
+/// load what it measures. The gateway's metrics are a few dozen series.
 #[derive(Debug, Clone)]
 pub struct Probe {
     gateway_pid: u32,
@@ -58,9 +66,53 @@ pub struct Probe {
     broker_pid: u32,
     database_pid: u32,
     gateway_metrics: String,
-    processor_metrics: String,
+    processor_log: std::path::PathBuf,
+    committed: Arc<std::sync::Mutex<CommitTally>>,
     client: reqwest::Client,
     started: Instant,
+}
+
+/// Running totals of the processor's "batch committed" lines, and how far
+/// into its log they were read.
+#[derive(Debug, Default)]
+struct CommitTally {
+    read_up_to: u64,
+    consumed: f64,
+    inserted: f64,
+}
+
+impl CommitTally {
+    /// Reads the complete lines added since the last call.
+    fn update(&mut self, log: &std::path::Path) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(log) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.read_up_to)).is_err() {
+            return;
+        }
+        let mut text = Vec::new();
+        if file.read_to_end(&mut text).is_err() {
+            return;
+        }
+        let Some(last_newline) = text.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        let complete = String::from_utf8_lossy(&text[..=last_newline]);
+        for line in complete.lines().filter(|l| l.contains("batch committed")) {
+            self.consumed += number_after(line, "records=");
+            self.inserted += number_after(line, "inserted=");
+        }
+        self.read_up_to += last_newline as u64 + 1;
+    }
+}
+
+fn number_after(line: &str, key: &str) -> f64 {
+    line.find(key)
+        .map(|at| &line[at + key.len()..])
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl Probe {
@@ -71,7 +123,8 @@ impl Probe {
             broker_pid: stack.broker.process().map(|p| p.pid()).unwrap_or(0),
             database_pid: stack.database.pid().unwrap_or(0),
             gateway_metrics: format!("{}/metrics", stack.gateway_admin_url),
-            processor_metrics: stack.processor_metrics_url.clone(),
+            processor_log: stack.processor.log_path().to_path_buf(),
+            committed: Arc::new(std::sync::Mutex::new(CommitTally::default())),
             client: reqwest::Client::new(),
             started: Instant::now(),
         }
@@ -83,7 +136,14 @@ impl Probe {
 
     pub async fn sample(&self) -> Sample {
         let gateway_text = self.text(&self.gateway_metrics).await;
-        let processor_text = self.text(&self.processor_metrics).await;
+        let (processor_consumed, processor_inserted) = {
+            let mut tally = self
+                .committed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tally.update(&self.processor_log);
+            (tally.consumed, tally.inserted)
+        };
         let value = |text: &str, name: &str| crate::stack::metric_value(text, name).unwrap_or(0.0);
         let rejected_503 = gateway_text
             .lines()
@@ -98,11 +158,12 @@ impl Probe {
             processor_cpu_s: procstat::cpu_seconds(self.processor_pid),
             broker_cpu_s: procstat::cpu_seconds(self.broker_pid),
             database_cpu_s: procstat::cpu_seconds(self.database_pid),
+            load_generator_cpu_s: procstat::cpu_seconds(std::process::id()),
             gateway_rss_mib: procstat::rss_mib(self.gateway_pid),
             processor_rss_mib: procstat::rss_mib(self.processor_pid),
             gateway_accepted: value(&gateway_text, "tokenledger_gateway_events_accepted_total"),
-            processor_consumed: value(&processor_text, "tokenledger_events_consumed_total"),
-            processor_inserted: value(&processor_text, "tokenledger_events_inserted_total"),
+            processor_consumed,
+            processor_inserted,
             gateway_503: rejected_503,
         }
     }
@@ -164,6 +225,7 @@ pub struct CpuSeconds {
     pub processor: f64,
     pub broker: f64,
     pub database: f64,
+    pub load_generator: f64,
     /// Events the gateway accepted / the processor committed over the same span.
     pub gateway_events: f64,
     pub processor_events: f64,
@@ -233,8 +295,6 @@ pub async fn run(
         let samples = samples.clone();
         let probe = probe.clone();
         tokio::spawn(async move {
-            // Every 2 s: rendering the processor's metrics (hundreds of
-            // tenant series) costs it CPU, as a Prometheus scrape would.
             let mut ticker = tokio::time::interval(Duration::from_secs(2));
             ticker.tick().await;
             loop {
@@ -295,6 +355,7 @@ pub async fn run(
             processor: last.processor_cpu_s - before.processor_cpu_s,
             broker: last.broker_cpu_s - before.broker_cpu_s,
             database: last.database_cpu_s - before.database_cpu_s,
+            load_generator: last.load_generator_cpu_s - before.load_generator_cpu_s,
             gateway_events: last.gateway_accepted - before.gateway_accepted,
             processor_events: last.processor_consumed - before.processor_consumed,
         },
@@ -337,6 +398,33 @@ fn slope(samples: &[&Sample]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commits_are_tallied_from_complete_log_lines_once() {
+        let dir = std::env::temp_dir().join(format!("bench-tally-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("processor.log");
+        let line =
+            "DEBUG processor::pipeline: batch committed records=30 inserted=28 duplicates=2\n";
+        std::fs::write(
+            &log,
+            format!("{line}INFO other\n{line}DEBUG processor::pipeline: batch com"),
+        )
+        .expect("write");
+        let mut tally = CommitTally::default();
+        tally.update(&log);
+        assert_eq!((tally.consumed, tally.inserted), (60.0, 56.0));
+        tally.update(&log);
+        assert_eq!(tally.consumed, 60.0, "lines are counted once");
+        let mut more = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open");
+        std::io::Write::write_all(&mut more, b"mitted records=5 inserted=5\n").expect("append");
+        tally.update(&log);
+        assert_eq!((tally.consumed, tally.inserted), (65.0, 61.0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn backlog_slope_is_events_per_second() {
