@@ -109,6 +109,26 @@ impl LatencyMs {
     }
 }
 
+/// A stored row: received_at, source_partition, source_offset, ingested_at.
+pub type StoredRow = (DateTime<Utc>, i32, i64, DateTime<Utc>);
+
+/// Accept → start of the inserting transaction (`ingested_at` is the
+/// transaction's `now()`), µs: the part of the latency spent before the
+/// processor's write began (gateway, broker, fetch, batching), which
+/// separates it from the transaction itself.
+pub fn accept_to_transaction(rows: &[StoredRow]) -> Histogram<u64> {
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds");
+    for (received_at, _, _, ingested_at) in rows {
+        let micros = (*ingested_at - *received_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let _ = histogram.record(u64::try_from(micros).unwrap_or(u64::MAX));
+    }
+    histogram
+}
+
 /// The accept → commit histogram (µs) of `rows` = (received_at,
 /// partition, offset). Rows whose commit is not in the log are counted and
 /// returned separately.

@@ -259,9 +259,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let commits = latency::CommitLog::parse(&stack.processor.log_contents(), stack::TOPIC);
-        let (histogram, unmatched) = latency::accept_to_commit(&commits, &rows);
+        let keys: Vec<_> = rows
+            .iter()
+            .map(|(received, p, o, _)| (*received, *p, *o))
+            .collect();
+        let (histogram, unmatched) = latency::accept_to_commit(&commits, &keys);
+        let to_transaction = latency::accept_to_transaction(&rows);
         report.latency = Some(LatencyScenario {
             accept_to_commit_ms: latency::LatencyMs::from_micros(&histogram),
+            accept_to_transaction_start_ms: latency::LatencyMs::from_micros(&to_transaction),
             rows_without_logged_commit: unmatched,
             partition_commits_logged: commits.batches(),
             outcome,
@@ -308,20 +314,22 @@ async fn time_scrape(url: &str) -> Option<report::MetricsScrape> {
     })
 }
 
-/// `(received_at, source_partition, source_offset)` of the rows the gateway
-/// received in `[from, to)`.
+/// `(received_at, source_partition, source_offset, ingested_at)` of the rows
+/// the gateway received in `[from, to)`; `ingested_at` is the start of the
+/// transaction that inserted the row.
 async fn rows_received_between(
     db_url: &str,
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<Vec<(chrono::DateTime<chrono::Utc>, i32, i64)>> {
+) -> anyhow::Result<Vec<latency::StoredRow>> {
     let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     let rows = client
         .query(
-            "SELECT received_at, source_partition, source_offset FROM gateway_mode_audit \
+            "SELECT received_at, source_partition, source_offset, ingested_at \
+             FROM gateway_mode_audit \
              WHERE received_at >= $1 AND received_at < $2",
             &[&from, &to],
         )
@@ -329,7 +337,7 @@ async fn rows_received_between(
         .context("reading the latency window's rows")?;
     Ok(rows
         .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
         .collect())
 }
 

@@ -64,6 +64,11 @@ pub fn cpu_seconds(root: u32) -> f64 {
     ticks as f64 / ticks_per_second()
 }
 
+/// CPU seconds used so far by `pid` alone, without its children.
+pub fn own_cpu_seconds(pid: u32) -> f64 {
+    stat_of(pid).map_or(0.0, |(_, ticks)| ticks as f64 / ticks_per_second())
+}
+
 /// A `kB` line of /proc/<pid>/status, in MiB.
 fn status_mib(pid: u32, key: &str) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -51,6 +51,8 @@ impl Machine {
 #[derive(Debug, Serialize)]
 pub struct LatencyScenario {
     pub accept_to_commit_ms: LatencyMs,
+    /// The part before the inserting transaction started.
+    pub accept_to_transaction_start_ms: LatencyMs,
     /// Rows whose commit the processor's log does not show (should be 0).
     pub rows_without_logged_commit: u64,
     /// Partition commits read from the processor's log.
@@ -342,6 +344,14 @@ impl Report {
                 String::new(),
                 String::new(),
                 self.target_text(2),
+            );
+            let t = &latency.accept_to_transaction_start_ms;
+            row(
+                "  of which accept → start of the inserting transaction",
+                format!("p50 {:.1} / p99 {:.1} ms", t.p50, t.p99),
+                String::new(),
+                String::new(),
+                String::new(),
             );
             if let Some(timing) = &latency.outcome.drive.server_timing_ms {
                 row(

@@ -158,7 +158,8 @@ impl Probe {
             processor_cpu_s: procstat::cpu_seconds(self.processor_pid),
             broker_cpu_s: procstat::cpu_seconds(self.broker_pid),
             database_cpu_s: procstat::cpu_seconds(self.database_pid),
-            load_generator_cpu_s: procstat::cpu_seconds(std::process::id()),
+            // This process alone: the services are its children.
+            load_generator_cpu_s: procstat::own_cpu_seconds(std::process::id()),
             gateway_rss_mib: procstat::rss_mib(self.gateway_pid),
             processor_rss_mib: procstat::rss_mib(self.processor_pid),
             gateway_accepted: value(&gateway_text, "tokenledger_gateway_events_accepted_total"),
