@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ledger::budget::{reached, spend_ratio, EVERY_TENANT};
-use ledger::budget_row::BudgetColumns;
+use ledger::budget_row::{BudgetColumns, RESET_SPEND_IF_SCOPE_CHANGED};
 use ledger::{Budget, FieldError};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -55,17 +55,6 @@ UPDATE budgets SET name = $2, tenant_id = $3, provider = $4, model = $5, label_k
        label_value = $7, period = $8, timezone = $9, amount_usd = $10, thresholds = $11,
        hard_limit = $12, updated_at = now()
 WHERE id = $1";
-
-/// A changed scope, period or time zone invalidates the stored spend; the
-/// processor rebuilds it from the audit table on the next matching event.
-const RESET_SPEND_IF_SCOPE_CHANGED: &str = "
-DELETE FROM budget_spend
-WHERE budget_id = $1
-  AND NOT EXISTS (
-      SELECT 1 FROM budgets
-      WHERE id = $1 AND tenant_id = $2 AND provider IS NOT DISTINCT FROM $3
-        AND model IS NOT DISTINCT FROM $4 AND label_key IS NOT DISTINCT FROM $5
-        AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8)";
 
 const SPEND_FOR_PERIODS: &str = "
 SELECT s.budget_id, s.spend_usd
@@ -368,19 +357,7 @@ async fn replace(
             let transaction = client.transaction().await?;
             let columns = BudgetColumns::of(&budget);
             transaction
-                .execute(
-                    RESET_SPEND_IF_SCOPE_CHANGED,
-                    &[
-                        &id,
-                        &columns.tenant_id,
-                        &columns.provider,
-                        &columns.model,
-                        &columns.label_key,
-                        &columns.label_value,
-                        &columns.period,
-                        &columns.timezone,
-                    ],
-                )
+                .execute(RESET_SPEND_IF_SCOPE_CHANGED, &columns.scope_params(&id))
                 .await?;
             let updated = transaction
                 .execute(UPDATE, &columns.params(&budget.id, &budget))

@@ -11,6 +11,20 @@ use tokio_postgres::Row;
 
 use crate::budget::{Budget, LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
 
+/// Deletes a budget's stored spend when the definition about to be written
+/// changes what that spend depends on (scope, period, time zone): the rows
+/// no longer describe the budget, and the processor rebuilds them from the
+/// audit table at the next matching event. Run it before the write, with
+/// [`BudgetColumns::scope_params`].
+pub const RESET_SPEND_IF_SCOPE_CHANGED: &str = "
+DELETE FROM budget_spend
+WHERE budget_id = $1
+  AND NOT EXISTS (
+      SELECT 1 FROM budgets
+      WHERE id = $1 AND tenant_id = $2 AND provider IS NOT DISTINCT FROM $3
+        AND model IS NOT DISTINCT FROM $4 AND label_key IS NOT DISTINCT FROM $5
+        AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8)";
+
 /// A budget's values in the column types of `budgets`.
 #[derive(Debug)]
 pub struct BudgetColumns {
@@ -40,6 +54,20 @@ impl BudgetColumns {
                 .map(|t| i16::try_from(*t).unwrap_or(i16::MAX))
                 .collect(),
         }
+    }
+
+    /// The parameters of [`RESET_SPEND_IF_SCOPE_CHANGED`] for budget `id`.
+    pub fn scope_params<'a>(&'a self, id: &'a uuid::Uuid) -> [&'a (dyn ToSql + Sync); 8] {
+        [
+            id,
+            &self.tenant_id,
+            &self.provider,
+            &self.model,
+            &self.label_key,
+            &self.label_value,
+            &self.period,
+            &self.timezone,
+        ]
     }
 
     /// The parameters of an INSERT or UPDATE listing `id, name, tenant_id,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use ledger::budget_row::BudgetColumns;
+use ledger::budget_row::{BudgetColumns, RESET_SPEND_IF_SCOPE_CHANGED};
 use ledger::Budget;
 use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
@@ -34,17 +34,6 @@ WHERE (budgets.tenant_id, budgets.provider, budgets.model, budgets.label_key,
        EXCLUDED.label_value, EXCLUDED.period, EXCLUDED.timezone, EXCLUDED.amount_usd,
        EXCLUDED.thresholds, EXCLUDED.hard_limit)
 RETURNING id, (xmax = 0) AS inserted";
-
-/// What a budget's spend depends on: when it changes, stored spend rows
-/// no longer describe the budget and are rebuilt from the audit table.
-pub const RESET_SPEND_IF_SCOPE_CHANGED: &str = "
-DELETE FROM budget_spend
-WHERE budget_id = $1
-  AND NOT EXISTS (
-      SELECT 1 FROM budgets
-      WHERE id = $1 AND tenant_id = $2 AND provider IS NOT DISTINCT FROM $3
-        AND model IS NOT DISTINCT FROM $4 AND label_key IS NOT DISTINCT FROM $5
-        AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetsError {
@@ -171,39 +160,11 @@ pub async fn apply(
         let id = existing.get(&budget.name).copied().unwrap_or(budget.id);
         let columns = BudgetColumns::of(budget);
         transaction
-            .execute(
-                RESET_SPEND_IF_SCOPE_CHANGED,
-                &[
-                    &id,
-                    &columns.tenant_id,
-                    &columns.provider,
-                    &columns.model,
-                    &columns.label_key,
-                    &columns.label_value,
-                    &columns.period,
-                    &columns.timezone,
-                ],
-            )
+            .execute(RESET_SPEND_IF_SCOPE_CHANGED, &columns.scope_params(&id))
             .await
             .map_err(db("resetting spend"))?;
         let returned = transaction
-            .query_opt(
-                UPSERT_BY_NAME,
-                &[
-                    &id,
-                    &budget.name,
-                    &columns.tenant_id,
-                    &columns.provider,
-                    &columns.model,
-                    &columns.label_key,
-                    &columns.label_value,
-                    &columns.period,
-                    &columns.timezone,
-                    &budget.amount_usd,
-                    &columns.thresholds,
-                    &budget.hard_limit,
-                ],
-            )
+            .query_opt(UPSERT_BY_NAME, &columns.params(&id, budget))
             .await
             .map_err(db("upserting a budget"))?;
         let list = match returned {
