@@ -50,6 +50,7 @@ mirror() {
 }
 
 installed_versions() {
+  # shellcheck disable=SC2016 # dpkg-query's own format, not shell expansion
   as_root chroot "$ROOTFS" dpkg-query -W -f '${Package}=${Version}\n' \
     "postgresql-$PG_MAJOR" "postgresql-$PG_MAJOR-timescaledb" 2>/dev/null
 }
