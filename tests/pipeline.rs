@@ -15,14 +15,15 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use e2e::ledger_check::{self, rfc3339, row_count, text_rows, unix_now, utc_date, uuid_v4};
 use e2e::{free_port, repo_root, wait_for, Binary, Broker, ChildProcess, Database};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const TOPIC: &str = "usage-events";
 const DLQ_TOPIC: &str = "usage-events.dlq";
@@ -190,51 +191,6 @@ async fn run_processor_command(database: &Database, args: &[&str]) -> String {
     output
 }
 
-async fn row_count(client: &Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
-        .await
-        .map(|row| row.get(0))
-        .unwrap_or(-1)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn utc_date(unix_seconds: i64) -> String {
-    let (y, m, d) = civil_from_days(unix_seconds.div_euclid(86_400));
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn rfc3339(unix_seconds: i64) -> String {
-    let seconds_of_day = unix_seconds.rem_euclid(86_400);
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        utc_date(unix_seconds),
-        seconds_of_day / 3600,
-        seconds_of_day % 3600 / 60,
-        seconds_of_day % 60
-    )
-}
-
 /// A random version-4 UUID in its text form (the e2e crate has no uuid dependency).
 fn new_uuid() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -244,34 +200,18 @@ fn new_uuid() -> String {
         hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
         hasher.finish()
     };
-    let high = (random(1) & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
-    let low = (random(2) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let hex = format!("{high:016x}{low:016x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid_v4(random(1), random(2))
 }
 
 /// A decimal string as an integer count of 1e-10 (the audit table's cost scale).
+/// Panics on a value with more than 10 significant decimal places rather than cutting it.
 fn tenth_nanos(text: &str) -> i128 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let fraction = text.split_once('.').map_or("", |(_, fraction)| fraction);
     assert!(
         fraction.len() <= 10 || fraction[10..].bytes().all(|b| b == b'0'),
         "{text:?} has more than 10 decimal places"
     );
-    let fraction: String = fraction
-        .chars()
-        .chain(std::iter::repeat('0'))
-        .take(10)
-        .collect();
-    let whole: i128 = whole.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
-    let fraction: i128 = fraction.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
-    whole * 10_000_000_000 + fraction
+    ledger_check::tenth_nanos(text)
 }
 
 /// One event as the test sends it, with what the database must then hold.
@@ -568,24 +508,6 @@ async fn every_accepted_event_lands_exactly_once() {
         "processor exit after SIGTERM: {status:?}; log:\n{}",
         stack.processor.log_tail()
     );
-}
-
-/// The rows of a simple query as text (NULL as None).
-async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
-        .into_iter()
-        .filter_map(|message| match message {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 fn cost(cell: &Option<String>) -> i128 {

@@ -68,18 +68,24 @@ impl Rng {
 
     /// A version-4 UUID in text form.
     pub fn uuid(&mut self) -> String {
-        let high = (self.next_u64() & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
-        let low = (self.next_u64() & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-        let hex = format!("{high:016x}{low:016x}");
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        uuid_v4(self.next_u64(), self.next_u64())
     }
+}
+
+/// The version-4 UUID text made from 128 random bits, given as two halves: the version and
+/// variant bits are set, the rest is kept.
+pub fn uuid_v4(random_high: u64, random_low: u64) -> String {
+    let high = (random_high & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let low = (random_low & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let hex = format!("{high:016x}{low:016x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 pub fn unix_now() -> i64 {
@@ -103,11 +109,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-pub fn rfc3339(unix_seconds: i64) -> String {
+/// The UTC date of a Unix time, `YYYY-MM-DD`.
+pub fn utc_date(unix_seconds: i64) -> String {
     let (y, m, d) = civil_from_days(unix_seconds.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn rfc3339(unix_seconds: i64) -> String {
     let seconds_of_day = unix_seconds.rem_euclid(86_400);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{}T{:02}:{:02}:{:02}Z",
+        utc_date(unix_seconds),
         seconds_of_day / 3600,
         seconds_of_day % 3600 / 60,
         seconds_of_day % 60
