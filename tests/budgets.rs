@@ -15,11 +15,11 @@
 //! processor/tests/budgets_db.rs, where `created_at` can be chosen freely.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e::usage::hash_key;
 use e2e::{
     free_port, wait_for, wait_for_some, Alertmanager, Binary, Broker, ChildProcess, Database,
 };
@@ -37,29 +37,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
-}
-
-/// `gateway hash-key`, so the test needs no hashing code of its own.
-fn hash_key(key: &str) -> String {
-    let mut child = Command::new(Binary::path("gateway"))
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .env_remove("TOKENLEDGER_CONFIG")
-        .spawn()
-        .expect("gateway hash-key runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(key.as_bytes())
-        .expect("key written");
-    let output = child.wait_with_output().expect("hash-key finishes");
-    assert!(output.status.success(), "gateway hash-key failed");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
 }
 
 struct Stack {
