@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
+use e2e::ledger_check::stored_row_count;
 use e2e::{wait_for_some, Broker, Database};
 use ledger::UsageEvent;
 use processor::config::Config;
@@ -116,22 +117,12 @@ async fn produce(producer: &FutureProducer, topic: &str, partition: i32, value: 
         .expect("the broker acknowledges")
 }
 
-async fn row_count(database: &Database) -> i64 {
-    database
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
-        .await
-        .expect("count")
-        .get(0)
-}
-
 async fn wait_for_rows(database: &Database, expected: i64) {
     let reached = wait_for_some(WAIT, || async {
-        (row_count(database).await >= expected).then_some(())
+        (stored_row_count(database).await >= expected).then_some(())
     })
     .await;
-    let count = row_count(database).await;
+    let count = stored_row_count(database).await;
     assert!(
         reached.is_some(),
         "expected {expected} rows within {WAIT:?}, have {count}"
@@ -225,7 +216,7 @@ async fn poison_is_dead_lettered_and_does_not_block_the_events_behind_it() {
         .expect("offset row")
         .get(0);
     assert_eq!(stored, 21, "the offset moved past the poison record");
-    assert_eq!(row_count(&database).await, 20);
+    assert_eq!(stored_row_count(&database).await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use e2e::ledger_check::stored_row_count;
 use e2e::Database;
 use ledger::{PriceBook, UsageEvent};
 use processor::batch::Record;
@@ -111,16 +112,6 @@ async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOut
         .expect("batch commits")
 }
 
-async fn count_rows(database: &Database) -> i64 {
-    database
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
-        .await
-        .expect("count")
-        .get(0)
-}
-
 async fn stored_offsets(database: &Database) -> Vec<(i32, i64)> {
     let client = database.client().await;
     let mut stored: Vec<(i32, i64)> = offsets::load(&client, GROUP, TOPIC, &[0, 1, 2, 3])
@@ -147,7 +138,7 @@ async fn a_batch_is_inserted_once_and_its_replay_only_counts_duplicates() {
     let first = write(&writer, records.clone()).await;
     assert_eq!(first.new_rows.len(), 20);
     assert_eq!(first.duplicates, 0);
-    assert_eq!(count_rows(&database).await, 20);
+    assert_eq!(stored_row_count(&database).await, 20);
 
     let replay = write(&writer, records).await;
     assert_eq!(replay.new_rows.len(), 0, "a replay inserts nothing");
@@ -156,7 +147,7 @@ async fn a_batch_is_inserted_once_and_its_replay_only_counts_duplicates() {
         "and counts every event as a duplicate"
     );
     assert_eq!(replay.conflicts, 0);
-    assert_eq!(count_rows(&database).await, 20);
+    assert_eq!(stored_row_count(&database).await, 20);
     assert!(sink.letters().is_empty());
 
     // What was stored is what was sent, cost and provenance included.
@@ -208,7 +199,7 @@ async fn an_event_twice_in_one_batch_is_stored_once() {
     .await;
     assert_eq!(outcome.new_rows.len(), 1);
     assert_eq!(outcome.duplicates, 2);
-    assert_eq!(count_rows(&database).await, 1);
+    assert_eq!(stored_row_count(&database).await, 1);
 }
 
 #[tokio::test]
@@ -265,7 +256,7 @@ async fn stored_offsets_only_move_forward_and_include_poison() {
     assert_eq!(stored_offsets(&database).await, [(0, 8), (1, 42)]);
     assert_eq!(sink.letters().len(), 1);
     assert_eq!(sink.letters()[0].reason, Reason::Undecodable);
-    assert_eq!(count_rows(&database).await, 2);
+    assert_eq!(stored_row_count(&database).await, 2);
 
     // A late batch from an older owner of partition 0 must not move it back.
     write(&writer, vec![record(0, 3, &event("acme", 3))]).await;
@@ -294,7 +285,7 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
         "a dead-letter topic that is down fails the batch"
     );
     assert!(failed.as_ref().err().is_some_and(|e| e.is_retryable()));
-    assert_eq!(count_rows(&database).await, 0);
+    assert_eq!(stored_row_count(&database).await, 0);
     assert!(stored_offsets(&database).await.is_empty());
 
     sink.failing.store(false, Ordering::SeqCst);
@@ -327,7 +318,7 @@ async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
         .await
         .expect("commits once the database is back");
     assert_eq!(outcome.new_rows.len(), 1);
-    assert_eq!(count_rows(&database).await, 2);
+    assert_eq!(stored_row_count(&database).await, 2);
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::wait_for;
+use crate::{wait_for, Database};
 
 /// A small, fast, seedable generator (SplitMix64): tests log their seed so a failure can be
 /// replayed with `FAULTS_SEED=<seed>`.
@@ -397,6 +397,17 @@ pub async fn row_count(client: &Client) -> i64 {
         .await
         .map(|row| row.get(0))
         .unwrap_or(-1)
+}
+
+/// The rows in the raw table, on a new connection; unlike [`row_count`], a failed query panics.
+pub async fn stored_row_count(database: &Database) -> i64 {
+    database
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
+        .await
+        .expect("count")
+        .get(0)
 }
 
 /// Waits (at most `timeout`) until the table holds at least `expected` rows, then a little longer
