@@ -22,10 +22,10 @@ use e2e::ledger_check::{
 use e2e::usage::{
     hash_key, http_client, Gateway, Processor, Services, UsageClient, DLQ_TOPIC, USAGE_TOPIC,
 };
-use e2e::wait_for_some;
+use e2e::{header_strings, wait_for_some};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -67,21 +67,7 @@ async fn read_topic(
             && std::time::Instant::now() < deadline
         {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = header_strings(&message);
                 records.push((message.payload().map(<[u8]>::to_vec), headers));
                 last_new = std::time::Instant::now();
             }

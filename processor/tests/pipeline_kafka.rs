@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use e2e::ledger_check::stored_row_count;
-use e2e::{wait_for_some, Broker, Database};
+use e2e::{header_strings, wait_for_some, Broker, Database};
 use ledger::UsageEvent;
 use processor::config::Config;
 use processor::{migrate, pipeline};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -163,21 +163,7 @@ async fn poison_is_dead_lettered_and_does_not_block_the_events_behind_it() {
         let deadline = std::time::Instant::now() + WAIT;
         while std::time::Instant::now() < deadline {
             if let Some(Ok(message)) = dlq.poll(Duration::from_millis(200)) {
-                let headers: BTreeMap<String, String> = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = header_strings(&message);
                 return Some((headers, message.payload().map(<[u8]>::to_vec)));
             }
         }

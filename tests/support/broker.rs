@@ -5,6 +5,7 @@
 //! be wrong, so nothing may rely on it; and with memory storage a restart loses every topic and
 //! record.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,11 +14,30 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers, Message};
 
 use crate::{free_port, required_path, wait_for, ChildProcess};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: usize = 3;
+
+/// A record's headers by name, values as text (lossy UTF-8; a header without a value as "").
+pub fn header_strings(message: &impl Message) -> BTreeMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// A running tansu broker. Drop kills it.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ mod proxy;
 pub mod usage;
 
 pub use binary::Binary;
-pub use broker::Broker;
+pub use broker::{header_strings, Broker};
 pub use database::{
     apply_migrations, migration_files, run_sql_file, Database, NO_TRANSACTION_MARKER,
 };
