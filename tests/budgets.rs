@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::usage::hash_key;
+use e2e::usage::{answers_ok, hash_key};
 use e2e::{
     free_port, wait_for, wait_for_some, Alertmanager, Binary, Broker, ChildProcess, Database,
 };
@@ -48,16 +48,8 @@ struct Stack {
     _config_dir: tempfile::TempDir,
 }
 
-async fn answers_ok(url: &str) -> bool {
-    http()
-        .get(url)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
 async fn wait_ready(process: &mut ChildProcess, url: &str) {
-    let ok = wait_for(STARTUP, || answers_ok(url)).await;
+    let ok = wait_for(STARTUP, || answers_ok(url, Duration::from_secs(10))).await;
     if !ok {
         process.assert_running();
         panic!(

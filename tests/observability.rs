@@ -15,6 +15,7 @@ mod grafana;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use e2e::usage::answers_ok;
 use e2e::{
     free_port, repo_root, wait_for, wait_for_some, Binary, Broker, ChildProcess, Database,
     Prometheus,
@@ -557,16 +558,8 @@ fn http() -> reqwest::Client {
         .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
 }
 
-async fn answers_ok(url: &str) -> bool {
-    http()
-        .get(url)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
 async fn wait_ready(process: &mut ChildProcess, url: &str) {
-    let ready = wait_for(STARTUP_TIMEOUT, || async { answers_ok(url).await }).await;
+    let ready = wait_for(STARTUP_TIMEOUT, || answers_ok(url, Duration::from_secs(10))).await;
     process.assert_running();
     assert!(
         ready,

@@ -132,7 +132,7 @@ impl Gateway {
 
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let url = format!("{}/readyz", self.url);
-        let ready = wait_for(timeout, || answers_ok(&url)).await;
+        let ready = wait_for(timeout, || answers_ok(&url, Duration::from_secs(2))).await;
         if !ready {
             self.process.assert_running();
             panic!("{} was not ready within {timeout:?}", self.process.name());
@@ -236,10 +236,11 @@ pub fn http_client() -> reqwest::Client {
         .expect("http client")
 }
 
-async fn answers_ok(url: &str) -> bool {
+/// Whether a GET of `url` answers 2xx within `timeout`.
+pub async fn answers_ok(url: &str, timeout: Duration) -> bool {
     http_client()
         .get(url)
-        .timeout(Duration::from_secs(2))
+        .timeout(timeout)
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
