@@ -15,6 +15,7 @@ mod grafana;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use e2e::ledger_check::refresh_rollups;
 use e2e::usage::answers_ok;
 use e2e::{
     free_port, repo_root, wait_for, wait_for_some, Binary, Broker, ChildProcess, Database,
@@ -65,17 +66,6 @@ fn assert_close(actual: f64, expected: f64, what: &str) {
         (actual - expected).abs() <= tolerance,
         "{what}: got {actual}, expected {expected}"
     );
-}
-
-async fn refresh_rollups(client: &Client) {
-    for view in ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"] {
-        client
-            .batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("refresh {view}: {e}"));
-    }
 }
 
 /// One usage row to insert: tenant, provider, model, prompt and completion tokens, cost, days

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use e2e::ledger_check::refresh_rollups;
 use e2e::{repo_root, wait_until, Alertmanager, Broker, Database, Prometheus};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -88,17 +89,6 @@ SELECT gen_random_uuid(), 'tenant-' || (i % 3), NULL,
     now() - i * INTERVAL '7 minutes' + INTERVAL '2 minutes',
     CASE WHEN i % 11 = 0 THEN 'unpriced' ELSE 'priced' END, now(), '\\x00'::bytea, i % 3, i
 FROM generate_series(0, 40 * 24 * 60 / 7) AS i";
-
-async fn refresh_rollups(client: &Client) {
-    for view in ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"] {
-        client
-            .batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("refresh {view}: {e}"));
-    }
-}
 
 /// A report's rows as text, sorted (ties in cost may come in any order in the seed queries).
 async fn report_rows(client: &Client, path: &Path) -> Vec<Vec<String>> {

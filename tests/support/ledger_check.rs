@@ -399,6 +399,18 @@ pub async fn row_count(client: &Client) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Refreshes the four continuous aggregates over all time.
+pub async fn refresh_rollups(client: &Client) {
+    for view in ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"] {
+        client
+            .batch_execute(&format!(
+                "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("refresh {view}: {e}"));
+    }
+}
+
 /// The rows in the raw table, on a new connection; unlike [`row_count`], a failed query panics.
 pub async fn stored_row_count(database: &Database) -> i64 {
     database
