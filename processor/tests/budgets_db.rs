@@ -12,11 +12,14 @@ use ledger::{PriceBook, UsageEvent};
 use processor::batch::Record;
 use processor::budgets;
 use processor::config::DatabaseConfig;
+use processor::database;
 use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
 use processor::writer::{self, AttemptState, Writer};
-use processor::{database, migrate};
 use rust_decimal::Decimal;
 use uuid::Uuid;
+
+mod support;
+use support::migrated_database;
 
 const TOPIC: &str = "usage-events";
 
@@ -41,11 +44,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let database = Database::start().await;
-        let mut client = database.client().await;
-        migrate::apply(&mut client, &migrate::embedded().expect("embedded"))
-            .await
-            .expect("migrations apply");
+        let database = migrated_database().await;
         let pool = database::pool(&DatabaseConfig {
             url: database.url(),
             pool_size: 2,

@@ -12,12 +12,15 @@ use e2e::ledger_check::stored_row_count;
 use e2e::{header_strings, wait_for_some, Broker, Database};
 use ledger::UsageEvent;
 use processor::config::Config;
-use processor::{migrate, pipeline};
+use processor::pipeline;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod support;
+use support::migrated_database;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -39,15 +42,6 @@ fn config(broker: &Broker, database: &Database, topic: &str) -> Config {
     config.metrics.listen = "127.0.0.1:0".into();
     config.shutdown_timeout_ms = 10_000;
     config
-}
-
-async fn migrated_database() -> Database {
-    let database = Database::start().await;
-    let mut client = database.client().await;
-    migrate::apply(&mut client, &migrate::embedded().expect("embedded"))
-        .await
-        .expect("migrations");
-    database
 }
 
 struct Running {

@@ -17,6 +17,9 @@ use processor::writer::{self, AttemptState, BatchOutcome, Writer};
 use processor::{database, offsets};
 use uuid::Uuid;
 
+mod support;
+use support::migrated_database;
+
 const GROUP: &str = "writer-test";
 const TOPIC: &str = "usage-events";
 
@@ -50,15 +53,6 @@ impl DeadLetterSink for RecordingSink {
             .push(letter.clone());
         Ok(())
     }
-}
-
-async fn migrated_database() -> Database {
-    let database = Database::start().await;
-    let mut client = database.client().await;
-    migrate::apply(&mut client, &migrate::embedded().expect("embedded"))
-        .await
-        .expect("migrations apply");
-    database
 }
 
 fn writer(database: &Database, sink: RecordingSink) -> Writer<RecordingSink> {
