@@ -2,7 +2,7 @@
 //! operational metrics, the label-cardinality bound, and the HTTP listener
 //! serving them with `/healthz` and `/readyz`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,7 +20,7 @@ use rust_decimal::prelude::ToPrimitive;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::Reason;
-use crate::writer::BatchOutcome;
+use crate::writer::{BatchOutcome, PricedEvent};
 
 /// The label value that stands for every value past the cardinality bound.
 pub const OTHER_LABEL: &str = "__other__";
@@ -76,6 +76,37 @@ struct Bounds {
     // Providers are not named by the configuration; they get the model
     // bound's size, which is far above the handful that exist.
     providers: LabelBound,
+}
+
+/// One batch's usage under one label set.
+#[derive(Debug, Default)]
+struct UsageSum {
+    total_tokens: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+    unpriced: u64,
+}
+
+impl UsageSum {
+    fn add(&mut self, row: &PricedEvent) {
+        let event = &row.event;
+        self.total_tokens += u64::from(event.total_tokens);
+        self.prompt_tokens += u64::from(event.prompt_tokens);
+        self.completion_tokens += u64::from(event.completion_tokens);
+        self.cost_usd += row.cost.usd.to_f64().unwrap_or(0.0);
+        if row.cost.status == ledger::PricingStatus::Unpriced {
+            self.unpriced += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &UsageSum) {
+        self.total_tokens += other.total_tokens;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_usd += other.cost_usd;
+        self.unpriced += other.unpriced;
+    }
 }
 
 /// Every metric the processor exports, in its own registry.
@@ -243,36 +274,74 @@ impl Metrics {
 
     /// Moves the counters for a committed batch. Only `new_rows` count
     /// towards usage: duplicates were counted when first stored.
+    ///
+    /// The rows are summed per (provider, model, tenant) first and each
+    /// series is moved once per batch. The label bounds see the distinct
+    /// values in order of first appearance, so they admit exactly what
+    /// they would admit row by row.
     pub fn record_batch(&self, outcome: &BatchOutcome, duration: std::time::Duration) {
-        let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slots: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        let mut sums: Vec<((&str, &str, &str), UsageSum)> = Vec::new();
+        let latency = self.end_to_end_latency.local();
         for row in &outcome.new_rows {
             let event = &row.event;
-            let provider = bounds.providers.label(&event.provider);
-            let model = bounds.models.label(&event.model);
-            let tenant = bounds.tenants.label(&event.tenant_id);
-            let labels = [provider, model, tenant];
-            self.total_tokens
-                .with_label_values(&labels)
-                .inc_by(u64::from(event.total_tokens));
-            self.prompt_tokens
-                .with_label_values(&labels)
-                .inc_by(u64::from(event.prompt_tokens));
-            self.completion_tokens
-                .with_label_values(&labels)
-                .inc_by(u64::from(event.completion_tokens));
-            self.total_cost
-                .with_label_values(&labels)
-                .inc_by(row.cost.usd.to_f64().unwrap_or(0.0));
-            if row.cost.status == ledger::PricingStatus::Unpriced {
-                self.events_unpriced
-                    .with_label_values(&[provider, model])
-                    .inc();
+            let key = (
+                event.provider.as_str(),
+                event.model.as_str(),
+                event.tenant_id.as_str(),
+            );
+            let slot = *slots.entry(key).or_insert_with(|| {
+                sums.push((key, UsageSum::default()));
+                sums.len() - 1
+            });
+            sums[slot].1.add(row);
+            let elapsed = outcome.committed_at - event.received_at;
+            latency.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+        latency.flush();
+
+        let mut bounded_slots: HashMap<[&str; 3], usize> = HashMap::with_capacity(sums.len());
+        let mut bounded: Vec<([&str; 3], UsageSum)> = Vec::with_capacity(sums.len());
+        let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((provider, model, tenant), sum) in sums {
+            let labels = [
+                bounds.providers.label(provider),
+                bounds.models.label(model),
+                bounds.tenants.label(tenant),
+            ];
+            match bounded_slots.get(&labels) {
+                Some(&slot) => bounded[slot].1.merge(&sum),
+                None => {
+                    bounded_slots.insert(labels, bounded.len());
+                    bounded.push((labels, sum));
+                }
             }
-            let latency = outcome.committed_at - event.received_at;
-            self.end_to_end_latency
-                .observe(latency.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
         }
         drop(bounds);
+
+        let mut unpriced: HashMap<[&str; 2], u64> = HashMap::new();
+        for (labels, sum) in &bounded {
+            self.total_tokens
+                .with_label_values(labels)
+                .inc_by(sum.total_tokens);
+            self.prompt_tokens
+                .with_label_values(labels)
+                .inc_by(sum.prompt_tokens);
+            self.completion_tokens
+                .with_label_values(labels)
+                .inc_by(sum.completion_tokens);
+            self.total_cost
+                .with_label_values(labels)
+                .inc_by(sum.cost_usd);
+            if sum.unpriced > 0 {
+                *unpriced.entry([labels[0], labels[1]]).or_default() += sum.unpriced;
+            }
+        }
+        for (labels, count) in &unpriced {
+            self.events_unpriced
+                .with_label_values(labels)
+                .inc_by(*count);
+        }
         self.events_consumed.inc_by(outcome.consumed as u64);
         self.events_inserted.inc_by(outcome.new_rows.len() as u64);
         self.events_duplicate.inc_by(outcome.duplicates as u64);
@@ -382,7 +451,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::PricedEvent;
     use ledger::{Cost, PricingStatus, UsageEvent};
     use rust_decimal::Decimal;
 
@@ -435,6 +503,56 @@ mod tests {
             .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
             .and_then(|line| line.rsplit(' ').next())
             .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn batch_sums_fold_into_the_same_series_as_row_by_row_counting() {
+        let metrics = Metrics::new(1, 200).expect("metrics");
+        let batch = |rows: Vec<PricedEvent>| BatchOutcome {
+            consumed: rows.len(),
+            new_rows: rows,
+            duplicates: 0,
+            conflicts: 0,
+            dead_lettered: Default::default(),
+            next_offsets: Default::default(),
+            committed_at: Utc::now(),
+        };
+        let duration = std::time::Duration::from_millis(1);
+        metrics.record_batch(
+            &batch(vec![
+                row("t1", "gpt-4o", PricingStatus::Unpriced),
+                row("t2", "gpt-4o", PricingStatus::Unpriced),
+                row("t3", "gpt-4o", PricingStatus::Unpriced),
+                row("t1", "gpt-4o", PricingStatus::Priced),
+            ]),
+            duration,
+        );
+        metrics.record_batch(
+            &batch(vec![row("t2", "gpt-4o", PricingStatus::Priced)]),
+            duration,
+        );
+        let text = metrics.render();
+        let series = |name: &str, tenant: &str| {
+            format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
+        };
+        let total = "axonflow_orchestrator_provider_total_tokens";
+        assert_eq!(value_of(&text, &series(total, "t1")), Some(20.0), "{text}");
+        assert_eq!(value_of(&text, &series(total, "__other__")), Some(30.0));
+        let cost = "axonflow_orchestrator_provider_total_cost";
+        assert_eq!(value_of(&text, &series(cost, "t1")), Some(0.5));
+        assert_eq!(value_of(&text, &series(cost, "__other__")), Some(0.75));
+        assert_eq!(
+            value_of(
+                &text,
+                "tokenledger_events_unpriced_total{model=\"gpt-4o\",provider=\"openai\"}"
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            value_of(&text, "tokenledger_end_to_end_latency_seconds_count"),
+            Some(5.0),
+            "one latency observation per new row"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
 use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::batch::Record;
@@ -118,7 +119,7 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
     let mut repeats = Vec::new();
     let mut poison = Vec::new();
     let mut next_offsets = NextOffsets::new();
-    let mut first_seen: HashMap<EventKey, usize> = HashMap::with_capacity(records.len());
+    let mut first_seen: HashSet<EventKey> = HashSet::with_capacity(records.len());
     for (record_index, record) in records.iter().enumerate() {
         raise_next_offset(&mut next_offsets, record);
 
@@ -144,12 +145,10 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
             source_partition: record.partition,
             source_offset: record.offset,
         };
-        match first_seen.get(&priced.key()) {
-            Some(_) => repeats.push(priced),
-            None => {
-                first_seen.insert(priced.key(), unique.len());
-                unique.push(priced);
-            }
+        if first_seen.insert(priced.key()) {
+            unique.push(priced);
+        } else {
+            repeats.push(priced);
         }
     }
     PreparedBatch {
@@ -258,19 +257,28 @@ pub fn classify(
     stored: &HashMap<EventKey, Vec<u8>>,
 ) -> Result<Classification, WriteError> {
     let mut classification = Classification::default();
-    let mut known: HashMap<EventKey, &[u8]> = HashMap::with_capacity(prepared.unique.len());
+    // The hash each key ends up with, only needed to judge in-batch repeats.
+    let track_known = !prepared.repeats.is_empty();
+    let mut known: HashMap<EventKey, &[u8]> = if track_known {
+        HashMap::with_capacity(prepared.unique.len())
+    } else {
+        HashMap::new()
+    };
     for (index, priced) in prepared.unique.iter().enumerate() {
         let key = priced.key();
-        if inserted.contains(&key) {
+        let known_hash: &[u8] = if inserted.contains(&key) {
             classification.new.push(index);
-            known.insert(key, &priced.content_sha256);
+            &priced.content_sha256
         } else {
             let stored_hash = stored.get(&key).ok_or(WriteError::MissingStoredRow {
                 id: key.0,
                 created_at: key.1,
             })?;
-            known.insert(key, stored_hash);
             compare(priced, stored_hash, &mut classification);
+            stored_hash
+        };
+        if track_known {
+            known.insert(key, known_hash);
         }
     }
     for priced in &prepared.repeats {
@@ -521,18 +529,10 @@ async fn insert_rows(
         .map(|r| count(r.event.reasoning_tokens))
         .collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.cost.status.as_str()).collect();
-    let labels: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::Value::Object(
-                r.event
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect(),
-            )
-        })
-        .collect();
+    // Serialized straight from the map: the same JSON object, without
+    // copying every key and value into a serde_json::Value first.
+    let labels: Vec<Json<&BTreeMap<String, String>>> =
+        rows.iter().map(|r| Json(&r.event.labels)).collect();
     let request_ids: Vec<Option<&str>> =
         rows.iter().map(|r| r.event.request_id.as_deref()).collect();
     let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.received_at).collect();
