@@ -17,7 +17,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use e2e::ledger_check::{self, rfc3339, row_count, text_rows, unix_now, utc_date, uuid_v4};
+use e2e::ledger_check::{self, int, rfc3339, row_count, text_rows, unix_now, utc_date, uuid_v4};
 use e2e::{free_port, repo_root, wait_for, Binary, Broker, ChildProcess, Database};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -514,12 +514,6 @@ fn cost(cell: &Option<String>) -> i128 {
     cell.as_deref().map(tenth_nanos).unwrap_or_default()
 }
 
-fn integer(cell: &Option<String>) -> i64 {
-    cell.as_deref()
-        .map(|text| text.parse().unwrap_or_else(|e| panic!("{text:?}: {e}")))
-        .unwrap_or_default()
-}
-
 /// Rows where `view` and the same sums over the raw table differ (both directions), and the
 /// number of rows in `view`.
 async fn rollup_disagreement(client: &Client, view: &str, bucket: &str, keys: &str) -> (i64, i64) {
@@ -547,7 +541,7 @@ async fn rollup_disagreement(client: &Client, view: &str, bucket: &str, keys: &s
                 (SELECT count(*) FROM rollup)"
     );
     let rows = text_rows(client, &sql).await;
-    (integer(&rows[0][0]), integer(&rows[0][1]))
+    (int(&rows[0][0]), int(&rows[0][1]))
 }
 
 async fn assert_rollups_match_raw(client: &Client, when: &str) {
@@ -660,7 +654,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
         "SELECT COALESCE(sum(requests), 0) FROM tenant_daily WHERE tenant_id = 'tenant-late'",
     )
     .await;
-    assert_eq!(integer(&late_requests[0][0]), 6);
+    assert_eq!(int(&late_requests[0][0]), 6);
 
     // The seed's queries, verbatim.
     let now = unix_now();
@@ -675,13 +669,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
     let rows = seed_query(&client, "daily_token_usage.sql").await;
     let got: Vec<(String, i64, i128)> = rows
         .iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                integer(&r[1]),
-                cost(&r[2]),
-            )
-        })
+        .map(|r| (r[0].clone().unwrap_or_default(), int(&r[1]), cost(&r[2])))
         .collect();
     let want: Vec<(String, i64, i128)> = daily.into_iter().map(|(d, (t, c))| (d, t, c)).collect();
     assert_eq!(got, want, "daily token usage");
@@ -698,13 +686,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
     let rows = seed_query(&client, "usage_by_tenant.sql").await;
     let got: Vec<(String, i64, i128)> = rows
         .iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                integer(&r[1]),
-                cost(&r[2]),
-            )
-        })
+        .map(|r| (r[0].clone().unwrap_or_default(), int(&r[1]), cost(&r[2])))
         .collect();
     assert_eq!(got, want, "usage by tenant");
 
@@ -729,7 +711,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
             (
                 r[0].clone().unwrap_or_default(),
                 r[1].clone().unwrap_or_default(),
-                integer(&r[2]),
+                int(&r[2]),
                 cost(&r[3]),
                 r[4].as_deref()
                     .and_then(|v| v.parse().ok())

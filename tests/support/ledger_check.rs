@@ -381,7 +381,8 @@ pub async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
-fn int(cell: &Option<String>) -> i64 {
+/// A [`text_rows`] cell as an integer (NULL as 0).
+pub fn int(cell: &Option<String>) -> i64 {
     cell.as_deref()
         .map(|t| t.parse().unwrap_or_else(|e| panic!("{t:?}: {e}")))
         .unwrap_or(0)
