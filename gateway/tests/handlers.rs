@@ -203,7 +203,10 @@ async fn missing_or_unknown_keys_are_401_with_www_authenticate() {
         let (status, headers, body) = send_json(&app.router, request).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(headers["www-authenticate"], "Bearer");
-        assert_eq!(headers["connection"], "close", "the unread body spoils the connection");
+        assert_eq!(
+            headers["connection"], "close",
+            "the unread body spoils the connection"
+        );
         assert_eq!(body["error"], "unauthorized");
         assert!(!body.to_string().contains(ACME_KEY));
     }
