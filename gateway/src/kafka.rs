@@ -91,7 +91,7 @@ impl ProducerHandle {
 pub struct KafkaAppender {
     client_config: ClientConfig,
     /// Replaced when the broker stops accepting the producer's identity
-    /// (see [`is_fenced`]); appends in flight keep the handle they started
+    /// (see [`ledger::kafka_errors::producer_fenced`]); appends in flight keep the handle they started
     /// with.
     current: RwLock<Arc<ProducerHandle>>,
     topic: String,
@@ -229,21 +229,6 @@ fn classify_enqueue_error(error: &KafkaError) -> AppendError {
     }
 }
 
-/// Errors with which a broker refuses the producer's identity (id and
-/// epoch) rather than one record: every later record of the same producer
-/// would fail alike.
-fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::UnknownProducerId
-                | RDKafkaErrorCode::InvalidProducerIdMapping
-        )
-    )
-}
-
 fn classify_delivery_error(error: &KafkaError, waited: Duration) -> AppendError {
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => AppendError::TimedOut(waited),
@@ -290,7 +275,7 @@ impl Appender for KafkaAppender {
                 match tokio::time::timeout_at(deadline, delivery).await {
                     Ok(Ok(Ok(_delivery))) => Ok(()),
                     Ok(Ok(Err((error, _message)))) => {
-                        if is_fenced(&error) {
+                        if ledger::kafka_errors::producer_fenced(&error) {
                             fenced.store(true, Ordering::Relaxed);
                         }
                         Err(classify_delivery_error(&error, started.elapsed()))

@@ -2,6 +2,7 @@
 //! the dead-letter topic with the original key and value.
 
 use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -75,7 +76,12 @@ pub trait DeadLetterSink: Send + Sync {
 /// Produces dead letters to a Kafka topic with acks=all and idempotence.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    producer: FutureProducer,
+    client_config: ClientConfig,
+    /// Replaced when the broker refuses the producer's identity (see
+    /// [`ledger::kafka_errors::producer_fenced`]): without a new producer
+    /// every later dead letter would fail alike, and no batch holding one
+    /// could commit again.
+    producer: Arc<RwLock<Arc<FutureProducer>>>,
     topic: String,
     queue_timeout: Duration,
 }
@@ -96,20 +102,53 @@ impl KafkaDeadLetters {
         topic: &str,
         delivery_timeout: Duration,
     ) -> Result<Self, DeadLetterError> {
-        let producer = client_config
+        client_config
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set(
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(DeadLetterError::Create)?;
+            );
+        let producer = client_config.create().map_err(DeadLetterError::Create)?;
         Ok(Self {
-            producer,
+            client_config,
+            producer: Arc::new(RwLock::new(Arc::new(producer))),
             topic: topic.to_owned(),
             queue_timeout: delivery_timeout,
         })
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `fenced` with a new producer (a new producer id) unless
+    /// another send already did. The batch that saw the error is retried
+    /// and its dead letters go through the new producer.
+    fn replace_fenced(&self, fenced: &Arc<FutureProducer>) {
+        let replacement: FutureProducer = match self.client_config.create() {
+            Ok(producer) => producer,
+            Err(error) => {
+                tracing::error!(%error, "cannot create a replacement dead-letter producer");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self
+                .producer
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !Arc::ptr_eq(&current, fenced) {
+                return;
+            }
+            std::mem::replace(&mut *current, Arc::new(replacement))
+        };
+        tracing::warn!("the broker fenced the dead-letter producer; replaced it with a new one");
+        // Destroying a librdkafka handle blocks until its threads stop.
+        tokio::task::spawn_blocking(move || drop(old));
     }
 }
 
@@ -143,16 +182,21 @@ impl DeadLetterSink for KafkaDeadLetters {
         if let Some(value) = &letter.record.value {
             record = record.payload(value.as_slice());
         }
-        self.producer
-            .send(record, self.queue_timeout)
-            .await
-            .map(|_| ())
-            .map_err(|(source, _)| DeadLetterError::Delivery {
-                topic: self.topic.clone(),
-                partition: letter.record.partition,
-                offset: letter.record.offset,
-                source,
-            })
+        let producer = self.current();
+        match producer.send(record, self.queue_timeout).await {
+            Ok(_) => Ok(()),
+            Err((source, _)) => {
+                if ledger::kafka_errors::producer_fenced(&source) {
+                    self.replace_fenced(&producer);
+                }
+                Err(DeadLetterError::Delivery {
+                    topic: self.topic.clone(),
+                    partition: letter.record.partition,
+                    offset: letter.record.offset,
+                    source,
+                })
+            }
+        }
     }
 }
 
@@ -185,5 +229,59 @@ mod tests {
         assert_eq!(get("source_topic"), Some("usage-events"));
         assert_eq!(get("source_partition"), Some("2"));
         assert_eq!(get("source_offset"), Some("41"));
+    }
+
+    fn letter(offset: i64) -> DeadLetter {
+        DeadLetter {
+            record: Record {
+                topic: "usage-events".into(),
+                partition: 0,
+                offset,
+                key: Some(b"acme".to_vec()),
+                value: Some(b"not json".to_vec()),
+                schema: None,
+            },
+            reason: Reason::Undecodable,
+            detail: "expected value".into(),
+        }
+    }
+
+    /// The broker refusing the producer's identity (here injected on the
+    /// mock cluster; after an outage it is the epoch bump) fails the send at
+    /// hand, and the next one goes through a new producer instead of failing
+    /// forever.
+    #[tokio::test]
+    async fn a_fenced_producer_is_replaced_and_the_retry_is_delivered() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::DefaultProducerContext;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        let cluster: MockCluster<'static, DefaultProducerContext> =
+            MockCluster::new(1).expect("mock cluster starts");
+        cluster
+            .create_topic("usage-events.dlq", 1, 1)
+            .expect("topic created");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        let sink = KafkaDeadLetters::new(config, "usage-events.dlq", Duration::from_secs(5))
+            .expect("producer");
+
+        sink.send(&letter(1))
+            .await
+            .expect("delivered before any fault");
+        let before = sink.current();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        );
+        let error = sink.send(&letter(2)).await.expect_err("fenced");
+        assert!(
+            matches!(&error, DeadLetterError::Delivery { source, .. } if ledger::kafka_errors::producer_fenced(source)),
+            "{error}"
+        );
+        assert!(!Arc::ptr_eq(&before, &sink.current()), "replaced");
+        sink.send(&letter(2))
+            .await
+            .expect("the retry goes through the new producer");
     }
 }
