@@ -310,10 +310,14 @@ fn sum_by(
     rows: &[DailyRow],
     key: impl Fn(&DailyRow) -> Vec<String>,
 ) -> Vec<(Vec<String>, DailyRow)> {
+    // A report spans thousands of tenant-days: find each key's sum through
+    // an index rather than a scan, keeping first-seen order in `sums`.
+    let mut position: std::collections::HashMap<Vec<String>, usize> =
+        std::collections::HashMap::new();
     let mut sums: Vec<(Vec<String>, DailyRow)> = Vec::new();
     for row in rows {
         let k = key(row);
-        match sums.iter_mut().find(|(existing, _)| *existing == k) {
+        match position.get(&k).and_then(|&i| sums.get_mut(i)) {
             Some((_, sum)) => {
                 sum.requests += row.requests;
                 sum.prompt_tokens += row.prompt_tokens;
@@ -322,7 +326,10 @@ fn sum_by(
                 sum.cost_usd += row.cost_usd;
                 sum.unpriced_requests += row.unpriced_requests;
             }
-            None => sums.push((k, row.clone())),
+            None => {
+                position.insert(k.clone(), sums.len());
+                sums.push((k, row.clone()));
+            }
         }
     }
     sums
