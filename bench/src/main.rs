@@ -23,7 +23,7 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::report::{LatencyScenario, Report, StallScenario};
+use crate::report::{CatchUpScenario, LatencyScenario, Report, StallScenario};
 use crate::scenarios::{Action, Load, Probe};
 use crate::stack::{DatabaseKind, Overrides, Stack};
 
@@ -73,7 +73,7 @@ struct Args {
     /// Extra gateway setting, e.g. TOKENLEDGER_KAFKA__LINGER_MS=5 (repeatable).
     #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
     gateway_env: Vec<String>,
-    /// Only these scenarios (comma separated: ceilings,single,batch,sustained,latency,stall).
+    /// Only these scenarios (comma separated: ceilings,single,batch,sustained,latency,catchup,stall).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -273,6 +273,9 @@ async fn main() -> anyhow::Result<()> {
             outcome,
         });
     }
+    if wanted("catchup") {
+        report.catch_up = Some(catch_up(&probe, &stack, &base, burst, drain_limit).await?);
+    }
     if wanted("stall") && !quick {
         report.stall = Some(stall(&mut stack, &probe, &base, drain_limit).await?);
     }
@@ -339,6 +342,47 @@ async fn rows_received_between(
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
         .collect())
+}
+
+/// The processor alone catching up: stopped while the gateway fills the
+/// topic with batches, then resumed with nothing else running.
+async fn catch_up(
+    probe: &Probe,
+    stack: &Stack,
+    base: &Load,
+    fill_for: Duration,
+    drain_limit: Duration,
+) -> anyhow::Result<CatchUpScenario> {
+    let processor = Pid::from_raw(i32::try_from(probe.processor_pid()).unwrap_or(0));
+    let stop: Action = Box::new(move || {
+        let _ = kill(processor, Signal::SIGSTOP);
+    });
+    let resume: Action = Box::new(move || {
+        let _ = kill(processor, Signal::SIGCONT);
+    });
+    let load = Load {
+        duration: fill_for,
+        seed: 7,
+        ..base.clone()
+    };
+    let outcome = scenarios::run(
+        "processor catching up alone",
+        stack,
+        probe,
+        &load,
+        drain_limit,
+        vec![(Duration::ZERO, stop), (fill_for, resume)],
+    )
+    .await?;
+    let scenario = CatchUpScenario::new(outcome);
+    eprintln!(
+        "bench: catch-up: {:.0} events in {:.1} s ({:.0}/s), processor {:.3} CPU-s per 100k",
+        scenario.backlog,
+        scenario.drain_seconds,
+        scenario.events_per_second,
+        scenario.processor_per_100k()
+    );
+    Ok(scenario)
 }
 
 /// A stalled database under load: the database's processes are stopped

@@ -108,6 +108,42 @@ impl StallScenario {
     }
 }
 
+/// The processor catching up on a backlog alone: stopped (SIGSTOP) while
+/// the gateway filled the topic, then resumed. Nothing else runs during the
+/// drain, so its CPU per event is the processor's own cost, not inflated by
+/// sharing two cores with the gateway and the load generator.
+#[derive(Debug, Serialize)]
+pub struct CatchUpScenario {
+    pub backlog: f64,
+    pub drain_seconds: f64,
+    pub events_per_second: f64,
+    pub processor_cpu_s: f64,
+    pub broker_cpu_s: f64,
+    pub database_cpu_s: f64,
+    pub outcome: Outcome,
+}
+
+impl CatchUpScenario {
+    pub fn new(outcome: Outcome) -> CatchUpScenario {
+        let after_drive = outcome.samples.last().cloned().unwrap_or_default();
+        let end = &outcome.drain_end;
+        let events = end.processor_consumed - after_drive.processor_consumed;
+        CatchUpScenario {
+            backlog: after_drive.backlog(),
+            drain_seconds: outcome.drain_seconds,
+            events_per_second: events / outcome.drain_seconds.max(1e-9),
+            processor_cpu_s: end.processor_cpu_s - after_drive.processor_cpu_s,
+            broker_cpu_s: end.broker_cpu_s - after_drive.broker_cpu_s,
+            database_cpu_s: end.database_cpu_s - after_drive.database_cpu_s,
+            outcome,
+        }
+    }
+
+    pub fn processor_per_100k(&self) -> f64 {
+        self.processor_cpu_s / self.backlog.max(1.0) * 100_000.0
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct MetricsScrape {
     pub seconds: f64,
@@ -143,6 +179,7 @@ pub struct Report {
     pub sustained: Option<Outcome>,
     pub latency: Option<LatencyScenario>,
     pub stall: Option<StallScenario>,
+    pub catch_up: Option<CatchUpScenario>,
     pub peak_rss: PeakRss,
     pub processor_metrics_scrape: Option<MetricsScrape>,
     pub targets: Vec<Target>,
@@ -167,6 +204,7 @@ impl Report {
             sustained: None,
             latency: None,
             stall: None,
+            catch_up: None,
             peak_rss: PeakRss::default(),
             processor_metrics_scrape: None,
             targets: Vec::new(),
@@ -397,6 +435,20 @@ impl Report {
             String::new(),
             self.target_text(4),
         );
+        if let Some(catch_up) = &self.catch_up {
+            row(
+                "processor catching up alone: rate, CPU per 100k events",
+                format!(
+                    "{:.0}/s, {} ({:.0} events)",
+                    catch_up.events_per_second,
+                    seconds(Some(catch_up.processor_per_100k())),
+                    catch_up.backlog
+                ),
+                copy.map_or(String::new(), |c| format!("{c:.0}/s")),
+                ratio(Some(catch_up.events_per_second), copy),
+                String::new(),
+            );
+        }
         if let Some(sustained) = &self.sustained {
             let c = &sustained.cpu_s;
             let per = |s: f64| seconds(Some(s / c.processor_events.max(1.0) * 100_000.0));

@@ -130,6 +130,10 @@ impl Probe {
         }
     }
 
+    pub fn processor_pid(&self) -> u32 {
+        self.processor_pid
+    }
+
     pub fn database_pid(&self) -> u32 {
         self.database_pid
     }
@@ -213,6 +217,8 @@ pub struct Outcome {
     pub backlog_at_end: f64,
     /// Seconds the processor needed after the drive to commit the rest.
     pub drain_seconds: f64,
+    /// The last reading, when the drain ended.
+    pub drain_end: Sample,
     pub cpu_s: CpuSeconds,
     pub samples: Vec<Sample>,
     pub window_start: chrono::DateTime<chrono::Utc>,
@@ -351,6 +357,7 @@ pub async fn run(
         backlog_growth_per_second: slope(&steady),
         backlog_at_end: after_drive.backlog(),
         drain_seconds,
+        drain_end: last.clone(),
         cpu_s: CpuSeconds {
             gateway: last.gateway_cpu_s - before.gateway_cpu_s,
             processor: last.processor_cpu_s - before.processor_cpu_s,

@@ -1,6 +1,12 @@
 //! The `gateway` binary: parse arguments, load configuration, set up
 //! logging, build the producer and serve until told to stop.
 
+// Both binaries allocate and free several small strings per event; glibc's
+// malloc spent a sixth of the processor's time consolidating and unlinking
+// chunks under load, mimalloc's thread-local free lists avoid that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;

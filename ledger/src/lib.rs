@@ -9,6 +9,7 @@
 //!   crossings and the text of their alerts.
 //! - [`budget_row`] (feature `postgres`): how a budget is stored in the
 //!   `budgets` table, the one mapping both services use.
+//! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
 //! - [`kafka_errors`] (feature `kafka`): which producer errors mean the
 //!   broker refuses the producer itself rather than one record.
 //!
@@ -22,6 +23,7 @@ pub mod event;
 #[cfg(feature = "kafka")]
 pub mod kafka_errors;
 pub mod pricebook;
+pub mod timestamp;
 
 pub use budget::{Budget, Period, PeriodBounds, Scope, TenantScope, ThresholdAlert};
 pub use event::{BatchError, EventError, FieldError, UsageEvent, ValidationLimits, KAFKA_SCHEMA};

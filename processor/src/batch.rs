@@ -1,6 +1,7 @@
 //! Accumulating Kafka records into batches that close at `max_events` or
 //! `max_latency` after their first record, whichever comes first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -10,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 /// One Kafka record, owned, as the consumer thread hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub topic: String,
+    /// Shared by every record of the topic: one allocation per topic, not
+    /// per record.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,

@@ -128,7 +128,7 @@ pub struct BudgetOutcome {
 /// The cost the batch adds to each key, with the key's period end.
 pub fn deltas(
     budgets: &[Budget],
-    new_rows: &[PricedEvent],
+    new_rows: &[&PricedEvent],
 ) -> BTreeMap<SpendKey, (PeriodBounds, Decimal)> {
     let mut deltas: BTreeMap<SpendKey, (PeriodBounds, Decimal)> = BTreeMap::new();
     for row in new_rows {
@@ -149,7 +149,7 @@ pub fn deltas(
 /// batch's transaction.
 pub async fn record(
     transaction: &Transaction<'_>,
-    new_rows: &[PricedEvent],
+    new_rows: &[&PricedEvent],
 ) -> Result<BudgetOutcome, BudgetSpendError> {
     if new_rows.is_empty() {
         return Ok(BudgetOutcome::default());
@@ -462,6 +462,7 @@ mod tests {
             row("acme", 6, Decimal::new(4, 0)), // a later day: its own daily period
             row("globex", 5, Decimal::new(8, 0)),
         ];
+        let rows: Vec<&PricedEvent> = rows.iter().collect();
         let deltas = deltas(&[every_daily, acme_monthly], &rows);
         let summary: Vec<(u128, &str, u32, Decimal)> = deltas
             .iter()

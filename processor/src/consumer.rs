@@ -458,6 +458,8 @@ fn poll_until_shutdown(
     runtime: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumerError> {
+    // Every record of a topic shares one copy of its name.
+    let mut topic: Arc<str> = Arc::from("");
     while !shutdown.is_cancelled() {
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
@@ -472,8 +474,11 @@ fn poll_until_shutdown(
             }
             Some(Ok(message)) => message,
         };
+        if *topic != *message.topic() {
+            topic = Arc::from(message.topic());
+        }
         let mut record = Some(Record {
-            topic: message.topic().to_owned(),
+            topic: topic.clone(),
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),

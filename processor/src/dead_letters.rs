@@ -158,7 +158,7 @@ pub fn headers(letter: &DeadLetter) -> Vec<(&'static str, String)> {
     vec![
         ("error", letter.reason.as_str().to_owned()),
         ("error_detail", letter.detail.clone()),
-        ("source_topic", letter.record.topic.clone()),
+        ("source_topic", letter.record.topic.to_string()),
         ("source_partition", letter.record.partition.to_string()),
         ("source_offset", letter.record.offset.to_string()),
     ]

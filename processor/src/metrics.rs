@@ -280,7 +280,8 @@ impl Metrics {
     /// values in order of first appearance, so they admit exactly what
     /// they would admit row by row.
     pub fn record_batch(&self, outcome: &BatchOutcome, duration: std::time::Duration) {
-        let mut slots: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        // one lookup per row: foldhash rather than SipHash
+        let mut slots: foldhash::HashMap<(&str, &str, &str), usize> = Default::default();
         let mut sums: Vec<((&str, &str, &str), UsageSum)> = Vec::new();
         let latency = self.end_to_end_latency.local();
         for row in &outcome.new_rows {

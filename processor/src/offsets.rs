@@ -79,9 +79,14 @@ pub struct OffsetFloors {
 impl OffsetFloors {
     pub fn admits(&self, record: &Record) -> bool {
         let floors = self.floors.lock().unwrap_or_else(PoisonError::into_inner);
+        // A handful of partitions: a scan by reference beats building a
+        // key (and copying the topic) for every record.
         floors
-            .get(&(record.topic.clone(), record.partition))
-            .is_none_or(|floor| record.offset >= *floor)
+            .iter()
+            .find(|((topic, partition), _)| {
+                *partition == record.partition && **topic == *record.topic
+            })
+            .is_none_or(|(_, floor)| record.offset >= *floor)
     }
 
     /// Raises the floor of one partition; never lowers it.

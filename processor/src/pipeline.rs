@@ -230,12 +230,12 @@ pub async fn commit_batch<D: DeadLetterSink>(
     metrics: &Metrics,
 ) -> Result<BatchOutcome, RunError> {
     let started = Instant::now();
-    let prepared = writer::prepare(records, price_book);
+    let mut prepared = writer::prepare(records, price_book);
     let mut attempt_state = AttemptState::default();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 1;
     let outcome = loop {
-        match writer.write(&prepared, &mut attempt_state).await {
+        match writer.write(&mut prepared, &mut attempt_state).await {
             Ok(outcome) => break outcome,
             Err(error) if error.is_retryable() => {
                 metrics.record_db_retry();

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +19,11 @@ use crate::offsets::{self, NextOffsets, OffsetsError};
 
 /// The idempotency key of a usage event.
 pub type EventKey = (Uuid, DateTime<Utc>);
+
+/// Keys are hashed several times per event; foldhash is several times
+/// cheaper than the standard SipHash and still seeded per process, so
+/// clients choosing ids cannot aim for collisions.
+type KeyHasher = foldhash::fast::RandomState;
 
 const INSERT_ROWS: &str = "
 INSERT INTO gateway_mode_audit (
@@ -119,7 +125,8 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
     let mut repeats = Vec::new();
     let mut poison = Vec::new();
     let mut next_offsets = NextOffsets::new();
-    let mut first_seen: HashSet<EventKey> = HashSet::with_capacity(records.len());
+    let mut first_seen: HashSet<EventKey, KeyHasher> =
+        HashSet::with_capacity_and_hasher(records.len(), KeyHasher::default());
     for (record_index, record) in records.iter().enumerate() {
         raise_next_offset(&mut next_offsets, record);
 
@@ -167,11 +174,11 @@ fn raise_next_offset(next_offsets: &mut NextOffsets, record: &Record) {
     let next = record.offset + 1;
     let existing = next_offsets
         .iter_mut()
-        .find(|((topic, partition), _)| *partition == record.partition && *topic == record.topic);
+        .find(|((topic, partition), _)| *partition == record.partition && **topic == *record.topic);
     match existing {
         Some((_, stored)) => *stored = (*stored).max(next),
         None => {
-            next_offsets.insert((record.topic.clone(), record.partition), next);
+            next_offsets.insert((record.topic.to_string(), record.partition), next);
         }
     }
 }
@@ -251,19 +258,22 @@ pub struct Classification {
 
 /// Sorts a batch's events given which keys the insert reported as new and
 /// the stored hashes of the keys it did not.
-pub fn classify(
+pub fn classify<S: BuildHasher>(
     prepared: &PreparedBatch,
-    inserted: &HashSet<EventKey>,
-    stored: &HashMap<EventKey, Vec<u8>>,
+    inserted: &HashSet<EventKey, S>,
+    stored: &HashMap<EventKey, Vec<u8>, S>,
 ) -> Result<Classification, WriteError> {
     let mut classification = Classification::default();
     // The hash each key ends up with, only needed to judge in-batch repeats.
     let track_known = !prepared.repeats.is_empty();
-    let mut known: HashMap<EventKey, &[u8]> = if track_known {
-        HashMap::with_capacity(prepared.unique.len())
-    } else {
-        HashMap::new()
-    };
+    let mut known: HashMap<EventKey, &[u8], KeyHasher> = HashMap::with_capacity_and_hasher(
+        if track_known {
+            prepared.unique.len()
+        } else {
+            0
+        },
+        KeyHasher::default(),
+    );
     for (index, priced) in prepared.unique.iter().enumerate() {
         let key = priced.key();
         let known_hash: &[u8] = if inserted.contains(&key) {
@@ -355,10 +365,12 @@ impl<D: DeadLetterSink> Writer<D> {
 
     /// One attempt at committing `prepared`. On error nothing was committed
     /// (dead letters may have been sent; `attempt` remembers them) and the
-    /// caller may call again with the same batch and state.
+    /// caller may call again with the same batch and state. On success the
+    /// inserted rows move out of `prepared.unique` into the outcome rather
+    /// than being copied: the batch is done with them.
     pub async fn write(
         &self,
-        prepared: &PreparedBatch,
+        prepared: &mut PreparedBatch,
         attempt: &mut AttemptState,
     ) -> Result<BatchOutcome, WriteError> {
         // Poison does not depend on the database: acknowledge it before the
@@ -371,12 +383,25 @@ impl<D: DeadLetterSink> Writer<D> {
         let result = self
             .write_in_transaction(&mut client, prepared, attempt)
             .await;
-        if result.is_err() {
-            // The connection may be mid-transaction or mid-statement after a
-            // timeout; never hand it back to the pool.
-            drop(Object::take(client));
+        let (mut outcome, new) = match result {
+            Ok(committed) => committed,
+            Err(error) => {
+                // The connection may be mid-transaction or mid-statement
+                // after a timeout; never hand it back to the pool.
+                drop(Object::take(client));
+                return Err(error);
+            }
+        };
+        let mut is_new = vec![false; prepared.unique.len()];
+        for index in new {
+            is_new[index] = true;
         }
-        result
+        outcome.new_rows = std::mem::take(&mut prepared.unique)
+            .into_iter()
+            .zip(is_new)
+            .filter_map(|(row, new)| new.then_some(row))
+            .collect();
+        Ok(outcome)
     }
 
     async fn write_in_transaction(
@@ -384,7 +409,7 @@ impl<D: DeadLetterSink> Writer<D> {
         client: &mut Object,
         prepared: &PreparedBatch,
         attempt: &mut AttemptState,
-    ) -> Result<BatchOutcome, WriteError> {
+    ) -> Result<(BatchOutcome, Vec<usize>), WriteError> {
         let transaction = self
             .bounded("begin", client.transaction())
             .await?
@@ -415,10 +440,10 @@ impl<D: DeadLetterSink> Writer<D> {
             self.dead_letter(&letter, *record_index, attempt).await?;
         }
 
-        let new_rows: Vec<PricedEvent> = classification
+        let new_rows: Vec<&PricedEvent> = classification
             .new
             .iter()
-            .map(|index| prepared.unique[*index].clone())
+            .map(|index| &prepared.unique[*index])
             .collect();
         // Effects of new rows that must commit with them: budget spend and
         // threshold crossings see exactly the rows this transaction
@@ -445,15 +470,17 @@ impl<D: DeadLetterSink> Writer<D> {
         if !classification.conflicts.is_empty() {
             *dead_lettered.entry(Reason::Conflict).or_default() += classification.conflicts.len();
         }
-        Ok(BatchOutcome {
+        let outcome = BatchOutcome {
             consumed: prepared.records.len(),
-            new_rows,
+            // filled by `write`, which owns the rows
+            new_rows: Vec::new(),
             duplicates: classification.duplicates,
             conflicts: classification.conflicts.len(),
             dead_lettered,
             next_offsets: prepared.next_offsets.clone(),
             committed_at: Utc::now(),
-        })
+        };
+        Ok((outcome, classification.new))
     }
 
     async fn dead_letter(
@@ -498,9 +525,9 @@ fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> WriteError {
 async fn insert_rows(
     transaction: &Transaction<'_>,
     rows: &[PricedEvent],
-) -> Result<HashSet<EventKey>, WriteError> {
+) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
     if rows.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashSet::default());
     }
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event.id).collect();
@@ -581,9 +608,9 @@ async fn insert_rows(
 async fn stored_hashes(
     transaction: &Transaction<'_>,
     keys: &[EventKey],
-) -> Result<HashMap<EventKey, Vec<u8>>, WriteError> {
+) -> Result<HashMap<EventKey, Vec<u8>, KeyHasher>, WriteError> {
     if keys.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(HashMap::default());
     }
     let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
     let created: Vec<DateTime<Utc>> = keys.iter().map(|(_, at)| *at).collect();

@@ -77,9 +77,9 @@ impl Fixture {
     }
 
     async fn write_records(&self, records: Vec<Record>) -> usize {
-        let prepared = writer::prepare(records, &PriceBook::builtin());
+        let mut prepared = writer::prepare(records, &PriceBook::builtin());
         self.writer
-            .write(&prepared, &mut AttemptState::default())
+            .write(&mut prepared, &mut AttemptState::default())
             .await
             .expect("batch commits")
             .new_rows

@@ -99,9 +99,9 @@ fn record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
 }
 
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
-    let prepared = writer::prepare(records, &PriceBook::builtin());
+    let mut prepared = writer::prepare(records, &PriceBook::builtin());
     writer
-        .write(&prepared, &mut AttemptState::default())
+        .write(&mut prepared, &mut AttemptState::default())
         .await
         .expect("batch commits")
 }
@@ -266,14 +266,14 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
     let writer = writer(&database, sink.clone());
     let mut poison = record(0, 1, &event("acme", 1));
     poison.value = Some(b"garbage".to_vec());
-    let prepared = writer::prepare(
+    let mut prepared = writer::prepare(
         vec![record(0, 0, &event("acme", 1)), poison],
         &PriceBook::builtin(),
     );
     let mut attempt = AttemptState::default();
 
     sink.failing.store(true, Ordering::SeqCst);
-    let failed = writer.write(&prepared, &mut attempt).await;
+    let failed = writer.write(&mut prepared, &mut attempt).await;
     assert!(
         failed.is_err(),
         "a dead-letter topic that is down fails the batch"
@@ -284,7 +284,7 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
 
     sink.failing.store(false, Ordering::SeqCst);
     let outcome = writer
-        .write(&prepared, &mut attempt)
+        .write(&mut prepared, &mut attempt)
         .await
         .expect("the retry commits");
     assert_eq!(outcome.new_rows.len(), 1);
@@ -300,15 +300,16 @@ async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
     write(&writer, records.clone()).await;
 
     database.stop().await;
-    let prepared = writer::prepare(vec![record(0, 1, &event("acme", 2))], &PriceBook::builtin());
+    let mut prepared =
+        writer::prepare(vec![record(0, 1, &event("acme", 2))], &PriceBook::builtin());
     let mut attempt = AttemptState::default();
-    let failed = writer.write(&prepared, &mut attempt).await;
+    let failed = writer.write(&mut prepared, &mut attempt).await;
     let error = failed.expect_err("no database, no commit");
     assert!(error.is_retryable(), "{error}");
 
     database.start_again().await;
     let outcome = writer
-        .write(&prepared, &mut attempt)
+        .write(&mut prepared, &mut attempt)
         .await
         .expect("commits once the database is back");
     assert_eq!(outcome.new_rows.len(), 1);
