@@ -1,10 +1,11 @@
-//! Accumulating Kafka records into batches that close at `max_events` or
-//! `max_latency` after their first record, whichever comes first.
+//! Accumulating Kafka records into batches that close at `max_events`, at
+//! `max_latency` after their first record, or at once with whatever waited
+//! through the previous commit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,8 @@ pub enum BatchError {
 pub enum CloseReason {
     Full,
     Latency,
+    /// Every record that was waiting was taken.
+    Drained,
     Shutdown,
     SourceClosed,
 }
@@ -52,7 +55,12 @@ pub struct Batch {
 
 /// Collects the next batch from `records`.
 ///
-/// Waits for a first record (or shutdown), then keeps adding until the
+/// When records are already waiting (they arrived while the previous batch
+/// was being committed), the batch is what is waiting, up to `max_events`,
+/// and closes at once: those records have waited a whole commit already,
+/// and under load this sizes batches by how long a commit takes (group
+/// commit) instead of adding `max_latency` to every event. Otherwise it
+/// waits for a first record (or shutdown), then keeps adding until the
 /// batch is full or `max_latency` has passed since that first record: the
 /// latency bound is on the oldest record's wait, not the newest's. Records
 /// that `admit` refuses (offsets already stored) are dropped without
@@ -67,6 +75,41 @@ pub async fn collect(
     mut admit: impl FnMut(&Record) -> bool,
 ) -> Result<Option<Batch>, BatchError> {
     debug_assert!(limits.max_events > 0);
+    if shutdown.is_cancelled() {
+        return Ok(None);
+    }
+    let mut batch = Vec::new();
+    loop {
+        match records.try_recv() {
+            Ok(record) if admit(&record) => {
+                batch.push(record);
+                if batch.len() >= limits.max_events {
+                    return Ok(Some(Batch {
+                        records: batch,
+                        closed_by: CloseReason::Full,
+                    }));
+                }
+            }
+            Ok(_) => {}
+            Err(TryRecvError::Empty) if batch.is_empty() => break,
+            Err(TryRecvError::Empty) => {
+                return Ok(Some(Batch {
+                    records: batch,
+                    closed_by: CloseReason::Drained,
+                }))
+            }
+            Err(TryRecvError::Disconnected) if batch.is_empty() => {
+                return Err(BatchError::SourceClosed)
+            }
+            Err(TryRecvError::Disconnected) => {
+                return Ok(Some(Batch {
+                    records: batch,
+                    closed_by: CloseReason::SourceClosed,
+                }))
+            }
+        }
+    }
+
     let first = loop {
         tokio::select! {
             biased;
@@ -79,7 +122,7 @@ pub async fn collect(
         }
     };
     let deadline = Instant::now() + limits.max_latency;
-    let mut batch = Vec::with_capacity(limits.max_events.min(1024));
+    batch.reserve(limits.max_events.min(1024));
     batch.push(first);
     let closed_by = loop {
         if batch.len() >= limits.max_events {
@@ -142,7 +185,12 @@ mod tests {
             .expect("a batch");
         let offsets: Vec<i64> = next.records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [3, 4], "the rest waits for the next batch");
-        assert_eq!(next.closed_by, CloseReason::Latency);
+        assert_eq!(
+            next.closed_by,
+            CloseReason::Drained,
+            "records that were waiting are taken without waiting longer"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -176,10 +224,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_returns_the_partial_batch() {
         let (sender, mut receiver) = mpsc::channel(16);
-        sender.send(record(1, 7)).await.expect("open");
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
+        let first = sender.clone();
         tokio::spawn(async move {
+            // arrives while the batcher waits, so the batch is open
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            first.send(record(1, 7)).await.expect("open");
             tokio::time::sleep(Duration::from_millis(10)).await;
             trigger.cancel();
         });
@@ -202,6 +253,28 @@ mod tests {
             .expect("ok");
         assert!(nothing.is_none());
         drop(sender);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_records_close_at_once_and_shutdown_takes_no_more() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        for offset in 0..2 {
+            sender.send(record(0, offset)).await.expect("open");
+        }
+        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+            .await
+            .expect("ok")
+            .expect("a batch");
+        assert_eq!(batch.closed_by, CloseReason::Drained);
+        assert_eq!(batch.records.len(), 2);
+
+        sender.send(record(0, 2)).await.expect("open");
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let nothing = collect(&mut receiver, LIMITS, &shutdown, |_| true)
+            .await
+            .expect("ok");
+        assert!(nothing.is_none(), "after shutdown no new batch starts");
     }
 
     #[tokio::test(start_paused = true)]

@@ -295,8 +295,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         // A broker answers a fetch when data arrives or when this wait ends;
         // one that waits it out (tansu does) would otherwise add up to
         // librdkafka's default 500 ms to every event's latency. When idle it
-        // costs 20 empty fetches a second.
-        .set("fetch.wait.max.ms", "50");
+        // costs 100 empty fetches a second; 50 ms added ~25 ms to the
+        // median accept → commit latency (scripts/bench.sh).
+        .set("fetch.wait.max.ms", "10");
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
