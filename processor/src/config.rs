@@ -188,9 +188,9 @@ impl Default for BatchConfig {
             max_events: 5000,
             // Only an idle processor waits this long: records that arrive
             // during a commit form the next batch at once. Measured
-            // (scripts/bench.sh, latency at 10k events/s): 50 ms gave
-            // p50/p99 128/225 ms accept → commit, 20 ms with a 10 ms fetch
-            // wait 53/134 ms, and 10 ms no better than 20.
+            // (scripts/bench.sh, native database, latency at 10k events/s):
+            // 50 ms gave p50/p99 128/225 ms accept → commit, 20 ms with
+            // group commit 53/134 ms, and 10 ms no better than 20.
             max_latency_ms: 20,
         }
     }
