@@ -50,6 +50,80 @@ pub struct Ceiling {
     pub events: usize,
     pub seconds: f64,
     pub events_per_second: f64,
+    /// CPU seconds per 100k events of the measuring process, where that is
+    /// the point (the raw consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s_per_100k: Option<f64>,
+}
+
+/// Reads `expected` records of `topic` from the beginning with the
+/// processor's own consumer settings, copying each record's key, value and
+/// `schema` header out as the processor's consumer thread does, and nothing
+/// else: the floor under the processor's CPU per event that librdkafka
+/// (fetch, decompression, one poll per message) sets. Runs while nothing
+/// else is driven, so this process's CPU is the consumer's.
+pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<Ceiling> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let kafka = processor::config::KafkaConfig {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+        group_id: format!("bench-raw-consume-{}", std::process::id()),
+        ..processor::config::KafkaConfig::default()
+    };
+    let consumer: BaseConsumer = processor::consumer::consumer_config(&kafka)
+        .create()
+        .context("creating the raw consumer")?;
+    consumer
+        .subscribe(&[topic])
+        .context("subscribing the raw consumer")?;
+    let pid = std::process::id();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut received = 0usize;
+        let mut bytes = 0usize;
+        let mut started = None;
+        let mut cpu_before = 0.0;
+        while received < expected {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "raw consume: {received} of {expected} records after 300 s"
+            );
+            let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = polled.context("raw consume")?;
+            if started.is_none() {
+                // Clock and CPU start at the first record: joining the
+                // group is not part of the rate.
+                started = Some(Instant::now());
+                cpu_before = crate::procstat::own_cpu_seconds(pid);
+            }
+            let key = message.key().map(<[u8]>::to_vec);
+            let value = message.payload().map(<[u8]>::to_vec);
+            let schema = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|header| header.key == "schema")
+                    .and_then(|header| header.value.map(<[u8]>::to_vec))
+            });
+            bytes += value.map_or(0, |v| v.len()) + key.map_or(0, |k| k.len());
+            bytes += schema.map_or(0, |s| s.len());
+            received += 1;
+        }
+        let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-9);
+        let cpu = crate::procstat::own_cpu_seconds(pid) - cpu_before;
+        std::hint::black_box(bytes);
+        Ok(Ceiling {
+            events: received,
+            seconds,
+            events_per_second: received as f64 / seconds,
+            cpu_s_per_100k: Some(cpu / received.max(1) as f64 * 100_000.0),
+        })
+    })
+    .await
+    .context("raw consumer thread")?
 }
 
 /// Produces every event (same value, key and headers as the gateway) to
@@ -105,6 +179,7 @@ pub async fn raw_produce(
         events: events.len(),
         seconds,
         events_per_second: events.len() as f64 / seconds,
+        cpu_s_per_100k: None,
     })
 }
 
@@ -231,6 +306,7 @@ pub async fn raw_copy(db_url: &str, rows: &[PricedEvent], batch: usize) -> anyho
         events: rows.len(),
         seconds,
         events_per_second: rows.len() as f64 / seconds,
+        cpu_s_per_100k: None,
     })
 }
 

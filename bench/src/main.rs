@@ -57,6 +57,13 @@ struct Args {
     /// Offered rate of the latency scenario, events/s.
     #[arg(long, default_value_t = 10_000)]
     latency_rate: u64,
+    /// Connections of the single-event scenario. Each single-event request
+    /// waits for the broker's acknowledgement (a few ms), so a client's
+    /// rate is its connections divided by that wait, whatever the
+    /// gateway's capacity; many concurrent callers are what a gateway in
+    /// front of LLM traffic sees.
+    #[arg(long, default_value_t = 256)]
+    single_connections: usize,
     /// Events per request in the latency scenario.
     #[arg(long, default_value_t = 10)]
     latency_batch_size: usize,
@@ -137,6 +144,17 @@ async fn main() -> anyhow::Result<()> {
             "bench: raw produce {:.0} events/s",
             produce.events_per_second
         );
+        let consume = ceilings::raw_consume(
+            &stack.broker.bootstrap(),
+            "bench-raw-produce",
+            events.len(),
+        )
+        .await?;
+        eprintln!(
+            "bench: raw consume {:.0} events/s, {:.3} CPU-s per 100k",
+            consume.events_per_second,
+            consume.cpu_s_per_100k.unwrap_or(f64::NAN)
+        );
         let rows = ceilings::priced_rows(&events);
         drop(events);
         let copy = ceilings::raw_copy(&stack.db_url(), &rows, 5_000).await?;
@@ -145,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             copy.events_per_second
         );
         report.raw_produce = Some(produce);
+        report.raw_consume = Some(consume);
         report.raw_copy = Some(copy);
         ceilings::settle(Duration::from_secs(2)).await;
     }
@@ -161,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     if wanted("single") {
         let load = Load {
             batch_size: 1,
-            concurrency: 64,
+            concurrency: args.single_connections,
             seed: 1,
             ..base.clone()
         };
@@ -173,6 +192,28 @@ async fn main() -> anyhow::Result<()> {
                 &load,
                 drain_limit,
                 vec![],
+            )
+            .await?,
+        );
+        // The same traffic with the processor stopped (it catches up after):
+        // what the gateway accepts when it shares the cores only with its
+        // broker and the client, not with the processor and the database.
+        let processor = Pid::from_raw(i32::try_from(probe.processor_pid()).unwrap_or(0));
+        let stop: Action = Box::new(move || {
+            let _ = kill(processor, Signal::SIGSTOP);
+        });
+        let resume: Action = Box::new(move || {
+            let _ = kill(processor, Signal::SIGCONT);
+        });
+        let load = Load { seed: 8, ..load };
+        report.single_event_gateway_only = Some(
+            scenarios::run(
+                "single-event requests, processor paused",
+                &stack,
+                &probe,
+                &load,
+                drain_limit,
+                vec![(Duration::ZERO, stop), (load.duration, resume)],
             )
             .await?,
         );

@@ -171,8 +171,11 @@ pub struct Report {
     pub gateway_overrides: Vec<(String, String)>,
     pub migrate_output: String,
     pub raw_produce: Option<Ceiling>,
+    pub raw_consume: Option<Ceiling>,
     pub raw_copy: Option<Ceiling>,
     pub single_event: Option<Outcome>,
+    /// Single-event requests with the processor stopped (SIGSTOP).
+    pub single_event_gateway_only: Option<Outcome>,
     pub batch_100: Option<Outcome>,
     /// The first sustained run, kept when its backlog grew.
     pub sustained_max: Option<Outcome>,
@@ -197,8 +200,10 @@ impl Report {
             gateway_overrides: overrides.gateway.clone(),
             migrate_output: String::new(),
             raw_produce: None,
+            raw_consume: None,
             raw_copy: None,
             single_event: None,
+            single_event_gateway_only: None,
             batch_100: None,
             sustained_max: None,
             sustained: None,
@@ -242,9 +247,9 @@ impl Report {
                 |v| v >= 40_000.0,
             ),
             target(
-                "gateway, single-event requests",
+                "gateway, single-event requests (processor paused)",
                 ">= 15000",
-                self.single_event
+                self.single_event_gateway_only
                     .as_ref()
                     .map(|o| o.gateway_accepted_per_second),
                 "events/s",
@@ -315,6 +320,19 @@ impl Report {
             String::new(),
             String::new(),
         );
+        if let Some(consume) = &self.raw_consume {
+            row(
+                "raw consume, broker → rdkafka with the processor's settings (floor)",
+                format!(
+                    "{:.0}/s, {:.3} CPU-s per 100k",
+                    consume.events_per_second,
+                    consume.cpu_s_per_100k.unwrap_or(f64::NAN)
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            );
+        }
         row(
             "raw binary COPY → gateway_mode_audit copy (ceiling)",
             rate(copy),
@@ -327,10 +345,21 @@ impl Report {
             .as_ref()
             .map(|o| o.gateway_accepted_per_second);
         row(
-            "gateway accepted, single-event requests",
+            "gateway accepted, single-event requests, whole pipeline running",
             rate(single),
             rate(produce),
             ratio(single, produce),
+            String::new(),
+        );
+        let alone = self
+            .single_event_gateway_only
+            .as_ref()
+            .map(|o| o.gateway_accepted_per_second);
+        row(
+            "gateway accepted, single-event requests, processor paused",
+            rate(alone),
+            rate(produce),
+            ratio(alone, produce),
             self.target_text(1),
         );
         let batch = self
@@ -428,11 +457,16 @@ impl Report {
             String::new(),
             String::new(),
         );
+        let consume_cpu = self.raw_consume.as_ref().and_then(|c| c.cpu_s_per_100k);
+        let times = |v: Option<f64>| match (v, consume_cpu) {
+            (Some(v), Some(floor)) if floor > 0.0 => format!("{:.1}× the floor", v / floor),
+            _ => String::new(),
+        };
         row(
             "processor CPU per 100k events (sustained)",
             seconds(self.processor_cpu_per_100k()),
-            String::new(),
-            String::new(),
+            consume_cpu.map_or(String::new(), |c| format!("{c:.3} s raw consume")),
+            times(self.processor_cpu_per_100k()),
             self.target_text(4),
         );
         if let Some(catch_up) = &self.catch_up {
@@ -445,7 +479,11 @@ impl Report {
                     catch_up.backlog
                 ),
                 copy.map_or(String::new(), |c| format!("{c:.0}/s")),
-                ratio(Some(catch_up.events_per_second), copy),
+                format!(
+                    "{} of COPY; CPU {}",
+                    ratio(Some(catch_up.events_per_second), copy),
+                    times(Some(catch_up.processor_per_100k()))
+                ),
                 String::new(),
             );
         }
