@@ -112,7 +112,9 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
             bytes += schema.map_or(0, |s| s.len());
             received += 1;
         }
-        let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-9);
+        let seconds = started
+            .map_or(0.0, |at| at.elapsed().as_secs_f64())
+            .max(1e-9);
         let cpu = crate::procstat::own_cpu_seconds(pid) - cpu_before;
         std::hint::black_box(bytes);
         Ok(Ceiling {

@@ -144,12 +144,9 @@ async fn main() -> anyhow::Result<()> {
             "bench: raw produce {:.0} events/s",
             produce.events_per_second
         );
-        let consume = ceilings::raw_consume(
-            &stack.broker.bootstrap(),
-            "bench-raw-produce",
-            events.len(),
-        )
-        .await?;
+        let consume =
+            ceilings::raw_consume(&stack.broker.bootstrap(), "bench-raw-produce", events.len())
+                .await?;
         eprintln!(
             "bench: raw consume {:.0} events/s, {:.3} CPU-s per 100k",
             consume.events_per_second,
