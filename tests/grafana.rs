@@ -47,10 +47,16 @@ pub const SQL_MACROS: &[&str] = &[
 pub const PROMQL_VARIABLES: &[&str] = &["$__rate_interval", "$tenant_id", "$provider", "$model"];
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Prefer the directory cargo/nextest name at run time: a test binary
+    // reused from a build of the same sources in another checkout (a shared
+    // target directory) still has that checkout's path compiled in.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or(manifest_dir)
 }
 
 /// A dashboard file and its parsed JSON.

@@ -395,7 +395,11 @@ mod tests {
     use super::*;
 
     fn sql_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+        // the run-time value first: see tests/support's repo_root
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+            .join("../sql")
     }
 
     #[test]

@@ -32,10 +32,16 @@ pub use proxy::{FaultProxy, ProxyMode, Shaping};
 /// The repository root (the workspace directory), for `sql/`, `alerts/`, `grafana/` and friends.
 pub fn repo_root() -> PathBuf {
     // CARGO_MANIFEST_DIR is tests/; its parent is the workspace.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Prefer the directory cargo/nextest name at run time: a test binary
+    // reused from a build of the same sources in another checkout (a shared
+    // target directory) still has that checkout's path compiled in.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or(manifest_dir)
 }
 
 /// A free TCP port on 127.0.0.1: bind port 0, read the port, drop the listener. Another process
