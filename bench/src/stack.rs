@@ -73,6 +73,8 @@ impl RunningDatabase {
 pub struct NativeDatabase {
     port: u16,
     process: ChildProcess,
+    /// The data directory as seen from outside the root.
+    data_dir: std::path::PathBuf,
 }
 
 impl NativeDatabase {
@@ -84,9 +86,10 @@ impl NativeDatabase {
             "no PostgreSQL 17 under {}: run scripts/native-timescaledb.sh install",
             root.display()
         );
+        remove_stale_data_dirs(root);
         let port = free_port();
         // Inside the root; /var/tmp is world-writable there.
-        let data_dir = format!("/var/tmp/tokenledger-bench-{port}");
+        let data_dir = format!("/var/tmp/{DATA_DIR_PREFIX}{port}");
         let host_data_dir = root.join(data_dir.trim_start_matches('/'));
         if host_data_dir.exists() {
             std::fs::remove_dir_all(&host_data_dir)
@@ -149,7 +152,11 @@ impl NativeDatabase {
             )
             .await;
         let _ = port_s;
-        Ok(NativeDatabase { port, process })
+        Ok(NativeDatabase {
+            port,
+            process,
+            data_dir: host_data_dir,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -166,6 +173,35 @@ impl NativeDatabase {
             .is_none()
         {
             self.process.kill9();
+        }
+        // A full run leaves gigabytes of table and WAL behind.
+        if let Err(error) = std::fs::remove_dir_all(&self.data_dir) {
+            eprintln!(
+                "bench: cannot remove {}: {error}",
+                self.data_dir.display()
+            );
+        }
+    }
+}
+
+const DATA_DIR_PREFIX: &str = "tokenledger-bench-";
+
+/// Removes data directories that earlier runs left in the native root when
+/// they were killed, unless their postmaster is still alive.
+fn remove_stale_data_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("var/tmp")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DATA_DIR_PREFIX) {
+            continue;
+        }
+        let alive = std::fs::read_to_string(entry.path().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::trim).map(str::to_owned))
+            .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
