@@ -5,8 +5,8 @@
 # measures the ceilings (raw rdkafka produce, raw binary COPY) and drives the gateway over HTTP;
 # prints a Markdown table and writes target/bench/report.json.
 #
-#   scripts/bench.sh              full run (about 6 minutes)
-#   scripts/bench.sh --quick      smoke run (about 1 minute)
+#   scripts/bench.sh              full run (about 8 minutes)
+#   scripts/bench.sh --quick      smoke run (about 3 minutes)
 #   scripts/bench.sh --native     against native PostgreSQL 17 + TimescaleDB (Apache edition),
 #                                 installed by scripts/native-timescaledb.sh (needs root)
 #   scripts/bench.sh -- ARGS      pass ARGS to tokenledger-bench (see `--help` there), e.g.
