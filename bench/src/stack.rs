@@ -176,10 +176,7 @@ impl NativeDatabase {
         }
         // A full run leaves gigabytes of table and WAL behind.
         if let Err(error) = std::fs::remove_dir_all(&self.data_dir) {
-            eprintln!(
-                "bench: cannot remove {}: {error}",
-                self.data_dir.display()
-            );
+            eprintln!("bench: cannot remove {}: {error}", self.data_dir.display());
         }
     }
 }
@@ -193,7 +190,11 @@ fn remove_stale_data_dirs(root: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(DATA_DIR_PREFIX) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(DATA_DIR_PREFIX)
+        {
             continue;
         }
         let alive = std::fs::read_to_string(entry.path().join("postmaster.pid"))
