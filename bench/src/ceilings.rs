@@ -57,14 +57,12 @@ pub struct Ceiling {
 }
 
 /// Reads `expected` records of `topic` from the beginning with the
-/// processor's own consumer settings, copying each record's key, value and
-/// `schema` header out as the processor's consumer thread does, and nothing
-/// else: the floor under the processor's CPU per event that librdkafka
+/// processor's own consumer settings, copying each record out with the
+/// processor's consumer thread's own function, and nothing else: the floor under the processor's CPU per event that librdkafka
 /// (fetch, decompression, one poll per message) sets. Runs while nothing
 /// else is driven, so this process's CPU is the consumer's.
 pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<Ceiling> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
 
     let kafka = processor::config::KafkaConfig {
         brokers: brokers.to_owned(),
@@ -82,9 +80,9 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut received = 0usize;
-        let mut bytes = 0usize;
         let mut started = None;
         let mut cpu_before = 0.0;
+        let mut topic: std::sync::Arc<str> = std::sync::Arc::from("");
         while received < expected {
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -100,23 +98,13 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
                 started = Some(Instant::now());
                 cpu_before = crate::procstat::own_cpu_seconds(pid);
             }
-            let key = message.key().map(<[u8]>::to_vec);
-            let value = message.payload().map(<[u8]>::to_vec);
-            let schema = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|header| header.key == "schema")
-                    .and_then(|header| header.value.map(<[u8]>::to_vec))
-            });
-            bytes += value.map_or(0, |v| v.len()) + key.map_or(0, |k| k.len());
-            bytes += schema.map_or(0, |s| s.len());
+            std::hint::black_box(processor::consumer::owned_record(&message, &mut topic));
             received += 1;
         }
         let seconds = started
             .map_or(0.0, |at| at.elapsed().as_secs_f64())
             .max(1e-9);
         let cpu = crate::procstat::own_cpu_seconds(pid) - cpu_before;
-        std::hint::black_box(bytes);
         Ok(Ceiling {
             events: received,
             seconds,

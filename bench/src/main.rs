@@ -240,13 +240,7 @@ async fn main() -> anyhow::Result<()> {
         // The same traffic with the processor stopped (it catches up after):
         // what the gateway accepts when it shares the cores only with its
         // broker and the client, not with the processor and the database.
-        let processor = Pid::from_raw(i32::try_from(probe.processor_pid()).unwrap_or(0));
-        let stop: Action = Box::new(move || {
-            let _ = kill(processor, Signal::SIGSTOP);
-        });
-        let resume: Action = Box::new(move || {
-            let _ = kill(processor, Signal::SIGCONT);
-        });
+        let processor = probe.processor_pid();
         let load = Load { seed: 8, ..load };
         report.single_event_gateway_only = Some(
             scenarios::run(
@@ -255,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
                 &probe,
                 &load,
                 drain_limit,
-                vec![(Duration::ZERO, stop), (load.duration, resume)],
+                paused(move || vec![processor], Duration::ZERO, load.duration),
             )
             .await?,
         );
@@ -395,13 +389,7 @@ async fn catch_up(
     fill_for: Duration,
     drain_limit: Duration,
 ) -> anyhow::Result<CatchUpScenario> {
-    let processor = Pid::from_raw(i32::try_from(probe.processor_pid()).unwrap_or(0));
-    let stop: Action = Box::new(move || {
-        let _ = kill(processor, Signal::SIGSTOP);
-    });
-    let resume: Action = Box::new(move || {
-        let _ = kill(processor, Signal::SIGCONT);
-    });
+    let processor = probe.processor_pid();
     let load = Load {
         duration: fill_for,
         seed: 7,
@@ -413,7 +401,7 @@ async fn catch_up(
         probe,
         &load,
         drain_limit,
-        vec![(Duration::ZERO, stop), (fill_for, resume)],
+        paused(move || vec![processor], Duration::ZERO, fill_for),
     )
     .await?;
     let scenario = CatchUpScenario::new(outcome);
@@ -427,6 +415,26 @@ async fn catch_up(
     Ok(scenario)
 }
 
+/// Actions that stop the processes `pids` names (SIGSTOP) at `from` and
+/// resume them (SIGCONT) at `until`: a process taken away for a while.
+fn paused(
+    pids: impl Fn() -> Vec<u32> + Clone + Send + 'static,
+    from: Duration,
+    until: Duration,
+) -> Vec<(Duration, Action)> {
+    let send = |pids: Box<dyn Fn() -> Vec<u32> + Send>, signal: Signal| -> Action {
+        Box::new(move || {
+            for pid in pids() {
+                let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), signal);
+            }
+        })
+    };
+    vec![
+        (from, send(Box::new(pids.clone()), Signal::SIGSTOP)),
+        (until, send(Box::new(pids), Signal::SIGCONT)),
+    ]
+}
+
 /// A stalled database under load: the database's processes are stopped
 /// (SIGSTOP) for a while, then resumed; memory is sampled throughout.
 async fn stall(
@@ -438,13 +446,6 @@ async fn stall(
     let database_pid = probe.database_pid();
     let stall_at = Duration::from_secs(5);
     let stall_for = Duration::from_secs(20);
-    let signal_tree = move |signal: Signal| {
-        for pid in procstat::process_tree(database_pid) {
-            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), signal);
-        }
-    };
-    let stop: Action = Box::new(move || signal_tree(Signal::SIGSTOP));
-    let resume: Action = Box::new(move || signal_tree(Signal::SIGCONT));
     let load = Load {
         rate: 5_000,
         duration: stall_at + stall_for + Duration::from_secs(5),
@@ -457,7 +458,12 @@ async fn stall(
         probe,
         &load,
         drain_limit,
-        vec![(stall_at, stop), (stall_at + stall_for, resume)],
+        // the tree is read at each signal: PostgreSQL's backends included
+        paused(
+            move || procstat::process_tree(database_pid),
+            stall_at,
+            stall_at + stall_for,
+        ),
     )
     .await?;
     Ok(StallScenario::new(outcome, stall_at, stall_for))

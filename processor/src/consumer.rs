@@ -455,6 +455,27 @@ fn poll_loop(
     result
 }
 
+/// Copies what the pipeline needs out of a message librdkafka owns. Every
+/// record of a topic shares `topic`, replaced when the topic changes.
+pub fn owned_record(message: &impl Message, topic: &mut Arc<str>) -> Record {
+    if **topic != *message.topic() {
+        *topic = Arc::from(message.topic());
+    }
+    Record {
+        topic: topic.clone(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        schema: message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == "schema")
+                .and_then(|header| header.value.map(<[u8]>::to_vec))
+        }),
+    }
+}
+
 fn poll_until_shutdown(
     consumer: &BaseConsumer<ProcessorContext>,
     sender: &mpsc::Sender<Record>,
@@ -477,22 +498,7 @@ fn poll_until_shutdown(
             }
             Some(Ok(message)) => message,
         };
-        if *topic != *message.topic() {
-            topic = Arc::from(message.topic());
-        }
-        let mut record = Some(Record {
-            topic: topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            schema: message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|header| header.key == "schema")
-                    .and_then(|header| header.value.map(<[u8]>::to_vec))
-            }),
-        });
+        let mut record = Some(owned_record(&message, &mut topic));
         drop(message);
         // Usually the channel has room: hand the record over without
         // entering the runtime.
