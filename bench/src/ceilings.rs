@@ -14,7 +14,6 @@ use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
 use processor::batch::Record;
 use processor::writer::{self, PricedEvent};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -138,19 +137,10 @@ pub async fn raw_produce(
     for (chunk_events, chunk_values) in events.chunks(window).zip(values.chunks(window)) {
         let mut deliveries = Vec::with_capacity(chunk_events.len());
         for (event, value) in chunk_events.iter().zip(chunk_values) {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "content-type",
-                    value: Some("application/json"),
-                })
-                .insert(Header {
-                    key: "schema",
-                    value: Some(KAFKA_SCHEMA),
-                });
             let record = FutureRecord::to(topic)
                 .key(event.tenant_id.as_str())
                 .payload(value.as_slice())
-                .headers(headers);
+                .headers(gateway::kafka::record_headers());
             let delivery = producer
                 .send_result(record)
                 .map_err(|(error, _)| anyhow::anyhow!("enqueue failed: {error}"))?;

@@ -108,6 +108,20 @@ impl std::fmt::Debug for KafkaAppender {
     }
 }
 
+/// The headers of every usage record the gateway writes: what the value is
+/// and which schema it follows.
+pub fn record_headers() -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        })
+        .insert(Header {
+            key: "schema",
+            value: Some(KAFKA_SCHEMA),
+        })
+}
+
 /// The librdkafka settings the gateway's guarantees rest on, then the
 /// operator's extra properties (which config validation keeps from
 /// overriding the former).
@@ -200,15 +214,7 @@ impl KafkaAppender {
         event: &UsageEvent,
     ) -> Result<DeliveryFuture, AppendError> {
         let value = event.to_kafka_value();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            })
-            .insert(Header {
-                key: "schema",
-                value: Some(KAFKA_SCHEMA),
-            });
+        let headers = record_headers();
         // No explicit timestamp: the record gets its produce time. Using
         // `created_at` would let a backfilled event fall straight out of
         // time-based retention before the processor has read it.
