@@ -1,0 +1,140 @@
+//! Postgres connections: a pool whose every wait is bounded, and single
+//! connections for one-shot commands. Connection strings are
+//! [`Secret`]s; errors show them redacted.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{Client, NoTls};
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("database.url {url:?} is not a valid connection string: {source}")]
+    BadUrl {
+        /// Redacted.
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot build the connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect {
+        /// Redacted.
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("connecting to the database at {url} did not finish within {timeout:?}")]
+    ConnectTimeout {
+        /// Redacted.
+        url: String,
+        timeout: Duration,
+    },
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseSettings<'a> {
+    /// A libpq-style connection string (`host=… user=…` or `postgres://…`).
+    pub url: &'a Secret,
+    pub pool_size: usize,
+    /// Upper bound on connecting, on waiting for a pooled connection and on
+    /// recycling one.
+    pub timeout: Duration,
+    /// Shown in `pg_stat_activity` unless the connection string names one.
+    pub application_name: &'static str,
+}
+
+impl DatabaseSettings<'_> {
+    fn parse(&self) -> Result<tokio_postgres::Config, DatabaseError> {
+        let mut parsed: tokio_postgres::Config =
+            self.url
+                .expose()
+                .parse()
+                .map_err(|source| DatabaseError::BadUrl {
+                    url: self.url.redacted(),
+                    source,
+                })?;
+        parsed.connect_timeout(self.timeout);
+        if parsed.get_application_name().is_none() {
+            parsed.application_name(self.application_name);
+        }
+        Ok(parsed)
+    }
+}
+
+/// A pool whose every wait (for a free connection, to connect, to recycle)
+/// is bounded by `settings.timeout`. Connections are made lazily, so a
+/// database that is down when the pool is built fails only its users.
+pub fn pool(settings: &DatabaseSettings<'_>) -> Result<Pool, DatabaseError> {
+    let manager = Manager::from_config(
+        settings.parse()?,
+        NoTls,
+        ManagerConfig {
+            // Fast: no query on checkout. A broken connection fails its
+            // query or transaction, which the caller retries or reports.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let timeout = Some(settings.timeout);
+    Ok(Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
+        .build()?)
+}
+
+/// One connection, its driver task spawned on the current runtime.
+pub async fn connect(settings: &DatabaseSettings<'_>) -> Result<Client, DatabaseError> {
+    let parsed = settings.parse()?;
+    let url = settings.url.redacted();
+    let (client, connection) = tokio::time::timeout(settings.timeout, parsed.connect(NoTls))
+        .await
+        .map_err(|_| DatabaseError::ConnectTimeout {
+            url: url.clone(),
+            timeout: settings.timeout,
+        })?
+        .map_err(|source| DatabaseError::Connect { url, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "database connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &Secret) -> DatabaseSettings<'_> {
+        DatabaseSettings {
+            url,
+            pool_size: 2,
+            timeout: Duration::from_millis(500),
+            application_name: "tokenledger-test",
+        }
+    }
+
+    #[test]
+    fn a_bad_connection_string_is_reported_without_its_password() {
+        let url = Secret::from("host=db password=hunter2 port=notaport");
+        let error = pool(&settings(&url)).expect_err("bad port refused");
+        let text = error.to_string();
+        assert!(text.contains("port=notaport"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_pool_is_built_without_connecting() {
+        // Nothing listens on port 1: building must still succeed.
+        let url = Secret::from("host=127.0.0.1 port=1 user=u password=hunter2");
+        let pool = pool(&settings(&url)).expect("pool builds lazily");
+        assert_eq!(pool.status().max_size, 2);
+        let error = connect(&settings(&url)).await.expect_err("nothing listens");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}
