@@ -195,7 +195,7 @@ fn parse_key(
         problem: problem.to_owned(),
     };
     let mut sha256 = [0_u8; 32];
-    hex::decode_to_slice(key.sha256.trim(), &mut sha256)
+    hex::decode_to_slice(key.sha256.expose().trim(), &mut sha256)
         .map_err(|_| invalid("sha256 must be 64 hex digits (see `gateway hash-key`)"))?;
     let principal = match (&key.tenant_id, key.admin) {
         (Some(_), true) => {
@@ -253,12 +253,12 @@ mod tests {
             enabled: true,
             keys: vec![
                 KeyConfig {
-                    sha256: hash_key("acme-secret"),
+                    sha256: hash_key("acme-secret").into(),
                     tenant_id: Some("acme".into()),
                     admin: false,
                 },
                 KeyConfig {
-                    sha256: hash_key("root-secret"),
+                    sha256: hash_key("root-secret").into(),
                     tenant_id: None,
                     admin: true,
                 },
@@ -341,7 +341,7 @@ mod tests {
             let config = AuthConfig {
                 enabled: true,
                 keys: vec![KeyConfig {
-                    sha256,
+                    sha256: sha256.into(),
                     tenant_id: tenant_id.map(Into::into),
                     admin,
                 }],

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use ledger::budget::{reached, spend_ratio, EVERY_TENANT};
 use ledger::budget_row::{BudgetColumns, RESET_SPEND_IF_SCOPE_CHANGED};
 use ledger::{Budget, FieldError};
@@ -35,7 +35,6 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -160,32 +159,10 @@ impl BudgetStore {
     /// A pool for `config.url`; connections are made lazily, so a database
     /// that is down at startup only fails budget requests, not the gateway.
     pub fn connect_lazily(config: &DatabaseConfig) -> Result<Option<Self>, String> {
-        let Some(url) = &config.url else {
+        let Some(settings) = config.settings() else {
             return Ok(None);
         };
-        let mut parsed: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error| format!("database.url is not a valid connection string: {error}"))?;
-        parsed.connect_timeout(config.timeout());
-        if parsed.get_application_name().is_none() {
-            parsed.application_name("tokenledger-gateway");
-        }
-        let manager = Manager::from_config(
-            parsed,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let timeout = Some(config.timeout());
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(timeout)
-            .create_timeout(timeout)
-            .recycle_timeout(timeout)
-            .build()
-            .map_err(|error| format!("cannot build the database pool: {error}"))?;
+        let pool = infra::database::pool(&settings).map_err(|error| error.to_string())?;
         Ok(Some(Self {
             pool,
             timeout: config.timeout(),

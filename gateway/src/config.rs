@@ -1,30 +1,23 @@
-//! The gateway's configuration: typed sections with defaults, layered from
-//! defaults, an optional TOML file and `TOKENLEDGER_…` environment variables.
+//! The gateway's configuration: its typed sections and their defaults and
+//! cross-field rules. Layering (defaults, TOML file, `TOKENLEDGER_…`
+//! variables) and the print path are [`infra::config`]'s.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::Env;
+use infra::database::DatabaseSettings;
+use infra::kafka::Properties;
+use infra::Secret;
 use ledger::event::ValidationLimits;
 use serde::{Deserialize, Serialize};
 
-/// Prefix of every environment variable that overrides a setting;
-/// `__` separates nesting levels (`TOKENLEDGER_KAFKA__BROKERS`).
-pub const ENV_PREFIX: &str = "TOKENLEDGER_";
-/// Environment variable naming the TOML file, when `--config` is absent.
-pub const ENV_CONFIG_FILE: &str = "TOKENLEDGER_CONFIG";
-/// Environment variable holding the tracing filter.
-pub const ENV_LOG_FILTER: &str = "TOKENLEDGER_LOG";
+pub use infra::config::ConfigError;
 
 /// Room for reading the body and for the delivery report to arrive after
 /// librdkafka's own message timeout.
 const MIN_REQUEST_TIMEOUT_HEADROOM_MS: u64 = 1_000;
-
-const REDACTED: &str = "<redacted>";
 
 /// librdkafka settings the gateway owns: overriding them through
 /// `kafka.properties` would silently weaken "202 means durably appended" or
@@ -44,21 +37,6 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "compression.codec",
 ];
 
-/// Substrings of librdkafka property names whose values are credentials.
-const SECRET_PROPERTY_MARKERS: &[&str] = &["password", "secret", "sasl.oauthbearer", "key.pem"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path} does not exist")]
-    MissingFile { path: PathBuf },
-    #[error("invalid configuration")]
-    Extract(#[from] Box<figment::Error>),
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    #[error("cannot render the configuration as TOML")]
-    Render(#[from] toml::ser::Error),
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -76,7 +54,7 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// A libpq-style connection string (`host=… user=…` or `postgres://…`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     pub pool_size: usize,
     /// Upper bound on getting a connection and on each query.
     pub timeout_ms: u64,
@@ -96,32 +74,16 @@ impl DatabaseConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
-}
 
-/// Hides a password in either connection-string form.
-fn redact_database_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!(
-                    "{}{}:{REDACTED}{}",
-                    &url[..scheme_end + 3],
-                    &rest[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => format!("password={REDACTED}"),
-            _ => pair.to_owned(),
+    /// How to connect, when `url` is set.
+    pub fn settings(&self) -> Option<DatabaseSettings<'_>> {
+        Some(DatabaseSettings {
+            url: self.url.as_ref()?,
+            pool_size: self.pool_size,
+            timeout: self.timeout(),
+            application_name: "tokenledger-gateway",
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +161,7 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     pub compression: Compression,
     /// Extra librdkafka settings (security, tuning), applied verbatim.
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 impl Default for KafkaConfig {
@@ -211,7 +173,7 @@ impl Default for KafkaConfig {
             queue_max_messages: 100_000,
             linger_ms: 5,
             compression: Compression::Lz4,
-            properties: BTreeMap::new(),
+            properties: Properties::default(),
         }
     }
 }
@@ -247,24 +209,15 @@ impl Default for AuthConfig {
 
 /// One API key, stored only as the SHA-256 of the key (`gateway hash-key`).
 /// Exactly one of `tenant_id` and `admin = true` must be given.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    pub sha256: String,
+    /// A secret too: it is all an attacker needs to test guesses offline.
+    pub sha256: Secret,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
-}
-
-impl fmt::Debug for KeyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyConfig")
-            .field("sha256", &REDACTED)
-            .field("tenant_id", &self.tenant_id)
-            .field("admin", &self.admin)
-            .finish()
-    }
 }
 
 /// The shape of `auth.keys_file`.
@@ -306,47 +259,21 @@ impl ValidationConfig {
     }
 }
 
-/// Keeps only the variables that name one of this binary's settings. The
-/// gateway and the processor share the `TOKENLEDGER_` prefix, so one
-/// environment file can serve both, and tools export variables of their own
-/// under it; a setting's section is matched, and an unknown key inside a
-/// known section is still refused.
-fn own_settings(env: Env) -> Env {
-    let top_level: Vec<String> = match figment::value::Value::serialize(Config::default()) {
-        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
-        _ => Vec::new(),
-    };
-    env.filter(move |key| {
-        let first = key.as_str().split("__").next().unwrap_or_default();
-        top_level
-            .iter()
-            .any(|name| name.eq_ignore_ascii_case(first))
-    })
-}
-
 impl Config {
-    /// Defaults, then `file` (if any), then `TOKENLEDGER_…` variables from
-    /// the process environment.
+    /// Defaults, then `file` (`--config`, else `TOKENLEDGER_CONFIG`), then
+    /// `TOKENLEDGER_…` variables from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+        Self::load_from(
+            infra::config::file_path(file).as_deref(),
+            infra::config::process_env(),
+        )
     }
 
-    /// [`Config::load`] with the environment provider supplied, so tests can
-    /// use a fake environment instead of mutating the process's.
+    /// [`Config::load`] with the file resolved and the environment provider
+    /// supplied, so tests can use a fake environment instead of mutating
+    /// the process's.
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            // figment treats a missing file as empty; a typo in --config
-            // must not silently run with defaults.
-            if !path.is_file() {
-                return Err(ConfigError::MissingFile {
-                    path: path.to_owned(),
-                });
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = figment.merge(own_settings(env).split("__").ignore(&["config", "log"]));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config: Config = infra::config::load(file, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -396,27 +323,8 @@ impl Config {
     /// The configuration as TOML with credentials replaced, for
     /// `--print-config`.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
-        let mut shown = self.clone();
-        for key in &mut shown.auth.keys {
-            key.sha256 = REDACTED.into();
-        }
-        if let Some(url) = &mut shown.database.url {
-            *url = redact_database_url(url);
-        }
-        for (name, value) in &mut shown.kafka.properties {
-            if is_secret_property(name) {
-                *value = REDACTED.into();
-            }
-        }
-        Ok(toml::to_string(&shown)?)
+        infra::config::to_toml(self)
     }
-}
-
-fn is_secret_property(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_PROPERTY_MARKERS
-        .iter()
-        .any(|marker| name.contains(marker))
 }
 
 #[cfg(test)]
@@ -546,7 +454,7 @@ tenant_id = "acme"
     fn printed_config_redacts_secrets_and_parses_back() {
         let mut config = Config::default();
         config.auth.keys.push(KeyConfig {
-            sha256: "deadbeef".repeat(8),
+            sha256: "deadbeef".repeat(8).into(),
             tenant_id: Some("acme".into()),
             admin: false,
         });
@@ -584,6 +492,40 @@ tenant_id = "acme"
             let printed = config.to_redacted_toml().expect("renders");
             assert!(!printed.contains("s3cret"), "{printed}");
             assert!(printed.contains(hidden), "{printed}");
+        }
+    }
+
+    /// Every secret-bearing setting, in every form a credential takes,
+    /// through the path `gateway --print-config` prints.
+    #[test]
+    fn printed_config_never_shows_a_secret() {
+        for url in [
+            "postgres://u:hunter2@db/x",
+            "postgres://u@db/x?password=hunter2",
+            "postgres://db/x?user=u&sslpassword=hunter2",
+            "host=db user=u password=hunter2",
+            "host=db user=u password='hunter 2'",
+            "host=db password = hunter2 user=u",
+        ] {
+            let mut config = Config::default();
+            config.database.url = Some(url.into());
+            config.auth.keys.push(KeyConfig {
+                sha256: "hunter2".repeat(9).into(),
+                tenant_id: Some("acme".into()),
+                admin: false,
+            });
+            config
+                .kafka
+                .properties
+                .insert("sasl.password".into(), "hunter2".into());
+            config
+                .kafka
+                .properties
+                .insert("sasl.oauthbearer.client.secret".into(), "hunter2".into());
+            let printed = config.to_redacted_toml().expect("renders");
+            assert!(!printed.contains("hunter"), "{url}: {printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+            assert!(!format!("{config:?}").contains("hunter"), "{url}: Debug");
         }
     }
 

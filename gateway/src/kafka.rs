@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use ledger::{UsageEvent, KAFKA_SCHEMA};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use infra::kafka::LogContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientContext;
 use tokio::time::Instant;
 
 use crate::append::{AppendError, AppendReport, Appender};
@@ -32,57 +32,16 @@ pub enum KafkaSetupError {
     Create(#[from] KafkaError),
 }
 
-/// Routes librdkafka's logs into tracing and remembers a fatal error, after
-/// which the idempotent producer can deliver nothing more.
-#[derive(Debug, Default)]
-pub struct GatewayKafkaContext {
-    fatal: Arc<AtomicBool>,
-}
-
-impl ClientContext for GatewayKafkaContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility, message, "librdkafka"),
-            RDKafkaLogLevel::Warning => tracing::warn!(facility, message, "librdkafka"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility, message, "librdkafka")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility, message, "librdkafka"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.fatal.store(true, Ordering::Relaxed);
-            tracing::error!(%error, reason, "kafka producer hit a fatal error; it cannot deliver any more records");
-        } else if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-        ) {
-            // librdkafka repeats these on every reconnect attempt and has
-            // already logged the underlying connection failure itself.
-            tracing::debug!(%error, reason, "kafka client error");
-        } else {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
-}
-
 /// One librdkafka producer and its fatal-error flag.
 struct ProducerHandle {
-    producer: FutureProducer<GatewayKafkaContext>,
+    producer: FutureProducer<LogContext>,
     fatal: Arc<AtomicBool>,
 }
 
 impl ProducerHandle {
     fn create(config: &ClientConfig) -> Result<Self, KafkaSetupError> {
-        let fatal = Arc::new(AtomicBool::new(false));
-        let context = GatewayKafkaContext {
-            fatal: fatal.clone(),
-        };
+        let context = LogContext::default();
+        let fatal = context.fatal_flag();
         let producer = config.create_with_context(context)?;
         Ok(Self { producer, fatal })
     }
@@ -91,7 +50,7 @@ impl ProducerHandle {
 pub struct KafkaAppender {
     client_config: ClientConfig,
     /// Replaced when the broker stops accepting the producer's identity
-    /// (see [`ledger::kafka_errors::producer_fenced`]); appends in flight keep the handle they started
+    /// (see [`infra::kafka::producer_fenced`]); appends in flight keep the handle they started
     /// with.
     current: RwLock<Arc<ProducerHandle>>,
     topic: String,
@@ -163,7 +122,7 @@ impl KafkaAppender {
     }
 
     /// The producer appends use now.
-    pub fn producer(&self) -> FutureProducer<GatewayKafkaContext> {
+    pub fn producer(&self) -> FutureProducer<LogContext> {
         self.handle().producer.clone()
     }
 
@@ -210,7 +169,7 @@ impl KafkaAppender {
 
     fn enqueue(
         &self,
-        producer: &FutureProducer<GatewayKafkaContext>,
+        producer: &FutureProducer<LogContext>,
         event: &UsageEvent,
     ) -> Result<DeliveryFuture, AppendError> {
         let value = event.to_kafka_value();
@@ -281,7 +240,7 @@ impl Appender for KafkaAppender {
                 match tokio::time::timeout_at(deadline, delivery).await {
                     Ok(Ok(Ok(_delivery))) => Ok(()),
                     Ok(Ok(Err((error, _message)))) => {
-                        if ledger::kafka_errors::producer_fenced(&error) {
+                        if infra::kafka::producer_fenced(&error) {
                             fenced.store(true, Ordering::Relaxed);
                         }
                         Err(classify_delivery_error(&error, started.elapsed()))

@@ -2,8 +2,10 @@
 //! events to Kafka, answering 202 only once Kafka has acknowledged them.
 //!
 //! Layout:
-//! - [`config`]: the typed configuration and its layering (defaults, TOML
-//!   file, `TOKENLEDGER_…` variables).
+//! - [`config`]: the typed configuration: sections, defaults, cross-field
+//!   rules. Its layering, the `Secret` type of credentials, logging,
+//!   signal handling, the Postgres pool and the librdkafka client context
+//!   are the `infra` crate's, shared with the processor.
 //! - [`auth`]: API keys (stored as SHA-256), the [`auth::Authenticated`]
 //!   extractor.
 //! - [`append`]: the [`append::Appender`] trait the handlers write through,
@@ -17,7 +19,8 @@
 //! - [`budgets`]: the admin budget API and the budget status endpoint, on
 //!   the processor's database (`database.url`).
 //! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
-//! - [`server`], [`shutdown`]: serving both ports and draining on SIGTERM.
+//! - [`server`]: serving both ports and draining once the shutdown token
+//!   is cancelled (by `infra::signals` on SIGTERM).
 
 pub mod api;
 pub mod app;
@@ -31,7 +34,6 @@ pub mod metrics;
 pub mod readiness;
 pub mod request_id;
 pub mod server;
-pub mod shutdown;
 
 pub use app::{admin_router, router, router_with, AppState, Settings};
 pub use append::{AppendError, AppendReport, Appender};

@@ -7,22 +7,22 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use gateway::app::{AppState, Settings};
 use gateway::auth::{hash_key, KeyRing};
 use gateway::budgets::{self, BudgetStore};
-use gateway::config::{Config, ENV_CONFIG_FILE, ENV_LOG_FILTER};
+use gateway::config::Config;
 use gateway::kafka::KafkaAppender;
 use gateway::server::{serve_with, Drained};
-use gateway::shutdown::spawn_signal_handler;
+use infra::logging::LogFormat;
+use infra::signals::{self, Graceful};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// tokenledger's HTTP gateway: authenticates usage events, validates them
 /// and appends them to Kafka, answering 202 only once Kafka acknowledged.
@@ -30,13 +30,13 @@ use tracing_subscriber::EnvFilter;
 /// Configuration is layered: built-in defaults, then the TOML file given
 /// with --config (or TOKENLEDGER_CONFIG), then environment variables such
 /// as TOKENLEDGER_KAFKA__BROKERS=host:9092 (prefix TOKENLEDGER_, `__`
-/// between section and key). Logging is filtered by TOKENLEDGER_LOG
-/// (default "info").
+/// between section and key). Logs go to stderr, filtered by TOKENLEDGER_LOG
+/// (default "info,tokio_postgres=warn").
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, value_name = "PATH", env = ENV_CONFIG_FILE, global = true)]
+    /// TOML configuration file (default: $TOKENLEDGER_CONFIG).
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 
     /// Print the effective configuration as TOML (secrets redacted) and exit.
@@ -58,12 +58,6 @@ enum Command {
     HashKey,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::HashKey) = cli.command {
@@ -74,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", config.to_redacted_toml()?);
         return Ok(());
     }
-    init_logging(cli.log_format)?;
+    infra::logging::init(cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,20 +102,6 @@ fn print_key_hash() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env(ENV_LOG_FILTER)
-        .or_else(|_| EnvFilter::try_new("info"))
-        .context("parsing TOKENLEDGER_LOG")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    installed.map_err(|error| anyhow::anyhow!("installing the log subscriber: {error}"))
-}
-
 async fn run(config: Config) -> anyhow::Result<Drained> {
     let keys = KeyRing::from_config(&config.auth).context("loading API keys")?;
     if keys.is_enabled() {
@@ -140,7 +120,14 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store);
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 
-    spawn_signal_handler(state.shutdown.clone())?;
+    signals::spawn_handler(
+        state.shutdown.clone(),
+        Graceful {
+            doing: "no new connections, draining in-flight requests",
+            // serve_with bounds the drain by http.shutdown_timeout_ms.
+            deadline: None,
+        },
+    )?;
     let fatal_watch_token = state.shutdown.clone();
     let fatal_watch_appender = appender.clone();
     tokio::spawn(async move {

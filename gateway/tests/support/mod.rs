@@ -25,17 +25,17 @@ pub fn key_ring() -> KeyRing {
         enabled: true,
         keys: vec![
             KeyConfig {
-                sha256: hash_key(ACME_KEY),
+                sha256: hash_key(ACME_KEY).into(),
                 tenant_id: Some("acme".into()),
                 admin: false,
             },
             KeyConfig {
-                sha256: hash_key(GLOBEX_KEY),
+                sha256: hash_key(GLOBEX_KEY).into(),
                 tenant_id: Some("globex".into()),
                 admin: false,
             },
             KeyConfig {
-                sha256: hash_key(ADMIN_KEY),
+                sha256: hash_key(ADMIN_KEY).into(),
                 tenant_id: None,
                 admin: true,
             },
