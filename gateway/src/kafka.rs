@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use ledger::{UsageEvent, KAFKA_SCHEMA};
 use infra::kafka::LogContext;
+use ledger::{UsageEvent, KAFKA_SCHEMA};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -138,7 +138,10 @@ mod tests {
     fn defaults_then_file_then_environment() {
         Jail::expect_with(|jail| {
             jail.clear_env();
-            jail.create_file("c.toml", "timeout_ms = 5\n[net]\nlisten = \"file\"\nport = 81\n")?;
+            jail.create_file(
+                "c.toml",
+                "timeout_ms = 5\n[net]\nlisten = \"file\"\nport = 81\n",
+            )?;
             jail.set_env("TOKENLEDGER_NET__PORT", "82");
             jail.set_env("TOKENLEDGER_EXTRA__A", "b");
             let config: Sample =

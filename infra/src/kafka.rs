@@ -200,7 +200,10 @@ mod tests {
             "down",
         );
         assert!(!fatal.load(Ordering::Relaxed));
-        context.error(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), "fenced");
+        context.error(
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fatal),
+            "fenced",
+        );
         assert!(fatal.load(Ordering::Relaxed));
     }
 

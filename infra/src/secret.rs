@@ -419,7 +419,14 @@ mod tests {
         ] {
             assert!(is_secret_name(name), "{name}");
         }
-        for name in ["host", "user", "dbname", "client.id", "security.protocol", "linger.ms"] {
+        for name in [
+            "host",
+            "user",
+            "dbname",
+            "client.id",
+            "security.protocol",
+            "linger.ms",
+        ] {
             assert!(!is_secret_name(name), "{name}");
         }
     }

@@ -10,8 +10,6 @@
 //! - [`budget_row`] (feature `postgres`): how a budget is stored in the
 //!   `budgets` table, the one mapping both services use.
 //! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
-//! - [`kafka_errors`] (feature `kafka`): which producer errors mean the
-//!   broker refuses the producer itself rather than one record.
 //!
 //! Nothing here performs I/O; every rule is a pure function so it can be
 //! tested exhaustively (see the proptest suites in each module).
@@ -20,8 +18,6 @@ pub mod budget;
 #[cfg(feature = "postgres")]
 pub mod budget_row;
 pub mod event;
-#[cfg(feature = "kafka")]
-pub mod kafka_errors;
 pub mod pricebook;
 pub mod timestamp;
 

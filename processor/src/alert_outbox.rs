@@ -229,7 +229,11 @@ impl AlertOutbox {
     pub async fn run(self, shutdown: CancellationToken) {
         let (alertmanager, webhook) = self.targets();
         tracing::info!(
-            alertmanager = self.config.alertmanager_url.as_deref().unwrap_or("(none)"),
+            alertmanager = self
+                .config
+                .alertmanager_url
+                .as_ref()
+                .map_or_else(|| "(none)".to_owned(), |url| url.redacted()),
             webhook = self.config.webhook_url.is_some(),
             "budget alert outbox running"
         );
@@ -296,14 +300,17 @@ impl AlertOutbox {
             return Ok(0);
         }
         for target in [Target::Alertmanager, Target::Webhook] {
-            let url = match target {
-                Target::Alertmanager => self
-                    .config
-                    .alertmanager_url
-                    .as_deref()
-                    .map(|base| format!("{}/api/v2/alerts", base.trim_end_matches('/'))),
-                Target::Webhook => self.config.webhook_url.clone(),
-            };
+            let url =
+                match target {
+                    Target::Alertmanager => self.config.alertmanager_url.as_ref().map(|base| {
+                        format!("{}/api/v2/alerts", base.expose().trim_end_matches('/'))
+                    }),
+                    Target::Webhook => self
+                        .config
+                        .webhook_url
+                        .as_ref()
+                        .map(|url| url.expose().to_owned()),
+                };
             let Some(url) = url else { continue };
             let batch: Vec<&ThresholdAlert> = claimed
                 .iter()

@@ -1,35 +1,17 @@
-//! The processor's configuration: a typed struct with defaults, layered as
-//! defaults → TOML file → `TOKENLEDGER_…` environment variables.
+//! The processor's configuration: its typed sections and their defaults
+//! and cross-field rules. Layering (defaults → TOML file → `TOKENLEDGER_…`
+//! variables) and the print path are [`infra::config`]'s.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::Env;
+use infra::database::DatabaseSettings;
+use infra::kafka::Properties;
+use infra::Secret;
 use serde::{Deserialize, Serialize};
 
-/// Prefix of every environment variable the processor reads as configuration.
-pub const ENV_PREFIX: &str = "TOKENLEDGER_";
-/// Environment variable naming the TOML configuration file.
-pub const CONFIG_PATH_ENV: &str = "TOKENLEDGER_CONFIG";
-/// Environment variable holding the tracing filter.
-pub const LOG_FILTER_ENV: &str = "TOKENLEDGER_LOG";
-/// Variables with the prefix that are not configuration keys. Compared
-/// after the prefix is stripped, case-insensitively.
-const NON_CONFIG_ENV_KEYS: &[&str] = &["CONFIG", "LOG"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
-    #[error("configuration file {path} does not exist")]
-    MissingFile { path: PathBuf },
-    #[error("invalid configuration: {0}")]
-    Constraint(String),
-    #[error("cannot render the configuration as TOML: {0}")]
-    Render(#[from] toml::ser::Error),
-}
+pub use infra::config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,14 +43,14 @@ pub struct KafkaConfig {
     pub topic_replication: i32,
     /// Extra librdkafka settings for the consumer, the dead-letter producer
     /// and the admin client (e.g. `security.protocol`).
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// A libpq-style connection string: `host=… port=… user=…` or `postgres://…`.
-    pub url: String,
+    pub url: Secret,
     pub pool_size: usize,
     /// Upper bound on connecting and on any one query or transaction step;
     /// a database that hangs becomes an error that is retried.
@@ -106,12 +88,14 @@ pub struct PricingConfig {
 pub struct AlertingConfig {
     /// Alertmanager's base URL (`http://alertmanager:9093`); crossings are
     /// POSTed to `<url>/api/v2/alerts`. Without it crossings are recorded
-    /// in `budget_alerts` but pushed nowhere.
+    /// in `budget_alerts` but pushed nowhere. A secret: it may carry
+    /// credentials (`http://user:password@…`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub alertmanager_url: Option<String>,
-    /// A URL that receives the same JSON array as Alertmanager.
+    pub alertmanager_url: Option<Secret>,
+    /// A URL that receives the same JSON array as Alertmanager; a secret
+    /// like `alertmanager_url` (user info, `?token=…`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<Secret>,
     /// How often the outbox looks for crossings to push.
     pub poll_interval_ms: u64,
     /// Upper bound of the pause between attempts at an alert that failed.
@@ -167,7 +151,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             topic_partitions: 6,
             topic_replication: 1,
-            properties: BTreeMap::new(),
+            properties: Properties::default(),
         }
     }
 }
@@ -175,6 +159,8 @@ impl Default for KafkaConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
+            // No password: defaults are serialized by the layering, and a
+            // Secret serializes redacted.
             url: "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into(),
             pool_size: 4,
             timeout_ms: 30_000,
@@ -207,60 +193,27 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Keeps only the variables that name one of this binary's settings. The
-/// gateway and the processor share the `TOKENLEDGER_` prefix, so one
-/// environment file can serve both, and tools export variables of their own
-/// under it; a setting's section is matched, and an unknown key inside a
-/// known section is still refused.
-fn own_settings(env: Env) -> Env {
-    let top_level: Vec<String> = match figment::value::Value::serialize(Config::default()) {
-        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
-        _ => Vec::new(),
-    };
-    env.filter(move |key| {
-        let first = key.as_str().split("__").next().unwrap_or_default();
-        top_level
-            .iter()
-            .any(|name| name.eq_ignore_ascii_case(first))
-    })
-}
-
 impl Config {
-    /// The layered sources: defaults, then the file (if any), then the
-    /// environment. Kept separate from [`Config::load`] so tests can inspect it.
-    pub fn figment(config_file: Option<&Path>) -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = config_file {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment.merge(
-            own_settings(Env::prefixed(ENV_PREFIX))
-                .ignore(NON_CONFIG_ENV_KEYS)
-                .split("__"),
+    /// Loads the effective configuration: defaults, then the file
+    /// (`--config`, else `TOKENLEDGER_CONFIG`), then `TOKENLEDGER_…`
+    /// variables from the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(
+            infra::config::file_path(config_file).as_deref(),
+            infra::config::process_env(),
         )
     }
 
-    /// Loads the effective configuration. `config_file` comes from
-    /// `--config`; without it `TOKENLEDGER_CONFIG` is consulted.
-    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let from_env = std::env::var_os(CONFIG_PATH_ENV)
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from);
-        let path = config_file.map(Path::to_path_buf).or(from_env);
-        if let Some(path) = &path {
-            // figment treats a missing file as empty; an operator who names
-            // a file that is not there has made a mistake worth stopping for.
-            if !path.is_file() {
-                return Err(ConfigError::MissingFile { path: path.clone() });
-            }
-        }
-        let config: Config = Self::figment(path.as_deref()).extract().map_err(Box::new)?;
+    /// [`Config::load`] with the file resolved and the environment provider
+    /// supplied.
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let config: Config = infra::config::load(file, env)?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |message: &str| Err(ConfigError::Constraint(message.to_owned()));
+        let fail = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
         if self.batch.max_events == 0 {
             return fail("batch.max_events must be at least 1");
         }
@@ -283,12 +236,10 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML, with the database password
-    /// replaced so the output can be pasted into a ticket.
+    /// The effective configuration as TOML, with every credential
+    /// redacted so the output can be pasted into a ticket.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
-        let mut shown = self.clone();
-        shown.database.url = redact_database_url(&self.database.url);
-        Ok(toml::to_string_pretty(&shown)?)
+        infra::config::to_toml(self)
     }
 }
 
@@ -299,15 +250,16 @@ impl AlertingConfig {
             ("alerting.webhook_url", &self.webhook_url),
         ] {
             let Some(url) = url else { continue };
-            if !url.starts_with("http://") {
-                return Err(ConfigError::Constraint(format!(
-                    "{key} must be an http:// URL, got {url:?} (this build speaks plain HTTP; \
-                     route to TLS receivers through Alertmanager)"
+            if !url.expose().starts_with("http://") {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an http:// URL, got {:?} (this build speaks plain HTTP; \
+                     route to TLS receivers through Alertmanager)",
+                    url.redacted()
                 )));
             }
         }
         if self.poll_interval_ms == 0 || self.timeout_ms == 0 || self.batch_size == 0 {
-            return Err(ConfigError::Constraint(
+            return Err(ConfigError::Invalid(
                 "alerting.poll_interval_ms, timeout_ms and batch_size must be at least 1".into(),
             ));
         }
@@ -323,111 +275,26 @@ impl AlertingConfig {
     }
 }
 
+impl DatabaseConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// How to connect.
+    pub fn settings(&self) -> DatabaseSettings<'_> {
+        DatabaseSettings {
+            url: &self.url,
+            pool_size: self.pool_size,
+            timeout: self.timeout(),
+            application_name: "tokenledger-processor",
+        }
+    }
+}
+
 impl BatchConfig {
     pub fn max_latency(&self) -> Duration {
         Duration::from_millis(self.max_latency_ms)
     }
-}
-
-const REDACTED: &str = "***";
-
-/// Hides the password in either connection-string form: `postgres://user:pw@host/db`
-/// or `host=… password=pw …` (values may be single-quoted).
-pub fn redact_database_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let after_scheme = scheme_end + 3;
-        let authority_end = url[after_scheme..]
-            .find(['/', '?'])
-            .map_or(url.len(), |i| after_scheme + i);
-        let authority = &url[after_scheme..authority_end];
-        let mut redacted = match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                match userinfo.find(':') {
-                    Some(colon) => format!(
-                        "{}{}:{REDACTED}{}",
-                        &url[..after_scheme],
-                        &userinfo[..colon],
-                        &authority[at..]
-                    ),
-                    None => url[..authority_end].to_owned(),
-                }
-            }
-            None => url[..authority_end].to_owned(),
-        };
-        redacted.push_str(&redact_query_password(&url[authority_end..]));
-        return redacted;
-    }
-    redact_keyword_password(url)
-}
-
-fn redact_query_password(rest: &str) -> String {
-    let Some(question) = rest.find('?') else {
-        return rest.to_owned();
-    };
-    let params: Vec<String> = rest[question + 1..]
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == "password" => format!("{key}={REDACTED}"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{}?{}", &rest[..question], params.join("&"))
-}
-
-fn redact_keyword_password(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    let mut rest = url;
-    while let Some((key_start, value_start)) = find_password_value(rest) {
-        out.push_str(&rest[..key_start]);
-        out.push_str("password=");
-        out.push_str(REDACTED);
-        let value = &rest[value_start..];
-        let value_len = match value.strip_prefix('\'') {
-            Some(quoted) => 1 + quoted_value_len(quoted),
-            None => value.find(char::is_whitespace).unwrap_or(value.len()),
-        };
-        rest = &value[value_len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Length of a single-quoted value's body including its closing quote;
-/// `\'` inside it does not close it.
-fn quoted_value_len(quoted: &str) -> usize {
-    let mut escaped = false;
-    for (i, c) in quoted.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            '\'' if !escaped => return i + 1,
-            _ => escaped = false,
-        }
-    }
-    quoted.len()
-}
-
-/// Where a `password = value` pair starts and where its value starts, for
-/// a `password` that is a whole key rather than part of another word.
-fn find_password_value(text: &str) -> Option<(usize, usize)> {
-    let mut from = 0;
-    while let Some(found) = text[from..].find("password") {
-        let key_start = from + found;
-        let key_end = key_start + "password".len();
-        let at_key_start = text[..key_start]
-            .chars()
-            .next_back()
-            .is_none_or(char::is_whitespace);
-        let after_key = text[key_end..].trim_start();
-        if at_key_start {
-            if let Some(after_eq) = after_key.strip_prefix('=') {
-                let value = after_eq.trim_start();
-                return Some((key_start, text.len() - value.len()));
-            }
-        }
-        from = key_end;
-    }
-    None
 }
 
 #[cfg(test)]
@@ -445,7 +312,7 @@ mod tests {
         assert_eq!(config.kafka.dlq_topic, "usage-events.dlq");
         assert_eq!(config.kafka.session_timeout_ms, 10_000);
         assert_eq!(
-            config.database.url,
+            config.database.url.expose(),
             "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
         );
         assert_eq!(config.batch.max_events, 5000);
@@ -497,7 +364,7 @@ mod tests {
                     .map(String::as_str),
                 Some("plaintext")
             );
-            assert_eq!(config.database.url, "host=db port=6543 user=u");
+            assert_eq!(config.database.url.expose(), "host=db port=6543 user=u");
             assert_eq!(config.batch.max_events, 10);
             assert_eq!(config.batch.max_latency_ms, 17);
             assert_eq!(config.shutdown_timeout_ms, 3000);
@@ -549,32 +416,70 @@ mod tests {
         config.database.url = "host=db user=u password=s3cret dbname=x".into();
         let text = config.to_redacted_toml().expect("renders");
         assert!(!text.contains("s3cret"), "{text}");
-        assert!(text.contains("password=***"), "{text}");
+        assert!(text.contains("password=<redacted>"), "{text}");
         let parsed: Config = toml::from_str(&text).expect("printed config parses back");
         assert_eq!(parsed.kafka, config.kafka);
     }
 
+    /// Every secret-bearing setting, in every form a credential takes,
+    /// through the path `processor --print-config` prints.
     #[test]
-    fn redacts_passwords_in_both_connection_string_forms() {
-        let cases = [
-            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
-            ("postgresql://u@h/db", "postgresql://u@h/db"),
+    fn printed_config_never_shows_a_secret() {
+        for (database, webhook) in [
             (
-                "postgres://h/db?user=u&password=pw",
-                "postgres://h/db?user=u&password=***",
+                "postgres://u:hunter2@db/x",
+                "http://alerts:hunter2@hooks.example/x",
             ),
-            ("host=h password=pw user=u", "host=h password=*** user=u"),
             (
-                "host=h password='p w\\'x' user=u",
-                "host=h password=*** user=u",
+                "postgres://u@db/x?password=hunter2",
+                "http://hunter2@hooks.example/x",
             ),
-            ("host=h user=u", "host=h user=u"),
-            ("host=h password = pw user=u", "host=h password=*** user=u"),
-            ("host=h mypassword=x", "host=h mypassword=x"),
-            ("password=pw", "password=***"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(redact_database_url(input), expected, "input {input:?}");
+            (
+                "postgres://db/x?user=u&sslpassword=hunter2",
+                "http://hooks.example/x?token=hunter2",
+            ),
+            (
+                "host=db user=u password=hunter2",
+                "http://hooks.example/x?api_key=hunter2&channel=ops",
+            ),
+            (
+                "host=db user=u password='hunter 2'",
+                "http://hooks.example/x",
+            ),
+        ] {
+            let mut config = Config::default();
+            config.database.url = database.into();
+            config.alerting.webhook_url = Some(webhook.into());
+            config.alerting.alertmanager_url = Some("http://am:hunter2@alertmanager:9093".into());
+            config
+                .kafka
+                .properties
+                .insert("sasl.password".into(), "hunter2".into());
+            config
+                .kafka
+                .properties
+                .insert("security.protocol".into(), "sasl_plaintext".into());
+            config.validate().expect("valid");
+            let printed = config.to_redacted_toml().expect("renders");
+            assert!(
+                !printed.contains("hunter"),
+                "{database} {webhook}: {printed}"
+            );
+            assert!(printed.contains("<redacted>"), "{printed}");
+            assert!(printed.contains("sasl_plaintext"), "{printed}");
+            assert!(
+                !format!("{config:?}").contains("hunter"),
+                "{database}: Debug"
+            );
         }
+    }
+
+    #[test]
+    fn an_invalid_alert_url_is_reported_redacted() {
+        let mut config = Config::default();
+        config.alerting.webhook_url = Some("https://u:hunter2@hooks.example/x".into());
+        let err = config.validate().expect_err("https refused");
+        assert!(err.to_string().contains("webhook_url"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

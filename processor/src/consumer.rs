@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use infra::kafka::LogContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -80,8 +80,8 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 /// Creates the topic and the dead-letter topic when they are missing;
 /// "already exists" is success.
 pub async fn ensure_topics(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConsumerError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
+    let admin: AdminClient<LogContext> = client_config(kafka)
+        .create_with_context(LogContext::default())
         .map_err(ConsumerError::CreateTopics)?;
     let topics = [
         NewTopic::new(
@@ -133,21 +133,13 @@ impl std::fmt::Debug for ProcessorContext {
 
 impl ClientContext for ProcessorContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
-        }
+        infra::kafka::forward_log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        // A fatal consumer error also surfaces from poll, where the polling
+        // thread stops on it.
+        infra::kafka::report_error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {

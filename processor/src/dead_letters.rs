@@ -78,7 +78,7 @@ pub trait DeadLetterSink: Send + Sync {
 pub struct KafkaDeadLetters {
     client_config: ClientConfig,
     /// Replaced when the broker refuses the producer's identity (see
-    /// [`ledger::kafka_errors::producer_fenced`]): without a new producer
+    /// [`infra::kafka::producer_fenced`]): without a new producer
     /// every later dead letter would fail alike, and no batch holding one
     /// could commit again.
     producer: Arc<RwLock<Arc<FutureProducer>>>,
@@ -186,7 +186,7 @@ impl DeadLetterSink for KafkaDeadLetters {
         match producer.send(record, self.queue_timeout).await {
             Ok(_) => Ok(()),
             Err((source, _)) => {
-                if ledger::kafka_errors::producer_fenced(&source) {
+                if infra::kafka::producer_fenced(&source) {
                     self.replace_fenced(&producer);
                 }
                 Err(DeadLetterError::Delivery {
@@ -276,7 +276,7 @@ mod tests {
         );
         let error = sink.send(&letter(2)).await.expect_err("fenced");
         assert!(
-            matches!(&error, DeadLetterError::Delivery { source, .. } if ledger::kafka_errors::producer_fenced(source)),
+            matches!(&error, DeadLetterError::Delivery { source, .. } if infra::kafka::producer_fenced(source)),
             "{error}"
         );
         assert!(!Arc::ptr_eq(&before, &sink.current()), "replaced");

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use processor::config::{Config, LOG_FILTER_ENV};
+use infra::logging::LogFormat;
+use infra::signals::{self, Graceful};
+use processor::config::Config;
 use processor::{budgets, database, migrate, pipeline, report};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// tokenledger's processor: consumes usage events from Kafka and writes
 /// each exactly once into TimescaleDB, with Prometheus metrics.
@@ -23,18 +24,22 @@ use tracing_subscriber::EnvFilter;
 /// Configuration is layered: built-in defaults, then the TOML file from
 /// --config or TOKENLEDGER_CONFIG, then environment variables such as
 /// TOKENLEDGER_KAFKA__BROKERS or TOKENLEDGER_DATABASE__URL ("__" separates
-/// sections). Log filter: TOKENLEDGER_LOG (default "info").
+/// sections). Logs go to stderr, filtered by TOKENLEDGER_LOG (default
+/// "info,tokio_postgres=warn").
 #[derive(Debug, Parser)]
 #[command(name = "processor", version, about, long_about)]
 struct Cli {
-    /// TOML configuration file (overrides TOKENLEDGER_CONFIG).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// TOML configuration file (default: $TOKENLEDGER_CONFIG).
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 
-    /// Print the effective configuration as TOML (database password
-    /// redacted) and exit.
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -94,7 +99,10 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(error) = infra::logging::init(cli.log_format) {
+        eprintln!("processor: {error}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,16 +120,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_env(LOG_FILTER_ENV)
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -181,46 +179,15 @@ async fn apply_budgets(
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    tokio::spawn(watch_signals(shutdown.clone(), timeout));
+    signals::spawn_handler(
+        shutdown.clone(),
+        Graceful {
+            doing: "committing the in-flight batch",
+            deadline: Some(Duration::from_millis(config.shutdown_timeout_ms)),
+        },
+    )?;
     pipeline::run(&config, shutdown).await?;
     Ok(())
-}
-
-/// First SIGTERM/SIGINT: graceful stop, bounded by `timeout`. Second: exit
-/// at once.
-async fn watch_signals(shutdown: CancellationToken, timeout: Duration) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    tracing::info!(
-        timeout_ms = timeout.as_millis() as u64,
-        "shutting down: committing the in-flight batch"
-    );
-    shutdown.cancel();
-    tokio::select! {
-        _ = terminate.recv() => {
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        }
-        _ = interrupt.recv() => {
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        }
-        _ = tokio::time::sleep(timeout) => {
-            tracing::error!("shutdown did not finish within shutdown_timeout_ms; exiting");
-            std::process::exit(1);
-        }
-    }
 }
 
 async fn run_migrations(config: &Config, sql_dir: Option<PathBuf>) -> anyhow::Result<()> {

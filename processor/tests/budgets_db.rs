@@ -46,7 +46,7 @@ impl Fixture {
     async fn start() -> Fixture {
         let database = migrated_database().await;
         let pool = database::pool(&DatabaseConfig {
-            url: database.url(),
+            url: database.url().into(),
             pool_size: 2,
             timeout_ms: 20_000,
         })

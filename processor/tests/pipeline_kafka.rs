@@ -34,8 +34,8 @@ fn config(broker: &Broker, database: &Database, topic: &str) -> Config {
     config.kafka.session_timeout_ms = 6000;
     config.kafka.topic_partitions = 2;
     config.kafka.properties =
-        BTreeMap::from([("broker.address.family".to_string(), "v4".to_string())]);
-    config.database.url = database.url();
+        BTreeMap::from([("broker.address.family".to_string(), "v4".to_string())]).into();
+    config.database.url = database.url().into();
     config.database.pool_size = 2;
     config.batch.max_events = 50;
     config.batch.max_latency_ms = 100;

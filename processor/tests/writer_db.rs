@@ -57,7 +57,7 @@ impl DeadLetterSink for RecordingSink {
 
 fn writer(database: &Database, sink: RecordingSink) -> Writer<RecordingSink> {
     let pool = database::pool(&DatabaseConfig {
-        url: database.url(),
+        url: database.url().into(),
         pool_size: 2,
         timeout_ms: 20_000,
     })
