@@ -575,3 +575,73 @@ volumes:
         "p=x y $HOME"
     );
 }
+
+/// `--print-config` output gets pasted into tickets: no credential may reach it, whichever form
+/// the setting carries it in and whichever layer (file or environment) set it.
+#[test]
+fn print_config_never_shows_a_secret() {
+    const DATABASE_URLS: [&str; 6] = [
+        "postgres://u:hunter2@db:5432/x",
+        "postgres://u@db/x?password=hunter2",
+        "postgres://db/x?user=u&sslpassword=hunter2",
+        "host=db user=u password=hunter2 dbname=x",
+        "host=db user=u password='hunter 2' dbname=x",
+        "host=db password = hunter2 user=u",
+    ];
+    let key_hash = "0123456789abcdef".repeat(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway_file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway_file,
+        format!(
+            "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\
+             [[auth.keys]]\nsha256 = \"{key_hash}\"\ntenant_id = \"acme\"\n"
+        ),
+    )
+    .expect("write gateway config");
+    let processor_file = dir.path().join("processor.toml");
+    std::fs::write(
+        &processor_file,
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\
+         [alerting]\nalertmanager_url = \"http://am:hunter2@alertmanager:9093\"\n",
+    )
+    .expect("write processor config");
+    for (binary, file) in [("gateway", &gateway_file), ("processor", &processor_file)] {
+        for url in DATABASE_URLS {
+            let path = Binary::path(binary);
+            let mut command = Command::new(&path);
+            command
+                .arg("--config")
+                .arg(file)
+                .arg("--print-config")
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("TOKENLEDGER_DATABASE__URL", url);
+            if binary == "processor" {
+                command.env(
+                    "TOKENLEDGER_ALERTING__WEBHOOK_URL",
+                    "http://hooks.example/x?token=hunter2",
+                );
+            }
+            let output = command
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+            let printed = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{binary} --print-config with database.url {url:?} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                printed.contains("[database]") && printed.contains("<redacted>"),
+                "{binary} printed no redacted database section:\n{printed}"
+            );
+            for secret in ["hunter", key_hash.as_str()] {
+                assert!(
+                    !printed.contains(secret),
+                    "{binary} --print-config shows {secret:?} of database.url {url:?}:\n{printed}"
+                );
+            }
+        }
+    }
+}

@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the typed configuration and its layering (defaults → file → env).
+//! - [`config`]: the typed configuration: sections, defaults, cross-field
+//!   rules. Its layering, the `Secret` type of credentials, logging, signal
+//!   handling, the Postgres pool and the librdkafka log hook are the
+//!   `infra` crate's, shared with the gateway.
 //! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
@@ -20,7 +23,8 @@
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
 //!   the spend-ratio gauges.
-//! - [`database`]: connection pool and single connections.
+//! - [`database`]: the processor's pool and single connections, on
+//!   `infra::database`.
 //!
 //! # Exactly once
 //!
