@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
-use processor::batch::Record;
+use processor::record::Record;
 use processor::writer::{self, PricedEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -97,7 +97,7 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
                 started = Some(Instant::now());
                 cpu_before = crate::procstat::own_cpu_seconds(pid);
             }
-            std::hint::black_box(processor::consumer::owned_record(&message, &mut topic));
+            std::hint::black_box(Record::from_message(&message, &mut topic));
             received += 1;
         }
         let seconds = started

@@ -69,5 +69,6 @@ pub mod metrics;
 pub mod migrate;
 pub mod offsets;
 pub mod pipeline;
+pub mod record;
 pub mod report;
 pub mod writer;

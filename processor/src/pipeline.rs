@@ -17,6 +17,7 @@ use crate::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::migrate::{self, MigrateError};
 use crate::offsets::OffsetFloors;
+use crate::record::Record;
 use crate::writer::{self, AttemptState, BatchOutcome, WriteError, Writer};
 
 /// First pause after a failed attempt; doubled per attempt up to the cap.
@@ -162,11 +163,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     };
     let mut result = Ok(());
     loop {
-        let collected = batch::collect(&mut records, limits, &shutdown, |record| {
+        let next = batch::next_batch(&mut records, limits, &shutdown, |record| {
             floors.admits(record)
         })
         .await;
-        let batch = match collected {
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(batch::BatchError::SourceClosed) => {
@@ -226,7 +227,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
 pub async fn commit_batch<D: DeadLetterSink>(
     writer: &Writer<D>,
     price_book: &PriceBook,
-    records: Vec<batch::Record>,
+    records: Vec<Record>,
     metrics: &Metrics,
 ) -> Result<BatchOutcome, RunError> {
     let started = Instant::now();

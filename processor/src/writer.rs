@@ -13,9 +13,9 @@ use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use crate::batch::Record;
 use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
+use crate::record::Record;
 
 /// The idempotency key of a usage event.
 pub type EventKey = (Uuid, DateTime<Utc>);

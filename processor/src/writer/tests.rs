@@ -5,8 +5,8 @@ use ledger::{PriceBook, PricingStatus, UsageEvent};
 use uuid::Uuid;
 
 use super::*;
-use crate::batch::Record;
 use crate::dead_letters::Reason;
+use crate::record::Record;
 
 fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
     UsageEvent {
