@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
+use processor::prepare::{self, PricedEvent};
 use processor::record::Record;
-use processor::writer::{self, PricedEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -178,7 +178,7 @@ pub fn priced_rows(events: &[UsageEvent]) -> Vec<PricedEvent> {
             schema: Some(KAFKA_SCHEMA.as_bytes().to_vec()),
         })
         .collect();
-    writer::prepare(records, &PriceBook::builtin()).unique
+    prepare::prepare(records, &PriceBook::builtin()).unique
 }
 
 const SCRATCH_TABLE: &str = "bench_copy_ceiling";

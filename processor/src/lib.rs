@@ -8,8 +8,11 @@
 //! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
+//! - [`record`]: one Kafka record, owned, copied out of librdkafka's message.
 //! - [`batch`]: records accumulate into batches closed by size or age.
-//! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
+//! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
+//!   dedupe inside the batch, price; classify against the database's answers.
+//! - [`write`]: the one transaction per batch and its SQL.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
 //! - [`metrics`]: the seed's counters, operational metrics, `/metrics`,
@@ -55,7 +58,7 @@
 //!    between commit and counting loses those increments from one process's
 //!    counters (they restart from zero anyway) but never double-counts.
 //!    Effects that must be exact (budget spend) belong inside the
-//!    transaction, in [`writer`].
+//!    transaction, in [`write`].
 
 pub mod alert_outbox;
 pub mod batch;
@@ -69,6 +72,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod offsets;
 pub mod pipeline;
+pub mod prepare;
 pub mod record;
 pub mod report;
-pub mod writer;
+pub mod write;

@@ -20,7 +20,8 @@ use rust_decimal::prelude::ToPrimitive;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::Reason;
-use crate::writer::{BatchOutcome, PricedEvent};
+use crate::prepare::PricedEvent;
+use crate::write::BatchOutcome;
 
 /// The label value that stands for every value past the cardinality bound.
 pub const OTHER_LABEL: &str = "__other__";

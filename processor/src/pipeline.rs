@@ -17,8 +17,9 @@ use crate::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::migrate::{self, MigrateError};
 use crate::offsets::OffsetFloors;
+use crate::prepare;
 use crate::record::Record;
-use crate::writer::{self, AttemptState, BatchOutcome, WriteError, Writer};
+use crate::write::{AttemptState, BatchOutcome, WriteError, Writer};
 
 /// First pause after a failed attempt; doubled per attempt up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -231,7 +232,7 @@ pub async fn commit_batch<D: DeadLetterSink>(
     metrics: &Metrics,
 ) -> Result<BatchOutcome, RunError> {
     let started = Instant::now();
-    let mut prepared = writer::prepare(records, price_book);
+    let mut prepared = prepare::prepare(records, price_book);
     let mut attempt_state = AttemptState::default();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 1;

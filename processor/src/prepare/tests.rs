@@ -220,5 +220,5 @@ fn classify_reports_a_key_that_is_neither_inserted_nor_stored() {
         &PriceBook::builtin(),
     );
     let result = classify(&prepared, &HashSet::new(), &HashMap::new());
-    assert!(matches!(result, Err(WriteError::MissingStoredRow { .. })));
+    assert!(matches!(result, Err(MissingStoredRow { .. })));
 }
