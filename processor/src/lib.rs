@@ -68,6 +68,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
