@@ -12,11 +12,14 @@
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
 //!   dedupe inside the batch, price; classify against the database's answers.
-//! - [`write`]: the one transaction per batch and its SQL.
+//! - [`write`]: the one transaction per batch and its SQL: rows, budget
+//!   spend, offsets; dead letters acknowledged before the commit.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
-//! - [`metrics`]: the seed's counters, operational metrics, `/metrics`,
-//!   `/healthz`, `/readyz`.
+//! - [`metrics`]: the seed's counters and the operational metrics, moved
+//!   once per committed batch.
+//! - [`health`]: `/healthz`, `/readyz` and the admin listener that also
+//!   serves `/metrics`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.

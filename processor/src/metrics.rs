@@ -1,7 +1,7 @@
 //! Prometheus metrics: the seed guide's four usage counters, the pipeline's
 //! operational metrics and the label-cardinality bound. What a committed
 //! batch did arrives as a [`CommittedBatch`], so counting knows nothing of
-//! the transaction; [`crate::health`] serves the registry over HTTP.
+//! the transaction; the `health` module serves the registry over HTTP.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};

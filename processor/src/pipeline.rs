@@ -1,6 +1,6 @@
-//! The run loop: start-up checks, then collect a batch, commit it (retrying
-//! the same batch until it commits), count it, repeat; and a graceful stop
-//! that commits the in-flight batch.
+//! The run loop: start-up checks, then take the next batch, prepare it,
+//! commit it (retrying the same batch until it commits), count it, repeat;
+//! and a graceful stop that commits the in-flight batch.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //!
 //! Everything here is a pure function of the records, the price book and
 //! the database's answers, so every rule is unit-tested without a database;
-//! [`crate::write`] owns the transaction that asks the questions.
+//! the `write` module owns the transaction that asks the questions.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
