@@ -12,7 +12,7 @@
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
 //!   dedupe inside the batch, price; classify against the database's answers.
-//! - [`write`]: the one transaction per batch and its SQL: rows, budget
+//! - [`write`](mod@write): the one transaction per batch and its SQL: rows, budget
 //!   spend, offsets; dead letters acknowledged before the commit.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
@@ -61,7 +61,7 @@
 //!    between commit and counting loses those increments from one process's
 //!    counters (they restart from zero anyway) but never double-counts.
 //!    Effects that must be exact (budget spend) belong inside the
-//!    transaction, in [`write`].
+//!    transaction, in [`write`](mod@write).
 
 pub mod alert_outbox;
 pub mod batch;
