@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
-use processor::batch::Record;
-use processor::writer::{self, PricedEvent};
+use processor::prepare::{self, PricedEvent};
+use processor::record::Record;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -97,7 +97,7 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
                 started = Some(Instant::now());
                 cpu_before = crate::procstat::own_cpu_seconds(pid);
             }
-            std::hint::black_box(processor::consumer::owned_record(&message, &mut topic));
+            std::hint::black_box(Record::from_message(&message, &mut topic));
             received += 1;
         }
         let seconds = started
@@ -178,7 +178,7 @@ pub fn priced_rows(events: &[UsageEvent]) -> Vec<PricedEvent> {
             schema: Some(KAFKA_SCHEMA.as_bytes().to_vec()),
         })
         .collect();
-    writer::prepare(records, &PriceBook::builtin()).unique
+    prepare::prepare(records, &PriceBook::builtin()).unique
 }
 
 const SCRATCH_TABLE: &str = "bench_copy_ceiling";

@@ -2,26 +2,13 @@
 //! `max_latency` after their first record, or at once with whatever waited
 //! through the previous commit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// One Kafka record, owned, as the consumer thread hands it over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Shared by every record of the topic: one allocation per topic, not
-    /// per record.
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    /// The `schema` header, when the record has one.
-    pub schema: Option<Vec<u8>>,
-}
+use crate::record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
@@ -53,7 +40,7 @@ pub struct Batch {
     pub closed_by: CloseReason,
 }
 
-/// Collects the next batch from `records`.
+/// Takes the next batch from `records`.
 ///
 /// When records are already waiting (they arrived while the previous batch
 /// was being committed), the batch is what is waiting, up to `max_events`,
@@ -68,7 +55,7 @@ pub struct Batch {
 ///
 /// Returns `Ok(None)` when shutdown came before any record, and an error
 /// when the source closed with nothing collected.
-pub async fn collect(
+pub async fn next_batch(
     records: &mut mpsc::Receiver<Record>,
     limits: BatchLimits,
     shutdown: &CancellationToken,
@@ -172,14 +159,14 @@ mod tests {
             sender.send(record(0, offset)).await.expect("open");
         }
         let started = Instant::now();
-        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
             .await
             .expect("ok")
             .expect("a batch");
         assert_eq!(batch.closed_by, CloseReason::Full);
         assert_eq!(batch.records.len(), 3);
         assert_eq!(started.elapsed(), Duration::ZERO);
-        let next = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+        let next = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
             .await
             .expect("ok")
             .expect("a batch");
@@ -207,7 +194,7 @@ mod tests {
             sender
         });
         let started = Instant::now();
-        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
             .await
             .expect("ok")
             .expect("a batch");
@@ -234,7 +221,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             trigger.cancel();
         });
-        let batch = collect(
+        let batch = next_batch(
             &mut receiver,
             BatchLimits {
                 max_events: 10,
@@ -248,7 +235,7 @@ mod tests {
         .expect("a batch");
         assert_eq!(batch.closed_by, CloseReason::Shutdown);
         assert_eq!(batch.records, vec![record(1, 7)]);
-        let nothing = collect(&mut receiver, LIMITS, &shutdown, |_| true)
+        let nothing = next_batch(&mut receiver, LIMITS, &shutdown, |_| true)
             .await
             .expect("ok");
         assert!(nothing.is_none());
@@ -261,7 +248,7 @@ mod tests {
         for offset in 0..2 {
             sender.send(record(0, offset)).await.expect("open");
         }
-        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
             .await
             .expect("ok")
             .expect("a batch");
@@ -271,7 +258,7 @@ mod tests {
         sender.send(record(0, 2)).await.expect("open");
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let nothing = collect(&mut receiver, LIMITS, &shutdown, |_| true)
+        let nothing = next_batch(&mut receiver, LIMITS, &shutdown, |_| true)
             .await
             .expect("ok");
         assert!(nothing.is_none(), "after shutdown no new batch starts");
@@ -287,7 +274,7 @@ mod tests {
             late.send(record(0, 5)).await.expect("open");
         });
         let started = Instant::now();
-        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |r| {
+        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |r| {
             r.offset >= 5
         })
         .await
@@ -306,12 +293,12 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(16);
         sender.send(record(0, 0)).await.expect("open");
         drop(sender);
-        let batch = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
+        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
             .await
             .expect("ok")
             .expect("a batch");
         assert_eq!(batch.closed_by, CloseReason::SourceClosed);
-        let closed = collect(&mut receiver, LIMITS, &CancellationToken::new(), |_| true).await;
+        let closed = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true).await;
         assert!(matches!(closed, Err(BatchError::SourceClosed)));
     }
 }

@@ -36,7 +36,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::budgets;
-use crate::writer::{PricedEvent, WriteError};
+use crate::prepare::PricedEvent;
 
 /// How often a batch re-evaluates when budgets change under it before it
 /// goes ahead with what it locked.
@@ -92,16 +92,6 @@ RETURNING budget_id, threshold";
 pub struct BudgetSpendError {
     step: &'static str,
     source: tokio_postgres::Error,
-}
-
-impl From<BudgetSpendError> for WriteError {
-    fn from(error: BudgetSpendError) -> Self {
-        // The writer's Database variant decides retryability by SQLSTATE.
-        WriteError::Database {
-            step: error.step,
-            source: error.source,
-        }
-    }
 }
 
 fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> BudgetSpendError {

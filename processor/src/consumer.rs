@@ -23,7 +23,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -31,10 +30,10 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Record;
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::offsets::{self, NextOffsets, OffsetFloors};
+use crate::record::Record;
 
 /// How often the polling thread wakes up to notice shutdown when idle or
 /// blocked on a full channel.
@@ -447,27 +446,6 @@ fn poll_loop(
     result
 }
 
-/// Copies what the pipeline needs out of a message librdkafka owns. Every
-/// record of a topic shares `topic`, replaced when the topic changes.
-pub fn owned_record(message: &impl Message, topic: &mut Arc<str>) -> Record {
-    if **topic != *message.topic() {
-        *topic = Arc::from(message.topic());
-    }
-    Record {
-        topic: topic.clone(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        schema: message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == "schema")
-                .and_then(|header| header.value.map(<[u8]>::to_vec))
-        }),
-    }
-}
-
 fn poll_until_shutdown(
     consumer: &BaseConsumer<ProcessorContext>,
     sender: &mpsc::Sender<Record>,
@@ -490,7 +468,7 @@ fn poll_until_shutdown(
             }
             Some(Ok(message)) => message,
         };
-        let mut record = Some(owned_record(&message, &mut topic));
+        let mut record = Some(Record::from_message(&message, &mut topic));
         drop(message);
         // Usually the channel has room: hand the record over without
         // entering the runtime.

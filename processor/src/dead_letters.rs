@@ -9,7 +9,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::batch::Record;
+use crate::record::Record;
 
 /// Why a record went to the dead-letter topic: the `error` header and the
 /// `reason` label of `tokenledger_events_dead_lettered_total`.

@@ -11,12 +11,18 @@
 //! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
+//! - [`record`]: one Kafka record, owned, copied out of librdkafka's message.
 //! - [`batch`]: records accumulate into batches closed by size or age.
-//! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
+//! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
+//!   dedupe inside the batch, price; classify against the database's answers.
+//! - [`write`](mod@write): the one transaction per batch and its SQL: rows, budget
+//!   spend, offsets; dead letters acknowledged before the commit.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
-//! - [`metrics`]: the seed's counters, operational metrics, `/metrics`,
-//!   `/healthz`, `/readyz`.
+//! - [`metrics`]: the seed's counters and the operational metrics, moved
+//!   once per committed batch.
+//! - [`health`]: `/healthz`, `/readyz` and the admin listener that also
+//!   serves `/metrics`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
@@ -59,7 +65,7 @@
 //!    between commit and counting loses those increments from one process's
 //!    counters (they restart from zero anyway) but never double-counts.
 //!    Effects that must be exact (budget spend) belong inside the
-//!    transaction, in [`writer`].
+//!    transaction, in [`write`](mod@write).
 
 pub mod alert_outbox;
 pub mod batch;
@@ -69,9 +75,12 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
 pub mod pipeline;
+pub mod prepare;
+pub mod record;
 pub mod report;
-pub mod writer;
+pub mod write;

@@ -1,26 +1,20 @@
 //! Prometheus metrics: the seed guide's four usage counters, the pipeline's
-//! operational metrics, the label-cardinality bound, and the HTTP listener
-//! serving them with `/healthz` and `/readyz`.
+//! operational metrics and the label-cardinality bound. What a committed
+//! batch did arrives as a [`CommittedBatch`], so counting knows nothing of
+//! the transaction; the `health` module serves the registry over HTTP.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use prometheus::{
     CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rust_decimal::prelude::ToPrimitive;
-use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::Reason;
-use crate::writer::{BatchOutcome, PricedEvent};
+use crate::prepare::PricedEvent;
 
 /// The label value that stands for every value past the cardinality bound.
 pub const OTHER_LABEL: &str = "__other__";
@@ -29,13 +23,20 @@ pub const OTHER_LABEL: &str = "__other__";
 pub enum MetricsError {
     #[error("cannot register metric: {0}")]
     Register(#[from] prometheus::Error),
-    #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("metrics server failed: {0}")]
-    Serve(std::io::Error),
+}
+
+/// A committed batch as the counters see it.
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedBatch<'a> {
+    /// Records in the batch, poison and duplicates included.
+    pub consumed: usize,
+    /// The rows this batch stored for the first time: the only rows usage
+    /// counters may count.
+    pub new_rows: &'a [PricedEvent],
+    pub duplicates: usize,
+    pub conflicts: usize,
+    pub dead_lettered: &'a BTreeMap<Reason, usize>,
+    pub committed_at: DateTime<Utc>,
 }
 
 /// Admits at most `max` distinct label values; later newcomers become
@@ -131,7 +132,6 @@ pub struct Metrics {
     db_retries: IntCounter,
     up: IntGauge,
     last_commit: Gauge,
-    ready: AtomicBool,
 }
 
 const USAGE_LABELS: &[&str] = &["provider", "model", "tenant_id"];
@@ -268,7 +268,6 @@ impl Metrics {
             db_retries,
             up,
             last_commit,
-            ready: AtomicBool::new(false),
         })
     }
 
@@ -279,12 +278,12 @@ impl Metrics {
     /// series is moved once per batch. The label bounds see the distinct
     /// values in order of first appearance, so they admit exactly what
     /// they would admit row by row.
-    pub fn record_batch(&self, outcome: &BatchOutcome, duration: std::time::Duration) {
+    pub fn record_batch(&self, batch: &CommittedBatch<'_>, duration: std::time::Duration) {
         // one lookup per row: foldhash rather than SipHash
         let mut slots: foldhash::HashMap<(&str, &str, &str), usize> = Default::default();
         let mut sums: Vec<((&str, &str, &str), UsageSum)> = Vec::new();
         let latency = self.end_to_end_latency.local();
-        for row in &outcome.new_rows {
+        for row in batch.new_rows {
             let event = &row.event;
             let key = (
                 event.provider.as_str(),
@@ -296,7 +295,7 @@ impl Metrics {
                 sums.len() - 1
             });
             sums[slot].1.add(row);
-            let elapsed = outcome.committed_at - event.received_at;
+            let elapsed = batch.committed_at - event.received_at;
             latency.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
         }
         latency.flush();
@@ -343,19 +342,19 @@ impl Metrics {
                 .with_label_values(labels)
                 .inc_by(*count);
         }
-        self.events_consumed.inc_by(outcome.consumed as u64);
-        self.events_inserted.inc_by(outcome.new_rows.len() as u64);
-        self.events_duplicate.inc_by(outcome.duplicates as u64);
-        self.events_conflict.inc_by(outcome.conflicts as u64);
-        for (reason, count) in &outcome.dead_lettered {
+        self.events_consumed.inc_by(batch.consumed as u64);
+        self.events_inserted.inc_by(batch.new_rows.len() as u64);
+        self.events_duplicate.inc_by(batch.duplicates as u64);
+        self.events_conflict.inc_by(batch.conflicts as u64);
+        for (reason, count) in batch.dead_lettered {
             self.events_dead_lettered
                 .with_label_values(&[reason.as_str()])
                 .inc_by(*count as u64);
         }
-        self.batch_size.observe(outcome.consumed as f64);
+        self.batch_size.observe(batch.consumed as f64);
         self.batch_duration.observe(duration.as_secs_f64());
         self.last_commit
-            .set(outcome.committed_at.timestamp_micros() as f64 / 1e6);
+            .set(batch.committed_at.timestamp_micros() as f64 / 1e6);
     }
 
     pub fn record_db_retry(&self) {
@@ -366,14 +365,6 @@ impl Metrics {
         self.consumer_lag
             .with_label_values(&[&partition.to_string()])
             .set(lag.max(0));
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn set_down(&self) {
@@ -398,55 +389,6 @@ impl Metrics {
         let last = self.last_commit.get();
         (last > 0.0).then(|| Utc::now().timestamp_micros() as f64 / 1e6 - last)
     }
-}
-
-/// The admin router: metrics at `path`, liveness and readiness.
-pub fn router(metrics: Arc<Metrics>, path: &str) -> Router {
-    Router::new()
-        .route(path, get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(serve_ready))
-        .with_state(metrics)
-}
-
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        metrics.render(),
-    )
-}
-
-async fn serve_ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-/// Binds `address` now (so a taken port fails startup) and serves until
-/// `shutdown` is cancelled.
-pub async fn serve(
-    metrics: Arc<Metrics>,
-    address: &str,
-    path: &str,
-    shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<Result<(), MetricsError>>, MetricsError> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError::Listen {
-            address: address.to_owned(),
-            source,
-        })?;
-    let local = listener.local_addr().ok();
-    tracing::info!(address = ?local, path, "metrics listening");
-    let app = router(metrics, path);
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(MetricsError::Serve)
-    }))
 }
 
 #[cfg(test)]
@@ -509,29 +451,25 @@ mod tests {
     #[test]
     fn batch_sums_fold_into_the_same_series_as_row_by_row_counting() {
         let metrics = Metrics::new(1, 200).expect("metrics");
-        let batch = |rows: Vec<PricedEvent>| BatchOutcome {
-            consumed: rows.len(),
+        let no_dead_letters = BTreeMap::new();
+        let batch = |rows| CommittedBatch {
+            consumed: <[PricedEvent]>::len(rows),
             new_rows: rows,
             duplicates: 0,
             conflicts: 0,
-            dead_lettered: Default::default(),
-            next_offsets: Default::default(),
+            dead_lettered: &no_dead_letters,
             committed_at: Utc::now(),
         };
         let duration = std::time::Duration::from_millis(1);
-        metrics.record_batch(
-            &batch(vec![
-                row("t1", "gpt-4o", PricingStatus::Unpriced),
-                row("t2", "gpt-4o", PricingStatus::Unpriced),
-                row("t3", "gpt-4o", PricingStatus::Unpriced),
-                row("t1", "gpt-4o", PricingStatus::Priced),
-            ]),
-            duration,
-        );
-        metrics.record_batch(
-            &batch(vec![row("t2", "gpt-4o", PricingStatus::Priced)]),
-            duration,
-        );
+        let first = vec![
+            row("t1", "gpt-4o", PricingStatus::Unpriced),
+            row("t2", "gpt-4o", PricingStatus::Unpriced),
+            row("t3", "gpt-4o", PricingStatus::Unpriced),
+            row("t1", "gpt-4o", PricingStatus::Priced),
+        ];
+        metrics.record_batch(&batch(&first), duration);
+        let second = vec![row("t2", "gpt-4o", PricingStatus::Priced)];
+        metrics.record_batch(&batch(&second), duration);
         let text = metrics.render();
         let series = |name: &str, tenant: &str| {
             format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
@@ -559,21 +497,21 @@ mod tests {
     #[test]
     fn seed_counters_have_exact_names_labels_and_bounded_cardinality() {
         let metrics = Metrics::new(2, 200).expect("metrics");
-        let outcome = BatchOutcome {
+        let new_rows = vec![
+            row("t1", "gpt-4o", PricingStatus::Priced),
+            row("t2", "gpt-4o", PricingStatus::Priced),
+            row("t3", "gpt-4o", PricingStatus::Unpriced),
+            row("t4", "gpt-4o", PricingStatus::Priced),
+        ];
+        let batch = CommittedBatch {
             consumed: 5,
-            new_rows: vec![
-                row("t1", "gpt-4o", PricingStatus::Priced),
-                row("t2", "gpt-4o", PricingStatus::Priced),
-                row("t3", "gpt-4o", PricingStatus::Unpriced),
-                row("t4", "gpt-4o", PricingStatus::Priced),
-            ],
+            new_rows: &new_rows,
             duplicates: 1,
             conflicts: 0,
-            dead_lettered: [(Reason::Undecodable, 1)].into(),
-            next_offsets: Default::default(),
+            dead_lettered: &[(Reason::Undecodable, 1)].into(),
             committed_at: Utc::now(),
         };
-        metrics.record_batch(&outcome, std::time::Duration::from_millis(3));
+        metrics.record_batch(&batch, std::time::Duration::from_millis(3));
         let text = metrics.render();
         let series = |name: &str, tenant: &str| {
             format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_postgres::GenericClient;
 
-use crate::batch::Record;
+use crate::record::Record;
 
 /// Next offset to read, per (topic, partition).
 pub type NextOffsets = BTreeMap<(String, i32), i64>;

@@ -1,6 +1,6 @@
-//! The run loop: start-up checks, then collect a batch, commit it (retrying
-//! the same batch until it commits), count it, repeat; and a graceful stop
-//! that commits the in-flight batch.
+//! The run loop: start-up checks, then take the next batch, prepare it,
+//! commit it (retrying the same batch until it commits), count it, repeat;
+//! and a graceful stop that commits the in-flight batch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,10 +14,13 @@ use crate::config::{Config, PricingConfig};
 use crate::consumer::{self, ConsumerDeps, ConsumerError, GroupMember};
 use crate::database::{self, DatabaseError};
 use crate::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
-use crate::metrics::{self, Metrics, MetricsError};
+use crate::health::{self, Readiness, ServeError};
+use crate::metrics::{CommittedBatch, Metrics, MetricsError};
 use crate::migrate::{self, MigrateError};
 use crate::offsets::OffsetFloors;
-use crate::writer::{self, AttemptState, BatchOutcome, WriteError, Writer};
+use crate::prepare;
+use crate::record::Record;
+use crate::write::{AttemptState, BatchOutcome, WriteError, Writer};
 
 /// First pause after a failed attempt; doubled per attempt up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,6 +44,8 @@ pub enum RunError {
     Schema(#[from] MigrateError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
     #[error(transparent)]
@@ -82,9 +87,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         config.metrics.max_tenant_labels,
         config.metrics.max_model_labels,
     )?);
+    let readiness = Readiness::default();
     let server_stop = CancellationToken::new();
-    let server = metrics::serve(
+    let server = health::serve(
         metrics.clone(),
+        readiness.clone(),
         &config.metrics.listen,
         &config.metrics.path,
         server_stop.clone(),
@@ -149,7 +156,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         metrics.registry(),
         outbox_stop.clone(),
     )?;
-    metrics.set_ready(true);
+    readiness.set(true);
     tracing::info!(
         topic = %config.kafka.topic,
         group_id = %config.kafka.group_id,
@@ -162,11 +169,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     };
     let mut result = Ok(());
     loop {
-        let collected = batch::collect(&mut records, limits, &shutdown, |record| {
+        let next = batch::next_batch(&mut records, limits, &shutdown, |record| {
             floors.admits(record)
         })
         .await;
-        let batch = match collected {
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(batch::BatchError::SourceClosed) => {
@@ -177,13 +184,14 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
             }
         };
         let closed_by = batch.closed_by;
-        let outcome = match commit_batch(&writer, &price_book, batch.records, &metrics).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                result = Err(error);
-                break;
-            }
-        };
+        let outcome =
+            match commit_batch(&writer, &price_book, batch.records, &metrics, &readiness).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
         floors.raise_all(&outcome.next_offsets);
         member.commit_for_monitoring(&outcome.next_offsets);
         if closed_by == batch::CloseReason::Shutdown {
@@ -199,7 +207,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         }
     }
 
-    metrics.set_ready(false);
+    readiness.set(false);
     // Stop the polling thread in every case (it also watches `shutdown`).
     shutdown.cancel();
     drop(records);
@@ -226,11 +234,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
 pub async fn commit_batch<D: DeadLetterSink>(
     writer: &Writer<D>,
     price_book: &PriceBook,
-    records: Vec<batch::Record>,
+    records: Vec<Record>,
     metrics: &Metrics,
+    readiness: &Readiness,
 ) -> Result<BatchOutcome, RunError> {
     let started = Instant::now();
-    let mut prepared = writer::prepare(records, price_book);
+    let mut prepared = prepare::prepare(records, price_book);
     let mut attempt_state = AttemptState::default();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 1;
@@ -239,7 +248,7 @@ pub async fn commit_batch<D: DeadLetterSink>(
             Ok(outcome) => break outcome,
             Err(error) if error.is_retryable() => {
                 metrics.record_db_retry();
-                metrics.set_ready(false);
+                readiness.set(false);
                 tracing::warn!(
                     attempt,
                     backoff_ms = backoff.as_millis() as u64,
@@ -257,8 +266,8 @@ pub async fn commit_batch<D: DeadLetterSink>(
     if attempt > 1 {
         tracing::info!(attempt, "batch committed after retrying");
     }
-    metrics.set_ready(true);
-    metrics.record_batch(&outcome, started.elapsed());
+    readiness.set(true);
+    metrics.record_batch(&counted(&outcome), started.elapsed());
     let dead_lettered: usize = outcome.dead_lettered.values().sum();
     if dead_lettered > 0 || outcome.conflicts > 0 {
         tracing::info!(
@@ -283,6 +292,18 @@ pub async fn commit_batch<D: DeadLetterSink>(
         );
     }
     Ok(outcome)
+}
+
+/// What the counters need of a committed batch.
+fn counted(outcome: &BatchOutcome) -> CommittedBatch<'_> {
+    CommittedBatch {
+        consumed: outcome.consumed,
+        new_rows: &outcome.new_rows,
+        duplicates: outcome.duplicates,
+        conflicts: outcome.conflicts,
+        dead_lettered: &outcome.dead_lettered,
+        committed_at: outcome.committed_at,
+    }
 }
 
 /// How a start-up step failed.

@@ -9,12 +9,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use e2e::Database;
 use ledger::{PriceBook, UsageEvent};
-use processor::batch::Record;
 use processor::budgets;
 use processor::config::DatabaseConfig;
 use processor::database;
 use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
-use processor::writer::{self, AttemptState, Writer};
+use processor::prepare;
+use processor::record::Record;
+use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -77,7 +78,7 @@ impl Fixture {
     }
 
     async fn write_records(&self, records: Vec<Record>) -> usize {
-        let mut prepared = writer::prepare(records, &PriceBook::builtin());
+        let mut prepared = prepare::prepare(records, &PriceBook::builtin());
         self.writer
             .write(&mut prepared, &mut AttemptState::default())
             .await

@@ -9,11 +9,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use e2e::ledger_check::stored_row_count;
 use e2e::Database;
 use ledger::{PriceBook, UsageEvent};
-use processor::batch::Record;
 use processor::config::DatabaseConfig;
 use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use processor::migrate::{self, MigrateError, MigrationStatus};
-use processor::writer::{self, AttemptState, BatchOutcome, Writer};
+use processor::prepare;
+use processor::record::Record;
+use processor::write::{AttemptState, BatchOutcome, Writer};
 use processor::{database, offsets};
 use uuid::Uuid;
 
@@ -99,7 +100,7 @@ fn record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
 }
 
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
-    let mut prepared = writer::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
     writer
         .write(&mut prepared, &mut AttemptState::default())
         .await
@@ -266,7 +267,7 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
     let writer = writer(&database, sink.clone());
     let mut poison = record(0, 1, &event("acme", 1));
     poison.value = Some(b"garbage".to_vec());
-    let mut prepared = writer::prepare(
+    let mut prepared = prepare::prepare(
         vec![record(0, 0, &event("acme", 1)), poison],
         &PriceBook::builtin(),
     );
@@ -301,7 +302,7 @@ async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
 
     database.stop().await;
     let mut prepared =
-        writer::prepare(vec![record(0, 1, &event("acme", 2))], &PriceBook::builtin());
+        prepare::prepare(vec![record(0, 1, &event("acme", 2))], &PriceBook::builtin());
     let mut attempt = AttemptState::default();
     let failed = writer.write(&mut prepared, &mut attempt).await;
     let error = failed.expect_err("no database, no commit");
@@ -314,6 +315,26 @@ async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
         .expect("commits once the database is back");
     assert_eq!(outcome.new_rows.len(), 1);
     assert_eq!(stored_row_count(&database).await, 2);
+}
+
+#[tokio::test]
+async fn a_schema_error_in_budget_spend_is_not_retried() {
+    let database = migrated_database().await;
+    let writer = writer(&database, RecordingSink::default());
+    database
+        .client()
+        .await
+        .batch_execute("ALTER TABLE budgets RENAME TO budgets_renamed")
+        .await
+        .expect("rename");
+    let mut prepared =
+        prepare::prepare(vec![record(0, 0, &event("acme", 1))], &PriceBook::builtin());
+    let error = writer
+        .write(&mut prepared, &mut AttemptState::default())
+        .await
+        .expect_err("budget spend cannot read a missing table");
+    assert!(!error.is_retryable(), "{error}");
+    assert_eq!(stored_row_count(&database).await, 0, "nothing committed");
 }
 
 #[tokio::test]

@@ -1,29 +1,22 @@
-//! The batch transaction: decode, price and dedupe a batch, insert the new
-//! rows, sort the rest into duplicates and conflicts, dead-letter what
-//! cannot be stored, and store the next offsets, all in one transaction.
+//! The batch transaction: insert a prepared batch's new rows, look up the
+//! stored hashes of the rest, dead-letter conflicts, record budget spend and
+//! store the next offsets, all in one transaction per batch, and the SQL it
+//! runs. Which event is new, duplicate or conflict is decided by
+//! [`crate::prepare`]; this module only asks the database and commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
-use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use crate::batch::Record;
+use crate::budget_spend::BudgetSpendError;
 use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
-
-/// The idempotency key of a usage event.
-pub type EventKey = (Uuid, DateTime<Utc>);
-
-/// Keys are hashed several times per event; foldhash is several times
-/// cheaper than the standard SipHash and still seeded per process, so
-/// clients choosing ids cannot aim for collisions.
-type KeyHasher = foldhash::fast::RandomState;
+use crate::prepare::{classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent};
 
 const INSERT_ROWS: &str = "
 INSERT INTO gateway_mode_audit (
@@ -63,8 +56,12 @@ pub enum WriteError {
     Offsets(#[from] OffsetsError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
-    #[error("row ({id}, {created_at}) was neither inserted nor found stored")]
-    MissingStoredRow { id: Uuid, created_at: DateTime<Utc> },
+    /// Budget spend failed; its database error decides retryability like
+    /// any other.
+    #[error(transparent)]
+    Budgets(#[from] BudgetSpendError),
+    #[error(transparent)]
+    MissingStoredRow(#[from] MissingStoredRow),
 }
 
 impl WriteError {
@@ -76,246 +73,14 @@ impl WriteError {
         let database_error = match self {
             WriteError::Database { source, .. } => Some(source),
             WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
+            WriteError::Budgets(error) => std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<tokio_postgres::Error>()),
             _ => None,
         };
         let sqlstate_class = database_error
             .and_then(|error| error.code())
             .map(|code| &code.code()[..2]);
         sqlstate_class != Some("42")
-    }
-}
-
-/// One decoded, priced event of a batch with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PricedEvent {
-    pub event: UsageEvent,
-    pub cost: Cost,
-    pub content_sha256: [u8; 32],
-    /// Index of its record in [`PreparedBatch::records`].
-    pub record_index: usize,
-    pub source_partition: i32,
-    pub source_offset: i64,
-}
-
-impl PricedEvent {
-    pub fn key(&self) -> EventKey {
-        (self.event.id, self.event.created_at)
-    }
-}
-
-/// A batch after decoding, pricing and in-batch deduplication; no I/O yet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreparedBatch {
-    pub records: Vec<Record>,
-    /// The first occurrence of each `(id, created_at)`, in arrival order.
-    pub unique: Vec<PricedEvent>,
-    /// Later occurrences of a key already in `unique`.
-    pub repeats: Vec<PricedEvent>,
-    /// Records that cannot be stored whatever the database holds, with
-    /// their index in `records`.
-    pub poison: Vec<(usize, DeadLetter)>,
-    /// One past the highest offset of every partition in the batch,
-    /// poison records included.
-    pub next_offsets: NextOffsets,
-}
-
-/// Decodes, checks, prices and dedupes a batch of records.
-pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
-    let mut unique: Vec<PricedEvent> = Vec::with_capacity(records.len());
-    let mut repeats = Vec::new();
-    let mut poison = Vec::new();
-    let mut next_offsets = NextOffsets::new();
-    let mut first_seen: HashSet<EventKey, KeyHasher> =
-        HashSet::with_capacity_and_hasher(records.len(), KeyHasher::default());
-    for (record_index, record) in records.iter().enumerate() {
-        raise_next_offset(&mut next_offsets, record);
-
-        let event = match decode(record) {
-            Ok(event) => event,
-            Err((reason, detail)) => {
-                poison.push((
-                    record_index,
-                    DeadLetter {
-                        record: record.clone(),
-                        reason,
-                        detail,
-                    },
-                ));
-                continue;
-            }
-        };
-        let priced = PricedEvent {
-            cost: price_book.cost(&event),
-            content_sha256: event.content_sha256(),
-            event,
-            record_index,
-            source_partition: record.partition,
-            source_offset: record.offset,
-        };
-        if first_seen.insert(priced.key()) {
-            unique.push(priced);
-        } else {
-            repeats.push(priced);
-        }
-    }
-    PreparedBatch {
-        records,
-        unique,
-        repeats,
-        poison,
-        next_offsets,
-    }
-}
-
-/// Moves the partition's next offset past `record`. Looks the partition up
-/// by reference first: the key's topic is copied only for the first record
-/// of each partition, not for every record.
-fn raise_next_offset(next_offsets: &mut NextOffsets, record: &Record) {
-    let next = record.offset + 1;
-    let existing = next_offsets
-        .iter_mut()
-        .find(|((topic, partition), _)| *partition == record.partition && **topic == *record.topic);
-    match existing {
-        Some((_, stored)) => *stored = (*stored).max(next),
-        None => {
-            next_offsets.insert((record.topic.to_string(), record.partition), next);
-        }
-    }
-}
-
-/// Decodes one record into a storable event, or says why it is poison.
-fn decode(record: &Record) -> Result<UsageEvent, (Reason, String)> {
-    if let Some(schema) = &record.schema {
-        if schema.as_slice() != KAFKA_SCHEMA.as_bytes() {
-            return Err((
-                Reason::Schema,
-                format!(
-                    "schema header {:?}, this processor reads {KAFKA_SCHEMA:?}",
-                    String::from_utf8_lossy(schema)
-                ),
-            ));
-        }
-    }
-    let Some(value) = &record.value else {
-        return Err((Reason::Undecodable, "record has no value".into()));
-    };
-    let event = UsageEvent::from_kafka_value(value).map_err(|error| {
-        // from_kafka_value reports both kinds alike; a value that is a
-        // well-formed event breaking a rule is "invalid", anything else
-        // "undecodable", so operators know whether a producer or a client
-        // is at fault.
-        let reason = match serde_json::from_slice::<UsageEvent>(value) {
-            Ok(_) => Reason::Invalid,
-            Err(_) => Reason::Undecodable,
-        };
-        (reason, error.to_string())
-    })?;
-    check_storable(&event).map_err(|detail| (Reason::Invalid, detail))?;
-    Ok(event)
-}
-
-/// Limits of the table that the event contract does not imply: counts are
-/// u32 on the wire but INTEGER in the seed's schema, and PostgreSQL text
-/// cannot hold NUL. Without this check one such record would fail its whole
-/// batch on every retry and stall the partition.
-fn check_storable(event: &UsageEvent) -> Result<(), String> {
-    let counts = [
-        ("prompt_tokens", event.prompt_tokens),
-        ("completion_tokens", event.completion_tokens),
-        ("total_tokens", event.total_tokens),
-        ("cached_prompt_tokens", event.cached_prompt_tokens),
-        ("cache_write_tokens", event.cache_write_tokens),
-        ("reasoning_tokens", event.reasoning_tokens),
-    ];
-    for (field, count) in counts {
-        if i32::try_from(count).is_err() {
-            return Err(format!(
-                "{field}: {count} exceeds the table's INTEGER range ({})",
-                i32::MAX
-            ));
-        }
-    }
-    if event
-        .request_id
-        .as_deref()
-        .is_some_and(|id| id.contains('\0'))
-    {
-        return Err("request_id: must not contain NUL".into());
-    }
-    Ok(())
-}
-
-/// How the events of a batch relate to what the database holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Classification {
-    /// Indexes into [`PreparedBatch::unique`] of the rows this batch inserted.
-    pub new: Vec<usize>,
-    /// Events equal to the stored row with their key (retries, replays).
-    pub duplicates: usize,
-    /// Events whose key is stored with different content: (record index, detail).
-    pub conflicts: Vec<(usize, String)>,
-}
-
-/// Sorts a batch's events given which keys the insert reported as new and
-/// the stored hashes of the keys it did not.
-pub fn classify<S: BuildHasher>(
-    prepared: &PreparedBatch,
-    inserted: &HashSet<EventKey, S>,
-    stored: &HashMap<EventKey, Vec<u8>, S>,
-) -> Result<Classification, WriteError> {
-    let mut classification = Classification::default();
-    // The hash each key ends up with, only needed to judge in-batch repeats.
-    let track_known = !prepared.repeats.is_empty();
-    let mut known: HashMap<EventKey, &[u8], KeyHasher> = HashMap::with_capacity_and_hasher(
-        if track_known {
-            prepared.unique.len()
-        } else {
-            0
-        },
-        KeyHasher::default(),
-    );
-    for (index, priced) in prepared.unique.iter().enumerate() {
-        let key = priced.key();
-        let known_hash: &[u8] = if inserted.contains(&key) {
-            classification.new.push(index);
-            &priced.content_sha256
-        } else {
-            let stored_hash = stored.get(&key).ok_or(WriteError::MissingStoredRow {
-                id: key.0,
-                created_at: key.1,
-            })?;
-            compare(priced, stored_hash, &mut classification);
-            stored_hash
-        };
-        if track_known {
-            known.insert(key, known_hash);
-        }
-    }
-    for priced in &prepared.repeats {
-        let key = priced.key();
-        let known_hash = known.get(&key).ok_or(WriteError::MissingStoredRow {
-            id: key.0,
-            created_at: key.1,
-        })?;
-        compare(priced, known_hash, &mut classification);
-    }
-    Ok(classification)
-}
-
-fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classification) {
-    if stored_hash == priced.content_sha256.as_slice() {
-        classification.duplicates += 1;
-    } else {
-        classification.conflicts.push((
-            priced.record_index,
-            format!(
-                "(id, created_at) = ({}, {}) is stored with content sha256 {}, this record has {}",
-                priced.event.id,
-                priced.event.created_at.to_rfc3339(),
-                hex::encode(stored_hash),
-                hex::encode(priced.content_sha256)
-            ),
-        ));
     }
 }
 
@@ -632,6 +397,3 @@ async fn stored_hashes(
         })
         .collect())
 }
-
-#[cfg(test)]
-mod tests;

@@ -5,8 +5,8 @@ use ledger::{PriceBook, PricingStatus, UsageEvent};
 use uuid::Uuid;
 
 use super::*;
-use crate::batch::Record;
 use crate::dead_letters::Reason;
+use crate::record::Record;
 
 fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
     UsageEvent {
@@ -220,5 +220,5 @@ fn classify_reports_a_key_that_is_neither_inserted_nor_stored() {
         &PriceBook::builtin(),
     );
     let result = classify(&prepared, &HashSet::new(), &HashMap::new());
-    assert!(matches!(result, Err(WriteError::MissingStoredRow { .. })));
+    assert!(matches!(result, Err(MissingStoredRow { .. })));
 }

@@ -1,0 +1,273 @@
+//! Preparing a batch, without I/O: decode and re-validate each record,
+//! sort out what must be dead-lettered and why, dedupe by `(id, created_at)`
+//! inside the batch and price each event; then, given what the database
+//! answered, classify every event as new, duplicate or conflict.
+//!
+//! Everything here is a pure function of the records, the price book and
+//! the database's answers, so every rule is unit-tested without a database;
+//! the `write` module owns the transaction that asks the questions.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use chrono::{DateTime, Utc};
+use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
+use uuid::Uuid;
+
+use crate::dead_letters::{DeadLetter, Reason};
+use crate::offsets::NextOffsets;
+use crate::record::Record;
+
+/// The idempotency key of a usage event.
+pub type EventKey = (Uuid, DateTime<Utc>);
+
+/// Keys are hashed several times per event; foldhash is several times
+/// cheaper than the standard SipHash and still seeded per process, so
+/// clients choosing ids cannot aim for collisions.
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
+
+/// One decoded, priced event of a batch with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedEvent {
+    pub event: UsageEvent,
+    pub cost: Cost,
+    pub content_sha256: [u8; 32],
+    /// Index of its record in [`PreparedBatch::records`].
+    pub record_index: usize,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl PricedEvent {
+    pub fn key(&self) -> EventKey {
+        (self.event.id, self.event.created_at)
+    }
+}
+
+/// A batch after decoding, pricing and in-batch deduplication; no I/O yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedBatch {
+    pub records: Vec<Record>,
+    /// The first occurrence of each `(id, created_at)`, in arrival order.
+    pub unique: Vec<PricedEvent>,
+    /// Later occurrences of a key already in `unique`.
+    pub repeats: Vec<PricedEvent>,
+    /// Records that cannot be stored whatever the database holds, with
+    /// their index in `records`.
+    pub poison: Vec<(usize, DeadLetter)>,
+    /// One past the highest offset of every partition in the batch,
+    /// poison records included.
+    pub next_offsets: NextOffsets,
+}
+
+/// Decodes, checks, prices and dedupes a batch of records.
+pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
+    let mut unique: Vec<PricedEvent> = Vec::with_capacity(records.len());
+    let mut repeats = Vec::new();
+    let mut poison = Vec::new();
+    let mut next_offsets = NextOffsets::new();
+    let mut first_seen: HashSet<EventKey, KeyHasher> =
+        HashSet::with_capacity_and_hasher(records.len(), KeyHasher::default());
+    for (record_index, record) in records.iter().enumerate() {
+        raise_next_offset(&mut next_offsets, record);
+
+        let event = match decode(record) {
+            Ok(event) => event,
+            Err((reason, detail)) => {
+                poison.push((
+                    record_index,
+                    DeadLetter {
+                        record: record.clone(),
+                        reason,
+                        detail,
+                    },
+                ));
+                continue;
+            }
+        };
+        let priced = PricedEvent {
+            cost: price_book.cost(&event),
+            content_sha256: event.content_sha256(),
+            event,
+            record_index,
+            source_partition: record.partition,
+            source_offset: record.offset,
+        };
+        if first_seen.insert(priced.key()) {
+            unique.push(priced);
+        } else {
+            repeats.push(priced);
+        }
+    }
+    PreparedBatch {
+        records,
+        unique,
+        repeats,
+        poison,
+        next_offsets,
+    }
+}
+
+/// Moves the partition's next offset past `record`. Looks the partition up
+/// by reference first: the key's topic is copied only for the first record
+/// of each partition, not for every record.
+fn raise_next_offset(next_offsets: &mut NextOffsets, record: &Record) {
+    let next = record.offset + 1;
+    let existing = next_offsets
+        .iter_mut()
+        .find(|((topic, partition), _)| *partition == record.partition && **topic == *record.topic);
+    match existing {
+        Some((_, stored)) => *stored = (*stored).max(next),
+        None => {
+            next_offsets.insert((record.topic.to_string(), record.partition), next);
+        }
+    }
+}
+
+/// Decodes one record into a storable event, or says why it is poison.
+fn decode(record: &Record) -> Result<UsageEvent, (Reason, String)> {
+    if let Some(schema) = &record.schema {
+        if schema.as_slice() != KAFKA_SCHEMA.as_bytes() {
+            return Err((
+                Reason::Schema,
+                format!(
+                    "schema header {:?}, this processor reads {KAFKA_SCHEMA:?}",
+                    String::from_utf8_lossy(schema)
+                ),
+            ));
+        }
+    }
+    let Some(value) = &record.value else {
+        return Err((Reason::Undecodable, "record has no value".into()));
+    };
+    let event = UsageEvent::from_kafka_value(value).map_err(|error| {
+        // from_kafka_value reports both kinds alike; a value that is a
+        // well-formed event breaking a rule is "invalid", anything else
+        // "undecodable", so operators know whether a producer or a client
+        // is at fault.
+        let reason = match serde_json::from_slice::<UsageEvent>(value) {
+            Ok(_) => Reason::Invalid,
+            Err(_) => Reason::Undecodable,
+        };
+        (reason, error.to_string())
+    })?;
+    check_storable(&event).map_err(|detail| (Reason::Invalid, detail))?;
+    Ok(event)
+}
+
+/// Limits of the table that the event contract does not imply: counts are
+/// u32 on the wire but INTEGER in the seed's schema, and PostgreSQL text
+/// cannot hold NUL. Without this check one such record would fail its whole
+/// batch on every retry and stall the partition.
+fn check_storable(event: &UsageEvent) -> Result<(), String> {
+    let counts = [
+        ("prompt_tokens", event.prompt_tokens),
+        ("completion_tokens", event.completion_tokens),
+        ("total_tokens", event.total_tokens),
+        ("cached_prompt_tokens", event.cached_prompt_tokens),
+        ("cache_write_tokens", event.cache_write_tokens),
+        ("reasoning_tokens", event.reasoning_tokens),
+    ];
+    for (field, count) in counts {
+        if i32::try_from(count).is_err() {
+            return Err(format!(
+                "{field}: {count} exceeds the table's INTEGER range ({})",
+                i32::MAX
+            ));
+        }
+    }
+    if event
+        .request_id
+        .as_deref()
+        .is_some_and(|id| id.contains('\0'))
+    {
+        return Err("request_id: must not contain NUL".into());
+    }
+    Ok(())
+}
+
+/// The database reported a key neither inserted nor stored: the insert and
+/// the lookup that followed it in the same transaction disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("row ({id}, {created_at}) was neither inserted nor found stored")]
+pub struct MissingStoredRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How the events of a batch relate to what the database holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Indexes into [`PreparedBatch::unique`] of the rows this batch inserted.
+    pub new: Vec<usize>,
+    /// Events equal to the stored row with their key (retries, replays).
+    pub duplicates: usize,
+    /// Events whose key is stored with different content: (record index, detail).
+    pub conflicts: Vec<(usize, String)>,
+}
+
+/// Sorts a batch's events given which keys the insert reported as new and
+/// the stored hashes of the keys it did not.
+pub fn classify<S: BuildHasher>(
+    prepared: &PreparedBatch,
+    inserted: &HashSet<EventKey, S>,
+    stored: &HashMap<EventKey, Vec<u8>, S>,
+) -> Result<Classification, MissingStoredRow> {
+    let mut classification = Classification::default();
+    // The hash each key ends up with, only needed to judge in-batch repeats.
+    let track_known = !prepared.repeats.is_empty();
+    let mut known: HashMap<EventKey, &[u8], KeyHasher> = HashMap::with_capacity_and_hasher(
+        if track_known {
+            prepared.unique.len()
+        } else {
+            0
+        },
+        KeyHasher::default(),
+    );
+    for (index, priced) in prepared.unique.iter().enumerate() {
+        let key = priced.key();
+        let known_hash: &[u8] = if inserted.contains(&key) {
+            classification.new.push(index);
+            &priced.content_sha256
+        } else {
+            let stored_hash = stored.get(&key).ok_or(MissingStoredRow {
+                id: key.0,
+                created_at: key.1,
+            })?;
+            compare(priced, stored_hash, &mut classification);
+            stored_hash
+        };
+        if track_known {
+            known.insert(key, known_hash);
+        }
+    }
+    for priced in &prepared.repeats {
+        let key = priced.key();
+        let known_hash = known.get(&key).ok_or(MissingStoredRow {
+            id: key.0,
+            created_at: key.1,
+        })?;
+        compare(priced, known_hash, &mut classification);
+    }
+    Ok(classification)
+}
+
+fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classification) {
+    if stored_hash == priced.content_sha256.as_slice() {
+        classification.duplicates += 1;
+    } else {
+        classification.conflicts.push((
+            priced.record_index,
+            format!(
+                "(id, created_at) = ({}, {}) is stored with content sha256 {}, this record has {}",
+                priced.event.id,
+                priced.event.created_at.to_rfc3339(),
+                hex::encode(stored_hash),
+                hex::encode(priced.content_sha256)
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;
