@@ -1,216 +1,26 @@
-//! The HTTP handlers and [`AppError`], the single place where a failure
-//! becomes a status code and a JSON body.
+//! The HTTP handlers: `POST /v1/usage`, the health routes and `/metrics`.
+//! Every refusal they make is an [`AppError`].
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{
-    HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use ledger::event::{parse_batch, BatchError, IndexedFieldError};
+use ledger::event::{parse_batch, IndexedFieldError};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::append::AppendError;
 use crate::auth::{AuthError, Authenticated};
-use crate::metrics::RejectReason;
-use crate::readiness::NotReady;
 use crate::request_id::RequestId;
+use crate::state::AppState;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("missing or unknown API key")]
-    Unauthorized,
-    #[error("this API key may not write events for the tenant_id named in {} event(s)", .errors.len())]
-    Forbidden { errors: Vec<IndexedFieldError> },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("request body exceeds the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
-    #[error("cannot read the request body: {0}")]
-    UnreadableBody(String),
-    #[error("request body is empty")]
-    EmptyBody,
-    #[error("{0}")]
-    Batch(#[from] BatchError),
-    #[error("{} of {} event(s) were not acknowledged by Kafka ({cause}); retry them with the same ids", .ids.len() - .acknowledged.len(), .ids.len())]
-    Unavailable {
-        cause: AppendError,
-        ids: Vec<Uuid>,
-        acknowledged: Vec<Uuid>,
-    },
-    #[error("the request took longer than {0} ms")]
-    RequestTimeout(u64),
-    #[error("{0}")]
-    NotReady(#[from] NotReady),
-    #[error("no such route")]
-    NotFound,
-    #[error("cannot render metrics: {0}")]
-    Metrics(String),
-}
-
-impl From<AuthError> for AppError {
-    fn from(_: AuthError) -> Self {
-        Self::Unauthorized
-    }
-}
-
-impl AppError {
-    /// The metrics reason and the number of events it refused, for errors
-    /// that refuse usage events.
-    pub fn rejection(&self) -> Option<(RejectReason, usize)> {
-        let reason_and_count = match self {
-            Self::Unauthorized => (RejectReason::Unauthorized, 1),
-            Self::Forbidden { .. } => return None, // counted with the batch size by the handler
-            Self::UnsupportedMediaType => (RejectReason::UnsupportedMediaType, 1),
-            Self::PayloadTooLarge { .. } => (RejectReason::TooLarge, 1),
-            Self::UnreadableBody(_) | Self::EmptyBody => (RejectReason::Malformed, 1),
-            Self::Batch(BatchError::Invalid(errors)) => {
-                let invalid_events: BTreeSet<Option<usize>> =
-                    errors.iter().map(|error| error.index).collect();
-                (RejectReason::Invalid, invalid_events.len())
-            }
-            Self::Batch(BatchError::TooMany { count, .. }) => (RejectReason::Invalid, *count),
-            Self::Batch(_) => (RejectReason::Malformed, 1),
-            Self::Unavailable { cause, ids, .. } => (unavailable_reason(cause), ids.len()),
-            Self::RequestTimeout(_) => (RejectReason::Timeout, 1),
-            Self::NotReady(_) | Self::NotFound | Self::Metrics(_) => return None,
-        };
-        Some(reason_and_count)
-    }
-}
-
-fn unavailable_reason(cause: &AppendError) -> RejectReason {
-    match cause {
-        AppendError::QueueFull | AppendError::NotAttempted => RejectReason::QueueFull,
-        AppendError::TimedOut(_) => RejectReason::Timeout,
-        AppendError::ShuttingDown => RejectReason::ShuttingDown,
-        AppendError::Rejected(_) | AppendError::Unreachable(_) => RejectReason::Unavailable,
-    }
-}
-
-fn error_body(code: &str, message: String) -> serde_json::Value {
-    json!({ "error": code, "message": message })
-}
-
-/// A refusal sent before the request body was read. The unread body makes
-/// the connection unusable for another request, so say so: a client that
-/// reuses it would otherwise meet a reset on its next request.
-fn closing(response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        match self {
-            Self::Unauthorized => closing((
-                StatusCode::UNAUTHORIZED,
-                [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-                Json(error_body("unauthorized", message)),
-            )),
-            Self::Forbidden { errors } => (
-                StatusCode::FORBIDDEN,
-                Json(json!({ "error": "forbidden", "message": message, "errors": errors })),
-            )
-                .into_response(),
-            Self::UnsupportedMediaType => closing((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Json(error_body("unsupported_media_type", message)),
-            )),
-            Self::PayloadTooLarge { limit } => closing((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(
-                    json!({ "error": "payload_too_large", "message": message, "limit_bytes": limit }),
-                ),
-            )),
-            Self::UnreadableBody(_) => closing((
-                StatusCode::BAD_REQUEST,
-                Json(error_body("unreadable_body", message)),
-            )),
-            Self::EmptyBody => (
-                StatusCode::BAD_REQUEST,
-                Json(error_body("empty_body", message)),
-            )
-                .into_response(),
-            Self::Batch(batch) => batch_error_response(batch, message),
-            Self::Unavailable {
-                cause,
-                ids,
-                acknowledged,
-            } => {
-                let not_acknowledged: Vec<Uuid> = {
-                    let acked: BTreeSet<&Uuid> = acknowledged.iter().collect();
-                    ids.iter()
-                        .filter(|id| !acked.contains(id))
-                        .copied()
-                        .collect()
-                };
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(RETRY_AFTER, HeaderValue::from(cause.retry_after_secs()))],
-                    Json(json!({
-                        "error": "unavailable",
-                        "reason": cause.reason(),
-                        "message": message,
-                        "ids": ids,
-                        "acknowledged": acknowledged,
-                        "not_acknowledged": not_acknowledged,
-                    })),
-                )
-                    .into_response()
-            }
-            Self::RequestTimeout(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(RETRY_AFTER, HeaderValue::from_static("5"))],
-                Json(error_body("timeout", message)),
-            )
-                .into_response(),
-            Self::NotReady(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "error": "not_ready", "message": message })),
-            )
-                .into_response(),
-            Self::NotFound => (
-                StatusCode::NOT_FOUND,
-                Json(error_body("not_found", message)),
-            )
-                .into_response(),
-            Self::Metrics(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(error_body("internal", message)),
-            )
-                .into_response(),
-        }
-    }
-}
-
-fn batch_error_response(batch: BatchError, message: String) -> Response {
-    let body = match batch {
-        BatchError::Invalid(errors) => {
-            json!({ "error": "invalid_events", "message": message, "errors": errors })
-        }
-        BatchError::Malformed(_) => error_body("malformed_json", message),
-        BatchError::WrongShape => error_body("invalid_body", message),
-        BatchError::Empty => error_body("empty_batch", message),
-        BatchError::TooMany { max, .. } => {
-            json!({ "error": "too_many_events", "message": message, "max_events": max })
-        }
-    };
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
-}
+pub use crate::error::AppError;
 
 /// The 202 body. `ids` are in request order, including the ones the
 /// gateway generated, so a client can retry with exactly these ids.
@@ -242,9 +52,6 @@ pub async fn post_usage(
             ))
         }
         Err(error) => {
-            if let Some((reason, events)) = error.rejection() {
-                state.metrics.rejected(reason, events);
-            }
             log_refusal(&error);
             Err(error)
         }
@@ -300,10 +107,10 @@ async fn accept_usage(
         })
         .collect();
     if !foreign.is_empty() {
-        state
-            .metrics
-            .rejected(RejectReason::Forbidden, events.len());
-        return Err(AppError::Forbidden { errors: foreign });
+        return Err(AppError::Forbidden {
+            errors: foreign,
+            events: events.len(),
+        });
     }
 
     for event in &mut events {

@@ -64,6 +64,15 @@ impl RejectReason {
     }
 }
 
+/// Events a response refused, attached to the response by the error that
+/// refused them and counted once, by the middleware every route shares, so
+/// no handler counts refusals itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub events: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
