@@ -22,6 +22,8 @@
 //!   the processor's database (`database.url`).
 //! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
 //! - [`server`], [`shutdown`]: serving both ports and draining on SIGTERM.
+//! - [`connection`]: each port's connection cap and its header-read and
+//!   idle timeouts.
 
 pub mod api;
 pub mod app;
@@ -29,6 +31,7 @@ pub mod append;
 pub mod auth;
 pub mod budgets;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod kafka;
 pub mod memory;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::append::Appender;
 use crate::auth::KeyRing;
 use crate::config::Config;
+use crate::connection::ConnectionLimits;
 use crate::metrics::{Metrics, MetricsError};
 use crate::readiness::{Readiness, DEFAULT_CACHE_TTL};
 
@@ -27,6 +28,7 @@ pub struct Settings {
     pub limits: ValidationLimits,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Settings {
             limits: config.validation.limits(),
             max_body_bytes: config.http.max_body_bytes,
             request_timeout: config.http.request_timeout(),
+            connections: ConnectionLimits::from_config(&config.http),
         }
     }
 }
