@@ -1,10 +1,11 @@
 //! The HTTP handlers: `POST /v1/usage`, the health routes and `/metrics`.
 //! Every refusal they make is an [`AppError`].
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +23,24 @@ use crate::state::AppState;
 
 pub use crate::error::AppError;
 
+/// The ids a request has minted or read, shared with the layer that times
+/// requests out: the handler is dropped at the timeout, and its 503 must
+/// still say which events the client should retry with which ids.
+#[derive(Debug, Clone, Default)]
+pub struct IdsInFlight(Arc<Mutex<Vec<Uuid>>>);
+
+impl IdsInFlight {
+    pub fn record(&self, ids: &[Uuid]) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.clear();
+        slot.extend_from_slice(ids);
+    }
+
+    pub fn take(&self) -> Vec<Uuid> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// The 202 body. `ids` are in request order, including the ones the
 /// gateway generated, so a client can retry with exactly these ids.
 #[derive(Debug, Serialize)]
@@ -34,13 +53,20 @@ pub struct Accepted {
 pub async fn post_usage(
     State(state): State<AppState>,
     request_id: RequestId,
+    in_flight: Option<Extension<IdsInFlight>>,
     auth: Result<Authenticated, AuthError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Accepted>), AppError> {
     let started = Instant::now();
     let received_at = Utc::now();
-    let result = accept_usage(&state, request_id, auth, &headers, body, received_at).await;
+    let in_flight = in_flight.map(|Extension(ids)| ids).unwrap_or_default();
+    let request = RequestContext {
+        id: request_id,
+        received_at,
+        in_flight: &in_flight,
+    };
+    let result = accept_usage(&state, request, auth, &headers, body).await;
     match result {
         Ok((accepted, produce_time)) => {
             state.metrics.accepted(accepted.accepted);
@@ -75,13 +101,19 @@ fn server_timing(produce_time: Duration, total: Duration) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("gateway"))
 }
 
+/// What `accept_usage` needs to know about the request besides its body.
+struct RequestContext<'a> {
+    id: RequestId,
+    received_at: chrono::DateTime<Utc>,
+    in_flight: &'a IdsInFlight,
+}
+
 async fn accept_usage(
     state: &AppState,
-    request_id: RequestId,
+    request: RequestContext<'_>,
     auth: Result<Authenticated, AuthError>,
     headers: &HeaderMap,
     body: Body,
-    received_at: chrono::DateTime<Utc>,
 ) -> Result<(Accepted, Duration), AppError> {
     // Authenticate before reading the body: an anonymous client learns
     // nothing about validation and cannot make us buffer megabytes.
@@ -93,7 +125,7 @@ async fn accept_usage(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::EmptyBody);
     }
-    let mut events = parse_batch(&body, received_at, &state.settings.limits)?;
+    let mut events = parse_batch(&body, request.received_at, &state.settings.limits)?;
 
     let body_is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let foreign: Vec<IndexedFieldError> = events
@@ -114,9 +146,10 @@ async fn accept_usage(
     }
 
     for event in &mut events {
-        event.request_id = Some(request_id.as_str().to_owned());
+        event.request_id = Some(request.id.as_str().to_owned());
     }
     let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    request.in_flight.record(&ids);
 
     let produce_started = Instant::now();
     let report = state.appender.append(&events).await;
@@ -153,7 +186,7 @@ async fn accept_usage(
 
 fn log_refusal(error: &AppError) {
     match error {
-        AppError::Unavailable { .. } | AppError::RequestTimeout(_) => {
+        AppError::Unavailable { .. } | AppError::RequestTimeout { .. } => {
             tracing::warn!(error = %error, "usage request not appended")
         }
         _ => tracing::debug!(error = %error, "usage request refused"),

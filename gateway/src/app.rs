@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::api;
+use crate::api::{self, IdsInFlight};
 use crate::error::AppError;
 use crate::metrics::Rejection;
 use crate::request_id::assign_request_id;
@@ -65,10 +65,12 @@ fn with_shared_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// counted, whichever route or layer refused them.
 async fn observe_and_time_out(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    let in_flight = IdsInFlight::default();
+    request.extensions_mut().insert(in_flight.clone());
     let _inflight = state.metrics.inflight_guard();
     let route = request
         .extensions()
@@ -84,8 +86,11 @@ async fn observe_and_time_out(
                 timeout_ms = timeout.as_millis() as u64,
                 "request timed out"
             );
-            AppError::RequestTimeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
-                .into_response()
+            AppError::RequestTimeout {
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                ids: in_flight.take(),
+            }
+            .into_response()
         }
     };
     if let Some(rejection) = response.extensions().get::<Rejection>() {

@@ -44,8 +44,10 @@ pub enum AppError {
         ids: Vec<Uuid>,
         acknowledged: Vec<Uuid>,
     },
-    #[error("the request took longer than {0} ms")]
-    RequestTimeout(u64),
+    /// `ids` are those the request had minted or read when it was cut off:
+    /// none is known to be acknowledged, and a retry with them is safe.
+    #[error("the request took longer than {timeout_ms} ms{}", if .ids.is_empty() { "" } else { "; its events may not be appended, retry them with the same ids" })]
+    RequestTimeout { timeout_ms: u64, ids: Vec<Uuid> },
     #[error("{0}")]
     NotReady(#[from] NotReady),
     #[error("no such route")]
@@ -79,7 +81,7 @@ impl AppError {
             Self::Batch(BatchError::TooMany { count, .. }) => (RejectReason::Invalid, *count),
             Self::Batch(_) => (RejectReason::Malformed, 1),
             Self::Unavailable { cause, ids, .. } => (unavailable_reason(cause), ids.len()),
-            Self::RequestTimeout(_) => (RejectReason::Timeout, 1),
+            Self::RequestTimeout { ids, .. } => (RejectReason::Timeout, ids.len().max(1)),
             Self::NotReady(_) | Self::NotFound | Self::Metrics(_) => return None,
         };
         Some(reason_and_count)
@@ -183,10 +185,17 @@ impl AppError {
                 )
                     .into_response()
             }
-            Self::RequestTimeout(_) => (
+            Self::RequestTimeout { ids, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(RETRY_AFTER, HeaderValue::from_static("5"))],
-                Json(error_body("timeout", message)),
+                Json(json!({
+                    "error": "timeout",
+                    "reason": "timeout",
+                    "message": message,
+                    "ids": ids,
+                    "acknowledged": [],
+                    "not_acknowledged": ids,
+                })),
             )
                 .into_response(),
             Self::NotReady(_) => (
