@@ -336,8 +336,11 @@ mod tests {
         metrics.rejected(RejectReason::Invalid, 2);
         metrics.observe_produce(0.002);
         let guard = metrics.inflight_guard();
+        let connection = metrics.connection_guard(Port::Api);
+        metrics.connection_refused(Port::Admin);
         let text = metrics.render().expect("render");
         drop(guard);
+        drop(connection);
         for name in [
             "tokenledger_gateway_requests_total{route=\"/v1/usage\",status=\"202\"} 1",
             "tokenledger_gateway_events_accepted_total 3",
@@ -348,12 +351,14 @@ mod tests {
             "tokenledger_gateway_up 1",
             "tokenledger_gateway_events_rejected_total{reason=\"unavailable\"} 0",
             "tokenledger_gateway_events_rejected_total{reason=\"queue_full\"} 0",
+            "tokenledger_gateway_connections_open{listener=\"api\"} 1",
+            "tokenledger_gateway_connections_refused_total{listener=\"admin\"} 1",
+            "tokenledger_gateway_header_read_timeouts_total{listener=\"api\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
-        assert!(metrics
-            .render()
-            .expect("render")
-            .contains("tokenledger_gateway_inflight_requests 0"));
+        let text = metrics.render().expect("render");
+        assert!(text.contains("tokenledger_gateway_inflight_requests 0"));
+        assert!(text.contains("tokenledger_gateway_connections_open{listener=\"api\"} 0"));
     }
 }
