@@ -4,8 +4,10 @@
 //! while open ones keep working, a timed-out request's 503 lists the ids
 //! the gateway minted, and a stalled client does not hold up shutdown.
 //!
-//! Timeouts here are short and deadlines long: a loaded machine makes a
-//! test slower, never wrong.
+//! The clock is paused: tokio moves it forward only when every task is
+//! waiting, and loopback bytes are readable as soon as they are written, so
+//! a timeout fires at its point in the exchange however loaded the machine
+//! is, and the deadlines cost no real time.
 
 mod support;
 
@@ -30,7 +32,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// How long a test waits for something the gateway should do within a
-/// second or two.
+/// second or two (paused time: no real wait).
 const DEADLINE: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(600);
 
@@ -189,7 +191,7 @@ async fn wait_for_metric(running: &Running, line: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_stalls_halfway_through_its_headers_is_disconnected() {
     let running = start(limits(Duration::from_secs(1), LONG, 100)).await;
     let mut stalled = TcpStream::connect(running.api).await.expect("connect");
@@ -211,7 +213,7 @@ async fn a_client_that_stalls_halfway_through_its_headers_is_disconnected() {
     assert_eq!(exchange(&mut other, &get("/healthz")).await.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_drips_its_headers_is_disconnected_although_it_is_never_silent() {
     let running = start(limits(Duration::from_secs(1), LONG, 100)).await;
     let stream = TcpStream::connect(running.api).await.expect("connect");
@@ -237,7 +239,7 @@ async fn a_client_that_drips_its_headers_is_disconnected_although_it_is_never_si
     dripping.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_idle_kept_alive_connection_is_closed() {
     let running = start(limits(LONG, Duration::from_secs(1), 100)).await;
     let mut kept = TcpStream::connect(running.api).await.expect("connect");
@@ -254,7 +256,7 @@ async fn an_idle_kept_alive_connection_is_closed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_idle_connection_outlives_the_header_read_timeout() {
     let header_read_timeout = Duration::from_millis(300);
     let running = start(limits(header_read_timeout, LONG, 100)).await;
@@ -266,7 +268,7 @@ async fn an_idle_connection_outlives_the_header_read_timeout() {
     assert_eq!(exchange(&mut kept, &get("/healthz")).await.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn past_the_cap_a_new_connection_is_refused_while_open_ones_keep_working() {
     let running = start(limits(LONG, LONG, 2)).await;
     let mut first = TcpStream::connect(running.api).await.expect("connect");
@@ -348,7 +350,7 @@ impl Appender for HangingAppender {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_timed_out_request_is_503_listing_the_ids_the_gateway_minted() {
     let settings = Settings {
         request_timeout: Duration::from_secs(1),
@@ -390,7 +392,7 @@ async fn a_timed_out_request_is_503_listing_the_ids_the_gateway_minted() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_client_does_not_hold_up_shutdown() {
     let running = start(limits(Duration::from_secs(1), LONG, 100)).await;
     let mut stalled = TcpStream::connect(running.api).await.expect("connect");
