@@ -126,8 +126,10 @@ pub async fn serve(
                 tokio::spawn(connection.run(stream));
             }
             Err(_) => {
+                // Counted, and logged only at debug: a flood of refusals
+                // must not become a flood of log lines.
                 state.metrics.connection_refused(port);
-                tracing::warn!(
+                tracing::debug!(
                     listener = port.as_label(),
                     max_connections = limits.max_connections,
                     "connection refused: too many open"
