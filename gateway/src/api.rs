@@ -1,215 +1,44 @@
-//! The HTTP handlers and [`AppError`], the single place where a failure
-//! becomes a status code and a JSON body.
+//! The HTTP handlers: `POST /v1/usage`, the health routes and `/metrics`.
+//! Every refusal they make is an [`AppError`].
 
-use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::header::{
-    HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use axum::extract::{Extension, State};
+use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use ledger::event::{parse_batch, BatchError, IndexedFieldError};
+use ledger::event::{parse_batch, IndexedFieldError};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::append::AppendError;
 use crate::auth::{AuthError, Authenticated};
-use crate::metrics::RejectReason;
-use crate::readiness::NotReady;
 use crate::request_id::RequestId;
+use crate::state::AppState;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("missing or unknown API key")]
-    Unauthorized,
-    #[error("this API key may not write events for the tenant_id named in {} event(s)", .errors.len())]
-    Forbidden { errors: Vec<IndexedFieldError> },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("request body exceeds the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
-    #[error("cannot read the request body: {0}")]
-    UnreadableBody(String),
-    #[error("request body is empty")]
-    EmptyBody,
-    #[error("{0}")]
-    Batch(#[from] BatchError),
-    #[error("{} of {} event(s) were not acknowledged by Kafka ({cause}); retry them with the same ids", .ids.len() - .acknowledged.len(), .ids.len())]
-    Unavailable {
-        cause: AppendError,
-        ids: Vec<Uuid>,
-        acknowledged: Vec<Uuid>,
-    },
-    #[error("the request took longer than {0} ms")]
-    RequestTimeout(u64),
-    #[error("{0}")]
-    NotReady(#[from] NotReady),
-    #[error("no such route")]
-    NotFound,
-    #[error("cannot render metrics: {0}")]
-    Metrics(String),
-}
+pub use crate::error::AppError;
 
-impl From<AuthError> for AppError {
-    fn from(_: AuthError) -> Self {
-        Self::Unauthorized
+/// The ids a request has minted or read, shared with the layer that times
+/// requests out: the handler is dropped at the timeout, and its 503 must
+/// still say which events the client should retry with which ids.
+#[derive(Debug, Clone, Default)]
+pub struct IdsInFlight(Arc<Mutex<Vec<Uuid>>>);
+
+impl IdsInFlight {
+    pub fn record(&self, ids: &[Uuid]) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.clear();
+        slot.extend_from_slice(ids);
     }
-}
 
-impl AppError {
-    /// The metrics reason and the number of events it refused, for errors
-    /// that refuse usage events.
-    pub fn rejection(&self) -> Option<(RejectReason, usize)> {
-        let reason_and_count = match self {
-            Self::Unauthorized => (RejectReason::Unauthorized, 1),
-            Self::Forbidden { .. } => return None, // counted with the batch size by the handler
-            Self::UnsupportedMediaType => (RejectReason::UnsupportedMediaType, 1),
-            Self::PayloadTooLarge { .. } => (RejectReason::TooLarge, 1),
-            Self::UnreadableBody(_) | Self::EmptyBody => (RejectReason::Malformed, 1),
-            Self::Batch(BatchError::Invalid(errors)) => {
-                let invalid_events: BTreeSet<Option<usize>> =
-                    errors.iter().map(|error| error.index).collect();
-                (RejectReason::Invalid, invalid_events.len())
-            }
-            Self::Batch(BatchError::TooMany { count, .. }) => (RejectReason::Invalid, *count),
-            Self::Batch(_) => (RejectReason::Malformed, 1),
-            Self::Unavailable { cause, ids, .. } => (unavailable_reason(cause), ids.len()),
-            Self::RequestTimeout(_) => (RejectReason::Timeout, 1),
-            Self::NotReady(_) | Self::NotFound | Self::Metrics(_) => return None,
-        };
-        Some(reason_and_count)
+    pub fn take(&self) -> Vec<Uuid> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
-}
-
-fn unavailable_reason(cause: &AppendError) -> RejectReason {
-    match cause {
-        AppendError::QueueFull | AppendError::NotAttempted => RejectReason::QueueFull,
-        AppendError::TimedOut(_) => RejectReason::Timeout,
-        AppendError::ShuttingDown => RejectReason::ShuttingDown,
-        AppendError::Rejected(_) | AppendError::Unreachable(_) => RejectReason::Unavailable,
-    }
-}
-
-fn error_body(code: &str, message: String) -> serde_json::Value {
-    json!({ "error": code, "message": message })
-}
-
-/// A refusal sent before the request body was read. The unread body makes
-/// the connection unusable for another request, so say so: a client that
-/// reuses it would otherwise meet a reset on its next request.
-fn closing(response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        match self {
-            Self::Unauthorized => closing((
-                StatusCode::UNAUTHORIZED,
-                [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-                Json(error_body("unauthorized", message)),
-            )),
-            Self::Forbidden { errors } => (
-                StatusCode::FORBIDDEN,
-                Json(json!({ "error": "forbidden", "message": message, "errors": errors })),
-            )
-                .into_response(),
-            Self::UnsupportedMediaType => closing((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Json(error_body("unsupported_media_type", message)),
-            )),
-            Self::PayloadTooLarge { limit } => closing((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(
-                    json!({ "error": "payload_too_large", "message": message, "limit_bytes": limit }),
-                ),
-            )),
-            Self::UnreadableBody(_) => closing((
-                StatusCode::BAD_REQUEST,
-                Json(error_body("unreadable_body", message)),
-            )),
-            Self::EmptyBody => (
-                StatusCode::BAD_REQUEST,
-                Json(error_body("empty_body", message)),
-            )
-                .into_response(),
-            Self::Batch(batch) => batch_error_response(batch, message),
-            Self::Unavailable {
-                cause,
-                ids,
-                acknowledged,
-            } => {
-                let not_acknowledged: Vec<Uuid> = {
-                    let acked: BTreeSet<&Uuid> = acknowledged.iter().collect();
-                    ids.iter()
-                        .filter(|id| !acked.contains(id))
-                        .copied()
-                        .collect()
-                };
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(RETRY_AFTER, HeaderValue::from(cause.retry_after_secs()))],
-                    Json(json!({
-                        "error": "unavailable",
-                        "reason": cause.reason(),
-                        "message": message,
-                        "ids": ids,
-                        "acknowledged": acknowledged,
-                        "not_acknowledged": not_acknowledged,
-                    })),
-                )
-                    .into_response()
-            }
-            Self::RequestTimeout(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(RETRY_AFTER, HeaderValue::from_static("5"))],
-                Json(error_body("timeout", message)),
-            )
-                .into_response(),
-            Self::NotReady(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "error": "not_ready", "message": message })),
-            )
-                .into_response(),
-            Self::NotFound => (
-                StatusCode::NOT_FOUND,
-                Json(error_body("not_found", message)),
-            )
-                .into_response(),
-            Self::Metrics(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(error_body("internal", message)),
-            )
-                .into_response(),
-        }
-    }
-}
-
-fn batch_error_response(batch: BatchError, message: String) -> Response {
-    let body = match batch {
-        BatchError::Invalid(errors) => {
-            json!({ "error": "invalid_events", "message": message, "errors": errors })
-        }
-        BatchError::Malformed(_) => error_body("malformed_json", message),
-        BatchError::WrongShape => error_body("invalid_body", message),
-        BatchError::Empty => error_body("empty_batch", message),
-        BatchError::TooMany { max, .. } => {
-            json!({ "error": "too_many_events", "message": message, "max_events": max })
-        }
-    };
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// The 202 body. `ids` are in request order, including the ones the
@@ -224,13 +53,20 @@ pub struct Accepted {
 pub async fn post_usage(
     State(state): State<AppState>,
     request_id: RequestId,
+    in_flight: Option<Extension<IdsInFlight>>,
     auth: Result<Authenticated, AuthError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Accepted>), AppError> {
     let started = Instant::now();
     let received_at = Utc::now();
-    let result = accept_usage(&state, request_id, auth, &headers, body, received_at).await;
+    let in_flight = in_flight.map(|Extension(ids)| ids).unwrap_or_default();
+    let request = RequestContext {
+        id: request_id,
+        received_at,
+        in_flight: &in_flight,
+    };
+    let result = accept_usage(&state, request, auth, &headers, body).await;
     match result {
         Ok((accepted, produce_time)) => {
             state.metrics.accepted(accepted.accepted);
@@ -242,9 +78,6 @@ pub async fn post_usage(
             ))
         }
         Err(error) => {
-            if let Some((reason, events)) = error.rejection() {
-                state.metrics.rejected(reason, events);
-            }
             log_refusal(&error);
             Err(error)
         }
@@ -268,13 +101,19 @@ fn server_timing(produce_time: Duration, total: Duration) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("gateway"))
 }
 
+/// What `accept_usage` needs to know about the request besides its body.
+struct RequestContext<'a> {
+    id: RequestId,
+    received_at: chrono::DateTime<Utc>,
+    in_flight: &'a IdsInFlight,
+}
+
 async fn accept_usage(
     state: &AppState,
-    request_id: RequestId,
+    request: RequestContext<'_>,
     auth: Result<Authenticated, AuthError>,
     headers: &HeaderMap,
     body: Body,
-    received_at: chrono::DateTime<Utc>,
 ) -> Result<(Accepted, Duration), AppError> {
     // Authenticate before reading the body: an anonymous client learns
     // nothing about validation and cannot make us buffer megabytes.
@@ -286,7 +125,7 @@ async fn accept_usage(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::EmptyBody);
     }
-    let mut events = parse_batch(&body, received_at, &state.settings.limits)?;
+    let mut events = parse_batch(&body, request.received_at, &state.settings.limits)?;
 
     let body_is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let foreign: Vec<IndexedFieldError> = events
@@ -300,16 +139,17 @@ async fn accept_usage(
         })
         .collect();
     if !foreign.is_empty() {
-        state
-            .metrics
-            .rejected(RejectReason::Forbidden, events.len());
-        return Err(AppError::Forbidden { errors: foreign });
+        return Err(AppError::Forbidden {
+            errors: foreign,
+            events: events.len(),
+        });
     }
 
     for event in &mut events {
-        event.request_id = Some(request_id.as_str().to_owned());
+        event.request_id = Some(request.id.as_str().to_owned());
     }
     let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    request.in_flight.record(&ids);
 
     let produce_started = Instant::now();
     let report = state.appender.append(&events).await;
@@ -346,7 +186,7 @@ async fn accept_usage(
 
 fn log_refusal(error: &AppError) {
     match error {
-        AppError::Unavailable { .. } | AppError::RequestTimeout(_) => {
+        AppError::Unavailable { .. } | AppError::RequestTimeout { .. } => {
             tracing::warn!(error = %error, "usage request not appended")
         }
         _ => tracing::debug!(error = %error, "usage request refused"),

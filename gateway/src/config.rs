@@ -102,6 +102,18 @@ pub struct HttpConfig {
     /// How long in-flight requests and the producer flush may take after
     /// SIGTERM before the process exits anyway.
     pub shutdown_timeout_ms: u64,
+    /// How long a client may take to send a request's headers, from the
+    /// connection's start or the first byte of a later request; a client
+    /// that stalls longer is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// How long a kept-alive connection may sit with no request before it
+    /// is closed. Longer than a load balancer's usual 60 s, so the balancer
+    /// closes first and never reuses a connection the gateway is closing.
+    pub idle_timeout_ms: u64,
+    /// Open connections per port; one more is answered 503 with
+    /// `Retry-After` and closed. Keep it below the file-descriptor limit
+    /// (`ulimit -n`) with room for the Kafka sockets.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -112,6 +124,9 @@ impl Default for HttpConfig {
             max_body_bytes: 2 * 1024 * 1024,
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 15_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -123,6 +138,29 @@ impl HttpConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The connection settings' own rules.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "http.header_read_timeout_ms and http.idle_timeout_ms must be positive".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_connections must be positive".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +330,7 @@ impl Config {
         if self.http.max_body_bytes == 0 {
             return invalid("http.max_body_bytes must be positive".into());
         }
+        self.http.validate_connections()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

@@ -12,15 +12,21 @@
 //!   and how the fate of each record is reported.
 //! - [`kafka`]: the idempotent Kafka producer behind that trait.
 //! - [`memory`]: an in-memory appender with scripted failures, for tests.
-//! - [`api`]: the handlers and [`api::AppError`], the one mapping from
-//!   failures to status codes and JSON bodies.
-//! - [`app`]: [`app::AppState`] and the routers ([`app::router`],
-//!   [`app::router_with`] for later routes, [`app::admin_router`]).
+//! - [`error`]: [`error::AppError`], the one mapping from refusals to
+//!   status codes and JSON bodies; a refusal of usage events carries a
+//!   [`metrics::Rejection`] that the shared middleware counts.
+//! - [`state`]: [`state::AppState`], what every handler shares, and its
+//!   [`state::Settings`].
+//! - [`api`]: the handlers.
+//! - [`app`]: the routers ([`app::router`], [`app::router_with`] for later
+//!   routes, [`app::admin_router`]) and the layers they share.
 //! - [`budgets`]: the admin budget API and the budget status endpoint, on
 //!   the processor's database (`database.url`).
 //! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
 //! - [`server`]: serving both ports and draining once the shutdown token
 //!   is cancelled (by `infra::signals` on SIGTERM).
+//! - [`connection`]: each port's connection cap and its header-read and
+//!   idle timeouts.
 
 pub mod api;
 pub mod app;
@@ -28,14 +34,19 @@ pub mod append;
 pub mod auth;
 pub mod budgets;
 pub mod config;
+pub mod connection;
+pub mod error;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
 pub mod readiness;
 pub mod request_id;
 pub mod server;
+pub mod state;
 
-pub use app::{admin_router, router, router_with, AppState, Settings};
+pub use app::{admin_router, router, router_with};
 pub use append::{AppendError, AppendReport, Appender};
 pub use auth::{Authenticated, KeyRing};
 pub use config::Config;
+pub use error::AppError;
+pub use state::{AppState, Settings};

@@ -6,8 +6,8 @@
 //! labels.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,33 @@ impl RejectReason {
     }
 }
 
+/// The port a connection came in on, as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Api,
+    Admin,
+}
+
+impl Port {
+    pub const ALL: [Self; 2] = [Self::Api, Self::Admin];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Events a response refused, attached to the response by the error that
+/// refused them and counted once, by the middleware every route shares, so
+/// no handler counts refusals itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub events: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +100,9 @@ pub struct Metrics {
     request_duration_seconds: HistogramVec,
     produce_duration_seconds: Histogram,
     inflight_requests: IntGauge,
+    connections_open: IntGaugeVec,
+    connections_refused_total: IntCounterVec,
+    header_read_timeouts_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,6 +149,27 @@ impl Metrics {
             "tokenledger_gateway_inflight_requests",
             "HTTP requests being handled right now.",
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "tokenledger_gateway_connections_open",
+                "Client connections open, by port.",
+            ),
+            &["listener"],
+        )?;
+        let connections_refused_total = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_gateway_connections_refused_total",
+                "Connections refused because the port had http.max_connections open.",
+            ),
+            &["listener"],
+        )?;
+        let header_read_timeouts_total = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_gateway_header_read_timeouts_total",
+                "Connections closed because a request's headers took longer than http.header_read_timeout_ms.",
+            ),
+            &["listener"],
+        )?;
         let up = IntGauge::new(
             "tokenledger_gateway_up",
             "1 while the gateway process runs.",
@@ -137,6 +188,14 @@ impl Metrics {
         registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(produce_duration_seconds.clone()))?;
         registry.register(Box::new(inflight_requests.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused_total.clone()))?;
+        registry.register(Box::new(header_read_timeouts_total.clone()))?;
+        for port in Port::ALL {
+            connections_open.with_label_values(&[port.as_label()]);
+            connections_refused_total.with_label_values(&[port.as_label()]);
+            header_read_timeouts_total.with_label_values(&[port.as_label()]);
+        }
         registry.register(Box::new(up))?;
         Ok(Self {
             registry,
@@ -146,6 +205,9 @@ impl Metrics {
             request_duration_seconds,
             produce_duration_seconds,
             inflight_requests,
+            connections_open,
+            connections_refused_total,
+            header_read_timeouts_total,
         })
     }
 
@@ -181,6 +243,25 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection as open until the guard is dropped.
+    pub fn connection_guard(&self, port: Port) -> ConnectionGuard {
+        let gauge = self.connections_open.with_label_values(&[port.as_label()]);
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    pub fn connection_refused(&self, port: Port) {
+        self.connections_refused_total
+            .with_label_values(&[port.as_label()])
+            .inc();
+    }
+
+    pub fn header_read_timed_out(&self, port: Port) {
+        self.header_read_timeouts_total
+            .with_label_values(&[port.as_label()])
+            .inc();
+    }
+
     pub fn render(&self) -> Result<String, MetricsError> {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
@@ -198,6 +279,17 @@ pub struct InflightGuard {
 }
 
 impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
     }
@@ -244,8 +336,11 @@ mod tests {
         metrics.rejected(RejectReason::Invalid, 2);
         metrics.observe_produce(0.002);
         let guard = metrics.inflight_guard();
+        let connection = metrics.connection_guard(Port::Api);
+        metrics.connection_refused(Port::Admin);
         let text = metrics.render().expect("render");
         drop(guard);
+        drop(connection);
         for name in [
             "tokenledger_gateway_requests_total{route=\"/v1/usage\",status=\"202\"} 1",
             "tokenledger_gateway_events_accepted_total 3",
@@ -256,12 +351,14 @@ mod tests {
             "tokenledger_gateway_up 1",
             "tokenledger_gateway_events_rejected_total{reason=\"unavailable\"} 0",
             "tokenledger_gateway_events_rejected_total{reason=\"queue_full\"} 0",
+            "tokenledger_gateway_connections_open{listener=\"api\"} 1",
+            "tokenledger_gateway_connections_refused_total{listener=\"admin\"} 1",
+            "tokenledger_gateway_header_read_timeouts_total{listener=\"api\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
-        assert!(metrics
-            .render()
-            .expect("render")
-            .contains("tokenledger_gateway_inflight_requests 0"));
+        let text = metrics.render().expect("render");
+        assert!(text.contains("tokenledger_gateway_inflight_requests 0"));
+        assert!(text.contains("tokenledger_gateway_connections_open{listener=\"api\"} 0"));
     }
 }

@@ -2,7 +2,6 @@
 //! token is cancelled, then draining within the shutdown timeout and
 //! closing the appender.
 
-use std::future::IntoFuture;
 use std::io;
 use std::time::Duration;
 
@@ -12,6 +11,8 @@ use tokio::time::Instant;
 use axum::Router;
 
 use crate::app::{admin_router, router_with, AppState};
+use crate::connection;
+use crate::metrics::Port;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -66,16 +67,18 @@ pub async fn serve_with(
     shutdown_timeout: Duration,
 ) -> Result<Drained, ServeError> {
     let token = state.shutdown.clone();
-    let api = tokio::spawn(
-        axum::serve(api_listener, router_with(state.clone(), extra))
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future(),
-    );
-    let admin = tokio::spawn(
-        axum::serve(admin_listener, admin_router(state.clone()))
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future(),
-    );
+    let api = tokio::spawn(connection::serve(
+        api_listener,
+        router_with(state.clone(), extra),
+        Port::Api,
+        state.clone(),
+    ));
+    let admin = tokio::spawn(connection::serve(
+        admin_listener,
+        admin_router(state.clone()),
+        Port::Admin,
+        state.clone(),
+    ));
 
     token.cancelled().await;
     let deadline = Instant::now() + shutdown_timeout;

@@ -427,6 +427,39 @@ async fn a_request_that_outlives_the_request_timeout_is_503() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_request_lists_the_ids_it_minted_as_not_acknowledged() {
+    let state = AppState::new(
+        Arc::new(HangingAppender),
+        key_ring(),
+        Settings {
+            request_timeout: Duration::from_secs(2),
+            ..Settings::default()
+        },
+    )
+    .expect("state");
+    let router = gateway::router(state.clone());
+    let client_id = Uuid::now_v7();
+    let mut second = event("acme");
+    second["id"] = json!(client_id.to_string());
+    let (status, _, body) = send_json(
+        &router,
+        post_json(Some(ACME_KEY), &json!([event("acme"), second])),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let ids = ids_of(&body, "ids");
+    assert_eq!(ids.len(), 2, "{body}");
+    assert_eq!(ids[1], client_id.to_string());
+    assert!(ids_of(&body, "acknowledged").is_empty(), "{body}");
+    assert_eq!(ids_of(&body, "not_acknowledged"), ids);
+    let metrics = state.metrics.render().expect("metrics");
+    assert!(
+        metrics.contains("tokenledger_gateway_events_rejected_total{reason=\"timeout\"} 2"),
+        "both events are counted: {metrics}"
+    );
+}
+
 #[tokio::test]
 async fn health_routes_answer_on_both_ports_and_readyz_follows_the_broker() {
     let app = app();
