@@ -54,6 +54,27 @@ pub enum AppError {
     NotFound,
     #[error("cannot render metrics: {0}")]
     Metrics(String),
+    // The budget API (crate::budgets); answered by `budget_error_response`.
+    #[error("budgets are managed with an admin API key")]
+    BudgetAdminOnly,
+    #[error("this API key may only read the budget status of its own tenant")]
+    BudgetOtherTenant,
+    #[error("budgets need database.url in the gateway's configuration")]
+    BudgetsUnconfigured,
+    #[error("invalid budget: {}", join_field_errors(.0))]
+    InvalidBudget(Vec<ledger::FieldError>),
+    #[error("request body is not valid JSON: {0}")]
+    MalformedBudget(String),
+    #[error("{0:?} is not a budget id (a UUID)")]
+    BadBudgetId(String),
+    #[error("no budget with id {0}")]
+    BudgetNotFound(Uuid),
+    #[error("a budget named {0:?} already exists")]
+    DuplicateBudgetName(String),
+    #[error("query parameter tenant_id is required with an admin key")]
+    MissingTenantId,
+    #[error("the database is unavailable: {0}")]
+    BudgetDatabase(String),
 }
 
 impl From<AuthError> for AppError {
@@ -83,6 +104,16 @@ impl AppError {
             Self::Unavailable { cause, ids, .. } => (unavailable_reason(cause), ids.len()),
             Self::RequestTimeout { ids, .. } => (RejectReason::Timeout, ids.len().max(1)),
             Self::NotReady(_) | Self::NotFound | Self::Metrics(_) => return None,
+            Self::BudgetAdminOnly
+            | Self::BudgetOtherTenant
+            | Self::BudgetsUnconfigured
+            | Self::InvalidBudget(_)
+            | Self::MalformedBudget(_)
+            | Self::BadBudgetId(_)
+            | Self::BudgetNotFound(_)
+            | Self::DuplicateBudgetName(_)
+            | Self::MissingTenantId
+            | Self::BudgetDatabase(_) => return None,
         };
         Some(reason_and_count)
     }
@@ -213,6 +244,16 @@ impl AppError {
                 Json(error_body("internal", message)),
             )
                 .into_response(),
+            budget @ (Self::BudgetAdminOnly
+            | Self::BudgetOtherTenant
+            | Self::BudgetsUnconfigured
+            | Self::InvalidBudget(_)
+            | Self::MalformedBudget(_)
+            | Self::BadBudgetId(_)
+            | Self::BudgetNotFound(_)
+            | Self::DuplicateBudgetName(_)
+            | Self::MissingTenantId
+            | Self::BudgetDatabase(_)) => budget_error_response(budget, message),
         }
     }
 }
@@ -230,6 +271,46 @@ fn batch_error_response(batch: BatchError, message: String) -> Response {
         }
     };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// The answer to a failed budget API request: `{"error", "message"}` (and
+/// `errors` for an invalid budget); a 503 says when to retry.
+fn budget_error_response(error: AppError, message: String) -> Response {
+    let (status, code) = match &error {
+        AppError::BudgetAdminOnly | AppError::BudgetOtherTenant => {
+            (StatusCode::FORBIDDEN, "forbidden")
+        }
+        AppError::BudgetsUnconfigured => (StatusCode::SERVICE_UNAVAILABLE, "budgets_unavailable"),
+        AppError::InvalidBudget(_) => (StatusCode::BAD_REQUEST, "invalid_budget"),
+        AppError::MalformedBudget(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+        AppError::BadBudgetId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+        AppError::MissingTenantId => (StatusCode::BAD_REQUEST, "missing_tenant_id"),
+        AppError::BudgetNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        AppError::DuplicateBudgetName(_) => (StatusCode::CONFLICT, "duplicate_name"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+    };
+    if status.is_server_error() {
+        tracing::warn!(error = %message, "budget API unavailable");
+    }
+    let mut body = error_body(code, message);
+    if let AppError::InvalidBudget(errors) = &error {
+        body["errors"] = json!(errors);
+    }
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+fn join_field_errors(errors: &[ledger::FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -5,18 +5,15 @@
 //!   the HTTP API and on Kafka.
 //! - [`pricebook`]: per-million-token prices with effective dates, and the
 //!   cost of one event.
-//! - [`budget`]: budgets, their calendar periods in a time zone, threshold
-//!   crossings and the text of their alerts.
-//! - [`budget_row`] (feature `postgres`): how a budget is stored in the
-//!   `budgets` table, the one mapping both services use.
+//! - [`budget`]: budgets and their scope (the spend rule), their calendar
+//!   periods in a time zone, threshold crossings, the text of their alerts
+//!   and the validation of a definition; stored by the `store` crate.
 //! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
 //!
 //! Nothing here performs I/O; every rule is a pure function so it can be
 //! tested exhaustively (see the proptest suites in each module).
 
 pub mod budget;
-#[cfg(feature = "postgres")]
-pub mod budget_row;
 pub mod event;
 pub mod pricebook;
 pub mod timestamp;

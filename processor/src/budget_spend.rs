@@ -7,7 +7,8 @@
 //! loses all of it, redelivery then redoes all of it, a crash after it
 //! redoes none of it.
 //!
-//! Per batch:
+//! The SQL is the `store` crate's ([`store::spend`], [`store::alerts`]);
+//! this module decides what to run in which order. Per batch:
 //! 1. Load the budgets (an edit applies to the next batch) and add each new
 //!    row's cost to its `(budget, tenant, period of created_at)` key, so a
 //!    late event counts toward its own period.
@@ -28,64 +29,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use ledger::budget::reached;
 use ledger::{Budget, PeriodBounds};
 use rust_decimal::Decimal;
+use store::alerts::Crossing;
+use store::spend::{AuditKey, NewSpend};
 use uuid::Uuid;
 
-use crate::budgets;
 use crate::prepare::PricedEvent;
+
+pub use store::SpendKey;
 
 /// How often a batch re-evaluates when budgets change under it before it
 /// goes ahead with what it locked.
 const MAX_EVALUATIONS: usize = 3;
-
-const LOCK_BUDGETS: &str = "
-SELECT id, updated_at FROM budgets WHERE id = ANY($1) ORDER BY id FOR SHARE";
-
-const LOAD_VERSIONS: &str = "SELECT id, updated_at FROM budgets";
-
-const ADD_TO_SPEND: &str = "
-UPDATE budget_spend AS s
-SET spend_usd = s.spend_usd + d.delta, updated_at = now()
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::numeric[])
-     AS d(budget_id, tenant_id, period_start, delta)
-WHERE s.budget_id = d.budget_id AND s.tenant_id = d.tenant_id AND s.period_start = d.period_start
-RETURNING s.budget_id, s.tenant_id, s.period_start, s.spend_usd";
-
-/// The spend of each key over its whole period, from the audit table (the
-/// same predicate as `Scope::matches`).
-const SPEND_FROM_AUDIT: &str = "
-SELECT k.ord, COALESCE((
-    SELECT sum(a.estimated_cost)
-    FROM gateway_mode_audit AS a
-    WHERE a.tenant_id = k.tenant_id
-      AND a.created_at >= k.period_start AND a.created_at < k.period_end
-      AND (k.provider IS NULL OR a.provider = k.provider)
-      AND (k.model IS NULL OR a.model = k.model)
-      AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
-), 0)
-FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[], $7::text[])
-     WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, model, label_key,
-                          label_value, ord)";
-
-const INSERT_SPEND: &str = "
-INSERT INTO budget_spend (budget_id, tenant_id, period_start, period_end, spend_usd)
-SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::numeric[])
-ON CONFLICT DO NOTHING
-RETURNING budget_id, tenant_id, period_start, spend_usd";
-
-const RECORD_CROSSINGS: &str = "
-INSERT INTO budget_alerts (budget_id, tenant_id, period_start, threshold, period_end,
-                           budget_name, period, timezone, narrowing, amount_usd, spend_usd)
-SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[], $5::timestamptz[],
-                     $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[],
-                     $11::numeric[])
-ON CONFLICT DO NOTHING
-RETURNING budget_id, threshold";
 
 #[derive(Debug, thiserror::Error)]
 #[error("database error during budgets ({step}): {source}")]
@@ -94,16 +52,13 @@ pub struct BudgetSpendError {
     source: tokio_postgres::Error,
 }
 
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> BudgetSpendError {
-    move |source| BudgetSpendError { step, source }
-}
-
-/// One budget's spend for one tenant in one period.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SpendKey {
-    pub budget_id: Uuid,
-    pub tenant_id: String,
-    pub period_start: DateTime<Utc>,
+impl From<store::DbError> for BudgetSpendError {
+    fn from(error: store::DbError) -> Self {
+        BudgetSpendError {
+            step: error.step,
+            source: error.source,
+        }
+    }
 }
 
 /// What a batch did to budgets.
@@ -115,7 +70,7 @@ pub struct BudgetOutcome {
     pub crossings: Vec<(Uuid, u16)>,
 }
 
-/// The cost the batch adds to each key, with the key's period end.
+/// The cost the batch adds to each key, with the key's period.
 pub fn deltas(
     budgets: &[Budget],
     new_rows: &[&PricedEvent],
@@ -144,10 +99,9 @@ pub async fn record(
     if new_rows.is_empty() {
         return Ok(BudgetOutcome::default());
     }
-    let mut budgets = budgets::load(&**transaction)
-        .await
-        .map_err(db("load budgets"))?;
-    let mut versions = budget_versions(transaction, LOAD_VERSIONS, None).await?;
+    let client = &**transaction;
+    let mut budgets = store::budgets::list(client).await?;
+    let mut versions = store::spend::budget_versions(client).await?;
     let mut deltas_by_key = deltas(&budgets, new_rows);
     for evaluation in 1..=MAX_EVALUATIONS {
         if deltas_by_key.is_empty() {
@@ -159,7 +113,7 @@ pub async fn record(
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let locked = budget_versions(transaction, LOCK_BUDGETS, Some(&touched)).await?;
+        let locked = store::spend::lock_for_batch(client, &touched).await?;
         let unchanged = touched
             .iter()
             .all(|id| locked.contains_key(id) && locked.get(id) == versions.get(id));
@@ -167,15 +121,13 @@ pub async fn record(
             break;
         }
         tracing::info!("budgets changed during the batch; evaluating again");
-        budgets = budgets::load(&**transaction)
-            .await
-            .map_err(db("load budgets"))?;
-        versions = budget_versions(transaction, LOAD_VERSIONS, None).await?;
+        budgets = store::budgets::list(client).await?;
+        versions = store::spend::budget_versions(client).await?;
         deltas_by_key = deltas(&budgets, new_rows);
     }
 
-    let spend = add_spend(transaction, &budgets, &deltas_by_key).await?;
-    let crossings = record_crossings(transaction, &budgets, &deltas_by_key, &spend).await?;
+    let spend = add_spend(client, &budgets, &deltas_by_key).await?;
+    let crossings = record_crossings(client, &budgets, &deltas_by_key, &spend).await?;
     if !crossings.is_empty() {
         tracing::info!(
             crossings = crossings.len(),
@@ -185,217 +137,95 @@ pub async fn record(
     Ok(BudgetOutcome { spend, crossings })
 }
 
-async fn budget_versions(
-    transaction: &Transaction<'_>,
-    statement: &str,
-    ids: Option<&Vec<Uuid>>,
-) -> Result<HashMap<Uuid, DateTime<Utc>>, BudgetSpendError> {
-    let rows = match ids {
-        Some(ids) => transaction.query(statement, &[ids]).await,
-        None => transaction.query(statement, &[]).await,
-    }
-    .map_err(db("lock budgets"))?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
-
-type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>);
-
-fn key_columns<'a>(keys: impl Iterator<Item = &'a SpendKey>) -> KeyColumns {
-    let mut columns: KeyColumns = (Vec::new(), Vec::new(), Vec::new());
-    for key in keys {
-        columns.0.push(key.budget_id);
-        columns.1.push(key.tenant_id.clone());
-        columns.2.push(key.period_start);
-    }
-    columns
-}
-
-fn spend_rows(rows: &[tokio_postgres::Row]) -> BTreeMap<SpendKey, Decimal> {
-    rows.iter()
-        .map(|row| {
-            (
-                SpendKey {
-                    budget_id: row.get(0),
-                    tenant_id: row.get(1),
-                    period_start: row.get(2),
-                },
-                row.get(3),
-            )
-        })
-        .collect()
-}
-
-/// Steps 3 of the module docs: the spend of every key after this batch.
+/// Step 3 of the module docs: the spend of every key after this batch.
 async fn add_spend(
-    transaction: &Transaction<'_>,
+    client: &tokio_postgres::Transaction<'_>,
     budgets: &[Budget],
     deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
 ) -> Result<BTreeMap<SpendKey, Decimal>, BudgetSpendError> {
-    let mut spend = add_deltas(transaction, deltas_by_key, deltas_by_key.keys().collect()).await?;
-    let missing: Vec<&SpendKey> = deltas_by_key
-        .keys()
-        .filter(|key| !spend.contains_key(*key))
+    let all: Vec<(&SpendKey, Decimal)> = deltas_by_key
+        .iter()
+        .map(|(key, (_, delta))| (key, *delta))
+        .collect();
+    let mut spend = store::spend::add(client, &all).await?;
+    let by_id: HashMap<Uuid, &Budget> = budgets.iter().map(|b| (b.id, b)).collect();
+    let missing: Vec<(&SpendKey, &Budget, PeriodBounds)> = deltas_by_key
+        .iter()
+        .filter(|(key, _)| !spend.contains_key(*key))
+        .filter_map(|(key, (bounds, _))| {
+            let budget = by_id.get(&key.budget_id)?;
+            Some((key, *budget, *bounds))
+        })
         .collect();
     if missing.is_empty() {
         return Ok(spend);
     }
 
-    let by_id: HashMap<Uuid, &Budget> = budgets.iter().map(|b| (b.id, b)).collect();
-    let mut tenants = Vec::new();
-    let mut starts = Vec::new();
-    let mut ends = Vec::new();
-    let mut providers = Vec::new();
-    let mut models = Vec::new();
-    let mut label_keys = Vec::new();
-    let mut label_values = Vec::new();
-    for key in &missing {
-        let budget = by_id[&key.budget_id];
-        tenants.push(key.tenant_id.clone());
-        starts.push(key.period_start);
-        ends.push(deltas_by_key[*key].0.end);
-        providers.push(budget.scope.provider.clone());
-        models.push(budget.scope.model.clone());
-        label_keys.push(budget.scope.label.as_ref().map(|l| l.key.clone()));
-        label_values.push(budget.scope.label.as_ref().map(|l| l.value.clone()));
-    }
-    let initial_rows = transaction
-        .query(
-            SPEND_FROM_AUDIT,
-            &[
-                &tenants,
-                &starts,
-                &ends,
-                &providers,
-                &models,
-                &label_keys,
-                &label_values,
-            ],
-        )
-        .await
-        .map_err(db("spend from the audit table"))?;
-    let mut initial = vec![Decimal::ZERO; missing.len()];
-    for row in &initial_rows {
-        let ordinal: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ordinal - 1)
-            .ok()
-            .and_then(|i| initial.get_mut(i))
-        {
-            *slot = row.get(1);
-        }
-    }
-    let (ids, tenant_ids, period_starts) = key_columns(missing.iter().copied());
-    let inserted_rows = transaction
-        .query(
-            INSERT_SPEND,
-            &[&ids, &tenant_ids, &period_starts, &ends, &initial],
-        )
-        .await
-        .map_err(db("insert spend"))?;
-    let inserted = spend_rows(&inserted_rows);
-    let raced: Vec<&SpendKey> = missing
+    let audit_keys: Vec<AuditKey<'_>> = missing
         .iter()
-        .copied()
-        .filter(|key| !inserted.contains_key(*key))
+        .map(|(key, budget, bounds)| AuditKey {
+            tenant_id: &key.tenant_id,
+            period: *bounds,
+            scope: &budget.scope,
+        })
+        .collect();
+    let initial = store::spend::from_audit(client, &audit_keys).await?;
+    let new_rows: Vec<NewSpend<'_>> = missing
+        .iter()
+        .zip(initial)
+        .map(|((key, _, bounds), spend_usd)| NewSpend {
+            key,
+            period_end: bounds.end,
+            spend_usd,
+        })
+        .collect();
+    let inserted = store::spend::insert(client, &new_rows).await?;
+    let raced: Vec<(&SpendKey, Decimal)> = missing
+        .iter()
+        .filter(|(key, _, _)| !inserted.contains_key(*key))
+        .map(|(key, _, _)| (*key, deltas_by_key[*key].1))
         .collect();
     spend.extend(inserted);
     if !raced.is_empty() {
         // Another transaction created these keys after our UPDATE looked;
         // its initial spend cannot include our uncommitted rows, so ours
         // are added as a delta.
-        spend.extend(add_deltas(transaction, deltas_by_key, raced).await?);
+        spend.extend(store::spend::add(client, &raced).await?);
     }
     Ok(spend)
 }
 
-/// Adds the deltas of `keys` to their existing rows; returns the rows
-/// that existed, with their new spend.
-async fn add_deltas(
-    transaction: &Transaction<'_>,
-    deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
-    keys: Vec<&SpendKey>,
-) -> Result<BTreeMap<SpendKey, Decimal>, BudgetSpendError> {
-    let (ids, tenants, starts) = key_columns(keys.iter().copied());
-    let amounts: Vec<Decimal> = keys.iter().map(|key| deltas_by_key[*key].1).collect();
-    let rows = transaction
-        .query(ADD_TO_SPEND, &[&ids, &tenants, &starts, &amounts])
-        .await
-        .map_err(db("add spend"))?;
-    Ok(spend_rows(&rows))
-}
-
 /// Step 4 of the module docs.
 async fn record_crossings(
-    transaction: &Transaction<'_>,
+    client: &tokio_postgres::Transaction<'_>,
     budgets: &[Budget],
     deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
     spend: &BTreeMap<SpendKey, Decimal>,
 ) -> Result<Vec<(Uuid, u16)>, BudgetSpendError> {
     let by_id: HashMap<Uuid, &Budget> = budgets.iter().map(|b| (b.id, b)).collect();
-    let mut ids = Vec::new();
-    let mut tenants = Vec::new();
-    let mut starts = Vec::new();
-    let mut thresholds: Vec<i16> = Vec::new();
-    let mut ends = Vec::new();
-    let mut names = Vec::new();
-    let mut periods = Vec::new();
-    let mut timezones = Vec::new();
-    let mut narrowings = Vec::new();
-    let mut amounts = Vec::new();
-    let mut spends = Vec::new();
+    let mut crossings = Vec::new();
     for (key, spend_usd) in spend {
         let (Some(budget), Some((bounds, _))) = (by_id.get(&key.budget_id), deltas_by_key.get(key))
         else {
             continue;
         };
         for threshold in reached(*spend_usd, budget.amount_usd, &budget.thresholds) {
-            ids.push(key.budget_id);
-            tenants.push(key.tenant_id.clone());
-            starts.push(key.period_start);
-            thresholds.push(i16::try_from(threshold).unwrap_or(i16::MAX));
-            ends.push(bounds.end);
-            names.push(budget.name.clone());
-            periods.push(budget.period.as_str());
-            timezones.push(budget.timezone.name());
-            narrowings.push(budget.scope.narrowing());
-            amounts.push(budget.amount_usd);
-            spends.push(*spend_usd);
+            crossings.push(Crossing {
+                key,
+                budget,
+                period_end: bounds.end,
+                threshold,
+                spend_usd: *spend_usd,
+            });
         }
     }
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = transaction
-        .query(
-            RECORD_CROSSINGS,
-            &[
-                &ids,
-                &tenants,
-                &starts,
-                &thresholds,
-                &ends,
-                &names,
-                &periods,
-                &timezones,
-                &narrowings,
-                &amounts,
-                &spends,
-            ],
-        )
-        .await
-        .map_err(db("record crossings"))?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let threshold: i16 = row.get(1);
-            (row.get(0), u16::try_from(threshold).unwrap_or(0))
-        })
-        .collect())
+    Ok(store::alerts::record_crossings(client, &crossings).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
     use ledger::{Cost, PricingStatus, UsageEvent};
     use serde_json::json;
 

@@ -1,4 +1,6 @@
-use chrono::{Duration, TimeZone, Timelike, Utc};
+use std::str::FromStr;
+
+use chrono::{Datelike, Duration, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use rust_decimal::Decimal;

@@ -1,0 +1,177 @@
+//! Budgets: what a budget covers, its calendar periods in its own time
+//! zone, which thresholds a spend has reached, and the words and labels of
+//! the alert a threshold raises. No I/O: the processor and the gateway
+//! store and evaluate budgets with these functions (the `store` crate maps
+//! them to and from their tables).
+//!
+//! - A budget covers one tenant, or every tenant (`tenant_id = "*"`, spend
+//!   kept per tenant), optionally narrowed to a provider, a model and one
+//!   label value.
+//! - Periods are calendar days or months in the budget's IANA time zone
+//!   (UTC by default): `[local midnight, next local midnight)`, so a DST
+//!   day lasts 23 or 25 hours and a month starts at its local midnight.
+//! - A threshold `t` (percent of the amount, 1..=1000) is reached when
+//!   `spend × 100 >= amount × t`; exact decimal arithmetic, no floats.
+//!
+//! Layout: this module holds the budget and its scope (the spend rule:
+//! which events count); [`period`] the calendar periods; [`thresholds`]
+//! reaching and crossing thresholds; [`alert`] the text and labels of an
+//! alert; [`parse`] the validation of a definition from JSON or TOML.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::UsageEvent;
+
+pub mod alert;
+pub mod parse;
+pub mod period;
+pub mod thresholds;
+
+pub use alert::{format_usd, severity, ThresholdAlert, ALERT_NAME, RUNBOOK_URL};
+pub use parse::{MAX_AMOUNT_SCALE, MAX_AMOUNT_USD, MAX_BUDGET_NAME_CHARS};
+pub use period::{period_bounds, Period, PeriodBounds};
+pub use thresholds::{
+    crossed, has_reached, reached, spend_ratio, threshold_amount, DEFAULT_THRESHOLDS,
+    MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT,
+};
+
+/// The `tenant_id` of a budget that applies to each tenant separately.
+pub const EVERY_TENANT: &str = "*";
+
+/// Which tenants a budget covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TenantScope {
+    /// Every tenant, each with its own spend.
+    Every,
+    One(String),
+}
+
+impl TenantScope {
+    pub fn as_str(&self) -> &str {
+        match self {
+            TenantScope::Every => EVERY_TENANT,
+            TenantScope::One(tenant) => tenant,
+        }
+    }
+
+    pub fn covers(&self, tenant_id: &str) -> bool {
+        match self {
+            TenantScope::Every => true,
+            TenantScope::One(tenant) => tenant == tenant_id,
+        }
+    }
+}
+
+/// One label that an event must carry with this exact value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LabelMatch {
+    pub key: String,
+    pub value: String,
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub tenant: TenantScope,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub label: Option<LabelMatch>,
+}
+
+impl Scope {
+    /// Whether `event`'s cost counts toward a budget with this scope: the
+    /// spend rule. The `store` crate's spend-from-audit query is the same
+    /// rule in SQL (for a tenant and a period); its tests prove the two
+    /// agree.
+    pub fn matches(&self, event: &UsageEvent) -> bool {
+        self.tenant.covers(&event.tenant_id)
+            && self
+                .provider
+                .as_ref()
+                .is_none_or(|provider| *provider == event.provider)
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|model| *model == event.model)
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|label| event.labels.get(&label.key) == Some(&label.value))
+    }
+
+    /// Short human description of the narrowing beyond the tenant, e.g.
+    /// `openai/gpt-4o, label team=support`; empty when there is none.
+    pub fn narrowing(&self) -> String {
+        let mut parts = Vec::new();
+        match (&self.provider, &self.model) {
+            (Some(provider), Some(model)) => parts.push(format!("{provider}/{model}")),
+            (Some(provider), None) => parts.push(format!("provider {provider}")),
+            (None, Some(model)) => parts.push(format!("model {model}")),
+            (None, None) => {}
+        }
+        if let Some(label) = &self.label {
+            parts.push(format!("label {}={}", label.key, label.value));
+        }
+        parts.join(", ")
+    }
+}
+
+/// A budget as stored and evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub id: Uuid,
+    /// Unique, human-readable; the `budget` label of its alerts.
+    pub name: String,
+    pub scope: Scope,
+    pub period: Period,
+    pub timezone: Tz,
+    pub amount_usd: Decimal,
+    /// Percent of the amount, ascending, unique, each 1..=1000.
+    pub thresholds: Vec<u16>,
+    /// Whether an application should refuse calls once the amount is spent
+    /// (reported by the gateway's status endpoint; tokenledger itself
+    /// refuses nothing).
+    pub hard_limit: bool,
+}
+
+impl Budget {
+    /// Whether `event`'s cost counts toward this budget.
+    pub fn matches(&self, event: &UsageEvent) -> bool {
+        self.scope.matches(event)
+    }
+
+    /// The period of this budget that contains `at` (an event's
+    /// `created_at`: late events count toward their own period).
+    pub fn period_of(&self, at: DateTime<Utc>) -> PeriodBounds {
+        period_bounds(self.period, self.timezone, at)
+    }
+
+    /// The JSON form the API answers with (the input shape plus `id`).
+    pub fn to_json(&self) -> Value {
+        let label = self
+            .scope
+            .label
+            .as_ref()
+            .map(|label| json!({ "key": label.key, "value": label.value }));
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "tenant_id": self.scope.tenant.as_str(),
+            "provider": self.scope.provider,
+            "model": self.scope.model,
+            "label": label,
+            "period": self.period.as_str(),
+            "timezone": self.timezone.name(),
+            "amount_usd": self.amount_usd.normalize().to_string(),
+            "thresholds": self.thresholds,
+            "hard_limit": self.hard_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! The calendar periods of a budget: a day or a month in the budget's own
+//! IANA time zone, as a half-open UTC interval.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::event::printable;
+
+/// A budget's calendar period kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Period {
+    Daily,
+    Monthly,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Daily => "daily",
+            Period::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Period {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "daily" => Ok(Period::Daily),
+            "monthly" => Ok(Period::Monthly),
+            _ => Err(format!(
+                "must be \"daily\" or \"monthly\", got {:?}",
+                printable(text)
+            )),
+        }
+    }
+}
+
+/// The half-open UTC interval `[start, end)` of one period of a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeriodBounds {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl PeriodBounds {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.start <= at && at < self.end
+    }
+}
+
+/// The calendar period of kind `period` in `timezone` that contains `at`.
+///
+/// A period starts at the first instant of its first local day. Where a DST
+/// change skips local midnight (some zones switch at 00:00), the day starts
+/// when the clocks resume; where midnight happens twice, at the first.
+pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodBounds {
+    let local_date = at.with_timezone(&timezone).date_naive();
+    let (first_day, next_first_day) = match period {
+        Period::Daily => (local_date, local_date.succ_opt()),
+        Period::Monthly => {
+            let first = local_date.with_day(1).unwrap_or(local_date);
+            let next = if first.month() == 12 {
+                NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+            } else {
+                NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+            };
+            (first, next)
+        }
+    };
+    PeriodBounds {
+        start: start_of_local_day(timezone, first_day),
+        end: next_first_day.map_or(DateTime::<Utc>::MAX_UTC, |day| {
+            start_of_local_day(timezone, day)
+        }),
+    }
+}
+
+/// The first instant whose local date in `timezone` is `day`.
+fn start_of_local_day(timezone: Tz, day: NaiveDate) -> DateTime<Utc> {
+    let midnight = day.and_time(NaiveTime::MIN);
+    if let Some(start) = timezone.from_local_datetime(&midnight).earliest() {
+        return start.with_timezone(&Utc);
+    }
+    // Midnight falls into a DST gap: the day begins where the gap ends.
+    // Gaps are whole minutes long and never longer than a day.
+    for minutes in 1..=24 * 60 {
+        let candidate = midnight + Duration::minutes(minutes);
+        if let Some(start) = timezone.from_local_datetime(&candidate).earliest() {
+            return start.with_timezone(&Utc);
+        }
+    }
+    // Unreachable for any real zone; fall back to the UTC reading.
+    Utc.from_utc_datetime(&midnight)
+}

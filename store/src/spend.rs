@@ -1,0 +1,267 @@
+//! Budget spend: one row of `budget_spend` per budget, tenant and period,
+//! and the spend rule in SQL.
+//!
+//! The spend rule says which audit rows count toward a budget's spend for
+//! a tenant in a period: the tenant's rows created in `[start, end)` that
+//! the budget's scope matches (provider, model, one label value; each only
+//! when the budget names it). In Rust it is `ledger::budget::Scope::matches`
+//! plus `PeriodBounds::contains`; here it is [`SPEND_FROM_AUDIT`], the only
+//! copy in SQL. store/tests/spend_rule.rs proves the two agree.
+//!
+//! The batch transaction (the processor's budget spend step) keeps spend
+//! exact with the statements below: lock the budgets it adds to `FOR
+//! SHARE`, add its deltas to the rows that exist, and create the missing
+//! rows from the audit table for their whole period.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use ledger::budget::{PeriodBounds, Scope};
+use ledger::Budget;
+use rust_decimal::Decimal;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::{db, DbError};
+
+/// The spend rule: for each key (tenant, period, scope narrowing), the sum
+/// of the matching audit rows' cost, by the key's ordinal.
+const SPEND_FROM_AUDIT: &str = "
+SELECT k.ord, COALESCE((
+    SELECT sum(a.estimated_cost)
+    FROM gateway_mode_audit AS a
+    WHERE a.tenant_id = k.tenant_id
+      AND a.created_at >= k.period_start AND a.created_at < k.period_end
+      AND (k.provider IS NULL OR a.provider = k.provider)
+      AND (k.model IS NULL OR a.model = k.model)
+      AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
+), 0)
+FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
+            $6::text[], $7::text[])
+     WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, model, label_key,
+                          label_value, ord)";
+
+const SPEND_FOR_PERIODS: &str = "
+SELECT s.budget_id, s.spend_usd
+FROM budget_spend AS s
+JOIN UNNEST($2::uuid[], $3::timestamptz[]) AS k(budget_id, period_start)
+  ON s.budget_id = k.budget_id AND s.period_start = k.period_start
+WHERE s.tenant_id = $1";
+
+const LOAD_VERSIONS: &str = "SELECT id, updated_at FROM budgets";
+
+const LOCK_FOR_BATCH: &str = "
+SELECT id, updated_at FROM budgets WHERE id = ANY($1) ORDER BY id FOR SHARE";
+
+const ADD_TO_SPEND: &str = "
+UPDATE budget_spend AS s
+SET spend_usd = s.spend_usd + d.delta, updated_at = now()
+FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::numeric[])
+     AS d(budget_id, tenant_id, period_start, delta)
+WHERE s.budget_id = d.budget_id AND s.tenant_id = d.tenant_id AND s.period_start = d.period_start
+RETURNING s.budget_id, s.tenant_id, s.period_start, s.spend_usd";
+
+const INSERT_SPEND: &str = "
+INSERT INTO budget_spend (budget_id, tenant_id, period_start, period_end, spend_usd)
+SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::numeric[])
+ON CONFLICT DO NOTHING
+RETURNING budget_id, tenant_id, period_start, spend_usd";
+
+/// One budget's spend for one tenant in one period: a `budget_spend` key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpendKey {
+    pub budget_id: Uuid,
+    pub tenant_id: String,
+    pub period_start: DateTime<Utc>,
+}
+
+/// A question to the spend rule: the audit rows of `tenant_id` in `period`
+/// that `scope` counts. The scope's own tenant is not consulted: an
+/// every-tenant budget keeps spend per tenant, so the caller names it.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditKey<'a> {
+    pub tenant_id: &'a str,
+    pub period: PeriodBounds,
+    pub scope: &'a Scope,
+}
+
+/// The spend of each key from the audit table, in the order of `keys`.
+pub async fn from_audit(
+    client: &impl GenericClient,
+    keys: &[AuditKey<'_>],
+) -> Result<Vec<Decimal>, DbError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<&str> = keys.iter().map(|k| k.tenant_id).collect();
+    let starts: Vec<DateTime<Utc>> = keys.iter().map(|k| k.period.start).collect();
+    let ends: Vec<DateTime<Utc>> = keys.iter().map(|k| k.period.end).collect();
+    let providers: Vec<Option<&str>> = keys.iter().map(|k| k.scope.provider.as_deref()).collect();
+    let models: Vec<Option<&str>> = keys.iter().map(|k| k.scope.model.as_deref()).collect();
+    let label_keys: Vec<Option<&str>> = keys
+        .iter()
+        .map(|k| k.scope.label.as_ref().map(|l| l.key.as_str()))
+        .collect();
+    let label_values: Vec<Option<&str>> = keys
+        .iter()
+        .map(|k| k.scope.label.as_ref().map(|l| l.value.as_str()))
+        .collect();
+    let rows = client
+        .query(
+            SPEND_FROM_AUDIT,
+            &[
+                &tenants,
+                &starts,
+                &ends,
+                &providers,
+                &models,
+                &label_keys,
+                &label_values,
+            ],
+        )
+        .await
+        .map_err(db("spend from the audit table"))?;
+    let mut spend = vec![Decimal::ZERO; keys.len()];
+    for row in &rows {
+        let ordinal: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| spend.get_mut(i))
+        {
+            *slot = row.get(1);
+        }
+    }
+    Ok(spend)
+}
+
+/// `tenant`'s spend in the period of each budget that contains `now`: the
+/// stored spend, or, for a budget with no row yet this period (new budget,
+/// no traffic since), the spend rule over the audit table.
+pub async fn current(
+    client: &impl GenericClient,
+    tenant: &str,
+    budgets: &[Budget],
+    now: DateTime<Utc>,
+) -> Result<HashMap<Uuid, Decimal>, DbError> {
+    let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
+    let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
+    let mut spend: HashMap<Uuid, Decimal> = client
+        .query(SPEND_FOR_PERIODS, &[&tenant, &ids, &starts])
+        .await
+        .map_err(db("reading spend"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let missing: Vec<&Budget> = budgets
+        .iter()
+        .filter(|b| !spend.contains_key(&b.id))
+        .collect();
+    let keys: Vec<AuditKey<'_>> = missing
+        .iter()
+        .map(|budget| AuditKey {
+            tenant_id: tenant,
+            period: budget.period_of(now),
+            scope: &budget.scope,
+        })
+        .collect();
+    let from_audit = from_audit(client, &keys).await?;
+    spend.extend(missing.iter().map(|b| b.id).zip(from_audit));
+    Ok(spend)
+}
+
+/// Every budget's version (`updated_at`), to tell whether a definition
+/// changed between reading it and locking it.
+pub async fn budget_versions(
+    client: &impl GenericClient,
+) -> Result<HashMap<Uuid, DateTime<Utc>>, DbError> {
+    let rows = client
+        .query(LOAD_VERSIONS, &[])
+        .await
+        .map_err(db("reading budget versions"))?;
+    Ok(versions(&rows))
+}
+
+/// Locks budgets `ids` `FOR SHARE` until the transaction ends (edits wait;
+/// other batches do not) and returns their versions. A budget deleted
+/// meanwhile is missing from the answer.
+pub async fn lock_for_batch(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, DbError> {
+    let rows = client
+        .query(LOCK_FOR_BATCH, &[&ids])
+        .await
+        .map_err(db("lock budgets"))?;
+    Ok(versions(&rows))
+}
+
+fn versions(rows: &[Row]) -> HashMap<Uuid, DateTime<Utc>> {
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+/// Adds each delta to its key's row; returns the keys whose row existed,
+/// with their new spend.
+pub async fn add(
+    client: &impl GenericClient,
+    deltas: &[(&SpendKey, Decimal)],
+) -> Result<BTreeMap<SpendKey, Decimal>, DbError> {
+    let (ids, tenants, starts) = key_columns(deltas.iter().map(|(key, _)| *key));
+    let amounts: Vec<Decimal> = deltas.iter().map(|(_, delta)| *delta).collect();
+    let rows = client
+        .query(ADD_TO_SPEND, &[&ids, &tenants, &starts, &amounts])
+        .await
+        .map_err(db("add spend"))?;
+    Ok(spend_rows(&rows))
+}
+
+/// A spend row to create: its key, its period's end and its spend.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSpend<'a> {
+    pub key: &'a SpendKey,
+    pub period_end: DateTime<Utc>,
+    pub spend_usd: Decimal,
+}
+
+/// Creates the rows that no other transaction created first; returns the
+/// ones it created.
+pub async fn insert(
+    client: &impl GenericClient,
+    rows: &[NewSpend<'_>],
+) -> Result<BTreeMap<SpendKey, Decimal>, DbError> {
+    let (ids, tenants, starts) = key_columns(rows.iter().map(|row| row.key));
+    let ends: Vec<DateTime<Utc>> = rows.iter().map(|row| row.period_end).collect();
+    let spend: Vec<Decimal> = rows.iter().map(|row| row.spend_usd).collect();
+    let inserted = client
+        .query(INSERT_SPEND, &[&ids, &tenants, &starts, &ends, &spend])
+        .await
+        .map_err(db("insert spend"))?;
+    Ok(spend_rows(&inserted))
+}
+
+type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>);
+
+fn key_columns<'a>(keys: impl Iterator<Item = &'a SpendKey>) -> KeyColumns {
+    let mut columns: KeyColumns = (Vec::new(), Vec::new(), Vec::new());
+    for key in keys {
+        columns.0.push(key.budget_id);
+        columns.1.push(key.tenant_id.clone());
+        columns.2.push(key.period_start);
+    }
+    columns
+}
+
+/// Rows of `budget_id, tenant_id, period_start, spend_usd`.
+fn spend_rows(rows: &[Row]) -> BTreeMap<SpendKey, Decimal> {
+    rows.iter()
+        .map(|row| {
+            (
+                SpendKey {
+                    budget_id: row.get(0),
+                    tenant_id: row.get(1),
+                    period_start: row.get(2),
+                },
+                row.get(3),
+            )
+        })
+        .collect()
+}
