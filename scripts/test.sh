@@ -58,7 +58,8 @@ eval "$(bash scripts/services.sh env)" || exit 1
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --workspace --bins
-# Offline validation of docker-compose.yml, the Dockerfile and deploy/ (needs the built binaries).
+# Compose v2, the Compose Specification schema and hadolint on docker-compose.yml and the
+# Dockerfile; every other deployment check is a test in tests/deploy/.
 step "check deploy" bash scripts/check-deploy.sh
 
 shopt -s nullglob

@@ -180,16 +180,15 @@ pub fn load_dashboards() -> Vec<Dashboard> {
 }
 
 /// A datasource of grafana/provisioning/datasources/*.yml.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ProvisionedDatasource {
     pub name: String,
     pub uid: String,
+    #[serde(rename = "type")]
     pub kind: String,
 }
 
-/// The datasources of every provisioning file, read with a line parser: each list item under
-/// `datasources:` starts with `- name:`, and its `uid:` and `type:` are plain scalars at the
-/// item's own indentation.
+/// The datasources of every provisioning file.
 pub fn provisioned_datasources() -> Vec<ProvisionedDatasource> {
     let dir = repo_root()
         .join("grafana")
@@ -208,60 +207,18 @@ pub fn provisioned_datasources() -> Vec<ProvisionedDatasource> {
     for path in files {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        out.extend(parse_datasources(&text));
+        out.extend(parse_datasources(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     }
     out
 }
 
-fn yaml_scalar(value: &str) -> String {
-    let value = value.split(" #").next().unwrap_or_default().trim();
-    value.trim_matches('"').trim_matches('\'').to_owned()
-}
-
-pub fn parse_datasources(text: &str) -> Vec<ProvisionedDatasource> {
-    let mut out: Vec<ProvisionedDatasource> = Vec::new();
-    let mut item_indent: Option<usize> = None;
-    let mut in_datasources = false;
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        if indent == 0 {
-            in_datasources = trimmed.starts_with("datasources:");
-            item_indent = None;
-            continue;
-        }
-        if !in_datasources {
-            continue;
-        }
-        if let Some(rest) = trimmed.strip_prefix("- ") {
-            item_indent = Some(indent + 2);
-            out.push(ProvisionedDatasource {
-                name: String::new(),
-                uid: String::new(),
-                kind: String::new(),
-            });
-            apply_key(out.last_mut(), rest);
-        } else if Some(indent) == item_indent {
-            apply_key(out.last_mut(), trimmed);
-        }
+pub fn parse_datasources(text: &str) -> Result<Vec<ProvisionedDatasource>, serde_yaml_ng::Error> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        datasources: Vec<ProvisionedDatasource>,
     }
-    out
-}
-
-fn apply_key(item: Option<&mut ProvisionedDatasource>, line: &str) {
-    let Some(item) = item else { return };
-    let Some((key, value)) = line.split_once(':') else {
-        return;
-    };
-    match key.trim() {
-        "name" => item.name = yaml_scalar(value),
-        "uid" => item.uid = yaml_scalar(value),
-        "type" => item.kind = yaml_scalar(value),
-        _ => {}
-    }
+    serde_yaml_ng::from_str::<File>(text).map(|file| file.datasources)
 }
 
 /// Every `datasource` object anywhere in `value` (panels, targets, template variables), as

@@ -1,4 +1,4 @@
-//! TimescaleDB for a test: scripts/pglite/server.mjs (PGlite + TimescaleDB 2.23) on a free
+//! TimescaleDB for a test: tools/pglite/server.mjs (PGlite + TimescaleDB 2.23) on a free
 //! loopback port, with its data in a temporary directory so it survives a stop and start (for
 //! database outage tests). Also applies sql/ migrations the way `processor migrate` does, for
 //! tests that need the schema without the processor.

