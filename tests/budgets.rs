@@ -10,6 +10,12 @@
 //!   the status endpoint and the spend-ratio gauge agree.
 //! - `a_budget_created_while_traffic_flows_counts_from_the_period_start`: spend of a budget
 //!   created mid-traffic equals the whole period's cost in the audit table.
+//! - `a_crossing_of_an_ended_period_reaches_alertmanager_labelled_late`: events dated yesterday
+//!   cross yesterday's daily threshold today; the real Alertmanager shows the crossing active and
+//!   labelled `late="true"`, next to today's on-time crossing, and the outbox drains.
+//! - `one_rejected_alert_does_not_block_its_batch_mates`: a receiver that answers 400 to any
+//!   batch holding one tenant's alert; the other alerts of the batch are delivered, the rejected
+//!   row records why and is never pushed again, the rejection is counted, the outbox drains.
 //!
 //! Daily re-arming, late events and redelivery are covered against the database in
 //! processor/tests/budgets_db.rs, where `created_at` can be chosen freely.
@@ -19,6 +25,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e::ledger_check::{rfc3339, unix_now, utc_date};
 use e2e::usage::{answers_ok, hash_key};
 use e2e::{
     free_port, wait_for, wait_for_some, Alertmanager, Binary, Broker, ChildProcess, Database,
@@ -123,23 +130,27 @@ impl Stack {
     /// A processor pushing to this stack's Alertmanager and to `webhook`, holding every push
     /// back by `push_delay_ms`. Returns it with its metrics URL, once ready.
     async fn processor(&self, webhook: &str, push_delay_ms: u64) -> (ChildProcess, String) {
+        self.processor_to(&self.alertmanager.url(), webhook, push_delay_ms)
+            .await
+    }
+
+    /// Like [`Stack::processor`], with `alertmanager` as its Alertmanager URL.
+    async fn processor_to(
+        &self,
+        alertmanager: &str,
+        webhook: &str,
+        push_delay_ms: u64,
+    ) -> (ChildProcess, String) {
         let metrics = format!("127.0.0.1:{}", free_port());
         let push_delay = push_delay_ms.to_string();
-        let (brokers, db_url, alertmanager) = (
-            self.broker.bootstrap(),
-            self.db.url(),
-            self.alertmanager.url(),
-        );
+        let (brokers, db_url) = (self.broker.bootstrap(), self.db.url());
         let mut env = vec![
             ("TOKENLEDGER_KAFKA__BROKERS", brokers.as_str()),
             ("TOKENLEDGER_KAFKA__SESSION_TIMEOUT_MS", "6000"),
             ("TOKENLEDGER_DATABASE__URL", db_url.as_str()),
             ("TOKENLEDGER_METRICS__LISTEN", metrics.as_str()),
             ("TOKENLEDGER_BATCH__MAX_LATENCY_MS", "100"),
-            (
-                "TOKENLEDGER_ALERTING__ALERTMANAGER_URL",
-                alertmanager.as_str(),
-            ),
+            ("TOKENLEDGER_ALERTING__ALERTMANAGER_URL", alertmanager),
             ("TOKENLEDGER_ALERTING__POLL_INTERVAL_MS", "200"),
             ("TOKENLEDGER_ALERTING__MAX_BACKOFF_MS", "1000"),
             ("TOKENLEDGER_ALERTING__TIMEOUT_MS", "1000"),
@@ -174,15 +185,12 @@ impl Stack {
 
     /// POSTs usage events of `tenant`, each with the given caller-known cost.
     async fn usage(&self, tenant: &str, costs: &[&str]) {
-        let events: Vec<Value> = costs
-            .iter()
-            .map(|cost| {
-                json!({
-                    "tenant_id": tenant, "provider": "openai", "model": "gpt-4o",
-                    "prompt_tokens": 1000, "completion_tokens": 100, "estimated_cost": cost,
-                })
-            })
-            .collect();
+        let events: Vec<Value> = costs.iter().map(|cost| event(tenant, cost)).collect();
+        self.usage_events(events).await;
+    }
+
+    /// POSTs the given usage events with the admin key (which may backfill 35 days).
+    async fn usage_events(&self, events: Vec<Value>) {
         let (status, body) = self
             .call("POST", "/v1/usage", ADMIN_KEY, Some(Value::Array(events)))
             .await;
@@ -223,10 +231,23 @@ impl Stack {
     }
 }
 
-/// A minimal HTTP receiver for the webhook: records each request body, answers 200.
+/// One usage event of `tenant` with a caller-known cost.
+fn event(tenant: &str, cost: &str) -> Value {
+    json!({
+        "tenant_id": tenant, "provider": "openai", "model": "gpt-4o",
+        "prompt_tokens": 1000, "completion_tokens": 100, "estimated_cost": cost,
+    })
+}
+
+/// A minimal HTTP receiver for the webhook, or standing in for Alertmanager: records each
+/// request body it accepts and answers 200; a body holding an alert of `reject_tenant` is
+/// answered 400 as a whole (as a receiver that validates a batch at once does) and recorded in
+/// `rejected`.
 #[derive(Clone, Default)]
 struct Webhook {
     bodies: Arc<Mutex<Vec<Value>>>,
+    rejected: Arc<Mutex<Vec<Value>>>,
+    reject_tenant: Option<String>,
 }
 
 impl Webhook {
@@ -235,10 +256,10 @@ impl Webhook {
             .await
             .expect("webhook binds");
         let address = listener.local_addr().expect("address");
-        let bodies = self.bodies.clone();
+        let receiver = self.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let bodies = bodies.clone();
+                let receiver = receiver.clone();
                 tokio::spawn(async move {
                     let mut buffer = Vec::new();
                     let mut chunk = [0_u8; 8192];
@@ -266,12 +287,22 @@ impl Webhook {
                             continue;
                         }
                         let body = &buffer[head_end + 4..head_end + 4 + length];
-                        if let Ok(value) = serde_json::from_slice(body) {
-                            bodies.lock().expect("lock").push(value);
-                        }
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                            .await;
+                        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                        let reject = receiver.reject_tenant.as_deref().is_some_and(|tenant| {
+                            value
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|alert| alert["labels"]["tenant_id"] == tenant)
+                        });
+                        let answer: &[u8] = if reject {
+                            receiver.rejected.lock().expect("lock").push(value);
+                            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 36\r\nconnection: close\r\n\r\n\"invalid alert: tenant not accepted\""
+                        } else {
+                            receiver.bodies.lock().expect("lock").push(value);
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        };
+                        let _ = stream.write_all(answer).await;
                         return;
                     }
                 });
@@ -293,6 +324,31 @@ impl Webhook {
             }
         }
         counts
+    }
+
+    /// How often each tenant's alert was accepted.
+    fn accepted_by_tenant(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for body in self.bodies.lock().expect("lock").iter() {
+            for alert in body.as_array().into_iter().flatten() {
+                let tenant = alert["labels"]["tenant_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                *counts.entry(tenant).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// The rejected request bodies' sizes (alerts per request), in arrival order.
+    fn rejected_sizes(&self) -> Vec<usize> {
+        self.rejected
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|body| body.as_array().map_or(0, Vec::len))
+            .collect()
     }
 }
 
@@ -638,4 +694,257 @@ async fn a_budget_created_while_traffic_flows_counts_from_the_period_start() {
         metric(&metrics_url, gauge).await
     );
     processor.assert_running();
+}
+
+/// The LLMBudgetThreshold alerts Alertmanager holds, by their `period_start` label.
+async fn alerts_by_period(stack: &Stack) -> BTreeMap<String, Value> {
+    stack
+        .alertmanager
+        .alerts()
+        .await
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == "LLMBudgetThreshold")
+        .map(|a| {
+            (
+                a["labels"]["period_start"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                a,
+            )
+        })
+        .collect()
+}
+
+/// Rows of `budget_alerts` accepted by Alertmanager, and rows marked rejected.
+async fn delivered_and_rejected(stack: &Stack) -> (i64, i64) {
+    let row = stack
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE alertmanager_delivered_at IS NOT NULL),
+                    count(*) FILTER (WHERE alertmanager_rejected_at IS NOT NULL
+                                        OR rejection IS NOT NULL)
+             FROM budget_alerts",
+            &[],
+        )
+        .await
+        .expect("budget_alerts");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_crossing_of_an_ended_period_reaches_alertmanager_labelled_late() {
+    let stack = Stack::start().await;
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/v1/budgets",
+            ADMIN_KEY,
+            Some(json!({
+                "name": "acme-daily", "tenant_id": "acme", "period": "daily",
+                "amount_usd": "10", "thresholds": [50],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (mut processor, metrics_url) = stack.processor("", 0).await;
+
+    // Yesterday (UTC) has ended; an event dated yesterday noon crosses its 50 % now. An event of
+    // today crosses today's 50 % in the same request, on time.
+    let now = unix_now();
+    let yesterday_noon = (now.div_euclid(86_400) - 1) * 86_400 + 12 * 3_600;
+    let (yesterday, today) = (utc_date(yesterday_noon), utc_date(now));
+    let mut late = event("acme", "6");
+    late["created_at"] = json!(rfc3339(yesterday_noon));
+    stack.usage_events(vec![late, event("acme", "6")]).await;
+
+    let alerts = wait_for_some(STARTUP, || async {
+        let alerts = alerts_by_period(&stack).await;
+        (alerts.len() == 2).then_some(alerts)
+    })
+    .await;
+    let Some(alerts) = alerts else {
+        panic!(
+            "Alertmanager holds {:?}; budget_alerts: {:?}; processor log:\n{}",
+            alerts_by_period(&stack).await,
+            stack.crossings().await,
+            processor.log_tail()
+        )
+    };
+    assert_eq!(
+        alerts.keys().cloned().collect::<Vec<_>>(),
+        [yesterday.clone(), today.clone()]
+    );
+    let late = &alerts[&yesterday];
+    assert_eq!(late["labels"]["late"], "true", "{late}");
+    assert_eq!(late["labels"]["threshold"], "50", "{late}");
+    assert_eq!(late["labels"]["period"], "daily", "{late}");
+    assert_eq!(late["status"]["state"], "active", "{late}");
+    assert_eq!(
+        late["annotations"]["summary"],
+        "50% of the daily budget used: $5.00 of $10.00 (tenant acme)"
+    );
+    // Active for a while from now, not resolved at yesterday's midnight.
+    let ends = late["endsAt"].as_str().expect("endsAt");
+    let in_ten_minutes = rfc3339(unix_now() + 600);
+    assert!(ends[..19] > in_ten_minutes[..19], "{late}");
+    let on_time = &alerts[&today];
+    assert!(on_time["labels"].get("late").is_none(), "{on_time}");
+    assert_eq!(on_time["status"]["state"], "active", "{on_time}");
+
+    let settled = wait_for(Duration::from_secs(15), || async {
+        delivered_and_rejected(&stack).await == (2, 0)
+    })
+    .await;
+    assert!(settled, "{:?}", stack.crossings().await);
+    let drained = wait_for(Duration::from_secs(15), || async {
+        metric(&metrics_url, "tokenledger_budget_alerts_pending").await == Some(0.0)
+    })
+    .await;
+    assert!(
+        drained,
+        "pending: {:?}",
+        metric(&metrics_url, "tokenledger_budget_alerts_pending").await
+    );
+    processor.assert_running();
+}
+
+#[tokio::test]
+async fn one_rejected_alert_does_not_block_its_batch_mates() {
+    let stack = Stack::start().await;
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/v1/budgets",
+            ADMIN_KEY,
+            Some(json!({
+                "name": "every-tenant", "tenant_id": "*", "period": "monthly",
+                "amount_usd": "10", "thresholds": [50],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let receiver = Webhook {
+        reject_tenant: Some("poison".to_owned()),
+        ..Webhook::default()
+    };
+    let receiver_url = receiver.start().await;
+
+    // A first processor records four crossings and holds every push back; the next one then
+    // claims all four in one batch.
+    let (mut recorder, _) = stack.processor_to(&receiver_url, "", 600_000).await;
+    let tenants = ["alpha", "bravo", "poison", "delta"];
+    stack
+        .usage_events(tenants.iter().map(|t| event(t, "6")).collect())
+        .await;
+    let recorded = wait_for(STARTUP, || async { count_crossings(&stack).await == 4 }).await;
+    assert!(
+        recorded,
+        "crossings: {}; processor log:\n{}",
+        count_crossings(&stack).await,
+        recorder.log_tail()
+    );
+    recorder.shutdown(Duration::from_secs(15)).await;
+    assert!(receiver.accepted_by_tenant().is_empty() && receiver.rejected_sizes().is_empty());
+
+    let (mut processor, metrics_url) = stack.processor_to(&receiver_url, "", 0).await;
+    let expected: BTreeMap<String, usize> = ["alpha", "bravo", "delta"]
+        .into_iter()
+        .map(|t| (t.to_owned(), 1))
+        .collect();
+    let delivered = wait_for(STARTUP, || async {
+        receiver.accepted_by_tenant() == expected
+    })
+    .await;
+    assert!(
+        delivered,
+        "accepted {:?}, rejected requests of sizes {:?}; processor log:\n{}",
+        receiver.accepted_by_tenant(),
+        receiver.rejected_sizes(),
+        processor.log_tail()
+    );
+    assert_eq!(
+        receiver.rejected_sizes().first(),
+        Some(&4),
+        "the four crossings were pushed as one batch first"
+    );
+
+    // The rejected row says why, is no longer pending, and is counted.
+    let client = stack.db.client().await;
+    let marked = wait_for(Duration::from_secs(15), || async {
+        delivered_and_rejected(&stack).await == (3, 1)
+    })
+    .await;
+    assert!(marked, "{:?}", delivered_and_rejected(&stack).await);
+    let poison = client
+        .query_one(
+            "SELECT alertmanager_delivered_at IS NULL, alertmanager_rejected_at IS NOT NULL,
+                    rejection, attempts
+             FROM budget_alerts WHERE tenant_id = 'poison'",
+            &[],
+        )
+        .await
+        .expect("the poison row");
+    let reason: Option<String> = poison.get(2);
+    assert!(poison.get::<_, bool>(0) && poison.get::<_, bool>(1));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("400") && r.contains("tenant not accepted")),
+        "{reason:?}"
+    );
+    let attempts: i32 = poison.get(3);
+    let drained = wait_for(Duration::from_secs(15), || async {
+        metric(&metrics_url, "tokenledger_budget_alerts_pending").await == Some(0.0)
+    })
+    .await;
+    assert!(
+        drained,
+        "pending: {:?}",
+        metric(&metrics_url, "tokenledger_budget_alerts_pending").await
+    );
+    assert_eq!(
+        metric(
+            &metrics_url,
+            r#"tokenledger_budget_alerts_rejected_total{target="alertmanager"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // A later crossing is delivered; by then the rejected one has not been pushed again.
+    let rejected_requests = receiver.rejected_sizes();
+    stack.usage("echo", &["6"]).await;
+    let later = wait_for(STARTUP, || async {
+        receiver.accepted_by_tenant().get("echo") == Some(&1)
+    })
+    .await;
+    assert!(later, "processor log:\n{}", processor.log_tail());
+    assert_eq!(receiver.rejected_sizes(), rejected_requests);
+    let attempts_after: i32 = client
+        .query_one(
+            "SELECT attempts FROM budget_alerts WHERE tenant_id = 'poison'",
+            &[],
+        )
+        .await
+        .expect("the poison row")
+        .get(0);
+    assert_eq!(
+        attempts_after, attempts,
+        "the rejected row was claimed again"
+    );
+    processor.assert_running();
+}
+
+async fn count_crossings(stack: &Stack) -> i64 {
+    stack
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM budget_alerts", &[])
+        .await
+        .expect("budget_alerts")
+        .get(0)
 }

@@ -17,6 +17,18 @@
 //! Several processors may run this loop; a row is claimed by moving its
 //! `next_attempt_at` past a lease with `FOR UPDATE SKIP LOCKED`, in a
 //! statement of its own (no transaction stays open during HTTP calls).
+//!
+//! Every alert stays active for at least [`MIN_ACTIVE_AFTER_PUSH`] after it
+//! is pushed, and one whose period had ended when it was pushed is labelled
+//! `late="true"` (see [`alert_payload`]): a crossing recorded from late
+//! events, or held up past the period's end, is still seen, and Alertmanager
+//! does not refuse it for ending before it starts.
+//!
+//! A target that answers 400 or 422 refuses the content of what it was sent;
+//! sending it again cannot help. The batch is then pushed again one alert at
+//! a time: the accepted ones are delivered, and each refused one is set
+//! aside with the reason (`*_rejected_at`, `rejection`) instead of being
+//! retried, so one bad alert never holds up the others.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -28,16 +40,17 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::config::AlertingConfig;
 
-/// First pause after a failed push; doubled per attempt up to `max_backoff_ms`.
-const FIRST_BACKOFF_MS: f64 = 1_000.0;
+mod push;
+mod record;
+
+pub use push::{alert_payload, LATE_LABEL, MIN_ACTIVE_AFTER_PUSH};
+use push::{push, Outcome};
+
 /// How often the gauges are read from the database, in polls.
 const GAUGE_EVERY_POLLS: u32 = 5;
-/// The last error kept per row, in characters.
-const MAX_ERROR_CHARS: usize = 500;
 
 const CLAIM_DUE: &str = "
 UPDATE budget_alerts AS a
@@ -48,7 +61,8 @@ FROM (
     FROM budget_alerts
     WHERE next_attempt_at <= now()
       AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
-      AND (($3 AND alertmanager_delivered_at IS NULL) OR ($4 AND webhook_delivered_at IS NULL))
+      AND (($3 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
+        OR ($4 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL))
     ORDER BY next_attempt_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
@@ -57,19 +71,16 @@ WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
   AND a.period_start = due.period_start AND a.threshold = due.threshold
 RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
           a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
-          a.alertmanager_delivered_at IS NULL AS needs_alertmanager,
-          a.webhook_delivered_at IS NULL AS needs_webhook";
-
-const KEYS: &str = "
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[])
-     AS k(budget_id, tenant_id, period_start, threshold)
-WHERE a.budget_id = k.budget_id AND a.tenant_id = k.tenant_id
-  AND a.period_start = k.period_start AND a.threshold = k.threshold";
+          a.alertmanager_delivered_at IS NULL AND a.alertmanager_rejected_at IS NULL
+              AS needs_alertmanager,
+          a.webhook_delivered_at IS NULL AND a.webhook_rejected_at IS NULL AS needs_webhook,
+          now() AS claimed_at";
 
 const PENDING: &str = "
 SELECT count(*), EXTRACT(EPOCH FROM now() - min(crossed_at))::float8
 FROM budget_alerts
-WHERE ($1 AND alertmanager_delivered_at IS NULL) OR ($2 AND webhook_delivered_at IS NULL)";
+WHERE ($1 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
+   OR ($2 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL)";
 
 const CURRENT_RATIOS: &str = "
 SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
@@ -118,6 +129,13 @@ impl Target {
             Target::Webhook => "webhook_delivered_at",
         }
     }
+
+    fn rejected_column(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager_rejected_at",
+            Target::Webhook => "webhook_rejected_at",
+        }
+    }
 }
 
 /// The outbox's and the budgets' metrics, in the processor's registry.
@@ -128,6 +146,7 @@ pub struct OutboxMetrics {
     oldest_pending_age: prometheus::Gauge,
     delivered: IntCounterVec,
     failures: IntCounterVec,
+    rejected: IntCounterVec,
 }
 
 impl OutboxMetrics {
@@ -162,14 +181,24 @@ impl OutboxMetrics {
             ),
             &["target"],
         )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alerts_rejected_total",
+                "Budget threshold alerts a target refused (HTTP 400 or 422), by target; they are \
+                 not retried and keep the reason in budget_alerts.rejection.",
+            ),
+            &["target"],
+        )?;
         registry.register(Box::new(spend_ratio.clone()))?;
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(oldest_pending_age.clone()))?;
         registry.register(Box::new(delivered.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
         for target in [Target::Alertmanager, Target::Webhook] {
             delivered.with_label_values(&[target.as_str()]);
             failures.with_label_values(&[target.as_str()]);
+            rejected.with_label_values(&[target.as_str()]);
         }
         Ok(Self {
             spend_ratio,
@@ -177,6 +206,7 @@ impl OutboxMetrics {
             oldest_pending_age,
             delivered,
             failures,
+            rejected,
         })
     }
 }
@@ -275,15 +305,14 @@ impl AlertOutbox {
     /// how many were claimed.
     pub async fn deliver_due(&self) -> Result<usize, OutboxError> {
         let (alertmanager, webhook) = self.targets();
-        let lease_ms = (self.config.timeout_ms as f64) * 2.0 + 1_000.0;
         let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-        let claimed: Vec<Claimed> = {
+        let rows = {
             let client = self.pool.get().await?;
             client
                 .query(
                     CLAIM_DUE,
                     &[
-                        &lease_ms,
+                        &self.lease_ms(1),
                         &(self.config.push_delay_ms as f64),
                         &alertmanager,
                         &webhook,
@@ -292,13 +321,14 @@ impl AlertOutbox {
                 )
                 .await
                 .map_err(db("claiming due alerts"))?
-                .iter()
-                .map(claimed_from_row)
-                .collect()
         };
-        if claimed.is_empty() {
+        let Some(now) = rows
+            .first()
+            .map(|row| row.get::<_, DateTime<Utc>>("claimed_at"))
+        else {
             return Ok(0);
-        }
+        };
+        let claimed: Vec<Claimed> = rows.iter().map(claimed_from_row).collect();
         for target in [Target::Alertmanager, Target::Webhook] {
             let url =
                 match target {
@@ -320,92 +350,62 @@ impl AlertOutbox {
                 })
                 .map(|c| &c.alert)
                 .collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let payload = Value::Array(batch.iter().map(|a| a.to_alertmanager_json()).collect());
-            let result = self.push(&url, &payload).await;
-            let client = self.pool.get().await?;
-            match result {
-                Ok(()) => {
-                    let statement = format!(
-                        "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
-                        target.delivered_column()
-                    );
-                    let (ids, tenants, starts, thresholds) = key_columns(&batch);
-                    client
-                        .execute(&statement, &[&ids, &tenants, &starts, &thresholds])
-                        .await
-                        .map_err(db("marking alerts delivered"))?;
-                    self.metrics
-                        .delivered
-                        .with_label_values(&[target.as_str()])
-                        .inc_by(batch.len() as u64);
-                    tracing::info!(
-                        target = target.as_str(),
-                        alerts = batch.len(),
-                        "budget alerts delivered"
-                    );
-                }
-                Err(error) => {
-                    let statement = format!(
-                        "UPDATE budget_alerts AS a
-                         SET next_attempt_at = now() + LEAST($5::float8,
-                                 $6::float8 * power(2, LEAST(a.attempts - 1, 30)))
-                                 * INTERVAL '1 millisecond',
-                             last_error = $7
-                         {KEYS}"
-                    );
-                    let (ids, tenants, starts, thresholds) = key_columns(&batch);
-                    let message: String = format!("{}: {error}", target.as_str())
-                        .chars()
-                        .take(MAX_ERROR_CHARS)
-                        .collect();
-                    client
-                        .execute(
-                            &statement,
-                            &[
-                                &ids,
-                                &tenants,
-                                &starts,
-                                &thresholds,
-                                &(self.config.max_backoff_ms as f64),
-                                &FIRST_BACKOFF_MS,
-                                &message,
-                            ],
-                        )
-                        .await
-                        .map_err(db("scheduling a retry"))?;
-                    self.metrics
-                        .failures
-                        .with_label_values(&[target.as_str()])
-                        .inc();
-                    tracing::warn!(
-                        target = target.as_str(),
-                        alerts = batch.len(),
-                        %error,
-                        "pushing budget alerts failed; will retry with backoff"
-                    );
-                }
+            if !batch.is_empty() {
+                self.deliver(target, &url, &batch, now).await?;
             }
         }
         Ok(claimed.len())
     }
 
-    async fn push(&self, url: &str, payload: &Value) -> Result<(), String> {
-        let response = self
-            .http
-            .post(url)
-            .json(payload)
-            .send()
-            .await
-            .map_err(|error| error.to_string())?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
+    /// How long a claim holds rows for `pushes` requests per target.
+    fn lease_ms(&self, pushes: usize) -> f64 {
+        (self.config.timeout_ms as f64) * 2.0 * (pushes as f64) + 1_000.0
+    }
+
+    /// Pushes `batch` to one target and records the outcome; a refused batch
+    /// is pushed again one alert at a time, to deliver all but the refused.
+    async fn deliver(
+        &self,
+        target: Target,
+        url: &str,
+        batch: &[&ThresholdAlert],
+        now: DateTime<Utc>,
+    ) -> Result<(), OutboxError> {
+        let payload = Value::Array(batch.iter().map(|a| alert_payload(a, now)).collect());
+        let reason = match push(&self.http, url, &payload).await {
+            Outcome::Accepted => return self.mark_delivered(target, batch).await,
+            Outcome::Failed(error) => return self.schedule_retry(target, batch, &error).await,
+            Outcome::Rejected(reason) if batch.len() == 1 => {
+                return self.mark_rejected(target, batch[0], &reason).await
+            }
+            Outcome::Rejected(reason) => reason,
+        };
+        tracing::warn!(
+            target = target.as_str(),
+            alerts = batch.len(),
+            %reason,
+            "a batch of budget alerts was refused; pushing its alerts one at a time"
+        );
+        // One request per alert now: hold the rows long enough for all of them.
+        self.extend_claim(batch, self.lease_ms(batch.len())).await?;
+        let mut accepted = Vec::new();
+        for (index, alert) in batch.iter().enumerate() {
+            let one = Value::Array(vec![alert_payload(alert, now)]);
+            match push(&self.http, url, &one).await {
+                Outcome::Accepted => accepted.push(*alert),
+                Outcome::Rejected(reason) => self.mark_rejected(target, alert, &reason).await?,
+                Outcome::Failed(error) => {
+                    // The target is failing now, not refusing: the rest waits
+                    // for the next attempt rather than for a timeout each.
+                    self.schedule_retry(target, &batch[index..], &error).await?;
+                    break;
+                }
+            }
         }
-        let body = response.text().await.unwrap_or_default();
-        Err(format!("HTTP {status}: {}", body.trim()))
+        if !accepted.is_empty() {
+            self.mark_delivered(target, &accepted).await?;
+        }
+        Ok(())
     }
 
     /// Reads the current periods' spend ratios and the pending count.
@@ -440,21 +440,6 @@ impl AlertOutbox {
             .set(pending.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0));
         Ok(())
     }
-}
-
-type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i16>);
-
-fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
-    let mut columns: KeyColumns = Default::default();
-    for alert in alerts {
-        columns.0.push(alert.budget_id);
-        columns.1.push(alert.tenant_id.clone());
-        columns.2.push(alert.period_start);
-        columns
-            .3
-            .push(i16::try_from(alert.threshold).unwrap_or(i16::MAX));
-    }
-    columns
 }
 
 fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
@@ -492,3 +477,6 @@ pub fn start(
     let outbox = AlertOutbox::new(pool, config.clone(), metrics)?;
     Ok(tokio::spawn(outbox.run(stop)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("V1__audit.sql", include_str!("../../sql/V1__audit.sql")),
     ("V2__rollups.sql", include_str!("../../sql/V2__rollups.sql")),
     ("V3__budgets.sql", include_str!("../../sql/V3__budgets.sql")),
+    (
+        "V4__alert_delivery.sql",
+        include_str!("../../sql/V4__alert_delivery.sql"),
+    ),
 ];
 
 const CREATE_HISTORY_TABLE: &str = "
