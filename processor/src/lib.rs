@@ -11,6 +11,9 @@
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
+//! - [`log_check`]: whether a partition's log still reaches a stored offset.
+//! - [`assignment`]: which assigned partitions are consumed, which are held
+//!   because the log no longer reaches their stored offset.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
 //! - [`metrics`]: the seed's counters, operational metrics, `/metrics`,
 //!   `/healthz`, `/readyz`.
@@ -58,6 +61,7 @@
 //!    transaction, in [`writer`].
 
 pub mod alert_outbox;
+pub mod assignment;
 pub mod batch;
 pub mod budget_spend;
 pub mod budgets;
@@ -65,6 +69,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod log_check;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
