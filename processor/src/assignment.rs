@@ -111,10 +111,7 @@ impl PartitionGuard {
             let start = stored.get(partition).copied();
             self.floors
                 .set(&self.topic, *partition, start.unwrap_or_default());
-            let verdict = verdicts
-                .get(partition)
-                .cloned()
-                .unwrap_or(Verdict::InLog);
+            let verdict = verdicts.get(partition).cloned().unwrap_or(Verdict::InLog);
             self.show(*partition, verdict.reason());
             state.held.remove(partition);
             state.consuming.remove(partition);
@@ -387,11 +384,11 @@ impl PartitionGuard {
     }
 
     fn report_held(&self, partition: i32, stored: i64, verdict: &Verdict) {
-        let topic = self.topic.as_str();
+        let topic = &self.topic;
         match verdict {
             Verdict::InLog => {}
             Verdict::AheadOfLog(marks) => tracing::error!(
-                topic,
+                %topic,
                 partition,
                 stored_offset = stored,
                 low_watermark = marks.low,
@@ -401,7 +398,7 @@ impl PartitionGuard {
                  partition; see `processor offsets show` and the runbook"
             ),
             Verdict::BehindLog(marks) => tracing::error!(
-                topic,
+                %topic,
                 partition,
                 stored_offset = stored,
                 low_watermark = marks.low,
@@ -411,7 +408,7 @@ impl PartitionGuard {
                  runbook"
             ),
             Verdict::Unknown(why) => tracing::warn!(
-                topic,
+                %topic,
                 partition,
                 stored_offset = stored,
                 why = why.as_str(),

@@ -12,6 +12,7 @@
 //! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`log_check`]: whether a partition's log still reaches a stored offset.
+//! - [`offsets_admin`]: `processor offsets show|reset`.
 //! - [`assignment`]: which assigned partitions are consumed, which are held
 //!   because the log no longer reaches their stored offset.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
@@ -73,6 +74,7 @@ pub mod log_check;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
+pub mod offsets_admin;
 pub mod pipeline;
 pub mod report;
 pub mod writer;

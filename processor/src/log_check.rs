@@ -175,7 +175,8 @@ impl LogChecker {
         }
         let mut list = TopicPartitionList::new();
         for (partition, offset) in wanted {
-            if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
             {
                 tracing::warn!(%error, partition, "cannot build a probe of the log");
                 return found;
@@ -271,7 +272,11 @@ mod tests {
     #[test]
     fn beyond_the_end_is_ahead_unless_the_record_below_is_read() {
         assert_eq!(probe_needed(51, LOG), Some(50));
-        assert_eq!(judge(51, LOG, Some(true)), Verdict::InLog, "a stale high watermark");
+        assert_eq!(
+            judge(51, LOG, Some(true)),
+            Verdict::InLog,
+            "a stale high watermark"
+        );
         assert_eq!(judge(51, LOG, Some(false)), Verdict::AheadOfLog(LOG));
         assert_eq!(
             judge(51, LOG, None),
@@ -299,10 +304,7 @@ mod tests {
         assert_eq!(Verdict::InLog.reason(), None);
         assert_eq!(Verdict::AheadOfLog(LOG).reason(), Some(REASON_AHEAD));
         assert_eq!(Verdict::BehindLog(LOG).reason(), Some(REASON_BEHIND));
-        assert_eq!(
-            Verdict::Unknown("x".into()).reason(),
-            Some(REASON_UNKNOWN)
-        );
+        assert_eq!(Verdict::Unknown("x".into()).reason(), Some(REASON_UNKNOWN));
         assert!(REASONS.contains(&REASON_UNKNOWN));
     }
 }

@@ -68,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         command: BudgetsCommand,
     },
+    /// Show or reset the stored offsets, where each partition resumes
+    /// (docs/runbooks.md, "Stored offsets and the log disagree").
+    Offsets {
+        #[command(subcommand)]
+        command: processor::offsets_admin::OffsetsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,7 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report` or `budgets apply` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `budgets apply` or `offsets` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -149,6 +155,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     dry_run,
                 },
         }) => apply_budgets(&config, &file, prune, dry_run).await,
+        Some(Command::Offsets { command }) => {
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
     }
 }
 

@@ -202,7 +202,10 @@ impl Broker {
             async move { partition_count(&bootstrap, &name).await.is_none() }
         })
         .await;
-        assert!(gone, "topic {name} still shows in the metadata after deletion");
+        assert!(
+            gone,
+            "topic {name} still shows in the metadata after deletion"
+        );
     }
 
     /// The low and high watermarks the broker reports for one partition (diagnostics only: tansu's
