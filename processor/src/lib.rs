@@ -20,6 +20,7 @@
 //!   `/healthz`, `/readyz`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
+//! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
@@ -76,5 +77,6 @@ pub mod migrate;
 pub mod offsets;
 pub mod offsets_admin;
 pub mod pipeline;
+pub mod refresh;
 pub mod report;
 pub mod writer;

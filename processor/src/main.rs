@@ -74,6 +74,9 @@ enum Command {
         #[command(subcommand)]
         command: processor::offsets_admin::OffsetsCommand,
     },
+    /// Re-materialize the rollups over a range of UTC days (rows older than
+    /// the refresh policies' window), or set that window's outage margin.
+    Refresh(processor::refresh::RefreshArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +163,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Refresh(args)) => {
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::refresh::run(&client, &args, &mut out).await?;
             Ok(())
         }
     }
