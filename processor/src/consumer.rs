@@ -19,8 +19,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -38,6 +36,7 @@ use crate::config::KafkaConfig;
 use crate::log_check::{LogCheckError, LogChecker};
 use crate::metrics::Metrics;
 use crate::offsets::{self, NextOffsets, OffsetFloors};
+pub use crate::topics::ensure_topics;
 
 /// How often the polling thread wakes up to notice shutdown when idle or
 /// blocked on a full channel.
@@ -82,39 +81,6 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         config.set(key, value);
     }
     config
-}
-
-/// Creates the topic and the dead-letter topic when they are missing;
-/// "already exists" is success.
-pub async fn ensure_topics(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConsumerError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .map_err(ConsumerError::CreateTopics)?;
-    let topics = [
-        NewTopic::new(
-            &kafka.topic,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ),
-        NewTopic::new(
-            &kafka.dlq_topic,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = tokio::time::timeout(timeout, admin.create_topics(&topics, &options))
-        .await
-        .map_err(|_| ConsumerError::CreateTopicsTimeout(timeout))?
-        .map_err(ConsumerError::CreateTopics)?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(ConsumerError::CreateTopic { topic, code }),
-        }
-    }
-    Ok(())
 }
 
 /// What the assignment callback needs to look up stored offsets.

@@ -8,6 +8,7 @@
 //! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
+//! - [`topics`]: the topics the processor creates, with `min.insync.replicas`.
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`writer`]: decode, price, dedupe, and the one transaction per batch.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
@@ -79,4 +80,5 @@ pub mod offsets_admin;
 pub mod pipeline;
 pub mod refresh;
 pub mod report;
+pub mod topics;
 pub mod writer;
