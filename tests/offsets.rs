@@ -9,6 +9,10 @@
 //!   offsets show` reports it; `processor offsets reset --to earliest --dry-run` changes nothing;
 //!   `processor offsets reset --to earliest` moves the stored offsets back, the running processor
 //!   picks that up, and every event accepted after the recreation lands exactly once.
+//! - `a_stored_offset_beyond_the_log_holds_only_its_partition_until_reset`: one partition's stored
+//!   offset is moved past the log's end (a database restored from a newer backup) under a running
+//!   processor; at its next assignment it holds that partition only, the other keeps flowing, and
+//!   a reset releases it in place, without a restart.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -240,4 +244,151 @@ async fn a_recreated_topic_is_held_until_an_operator_resets_its_offsets() {
         }
     };
     check_ledger(&db, &everything, &counters).await;
+}
+
+/// Tenant → partition, from the rows stored so far (the record key is the tenant).
+async fn tenant_partitions(db: &tokio_postgres::Client) -> BTreeMap<String, i32> {
+    db.query(
+        "SELECT DISTINCT tenant_id::text, source_partition FROM gateway_mode_audit",
+        &[],
+    )
+    .await
+    .expect("read tenants")
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+/// How many of `ids` are stored.
+async fn stored_among(db: &tokio_postgres::Client, ids: &[String]) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM gateway_mode_audit WHERE id::text = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .expect("count ids")
+    .get(0)
+}
+
+/// A database restored from a backup newer than the log (simulated by moving one partition's
+/// stored offset past the log's end) while a processor runs: at the next assignment the running
+/// processor holds exactly that partition, keeps consuming the other one, and resumes the held
+/// one in place once an operator resets it; every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_beyond_the_log_holds_only_its_partition_until_reset() {
+    let services = Services::start(PARTITIONS).await;
+    let gateway = services.gateway("gateway", &[]).await;
+    let mut processor = services.processor("processor", &[]);
+    processor.wait_assigned(STARTUP).await;
+    let db = services.database.client().await;
+    let ledger = Ledger::new();
+    let client = UsageClient::new(&gateway.url, &ledger);
+    let mut rng = Rng::from_env("a_stored_offset_beyond_the_log");
+    send(&client, &mut rng, 60).await;
+    wait_for_rows(&db, ledger.len(), CATCH_UP).await;
+    let partitions = tenant_partitions(&db).await;
+    assert!(
+        (0..PARTITIONS).all(|p| partitions.values().any(|v| *v == p)),
+        "both partitions carry tenants: {partitions:?}"
+    );
+    let held = 0;
+
+    db.execute(
+        "UPDATE ingest_offsets SET next_offset = next_offset + 1000 WHERE partition = $1",
+        &[&held],
+    )
+    .await
+    .expect("move the stored offset past the log");
+    // A second member joins and leaves: two rebalances, after which the running processor owns
+    // both partitions again, assigned from the database.
+    let assignments = |p: &Processor| {
+        p.process
+            .log_contents()
+            .matches("partitions assigned at stored offsets")
+            .count()
+    };
+    let before = assignments(&processor);
+    let mut second = services.processor("processor-2", &[]);
+    second.wait_assigned(STARTUP).await;
+    let second_counters = second.final_scrape().await;
+    second.process.shutdown(Duration::from_secs(20)).await;
+    let reassigned = wait_for(STARTUP, || {
+        let count = assignments(&processor);
+        async move { count >= before + 2 }
+    })
+    .await;
+    assert!(
+        reassigned,
+        "no new assignment:\n{}",
+        processor.process.log_tail()
+    );
+    let series = blocked_series(held);
+    let blocked = wait_for(STARTUP, || async {
+        metric(&processor, &series).await == Some(1.0)
+    })
+    .await;
+    assert!(
+        blocked,
+        "{series} is not 1:\n{}",
+        processor.process.log_tail()
+    );
+    assert_eq!(
+        metric(&processor, &blocked_series(1)).await,
+        Some(0.0),
+        "the other partition is consumed"
+    );
+
+    // New events: those on the consumed partition land, those on the held one wait.
+    let sent_before = ledger.snapshot();
+    send(&client, &mut rng, 40).await;
+    let new: Vec<Expected> = ledger
+        .snapshot()
+        .into_values()
+        .filter(|e| !sent_before.contains_key(&e.id))
+        .collect();
+    let on = |partition: i32| -> Vec<String> {
+        new.iter()
+            .filter(|e| partitions.get(&e.tenant) == Some(&partition))
+            .map(|e| e.id.clone())
+            .collect()
+    };
+    let (held_ids, flowing_ids) = (on(held), on(1));
+    assert!(
+        !held_ids.is_empty() && !flowing_ids.is_empty(),
+        "new events on both partitions"
+    );
+    let flowing = wait_for(CATCH_UP, || async {
+        stored_among(&db, &flowing_ids).await == flowing_ids.len() as i64
+    })
+    .await;
+    assert!(flowing, "the consumed partition's events landed");
+    assert_eq!(
+        stored_among(&db, &held_ids).await,
+        0,
+        "nothing of the held partition was stored"
+    );
+
+    // The reset releases it in place: no restart, the other partition keeps its position.
+    processor_command(
+        &services,
+        &["offsets", "reset", "--to", "earliest", "--partition", "0"],
+    )
+    .await;
+    wait_for_rows(&db, ledger.len(), CATCH_UP).await;
+    let released = wait_for(STARTUP, || async {
+        metric(&processor, &series).await == Some(0.0)
+    })
+    .await;
+    assert!(released, "{series} back to 0");
+    processor
+        .process
+        .wait_for_log("consuming the partition", STARTUP)
+        .await;
+    processor.process.assert_running();
+    let counters = CounterEvidence {
+        complete: vec![processor.final_scrape().await],
+        partial: vec![second_counters],
+        complete_since: None,
+    };
+    check_ledger(&db, &ledger, &counters).await;
 }
