@@ -69,7 +69,7 @@ enum Command {
         command: BudgetsCommand,
     },
     /// Show or reset the stored offsets, where each partition resumes
-    /// (docs/runbooks.md, "Stored offsets and the log disagree").
+    /// (docs/runbooks.md, TokenledgerStoredOffsetOutsideLog).
     Offsets {
         #[command(subcommand)]
         command: processor::offsets_admin::OffsetsCommand,
