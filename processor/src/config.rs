@@ -41,6 +41,11 @@ pub struct KafkaConfig {
     pub topic_partitions: i32,
     /// Replication factor of the topics the processor creates.
     pub topic_replication: i32,
+    /// `min.insync.replicas` of the topics the processor creates. Absent:
+    /// 2 when the replication factor is 2 or more (so an `acks=all` write
+    /// survives the loss of one replica), none (the broker's default) at 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_min_insync_replicas: Option<i32>,
     /// Extra librdkafka settings for the consumer, the dead-letter producer
     /// and the admin client (e.g. `security.protocol`).
     pub properties: Properties,
@@ -151,6 +156,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             topic_partitions: 6,
             topic_replication: 1,
+            topic_min_insync_replicas: None,
             properties: Properties::default(),
         }
     }
@@ -231,6 +237,13 @@ impl Config {
         }
         if self.kafka.topic_partitions < 1 || self.kafka.topic_replication < 1 {
             return fail("kafka.topic_partitions and kafka.topic_replication must be at least 1");
+        }
+        if let Some(min) = self.kafka.topic_min_insync_replicas {
+            if min < 1 || min > self.kafka.topic_replication {
+                return fail(
+                    "kafka.topic_min_insync_replicas must be between 1 and kafka.topic_replication",
+                );
+            }
         }
         self.alerting.validate()?;
         Ok(())

@@ -13,13 +13,12 @@
 //! writer is slow or retrying, the bounded channel is full and the thread
 //! stops polling, so no more records are fetched into memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use infra::kafka::LogContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,10 +29,13 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::assignment::PartitionGuard;
 use crate::config::KafkaConfig;
+use crate::log_check::{LogCheckError, LogChecker};
 use crate::metrics::Metrics;
 use crate::offsets::{self, NextOffsets, OffsetFloors};
 use crate::record::Record;
+pub use crate::topics::ensure_topics;
 
 /// How often the polling thread wakes up to notice shutdown when idle or
 /// blocked on a full channel.
@@ -63,6 +65,10 @@ pub enum ConsumerError {
     CreateTopicsTimeout(Duration),
     #[error("cannot spawn the consumer thread: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot register the consumer's metrics: {0}")]
+    Metrics(prometheus::Error),
+    #[error(transparent)]
+    LogCheck(#[from] LogCheckError),
 }
 
 /// The librdkafka settings shared by every client: brokers, then the
@@ -76,49 +82,16 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Creates the topic and the dead-letter topic when they are missing;
-/// "already exists" is success.
-pub async fn ensure_topics(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConsumerError> {
-    let admin: AdminClient<LogContext> = client_config(kafka)
-        .create_with_context(LogContext::default())
-        .map_err(ConsumerError::CreateTopics)?;
-    let topics = [
-        NewTopic::new(
-            &kafka.topic,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ),
-        NewTopic::new(
-            &kafka.dlq_topic,
-            kafka.topic_partitions,
-            TopicReplication::Fixed(kafka.topic_replication),
-        ),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = tokio::time::timeout(timeout, admin.create_topics(&topics, &options))
-        .await
-        .map_err(|_| ConsumerError::CreateTopicsTimeout(timeout))?
-        .map_err(ConsumerError::CreateTopics)?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(ConsumerError::CreateTopic { topic, code }),
-        }
-    }
-    Ok(())
-}
-
 /// What the assignment callback needs to look up stored offsets.
 pub struct ProcessorContext {
     pool: Pool,
     group_id: String,
     topic: String,
-    floors: OffsetFloors,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     db_timeout: Duration,
+    guard: PartitionGuard,
 }
 
 impl std::fmt::Debug for ProcessorContext {
@@ -169,14 +142,12 @@ impl ConsumerContext for ProcessorContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if !self.position_at_stored_offsets(partitions) {
-                    // shutting down: take nothing, so nothing is fetched
-                    *partitions = TopicPartitionList::new();
-                }
+                // shutting down: take nothing, so nothing is fetched
+                let taken = self.take_assignment(partitions).unwrap_or_default();
                 if cooperative {
-                    consumer.incremental_assign(partitions).map(|_| ())
+                    consumer.incremental_assign(&taken).map(|_| ())
                 } else {
-                    consumer.assign(partitions)
+                    consumer.assign(&taken)
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -184,8 +155,19 @@ impl ConsumerContext for ProcessorContext {
                 // partition may still commit, because inserts are idempotent
                 // and stored offsets only move forward (see lib.rs).
                 tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked");
+                let revoked: Vec<i32> = partitions
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|element| element.partition())
+                    .collect();
+                let fetched = self.guard.revoke(&revoked);
                 if cooperative {
-                    consumer.incremental_unassign(partitions).map(|_| ())
+                    // held partitions were never handed to the client
+                    let mut list = TopicPartitionList::new();
+                    for partition in fetched {
+                        list.add_partition(&self.topic, partition);
+                    }
+                    consumer.incremental_unassign(&list).map(|_| ())
                 } else {
                     consumer.unassign()
                 }
@@ -202,14 +184,16 @@ impl ConsumerContext for ProcessorContext {
 }
 
 impl ProcessorContext {
-    /// Sets each assigned partition's start offset to the one stored in the
-    /// database (or the beginning when none is stored), retrying until the
-    /// database answers. Returns false when shutdown interrupted it.
+    /// The part of a new assignment to fetch, each partition at the offset
+    /// stored in the database (or the beginning when none is stored),
+    /// retrying until the database answers; partitions whose stored offset
+    /// the log no longer reaches are held back (see [`PartitionGuard`]).
+    /// None when shutdown interrupted it.
     ///
     /// Starting anywhere else is never allowed: Kafka's committed offsets
     /// are for monitoring only and may be behind or (after a database
     /// restore) ahead of what is stored.
-    fn position_at_stored_offsets(&self, partitions: &mut TopicPartitionList) -> bool {
+    fn take_assignment(&self, partitions: &TopicPartitionList) -> Option<TopicPartitionList> {
         let assigned: Vec<i32> = partitions
             .elements_for_topic(&self.topic)
             .iter()
@@ -218,20 +202,9 @@ impl ProcessorContext {
         let mut backoff = Duration::from_millis(100);
         let stored = loop {
             if self.shutdown.is_cancelled() {
-                return false;
+                return None;
             }
-            let lookup = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                offsets::load(&**client, &self.group_id, &self.topic, &assigned)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            let result = self
-                .runtime
-                // the timer must be created inside the runtime, hence the block
-                .block_on(async { tokio::time::timeout(self.db_timeout, lookup).await })
-                .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.db_timeout)));
-            match result {
+            match self.load_stored(&assigned) {
                 Ok(stored) => break stored,
                 Err(error) => {
                     tracing::warn!(
@@ -244,24 +217,41 @@ impl ProcessorContext {
                 }
             }
         };
-        for partition in &assigned {
-            let offset = match stored.get(partition) {
-                Some(next_offset) => {
-                    self.floors.raise(&self.topic, *partition, *next_offset);
-                    Offset::Offset(*next_offset)
-                }
-                None => Offset::Beginning,
-            };
-            if let Err(error) = partitions.set_partition_offset(&self.topic, *partition, offset) {
+        let consume = self.guard.admit(&assigned, &stored);
+        let mut taken = TopicPartitionList::new();
+        for (partition, offset) in &consume {
+            if let Err(error) = taken.add_partition_offset(&self.topic, *partition, *offset) {
                 tracing::error!(%error, partition, "cannot set the start offset");
             }
         }
+        let consumed: Vec<i32> = consume.iter().map(|(p, _)| *p).collect();
         tracing::info!(
             partitions = ?assigned,
+            consumed = ?consumed,
             stored = ?stored,
             "partitions assigned at stored offsets"
         );
-        true
+        Some(taken)
+    }
+
+    /// One attempt at reading the stored offsets of `partitions`.
+    fn load_stored(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
+        let lookup = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            offsets::load(&**client, &self.group_id, &self.topic, partitions)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        self.runtime
+            // the timer must be created inside the runtime, hence the block
+            .block_on(async { tokio::time::timeout(self.db_timeout, lookup).await })
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.db_timeout)))
+    }
+
+    /// Called between polls: rechecks held partitions when one is due.
+    fn between_polls(&self, consumer: &BaseConsumer<Self>) {
+        self.guard
+            .recheck(consumer, |partitions| self.load_stored(partitions));
     }
 }
 
@@ -280,7 +270,6 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", &kafka.group_id)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
-        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
         // A broker answers a fetch when data arrives or when this wait ends;
@@ -296,10 +285,13 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     }
     // Correctness settings come last so that properties cannot undo them:
     // offsets live in the database, Kafka commits are explicit and only for
-    // monitoring.
+    // monitoring. A fetch position outside the log is reported, never
+    // silently moved (see `assignment`): partitions without a stored offset
+    // start explicitly at the beginning.
     config
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error");
     config
 }
 
@@ -335,11 +327,23 @@ impl GroupMember {
         kafka: &KafkaConfig,
         deps: ConsumerDeps,
     ) -> Result<(Self, mpsc::Receiver<Record>), ConsumerError> {
+        deps.floors
+            .register_metrics(deps.metrics.registry())
+            .map_err(ConsumerError::Metrics)?;
+        let checker = LogChecker::new(&client_config(kafka), &kafka.group_id)
+            .map_err(ConsumerError::LogCheck)?;
+        let guard = PartitionGuard::new(
+            &kafka.topic,
+            checker,
+            deps.floors.clone(),
+            deps.metrics.registry(),
+        )
+        .map_err(ConsumerError::Metrics)?;
         let context = ProcessorContext {
+            guard,
             pool: deps.pool.clone(),
             group_id: kafka.group_id.clone(),
             topic: kafka.topic.clone(),
-            floors: deps.floors.clone(),
             runtime: tokio::runtime::Handle::current(),
             shutdown: deps.shutdown.clone(),
             metrics: deps.metrics.clone(),
@@ -455,11 +459,16 @@ fn poll_until_shutdown(
     // Every record of a topic shares one copy of its name.
     let mut topic: Arc<str> = Arc::from("");
     while !shutdown.is_cancelled() {
+        consumer.context().between_polls(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(error)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
                     return Err(ConsumerError::Fatal { code, reason });
+                }
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) {
+                    consumer.context().guard.on_offset_out_of_range(consumer);
+                    continue;
                 }
                 // Transient (broker down, partition leader moving): librdkafka
                 // retries by itself; keep polling.

@@ -12,12 +12,17 @@
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
 //! - [`record`]: one Kafka record, owned, copied out of librdkafka's message.
+//! - [`topics`]: the topics the processor creates, with `min.insync.replicas`.
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
 //!   dedupe inside the batch, price; classify against the database's answers.
 //! - [`write`](mod@write): the one transaction per batch and its SQL: rows, budget
 //!   spend, offsets; dead letters acknowledged before the commit.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
+//! - [`log_check`]: whether a partition's log still reaches a stored offset.
+//! - [`offsets_admin`]: `processor offsets show|reset`.
+//! - [`assignment`]: which assigned partitions are consumed, which are held
+//!   because the log no longer reaches their stored offset.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
 //! - [`metrics`]: the seed's counters and the operational metrics, moved
 //!   once per committed batch.
@@ -25,6 +30,7 @@
 //!   serves `/metrics`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
+//! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
@@ -68,6 +74,7 @@
 //!    transaction, in [`write`](mod@write).
 
 pub mod alert_outbox;
+pub mod assignment;
 pub mod batch;
 pub mod budget_spend;
 pub mod budgets;
@@ -76,11 +83,15 @@ pub mod consumer;
 pub mod database;
 pub mod dead_letters;
 pub mod health;
+pub mod log_check;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
+pub mod offsets_admin;
 pub mod pipeline;
 pub mod prepare;
 pub mod record;
+pub mod refresh;
 pub mod report;
+pub mod topics;
 pub mod write;

@@ -73,6 +73,15 @@ enum Command {
         #[command(subcommand)]
         command: BudgetsCommand,
     },
+    /// Show or reset the stored offsets, where each partition resumes
+    /// (docs/runbooks.md, TokenledgerStoredOffsetOutsideLog).
+    Offsets {
+        #[command(subcommand)]
+        command: processor::offsets_admin::OffsetsCommand,
+    },
+    /// Re-materialize the rollups over a range of UTC days (rows older than
+    /// the refresh policies' window), or set that window's outage margin.
+    Refresh(processor::refresh::RefreshArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +139,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report` or `budgets apply` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `budgets apply` or `offsets` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -147,6 +156,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     dry_run,
                 },
         }) => apply_budgets(&config, &file, prune, dry_run).await,
+        Some(Command::Offsets { command }) => {
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Refresh(args)) => {
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::refresh::run(&client, &args, &mut out).await?;
+            Ok(())
+        }
     }
 }
 

@@ -21,7 +21,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V4__alert_delivery.sql",
         include_str!("../../sql/V4__alert_delivery.sql"),
     ),
+    (
+        "V5__refresh_windows.sql",
+        include_str!("../../sql/V5__refresh_windows.sql"),
+    ),
 ];
+
+/// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):
+/// two `processor migrate` runs, say from two deployments starting at once,
+/// apply one after the other instead of racing the same DDL.
+pub const MIGRATE_LOCK_KEY: i64 = 0x746f_6b65_6e6c_6564;
 
 const CREATE_HISTORY_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS tokenledger_schema_migrations (
@@ -129,6 +138,7 @@ impl Migration {
 
     fn needs_continuous_aggregates(&self) -> bool {
         self.sql.contains("timescaledb.continuous")
+            || self.sql.contains("continuous_aggregate_policy(")
     }
 
     /// What this migration creates that only TimescaleDB's Community (TSL)
@@ -142,7 +152,12 @@ impl Migration {
             }
         }
         let policies = self.sql.matches("add_continuous_aggregate_policy(").count();
-        if policies > 0 {
+        if self
+            .sql
+            .contains("FUNCTION tokenledger_set_refresh_windows(")
+        {
+            features.push("refresh windows over the lateness plus an outage margin".to_owned());
+        } else if policies > 0 {
             features.push(format!("{policies} refresh policies"));
         }
         if self.sql.contains("timescaledb.compress") || self.sql.contains("add_compression_policy(")
@@ -260,7 +275,37 @@ pub struct MigrationOutcome {
 
 /// Applies every migration not yet recorded, in version order. A recorded
 /// migration whose file changed is an error rather than silently skipped.
+///
+/// Runs under the session advisory lock [`MIGRATE_LOCK_KEY`]; a second run
+/// waits for the first and then finds everything applied. Each transactional
+/// migration also checks, inside its own transaction, that no one recorded
+/// it meanwhile, so it is applied once even where advisory locks do not
+/// separate connections (a database that serves every connection from one
+/// session).
 pub async fn apply(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<MigrationOutcome>, MigrateError> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        tracing::info!("another `processor migrate` holds the migration lock; waiting for it");
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+            .await?;
+    }
+    let result = apply_locked(client, migrations).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
+        .await;
+    let outcomes = result?;
+    unlocked?;
+    Ok(outcomes)
+}
+
+async fn apply_locked(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<Vec<MigrationOutcome>, MigrateError> {
@@ -305,10 +350,14 @@ pub async fn apply(
                 }
             }
         }
-        apply_one(client, migration).await?;
+        let status = if apply_one(client, migration).await? {
+            MigrationStatus::Applied
+        } else {
+            MigrationStatus::AlreadyApplied
+        };
         outcomes.push(MigrationOutcome {
             name: migration.name.clone(),
-            status: MigrationStatus::Applied,
+            status,
         });
     }
     Ok(outcomes)
@@ -358,7 +407,9 @@ async fn applied_checksums(client: &Client) -> Result<Vec<(i32, String)>, Migrat
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
+/// Applies one migration; false when a concurrent run recorded it first
+/// (checked inside the migration's transaction, see [`apply`]).
+async fn apply_one(client: &mut Client, migration: &Migration) -> Result<bool, MigrateError> {
     let failed = |source| MigrateError::Apply {
         name: migration.name.clone(),
         source,
@@ -368,16 +419,36 @@ async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), Mig
             client.batch_execute(&statement).await.map_err(failed)?;
         }
         record(client, migration).await.map_err(failed)?;
-        return Ok(());
+        return Ok(true);
     }
     let transaction = client.transaction().await.map_err(failed)?;
+    let recorded: Option<String> = transaction
+        .query_opt(
+            "SELECT checksum FROM tokenledger_schema_migrations WHERE version = $1",
+            &[&migration.version],
+        )
+        .await
+        .map_err(failed)?
+        .map(|row| row.get(0));
+    if let Some(checksum) = recorded {
+        transaction.rollback().await.map_err(failed)?;
+        if checksum != migration.checksum {
+            return Err(MigrateError::ChecksumMismatch {
+                version: migration.version,
+                name: migration.name.clone(),
+                applied: checksum,
+                current: migration.checksum.clone(),
+            });
+        }
+        return Ok(false);
+    }
     transaction
         .batch_execute(&migration.sql)
         .await
         .map_err(failed)?;
     record(&transaction, migration).await.map_err(failed)?;
     transaction.commit().await.map_err(failed)?;
-    Ok(())
+    Ok(true)
 }
 
 async fn record(
@@ -479,7 +550,7 @@ mod tests {
             .filter(|m| apache.skips(m))
             .map(|m| m.name.as_str())
             .collect();
-        assert_eq!(skipped, ["V2__rollups.sql"]);
+        assert_eq!(skipped, ["V2__rollups.sql", "V5__refresh_windows.sql"]);
         let community = Edition::from_license(Some("timescale"));
         assert!(embedded.iter().all(|m| !community.skips(m)));
         assert_eq!(
@@ -517,6 +588,10 @@ mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert!(needing.contains(&"V2__rollups.sql"), "{needing:?}");
+        assert!(
+            needing.contains(&"V5__refresh_windows.sql"),
+            "policies exist only with continuous aggregates: {needing:?}"
+        );
         assert!(!needing.contains(&"V1__audit.sql"), "{needing:?}");
     }
 }

@@ -178,6 +178,51 @@ impl Broker {
         );
     }
 
+    /// Deletes `name` and waits until its metadata no longer shows it (a topic deleted under
+    /// running clients; [`Broker::create_topic`] recreates it empty).
+    pub async fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .unwrap_or_else(|e| panic!("cannot create an admin client: {e}"));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .delete_topics(&[name], &opts)
+            .await
+            .unwrap_or_else(|e| panic!("delete topic {name}: {e}"));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("delete topic {topic}: {code}");
+            }
+        }
+        let bootstrap = self.bootstrap();
+        let gone = wait_for(Duration::from_secs(10), || {
+            let bootstrap = bootstrap.clone();
+            let name = name.to_owned();
+            async move { partition_count(&bootstrap, &name).await.is_none() }
+        })
+        .await;
+        assert!(
+            gone,
+            "topic {name} still shows in the metadata after deletion"
+        );
+    }
+
+    /// The low and high watermarks the broker reports for one partition (diagnostics only: tansu's
+    /// high watermark can be wrong, see the module comment).
+    pub async fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let bootstrap = self.bootstrap();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            metadata_consumer(&bootstrap)?
+                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Kills the broker (an outage). With memory storage, topics and records are gone after
     /// [`Broker::start_again`]; tests that need them must create them again.
     pub fn stop(&mut self) {
