@@ -205,3 +205,49 @@ proptest! {
         prop_assert!(one.scale() <= MAX_COST_SCALE);
     }
 }
+
+/// A book of three models only, so the names below have no entry of their own.
+fn three_model_book() -> PriceBook {
+    let entry = |model: &str, input: &str, output: &str| {
+        format!(
+            "[[price]]\nprovider = \"openai\"\nmodel = \"{model}\"\n\
+             effective_from = \"2024-01-01T00:00:00Z\"\ninput = \"{input}\"\noutput = \"{output}\"\n"
+        )
+    };
+    let text = [
+        entry("o1", "15", "60"),
+        entry("o3", "2", "8"),
+        entry("gpt-4", "30", "60"),
+    ]
+    .concat();
+    PriceBook::from_toml(&text).expect("valid")
+}
+
+#[test]
+fn look_alike_names_are_unpriced_not_priced_as_another_model() {
+    let book = three_model_book();
+    // `-pro` and `.5-preview` name other models with other prices (o1-pro
+    // lists at $150/M input, o1 at $15/M), not snapshots of the shorter name.
+    for model in [
+        "o1-pro",
+        "o3-pro",
+        "gpt-4.5-preview",
+        "o1-mini",
+        "gpt-4-turbo",
+    ] {
+        let cost = book.cost(&event("openai", model, 1_000_000, 0));
+        assert_eq!(
+            (cost.status, cost.usd),
+            (PricingStatus::Unpriced, Decimal::ZERO),
+            "{model}"
+        );
+    }
+    // Dated snapshots of a listed model are that model.
+    for model in ["o1-2024-12-17", "gpt-4-20240101", "o3@20250416"] {
+        assert_eq!(
+            book.cost(&event("openai", model, 1_000_000, 0)).status,
+            PricingStatus::Priced,
+            "{model}"
+        );
+    }
+}
