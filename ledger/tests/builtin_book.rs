@@ -27,7 +27,7 @@ fn entries(book: &PriceBook, provider: &str) -> Vec<PriceEntry> {
         .filter(|e| e.provider == provider)
         .cloned()
         .collect();
-    list.sort_by(|a, b| a.id().cmp(&b.id()));
+    list.sort_by_key(PriceEntry::id);
     assert!(!list.is_empty(), "no {provider} entries");
     list
 }
