@@ -21,6 +21,7 @@
 pub mod entry;
 pub mod event_usage;
 pub mod file;
+pub mod litellm;
 
 pub mod rating;
 pub mod resolve;

@@ -67,17 +67,19 @@ impl MatchKind {
     }
 }
 
-/// The providers whose list prices apply to `provider` (lower-cased), in
-/// the order they are tried.
+/// The providers whose prices apply to `provider` (lower-cased), in the
+/// order they are tried: the provider itself, so a book can price Azure or
+/// Vertex explicitly, then the providers whose list prices it bills at.
 pub fn list_providers(provider: &str) -> Vec<String> {
     let provider = provider.to_ascii_lowercase();
-    PROVIDER_ALIASES
+    let mut providers = vec![provider.clone()];
+    if let Some((_, canonical)) = PROVIDER_ALIASES
         .iter()
         .find(|(alias, _)| *alias == provider)
-        .map_or_else(
-            || vec![provider.clone()],
-            |(_, canonical)| canonical.iter().map(|p| (*p).to_owned()).collect(),
-        )
+    {
+        providers.extend(canonical.iter().map(|p| (*p).to_owned()));
+    }
+    providers
 }
 
 /// The names `model` may be listed under at `provider` (already canonical),
@@ -220,9 +222,12 @@ mod tests {
 
     #[test]
     fn provider_aliases_bill_at_list_providers() {
-        assert_eq!(list_providers("Azure"), ["openai"]);
-        assert_eq!(list_providers("aws.bedrock"), ["bedrock"]);
-        assert_eq!(list_providers("vertex_ai"), ["google", "anthropic"]);
+        assert_eq!(list_providers("Azure"), ["azure", "openai"]);
+        assert_eq!(list_providers("aws.bedrock"), ["aws.bedrock", "bedrock"]);
+        assert_eq!(
+            list_providers("vertex_ai"),
+            ["vertex_ai", "google", "anthropic"]
+        );
         assert_eq!(list_providers("openai"), ["openai"]);
     }
 }
