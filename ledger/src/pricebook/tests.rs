@@ -251,3 +251,43 @@ fn look_alike_names_are_unpriced_not_priced_as_another_model() {
         );
     }
 }
+
+proptest! {
+    /// Today's event fields follow OpenAI's Chat Completions convention, so
+    /// an event and the same counts as a Chat Completions usage object are
+    /// the same quantities and the same cost.
+    #[test]
+    fn event_fields_read_like_openai_chat_usage(
+        prompt in 0u32..5_000_000,
+        cached_share in 0u32..=100,
+        completion in 0u32..5_000_000,
+        reasoning_share in 0u32..=100,
+    ) {
+        use crate::usage_format::{self, UsageFormat};
+        let cached = (u64::from(prompt) * u64::from(cached_share) / 100) as u32;
+        let reasoning = (u64::from(completion) * u64::from(reasoning_share) / 100) as u32;
+        let mut e = event("openai", "gpt-4.1", prompt, completion);
+        e.cached_prompt_tokens = cached;
+        e.reasoning_tokens = reasoning;
+        let usage = json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": u64::from(prompt) + u64::from(completion),
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        });
+        let native = usage_format::quantities(UsageFormat::OpenAiChatCompletions, &usage);
+        prop_assert_eq!(native.as_ref(), Ok(&event_usage::quantities(&e)));
+        let book = PriceBook::builtin();
+        let rated = native.map(|q| book.rate(&RatingRequest {
+            tenant: &e.tenant_id,
+            provider: &e.provider,
+            model: &e.model,
+            at: e.created_at,
+            service_tier: ServiceTier::Standard,
+            quantities: &q,
+            supplied_cost: None,
+        }).cost);
+        prop_assert_eq!(rated, Ok(book.cost(&e).usd));
+    }
+}
