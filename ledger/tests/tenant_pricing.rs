@@ -108,7 +108,13 @@ fn a_multiplier_scales_the_list_cost() {
     );
     assert_eq!(
         rating.provenance.tenant_rule.as_deref(),
-        Some("tenant:acme:openai/*@2026-01-01 ×0.8")
+        Some("tenant:acme:openai/*@2026-01-01")
+    );
+    assert_eq!(rating.provenance.tenant_multiplier, Some(dec!(0.8)));
+    assert!(
+        rating.provenance.rule.contains("×0.8 (MSA-2026-014)"),
+        "{}",
+        rating.provenance.rule
     );
     assert_eq!(rating.provenance.contract.as_deref(), Some("MSA-2026-014"));
     // The multiplier applies after the batch discount: 1.25 × 0.5 × 0.8
@@ -206,6 +212,25 @@ fn a_tenant_only_model_is_priced_by_its_contract() {
         ServiceTier::Standard,
     );
     assert_eq!(stranger.status, PricingStatus::Unpriced);
+}
+
+#[test]
+fn a_supplied_cost_leaves_tenant_terms_out() {
+    let at: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().expect("timestamp");
+    let rating = book().rate(&RatingRequest {
+        tenant: "acme",
+        provider: "openai",
+        model: "gpt-4o",
+        at,
+        service_tier: ServiceTier::Standard,
+        quantities: &HUNDRED_THOUSAND_EACH,
+        supplied_cost: Some(dec!(9.99)),
+    });
+    assert_eq!(
+        (rating.status, rating.cost, rating.list_cost),
+        (PricingStatus::Provided, dec!(9.99), Some(dec!(1.25)))
+    );
+    assert_eq!(rating.provenance.tenant_rule, None);
 }
 
 #[test]

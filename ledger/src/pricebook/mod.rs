@@ -283,43 +283,29 @@ impl PriceBook {
             .map_err(Clone::clone)
             .and_then(|r| price_tariff(&r.entry.tariff, r.defaults, tier, quantities));
 
-        let provider = request.provider.to_ascii_lowercase();
-        let mut names: Vec<String> = resolve::list_providers(&provider)
-            .iter()
-            .flat_map(|canonical| resolve::name_forms(canonical, request.model))
-            .collect();
-        if let Ok(r) = &resolution {
-            names.push(r.entry.model.clone());
-        }
-        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let rule = tenant::applicable(
-            &self.tenants,
-            request.tenant,
-            &provider,
-            &name_refs,
-            request.at,
-        );
-
-        let contracted: Option<Result<Priced, UnpricedReason>> =
-            rule.map(|rule| match &rule.terms {
-                TenantTerms::Multiplier(m) => list.clone().and_then(|priced| {
-                    let usd = priced.usd.checked_mul(*m).ok_or(UnpricedReason::Overflow)?;
-                    Ok(Priced { usd, ..priced })
-                }),
-                TenantTerms::Tariff(tariff) => {
-                    let defaults =
-                        resolution
-                            .as_ref()
-                            .ok()
-                            .and_then(|r| r.defaults)
-                            .or_else(|| {
-                                resolve::list_providers(&provider)
-                                    .first()
-                                    .and_then(|p| self.providers.get(p))
-                            });
-                    price_tariff(tariff, defaults, tier, quantities)
-                }
-            });
+        // A caller-supplied cost is the cost; tenant terms play no part.
+        let rule = match request.supplied_cost {
+            Some(_) => None,
+            None => self.tenant_rule(request, resolution.as_ref().ok()),
+        };
+        let contracted = rule.map(|rule| match &rule.terms {
+            TenantTerms::Multiplier(m) => list.clone().and_then(|priced| {
+                let usd = priced.usd.checked_mul(*m).ok_or(UnpricedReason::Overflow)?;
+                Ok(Priced { usd, ..priced })
+            }),
+            TenantTerms::Tariff(tariff) => {
+                let defaults = resolution
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.defaults)
+                    .or_else(|| {
+                        resolve::list_providers(request.provider)
+                            .iter()
+                            .find_map(|p| self.providers.get(p))
+                    });
+                price_tariff(tariff, defaults, tier, quantities)
+            }
+        });
         let charged = contracted.clone().unwrap_or_else(|| list.clone());
 
         let (entry_id, source, matched_by) = match &resolution {
@@ -350,13 +336,14 @@ impl PriceBook {
             service_tier: tier,
             long_context_above: charged.as_ref().ok().and_then(|p| p.long_context_above),
             tenant_rule: rule.map(TenantRule::id),
+            tenant_multiplier: rule.and_then(|r| match r.terms {
+                TenantTerms::Multiplier(m) => Some(m),
+                TenantTerms::Tariff(_) => None,
+            }),
             contract: rule.and_then(|r| r.contract.clone()),
             unpriced,
             rule: String::new(),
         };
-        if let Some(TenantTerms::Multiplier(m)) = rule.map(|r| &r.terms) {
-            provenance.tenant_rule = provenance.tenant_rule.map(|id| format!("{id} ×{m}"));
-        }
         provenance.rule = describe(&provenance, request.supplied_cost.is_some(), &tier_rule);
         Rating {
             status,
@@ -364,6 +351,24 @@ impl PriceBook {
             list_cost: list.ok().map(|priced| round_cost(priced.usd)),
             provenance,
         }
+    }
+
+    /// The tenant rule in force for this request. Rules name the provider
+    /// as the usage does and a model by any name it is known by (as sent,
+    /// its snapshot forms, or the listed model it resolved to).
+    fn tenant_rule(
+        &self,
+        request: &RatingRequest<'_>,
+        resolution: Option<&Resolution<'_>>,
+    ) -> Option<&TenantRule> {
+        let provider = request.provider.to_ascii_lowercase();
+        let mut names: Vec<String> = resolve::list_providers(&provider)
+            .iter()
+            .flat_map(|canonical| resolve::name_forms(canonical, request.model))
+            .collect();
+        names.extend(resolution.map(|r| r.entry.model.clone()));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        tenant::applicable(&self.tenants, request.tenant, &provider, &names, request.at)
     }
 
     /// The cost of one event: its own `estimated_cost` when given, else the

@@ -114,8 +114,6 @@ pub enum UnpricedReason {
     ServiceTierNotPriced(ServiceTier),
     /// The usage counts calls of a tool the entry has no price for.
     CallNotPriced(String),
-    /// The tenant's own rates do not cover this request.
-    TenantTermsIncomplete,
     /// Quantities so large the arithmetic would overflow.
     Overflow,
 }
@@ -135,6 +133,9 @@ pub struct Provenance {
     pub long_context_above: Option<u64>,
     /// The tenant rule that set the cost (`tenant:acme:openai/*@2026-01-01`).
     pub tenant_rule: Option<String>,
+    /// The rule's multiplier of the list cost, when it is one.
+    pub tenant_multiplier: Option<Decimal>,
+    /// The agreement the tenant rule cites.
     pub contract: Option<String>,
     pub unpriced: Option<UnpricedReason>,
     /// One line saying all of the above.
@@ -269,6 +270,9 @@ pub(crate) fn describe(p: &Provenance, supplied: bool, tier_rule: &str) -> Strin
     }
     if let Some(tenant_rule) = &p.tenant_rule {
         let _ = write!(rule, "; {tenant_rule}");
+        if let Some(m) = p.tenant_multiplier {
+            let _ = write!(rule, " ×{m}");
+        }
         if let Some(contract) = &p.contract {
             let _ = write!(rule, " ({contract})");
         }
@@ -285,7 +289,6 @@ fn unpriced_text(reason: &UnpricedReason) -> String {
         UnpricedReason::NoPriceInForce => "no price in force at that time".into(),
         UnpricedReason::ServiceTierNotPriced(tier) => format!("no {tier} price"),
         UnpricedReason::CallNotPriced(kind) => format!("no price for {kind} calls"),
-        UnpricedReason::TenantTermsIncomplete => "tenant rates do not cover it".into(),
         UnpricedReason::Overflow => "quantities overflow".into(),
     }
 }
