@@ -3,12 +3,13 @@
 //! Layout:
 //! - [`event`]: the usage event, its validation rules and its wire form on
 //!   the HTTP API and on Kafka.
-//! - [`pricebook`]: per-million-token prices with effective dates, and the
-//!   cost of one event.
+//! - [`pricebook`]: list prices per billing dimension with effective dates
+//!   and sources, tenants' negotiated terms, and the rating of usage.
 //! - [`budget`]: budgets and their scope (the spend rule), their calendar
 //!   periods in a time zone, threshold crossings, the text of their alerts
 //!   and the validation of a definition; stored by the `store` crate.
 //! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
+//! - [`usage_format`]: providers' own usage objects read as quantities.
 //!
 //! Nothing here performs I/O; every rule is a pure function so it can be
 //! tested exhaustively (see the proptest suites in each module).
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod event;
 pub mod pricebook;
 pub mod timestamp;
+pub mod usage_format;
 
 pub use budget::{Budget, Period, PeriodBounds, Scope, TenantScope, ThresholdAlert};
 pub use event::{BatchError, EventError, FieldError, UsageEvent, ValidationLimits, KAFKA_SCHEMA};

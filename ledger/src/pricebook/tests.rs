@@ -205,3 +205,89 @@ proptest! {
         prop_assert!(one.scale() <= MAX_COST_SCALE);
     }
 }
+
+/// A book of three models only, so the names below have no entry of their own.
+fn three_model_book() -> PriceBook {
+    let entry = |model: &str, input: &str, output: &str| {
+        format!(
+            "[[price]]\nprovider = \"openai\"\nmodel = \"{model}\"\n\
+             effective_from = \"2024-01-01T00:00:00Z\"\ninput = \"{input}\"\noutput = \"{output}\"\n"
+        )
+    };
+    let text = [
+        entry("o1", "15", "60"),
+        entry("o3", "2", "8"),
+        entry("gpt-4", "30", "60"),
+    ]
+    .concat();
+    PriceBook::from_toml(&text).expect("valid")
+}
+
+#[test]
+fn look_alike_names_are_unpriced_not_priced_as_another_model() {
+    let book = three_model_book();
+    // `-pro` and `.5-preview` name other models with other prices (o1-pro
+    // lists at $150/M input, o1 at $15/M), not snapshots of the shorter name.
+    for model in [
+        "o1-pro",
+        "o3-pro",
+        "gpt-4.5-preview",
+        "o1-mini",
+        "gpt-4-turbo",
+    ] {
+        let cost = book.cost(&event("openai", model, 1_000_000, 0));
+        assert_eq!(
+            (cost.status, cost.usd),
+            (PricingStatus::Unpriced, Decimal::ZERO),
+            "{model}"
+        );
+    }
+    // Dated snapshots of a listed model are that model.
+    for model in ["o1-2024-12-17", "gpt-4-20240101", "o3@20250416"] {
+        assert_eq!(
+            book.cost(&event("openai", model, 1_000_000, 0)).status,
+            PricingStatus::Priced,
+            "{model}"
+        );
+    }
+}
+
+proptest! {
+    /// Today's event fields follow OpenAI's Chat Completions convention, so
+    /// an event and the same counts as a Chat Completions usage object are
+    /// the same quantities and the same cost.
+    #[test]
+    fn event_fields_read_like_openai_chat_usage(
+        prompt in 0u32..5_000_000,
+        cached_share in 0u32..=100,
+        completion in 0u32..5_000_000,
+        reasoning_share in 0u32..=100,
+    ) {
+        use crate::usage_format::{self, UsageFormat};
+        let cached = (u64::from(prompt) * u64::from(cached_share) / 100) as u32;
+        let reasoning = (u64::from(completion) * u64::from(reasoning_share) / 100) as u32;
+        let mut e = event("openai", "gpt-4.1", prompt, completion);
+        e.cached_prompt_tokens = cached;
+        e.reasoning_tokens = reasoning;
+        let usage = json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": u64::from(prompt) + u64::from(completion),
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        });
+        let native = usage_format::quantities(UsageFormat::OpenAiChatCompletions, &usage);
+        prop_assert_eq!(native.as_ref(), Ok(&event_usage::quantities(&e)));
+        let book = PriceBook::builtin();
+        let rated = native.map(|q| book.rate(&RatingRequest {
+            tenant: &e.tenant_id,
+            provider: &e.provider,
+            model: &e.model,
+            at: e.created_at,
+            service_tier: ServiceTier::Standard,
+            quantities: &q,
+            supplied_cost: None,
+        }).cost);
+        prop_assert_eq!(rated, Ok(book.cost(&e).usd));
+    }
+}
