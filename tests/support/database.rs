@@ -198,8 +198,37 @@ pub async fn apply_migrations(client: &mut Client, dir: &Path) {
         "no V<N>__*.sql migrations in {}",
         dir.display()
     );
+    // Like `processor migrate`, each file is applied once and recorded: a later migration may
+    // change what an earlier one set up (V5 replaces V2's refresh policies), so running V2 again
+    // on top of V5 is not a no-op.
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS e2e_applied_migrations (file TEXT PRIMARY KEY)")
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the migration record: {e}"));
     for (_, path) in files {
+        let file = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let applied = client
+            .query_opt(
+                "SELECT 1 FROM e2e_applied_migrations WHERE file = $1",
+                &[&file],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot read the migration record: {e}"))
+            .is_some();
+        if applied {
+            continue;
+        }
         run_sql_file(client, &path).await;
+        client
+            .execute(
+                "INSERT INTO e2e_applied_migrations (file) VALUES ($1)",
+                &[&file],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot record {file}: {e}"));
     }
 }
 
