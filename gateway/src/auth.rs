@@ -488,4 +488,35 @@ mod tests {
             .expect("file key");
         assert_eq!(who.tenant.as_deref(), Some("globex"));
     }
+
+    #[test]
+    fn a_lateness_is_described_in_its_largest_exact_unit() {
+        assert_eq!(describe(Duration::hours(6)), "6 hours");
+        assert_eq!(describe(Duration::days(1)), "1 day");
+        assert_eq!(describe(Duration::minutes(90)), "90 minutes");
+        assert_eq!(describe(Duration::milliseconds(1_500)), "1500 milliseconds");
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_lateness_is_accepted_and_one_before_refused() {
+        let received_at = Utc::now();
+        let policy = TrustPolicy {
+            allow_caller_cost: false,
+            max_lateness: Some(Duration::hours(6)),
+        };
+        let mut event: UsageEvent = ledger::event::parse_batch(
+            br#"{"tenant_id":"acme","provider":"openai","model":"gpt-4o","prompt_tokens":1,"completion_tokens":1}"#,
+            received_at,
+            &ledger::event::ValidationLimits::default(),
+        )
+        .expect("valid")
+        .remove(0);
+        event.created_at = received_at - Duration::hours(6);
+        assert_eq!(policy.check(&[event.clone()], received_at, false), Ok(()));
+        event.created_at -= Duration::microseconds(1);
+        assert!(matches!(
+            policy.check(&[event], received_at, false),
+            Err(TrustRefusal::TooLate { .. })
+        ));
+    }
 }
