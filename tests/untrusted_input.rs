@@ -12,6 +12,9 @@
 //!   gateway: each a 4xx with a JSON message, no 5xx, no crash, nothing on the topic.
 //! - `tenant_isolation`: a tenant key cannot write for, read the budget status of, or manage
 //!   the budgets of another tenant; keys never reach logs or metrics.
+//! - `a_tenant_key_cannot_lower_its_bill`: a tenant key's `estimated_cost` (even "0") and
+//!   `created_at` older than its lateness are refused whole; the price book prices what it may
+//!   send; service and admin keys still send their own cost and backfill.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -977,7 +980,8 @@ fn assert_refused(what: &str, (status, body): &(u16, Value), want: u16) {
     );
 }
 
-/// Scenario 8: tenant isolation through the real gateway with keys bound to tenants.
+/// Scenario 8: tenant isolation through the real gateway with keys bound to tenants (allowed
+/// their own cost, which every [`Expected`] event carries, so the ledger knows each row's cost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_isolation() {
     let services = Services::start(PARTITIONS).await;
@@ -987,8 +991,8 @@ async fn tenant_isolation() {
     let stranger_key = "isolation-unknown-key-0123456789abcdef";
     let config = format!(
         "[[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n\n\
-         [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n\n\
-         [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"globex\"\n",
+         [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\nallow_caller_cost = true\n\n\
+         [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"globex\"\nallow_caller_cost = true\n",
         hash_key(admin_key),
         hash_key(acme_key),
         hash_key(globex_key)
@@ -1184,4 +1188,156 @@ async fn tenant_isolation() {
         ..CounterEvidence::default()
     };
     check_ledger(&db, &ledger, &evidence).await;
+}
+
+/// Scenario 9: a tenant key cannot lower its own bill through the real gateway and processor:
+/// `estimated_cost` (even "0") and a `created_at` further back than its lateness (6 hours by
+/// default) are refused whole and nothing of those batches is stored; what it may send is priced
+/// from the price book. A service key of the same tenant and an admin key still send their own
+/// cost and backfill days back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_key_cannot_lower_its_bill() {
+    let services = Services::start(PARTITIONS).await;
+    let tenant_key = "bill-acme-tenant-key-0123456789abcdef";
+    let service_key = "bill-acme-service-key-0123456789abcdef";
+    let admin_key = "bill-admin-key-0123456789abcdef";
+    // The tenant key in the form keys had before kinds existed: tenant_id alone.
+    let config = format!(
+        "[[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n\n\
+         [[auth.keys]]\nsha256 = \"{}\"\nkind = \"service\"\ntenant_id = \"acme\"\n\n\
+         [[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n",
+        hash_key(tenant_key),
+        hash_key(service_key),
+        hash_key(admin_key)
+    );
+    let mut gateway = Gateway::start("gateway", &services.brokers, &config, &[], true).await;
+    let mut processor: Processor = services.processor("processor", &[]);
+    processor.wait_assigned(STARTUP).await;
+    let usage = format!("{}/v1/usage", gateway.url);
+    let mut rng = Rng::from_env("a_tenant_key_cannot_lower_its_bill");
+    // A priced model and known token counts, dated `ago_secs` back, with or without a cost.
+    let mut event = |ago_secs: i64, cost: Option<&str>| {
+        let mut event = json!({
+            "id": rng.uuid(),
+            "created_at": rfc3339(unix_now() - ago_secs),
+            "tenant_id": "acme",
+            "provider": "openai",
+            "model": "gpt-4o",
+            "prompt_tokens": 100_000,
+            "completion_tokens": 10_000,
+        });
+        if let Some(cost) = cost {
+            event["estimated_cost"] = json!(cost);
+        }
+        event
+    };
+    const DAY: i64 = 24 * 60 * 60;
+
+    let refused_cost = json!([
+        event(60, None),
+        event(60, Some("0")),
+        event(60, Some("0.000001"))
+    ]);
+    let (status, body) = call("POST", &usage, Some(tenant_key), Some(refused_cost.clone())).await;
+    assert_refused(
+        "tenant key sends estimated_cost",
+        &(status, body.clone()),
+        403,
+    );
+    assert_eq!(body["error"], "caller_cost_not_allowed", "{body}");
+    let indexes: Vec<u64> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["field"], "estimated_cost", "{e}");
+            e["index"].as_u64().expect("index")
+        })
+        .collect();
+    assert_eq!(indexes, vec![1, 2], "{body}");
+
+    let refused_late = json!([event(60, None), event(2 * DAY, None)]);
+    let (status, body) = call("POST", &usage, Some(tenant_key), Some(refused_late.clone())).await;
+    assert_refused(
+        "tenant key backdates two days",
+        &(status, body.clone()),
+        400,
+    );
+    assert_eq!(body["error"], "too_late", "{body}");
+    assert_eq!(body["max_lateness_ms"], 6 * 60 * 60 * 1000, "{body}");
+    assert_eq!(body["errors"][0]["index"], 1, "{body}");
+    assert_eq!(body["errors"][0]["field"], "created_at", "{body}");
+
+    let own = event(60, None);
+    let service = event(2 * DAY, Some("0.25"));
+    let admin = event(20 * DAY, Some("0.5"));
+    for (key, event) in [
+        (tenant_key, &own),
+        (service_key, &service),
+        (admin_key, &admin),
+    ] {
+        let (status, body) = call("POST", &usage, Some(key), Some(json!([event]))).await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    let db = services.database.client().await;
+    wait_for_rows(&db, 3, CATCH_UP).await;
+    let rows = e2e::ledger_check::text_rows(
+        &db,
+        "SELECT id::text, estimated_cost::text, pricing_status FROM gateway_mode_audit",
+    )
+    .await;
+    let stored: BTreeMap<String, (String, String)> = rows
+        .into_iter()
+        .map(|row| {
+            let text = |i: usize| row[i].clone().unwrap_or_default();
+            (text(0), (text(1), text(2)))
+        })
+        .collect();
+    let id = |event: &Value| event["id"].as_str().expect("id").to_owned();
+    for refused in refused_cost
+        .as_array()
+        .into_iter()
+        .chain(refused_late.as_array())
+        .flatten()
+    {
+        assert!(
+            !stored.contains_key(&id(refused)),
+            "an event of a refused batch was stored: {refused}"
+        );
+    }
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    let (cost, status) = &stored[&id(&own)];
+    assert_eq!(
+        status, "priced",
+        "the tenant key's event is priced from the price book"
+    );
+    assert!(
+        e2e::ledger_check::tenth_nanos(cost) > 0,
+        "100k prompt and 10k completion tokens of gpt-4o cost something: {cost}"
+    );
+    for (event, want) in [(&service, "0.25"), (&admin, "0.5")] {
+        let (cost, status) = &stored[&id(event)];
+        assert_eq!(status, "provided", "{event}");
+        assert_eq!(
+            e2e::ledger_check::tenth_nanos(cost),
+            e2e::ledger_check::tenth_nanos(want),
+            "{event}"
+        );
+    }
+
+    let metrics = gateway.metrics().await;
+    for expected in [
+        "tokenledger_gateway_events_rejected_total{reason=\"caller_cost\"} 3",
+        "tokenledger_gateway_events_rejected_total{reason=\"too_late\"} 2",
+        "tokenledger_gateway_events_accepted_total 3",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+    gateway.process.assert_running();
+    processor.process.assert_running();
+    gateway.wait_ready(Duration::from_secs(5)).await;
 }

@@ -144,6 +144,13 @@ async fn accept_usage(
             events: events.len(),
         });
     }
+    caller
+        .policy
+        .check(&events, request.received_at, body_is_array)
+        .map_err(|refusal| AppError::Untrusted {
+            refusal,
+            events: events.len(),
+        })?;
 
     for event in &mut events {
         event.request_id = Some(request.id.as_str().to_owned());

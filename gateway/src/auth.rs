@@ -1,5 +1,7 @@
-//! API-key authentication: the key ring built from configuration, and the
-//! [`Authenticated`] extractor every protected handler takes.
+//! API-key authentication: the key ring built from configuration, the
+//! [`Authenticated`] extractor every protected handler takes, and each key's
+//! [`TrustPolicy`]: whether its events may carry their own cost and how far
+//! back they may be dated.
 //!
 //! Only SHA-256 hashes of keys are configured. A presented key is hashed and
 //! compared with every configured hash in constant time, so neither the
@@ -14,10 +16,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use ledger::event::IndexedFieldError;
+use ledger::UsageEvent;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::config::KeyKind;
 use crate::config::{AuthConfig, KeyConfig, KeysFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +69,136 @@ impl IntoResponse for AuthError {
 /// Who is calling, once the key has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
-    /// The tenant a tenant key is bound to; `None` for admin keys and when
-    /// authentication is disabled.
+    /// The tenant a tenant or service key is bound to; `None` for admin
+    /// keys and when authentication is disabled.
     pub tenant: Option<String>,
     /// Admin keys may write any tenant's events and manage budgets.
     pub admin: bool,
+    pub kind: KeyKind,
+    pub policy: TrustPolicy,
 }
 
 impl Authenticated {
+    /// The caller when authentication is disabled: an admin.
+    pub fn unauthenticated_admin() -> Self {
+        Self {
+            tenant: None,
+            admin: true,
+            kind: KeyKind::Admin,
+            policy: TrustPolicy::TRUSTED,
+        }
+    }
+
     /// Whether this caller may write or read data of `tenant_id`.
     pub fn may_access_tenant(&self, tenant_id: &str) -> bool {
         self.admin || self.tenant.as_deref() == Some(tenant_id)
     }
+}
+
+/// What a key's events are believed about. A tenant key by default has
+/// neither: a tenant that could set its own cost or date its usage weeks
+/// back could lower its bill or move spend into closed budget periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// Whether `estimated_cost` is accepted; otherwise it is refused, not
+    /// dropped, so a client never believes its figure was used.
+    pub allow_caller_cost: bool,
+    /// How far before its arrival an event may be dated; `None` leaves only
+    /// the global backfill window (`validation.backfill_days`).
+    pub max_lateness: Option<Duration>,
+}
+
+impl TrustPolicy {
+    pub const TRUSTED: Self = Self {
+        allow_caller_cost: true,
+        max_lateness: None,
+    };
+
+    /// Refuses a batch if any event asks for more than this policy allows,
+    /// naming every such event. A caller cost is refused before lateness.
+    /// `indexed` says whether the body was an array, so errors carry the
+    /// event's index.
+    pub fn check(
+        &self,
+        events: &[UsageEvent],
+        received_at: DateTime<Utc>,
+        indexed: bool,
+    ) -> Result<(), TrustRefusal> {
+        let refuse = |index: usize, field: &str, message: String| IndexedFieldError {
+            index: indexed.then_some(index),
+            field: field.into(),
+            message,
+        };
+        if !self.allow_caller_cost {
+            let errors: Vec<IndexedFieldError> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, event)| event.estimated_cost.is_some())
+                .map(|(index, _)| {
+                    refuse(
+                        index,
+                        "estimated_cost",
+                        "this API key may not set its own cost; leave estimated_cost out and the price book prices the event (a service key may send it)".into(),
+                    )
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(TrustRefusal::CallerCost(errors));
+            }
+        }
+        if let Some(max_lateness) = self.max_lateness {
+            let oldest = received_at - max_lateness;
+            let errors: Vec<IndexedFieldError> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, event)| event.created_at < oldest)
+                .map(|(index, _)| {
+                    refuse(
+                        index,
+                        "created_at",
+                        format!(
+                            "is more than {} before the gateway received it, further back than this API key may write (created_at, or the time of a UUIDv7 id without it; a service key may backfill)",
+                            describe(max_lateness)
+                        ),
+                    )
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(TrustRefusal::TooLate {
+                    errors,
+                    max_lateness,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a key's policy refused a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustRefusal {
+    #[error("this API key may not set estimated_cost, sent in {} event(s): its usage is priced from the price book", .0.len())]
+    CallerCost(Vec<IndexedFieldError>),
+    #[error("{} event(s) are dated more than {} before they were received, further back than this API key may write", .errors.len(), describe(*.max_lateness))]
+    TooLate {
+        errors: Vec<IndexedFieldError>,
+        max_lateness: Duration,
+    },
+}
+
+/// A lateness in the largest whole unit that states it exactly.
+fn describe(duration: Duration) -> String {
+    let ms = duration.num_milliseconds();
+    let (amount, unit) = [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+    ]
+    .into_iter()
+    .find(|(size, _)| ms % size == 0)
+    .map_or((ms, "millisecond"), |(size, unit)| (ms / size, unit));
+    format!("{amount} {unit}{}", if amount == 1 { "" } else { "s" })
 }
 
 #[derive(Clone)]
@@ -107,11 +231,11 @@ impl KeyRing {
         }
         let mut entries = Vec::new();
         for (position, key) in config.keys.iter().enumerate() {
-            entries.push(parse_key(key, position + 1, "auth.keys")?);
+            entries.push(parse_key(config, key, position + 1, "auth.keys")?);
         }
         if let Some(path) = &config.keys_file {
             for (position, key) in read_keys_file(path)?.keys.iter().enumerate() {
-                entries.push(parse_key(key, position + 1, "auth.keys_file")?);
+                entries.push(parse_key(config, key, position + 1, "auth.keys_file")?);
             }
         }
         if entries.is_empty() {
@@ -147,10 +271,7 @@ impl KeyRing {
     /// Checks the `Authorization: Bearer <key>` header.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthError> {
         if !self.enabled {
-            return Ok(Authenticated {
-                tenant: None,
-                admin: true,
-            });
+            return Ok(Authenticated::unauthenticated_admin());
         }
         let presented = bearer_token(headers).ok_or(AuthError::Unauthenticated)?;
         let presented_sha256: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -185,6 +306,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn parse_key(
+    config: &AuthConfig,
     key: &KeyConfig,
     position: usize,
     origin: &'static str,
@@ -197,23 +319,26 @@ fn parse_key(
     let mut sha256 = [0_u8; 32];
     hex::decode_to_slice(key.sha256.expose().trim(), &mut sha256)
         .map_err(|_| invalid("sha256 must be 64 hex digits (see `gateway hash-key`)"))?;
-    let principal = match (&key.tenant_id, key.admin) {
-        (Some(_), true) => {
-            return Err(invalid(
-                "a key is either bound to a tenant_id or admin, not both",
-            ))
-        }
-        (None, false) => return Err(invalid("needs a tenant_id or admin = true")),
-        (Some(tenant), false) if tenant.trim().is_empty() => {
-            return Err(invalid("tenant_id must not be empty"))
-        }
-        (Some(tenant), false) => Authenticated {
-            tenant: Some(tenant.clone()),
-            admin: false,
-        },
-        (None, true) => Authenticated {
-            tenant: None,
-            admin: true,
+    let policy = key.policy(config).map_err(invalid)?;
+    let max_lateness = match policy.max_lateness_ms {
+        Some(ms) => Some(
+            i64::try_from(ms)
+                .ok()
+                .and_then(Duration::try_milliseconds)
+                .ok_or_else(|| invalid("max_lateness_ms is too large"))?,
+        ),
+        None => None,
+    };
+    let principal = Authenticated {
+        tenant: key
+            .tenant_id
+            .clone()
+            .filter(|_| policy.kind != KeyKind::Admin),
+        admin: policy.kind == KeyKind::Admin,
+        kind: policy.kind,
+        policy: TrustPolicy {
+            allow_caller_cost: policy.allow_caller_cost,
+            max_lateness,
         },
     };
     Ok(KeyEntry { sha256, principal })
@@ -252,18 +377,10 @@ mod tests {
         KeyRing::from_config(&AuthConfig {
             enabled: true,
             keys: vec![
-                KeyConfig {
-                    sha256: hash_key("acme-secret").into(),
-                    tenant_id: Some("acme".into()),
-                    admin: false,
-                },
-                KeyConfig {
-                    sha256: hash_key("root-secret").into(),
-                    tenant_id: None,
-                    admin: true,
-                },
+                KeyConfig::tenant(hash_key("acme-secret"), "acme"),
+                KeyConfig::admin(hash_key("root-secret")),
             ],
-            keys_file: None,
+            ..AuthConfig::default()
         })
         .expect("valid ring")
     }
@@ -339,13 +456,11 @@ mod tests {
             (hash_key("k"), Some(" "), false),
         ] {
             let config = AuthConfig {
-                enabled: true,
                 keys: vec![KeyConfig {
-                    sha256: sha256.into(),
-                    tenant_id: tenant_id.map(Into::into),
                     admin,
+                    ..KeyConfig::of_kind(sha256, None, tenant_id)
                 }],
-                keys_file: None,
+                ..AuthConfig::default()
             };
             assert!(KeyRing::from_config(&config).is_err());
         }
@@ -364,14 +479,44 @@ mod tests {
         )
         .expect("write keys");
         let ring = KeyRing::from_config(&AuthConfig {
-            enabled: true,
-            keys: Vec::new(),
             keys_file: Some(path),
+            ..AuthConfig::default()
         })
         .expect("ring from file");
         let who = ring
             .authenticate(&headers("Bearer globex-secret"))
             .expect("file key");
         assert_eq!(who.tenant.as_deref(), Some("globex"));
+    }
+
+    #[test]
+    fn a_lateness_is_described_in_its_largest_exact_unit() {
+        assert_eq!(describe(Duration::hours(6)), "6 hours");
+        assert_eq!(describe(Duration::days(1)), "1 day");
+        assert_eq!(describe(Duration::minutes(90)), "90 minutes");
+        assert_eq!(describe(Duration::milliseconds(1_500)), "1500 milliseconds");
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_lateness_is_accepted_and_one_before_refused() {
+        let received_at = Utc::now();
+        let policy = TrustPolicy {
+            allow_caller_cost: false,
+            max_lateness: Some(Duration::hours(6)),
+        };
+        let mut event: UsageEvent = ledger::event::parse_batch(
+            br#"{"tenant_id":"acme","provider":"openai","model":"gpt-4o","prompt_tokens":1,"completion_tokens":1}"#,
+            received_at,
+            &ledger::event::ValidationLimits::default(),
+        )
+        .expect("valid")
+        .remove(0);
+        event.created_at = received_at - Duration::hours(6);
+        assert_eq!(policy.check(&[event.clone()], received_at, false), Ok(()));
+        event.created_at -= Duration::microseconds(1);
+        assert!(matches!(
+            policy.check(&[event], received_at, false),
+            Err(TrustRefusal::TooLate { .. })
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! variables) and the print path are [`infra::config`]'s.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::Env;
@@ -222,41 +222,9 @@ impl KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Turning authentication off must be written down; the gateway then
-    /// accepts any tenant's events from anyone.
-    pub enabled: bool,
-    pub keys: Vec<KeyConfig>,
-    /// TOML file holding a `keys` array, so key hashes need not sit in the
-    /// main configuration.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keys_file: Option<PathBuf>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            keys: Vec::new(),
-            keys_file: None,
-        }
-    }
-}
-
-/// One API key, stored only as the SHA-256 of the key (`gateway hash-key`).
-/// Exactly one of `tenant_id` and `admin = true` must be given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    /// A secret too: it is all an attacker needs to test guesses offline.
-    pub sha256: Secret,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub admin: bool,
-}
+// The `[auth]` section and each key's trust policy.
+mod keys;
+pub use keys::{AuthConfig, KeyConfig, KeyKind, KeyPolicy};
 
 /// The shape of `auth.keys_file`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -331,6 +299,7 @@ impl Config {
             return invalid("http.max_body_bytes must be positive".into());
         }
         self.http.validate_connections()?;
+        self.auth.validate()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }
@@ -362,7 +331,7 @@ impl Config {
     /// The configuration as TOML with credentials replaced, for
     /// `--print-config`.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
-        infra::config::to_toml(self)
+        infra::config::to_toml(&self.with_key_policies_shown())
     }
 }
 
@@ -492,11 +461,10 @@ tenant_id = "acme"
     #[test]
     fn printed_config_redacts_secrets_and_parses_back() {
         let mut config = Config::default();
-        config.auth.keys.push(KeyConfig {
-            sha256: "deadbeef".repeat(8).into(),
-            tenant_id: Some("acme".into()),
-            admin: false,
-        });
+        config
+            .auth
+            .keys
+            .push(KeyConfig::tenant("deadbeef".repeat(8), "acme"));
         config
             .kafka
             .properties
@@ -548,11 +516,10 @@ tenant_id = "acme"
         ] {
             let mut config = Config::default();
             config.database.url = Some(url.into());
-            config.auth.keys.push(KeyConfig {
-                sha256: "hunter2".repeat(9).into(),
-                tenant_id: Some("acme".into()),
-                admin: false,
-            });
+            config
+                .auth
+                .keys
+                .push(KeyConfig::tenant("hunter2".repeat(9), "acme"));
             config
                 .kafka
                 .properties
@@ -570,11 +537,7 @@ tenant_id = "acme"
 
     #[test]
     fn key_debug_output_hides_the_hash() {
-        let key = KeyConfig {
-            sha256: "0123456789abcdef".into(),
-            tenant_id: None,
-            admin: true,
-        };
+        let key = KeyConfig::admin("0123456789abcdef");
         assert!(!format!("{key:?}").contains("0123456789abcdef"));
     }
 }

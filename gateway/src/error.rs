@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::append::AppendError;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, TrustRefusal};
 use crate::metrics::{RejectReason, Rejection};
 use crate::readiness::NotReady;
 
@@ -26,6 +26,12 @@ pub enum AppError {
     Forbidden {
         errors: Vec<IndexedFieldError>,
         /// Every event of the batch is refused, not only the foreign ones.
+        events: usize,
+    },
+    /// The key's trust policy refuses the batch, whole.
+    #[error("{refusal}")]
+    Untrusted {
+        refusal: TrustRefusal,
         events: usize,
     },
     #[error("Content-Type must be application/json")]
@@ -91,6 +97,10 @@ impl AppError {
         let reason_and_count = match self {
             Self::Unauthorized => (RejectReason::Unauthorized, 1),
             Self::Forbidden { events, .. } => (RejectReason::Forbidden, *events),
+            Self::Untrusted { refusal, events } => match refusal {
+                TrustRefusal::CallerCost(_) => (RejectReason::CallerCost, *events),
+                TrustRefusal::TooLate { .. } => (RejectReason::TooLate, *events),
+            },
             Self::UnsupportedMediaType => (RejectReason::UnsupportedMediaType, 1),
             Self::PayloadTooLarge { .. } => (RejectReason::TooLarge, 1),
             Self::UnreadableBody(_) | Self::EmptyBody => (RejectReason::Malformed, 1),
@@ -170,6 +180,7 @@ impl AppError {
                 Json(json!({ "error": "forbidden", "message": message, "errors": errors })),
             )
                 .into_response(),
+            Self::Untrusted { refusal, .. } => untrusted_response(refusal, message),
             Self::UnsupportedMediaType => closing((
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Json(error_body("unsupported_media_type", message)),
@@ -271,6 +282,35 @@ fn batch_error_response(batch: BatchError, message: String) -> Response {
         }
     };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// A cost the key may not set is a permission (403); a date further back
+/// than the key may write is a bad value with a stated limit (400).
+fn untrusted_response(refusal: TrustRefusal, message: String) -> Response {
+    match refusal {
+        TrustRefusal::CallerCost(errors) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "caller_cost_not_allowed",
+                "message": message,
+                "errors": errors,
+            })),
+        )
+            .into_response(),
+        TrustRefusal::TooLate {
+            errors,
+            max_lateness,
+        } => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "too_late",
+                "message": message,
+                "max_lateness_ms": max_lateness.num_milliseconds(),
+                "errors": errors,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// The answer to a failed budget API request: `{"error", "message"}` (and

@@ -27,6 +27,10 @@ pub enum RejectReason {
     UnsupportedMediaType,
     Unauthorized,
     Forbidden,
+    /// A key not trusted with `estimated_cost` sent one.
+    CallerCost,
+    /// Dated further back than the key's lateness allows.
+    TooLate,
     TooLarge,
     QueueFull,
     Timeout,
@@ -35,12 +39,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Invalid,
         Self::Malformed,
         Self::UnsupportedMediaType,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::CallerCost,
+        Self::TooLate,
         Self::TooLarge,
         Self::QueueFull,
         Self::Timeout,
@@ -55,6 +61,8 @@ impl RejectReason {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::CallerCost => "caller_cost",
+            Self::TooLate => "too_late",
             Self::TooLarge => "too_large",
             Self::QueueFull => "queue_full",
             Self::Timeout => "timeout",

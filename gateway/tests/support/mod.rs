@@ -24,23 +24,11 @@ pub fn key_ring() -> KeyRing {
     KeyRing::from_config(&AuthConfig {
         enabled: true,
         keys: vec![
-            KeyConfig {
-                sha256: hash_key(ACME_KEY).into(),
-                tenant_id: Some("acme".into()),
-                admin: false,
-            },
-            KeyConfig {
-                sha256: hash_key(GLOBEX_KEY).into(),
-                tenant_id: Some("globex".into()),
-                admin: false,
-            },
-            KeyConfig {
-                sha256: hash_key(ADMIN_KEY).into(),
-                tenant_id: None,
-                admin: true,
-            },
+            KeyConfig::tenant(hash_key(ACME_KEY), "acme"),
+            KeyConfig::tenant(hash_key(GLOBEX_KEY), "globex"),
+            KeyConfig::admin(hash_key(ADMIN_KEY)),
         ],
-        keys_file: None,
+        ..AuthConfig::default()
     })
     .expect("test key ring is valid")
 }
