@@ -1301,12 +1301,18 @@ async fn same_key_under_two_tenants() {
         stored_under(initech.id.clone()).await,
         vec![
             vec![Some("initech".to_owned()), Some(initech.prompt.to_string())],
-            vec![Some("umbrella".to_owned()), Some(umbrella.prompt.to_string())],
+            vec![
+                Some("umbrella".to_owned()),
+                Some(umbrella.prompt.to_string())
+            ],
         ],
         "one id, two tenants in one batch: two events"
     );
     assert_eq!(counters.inserted as usize, acknowledged, "inserted");
-    assert_eq!(counters.conflicts, 1, "only globex's own reuse is a conflict");
+    assert_eq!(
+        counters.conflicts, 1,
+        "only globex's own reuse is a conflict"
+    );
     assert_eq!(
         counters.dead_lettered.get("conflict").copied().unwrap_or(0),
         1,
