@@ -344,7 +344,7 @@ async fn a_stored_offset_beyond_the_log_holds_only_its_partition_until_reset() {
     let new: Vec<Expected> = ledger
         .snapshot()
         .into_values()
-        .filter(|e| !sent_before.contains_key(&e.id))
+        .filter(|e| !sent_before.contains_key(&e.key()))
         .collect();
     let on = |partition: i32| -> Vec<String> {
         new.iter()

@@ -174,9 +174,9 @@ async fn database_migrations_rollups_and_reports() {
         INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens,
             completion_tokens, total_tokens, estimated_cost, created_at, pricing_status,
             received_at, payload_sha256, source_partition, source_offset)
-        SELECT id, 'tenant-late', 'openai', 'gpt-4', 10, 5, 15, 0.5, created_at, 'provided',
+        SELECT id, tenant_id, 'openai', 'gpt-4', 10, 5, 15, 0.5, created_at, 'provided',
             now(), '\\x01'::bytea, 0, 0
-        FROM (SELECT id, created_at FROM gateway_mode_audit
+        FROM (SELECT id, tenant_id, created_at FROM gateway_mode_audit
               WHERE created_at < now() - INTERVAL '20 days' ORDER BY created_at LIMIT 1) dup
         UNION ALL
         SELECT gen_random_uuid(), 'tenant-late', 'openai', 'gpt-4', 10, 5, 15, 0.5,

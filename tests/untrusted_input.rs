@@ -15,17 +15,20 @@
 //! - `a_tenant_key_cannot_lower_its_bill`: a tenant key's `estimated_cost` (even "0") and
 //!   `created_at` older than its lateness are refused whole; the price book prices what it may
 //!   send; service and admin keys still send their own cost and backfill.
+//! - `same_key_under_two_tenants`: idempotency keys are per tenant; another tenant sending the
+//!   same `(id, created_at)` first neither displaces nor dead-letters a tenant's own event.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::ledger_check::{
-    check_ledger, rfc3339, unix_now, wait_for_rows, CounterEvidence, Expected, Ledger, Rng,
+    check_ledger, rfc3339, tenth_nanos, text_rows, unix_now, wait_for_rows, CounterEvidence,
+    Expected, Ledger, Rng,
 };
 use e2e::usage::{
     hash_key, http_client, Gateway, Processor, Services, UsageClient, DLQ_TOPIC, USAGE_TOPIC,
 };
-use e2e::{header_strings, wait_for_some};
+use e2e::{header_strings, wait_for, wait_for_some};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -1340,4 +1343,172 @@ async fn a_tenant_key_cannot_lower_its_bill() {
     gateway.process.assert_running();
     processor.process.assert_running();
     gateway.wait_ready(Duration::from_secs(5)).await;
+/// Scenario 9: idempotency keys are per tenant. Tenant B sends an event with tenant A's id and
+/// `created_at` before A does (guessed, copied from a shared log, or by chance); A's own event
+/// must still be stored and counted in A's rollups, budget spend and counters, not dead-lettered
+/// as a conflict. The same holds inside one request. A conflict within one tenant is still a
+/// conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_under_two_tenants() {
+    let services = Services::start(PARTITIONS).await;
+    let gateway = services.gateway("gateway", &[]).await;
+    let mut processor = services.processor("processor", &[]);
+    processor.wait_assigned(STARTUP).await;
+    let ledger = Ledger::new();
+    let client = UsageClient::new(&gateway.url, &ledger);
+    let mut rng = Rng::from_env("same_key_under_two_tenants");
+    let deadline = Duration::from_secs(30);
+    let db = services.database.client().await;
+    let stored_under = |id: String| {
+        let db = &db;
+        async move {
+            text_rows(
+                db,
+                &format!(
+                    "SELECT tenant_id, prompt_tokens FROM gateway_mode_audit \
+                     WHERE id = '{id}' ORDER BY tenant_id"
+                ),
+            )
+            .await
+        }
+    };
+
+    // Large costs, so that both tenants cross thresholds of the test budgets.
+    let acme = Expected {
+        tenant: "acme".into(),
+        cost_micros: 120_000,
+        ..Expected::random(&mut rng, &["acme"])
+    };
+    let globex = Expected {
+        tenant: "globex".into(),
+        prompt: acme.prompt + 11,
+        cost_micros: 70_000,
+        ..acme.clone()
+    };
+    client
+        .send_until_accepted(std::slice::from_ref(&globex), deadline)
+        .await
+        .expect("202");
+    let globex_first = wait_for(CATCH_UP, || async {
+        !stored_under(globex.id.clone()).await.is_empty()
+    })
+    .await;
+    assert!(globex_first, "globex's event was stored first");
+    client
+        .send_until_accepted(std::slice::from_ref(&acme), deadline)
+        .await
+        .expect("202");
+
+    // The same key for two tenants inside one request (one batch).
+    let initech = Expected {
+        tenant: "initech".into(),
+        cost_micros: 90_000,
+        ..Expected::random(&mut rng, &["initech"])
+    };
+    let umbrella = Expected {
+        tenant: "umbrella".into(),
+        completion: initech.completion + 3,
+        ..initech.clone()
+    };
+    client
+        .send_until_accepted(&[initech.clone(), umbrella.clone()], deadline)
+        .await
+        .expect("202");
+
+    // Within one tenant the key still identifies one event: other content is a conflict.
+    let globex_conflict = Expected {
+        prompt: globex.prompt + 1,
+        ..globex.clone()
+    };
+    client
+        .send_until_accepted(std::slice::from_ref(&globex_conflict), deadline)
+        .await
+        .expect("202");
+    // Traffic around it, so the rows share batches and buckets with others.
+    let others: Vec<Expected> = (0..30)
+        .map(|_| Expected::random(&mut rng, &["acme", "globex", "initech", "umbrella"]))
+        .collect();
+    client
+        .send_until_accepted(&others, deadline)
+        .await
+        .expect("202");
+
+    // Every record sent is either inserted or a conflict; wait until all are accounted for.
+    let acknowledged = ledger.len();
+    let counters = wait_for_some(CATCH_UP, || async {
+        processor
+            .scrape()
+            .await
+            .filter(|c| (c.inserted + c.conflicts) as usize > acknowledged)
+    })
+    .await
+    .expect("the processor handled every record");
+    assert_eq!(
+        stored_under(acme.id.clone()).await,
+        vec![
+            vec![Some("acme".to_owned()), Some(acme.prompt.to_string())],
+            vec![Some("globex".to_owned()), Some(globex.prompt.to_string())],
+        ],
+        "one id, two tenants: two events, each with its own content"
+    );
+    assert_eq!(
+        stored_under(initech.id.clone()).await,
+        vec![
+            vec![Some("initech".to_owned()), Some(initech.prompt.to_string())],
+            vec![
+                Some("umbrella".to_owned()),
+                Some(umbrella.prompt.to_string())
+            ],
+        ],
+        "one id, two tenants in one batch: two events"
+    );
+    assert_eq!(counters.inserted as usize, acknowledged, "inserted");
+    assert_eq!(
+        counters.conflicts, 1,
+        "only globex's own reuse is a conflict"
+    );
+    assert_eq!(
+        counters.dead_lettered.get("conflict").copied().unwrap_or(0),
+        1,
+        "conflicts dead-lettered"
+    );
+    let letters = read_topic(&services, DLQ_TOPIC, 1, 2, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 1, "dead letters: {letters:?}");
+    let letter: Value = serde_json::from_slice(letters[0].0.as_deref().unwrap_or_default())
+        .expect("the dead letter carries the original record");
+    assert_eq!(letter["tenant_id"], "globex", "{letter}");
+    assert_eq!(letter["prompt_tokens"], globex_conflict.prompt, "{letter}");
+
+    // Each tenant's spend holds its own events, acme's included.
+    let acknowledged_events = ledger.snapshot();
+    for tenant in ["acme", "globex", "initech", "umbrella"] {
+        let want: i128 = acknowledged_events
+            .values()
+            .filter(|e| e.tenant == tenant)
+            .map(Expected::cost)
+            .sum();
+        let spend = text_rows(
+            &db,
+            &format!(
+                "SELECT COALESCE(sum(s.spend_usd), 0)::text FROM budget_spend s \
+                 JOIN budgets b ON b.id = s.budget_id \
+                 WHERE b.name = 'faults-monthly' AND s.tenant_id = '{tenant}'"
+            ),
+        )
+        .await;
+        assert_eq!(
+            tenth_nanos(spend[0][0].as_deref().unwrap_or("0")),
+            want,
+            "{tenant}'s monthly budget spend"
+        );
+    }
+    check_ledger(
+        &db,
+        &ledger,
+        &CounterEvidence {
+            complete: vec![counters],
+            ..CounterEvidence::default()
+        },
+    )
+    .await;
 }

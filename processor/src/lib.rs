@@ -43,7 +43,7 @@
 //! Kafka delivers at least once; the table must count every event once.
 //!
 //! 1. **The row is the record of having processed an event.** Rows are keyed
-//!    by `(created_at, id)` and inserted with `ON CONFLICT DO NOTHING
+//!    by `(created_at, tenant_id, id)` and inserted with `ON CONFLICT DO NOTHING
 //!    RETURNING`, so delivering an event again (a client retry through the
 //!    gateway, redelivery after a crash, two consumers during a rebalance,
 //!    a replay) cannot add a second row. `RETURNING` tells which rows are

@@ -25,6 +25,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V5__refresh_windows.sql",
         include_str!("../../sql/V5__refresh_windows.sql"),
     ),
+    (
+        "V7__tenant_idempotency.sql",
+        include_str!("../../sql/V7__tenant_idempotency.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -1,6 +1,6 @@
 //! Preparing a batch, without I/O: decode and re-validate each record,
-//! sort out what must be dead-lettered and why, dedupe by `(id, created_at)`
-//! inside the batch and price each event; then, given what the database
+//! sort out what must be dead-lettered and why, dedupe by
+//! `(tenant_id, id, created_at)` inside the batch and price each event; then, given what the database
 //! answered, classify every event as new, duplicate or conflict.
 //!
 //! Everything here is a pure function of the records, the price book and
@@ -18,8 +18,11 @@ use crate::dead_letters::{DeadLetter, Reason};
 use crate::offsets::NextOffsets;
 use crate::record::Record;
 
-/// The idempotency key of a usage event.
-pub type EventKey = (Uuid, DateTime<Utc>);
+/// The idempotency key of a usage event: `(tenant_id, id, created_at)`.
+/// Ids are chosen by clients, so they are unique per tenant only: another
+/// tenant reusing an id, by chance or on purpose, sends another event, and
+/// must not displace this one (sql/V7__tenant_idempotency.sql).
+pub type EventKey = (String, Uuid, DateTime<Utc>);
 
 /// Keys are hashed several times per event; foldhash is several times
 /// cheaper than the standard SipHash and still seeded per process, so
@@ -40,7 +43,11 @@ pub struct PricedEvent {
 
 impl PricedEvent {
     pub fn key(&self) -> EventKey {
-        (self.event.id, self.event.created_at)
+        (
+            self.event.tenant_id.clone(),
+            self.event.id,
+            self.event.created_at,
+        )
     }
 }
 
@@ -48,7 +55,7 @@ impl PricedEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedBatch {
     pub records: Vec<Record>,
-    /// The first occurrence of each `(id, created_at)`, in arrival order.
+    /// The first occurrence of each [`EventKey`], in arrival order.
     pub unique: Vec<PricedEvent>,
     /// Later occurrences of a key already in `unique`.
     pub repeats: Vec<PricedEvent>,
@@ -189,10 +196,21 @@ fn check_storable(event: &UsageEvent) -> Result<(), String> {
 /// The database reported a key neither inserted nor stored: the insert and
 /// the lookup that followed it in the same transaction disagree.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("row ({id}, {created_at}) was neither inserted nor found stored")]
+#[error("row ({tenant_id}, {id}, {created_at}) was neither inserted nor found stored")]
 pub struct MissingStoredRow {
+    pub tenant_id: String,
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
+}
+
+impl From<EventKey> for MissingStoredRow {
+    fn from((tenant_id, id, created_at): EventKey) -> Self {
+        Self {
+            tenant_id,
+            id,
+            created_at,
+        }
+    }
 }
 
 /// How the events of a batch relate to what the database holds.
@@ -230,10 +248,9 @@ pub fn classify<S: BuildHasher>(
             classification.new.push(index);
             &priced.content_sha256
         } else {
-            let stored_hash = stored.get(&key).ok_or(MissingStoredRow {
-                id: key.0,
-                created_at: key.1,
-            })?;
+            let Some(stored_hash) = stored.get(&key) else {
+                return Err(key.into());
+            };
             compare(priced, stored_hash, &mut classification);
             stored_hash
         };
@@ -243,10 +260,9 @@ pub fn classify<S: BuildHasher>(
     }
     for priced in &prepared.repeats {
         let key = priced.key();
-        let known_hash = known.get(&key).ok_or(MissingStoredRow {
-            id: key.0,
-            created_at: key.1,
-        })?;
+        let Some(known_hash) = known.get(&key) else {
+            return Err(key.into());
+        };
         compare(priced, known_hash, &mut classification);
     }
     Ok(classification)
@@ -259,7 +275,9 @@ fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classi
         classification.conflicts.push((
             priced.record_index,
             format!(
-                "(id, created_at) = ({}, {}) is stored with content sha256 {}, this record has {}",
+                "(tenant_id, id, created_at) = ({}, {}, {}) is stored with content sha256 {}, \
+                 this record has {}",
+                priced.event.tenant_id,
                 priced.event.id,
                 priced.event.created_at.to_rfc3339(),
                 hex::encode(stored_hash),

@@ -29,14 +29,16 @@ SELECT * FROM UNNEST(
     $6::int4[], $7::int4[], $8::int4[], $9::numeric[], $10::timestamptz[],
     $11::int4[], $12::int4[], $13::int4[], $14::text[], $15::jsonb[],
     $16::text[], $17::timestamptz[], $18::bytea[], $19::int4[], $20::int8[])
-ON CONFLICT DO NOTHING
-RETURNING id, created_at";
+ON CONFLICT (created_at, tenant_id, id) DO NOTHING
+RETURNING tenant_id, id, created_at";
 
 const STORED_HASHES: &str = "
-SELECT audit.id, audit.created_at, audit.payload_sha256
+SELECT audit.tenant_id, audit.id, audit.created_at, audit.payload_sha256
 FROM gateway_mode_audit AS audit
-JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS wanted(id, created_at)
-  ON audit.id = wanted.id AND audit.created_at = wanted.created_at";
+JOIN UNNEST($1::varchar[], $2::uuid[], $3::timestamptz[]) AS wanted(tenant_id, id, created_at)
+  ON audit.created_at = wanted.created_at
+ AND audit.tenant_id = wanted.tenant_id
+ AND audit.id = wanted.id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -366,7 +368,13 @@ async fn insert_rows(
         .map_err(db("insert"))?;
     Ok(returned
         .iter()
-        .map(|row| (row.get::<_, Uuid>(0), row.get::<_, DateTime<Utc>>(1)))
+        .map(|row| {
+            (
+                row.get::<_, String>(0),
+                row.get::<_, Uuid>(1),
+                row.get::<_, DateTime<Utc>>(2),
+            )
+        })
         .collect())
 }
 
@@ -377,22 +385,27 @@ async fn stored_hashes(
     if keys.is_empty() {
         return Ok(HashMap::default());
     }
-    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
-    let created: Vec<DateTime<Utc>> = keys.iter().map(|(_, at)| *at).collect();
+    let tenants: Vec<&str> = keys.iter().map(|(tenant, _, _)| tenant.as_str()).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|(_, id, _)| *id).collect();
+    let created: Vec<DateTime<Utc>> = keys.iter().map(|(_, _, at)| *at).collect();
     let statement = transaction
         .prepare_cached(STORED_HASHES)
         .await
         .map_err(db("prepare stored hashes"))?;
     let rows = transaction
-        .query(&statement, &[&ids, &created])
+        .query(&statement, &[&tenants, &ids, &created])
         .await
         .map_err(db("stored hashes"))?;
     Ok(rows
         .iter()
         .map(|row| {
             (
-                (row.get::<_, Uuid>(0), row.get::<_, DateTime<Utc>>(1)),
-                row.get::<_, Vec<u8>>(2),
+                (
+                    row.get::<_, String>(0),
+                    row.get::<_, Uuid>(1),
+                    row.get::<_, DateTime<Utc>>(2),
+                ),
+                row.get::<_, Vec<u8>>(3),
             )
         })
         .collect())

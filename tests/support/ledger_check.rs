@@ -193,15 +193,26 @@ impl Expected {
         self.prompt + self.completion
     }
 
+    /// What the ledger files the event under: ids are unique per tenant only, so the same id
+    /// sent by two tenants is two events.
+    pub fn key(&self) -> EventKey {
+        (self.tenant.clone(), self.id.clone())
+    }
+
     pub fn cost(&self) -> i128 {
         i128::from(self.cost_micros) * 10_000
     }
 }
 
+/// `(tenant, id)`: how the ledger and `check_ledger` tell events apart. Stricter than the
+/// database's key `(tenant_id, id, created_at)`: one tenant's id stored under two times is
+/// reported as stored more than once.
+pub type EventKey = (String, String);
+
 /// The events a test saw acknowledged with 202 (shared between client tasks).
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    inner: Arc<Mutex<BTreeMap<String, Expected>>>,
+    inner: Arc<Mutex<BTreeMap<EventKey, Expected>>>,
 }
 
 impl Ledger {
@@ -209,12 +220,12 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Records a 202: every event of the request is acknowledged. An id acknowledged before keeps
-    /// its first content (a conflicting reuse must not replace it).
+    /// Records a 202: every event of the request is acknowledged. A tenant's id acknowledged
+    /// before keeps its first content (a conflicting reuse must not replace it).
     pub fn acknowledge(&self, events: &[Expected]) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for event in events {
-            map.entry(event.id.clone()).or_insert_with(|| event.clone());
+            map.entry(event.key()).or_insert_with(|| event.clone());
         }
     }
 
@@ -229,7 +240,7 @@ impl Ledger {
         self.len() == 0
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, Expected> {
+    pub fn snapshot(&self) -> BTreeMap<EventKey, Expected> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -452,25 +463,26 @@ pub async fn check_ledger(client: &Client, ledger: &Ledger, counters: &CounterEv
          FROM gateway_mode_audit",
     )
     .await;
-    let mut stored: BTreeMap<String, Vec<&Vec<Option<String>>>> = BTreeMap::new();
+    let mut stored: BTreeMap<EventKey, Vec<&Vec<Option<String>>>> = BTreeMap::new();
     for row in &rows {
-        stored
-            .entry(row[0].clone().unwrap_or_default())
-            .or_default()
-            .push(row);
+        let key = (
+            row[1].clone().unwrap_or_default(),
+            row[0].clone().unwrap_or_default(),
+        );
+        stored.entry(key).or_default().push(row);
     }
-    let missing: Vec<&String> = expected
+    let missing: Vec<&EventKey> = expected
         .keys()
-        .filter(|id| !stored.contains_key(*id))
+        .filter(|key| !stored.contains_key(*key))
         .collect();
-    let extra: Vec<&String> = stored
+    let extra: Vec<&EventKey> = stored
         .keys()
-        .filter(|id| !expected.contains_key(*id))
+        .filter(|key| !expected.contains_key(*key))
         .collect();
-    let repeated: Vec<(&String, usize)> = stored
+    let repeated: Vec<(&EventKey, usize)> = stored
         .iter()
         .filter(|(_, rows)| rows.len() != 1)
-        .map(|(id, rows)| (id, rows.len()))
+        .map(|(key, rows)| (key, rows.len()))
         .collect();
     if !missing.is_empty() {
         let _ = writeln!(
@@ -492,8 +504,8 @@ pub async fn check_ledger(client: &Client, ledger: &Ledger, counters: &CounterEv
         let _ = writeln!(problems, "stored more than once: {repeated:?}");
     }
     let mut wrong_content = 0;
-    for (id, event) in &expected {
-        let Some(row) = stored.get(id).and_then(|rows| rows.first()) else {
+    for (key, event) in &expected {
+        let Some(row) = stored.get(key).and_then(|rows| rows.first()) else {
             continue;
         };
         let matches = row[1].as_deref() == Some(&event.tenant)

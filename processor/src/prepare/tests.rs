@@ -81,6 +81,52 @@ fn dedupes_inside_the_batch_by_id_and_created_at() {
 }
 
 #[test]
+fn the_same_id_and_created_at_under_two_tenants_are_two_events() {
+    let acme = event(1, "acme", 100);
+    let globex = event(1, "globex", 100);
+    let globex_again = globex.clone();
+    let prepared = prepare(
+        vec![
+            event_record(0, 0, &globex),
+            event_record(1, 0, &acme),
+            event_record(0, 1, &globex_again),
+        ],
+        &PriceBook::builtin(),
+    );
+    let tenants: Vec<&str> = prepared
+        .unique
+        .iter()
+        .map(|p| p.event.tenant_id.as_str())
+        .collect();
+    assert_eq!(tenants, ["globex", "acme"], "one event per tenant");
+    assert_eq!(prepared.repeats.len(), 1, "globex's retry is a repeat");
+
+    // The database inserted acme's and holds globex's: no conflict either way.
+    let key = |e: &UsageEvent| (e.tenant_id.clone(), e.id, e.created_at);
+    let inserted: HashSet<EventKey> = [key(&acme)].into();
+    let stored: HashMap<EventKey, Vec<u8>> =
+        [(key(&globex), globex.content_sha256().to_vec())].into();
+    let classification = classify(&prepared, &inserted, &stored).expect("consistent");
+    assert_eq!(classification.new, [1]);
+    assert_eq!(classification.duplicates, 2);
+    assert!(classification.conflicts.is_empty());
+
+    // Stored under acme's key, globex's content would be a conflict: the key decides.
+    let stored_as_acme: HashMap<EventKey, Vec<u8>> = [
+        (key(&globex), globex.content_sha256().to_vec()),
+        (key(&acme), globex.content_sha256().to_vec()),
+    ]
+    .into();
+    let classification = classify(&prepared, &HashSet::new(), &stored_as_acme).expect("consistent");
+    assert_eq!(classification.conflicts.len(), 1);
+    assert!(
+        classification.conflicts[0].1.contains("(acme, "),
+        "{}",
+        classification.conflicts[0].1
+    );
+}
+
+#[test]
 fn poison_is_classified_and_offsets_cover_it() {
     let good = event(1, "acme", 100);
     let mut wrong_total = event(2, "acme", 100);
@@ -194,16 +240,11 @@ fn classify_separates_new_duplicates_and_conflicts() {
         ],
         &PriceBook::builtin(),
     );
-    let inserted: HashSet<EventKey> = [(new.id, new.created_at)].into();
+    let key = |e: &UsageEvent| (e.tenant_id.clone(), e.id, e.created_at);
+    let inserted: HashSet<EventKey> = [key(&new)].into();
     let stored: HashMap<EventKey, Vec<u8>> = [
-        (
-            (stored_same.id, stored_same.created_at),
-            stored_same.content_sha256().to_vec(),
-        ),
-        (
-            (stored_other.id, stored_other.created_at),
-            stored_other.content_sha256().to_vec(),
-        ),
+        (key(&stored_same), stored_same.content_sha256().to_vec()),
+        (key(&stored_other), stored_other.content_sha256().to_vec()),
     ]
     .into();
     let classification = classify(&prepared, &inserted, &stored).expect("consistent");
