@@ -1343,6 +1343,8 @@ async fn a_tenant_key_cannot_lower_its_bill() {
     gateway.process.assert_running();
     processor.process.assert_running();
     gateway.wait_ready(Duration::from_secs(5)).await;
+}
+
 /// Scenario 9: idempotency keys are per tenant. Tenant B sends an event with tenant A's id and
 /// `created_at` before A does (guessed, copied from a shared log, or by chance); A's own event
 /// must still be stored and counted in A's rollups, budget spend and counters, not dead-lettered
