@@ -334,11 +334,13 @@ async fn two_processors_on_the_same_partitions_count_everything_once() {
     );
     eprintln!(
         "zombie: {} events in {requests} requests, {} crossings, {} poison records dead-lettered \
-         {} times",
+         {} times; (inserted, duplicates) member {:?}, zombie {:?}",
         ledger.len(),
         recorded.len(),
         poison.len(),
-        letters.len()
+        letters.len(),
+        (scrapes[0].inserted, scrapes[0].duplicates),
+        (scrapes[1].inserted, scrapes[1].duplicates),
     );
     member.process.assert_running();
     zombie.process.assert_running();
