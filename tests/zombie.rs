@@ -157,8 +157,8 @@ async fn two_processors_on_the_same_partitions_count_everything_once() {
     let producer: FutureProducer = services.broker.client_config().create().expect("producer");
     let mut poison: BTreeSet<(i32, i64)> = BTreeSet::new();
     let garbage = b"\x00\xff not json at all".to_vec();
-    let invalid = serde_json::to_vec(&json!({"id": "00000000-0000-0000-0000-000000000000"}))
-        .expect("json");
+    let invalid =
+        serde_json::to_vec(&json!({"id": "00000000-0000-0000-0000-000000000000"})).expect("json");
     for round in 0..2 {
         let started = poison.len();
         let _ = wait_for(Duration::from_secs(10), || async {
