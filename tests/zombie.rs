@@ -261,7 +261,6 @@ async fn two_processors_on_the_same_partitions_count_everything_once() {
             (cell(0), cell(1), cell(2))
         })
         .collect();
-    assert_eq!(recorded.len(), crossings.len());
     let delivered = wait_for_some(Duration::from_secs(30), || async {
         let undelivered = text_rows(
             &db,
