@@ -524,7 +524,10 @@ mod tests {
             for bad in ["[]", "[1, 1]", "[-1]"] {
                 jail.set_env("TOKENLEDGER_KAFKA__MANUAL_ASSIGNMENT", bad);
                 let err = Config::load(None).expect_err(bad);
-                assert!(err.to_string().contains("manual_assignment"), "{bad}: {err}");
+                assert!(
+                    err.to_string().contains("manual_assignment"),
+                    "{bad}: {err}"
+                );
             }
             Ok(())
         });

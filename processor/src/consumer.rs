@@ -353,12 +353,14 @@ impl GroupMember {
             .create_with_context(context)
             .map_err(ConsumerError::Create)?;
         match &kafka.manual_assignment {
-            None => consumer
-                .subscribe(&[&kafka.topic])
-                .map_err(|source| ConsumerError::Subscribe {
-                    topic: kafka.topic.clone(),
-                    source,
-                })?,
+            None => {
+                consumer
+                    .subscribe(&[&kafka.topic])
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: kafka.topic.clone(),
+                        source,
+                    })?
+            }
             // Outside the group: no rebalance callback runs, so the stored
             // offsets are read here, the same way the callback would.
             Some(partitions) => {
