@@ -623,7 +623,25 @@ async fn a_budget_created_while_traffic_flows_counts_from_the_period_start() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Some of the traffic is stored before the budget exists.
+    let stored_before = wait_for(Duration::from_secs(30), || async {
+        stack
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM gateway_mode_audit WHERE tenant_id = 'globex'",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, i64>(0) >= 4)
+    })
+    .await;
+    assert!(stored_before, "no globex traffic stored before the budget");
+    assert!(
+        !traffic.is_finished(),
+        "the traffic ended before the budget was created"
+    );
     let (status, body) = stack
         .call(
             "POST",

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e::ledger_check::{check_ledger, wait_for_rows, CounterEvidence, Ledger, Rng};
-use e2e::usage::{memory_kib, Load, LoadShape, Processor, Services, UsageClient};
+use e2e::usage::{memory_kib, wait_for_flow, Load, LoadShape, Processor, Services, UsageClient};
 use e2e::{wait_for, ProxyMode, Shaping};
 
 const PARTITIONS: i32 = 4;
@@ -66,21 +66,32 @@ async fn broker_outage() {
     client.max_retry_wait = Duration::from_secs(1);
     let mut rng = Rng::from_env("broker_outage");
     let load = Load::start(&client, &LoadShape::default(), &mut rng);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&processor], "before the outage").await;
 
     for mode in [ProxyMode::Refuse, ProxyMode::Blackhole] {
         let cut = Instant::now();
         services.broker_proxy.set_mode(mode);
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let readyz = reqwest::get(format!("{}/readyz", gateway.url))
-            .await
-            .map(|r| r.status().as_u16());
-        assert_eq!(
-            readyz.ok(),
-            Some(503),
-            "{mode:?}: /readyz during the outage"
+        let readyz_url = format!("{}/readyz", gateway.url);
+        let not_ready = wait_for(Duration::from_secs(15), || async {
+            reqwest::get(&readyz_url)
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 503)
+        })
+        .await;
+        assert!(
+            not_ready,
+            "{mode:?}: /readyz did not answer 503 during the outage"
         );
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // The outage lasts until requests made during it have been answered 503.
+        let refused = wait_for(Duration::from_secs(30), || async {
+            statuses_within(&client, cut, Instant::now())
+                .iter()
+                .filter(|s| **s == Some(503))
+                .count()
+                >= 3
+        })
+        .await;
+        assert!(refused, "{mode:?}: no 503 during the outage");
         let restored = Instant::now();
         services.broker_proxy.set_mode(ProxyMode::Forward);
 
@@ -107,7 +118,7 @@ async fn broker_outage() {
         )
         .await;
         gateway.wait_ready(Duration::from_secs(10)).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        wait_for_flow(&ledger, &[&processor], "after the outage").await;
     }
     let requests = load.stop().await;
     assert!(requests > 20, "only {requests} requests completed");
@@ -171,7 +182,7 @@ async fn database_outage() {
         ..LoadShape::default()
     };
     let load = Load::start(&client, &shape, &mut rng);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&processor], "before the outage").await;
 
     let pid = processor.process.pid();
     let retries_logged = |p: &Processor| {
@@ -184,13 +195,15 @@ async fn database_outage() {
     services.database.stop().await;
     let outage = Duration::from_secs(12);
     let down_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let ready = reqwest::get(format!("{}/readyz", processor.metrics_url))
-        .await
-        .map(|r| r.status().as_u16());
-    assert_eq!(
-        ready.ok(),
-        Some(503),
+    let readyz_url = format!("{}/readyz", processor.metrics_url);
+    let not_ready = wait_for(outage, || async {
+        reqwest::get(&readyz_url)
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await;
+    assert!(
+        not_ready,
         "the processor is not ready while it cannot commit"
     );
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
@@ -211,7 +224,7 @@ async fn database_outage() {
         caught_up,
         "the processor did not commit after the database came back"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&processor], "after the outage").await;
     let requests = load.stop().await;
     wait_for_rows(&db, ledger.len(), CATCH_UP).await;
     processor.process.assert_running();
@@ -305,7 +318,7 @@ async fn processor_sigkill_under_load() {
         processor = services.processor(&format!("processor-{round}"), &env);
         processor.wait_assigned(STARTUP).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&processor], "after the last restart").await;
     let requests = load.stop().await;
     wait_for_rows(&db, ledger.len(), CATCH_UP).await;
     processor.process.assert_running();
@@ -383,7 +396,7 @@ async fn rebalance_kill_and_join() {
         last_assignment(&first),
         last_assignment(&second)
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_flow(&ledger, &[&first, &second], "two members").await;
 
     let mut partial = Vec::new();
     partial.extend(first.scrape().await);
@@ -391,7 +404,7 @@ async fn rebalance_kill_and_join() {
     let killed_at = SystemTime::now();
     let (assignments, _) = last_assignment(&second);
     wait_for_assignment(&mut second, assignments, "[0, 1, 2, 3]").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_flow(&ledger, &[&second], "the survivor alone").await;
 
     let (assignments, _) = last_assignment(&second);
     let mut third = services.processor("processor-c", &[]);
@@ -400,7 +413,7 @@ async fn rebalance_kill_and_join() {
     let (_, kept) = last_assignment(&second);
     let (_, taken) = last_assignment(&third);
     assert_ne!(kept, "[0, 1, 2, 3]", "the third processor took nothing");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&second, &third], "after the join").await;
 
     let requests = load.stop().await;
     let db = services.database.client().await;
@@ -590,7 +603,7 @@ async fn graceful_shutdown_under_load() {
         ..LoadShape::default()
     };
     let load = Load::start(&client, &shape, &mut rng);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&processor], "before the shutdowns").await;
 
     let limit = Duration::from_millis(SHUTDOWN_MS) + Duration::from_secs(2);
     let signalled = Instant::now();
@@ -602,7 +615,6 @@ async fn graceful_shutdown_under_load() {
         "gateway-1 after SIGTERM: {status:?} within {limit:?}; log:\n{}",
         first.process.log_tail()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
     wait_for_a_202(
         &client,
         Instant::now(),
@@ -631,7 +643,7 @@ async fn graceful_shutdown_under_load() {
     );
     let mut successor = services.processor("processor-2", &processor_env);
     successor.wait_assigned(STARTUP).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_flow(&ledger, &[&successor], "the successor").await;
     let requests = load.stop().await;
 
     let db = services.database.client().await;

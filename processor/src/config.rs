@@ -49,6 +49,15 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings for the consumer, the dead-letter producer
     /// and the admin client (e.g. `security.protocol`).
     pub properties: Properties,
+    /// Operator and test option, off by default: consume exactly these
+    /// partitions of `topic` by manual assignment instead of joining the
+    /// consumer group. They still start at the offsets stored in the
+    /// database, so the exactly-once rules hold, but nothing keeps another
+    /// processor off them: two processors then write the same partitions at
+    /// once (docs/design.md, "Guarantees and failure modes"). For draining
+    /// chosen partitions by hand and for testing that overlap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manual_assignment: Option<Vec<i32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +167,7 @@ impl Default for KafkaConfig {
             topic_replication: 1,
             topic_min_insync_replicas: None,
             properties: Properties::default(),
+            manual_assignment: None,
         }
     }
 }
@@ -242,6 +252,16 @@ impl Config {
             if min < 1 || min > self.kafka.topic_replication {
                 return fail(
                     "kafka.topic_min_insync_replicas must be between 1 and kafka.topic_replication",
+                );
+            }
+        }
+        if let Some(partitions) = &self.kafka.manual_assignment {
+            let mut sorted = partitions.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.is_empty() || sorted.len() != partitions.len() || sorted[0] < 0 {
+                return fail(
+                    "kafka.manual_assignment must list distinct partition numbers, at least one, none negative",
                 );
             }
         }
@@ -485,6 +505,32 @@ mod tests {
                 "{database}: Debug"
             );
         }
+    }
+
+    #[test]
+    fn manual_assignment_is_read_from_env_and_validated() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            assert_eq!(
+                Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .kafka
+                    .manual_assignment,
+                None
+            );
+            jail.set_env("TOKENLEDGER_KAFKA__MANUAL_ASSIGNMENT", "[2, 0]");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.manual_assignment, Some(vec![2, 0]));
+            for bad in ["[]", "[1, 1]", "[-1]"] {
+                jail.set_env("TOKENLEDGER_KAFKA__MANUAL_ASSIGNMENT", bad);
+                let err = Config::load(None).expect_err(bad);
+                assert!(
+                    err.to_string().contains("manual_assignment"),
+                    "{bad}: {err}"
+                );
+            }
+            Ok(())
+        });
     }
 
     #[test]

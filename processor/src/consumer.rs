@@ -352,12 +352,37 @@ impl GroupMember {
         let consumer: BaseConsumer<ProcessorContext> = consumer_config(kafka)
             .create_with_context(context)
             .map_err(ConsumerError::Create)?;
-        consumer
-            .subscribe(&[&kafka.topic])
-            .map_err(|source| ConsumerError::Subscribe {
-                topic: kafka.topic.clone(),
-                source,
-            })?;
+        match &kafka.manual_assignment {
+            None => {
+                consumer
+                    .subscribe(&[&kafka.topic])
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: kafka.topic.clone(),
+                        source,
+                    })?
+            }
+            // Outside the group: no rebalance callback runs, so the stored
+            // offsets are read here, the same way the callback would.
+            Some(partitions) => {
+                let mut requested = TopicPartitionList::new();
+                for partition in partitions {
+                    requested.add_partition(&kafka.topic, *partition);
+                }
+                tracing::warn!(
+                    partitions = ?partitions,
+                    "kafka.manual_assignment is set: consuming outside the consumer group"
+                );
+                let context = consumer.context();
+                let taken = tokio::task::block_in_place(|| context.take_assignment(&requested))
+                    .unwrap_or_default();
+                consumer
+                    .assign(&taken)
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: kafka.topic.clone(),
+                        source,
+                    })?;
+            }
+        }
         let consumer = Arc::new(consumer);
         let (sender, receiver) = mpsc::channel(deps.channel_capacity.max(1));
         let thread_consumer = consumer.clone();

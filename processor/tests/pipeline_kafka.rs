@@ -123,6 +123,39 @@ async fn wait_for_rows(database: &Database, expected: i64) {
     );
 }
 
+/// Waits until `config`'s group has stored, for each `(partition, end)`, a next offset of at
+/// least `end`: a processor has committed through those records, so whatever it read of them is
+/// in the database.
+async fn wait_for_stored_offsets(database: &Database, config: &Config, ends: &[(i32, i64)]) {
+    let stored = || async {
+        let rows = database
+            .client()
+            .await
+            .query(
+                "SELECT partition, next_offset FROM ingest_offsets
+                 WHERE consumer_group = $1 AND topic = $2",
+                &[&config.kafka.group_id, &config.kafka.topic],
+            )
+            .await
+            .expect("ingest_offsets");
+        rows.iter()
+            .map(|row| (row.get::<_, i32>(0), row.get::<_, i64>(1)))
+            .collect::<BTreeMap<i32, i64>>()
+    };
+    let reached = wait_for_some(WAIT, || async {
+        let stored = stored().await;
+        ends.iter()
+            .all(|(partition, end)| stored.get(partition).is_some_and(|s| s >= end))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "stored offsets {:?} within {WAIT:?}, expected at least {ends:?}",
+        stored().await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_and_does_not_block_the_events_behind_it() {
     let (broker, database) = tokio::join!(Broker::start(), migrated_database());
@@ -225,10 +258,11 @@ async fn assignment_starts_at_the_offsets_stored_in_the_database() {
         .await
         .expect("seed offsets");
 
-    let running = Running::start(config);
+    let running = Running::start(config.clone());
     wait_for_rows(&database, 5).await;
-    // Give a wrong start a chance to show before stopping.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Committed through the end of the log: a start before offset 5 would have stored those
+    // records by now.
+    wait_for_stored_offsets(&database, &config, &[(0, 10)]).await;
     running.stop().await;
 
     let client = database.client().await;
@@ -257,9 +291,11 @@ async fn members_joining_and_leaving_the_group_store_every_event_once() {
     let first = Running::start(config.clone());
     let total: u32 = 600;
     let mut second = None;
+    let mut produced = std::collections::BTreeSet::new();
     for n in 0..total {
         let e = event(&format!("tenant-{}", n % 7), n);
         produce(&producer, topic, (n % 2) as i32, &e.to_kafka_value()).await;
+        produced.insert(e.id);
         if n == 200 {
             second = Some(Running::start(config.clone()));
         }
@@ -273,17 +309,26 @@ async fn members_joining_and_leaving_the_group_store_every_event_once() {
     }
     first.stop().await;
     wait_for_rows(&database, i64::from(total)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The remaining member has committed through the end of both partitions: anything it read
+    // again is in the table by now.
+    let half = i64::from(total / 2);
+    wait_for_stored_offsets(&database, &config, &[(0, half), (1, half)]).await;
     second.expect("started").stop().await;
 
     let client = database.client().await;
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT id) FROM gateway_mode_audit",
-            &[],
-        )
+    let stored: Vec<Uuid> = client
+        .query("SELECT id FROM gateway_mode_audit", &[])
         .await
-        .expect("counts");
-    assert_eq!(row.get::<_, i64>(0), i64::from(total));
-    assert_eq!(row.get::<_, i64>(1), i64::from(total));
+        .expect("ids")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored.len(), produced.len(), "one row per event");
+    assert_eq!(
+        stored
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        produced,
+        "exactly the produced events"
+    );
 }

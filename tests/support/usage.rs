@@ -213,6 +213,34 @@ impl Processor {
     }
 }
 
+/// Waits until the gateway has acknowledged at least 100 more events and each of `processors`
+/// has logged at least three more committed batches: traffic flows end to end, through every
+/// one of them. Panics with `what` after 60 s.
+pub async fn wait_for_flow(ledger: &Ledger, processors: &[&Processor], what: &str) {
+    let timeout = Duration::from_secs(60);
+    let events = ledger.len();
+    let commits: Vec<usize> = processors.iter().map(|p| p.commits_logged()).collect();
+    let flowing = wait_for(timeout, || async {
+        ledger.len() >= events + 100
+            && processors
+                .iter()
+                .zip(&commits)
+                .all(|(p, before)| p.commits_logged() >= before + 3)
+    })
+    .await;
+    assert!(
+        flowing,
+        "{what}: no traffic end to end within {timeout:?} ({} → {} events acknowledged; \
+         commits logged {commits:?} → {:?})",
+        events,
+        ledger.len(),
+        processors
+            .iter()
+            .map(|p| p.commits_logged())
+            .collect::<Vec<_>>()
+    );
+}
+
 /// `(VmRSS, VmHWM)` of a process in KiB, from /proc.
 pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
