@@ -25,6 +25,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V5__refresh_windows.sql",
         include_str!("../../sql/V5__refresh_windows.sql"),
     ),
+    (
+        "V6__unbounded_amounts.sql",
+        include_str!("../../sql/V6__unbounded_amounts.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):
