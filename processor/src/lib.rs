@@ -95,3 +95,4 @@ pub mod refresh;
 pub mod report;
 pub mod topics;
 pub mod write;
+pub mod write_errors;

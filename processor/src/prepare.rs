@@ -80,6 +80,7 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
                         record: record.clone(),
                         reason,
                         detail,
+                        database: None,
                     },
                 ));
                 continue;
