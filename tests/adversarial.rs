@@ -156,7 +156,11 @@ fn plain(decimal: &str) -> String {
 async fn an_adversary_at_every_limit_does_not_stop_other_tenants() {
     let services = Services::start(PARTITIONS).await;
     let client = services.database.client().await;
-    let budgets = text_rows(&client, "SELECT count(*) FROM budgets WHERE tenant_id = '*'").await;
+    let budgets = text_rows(
+        &client,
+        "SELECT count(*) FROM budgets WHERE tenant_id = '*'",
+    )
+    .await;
     assert_ne!(budgets[0][0].as_deref(), Some("0"), "a `*` budget exists");
     let gateway = services.gateway("gateway", &[]).await;
     let mut processor = services.processor("processor", &[]);

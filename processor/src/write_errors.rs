@@ -264,7 +264,10 @@ mod tests {
 
         fn probe(&self, set: Vec<u32>) -> Result<Probe<String>, &'static str> {
             let mut probes = self.probes.borrow_mut();
-            if self.transient_after.is_some_and(|after| probes.len() >= after) {
+            if self
+                .transient_after
+                .is_some_and(|after| probes.len() >= after)
+            {
                 return Err("connection lost");
             }
             probes.push(set.clone());

@@ -136,7 +136,11 @@ async fn events_the_database_refuses_are_bisected_out_and_the_rest_commits() {
             let failure = letter.database.as_ref().expect("database failure");
             assert_eq!(failure.sqlstate, "23514", "check_violation");
             assert!(failure.message.contains("refuse_some"), "{failure}");
-            assert!(letter.detail.contains("SQLSTATE 23514"), "{}", letter.detail);
+            assert!(
+                letter.detail.contains("SQLSTATE 23514"),
+                "{}",
+                letter.detail
+            );
             letter.record.offset
         })
         .collect();
@@ -183,16 +187,32 @@ fn case(name: String, fields: &[(&str, Value)]) -> (String, Value) {
 fn boundary_cases() -> Vec<(String, Value)> {
     let max = u64::from(MAX_TOKEN_COUNT);
     let mut cases = Vec::new();
-    for value in [0, 1, max - 1, max, max + 1, u64::from(u32::MAX), u64::from(u32::MAX) + 1] {
+    for value in [
+        0,
+        1,
+        max - 1,
+        max,
+        max + 1,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+    ] {
         let v = json!(value);
         let zero = json!(0);
         cases.push(case(
             format!("prompt_tokens={value}"),
-            &[("prompt_tokens", v.clone()), ("completion_tokens", zero.clone()), ("total_tokens", v.clone())],
+            &[
+                ("prompt_tokens", v.clone()),
+                ("completion_tokens", zero.clone()),
+                ("total_tokens", v.clone()),
+            ],
         ));
         cases.push(case(
             format!("completion_tokens={value}"),
-            &[("prompt_tokens", zero.clone()), ("completion_tokens", v.clone()), ("total_tokens", v.clone())],
+            &[
+                ("prompt_tokens", zero.clone()),
+                ("completion_tokens", v.clone()),
+                ("total_tokens", v.clone()),
+            ],
         ));
         cases.push(case(
             format!("cached_prompt_tokens={value}"),
@@ -225,11 +245,19 @@ fn boundary_cases() -> Vec<(String, Value)> {
     let half = max / 2;
     cases.push(case(
         "prompt+completion=max".into(),
-        &[("prompt_tokens", json!(half)), ("completion_tokens", json!(max - half)), ("total_tokens", json!(max))],
+        &[
+            ("prompt_tokens", json!(half)),
+            ("completion_tokens", json!(max - half)),
+            ("total_tokens", json!(max)),
+        ],
     ));
     cases.push(case(
         "prompt+completion=max+1".into(),
-        &[("prompt_tokens", json!(half + 1)), ("completion_tokens", json!(max - half)), ("total_tokens", json!(max + 1))],
+        &[
+            ("prompt_tokens", json!(half + 1)),
+            ("completion_tokens", json!(max - half)),
+            ("total_tokens", json!(max + 1)),
+        ],
     ));
     for cost in [
         "0",
@@ -243,16 +271,25 @@ fn boundary_cases() -> Vec<(String, Value)> {
         "12345.12345678901",
         "-0.0000000001",
     ] {
-        cases.push(case(format!("estimated_cost={cost}"), &[("estimated_cost", json!(cost))]));
+        cases.push(case(
+            format!("estimated_cost={cost}"),
+            &[("estimated_cost", json!(cost))],
+        ));
     }
     let text = |c: char, n: usize| json!(std::iter::repeat_n(c, n).collect::<String>());
     for (field, limit) in [("tenant_id", 255), ("user_id", 255), ("model", 100)] {
         for n in [limit, limit + 1] {
-            cases.push(case(format!("{field} of {n} chars"), &[(field, text('ß', n))]));
+            cases.push(case(
+                format!("{field} of {n} chars"),
+                &[(field, text('ß', n))],
+            ));
         }
     }
     for n in [100, 101] {
-        cases.push(case(format!("provider of {n} chars"), &[("provider", text('p', n))]));
+        cases.push(case(
+            format!("provider of {n} chars"),
+            &[("provider", text('p', n))],
+        ));
     }
     let labels = |count: usize, key_len: usize, value_len: usize| {
         let map: serde_json::Map<String, Value> = (0..count)
@@ -263,7 +300,13 @@ fn boundary_cases() -> Vec<(String, Value)> {
             .collect();
         Value::Object(map)
     };
-    for (count, key_len, value_len) in [(16, 64, 255), (17, 8, 8), (1, 65, 8), (1, 8, 256), (1, 8, 0)] {
+    for (count, key_len, value_len) in [
+        (16, 64, 255),
+        (17, 8, 8),
+        (1, 65, 8),
+        (1, 8, 256),
+        (1, 8, 0),
+    ] {
         cases.push(case(
             format!("{count} labels, keys of {key_len}, values of {value_len} chars"),
             &[("labels", labels(count, key_len, value_len))],
@@ -299,12 +342,12 @@ async fn at_every_boundary_the_gateway_accepts_exactly_what_the_processor_stores
                 kafka["received_at"] = json!(now.to_rfc3339());
                 kafka["request_id"] = json!("req-boundary");
                 let value = serde_json::to_vec(&kafka).expect("json");
-                let prepared = prepare::prepare(
-                    vec![record(0, offset as i64, value)],
-                    &PriceBook::builtin(),
-                );
+                let prepared =
+                    prepare::prepare(vec![record(0, offset as i64, value)], &PriceBook::builtin());
                 if !prepared.unique.is_empty() {
-                    mismatches.push(format!("{name}: refused by the gateway, kept by the processor"));
+                    mismatches.push(format!(
+                        "{name}: refused by the gateway, kept by the processor"
+                    ));
                 }
             }
         }

@@ -20,7 +20,10 @@ impl<D: DeadLetterSink> Writer<D> {
     /// Bisects `prepared.unique` down to the events the database refuses
     /// and moves them, with every in-batch repeat of their keys, to
     /// `prepared.poison`. Returns how many events were moved.
-    pub(super) async fn isolate_unstorable(&self, prepared: &mut PreparedBatch) -> Result<usize, WriteError> {
+    pub(super) async fn isolate_unstorable(
+        &self,
+        prepared: &mut PreparedBatch,
+    ) -> Result<usize, WriteError> {
         let candidates: Vec<usize> = (0..prepared.unique.len()).collect();
         let snapshot: &PreparedBatch = prepared;
         let found = write_errors::bisect(candidates, |indexes| {
@@ -34,10 +37,8 @@ impl<D: DeadLetterSink> Writer<D> {
         if found.is_empty() {
             return Ok(0);
         }
-        let refused: HashMap<usize, Refusal> =
-            found.into_iter().collect();
-        let mut keys: HashMap<EventKey, Refusal, KeyHasher> =
-            HashMap::default();
+        let refused: HashMap<usize, Refusal> = found.into_iter().collect();
+        let mut keys: HashMap<EventKey, Refusal, KeyHasher> = HashMap::default();
         let mut kept = Vec::with_capacity(prepared.unique.len() - refused.len());
         let mut moved = Vec::new();
         for (index, row) in std::mem::take(&mut prepared.unique).into_iter().enumerate() {
@@ -50,10 +51,9 @@ impl<D: DeadLetterSink> Writer<D> {
             }
         }
         prepared.unique = kept;
-        let (repeats_moved, repeats_kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut prepared.repeats)
-                .into_iter()
-                .partition(|row| keys.contains_key(&row.key()));
+        let (repeats_moved, repeats_kept): (Vec<_>, Vec<_>) = std::mem::take(&mut prepared.repeats)
+            .into_iter()
+            .partition(|row| keys.contains_key(&row.key()));
         prepared.repeats = repeats_kept;
         for row in repeats_moved {
             let failure = keys.get(&row.key()).cloned().unwrap_or_default();
@@ -101,12 +101,14 @@ impl<D: DeadLetterSink> Writer<D> {
             Err(error) => {
                 drop(Object::take(client));
                 if error.class() == ErrorClass::Permanent {
-                    Ok(Probe::Unstorable((error.to_string(), error.database_failure())))
+                    Ok(Probe::Unstorable((
+                        error.to_string(),
+                        error.database_failure(),
+                    )))
                 } else {
                     Err(error)
                 }
             }
         }
     }
-
 }
