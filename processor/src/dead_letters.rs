@@ -326,6 +326,34 @@ mod tests {
         }
     }
 
+    /// A record larger than the producer may send fails as too large (so
+    /// the writer does not retry it forever), and the same letter without
+    /// its value goes through.
+    #[tokio::test]
+    async fn a_too_large_letter_is_recognised_and_goes_through_without_its_value() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::DefaultProducerContext;
+
+        let cluster: MockCluster<'static, DefaultProducerContext> =
+            MockCluster::new(1).expect("mock cluster starts");
+        cluster
+            .create_topic("usage-events.dlq", 1, 1)
+            .expect("topic created");
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.max.bytes", "2000");
+        let sink = KafkaDeadLetters::new(config, "usage-events.dlq", Duration::from_secs(5))
+            .expect("producer");
+        let mut big = letter(3);
+        big.record.value = Some(vec![b'x'; 10_000]);
+        let error = sink.send(&big).await.expect_err("too large");
+        assert!(error.is_too_large(), "{error}");
+        sink.send(&big.without_value())
+            .await
+            .expect("delivered without its value");
+    }
+
     /// The broker refusing the producer's identity (here injected on the
     /// mock cluster; after an outage it is the epoch bump) fails the send at
     /// hand, and the next one goes through a new producer instead of failing
