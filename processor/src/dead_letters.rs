@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::record::Record;
+use crate::write_errors::DatabaseFailure;
 
 /// Why a record went to the dead-letter topic: the `error` header and the
 /// `reason` label of `tokenledger_events_dead_lettered_total`.
@@ -23,14 +24,19 @@ pub enum Reason {
     Schema,
     /// An `(id, created_at)` already stored with different content.
     Conflict,
+    /// A valid event the database refused permanently (a data exception
+    /// or constraint violation, SQLSTATE classes 22, 23 and 54), found by
+    /// bisecting its batch; the headers carry the SQLSTATE and message.
+    Unstorable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::Undecodable,
         Reason::Invalid,
         Reason::Schema,
         Reason::Conflict,
+        Reason::Unstorable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +45,7 @@ impl Reason {
             Reason::Invalid => "invalid",
             Reason::Schema => "schema",
             Reason::Conflict => "conflict",
+            Reason::Unstorable => "unstorable",
         }
     }
 }
@@ -50,7 +57,34 @@ pub struct DeadLetter {
     pub reason: Reason,
     /// Human-readable detail (the validation errors, the stored hash…).
     pub detail: String,
+    /// The database's refusal, for [`Reason::Unstorable`].
+    pub database: Option<DatabaseFailure>,
 }
+
+impl DeadLetter {
+    /// The same letter without the record's value, for a record too large
+    /// for the dead-letter topic: the headers still say where the original
+    /// is in the source topic (until its retention deletes it).
+    pub fn without_value(&self) -> DeadLetter {
+        let size = self.record.value.as_ref().map_or(0, Vec::len);
+        let mut detail: String = self.detail.chars().take(MAX_DETAIL_CHARS).collect();
+        detail.push_str(&format!(
+            "; the record's value ({size} bytes) is too large for the dead-letter topic and was left out"
+        ));
+        DeadLetter {
+            record: Record {
+                value: None,
+                ..self.record.clone()
+            },
+            reason: self.reason,
+            detail,
+            database: self.database.clone(),
+        }
+    }
+}
+
+/// How much of a detail a letter without its value keeps.
+const MAX_DETAIL_CHARS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -63,6 +97,25 @@ pub enum DeadLetterError {
         offset: i64,
         source: rdkafka::error::KafkaError,
     },
+}
+
+impl DeadLetterError {
+    /// Whether the topic refused the record for its size: sending it again
+    /// fails the same way.
+    pub fn is_too_large(&self) -> bool {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        matches!(
+            self,
+            DeadLetterError::Delivery {
+                source: KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::InvalidRecord
+                ),
+                ..
+            }
+        )
+    }
 }
 
 /// Somewhere dead letters go. Returning `Ok` means the destination has
@@ -155,13 +208,18 @@ impl KafkaDeadLetters {
 /// The headers of a dead letter: the reason and where the record came from,
 /// so an operator can find it in the source topic and re-drive it.
 pub fn headers(letter: &DeadLetter) -> Vec<(&'static str, String)> {
-    vec![
+    let mut headers = vec![
         ("error", letter.reason.as_str().to_owned()),
         ("error_detail", letter.detail.clone()),
         ("source_topic", letter.record.topic.to_string()),
         ("source_partition", letter.record.partition.to_string()),
         ("source_offset", letter.record.offset.to_string()),
-    ]
+    ];
+    if let Some(database) = &letter.database {
+        headers.push(("sqlstate", database.sqlstate.clone()));
+        headers.push(("sqlstate_message", database.message.clone()));
+    }
+    headers
 }
 
 impl DeadLetterSink for KafkaDeadLetters {
@@ -217,6 +275,7 @@ mod tests {
             },
             reason: Reason::Undecodable,
             detail: "expected value".into(),
+            database: None,
         };
         let headers = headers(&letter);
         let get = |name: &str| {
@@ -229,6 +288,26 @@ mod tests {
         assert_eq!(get("source_topic"), Some("usage-events"));
         assert_eq!(get("source_partition"), Some("2"));
         assert_eq!(get("source_offset"), Some("41"));
+        assert_eq!(get("sqlstate"), None);
+    }
+
+    #[test]
+    fn unstorable_letters_carry_the_sqlstate_and_message() {
+        let mut letter = letter(7);
+        letter.reason = Reason::Unstorable;
+        letter.database = Some(DatabaseFailure {
+            sqlstate: "22003".into(),
+            message: "numeric field overflow".into(),
+        });
+        let headers = headers(&letter);
+        assert!(headers.contains(&("error", "unstorable".into())));
+        assert!(headers.contains(&("sqlstate", "22003".into())));
+        assert!(headers.contains(&("sqlstate_message", "numeric field overflow".into())));
+        let small = letter.without_value();
+        assert_eq!(small.record.value, None);
+        assert_eq!(small.record.offset, 7);
+        assert!(small.detail.contains("8 bytes"), "{}", small.detail);
+        assert_eq!(small.database, letter.database);
     }
 
     fn letter(offset: i64) -> DeadLetter {
@@ -243,7 +322,36 @@ mod tests {
             },
             reason: Reason::Undecodable,
             detail: "expected value".into(),
+            database: None,
         }
+    }
+
+    /// A record larger than the producer may send fails as too large (so
+    /// the writer does not retry it forever), and the same letter without
+    /// its value goes through.
+    #[tokio::test]
+    async fn a_too_large_letter_is_recognised_and_goes_through_without_its_value() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::DefaultProducerContext;
+
+        let cluster: MockCluster<'static, DefaultProducerContext> =
+            MockCluster::new(1).expect("mock cluster starts");
+        cluster
+            .create_topic("usage-events.dlq", 1, 1)
+            .expect("topic created");
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.max.bytes", "2000");
+        let sink = KafkaDeadLetters::new(config, "usage-events.dlq", Duration::from_secs(5))
+            .expect("producer");
+        let mut big = letter(3);
+        big.record.value = Some(vec![b'x'; 10_000]);
+        let error = sink.send(&big).await.expect_err("too large");
+        assert!(error.is_too_large(), "{error}");
+        sink.send(&big.without_value())
+            .await
+            .expect("delivered without its value");
     }
 
     /// The broker refusing the producer's identity (here injected on the

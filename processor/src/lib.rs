@@ -18,6 +18,9 @@
 //!   dedupe inside the batch, price; classify against the database's answers.
 //! - [`write`](mod@write): the one transaction per batch and its SQL: rows, budget
 //!   spend, offsets; dead letters acknowledged before the commit.
+//! - [`write_errors`]: what a failed write means (transient, permanent,
+//!   fatal, by SQLSTATE), and the bisection that finds the events a
+//!   permanent error is about.
 //! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
 //! - [`log_check`]: whether a partition's log still reaches a stored offset.
 //! - [`offsets_admin`]: `processor offsets show|reset`.
@@ -95,3 +98,4 @@ pub mod refresh;
 pub mod report;
 pub mod topics;
 pub mod write;
+pub mod write_errors;

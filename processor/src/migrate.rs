@@ -26,6 +26,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V5__refresh_windows.sql"),
     ),
     (
+        "V6__unbounded_amounts.sql",
+        include_str!("../../sql/V6__unbounded_amounts.sql"),
+    ),
+    (
         "V7__tenant_idempotency.sql",
         include_str!("../../sql/V7__tenant_idempotency.sql"),
     ),

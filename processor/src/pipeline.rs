@@ -229,7 +229,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
 }
 
 /// Commits one batch, retrying the same batch with capped exponential
-/// backoff while the error is retryable. Nothing else is consumed
+/// backoff while the error is retryable (the writer has already isolated
+/// the records behind a permanent error; a schema error stops). Nothing else is consumed
 /// meanwhile: the consumer thread blocks on the full channel.
 pub async fn commit_batch<D: DeadLetterSink>(
     writer: &Writer<D>,
@@ -249,10 +250,13 @@ pub async fn commit_batch<D: DeadLetterSink>(
             Err(error) if error.is_retryable() => {
                 metrics.record_db_retry();
                 readiness.set(false);
+                // The error's text names the SQLSTATE and message of a
+                // database error; the field makes it searchable.
                 tracing::warn!(
                     attempt,
                     backoff_ms = backoff.as_millis() as u64,
                     records = prepared.records.len(),
+                    sqlstate = error.database_failure().map(|f| f.sqlstate).unwrap_or_default(),
                     %error,
                     "batch transaction failed; retrying the same batch"
                 );

@@ -87,6 +87,7 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
                         record: record.clone(),
                         reason,
                         detail,
+                        database: None,
                     },
                 ));
                 continue;
@@ -162,27 +163,12 @@ fn decode(record: &Record) -> Result<UsageEvent, (Reason, String)> {
     Ok(event)
 }
 
-/// Limits of the table that the event contract does not imply: counts are
-/// u32 on the wire but INTEGER in the seed's schema, and PostgreSQL text
-/// cannot hold NUL. Without this check one such record would fail its whole
-/// batch on every retry and stall the partition.
+/// Limits of the table that the event rules do not imply: PostgreSQL text
+/// cannot hold NUL, and `request_id` is set by the gateway rather than
+/// checked as client input. Token counts need no check here: the rules cap
+/// them at [`ledger::event::MAX_TOKEN_COUNT`], which the INTEGER columns
+/// hold. Without this check one such record would fail its whole batch.
 fn check_storable(event: &UsageEvent) -> Result<(), String> {
-    let counts = [
-        ("prompt_tokens", event.prompt_tokens),
-        ("completion_tokens", event.completion_tokens),
-        ("total_tokens", event.total_tokens),
-        ("cached_prompt_tokens", event.cached_prompt_tokens),
-        ("cache_write_tokens", event.cache_write_tokens),
-        ("reasoning_tokens", event.reasoning_tokens),
-    ];
-    for (field, count) in counts {
-        if i32::try_from(count).is_err() {
-            return Err(format!(
-                "{field}: {count} exceeds the table's INTEGER range ({})",
-                i32::MAX
-            ));
-        }
-    }
     if event
         .request_id
         .as_deref()

@@ -3,6 +3,9 @@
 //! store the next offsets, all in one transaction per batch, and the SQL it
 //! runs. Which event is new, duplicate or conflict is decided by
 //! [`crate::prepare`]; this module only asks the database and commits.
+//! A batch the database refuses permanently is bisected, in transactions
+//! that are rolled back, down to the records it refuses
+//! ([`crate::write_errors`]); they are dead-lettered and the rest commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -17,6 +20,7 @@ use crate::budget_spend::BudgetSpendError;
 use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
 use crate::prepare::{classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent};
+use crate::write_errors::{self, DatabaseFailure, ErrorClass};
 
 const INSERT_ROWS: &str = "
 INSERT INTO gateway_mode_audit (
@@ -44,7 +48,7 @@ JOIN UNNEST($1::varchar[], $2::uuid[], $3::timestamptz[]) AS wanted(tenant_id, i
 pub enum WriteError {
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error during {step}: {source}")]
+    #[error("database error during {step}: {}", write_errors::describe(source))]
     Database {
         step: &'static str,
         source: tokio_postgres::Error,
@@ -54,35 +58,49 @@ pub enum WriteError {
         step: &'static str,
         timeout: Duration,
     },
-    #[error(transparent)]
+    #[error("{0}{suffix}", suffix = write_errors::database_suffix(.0))]
     Offsets(#[from] OffsetsError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     /// Budget spend failed; its database error decides retryability like
     /// any other.
-    #[error(transparent)]
+    #[error("{0}{suffix}", suffix = write_errors::database_suffix(.0))]
     Budgets(#[from] BudgetSpendError),
     #[error(transparent)]
     MissingStoredRow(#[from] MissingStoredRow),
 }
 
 impl WriteError {
-    /// Whether trying the same batch again can succeed. A schema problem
-    /// (undefined table or column, SQLSTATE class 42) will not heal by
-    /// itself; everything else (connection loss, timeouts, serialization
-    /// failures, the dead-letter topic being down) might.
-    pub fn is_retryable(&self) -> bool {
-        let database_error = match self {
+    /// The PostgreSQL error behind this one, if any.
+    pub fn database_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
             WriteError::Database { source, .. } => Some(source),
             WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
-            WriteError::Budgets(error) => std::error::Error::source(error)
-                .and_then(|source| source.downcast_ref::<tokio_postgres::Error>()),
+            WriteError::Budgets(error) => write_errors::database_cause(error),
             _ => None,
-        };
-        let sqlstate_class = database_error
-            .and_then(|error| error.code())
-            .map(|code| &code.code()[..2]);
-        sqlstate_class != Some("42")
+        }
+    }
+
+    /// What to do about this error, decided here once. Only the database
+    /// can refuse a batch's content; everything else (no connection, a
+    /// step timing out, the dead-letter topic being down, the insert and
+    /// the lookup disagreeing) may heal and is retried.
+    pub fn class(&self) -> ErrorClass {
+        self.database_error()
+            .map_or(ErrorClass::Transient, write_errors::classify_database)
+    }
+
+    /// Whether the caller may try the same batch again. Only a schema
+    /// problem (SQLSTATE class 42) stops the processor; [`Writer::write`]
+    /// already isolated the records behind a permanent error, so one that
+    /// still reaches the caller is retried like a transient one.
+    pub fn is_retryable(&self) -> bool {
+        self.class() != ErrorClass::Fatal
+    }
+
+    /// The SQLSTATE and message of the database error behind this one.
+    pub fn database_failure(&self) -> Option<DatabaseFailure> {
+        self.database_error().and_then(DatabaseFailure::of)
     }
 }
 
@@ -135,7 +153,38 @@ impl<D: DeadLetterSink> Writer<D> {
     /// caller may call again with the same batch and state. On success the
     /// inserted rows move out of `prepared.unique` into the outcome rather
     /// than being copied: the batch is done with them.
+    ///
+    /// When the database refuses the batch permanently (SQLSTATE classes
+    /// 22, 23, 54), the records it refuses are found by bisection, moved to
+    /// `prepared.poison` as [`Reason::Unstorable`] and dead-lettered, and the
+    /// rest is written; a transient error during the search returns, and
+    /// the next call searches again among what is left.
     pub async fn write(
+        &self,
+        prepared: &mut PreparedBatch,
+        attempt: &mut AttemptState,
+    ) -> Result<BatchOutcome, WriteError> {
+        loop {
+            let error = match self.write_once(prepared, attempt).await {
+                Err(error) if error.class() == ErrorClass::Permanent => error,
+                other => return other,
+            };
+            tracing::warn!(
+                %error,
+                sqlstate = error.database_failure().map(|f| f.sqlstate).unwrap_or_default(),
+                events = prepared.unique.len(),
+                "the database refused the batch permanently; bisecting it to find the records it refuses"
+            );
+            if self.isolate_unstorable(prepared).await? == 0 {
+                // Every probe stored the rows: the refusal comes from a step
+                // the probes do not repeat. Retrying is all that is left.
+                return Err(error);
+            }
+        }
+    }
+
+    /// One attempt at the whole batch.
+    async fn write_once(
         &self,
         prepared: &mut PreparedBatch,
         attempt: &mut AttemptState,
@@ -148,7 +197,7 @@ impl<D: DeadLetterSink> Writer<D> {
 
         let mut client = self.bounded("connect", self.pool.get()).await??;
         let result = self
-            .write_in_transaction(&mut client, prepared, attempt)
+            .write_in_transaction(&mut client, prepared, attempt, Mode::Commit)
             .await;
         let (mut outcome, new) = match result {
             Ok(committed) => committed,
@@ -176,6 +225,7 @@ impl<D: DeadLetterSink> Writer<D> {
         client: &mut Object,
         prepared: &PreparedBatch,
         attempt: &mut AttemptState,
+        mode: Mode,
     ) -> Result<(BatchOutcome, Vec<usize>), WriteError> {
         let transaction = self
             .bounded("begin", client.transaction())
@@ -198,11 +248,17 @@ impl<D: DeadLetterSink> Writer<D> {
 
         // Conflicts are known only now; they must be acknowledged by the
         // dead-letter topic before the offsets below move past them.
-        for (record_index, detail) in &classification.conflicts {
+        let conflicts = match mode {
+            Mode::Commit => classification.conflicts.as_slice(),
+            // A probe only asks whether the rows can be stored.
+            Mode::Probe => &[],
+        };
+        for (record_index, detail) in conflicts {
             let letter = DeadLetter {
                 record: prepared.records[*record_index].clone(),
                 reason: Reason::Conflict,
                 detail: detail.clone(),
+                database: None,
             };
             self.dead_letter(&letter, *record_index, attempt).await?;
         }
@@ -226,9 +282,16 @@ impl<D: DeadLetterSink> Writer<D> {
             offsets::store(&*transaction, &self.group_id, &prepared.next_offsets),
         )
         .await??;
-        self.bounded("commit", transaction.commit())
-            .await?
-            .map_err(db("commit"))?;
+        match mode {
+            Mode::Commit => self
+                .bounded("commit", transaction.commit())
+                .await?
+                .map_err(db("commit"))?,
+            Mode::Probe => self
+                .bounded("rollback", transaction.rollback())
+                .await?
+                .map_err(db("rollback"))?,
+        }
 
         let mut dead_lettered: BTreeMap<Reason, usize> = BTreeMap::new();
         for (_, letter) in &prepared.poison {
@@ -264,9 +327,24 @@ impl<D: DeadLetterSink> Writer<D> {
             partition = letter.record.partition,
             offset = letter.record.offset,
             detail = %letter.detail,
+            sqlstate = letter.database.as_ref().map(|f| f.sqlstate.as_str()).unwrap_or_default(),
             "dead-lettering record"
         );
-        self.dead_letters.send(letter).await?;
+        match self.dead_letters.send(letter).await {
+            Ok(()) => {}
+            Err(error) if error.is_too_large() => {
+                // Sending it again fails the same way: send where to find
+                // it instead of the record itself.
+                tracing::warn!(
+                    %error,
+                    partition = letter.record.partition,
+                    offset = letter.record.offset,
+                    "the dead-letter topic refuses the record for its size; dead-lettering it without its value"
+                );
+                self.dead_letters.send(&letter.without_value()).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
         attempt.acknowledged_dead_letters.insert(record_index);
         Ok(())
     }
@@ -283,6 +361,16 @@ impl<D: DeadLetterSink> Writer<D> {
                 timeout: self.step_timeout,
             })
     }
+}
+
+mod isolate;
+
+/// Whether a transaction is the batch's own or a probe while bisecting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Commit,
+    /// Rolled back, and sends no dead letters.
+    Probe,
 }
 
 fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> WriteError {

@@ -41,10 +41,16 @@ pub const MAX_MODEL_CHARS: usize = 100;
 pub const MAX_LABELS: usize = 16;
 pub const MAX_LABEL_KEY_CHARS: usize = 64;
 pub const MAX_LABEL_VALUE_CHARS: usize = 255;
+/// The largest token count of any field. The audit table stores counts as
+/// INTEGER; a larger count would be accepted here and refused by the
+/// database, so the rules refuse it first, at the gateway and again in the
+/// processor. No single call comes near two billion tokens.
+pub const MAX_TOKEN_COUNT: u32 = i32::MAX as u32;
 /// No single LLM call costs a million dollars; anything above is a unit
 /// mistake (micro-dollars sent as dollars) and would poison every rollup.
 pub const MAX_ESTIMATED_COST_USD: i64 = 1_000_000;
-/// The audit column is NUMERIC(20,10).
+/// The audit column is NUMERIC(20,10), which holds every cost up to
+/// [`MAX_ESTIMATED_COST_USD`] at this scale.
 pub const MAX_COST_SCALE: u32 = 10;
 
 /// Every field a client may send; anything else is refused.

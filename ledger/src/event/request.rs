@@ -16,7 +16,7 @@ use super::rules::{
 use super::strict::StrictValue;
 use super::{
     BatchError, EventError, FieldError, IndexedFieldError, UsageEvent, ValidationLimits,
-    KNOWN_FIELDS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS, MAX_USER_ID_CHARS,
+    KNOWN_FIELDS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT, MAX_USER_ID_CHARS,
 };
 
 /// Parses and validates an HTTP request body: one event object or an array.
@@ -292,8 +292,11 @@ fn parse_u32(value: &Value) -> Result<u32, String> {
         ));
     };
     if let Some(unsigned) = number.as_u64() {
-        return u32::try_from(unsigned)
-            .map_err(|_| format!("must be at most {} (a 32-bit count)", u32::MAX));
+        // Anything beyond u32 is refused here with the same message the
+        // rules give a count beyond MAX_TOKEN_COUNT.
+        return u32::try_from(unsigned).map_err(|_| {
+            format!("must be at most {MAX_TOKEN_COUNT} (the largest count stored), got {unsigned}")
+        });
     }
     if number.as_i64().is_some() {
         return Err("must not be negative".into());

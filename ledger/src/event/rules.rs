@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     EventError, FieldError, UsageEvent, MAX_COST_SCALE, MAX_ESTIMATED_COST_USD, MAX_LABELS,
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_MODEL_CHARS, MAX_PROVIDER_CHARS,
-    MAX_TENANT_ID_CHARS, MAX_USER_ID_CHARS,
+    MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT, MAX_USER_ID_CHARS,
 };
 
 impl UsageEvent {
@@ -35,6 +35,17 @@ impl UsageEvent {
         }
         check("provider", check_provider(&self.provider));
         check("model", check_identifier(&self.model, MAX_MODEL_CHARS));
+        let counts = [
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+            ("total_tokens", self.total_tokens),
+            ("cached_prompt_tokens", self.cached_prompt_tokens),
+            ("cache_write_tokens", self.cache_write_tokens),
+            ("reasoning_tokens", self.reasoning_tokens),
+        ];
+        for (field, count) in counts {
+            check(field, check_count(count));
+        }
         match self.prompt_tokens.checked_add(self.completion_tokens) {
             None => check(
                 "total_tokens",
@@ -149,6 +160,17 @@ pub(crate) fn check_provider(provider: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
     {
         return Err("must be lower-case ASCII letters, digits, '-', '_' or '.' (e.g. openai, anthropic, bedrock)".into());
+    }
+    Ok(())
+}
+
+/// One bound for every token count, so the gateway, the processor and the
+/// INTEGER columns agree on what can be stored.
+pub(super) fn check_count(count: u32) -> Result<(), String> {
+    if count > MAX_TOKEN_COUNT {
+        return Err(format!(
+            "must be at most {MAX_TOKEN_COUNT} (the largest count stored), got {count}"
+        ));
     }
     Ok(())
 }

@@ -143,7 +143,7 @@ fn total_tokens_must_match() {
 #[test]
 fn token_overflow_is_rejected_not_wrapped() {
     let mut value = minimal();
-    value["prompt_tokens"] = json!(u32::MAX);
+    value["prompt_tokens"] = json!(super::MAX_TOKEN_COUNT);
     value["completion_tokens"] = json!(1);
     assert_eq!(
         fields_of(&parse(&value).expect_err("overflow")),
@@ -151,6 +151,8 @@ fn token_overflow_is_rejected_not_wrapped() {
     );
     value["prompt_tokens"] = json!(u64::from(u32::MAX) + 1);
     assert!(fields_of(&parse(&value).expect_err("too big")).contains(&"prompt_tokens"));
+    value["prompt_tokens"] = json!(u64::from(super::MAX_TOKEN_COUNT) + 1);
+    assert!(fields_of(&parse(&value).expect_err("beyond INTEGER")).contains(&"prompt_tokens"));
 }
 
 #[test]
