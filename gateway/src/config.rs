@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub validation: ValidationConfig,
     pub database: DatabaseConfig,
+    pub otlp: crate::otlp::OtlpConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -331,6 +332,7 @@ impl Config {
             return invalid("http.max_body_bytes must be positive".into());
         }
         self.http.validate_connections()?;
+        self.otlp.validate()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

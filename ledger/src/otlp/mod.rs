@@ -33,8 +33,8 @@ mod attributes;
 #[cfg(test)]
 mod tests;
 
-pub use attributes::{provider_name, Tokens};
 use attributes::{find, text};
+pub use attributes::{provider_name, Tokens};
 
 /// The attribute carrying the tenant when the API key is not bound to one.
 pub const DEFAULT_TENANT_ATTRIBUTE: &str = "tenant.id";
@@ -80,8 +80,9 @@ pub fn decode_request(
     encoding: Encoding,
 ) -> Result<ExportTraceServiceRequest, DecodeError> {
     match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|error| DecodeError(error.to_string())),
+        Encoding::Protobuf => {
+            ExportTraceServiceRequest::decode(body).map_err(|error| DecodeError(error.to_string()))
+        }
         Encoding::Json => {
             serde_json::from_slice(body).map_err(|error| DecodeError(error.to_string()))
         }
@@ -322,7 +323,9 @@ impl SpanContext<'_> {
             received_at: self.received_at,
             request_id: None,
         };
-        event.check_invariants().map_err(|error| error.to_string())?;
+        event
+            .check_invariants()
+            .map_err(|error| error.to_string())?;
         Ok(Some(event))
     }
 }

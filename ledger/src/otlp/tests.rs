@@ -23,7 +23,9 @@ fn i(key: &str, value: i64) -> KeyValue {
 }
 
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 4, 10, 30, 0).unwrap()
+    Utc.with_ymd_and_hms(2026, 12, 4, 10, 30, 0)
+        .single()
+        .expect("test value")
 }
 
 fn span(trace: u8, start: DateTime<Utc>, attributes: Vec<KeyValue>) -> Span {
@@ -31,8 +33,8 @@ fn span(trace: u8, start: DateTime<Utc>, attributes: Vec<KeyValue>) -> Span {
         trace_id: vec![trace; 16],
         span_id: vec![trace; 8],
         name: "chat".into(),
-        start_time_unix_nano: start.timestamp_nanos_opt().unwrap() as u64,
-        end_time_unix_nano: start.timestamp_nanos_opt().unwrap() as u64 + 1_000_000,
+        start_time_unix_nano: start.timestamp_nanos_opt().expect("test value") as u64,
+        end_time_unix_nano: start.timestamp_nanos_opt().expect("test value") as u64 + 1_000_000,
         attributes,
         ..Default::default()
     }
@@ -92,7 +94,10 @@ fn current_convention_maps_onto_an_event() {
         s("feature", "search"),
     ];
     let mapped = map(
-        &request(vec![s("service.name", "api")], vec![span(1, now(), attributes)]),
+        &request(
+            vec![s("service.name", "api")],
+            vec![span(1, now(), attributes)],
+        ),
         Some("acme"),
     );
     assert_eq!(mapped.refused, vec![]);
@@ -101,7 +106,11 @@ fn current_convention_maps_onto_an_event() {
     assert_eq!(event.provider, "anthropic");
     assert_eq!(event.model, "claude-sonnet-4-5", "response model first");
     assert_eq!(
-        (event.prompt_tokens, event.completion_tokens, event.total_tokens),
+        (
+            event.prompt_tokens,
+            event.completion_tokens,
+            event.total_tokens
+        ),
         (1000, 300, 1300)
     );
     assert_eq!(
@@ -122,13 +131,19 @@ fn older_names_are_understood() {
     let attributes = vec![
         s("gen_ai.system", "openai"),
         s("gen_ai.request.model", "gpt-4o"),
-        kv("gen_ai.usage.prompt_tokens", Value::StringValue("50".into())),
+        kv(
+            "gen_ai.usage.prompt_tokens",
+            Value::StringValue("50".into()),
+        ),
         kv("gen_ai.usage.completion_tokens", Value::DoubleValue(40.0)),
         i("gen_ai.usage.cache_read_input_tokens", 10),
         i("gen_ai.usage.cache_creation_input_tokens", 5),
         i("gen_ai.usage.reasoning_tokens", 30),
     ];
-    let mapped = map(&request(vec![], vec![span(1, now(), attributes)]), Some("acme"));
+    let mapped = map(
+        &request(vec![], vec![span(1, now(), attributes)]),
+        Some("acme"),
+    );
     let event = &mapped.events[0];
     assert_eq!((event.prompt_tokens, event.completion_tokens), (50, 40));
     assert_eq!(
@@ -179,7 +194,10 @@ fn counts_reported_outside_input_or_output_are_added() {
         i("gen_ai.usage.cache_read_input_tokens", 900),
         i("gen_ai.usage.reasoning.output_tokens", 8),
     ];
-    let mapped = map(&request(vec![], vec![span(1, now(), attributes)]), Some("acme"));
+    let mapped = map(
+        &request(vec![], vec![span(1, now(), attributes)]),
+        Some("acme"),
+    );
     let event = &mapped.events[0];
     assert_eq!((event.prompt_tokens, event.completion_tokens), (910, 13));
 }
@@ -237,7 +255,10 @@ fn two_spans_of_one_call_in_two_traces_are_one_event() {
     };
     let first = span(1, now(), attributes(0));
     let second = span(2, now() + TimeDelta::milliseconds(37), attributes(0));
-    let together = map(&request(vec![], vec![first.clone(), second.clone()]), Some("acme"));
+    let together = map(
+        &request(vec![], vec![first.clone(), second.clone()]),
+        Some("acme"),
+    );
     assert_eq!(together.events.len(), 1);
     assert_eq!(together.duplicates, 1);
     // Across two requests (a second exporter, or a retry): the same key.
@@ -270,7 +291,10 @@ fn admin_keys_take_the_tenant_from_the_span_then_the_resource() {
     let from_span = span(1, now(), openai(vec![s("tenant.id", "globex")]));
     let from_resource = span(2, now(), openai(vec![]));
     let mapped = map(
-        &request(vec![s("tenant.id", "initech")], vec![from_span, from_resource]),
+        &request(
+            vec![s("tenant.id", "initech")],
+            vec![from_span, from_resource],
+        ),
         None,
     );
     let tenants: Vec<&str> = mapped.events.iter().map(|e| e.tenant_id.as_str()).collect();
@@ -282,11 +306,17 @@ fn every_refusal_has_a_reason() {
     let cases: Vec<(Vec<KeyValue>, &str)> = vec![
         (openai(vec![]), "no tenant"),
         (
-            vec![s("gen_ai.system", "openai"), i("gen_ai.usage.input_tokens", 1)],
+            vec![
+                s("gen_ai.system", "openai"),
+                i("gen_ai.usage.input_tokens", 1),
+            ],
             "no model",
         ),
         (
-            vec![s("gen_ai.request.model", "m"), i("gen_ai.usage.input_tokens", 1)],
+            vec![
+                s("gen_ai.request.model", "m"),
+                i("gen_ai.usage.input_tokens", 1),
+            ],
             "no provider",
         ),
         (
@@ -319,7 +349,11 @@ fn every_refusal_has_a_reason() {
         ),
     ];
     for (attributes, reason) in cases {
-        let tenant = if reason == "no tenant" { None } else { Some("acme") };
+        let tenant = if reason == "no tenant" {
+            None
+        } else {
+            Some("acme")
+        };
         let mapped = map(&request(vec![], vec![span(1, now(), attributes)]), tenant);
         assert_eq!(mapped.refused.len(), 1, "{reason}");
         assert!(
@@ -344,12 +378,22 @@ fn every_refusal_has_a_reason() {
 fn both_encodings_decode_to_the_same_request() {
     let original = request(
         vec![s("service.name", "api")],
-        vec![span(1, now(), openai(vec![s("gen_ai.response.id", "chatcmpl-1")]))],
+        vec![span(
+            1,
+            now(),
+            openai(vec![s("gen_ai.response.id", "chatcmpl-1")]),
+        )],
     );
     let protobuf = original.encode_to_vec();
-    assert_eq!(decode_request(&protobuf, Encoding::Protobuf).unwrap(), original);
-    let json = serde_json::to_vec(&original).unwrap();
-    assert_eq!(decode_request(&json, Encoding::Json).unwrap(), original);
+    assert_eq!(
+        decode_request(&protobuf, Encoding::Protobuf).expect("test value"),
+        original
+    );
+    let json = serde_json::to_vec(&original).expect("test value");
+    assert_eq!(
+        decode_request(&json, Encoding::Json).expect("test value"),
+        original
+    );
     assert_eq!(span_count(&original), 1);
     assert!(decode_request(b"{not json", Encoding::Json).is_err());
     assert!(decode_request(&[0xff, 0xff, 0xff], Encoding::Protobuf).is_err());
