@@ -151,3 +151,94 @@ fn the_schema_refuses_what_the_processor_refuses() {
         );
     }
 }
+
+/// A non-Rust producer (confluent-kafka from PyPI) writes the HTTP API's shape with ids straight
+/// to the real broker: every event lands once, its retry is a duplicate, and the two records the
+/// processor must refuse are dead-lettered.
+#[tokio::test]
+async fn a_python_producer_writes_straight_to_the_topic() {
+    use e2e::ledger_check::{int, text_rows, wait_for_rows};
+    use e2e::usage::{Services, USAGE_TOPIC};
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(90);
+    const COUNT: usize = 16;
+    let services = Services::start(1).await;
+    let mut processor = services.processor("processor", &[]);
+    processor.wait_assigned(WAIT).await;
+
+    let python = e2e::required_path("TOKENLEDGER_PYTHON_BIN");
+    let script = e2e::repo_root().join("tests/python/kafka_produce.py");
+    let count = COUNT.to_string();
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(script)
+        .args(["--bootstrap", &services.broker.bootstrap()])
+        .args([
+            "--topic",
+            USAGE_TOPIC,
+            "--tenant",
+            "py-producer",
+            "--count",
+            &count,
+        ])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("the producer finishes in time")
+        .expect("the producer runs");
+    assert!(
+        output.status.success(),
+        "kafka_produce.py failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+
+    let client = services.database.client().await;
+    wait_for_rows(&client, COUNT, WAIT).await;
+    let counters = e2e::wait_for_some(WAIT, || async {
+        let counters = processor.scrape().await?;
+        let dead: i64 = counters.dead_lettered.values().sum();
+        (counters.inserted + counters.duplicates + dead >= 2 * COUNT as i64 + 2).then_some(counters)
+    })
+    .await
+    .expect("the processor reads every record");
+    assert_eq!(counters.inserted, COUNT as i64, "{counters:?}");
+    assert_eq!(counters.duplicates, COUNT as i64, "{counters:?}");
+    assert_eq!(
+        counters.dead_lettered.values().sum::<i64>(),
+        2,
+        "{counters:?}"
+    );
+
+    let rows = text_rows(
+        &client,
+        "SELECT count(*)::text, sum(prompt_tokens)::text, sum(completion_tokens)::text, \
+         count(*) FILTER (WHERE pricing_status = 'priced')::text, \
+         count(*) FILTER (WHERE received_at IS NOT NULL AND labels->>'producer' = 'confluent-kafka')::text \
+         FROM gateway_mode_audit WHERE tenant_id = 'py-producer'",
+    )
+    .await;
+    let row = &rows[0];
+    assert_eq!(int(&row[0]), COUNT as i64);
+    assert_eq!(Some(int(&row[1])), summary["prompt_tokens"].as_i64());
+    assert_eq!(Some(int(&row[2])), summary["completion_tokens"].as_i64());
+    assert_eq!(int(&row[3]), COUNT as i64, "every row is priced");
+    assert_eq!(int(&row[4]), COUNT as i64);
+    let stored: BTreeSet<String> = text_rows(
+        &client,
+        "SELECT id::text FROM gateway_mode_audit WHERE tenant_id = 'py-producer'",
+    )
+    .await
+    .into_iter()
+    .filter_map(|row| row[0].clone())
+    .collect();
+    let produced: BTreeSet<String> = summary["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stored, produced);
+}
