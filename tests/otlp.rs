@@ -89,6 +89,12 @@ async fn openai_instrumentation_spans_become_one_priced_row_per_call() {
         "{counters:?}"
     );
     assert_eq!(counters.conflicts, 0);
+    // The guide's counters, per tenant: prompt, completion, total tokens and cost.
+    for tenant in ["otel-legacy", "otel-current"] {
+        let (prompt, completion, total, cost) = counters.per_tenant[tenant];
+        assert_eq!((prompt, completion, total), (2000, 340, 2340), "{tenant}");
+        assert!((cost - 0.000504).abs() < 1e-9, "{tenant}: {cost}");
+    }
     assert!(
         counters.dead_lettered.values().all(|n| *n == 0),
         "{counters:?}"
