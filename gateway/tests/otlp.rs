@@ -459,3 +459,28 @@ async fn configured_attributes_become_labels() {
     assert_eq!(event.labels["feature"], "summaries");
     assert_eq!(event.user_id.as_deref(), Some("u-42"));
 }
+
+#[test]
+fn the_otlp_section_is_read_and_checked() {
+    let config: gateway::Config = toml::from_str(
+        "[otlp]\ntenant_attribute = \"org.id\"\nlabel_attributes = [\"service.name\"]\n",
+    )
+    .expect("parses");
+    config.validate().expect("valid");
+    let settings = Settings::from_config(&config).otlp;
+    assert_eq!(settings.tenant_attribute, "org.id");
+    assert_eq!(settings.label_attributes, ["service.name"]);
+    assert_eq!(settings.user_attributes, ["user.id", "enduser.id"]);
+
+    let mut too_many = config.clone();
+    too_many.otlp.label_attributes = (0..17).map(|n| format!("a{n}")).collect();
+    let error = too_many.validate().expect_err("17 labels");
+    assert!(error.to_string().contains("at most 16"), "{error}");
+    let mut blank = config;
+    blank.otlp.tenant_attribute = " ".into();
+    assert!(blank.validate().is_err());
+    let printed = gateway::Config::default()
+        .to_redacted_toml()
+        .expect("renders");
+    assert!(printed.contains("[otlp]"), "{printed}");
+}
