@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/services.sh: installs, locates and runs the services tokenledger needs outside Cargo:
 # a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, tools/pglite/), Prometheus,
-# Alertmanager, promtool and amtool.
+# Alertmanager, promtool and amtool, and a Python venv for the tests that use non-Rust clients.
 #
 #   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
 #   scripts/services.sh env       print `export TOKENLEDGER_..._BIN=...` lines for the test harness
@@ -96,6 +96,35 @@ install_tansu() {
   say "tansu: installed $TANSU_BIN"
 }
 
+# The Python packages of the tests that use non-Rust clients, in a venv keyed on the pinned
+# requirements' hash (a changed pin gets a fresh venv).
+PYTHON_REQUIREMENTS="$ROOT/tests/python/requirements.txt"
+python_venv_dir() {
+  local h
+  h=$(sha256sum "$PYTHON_REQUIREMENTS" | cut -c1-12)
+  printf '%s/python-%s' "$CACHE" "$h"
+}
+
+install_python_venv() {
+  local dir
+  dir=$(python_venv_dir)
+  if [ -f "$dir/.installed" ] && [ -x "$dir/bin/python" ]; then
+    say "python test packages: present ($dir)"
+    return
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    say "python3-venv: missing, installing from apt"
+    apt_install python3-venv
+  fi
+  rm -rf "$dir"
+  python3 -m venv "$dir" || die "cannot create a venv in $dir"
+  say "python test packages: installing tests/python/requirements.txt"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    -r "$PYTHON_REQUIREMENTS" </dev/null || die "pip install -r $PYTHON_REQUIREMENTS failed"
+  touch "$dir/.installed"
+  say "python test packages: installed $dir"
+}
+
 install_pglite() {
   local dir
   dir=$(pglite_dir)
@@ -151,6 +180,7 @@ cmd_install() {
   install_tansu
   install_pglite
   install_prometheus
+  install_python_venv
   say "install done in $((SECONDS - t0)) s (cache: $CACHE)"
 }
 
@@ -167,6 +197,10 @@ cmd_env() {
   printf 'export TOKENLEDGER_PROMTOOL_BIN=%q\n' "$(command -v promtool)"
   printf 'export TOKENLEDGER_ALERTMANAGER_BIN=%q\n' "$(command -v prometheus-alertmanager)"
   printf 'export TOKENLEDGER_AMTOOL_BIN=%q\n' "$(command -v amtool)"
+  local venv
+  venv=$(python_venv_dir)
+  [ -f "$venv/.installed" ] || die "the python test packages are not installed: run scripts/services.sh install"
+  printf 'export TOKENLEDGER_PYTHON_BIN=%q\n' "$venv/bin/python"
 }
 
 # --- demo stack -------------------------------------------------------------------------------

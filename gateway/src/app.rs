@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let routes = Router::new()
         .route("/v1/usage", post(api::post_usage))
+        .route("/v1/traces", post(crate::otlp::post_traces))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(extra)

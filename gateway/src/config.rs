@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub validation: ValidationConfig,
     pub database: DatabaseConfig,
+    pub otlp: crate::otlp::OtlpConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -300,6 +301,7 @@ impl Config {
         }
         self.http.validate_connections()?;
         self.auth.validate()?;
+        self.otlp.validate()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

@@ -39,6 +39,7 @@ pub mod error;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
+pub mod otlp;
 pub mod readiness;
 pub mod request_id;
 pub mod server;

@@ -111,6 +111,7 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_refused_total: IntCounterVec,
     header_read_timeouts_total: IntCounterVec,
+    otlp_spans_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,6 +179,13 @@ impl Metrics {
             ),
             &["listener"],
         )?;
+        let otlp_spans_total = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_gateway_otlp_spans_total",
+                "Spans received on POST /v1/traces, by outcome: event (became a usage event), without_usage (ignored), duplicate (a call another span of the request reported), refused (usage that could not be attributed or read).",
+            ),
+            &["outcome"],
+        )?;
         let up = IntGauge::new(
             "tokenledger_gateway_up",
             "1 while the gateway process runs.",
@@ -204,6 +212,10 @@ impl Metrics {
             connections_refused_total.with_label_values(&[port.as_label()]);
             header_read_timeouts_total.with_label_values(&[port.as_label()]);
         }
+        registry.register(Box::new(otlp_spans_total.clone()))?;
+        for outcome in ["event", "without_usage", "duplicate", "refused"] {
+            otlp_spans_total.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(up))?;
         Ok(Self {
             registry,
@@ -216,6 +228,7 @@ impl Metrics {
             connections_open,
             connections_refused_total,
             header_read_timeouts_total,
+            otlp_spans_total,
         })
     }
 
@@ -236,6 +249,13 @@ impl Metrics {
         self.events_rejected_total
             .with_label_values(&[reason.as_label()])
             .inc_by(events as u64);
+    }
+
+    /// Spans of `POST /v1/traces` by outcome (a fixed set of labels).
+    pub fn otlp_spans(&self, outcome: &'static str, spans: usize) {
+        self.otlp_spans_total
+            .with_label_values(&[outcome])
+            .inc_by(spans as u64);
     }
 
     pub fn observe_produce(&self, seconds: f64) {

@@ -29,6 +29,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub connections: ConnectionLimits,
+    /// How `POST /v1/traces` attributes spans.
+    pub otlp: ledger::otlp::OtlpSettings,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Settings {
             max_body_bytes: config.http.max_body_bytes,
             request_timeout: config.http.request_timeout(),
             connections: ConnectionLimits::from_config(&config.http),
+            otlp: config.otlp.settings(),
         }
     }
 }

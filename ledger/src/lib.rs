@@ -8,6 +8,7 @@
 //! - [`budget`]: budgets and their scope (the spend rule), their calendar
 //!   periods in a time zone, threshold crossings, the text of their alerts
 //!   and the validation of a definition; stored by the `store` crate.
+//! - [`otlp`]: OpenTelemetry GenAI spans read as usage events.
 //! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
 //! - [`usage_format`]: providers' own usage objects read as quantities.
 //!
@@ -16,6 +17,7 @@
 
 pub mod budget;
 pub mod event;
+pub mod otlp;
 pub mod pricebook;
 pub mod timestamp;
 pub mod usage_format;
