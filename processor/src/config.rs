@@ -22,6 +22,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub pricing: PricingConfig,
     pub alerting: AlertingConfig,
+    pub attribution: crate::attribution::AttributionConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     pub shutdown_timeout_ms: u64,
@@ -141,6 +142,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pricing: PricingConfig::default(),
             alerting: AlertingConfig::default(),
+            attribution: crate::attribution::AttributionConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -246,6 +248,7 @@ impl Config {
             }
         }
         self.alerting.validate()?;
+        self.attribution.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

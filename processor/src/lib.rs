@@ -75,6 +75,7 @@
 
 pub mod alert_outbox;
 pub mod assignment;
+pub mod attribution;
 pub mod batch;
 pub mod budget_spend;
 pub mod budgets;

@@ -25,6 +25,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V5__refresh_windows.sql",
         include_str!("../../sql/V5__refresh_windows.sql"),
     ),
+    (
+        "V9__use_case_rollup.sql",
+        include_str!("../../sql/V9__use_case_rollup.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -135,7 +135,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         &config.kafka.group_id,
         dead_letters,
         db_timeout,
-    );
+    )
+    .with_attribution_keys(config.attribution.labels.clone());
     let floors = OffsetFloors::default();
     let (member, mut records) = GroupMember::start(
         &config.kafka,
