@@ -83,6 +83,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod export;
 pub mod health;
 pub mod log_check;
 pub mod metrics;

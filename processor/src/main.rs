@@ -82,6 +82,11 @@ enum Command {
     /// Re-materialize the rollups over a range of UTC days (rows older than
     /// the refresh policies' window), or set that window's outage margin.
     Refresh(processor::refresh::RefreshArgs),
+    /// Exports for finance teams: a FOCUS dataset, a monthly statement.
+    Export {
+        #[command(subcommand)]
+        command: processor::export::ExportCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +144,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `budgets apply` or `offsets` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply` or `offsets` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -161,6 +166,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Export { command }) => {
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            processor::export::run(&config, &client, &command).await?;
             Ok(())
         }
         Some(Command::Refresh(args)) => {
