@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use e2e::{required_path, Binary, Database};
+use e2e::usage::{answers_ok, hash_key};
+use e2e::{free_port, required_path, wait_for, Binary, ChildProcess, Database};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -257,4 +258,140 @@ async fn the_focus_export_passes_focus_validator_and_statements_add_up() {
         "{statement}"
     );
     assert_eq!(statement["tenants"][0]["tenant_id"], "acme");
+}
+
+const ADMIN_KEY: &str = "exports-test-admin-key-0123456789";
+const ACME_KEY: &str = "exports-test-acme-key-0123456789";
+
+/// The gateway with an admin and a tenant key, the database and the processor's attribution
+/// labels; no broker (the export routes do not need one).
+fn spawn_gateway(db: &Database, dir: &Path) -> (ChildProcess, String) {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[exports]\nattribution_labels = [\"use_case\", \"team\"]\n\n\
+             [[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n\n\
+             [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n",
+            hash_key(ADMIN_KEY),
+            hash_key(ACME_KEY)
+        ),
+    )
+    .expect("write the gateway configuration");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin_listen = format!("127.0.0.1:{}", free_port());
+    let config = config.to_string_lossy().into_owned();
+    let url = db.url();
+    let gateway = ChildProcess::spawn(
+        "gateway",
+        Binary::path("gateway"),
+        &["--config", config.as_str()],
+        &[
+            ("TOKENLEDGER_KAFKA__BROKERS", "127.0.0.1:9"),
+            ("TOKENLEDGER_HTTP__LISTEN", listen.as_str()),
+            ("TOKENLEDGER_HTTP__ADMIN_LISTEN", admin_listen.as_str()),
+            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
+        ],
+    );
+    (gateway, format!("http://{listen}"))
+}
+
+async fn get(url: &str, key: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .timeout(COMMAND_TIMEOUT)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("body").to_vec();
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_gateway_serves_admins_the_same_bytes_as_the_processor() {
+    let db = Database::start().await;
+    processor(&db, &["migrate"]).await;
+    insert_usage(&db).await;
+    let dir = temp_dir();
+    let (mut gateway, base) = spawn_gateway(&db, dir.path());
+    let healthz = format!("{base}/healthz");
+    let up = wait_for(COMMAND_TIMEOUT, || {
+        answers_ok(&healthz, Duration::from_secs(5))
+    })
+    .await;
+    gateway.assert_running();
+    assert!(up, "gateway not up; log:\n{}", gateway.log_tail());
+
+    let cli = processor(
+        &db,
+        &[
+            "export",
+            "focus",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-03-01",
+            "--output",
+            "-",
+        ],
+    )
+    .await
+    .stdout;
+    let focus = format!("{base}/v1/exports/focus?from=2026-01-01&to=2026-03-01");
+    let (status, http) = get(&focus, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&http));
+    assert!(cli.len() > 10_000);
+    assert!(http == cli, "HTTP and CLI FOCUS exports differ");
+
+    let cli = processor(
+        &db,
+        &[
+            "export",
+            "statement",
+            "--month",
+            "2026-02",
+            "--tenant",
+            "globex",
+            "--format",
+            "json",
+            "--output",
+            "-",
+        ],
+    )
+    .await
+    .stdout;
+    let statement = format!("{base}/v1/exports/statement?month=2026-02&tenant=globex&format=json");
+    let (status, http) = get(&statement, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&http));
+    assert!(http == cli, "HTTP and CLI statements differ");
+
+    let (status, body) = get(&focus, ACME_KEY).await;
+    assert_eq!(
+        status,
+        403,
+        "a tenant key is refused: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _) = get(
+        &format!("{base}/v1/exports/statement?month=2026-02"),
+        ACME_KEY,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = get(
+        &format!("{base}/v1/exports/focus?from=2026-02-01&to=2026-01-01"),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = get(
+        &format!("{base}/v1/exports/statement?month=2026-13"),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = get(&focus, "not-a-key").await;
+    assert_eq!(status, 401);
 }

@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub validation: ValidationConfig,
     pub database: DatabaseConfig,
+    pub exports: crate::exports::ExportsConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
