@@ -77,6 +77,10 @@ pub struct MetricsConfig {
     pub path: String,
     pub max_tenant_labels: usize,
     pub max_model_labels: usize,
+    /// Attribution label keys also exported as Prometheus labels (opt-in;
+    /// see `label_metrics`), each capped at `max_label_values` values.
+    pub label_keys: Vec<String>,
+    pub max_label_values: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -197,6 +201,8 @@ impl Default for MetricsConfig {
             path: "/metrics".into(),
             max_tenant_labels: 1000,
             max_model_labels: 200,
+            label_keys: Vec::new(),
+            max_label_values: 50,
         }
     }
 }
@@ -249,6 +255,16 @@ impl Config {
         }
         self.alerting.validate()?;
         self.attribution.validate().map_err(ConfigError::Invalid)?;
+        if let Some(key) = self
+            .metrics
+            .label_keys
+            .iter()
+            .find(|key| !self.attribution.labels.contains(key))
+        {
+            return fail(&format!(
+                "metrics.label_keys names {key:?}, which is not one of attribution.labels"
+            ));
+        }
         Ok(())
     }
 

@@ -85,6 +85,7 @@ pub mod database;
 pub mod dead_letters;
 pub mod export;
 pub mod health;
+pub mod label_metrics;
 pub mod log_check;
 pub mod metrics;
 pub mod migrate;

@@ -87,6 +87,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         config.metrics.max_tenant_labels,
         config.metrics.max_model_labels,
     )?);
+    metrics.enable_label_metrics(&config.metrics.label_keys, config.metrics.max_label_values)?;
     let readiness = Readiness::default();
     let server_stop = CancellationToken::new();
     let server = health::serve(
