@@ -258,6 +258,25 @@ async fn the_focus_export_passes_focus_validator_and_statements_add_up() {
         "{statement}"
     );
     assert_eq!(statement["tenants"][0]["tenant_id"], "acme");
+
+    // The rows were inserted directly, so the use-case rollup is empty until rebuilt from them;
+    // then `processor report` shows cost by use case for every configured key.
+    processor(
+        &db,
+        &[
+            "rebuild-attribution",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-03-01",
+        ],
+    )
+    .await;
+    let report = processor(&db, &["report", "--days", "3650"]).await.stdout;
+    let report = String::from_utf8_lossy(&report);
+    for line in ["use_case=support-bot", "use_case=(unlabelled)", "team=core"] {
+        assert!(report.contains(line), "{line} missing:\n{report}");
+    }
 }
 
 const ADMIN_KEY: &str = "exports-test-admin-key-0123456789";
