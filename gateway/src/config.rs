@@ -46,6 +46,7 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub database: DatabaseConfig,
     pub otlp: crate::otlp::OtlpConfig,
+    pub exports: crate::exports::ExportsConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without

@@ -81,6 +81,13 @@ pub enum AppError {
     MissingTenantId,
     #[error("the database is unavailable: {0}")]
     BudgetDatabase(String),
+    // The export API (crate::exports); answered by `export_error_response`.
+    #[error("exports are read with an admin API key")]
+    ExportAdminOnly,
+    #[error("{0}")]
+    InvalidExport(String),
+    #[error("exports are unavailable: {0}")]
+    ExportsUnavailable(String),
 }
 
 impl From<AuthError> for AppError {
@@ -124,6 +131,9 @@ impl AppError {
             | Self::DuplicateBudgetName(_)
             | Self::MissingTenantId
             | Self::BudgetDatabase(_) => return None,
+            Self::ExportAdminOnly | Self::InvalidExport(_) | Self::ExportsUnavailable(_) => {
+                return None
+            }
         };
         Some(reason_and_count)
     }
@@ -265,6 +275,9 @@ impl AppError {
             | Self::DuplicateBudgetName(_)
             | Self::MissingTenantId
             | Self::BudgetDatabase(_)) => budget_error_response(budget, message),
+            export @ (Self::ExportAdminOnly
+            | Self::InvalidExport(_)
+            | Self::ExportsUnavailable(_)) => export_error_response(&export, message),
         }
     }
 }
@@ -338,6 +351,24 @@ fn budget_error_response(error: AppError, message: String) -> Response {
     }
     let mut response = (status, Json(body)).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+/// The answer to a refused export request: `{"error", "message"}`; a 503
+/// says when to retry.
+fn export_error_response(error: &AppError, message: String) -> Response {
+    let (status, code) = match error {
+        AppError::ExportAdminOnly => (StatusCode::FORBIDDEN, "forbidden"),
+        AppError::InvalidExport(_) => (StatusCode::BAD_REQUEST, "invalid_export"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "exports_unavailable"),
+    };
+    let mut response = (status, Json(error_body(code, message))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(error = %error, "export unavailable");
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("5"));

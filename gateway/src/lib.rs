@@ -36,6 +36,7 @@ pub mod budgets;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod exports;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;

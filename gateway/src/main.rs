@@ -117,7 +117,16 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }
-    let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store);
+    let budget_routes =
+        budgets::routes(Arc::new(keys.clone()), budget_store).merge(gateway::exports::routes(
+            gateway::exports::ExportApi::new(
+                Arc::new(keys.clone()),
+                &config.database,
+                &config.exports,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("configuring the exports")?,
+        ));
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 
     signals::spawn_handler(

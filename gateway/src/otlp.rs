@@ -158,6 +158,15 @@ async fn export(
         &state.settings.limits,
         received_at,
     );
+    // The key's trust policy holds for spans as for /v1/usage: a tenant key
+    // cannot report usage further back than its lateness.
+    caller
+        .policy
+        .check(&mapped.events, received_at, true)
+        .map_err(|refusal| AppError::Untrusted {
+            refusal,
+            events: mapped.events.len(),
+        })?;
     for event in &mut mapped.events {
         event.request_id = Some(request_id.as_str().to_owned());
     }

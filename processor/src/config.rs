@@ -22,6 +22,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub pricing: PricingConfig,
     pub alerting: AlertingConfig,
+    pub attribution: crate::attribution::AttributionConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     pub shutdown_timeout_ms: u64,
@@ -85,6 +86,10 @@ pub struct MetricsConfig {
     pub path: String,
     pub max_tenant_labels: usize,
     pub max_model_labels: usize,
+    /// Attribution label keys also exported as Prometheus labels (opt-in;
+    /// see `label_metrics`), each capped at `max_label_values` values.
+    pub label_keys: Vec<String>,
+    pub max_label_values: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -150,6 +155,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pricing: PricingConfig::default(),
             alerting: AlertingConfig::default(),
+            attribution: crate::attribution::AttributionConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -205,6 +211,8 @@ impl Default for MetricsConfig {
             path: "/metrics".into(),
             max_tenant_labels: 1000,
             max_model_labels: 200,
+            label_keys: Vec::new(),
+            max_label_values: 50,
         }
     }
 }
@@ -266,6 +274,17 @@ impl Config {
             }
         }
         self.alerting.validate()?;
+        self.attribution.validate().map_err(ConfigError::Invalid)?;
+        if let Some(key) = self
+            .metrics
+            .label_keys
+            .iter()
+            .find(|key| !self.attribution.labels.contains(key))
+        {
+            return fail(&format!(
+                "metrics.label_keys names {key:?}, which is not one of attribution.labels"
+            ));
+        }
         Ok(())
     }
 

@@ -78,6 +78,7 @@
 
 pub mod alert_outbox;
 pub mod assignment;
+pub mod attribution;
 pub mod batch;
 pub mod budget_spend;
 pub mod budgets;
@@ -85,7 +86,9 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod export;
 pub mod health;
+pub mod label_metrics;
 pub mod log_check;
 pub mod metrics;
 pub mod migrate;

@@ -82,6 +82,22 @@ enum Command {
     /// Re-materialize the rollups over a range of UTC days (rows older than
     /// the refresh policies' window), or set that window's outage margin.
     Refresh(processor::refresh::RefreshArgs),
+    /// Recompute the use-case rollup of the configured attribution labels
+    /// from the raw table over a range of UTC days (for a key named after
+    /// its usage arrived).
+    RebuildAttribution {
+        /// First UTC day (YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last UTC day (YYYY-MM-DD), exclusive.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+    },
+    /// Exports for finance teams: a FOCUS dataset, a monthly statement.
+    Export {
+        #[command(subcommand)]
+        command: processor::export::ExportCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +155,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `budgets apply` or `offsets` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply` or `offsets` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -161,6 +177,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::RebuildAttribution { from, to }) => {
+            anyhow::ensure!(to > from, "--to must be after --from (it is exclusive)");
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let transaction = client.transaction().await?;
+            let rows = store::attribution::rebuild(
+                &transaction,
+                &config.attribution.labels,
+                store::exports::midnight(from),
+                store::exports::midnight(to),
+            )
+            .await?;
+            transaction.commit().await?;
+            println!(
+                "usage_attribution_daily: {rows} row(s) rebuilt for {:?} over [{from}, {to})",
+                config.attribution.labels
+            );
+            Ok(())
+        }
+        Some(Command::Export { command }) => {
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            processor::export::run(&config, &client, &command).await?;
             Ok(())
         }
         Some(Command::Refresh(args)) => {

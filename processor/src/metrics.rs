@@ -132,6 +132,8 @@ pub struct Metrics {
     db_retries: IntCounter,
     up: IntGauge,
     last_commit: Gauge,
+    /// Opted-in attribution labels ([`crate::label_metrics`]).
+    labels: std::sync::OnceLock<crate::label_metrics::LabelMetrics>,
 }
 
 const USAGE_LABELS: &[&str] = &["provider", "model", "tenant_id"];
@@ -268,7 +270,23 @@ impl Metrics {
             db_retries,
             up,
             last_commit,
+            labels: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Exports the attribution label `keys` as Prometheus labels, each with
+    /// at most `max_values` values. Called once, before the first batch.
+    pub fn enable_label_metrics(
+        &self,
+        keys: &[String],
+        max_values: usize,
+    ) -> Result<(), MetricsError> {
+        if let Some(labels) =
+            crate::label_metrics::LabelMetrics::register(&self.registry, keys, max_values)?
+        {
+            let _ = self.labels.set(labels);
+        }
+        Ok(())
     }
 
     /// Moves the counters for a committed batch. Only `new_rows` count
@@ -279,6 +297,9 @@ impl Metrics {
     /// values in order of first appearance, so they admit exactly what
     /// they would admit row by row.
     pub fn record_batch(&self, batch: &CommittedBatch<'_>, duration: std::time::Duration) {
+        if let Some(labels) = self.labels.get() {
+            labels.record(batch.new_rows);
+        }
         // one lookup per row: foldhash rather than SipHash
         let mut slots: foldhash::HashMap<(&str, &str, &str), usize> = Default::default();
         let mut sums: Vec<((&str, &str, &str), UsageSum)> = Vec::new();

@@ -33,6 +33,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V7__tenant_idempotency.sql",
         include_str!("../../sql/V7__tenant_idempotency.sql"),
     ),
+    (
+        "V9__use_case_rollup.sql",
+        include_str!("../../sql/V9__use_case_rollup.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -87,6 +87,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         config.metrics.max_tenant_labels,
         config.metrics.max_model_labels,
     )?);
+    metrics.enable_label_metrics(&config.metrics.label_keys, config.metrics.max_label_values)?;
     let readiness = Readiness::default();
     let server_stop = CancellationToken::new();
     let server = health::serve(
@@ -135,7 +136,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         &config.kafka.group_id,
         dead_letters,
         db_timeout,
-    );
+    )
+    .with_attribution_keys(config.attribution.labels.clone());
     let floors = OffsetFloors::default();
     let (member, mut records) = GroupMember::start(
         &config.kafka,

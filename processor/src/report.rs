@@ -65,6 +65,8 @@ pub struct Report {
     pub tenant_daily: Vec<DailyRow>,
     pub model_daily: Vec<DailyRow>,
     pub usage_daily: Vec<DailyRow>,
+    /// Cost per value of each attribution label key over the window.
+    pub cost_by_use_case: Vec<store::attribution::LabelCost>,
 }
 
 /// Materializes every rollup up to the start of its current bucket. Each
@@ -143,12 +145,18 @@ pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
         window,
     )
     .await?;
+    let to = Utc::now();
+    let from = crate::attribution::utc_day(to - chrono::Duration::days(i64::from(days)));
+    let cost_by_use_case = store::attribution::cost_by_label(client, from, to, None)
+        .await
+        .map_err(|error| ReportError::Database(error.source))?;
     Ok(Report {
         days,
         totals,
         tenant_daily,
         model_daily,
         usage_daily,
+        cost_by_use_case,
     })
 }
 
@@ -209,6 +217,10 @@ impl Report {
             &["provider", "model"],
             &by_cost(per_model),
             TOP,
+        ));
+        out.push_str(&crate::attribution::table(
+            &self.cost_by_use_case,
+            self.days,
         ));
         out
     }
@@ -453,6 +465,7 @@ mod tests {
             }],
             model_daily: vec![],
             usage_daily: vec![],
+            cost_by_use_case: vec![],
         };
         let table = report.to_detail_table();
         assert!(table.contains("tenant_daily (last 30 days)"), "{table}");
@@ -500,6 +513,7 @@ mod tests {
             tenant_daily,
             model_daily: vec![],
             usage_daily: vec![],
+            cost_by_use_case: vec![],
         };
         let table = report.to_table();
         // per day: 12 tenants x (1..=12 cents) = 0.78 each day

@@ -16,6 +16,7 @@ use deadpool_postgres::{Object, Pool, Transaction};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use crate::attribution::AttributionError;
 use crate::budget_spend::BudgetSpendError;
 use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
@@ -67,6 +68,8 @@ pub enum WriteError {
     #[error("{0}{suffix}", suffix = write_errors::database_suffix(.0))]
     Budgets(#[from] BudgetSpendError),
     #[error(transparent)]
+    Attribution(#[from] AttributionError),
+    #[error(transparent)]
     MissingStoredRow(#[from] MissingStoredRow),
 }
 
@@ -77,6 +80,7 @@ impl WriteError {
             WriteError::Database { source, .. } => Some(source),
             WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
             WriteError::Budgets(error) => write_errors::database_cause(error),
+            WriteError::Attribution(error) => Some(error.database_error()),
             _ => None,
         }
     }
@@ -132,6 +136,7 @@ pub struct Writer<D> {
     group_id: String,
     dead_letters: D,
     step_timeout: Duration,
+    attribution_keys: Vec<String>,
 }
 
 impl<D: DeadLetterSink> Writer<D> {
@@ -141,7 +146,14 @@ impl<D: DeadLetterSink> Writer<D> {
             group_id: group_id.to_owned(),
             dead_letters,
             step_timeout,
+            attribution_keys: Vec::new(),
         }
+    }
+
+    /// The label keys whose cost the batch adds to the use-case rollup.
+    pub fn with_attribution_keys(mut self, keys: Vec<String>) -> Self {
+        self.attribution_keys = keys;
+        self
     }
 
     pub fn pool(&self) -> &Pool {
@@ -274,6 +286,11 @@ impl<D: DeadLetterSink> Writer<D> {
         self.bounded(
             "budgets",
             crate::budget_spend::record(&transaction, &new_rows),
+        )
+        .await??;
+        self.bounded(
+            "attribution",
+            crate::attribution::record(&transaction, &self.attribution_keys, &new_rows),
         )
         .await??;
 

@@ -14,6 +14,10 @@
 //!   status endpoint shows, and the statements the batch transaction uses
 //!   to lock budgets and add to spend.
 //! - [`alerts`]: recording threshold crossings in `budget_alerts`.
+//! - [`exports`]: the FOCUS dataset and the monthly statements for finance
+//!   teams, streamed from the raw table.
+//! - [`attribution`]: cost by use case, the daily rollup per attribution
+//!   label value (`usage_attribution_daily`).
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -25,7 +29,9 @@
 //! value as a parameter.
 
 pub mod alerts;
+pub mod attribution;
 pub mod budgets;
+pub mod exports;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};
