@@ -260,6 +260,7 @@ mod tests {
                 usd: cost,
                 status: PricingStatus::Priced,
             },
+            pricing: Default::default(),
             content_sha256: [0; 32],
             record_index: 0,
             source_partition: 0,

@@ -437,6 +437,7 @@ mod tests {
                 usd: Decimal::new(25, 2),
                 status,
             },
+            pricing: Default::default(),
             content_sha256: [0; 32],
             record_index: 0,
             source_partition: 0,

@@ -25,6 +25,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V5__refresh_windows.sql",
         include_str!("../../sql/V5__refresh_windows.sql"),
     ),
+    (
+        "V8__cost_provenance.sql",
+        include_str!("../../sql/V8__cost_provenance.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):
