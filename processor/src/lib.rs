@@ -31,6 +31,8 @@
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
 //! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
+//! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
+//!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
@@ -93,5 +95,6 @@ pub mod prepare;
 pub mod record;
 pub mod refresh;
 pub mod report;
+pub mod reprice;
 pub mod topics;
 pub mod write;

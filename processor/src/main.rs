@@ -82,6 +82,8 @@ enum Command {
     /// Re-materialize the rollups over a range of UTC days (rows older than
     /// the refresh policies' window), or set that window's outage margin.
     Refresh(processor::refresh::RefreshArgs),
+    /// Re-price stored rows under the current price book (see docs/design.md).
+    Reprice(processor::reprice::RepriceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +163,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Reprice(args)) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::reprice::run(&mut client, &book, &args, &mut out).await?;
             Ok(())
         }
         Some(Command::Refresh(args)) => {
