@@ -31,6 +31,8 @@
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
 //! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
+//! - [`corrections`]: `processor reprice`'s corrections exported as their own
+//!   Prometheus series.
 //! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
 //!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
@@ -82,6 +84,7 @@ pub mod budget_spend;
 pub mod budgets;
 pub mod config;
 pub mod consumer;
+pub mod corrections;
 pub mod database;
 pub mod dead_letters;
 pub mod health;
