@@ -33,6 +33,8 @@
 //! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
 //! - [`corrections`]: `processor reprice`'s corrections exported as their own
 //!   Prometheus series.
+//! - [`prices`]: `processor prices import-litellm`, a community catalog
+//!   converted into a price file.
 //! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
 //!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
@@ -95,6 +97,7 @@ pub mod offsets;
 pub mod offsets_admin;
 pub mod pipeline;
 pub mod prepare;
+pub mod prices;
 pub mod record;
 pub mod refresh;
 pub mod report;

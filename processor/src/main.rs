@@ -84,6 +84,11 @@ enum Command {
     Refresh(processor::refresh::RefreshArgs),
     /// Re-price stored rows under the current price book (see docs/design.md).
     Reprice(processor::reprice::RepriceArgs),
+    /// Price files: `prices import-litellm --input FILE --output FILE`.
+    Prices {
+        #[command(subcommand)]
+        command: processor::prices::PricesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +168,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::offsets_admin::run(&config, &mut client, command, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Prices { command }) => {
+            let mut out = std::io::stdout().lock();
+            processor::prices::run(&command, &mut out)?;
             Ok(())
         }
         Some(Command::Reprice(args)) => {
