@@ -194,6 +194,9 @@ mod tests {
             cached_prompt_tokens: 0,
             cache_write_tokens: 0,
             reasoning_tokens: 0,
+            cache_write_1h_tokens: 0,
+            service_tier: None,
+            calls: Default::default(),
             estimated_cost: None,
             labels: BTreeMap::new(),
             received_at: at,
@@ -213,6 +216,7 @@ mod tests {
                     PricingStatus::Priced
                 },
             },
+            pricing: Default::default(),
             content_sha256: [0; 32],
             record_index: 0,
             source_partition: 0,

@@ -113,6 +113,9 @@ mod tests {
                 cached_prompt_tokens: 0,
                 cache_write_tokens: 0,
                 reasoning_tokens: 0,
+                cache_write_1h_tokens: 0,
+                service_tier: None,
+                calls: Default::default(),
                 estimated_cost: None,
                 labels: use_case
                     .map(|v| [("use_case".to_owned(), v.to_owned())].into())
@@ -124,6 +127,7 @@ mod tests {
                 usd: Decimal::new(25, 2),
                 status: PricingStatus::Priced,
             },
+            pricing: Default::default(),
             content_sha256: [0; 32],
             record_index: 0,
             source_partition: 0,

@@ -34,6 +34,12 @@
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
 //! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
+//! - [`corrections`]: `processor reprice`'s corrections exported as their own
+//!   Prometheus series.
+//! - [`prices`]: `processor prices import-litellm`, a community catalog
+//!   converted into a price file.
+//! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
+//!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
@@ -84,6 +90,7 @@ pub mod budget_spend;
 pub mod budgets;
 pub mod config;
 pub mod consumer;
+pub mod corrections;
 pub mod database;
 pub mod dead_letters;
 pub mod export;
@@ -96,9 +103,11 @@ pub mod offsets;
 pub mod offsets_admin;
 pub mod pipeline;
 pub mod prepare;
+pub mod prices;
 pub mod record;
 pub mod refresh;
 pub mod report;
+pub mod reprice;
 pub mod topics;
 pub mod write;
 pub mod write_errors;

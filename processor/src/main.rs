@@ -98,6 +98,13 @@ enum Command {
         #[command(subcommand)]
         command: processor::export::ExportCommand,
     },
+    /// Re-price stored rows under the current price book (see docs/design.md).
+    Reprice(processor::reprice::RepriceArgs),
+    /// Price files: `prices import-litellm --input FILE --output FILE`.
+    Prices {
+        #[command(subcommand)]
+        command: processor::prices::PricesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,7 +162,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply` or `offsets` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice` or `prices` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -202,6 +209,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let client = database::connect(&config.database).await?;
             migrate::verify(&client, &migrate::embedded()?).await?;
             processor::export::run(&config, &client, &command).await?;
+            Ok(())
+        }
+        Some(Command::Prices { command }) => {
+            let mut out = std::io::stdout().lock();
+            processor::prices::run(&command, &mut out)?;
+            Ok(())
+        }
+        Some(Command::Reprice(args)) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::reprice::run(&mut client, &book, &args, &mut out).await?;
             Ok(())
         }
         Some(Command::Refresh(args)) => {

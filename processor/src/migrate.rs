@@ -34,6 +34,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V7__tenant_idempotency.sql"),
     ),
     (
+        "V8__cost_provenance.sql",
+        include_str!("../../sql/V8__cost_provenance.sql"),
+    ),
+    (
         "V9__use_case_rollup.sql",
         include_str!("../../sql/V9__use_case_rollup.sql"),
     ),

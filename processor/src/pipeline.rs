@@ -158,6 +158,17 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         metrics.registry(),
         outbox_stop.clone(),
     )?;
+    // Exports `processor reprice`'s corrections as their own series.
+    let corrections = crate::corrections::start(
+        pool.clone(),
+        crate::corrections::CorrectionMetrics::new(
+            metrics.registry(),
+            config.metrics.max_tenant_labels,
+            config.metrics.max_model_labels,
+        )
+        .map_err(MetricsError::from)?,
+        outbox_stop.clone(),
+    );
     readiness.set(true);
     tracing::info!(
         topic = %config.kafka.topic,
@@ -220,6 +231,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     outbox_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), outbox).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), corrections).await;
     match (result, consumer_result) {
         (Err(error), _) => Err(error),
         (Ok(()), Err(error)) => Err(error.into()),

@@ -11,7 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
-use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
+use ledger::pricebook::Rating;
+use ledger::{Cost, PriceBook, PricingStatus, UsageEvent, KAFKA_SCHEMA};
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::dead_letters::{DeadLetter, Reason};
@@ -34,11 +36,45 @@ pub(crate) type KeyHasher = foldhash::fast::RandomState;
 pub struct PricedEvent {
     pub event: UsageEvent,
     pub cost: Cost,
+    /// How `cost` was made, stored beside it.
+    pub pricing: Pricing,
     pub content_sha256: [u8; 32],
     /// Index of its record in [`PreparedBatch::records`].
     pub record_index: usize,
     pub source_partition: i32,
     pub source_offset: i64,
+}
+
+/// The provenance columns of a row: which price made its cost, under which
+/// book, by which rule, and whose cost it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pricing {
+    pub list_cost: Option<Decimal>,
+    pub price_entry: Option<String>,
+    pub price_book_version: String,
+    pub pricing_rule: String,
+    /// `book`, `tenant_contract` or `caller`; `None` when unpriced.
+    pub cost_source: Option<&'static str>,
+}
+
+impl From<&Rating> for Pricing {
+    fn from(rating: &Rating) -> Self {
+        let cost_source = match rating.status {
+            PricingStatus::Provided => Some("caller"),
+            PricingStatus::Priced if rating.provenance.tenant_rule.is_some() => {
+                Some("tenant_contract")
+            }
+            PricingStatus::Priced => Some("book"),
+            PricingStatus::Unpriced => None,
+        };
+        Self {
+            list_cost: rating.list_cost,
+            price_entry: rating.provenance.entry_id.clone(),
+            price_book_version: rating.provenance.book_version.clone(),
+            pricing_rule: rating.provenance.rule.clone(),
+            cost_source,
+        }
+    }
 }
 
 impl PricedEvent {
@@ -93,8 +129,10 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
                 continue;
             }
         };
+        let rating = price_book.rate_event(&event);
         let priced = PricedEvent {
-            cost: price_book.cost(&event),
+            cost: Cost::from(&rating),
+            pricing: Pricing::from(&rating),
             content_sha256: event.content_sha256(),
             event,
             record_index,

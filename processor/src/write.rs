@@ -28,12 +28,16 @@ INSERT INTO gateway_mode_audit (
     id, tenant_id, user_id, provider, model,
     prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
     cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
-    request_id, received_at, payload_sha256, source_partition, source_offset)
+    request_id, received_at, payload_sha256, source_partition, source_offset,
+    cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
+    price_book_version, pricing_rule, cost_source)
 SELECT * FROM UNNEST(
     $1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
     $6::int4[], $7::int4[], $8::int4[], $9::numeric[], $10::timestamptz[],
     $11::int4[], $12::int4[], $13::int4[], $14::text[], $15::jsonb[],
-    $16::text[], $17::timestamptz[], $18::bytea[], $19::int4[], $20::int8[])
+    $16::text[], $17::timestamptz[], $18::bytea[], $19::int4[], $20::int8[],
+    $21::int4[], $22::text[], $23::jsonb[], $24::numeric[], $25::text[],
+    $26::text[], $27::text[], $28::text[])
 ON CONFLICT (created_at, tenant_id, id) DO NOTHING
 RETURNING tenant_id, id, created_at";
 
@@ -438,6 +442,33 @@ async fn insert_rows(
     let hashes: Vec<&[u8]> = rows.iter().map(|r| r.content_sha256.as_slice()).collect();
     let source_partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
     let source_offsets: Vec<i64> = rows.iter().map(|r| r.source_offset).collect();
+    let cache_write_1h: Vec<i32> = rows
+        .iter()
+        .map(|r| count(r.event.cache_write_1h_tokens))
+        .collect();
+    let tiers: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.event.service_tier.map(|tier| tier.as_str()))
+        .collect();
+    let calls: Vec<Option<Json<&BTreeMap<String, u32>>>> = rows
+        .iter()
+        .map(|r| (!r.event.calls.is_empty()).then_some(Json(&r.event.calls)))
+        .collect();
+    let list_costs: Vec<Option<rust_decimal::Decimal>> =
+        rows.iter().map(|r| r.pricing.list_cost).collect();
+    let entries: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.pricing.price_entry.as_deref())
+        .collect();
+    let versions: Vec<&str> = rows
+        .iter()
+        .map(|r| r.pricing.price_book_version.as_str())
+        .collect();
+    let rules: Vec<&str> = rows
+        .iter()
+        .map(|r| r.pricing.pricing_rule.as_str())
+        .collect();
+    let sources: Vec<Option<&str>> = rows.iter().map(|r| r.pricing.cost_source).collect();
 
     let statement = transaction
         .prepare_cached(INSERT_ROWS)
@@ -467,6 +498,14 @@ async fn insert_rows(
                 &hashes,
                 &source_partitions,
                 &source_offsets,
+                &cache_write_1h,
+                &tiers,
+                &calls,
+                &list_costs,
+                &entries,
+                &versions,
+                &rules,
+                &sources,
             ],
         )
         .await

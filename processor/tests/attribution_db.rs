@@ -42,6 +42,9 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
         cached_prompt_tokens: 100,
         cache_write_tokens: 0,
         reasoning_tokens: 0,
+        cache_write_1h_tokens: 0,
+        service_tier: None,
+        calls: Default::default(),
         estimated_cost: None,
         labels: use_case
             .map(|value| [("use_case".to_owned(), value.to_owned())].into())

@@ -103,6 +103,9 @@ fn events(rng: &mut Rng, count: usize, start: DateTime<Utc>, days: i64) -> Vec<U
                 cached_prompt_tokens: cached,
                 cache_write_tokens: cache_write,
                 reasoning_tokens: reasoning,
+                cache_write_1h_tokens: 0,
+                service_tier: None,
+                calls: Default::default(),
                 estimated_cost: (rng.below(20) == 0).then(|| Decimal::new(1_234_567, 9)),
                 labels: rng
                     .pick(&USE_CASES)

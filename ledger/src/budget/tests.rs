@@ -35,6 +35,9 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         cached_prompt_tokens: 0,
         cache_write_tokens: 0,
         reasoning_tokens: 0,
+        cache_write_1h_tokens: 0,
+        service_tier: None,
+        calls: Default::default(),
         estimated_cost: None,
         labels: labels
             .iter()

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::UsageEvent;
+use crate::pricebook::ServiceTier;
 
 impl UsageEvent {
     /// SHA-256 of what the client asserted about the call, excluding what
@@ -36,6 +37,9 @@ impl UsageEvent {
             cached_prompt_tokens: self.cached_prompt_tokens,
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
+            cache_write_1h_tokens: self.cache_write_1h_tokens,
+            service_tier: self.service_tier,
+            calls: &self.calls,
             estimated_cost: self.estimated_cost,
             labels: &self.labels,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
@@ -71,6 +75,12 @@ struct Content<'a> {
     cached_prompt_tokens: u32,
     cache_write_tokens: u32,
     reasoning_tokens: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    cache_write_1h_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<ServiceTier>,
+    #[serde(skip_serializing_if = "no_calls")]
+    calls: &'a BTreeMap<String, u32>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "rust_decimal::serde::str_option::serialize"
@@ -80,6 +90,14 @@ struct Content<'a> {
     labels: &'a BTreeMap<String, String>,
     #[serde(serialize_with = "crate::timestamp::serialize")]
     received_at: DateTime<Utc>,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
+}
+
+fn no_calls(calls: &&BTreeMap<String, u32>) -> bool {
+    calls.is_empty()
 }
 
 fn no_labels(labels: &&BTreeMap<String, String>) -> bool {

@@ -24,8 +24,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::pricebook::ServiceTier;
+
 mod hash;
 mod kafka;
+mod native;
 mod request;
 mod rules;
 mod strict;
@@ -46,6 +49,12 @@ pub const MAX_LABEL_VALUE_CHARS: usize = 255;
 /// database, so the rules refuse it first, at the gateway and again in the
 /// processor. No single call comes near two billion tokens.
 pub const MAX_TOKEN_COUNT: u32 = i32::MAX as u32;
+/// Kinds of per-call charge one event may count (`web_search`, ...).
+pub const MAX_CALL_KINDS: usize = 8;
+pub const MAX_CALL_KIND_CHARS: usize = 64;
+/// Calls of one kind in one LLM request; providers cap server-side tool
+/// use per request far below this, so more is a unit mistake.
+pub const MAX_CALLS_PER_KIND: u32 = 100_000;
 /// No single LLM call costs a million dollars; anything above is a unit
 /// mistake (micro-dollars sent as dollars) and would poison every rollup.
 pub const MAX_ESTIMATED_COST_USD: i64 = 1_000_000;
@@ -67,6 +76,11 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "cached_prompt_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
+    "service_tier",
+    "calls",
+    "usage",
+    "usage_format",
     "estimated_cost",
     "labels",
 ];
@@ -74,8 +88,16 @@ pub const KNOWN_FIELDS: &[&str] = &[
 /// One validated usage event.
 ///
 /// Token conventions (the OpenAI ones, which the other providers' usage maps
-/// onto): `prompt_tokens` *includes* `cached_prompt_tokens` and
-/// `cache_write_tokens`; `completion_tokens` *includes* `reasoning_tokens`.
+/// onto): `prompt_tokens` *includes* `cached_prompt_tokens`,
+/// `cache_write_tokens` and `cache_write_1h_tokens`; `completion_tokens`
+/// *includes* `reasoning_tokens`. `cache_write_tokens` are 5-minute cache
+/// writes (the only kind before 1-hour writes existed, so old events keep
+/// their meaning); `cache_write_1h_tokens` are 1-hour writes.
+///
+/// The fields added for pricing (`cache_write_1h_tokens`, `service_tier`,
+/// `calls`) are left out of the Kafka form when zero, absent or empty, so an
+/// event that does not use them serialises, and hashes, exactly as before
+/// they existed, and records written before them still decode.
 /// `created_at` is truncated to microseconds, the precision of the database,
 /// so that `(id, created_at)` compares the same in memory and in storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +120,15 @@ pub struct UsageEvent {
     pub cache_write_tokens: u32,
     #[serde(default)]
     pub reasoning_tokens: u32,
+    /// Prompt tokens written to a cache with a 1-hour lifetime.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u32,
+    /// The provider's service tier; absent means standard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<ServiceTier>,
+    /// Server-side tool calls billed per call, by kind (`web_search`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, u32>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -112,6 +143,10 @@ pub struct UsageEvent {
     /// The gateway's id for the HTTP request that carried the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// Limits that depend on configuration rather than on the event contract.

@@ -10,8 +10,12 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use uuid::{NoContext, Timestamp, Uuid};
 
+use crate::pricebook::ServiceTier;
+
+use super::native;
 use super::rules::{
-    check_cost, check_id, check_identifier, check_labels, check_provider, printable, type_name,
+    check_calls, check_cost, check_id, check_identifier, check_labels, check_provider, printable,
+    type_name,
 };
 use super::strict::StrictValue;
 use super::{
@@ -95,14 +99,30 @@ impl UsageEvent {
         let user_id = fields.optional("user_id", |v| parse_identifier(v, MAX_USER_ID_CHARS));
         let provider = fields.required("provider", parse_provider);
         let model = fields.required("model", |v| parse_identifier(v, MAX_MODEL_CHARS));
-        let prompt_tokens = fields.required("prompt_tokens", parse_u32);
-        let completion_tokens = fields.required("completion_tokens", parse_u32);
+        let prompt_tokens = fields.optional("prompt_tokens", parse_u32);
+        let completion_tokens = fields.optional("completion_tokens", parse_u32);
         let total_tokens = fields.optional("total_tokens", parse_u32);
         let cached_prompt_tokens = fields.optional("cached_prompt_tokens", parse_u32);
         let cache_write_tokens = fields.optional("cache_write_tokens", parse_u32);
+        let cache_write_1h_tokens = fields.optional("cache_write_1h_tokens", parse_u32);
         let reasoning_tokens = fields.optional("reasoning_tokens", parse_u32);
+        let service_tier = fields.optional("service_tier", parse_service_tier);
+        let calls = fields.optional("calls", parse_calls);
         let estimated_cost = fields.optional("estimated_cost", parse_cost);
         let labels = fields.optional("labels", parse_labels);
+
+        let native = native::read(object, &mut errors);
+        let tokens = Tokens {
+            prompt: prompt_tokens,
+            completion: completion_tokens,
+            cached: cached_prompt_tokens,
+            cache_write: cache_write_tokens,
+            cache_write_1h: cache_write_1h_tokens,
+            reasoning: reasoning_tokens,
+            service_tier,
+            calls,
+        }
+        .resolve(native, &mut errors);
 
         let (id, created_at) = resolve_identity(id, created_at, now, &mut errors);
         if let Some(created_at) = created_at {
@@ -114,15 +134,14 @@ impl UsageEvent {
         else {
             return Err(EventError { errors });
         };
-        let (Some(prompt_tokens), Some(completion_tokens)) = (prompt_tokens, completion_tokens)
-        else {
+        let Some(tokens) = tokens else {
             return Err(EventError { errors });
         };
         if !errors.is_empty() {
             return Err(EventError { errors });
         }
 
-        let computed_total = prompt_tokens.checked_add(completion_tokens);
+        let computed_total = tokens.prompt.checked_add(tokens.completion);
         let event = Self {
             id,
             created_at,
@@ -130,15 +149,18 @@ impl UsageEvent {
             user_id: user_id.flatten(),
             provider,
             model,
-            prompt_tokens,
-            completion_tokens,
+            prompt_tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
             total_tokens: total_tokens
                 .flatten()
                 .or(computed_total)
                 .unwrap_or(u32::MAX),
-            cached_prompt_tokens: cached_prompt_tokens.flatten().unwrap_or(0),
-            cache_write_tokens: cache_write_tokens.flatten().unwrap_or(0),
-            reasoning_tokens: reasoning_tokens.flatten().unwrap_or(0),
+            cached_prompt_tokens: tokens.cached,
+            cache_write_tokens: tokens.cache_write,
+            reasoning_tokens: tokens.reasoning,
+            cache_write_1h_tokens: tokens.cache_write_1h,
+            service_tier: tokens.service_tier,
+            calls: tokens.calls,
             estimated_cost: estimated_cost.flatten(),
             labels: labels.flatten().unwrap_or_default(),
             received_at: now,
@@ -146,6 +168,103 @@ impl UsageEvent {
         };
         event.check_invariants()?;
         Ok(event)
+    }
+}
+
+/// The token fields as sent (`Some(None)` absent, `None` invalid), before
+/// the native usage object, if any, fills or checks them.
+struct Tokens {
+    prompt: Option<Option<u32>>,
+    completion: Option<Option<u32>>,
+    cached: Option<Option<u32>>,
+    cache_write: Option<Option<u32>>,
+    cache_write_1h: Option<Option<u32>>,
+    reasoning: Option<Option<u32>>,
+    service_tier: Option<Option<ServiceTier>>,
+    calls: Option<Option<BTreeMap<String, u32>>>,
+}
+
+/// The event's token fields once resolved.
+struct ResolvedTokens {
+    prompt: u32,
+    completion: u32,
+    cached: u32,
+    cache_write: u32,
+    cache_write_1h: u32,
+    reasoning: u32,
+    service_tier: Option<ServiceTier>,
+    calls: BTreeMap<String, u32>,
+}
+
+impl Tokens {
+    /// Without native usage, `prompt_tokens` and `completion_tokens` are
+    /// required and the rest default to zero; with it, every field comes
+    /// from the usage object and a field also sent must agree with it.
+    fn resolve(
+        self,
+        native: Option<native::Mapped>,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<ResolvedTokens> {
+        let prompt = self.prompt?;
+        let completion = self.completion?;
+        let cached = self.cached?;
+        let cache_write = self.cache_write?;
+        let cache_write_1h = self.cache_write_1h?;
+        let reasoning = self.reasoning?;
+        let service_tier = self.service_tier?;
+        let calls = self.calls?.unwrap_or_default();
+        let Some(m) = native else {
+            let had_usage = errors
+                .iter()
+                .any(|e| e.field == "usage" || e.field == "usage_format");
+            if !had_usage {
+                for (name, value) in [("prompt_tokens", prompt), ("completion_tokens", completion)]
+                {
+                    if value.is_none() {
+                        errors.push(FieldError::new(name, "is required"));
+                    }
+                }
+            }
+            return Some(ResolvedTokens {
+                prompt: prompt?,
+                completion: completion?,
+                cached: cached.unwrap_or(0),
+                cache_write: cache_write.unwrap_or(0),
+                cache_write_1h: cache_write_1h.unwrap_or(0),
+                reasoning: reasoning.unwrap_or(0),
+                service_tier,
+                calls,
+            });
+        };
+        let service_tier = match (service_tier, m.service_tier) {
+            (sent, None) => sent,
+            (sent, Some(mapped)) => Some(native::agree("service_tier", sent, mapped, errors)),
+        };
+        Some(ResolvedTokens {
+            prompt: native::agree("prompt_tokens", prompt, m.prompt_tokens, errors),
+            completion: native::agree("completion_tokens", completion, m.completion_tokens, errors),
+            cached: native::agree(
+                "cached_prompt_tokens",
+                cached,
+                m.cached_prompt_tokens,
+                errors,
+            ),
+            cache_write: native::agree(
+                "cache_write_tokens",
+                cache_write,
+                m.cache_write_tokens,
+                errors,
+            ),
+            cache_write_1h: native::agree(
+                "cache_write_1h_tokens",
+                cache_write_1h,
+                m.cache_write_1h_tokens,
+                errors,
+            ),
+            reasoning: native::agree("reasoning_tokens", reasoning, m.reasoning_tokens, errors),
+            service_tier,
+            calls: native::merge_calls(calls, m.calls, errors),
+        })
     }
 }
 
@@ -335,6 +454,38 @@ fn parse_cost(value: &Value) -> Result<Decimal, String> {
         .map_err(|_| "must be a decimal string such as \"0.0042\"".to_string())?;
     check_cost(cost)?;
     Ok(cost.normalize())
+}
+
+fn parse_service_tier(value: &Value) -> Result<ServiceTier, String> {
+    let text = expect_str(value)?;
+    match text {
+        "standard" => Ok(ServiceTier::Standard),
+        "batch" => Ok(ServiceTier::Batch),
+        "flex" => Ok(ServiceTier::Flex),
+        "priority" => Ok(ServiceTier::Priority),
+        _ => Err("must be one of standard, batch, flex, priority".into()),
+    }
+}
+
+fn parse_calls(value: &Value) -> Result<BTreeMap<String, u32>, String> {
+    let Value::Object(object) = value else {
+        return Err(format!(
+            "must be an object of call counts such as {{\"web_search\": 3}}, got {}",
+            type_name(value)
+        ));
+    };
+    let mut calls = BTreeMap::new();
+    for (kind, count) in object {
+        let count = parse_u32(count)
+            .map_err(|message| format!("call count of {:?} {message}", printable(kind)))?;
+        // A zero count bills nothing; leaving it out keeps one spelling
+        // of "no calls" and so one content hash.
+        if count > 0 {
+            calls.insert(kind.clone(), count);
+        }
+    }
+    check_calls(&calls)?;
+    Ok(calls)
 }
 
 fn parse_labels(value: &Value) -> Result<BTreeMap<String, String>, String> {

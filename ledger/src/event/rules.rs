@@ -9,9 +9,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    EventError, FieldError, UsageEvent, MAX_COST_SCALE, MAX_ESTIMATED_COST_USD, MAX_LABELS,
-    MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_MODEL_CHARS, MAX_PROVIDER_CHARS,
-    MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT, MAX_USER_ID_CHARS,
+    EventError, FieldError, UsageEvent, MAX_CALLS_PER_KIND, MAX_CALL_KINDS, MAX_CALL_KIND_CHARS,
+    MAX_COST_SCALE, MAX_ESTIMATED_COST_USD, MAX_LABELS, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS,
+    MAX_MODEL_CHARS, MAX_PROVIDER_CHARS, MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT, MAX_USER_ID_CHARS,
 };
 
 impl UsageEvent {
@@ -42,6 +42,7 @@ impl UsageEvent {
             ("cached_prompt_tokens", self.cached_prompt_tokens),
             ("cache_write_tokens", self.cache_write_tokens),
             ("reasoning_tokens", self.reasoning_tokens),
+            ("cache_write_1h_tokens", self.cache_write_1h_tokens),
         ];
         for (field, count) in counts {
             check(field, check_count(count));
@@ -60,12 +61,14 @@ impl UsageEvent {
             ),
             Some(_) => {}
         }
-        let cached = u64::from(self.cached_prompt_tokens) + u64::from(self.cache_write_tokens);
+        let cached = u64::from(self.cached_prompt_tokens)
+            + u64::from(self.cache_write_tokens)
+            + u64::from(self.cache_write_1h_tokens);
         if cached > u64::from(self.prompt_tokens) {
             check(
                 "cached_prompt_tokens",
                 Err(format!(
-                    "cached_prompt_tokens + cache_write_tokens ({cached}) cannot exceed prompt_tokens ({}), which includes them",
+                    "cached_prompt_tokens + cache_write_tokens + cache_write_1h_tokens ({cached}) cannot exceed prompt_tokens ({}), which includes them",
                     self.prompt_tokens
                 )),
             );
@@ -83,6 +86,7 @@ impl UsageEvent {
             check("estimated_cost", check_cost(cost));
         }
         check("labels", check_labels(&self.labels));
+        check("calls", check_calls(&self.calls));
         if self.created_at.trunc_subsecs(6) != self.created_at {
             check(
                 "created_at",
@@ -214,6 +218,36 @@ pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Stri
         if value.chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(format!(
                 "label {key:?} must not contain control or invisible characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per-call charges: a few kinds, named like label keys, each a bounded
+/// positive count (a zero count is left out rather than stored).
+pub(super) fn check_calls(calls: &BTreeMap<String, u32>) -> Result<(), String> {
+    if calls.len() > MAX_CALL_KINDS {
+        return Err(format!(
+            "at most {MAX_CALL_KINDS} kinds of call, got {}",
+            calls.len()
+        ));
+    }
+    for (kind, count) in calls {
+        let kind_ok = !kind.is_empty()
+            && kind.len() <= MAX_CALL_KIND_CHARS
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !kind_ok {
+            return Err(format!(
+                "call kind {:?} must be 1-{MAX_CALL_KIND_CHARS} lower-case ASCII letters, digits, '-', '_' or '.' (e.g. web_search)",
+                printable(kind)
+            ));
+        }
+        if *count == 0 || *count > MAX_CALLS_PER_KIND {
+            return Err(format!(
+                "call count of {kind:?} must be 1-{MAX_CALLS_PER_KIND}, got {count}"
             ));
         }
     }

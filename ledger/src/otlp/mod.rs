@@ -318,6 +318,11 @@ impl SpanContext<'_> {
             cached_prompt_tokens: tokens.cache_read,
             cache_write_tokens: tokens.cache_write,
             reasoning_tokens: tokens.reasoning,
+            // GenAI spans carry no cache-write duration, service tier or
+            // per-call counts: 5-minute writes and standard pricing.
+            cache_write_1h_tokens: 0,
+            service_tier: None,
+            calls: Default::default(),
             estimated_cost: None,
             labels,
             received_at: self.received_at,

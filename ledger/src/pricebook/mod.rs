@@ -378,8 +378,8 @@ impl PriceBook {
         Cost::from(&self.rate_event(event))
     }
 
-    /// [`PriceBook::rate`] for a usage event as the event contract has it
-    /// today (see [`event_usage`]).
+    /// [`PriceBook::rate`] for a usage event (see [`event_usage`]); an
+    /// event without a service tier is standard.
     pub fn rate_event(&self, event: &UsageEvent) -> Rating {
         let quantities = event_usage::quantities(event);
         self.rate(&RatingRequest {
@@ -387,7 +387,7 @@ impl PriceBook {
             provider: &event.provider,
             model: &event.model,
             at: event.created_at,
-            service_tier: ServiceTier::Standard,
+            service_tier: event.service_tier.unwrap_or_default(),
             quantities: &quantities,
             supplied_cost: event.estimated_cost,
         })

@@ -25,6 +25,9 @@ fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
         cached_prompt_tokens: 0,
         cache_write_tokens: 0,
         reasoning_tokens: 0,
+        cache_write_1h_tokens: 0,
+        service_tier: None,
+        calls: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: Utc

@@ -19,10 +19,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::DbError;
 
-/// The source of `ListCost`: the stored cost today. Once the audit table
-/// has a list-price column, naming it here switches both exports' list cost
-/// to it (the billed cost stays `estimated_cost`).
-pub const LIST_COST_COLUMN: &str = "estimated_cost";
+/// The source of `ListCost`: the row's cost at the list price, recorded
+/// since V8 (`list_cost`); rows stored before it, and unpriced rows, fall
+/// back to the stored cost. The billed cost stays `estimated_cost`.
+pub const LIST_COST_COLUMN: &str = "COALESCE(list_cost, estimated_cost)";
 
 /// How many bytes an export buffers before writing them out.
 const FLUSH_AT: usize = 64 * 1024;
