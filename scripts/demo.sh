@@ -196,7 +196,7 @@ step "Budget status for acme (GET /v1/budgets/status: what an application asks b
 curl -fsS "http://127.0.0.1:$GATEWAY_PORT/v1/budgets/status?tenant_id=acme" -H "Authorization: Bearer $ADMIN_KEY" |
   python3 -m json.tool
 
-step "The seed's Prometheus counters (processor :$PROCESSOR_METRICS_PORT/metrics, a few lines)"
+step "The guide's Prometheus counters (processor :$PROCESSOR_METRICS_PORT/metrics, a few lines)"
 curl -fsS "http://127.0.0.1:$PROCESSOR_METRICS_PORT/metrics" |
   grep -E '^axonflow_orchestrator_provider_total_cost\{' | sort -t' ' -k2 -g -r | head -n 5 || true
 curl -fsS "http://127.0.0.1:$PROCESSOR_METRICS_PORT/metrics" |

@@ -3,7 +3,7 @@
 
 CREATE EXTENSION IF NOT EXISTS timescaledb;
 
--- The seed guide's columns keep their names, so its queries run unchanged. Differences from the
+-- The guide's columns keep their names, so its queries run unchanged. Differences from the
 -- guide's DDL, and why:
 --  * estimated_cost is NUMERIC(20,10), not DECIMAL(10,6): a cheap model's cost per call is often
 --    below a micro-dollar and would round to 0 at scale 6.
@@ -12,7 +12,7 @@ CREATE EXTENSION IF NOT EXISTS timescaledb;
 --    column; duplicates are defined on (id, created_at) anyway.
 --  * provider, model and the token counts are NOT NULL: the gateway rejects events without them.
 -- TimescaleDB warns that VARCHAR "does not follow best practices"; the lengths are kept because
--- they are the seed's and the gateway validates the same limits.
+-- they are the guide's and the gateway validates the same limits.
 CREATE TABLE IF NOT EXISTS gateway_mode_audit (
     id                   UUID           NOT NULL,
     tenant_id            VARCHAR(255)   NOT NULL,

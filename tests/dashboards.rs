@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use grafana::{
     datasource_refs, load_dashboards, provisioned_datasources, rate_ranges, repo_root, Dashboard,
-    QueryKind, PROMETHEUS_UID, PROMQL_VARIABLES, SEED_PANEL_QUERIES, SQL_MACROS, TIMESCALEDB_UID,
+    QueryKind, GUIDE_PANEL_QUERIES, PROMETHEUS_UID, PROMQL_VARIABLES, SQL_MACROS, TIMESCALEDB_UID,
 };
 use serde_json::{json, Value};
 
@@ -250,7 +250,7 @@ fn range_queries_use_rate_interval() {
                     query.name()
                 );
             }
-            if SEED_PANEL_QUERIES.contains(&expr.as_str()) || *instant {
+            if GUIDE_PANEL_QUERIES.contains(&expr.as_str()) || *instant {
                 continue;
             }
             for range in rate_ranges(expr) {
@@ -314,7 +314,7 @@ fn sql_panels_use_only_the_documented_macros() {
 fn the_guides_panels_are_verbatim() {
     let dashboards = load_dashboards();
     let usage = dashboard(&dashboards, "token-usage-cost.json");
-    let seed_panels = [
+    let guide_panels = [
         json!({
             "title": "Token Usage (24h)",
             "type": "timeseries",
@@ -332,18 +332,18 @@ fn the_guides_panels_are_verbatim() {
             }]
         }),
     ];
-    for seed in seed_panels {
-        let title = seed["title"].as_str().unwrap_or_default();
+    for guide in guide_panels {
+        let title = guide["title"].as_str().unwrap_or_default();
         let panel = usage
             .panels()
             .into_iter()
-            .find(|p| p["title"] == seed["title"])
+            .find(|p| p["title"] == guide["title"])
             .unwrap_or_else(|| panic!("the guide's panel {title:?} is missing"));
-        assert_eq!(panel["type"], seed["type"], "{title}: type");
+        assert_eq!(panel["type"], guide["type"], "{title}: type");
         let targets = panel["targets"].as_array().cloned().unwrap_or_default();
         assert_eq!(targets.len(), 1, "{title}: one target");
         for key in ["expr", "legendFormat"] {
-            assert_eq!(targets[0][key], seed["targets"][0][key], "{title}: {key}");
+            assert_eq!(targets[0][key], guide["targets"][0][key], "{title}: {key}");
         }
     }
 }
@@ -375,7 +375,7 @@ fn the_executive_summary_is_complete_and_filtered_by_the_variables() {
     assert_eq!(variables, ["tenant_id", "provider", "model"]);
     for query in usage.queries() {
         let text = match &query.kind {
-            QueryKind::PromQl { expr, .. } if SEED_PANEL_QUERIES.contains(&expr.as_str()) => {
+            QueryKind::PromQl { expr, .. } if GUIDE_PANEL_QUERIES.contains(&expr.as_str()) => {
                 continue
             }
             QueryKind::PromQl { expr, .. } => expr.clone(),

@@ -27,7 +27,7 @@ pub const TIMESCALEDB_UID: &str = "tokenledger-timescaledb";
 
 /// The usage guide's PromQL, kept verbatim in the dashboards: exempt from the
 /// `$__rate_interval` rule.
-pub const SEED_PANEL_QUERIES: &[&str] = &[
+pub const GUIDE_PANEL_QUERIES: &[&str] = &[
     "sum(rate(axonflow_orchestrator_provider_total_tokens[5m])) * 60",
     "sum by (provider) (increase(axonflow_orchestrator_provider_total_cost[7d]))",
 ];

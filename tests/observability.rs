@@ -752,14 +752,14 @@ fn assert_extrapolated(actual: f64, expected: f64, what: &str) {
 
 /// The usage guide's queries, evaluated now.
 #[derive(Debug, Clone, PartialEq)]
-struct SeedNumbers {
+struct GuideNumbers {
     total_tokens_24h: f64,
     tokens_by_provider_24h: BTreeMap<String, f64>,
     cost_by_model_7d: BTreeMap<String, f64>,
 }
 
-async fn seed_numbers(prometheus: &Prometheus) -> SeedNumbers {
-    SeedNumbers {
+async fn guide_numbers(prometheus: &Prometheus) -> GuideNumbers {
+    GuideNumbers {
         total_tokens_24h: prometheus
             .query_f64("sum(increase(axonflow_orchestrator_provider_total_tokens[24h]))")
             .await
@@ -779,7 +779,7 @@ async fn seed_numbers(prometheus: &Prometheus) -> SeedNumbers {
     }
 }
 
-fn assert_seed_numbers(numbers: &SeedNumbers, when: &str) {
+fn assert_seed_numbers(numbers: &GuideNumbers, when: &str) {
     let tokens = |t: &Traffic| t.tokens() as f64;
     assert_extrapolated(
         numbers.total_tokens_24h,
@@ -1046,7 +1046,7 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     // The guide's example queries.
-    let before_restart = seed_numbers(&prometheus).await;
+    let before_restart = guide_numbers(&prometheus).await;
     assert_seed_numbers(&before_restart, "before the restart");
     let rates = samples(
         &prometheus,
@@ -1199,7 +1199,7 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     wait_value(&prometheus, "sum(tokenledger_events_inserted_total)", 0.0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     replay.assert_running();
-    let after_restart = seed_numbers(&prometheus).await;
+    let after_restart = guide_numbers(&prometheus).await;
     assert_seed_numbers(&after_restart, "after the restart and redelivery");
     // The budgets did not count the redelivered spend either.
     for (budget, ratio) in [

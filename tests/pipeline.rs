@@ -6,10 +6,10 @@
 //!   produced straight onto the topic: every accepted event is stored exactly once, rejected
 //!   requests leave nothing behind, and the poison goes to the dead-letter topic without
 //!   blocking the events behind it.
-//! - `rollups_and_seed_reports_match_the_raw_table`: the four continuous aggregates agree exactly
+//! - `rollups_and_guide_reports_match_the_raw_table`: the four continuous aggregates agree exactly
 //!   with sums over the raw table before a refresh (real-time aggregation), after `processor
-//!   report --refresh`, and for rows that arrive after the refresh; the seed guide's three
-//!   queries, run verbatim from sql/reports/seed/, return the numbers the events imply.
+//!   report --refresh`, and for rows that arrive after the refresh; the guide's three
+//!   queries, run verbatim from sql/reports/guide/, return the numbers the events imply.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,7 +238,7 @@ impl Sent {
             model: model.into(),
             prompt: 100 + i64::from(n),
             completion: 20 + i64::from(n % 13),
-            // distinct per event so that sums, and the seed's ORDER BY cost, are unambiguous
+            // distinct per event so that sums, and the guide's ORDER BY cost, are unambiguous
             cost_micros: 1_000 + i64::from(n) * 7,
         }
     }
@@ -595,15 +595,15 @@ async fn assert_rollups_match_raw(client: &Client, when: &str) {
     }
 }
 
-async fn seed_query(client: &Client, file: &str) -> Vec<Vec<Option<String>>> {
-    let path = repo_root().join("sql/reports/seed").join(file);
+async fn guide_query(client: &Client, file: &str) -> Vec<Vec<Option<String>>> {
+    let path = repo_root().join("sql/reports/guide").join(file);
     let sql = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text_rows(client, &sql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollups_and_seed_reports_match_the_raw_table() {
+async fn rollups_and_guide_reports_match_the_raw_table() {
     let mut stack = Stack::start().await;
     const DAY: i64 = 86_400;
     let mut sent: Vec<Sent> = Vec::new();
@@ -693,7 +693,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
     .await;
     assert_eq!(int(&late_requests[0][0]), 6);
 
-    // The seed's queries, verbatim.
+    // The guide's queries, verbatim.
     let now = unix_now();
     let within = |s: &&Sent, days: i64| s.created_at > now - days * DAY;
 
@@ -703,7 +703,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
         entry.0 += s.total();
         entry.1 += s.cost();
     }
-    let rows = seed_query(&client, "daily_token_usage.sql").await;
+    let rows = guide_query(&client, "daily_token_usage.sql").await;
     let got: Vec<(String, i64, i128)> = rows
         .iter()
         .map(|r| (r[0].clone().unwrap_or_default(), int(&r[1]), cost(&r[2])))
@@ -720,7 +720,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
     let mut want: Vec<(String, i64, i128)> =
         by_tenant.into_iter().map(|(k, (t, c))| (k, t, c)).collect();
     want.sort_by_key(|row| std::cmp::Reverse(row.2));
-    let rows = seed_query(&client, "usage_by_tenant.sql").await;
+    let rows = guide_query(&client, "usage_by_tenant.sql").await;
     let got: Vec<(String, i64, i128)> = rows
         .iter()
         .map(|r| (r[0].clone().unwrap_or_default(), int(&r[1]), cost(&r[2])))
@@ -741,7 +741,7 @@ async fn rollups_and_seed_reports_match_the_raw_table() {
         .map(|((p, m), (t, c, count))| (p, m, t, c, t as f64 / count as f64))
         .collect();
     want.sort_by_key(|row| std::cmp::Reverse(row.3));
-    let rows = seed_query(&client, "most_expensive_models.sql").await;
+    let rows = guide_query(&client, "most_expensive_models.sql").await;
     let got: Vec<(String, String, i64, i128, f64)> = rows
         .iter()
         .map(|r| {

@@ -90,7 +90,7 @@ SELECT gen_random_uuid(), 'tenant-' || (i % 3), NULL,
     CASE WHEN i % 11 = 0 THEN 'unpriced' ELSE 'priced' END, now(), '\\x00'::bytea, i % 3, i
 FROM generate_series(0, 40 * 24 * 60 / 7) AS i";
 
-/// A report's rows as text, sorted (ties in cost may come in any order in the seed queries).
+/// A report's rows as text, sorted (ties in cost may come in any order in the guide queries).
 async fn report_rows(client: &Client, path: &Path) -> Vec<Vec<String>> {
     let sql = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let messages = client
@@ -119,12 +119,15 @@ async fn assert_reports_agree(client: &Client, when: &str) {
         "usage_by_tenant",
         "most_expensive_models",
     ] {
-        let seed = report_rows(client, &reports.join(format!("seed/{name}.sql"))).await;
+        let guide = report_rows(client, &reports.join(format!("guide/{name}.sql"))).await;
         let rollup = report_rows(client, &reports.join(format!("{name}.sql"))).await;
-        assert!(!seed.is_empty(), "{name}: the seed query returned no rows");
+        assert!(
+            !guide.is_empty(),
+            "{name}: the guide query returned no rows"
+        );
         assert_eq!(
-            seed, rollup,
-            "{name}: seed query and rollup report differ {when}"
+            guide, rollup,
+            "{name}: guide query and rollup report differ {when}"
         );
     }
 }

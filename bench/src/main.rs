@@ -341,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One scrape of the processor's `/metrics` at the end of the run: how many
-/// series the seed's per-tenant counters have grown to and what a scrape
+/// series the guide's per-tenant counters have grown to and what a scrape
 /// costs.
 async fn time_scrape(url: &str) -> Option<report::MetricsScrape> {
     let started = std::time::Instant::now();

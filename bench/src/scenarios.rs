@@ -56,7 +56,7 @@ impl Sample {
 ///
 /// What the processor committed is read from its log ("batch committed"
 /// lines, `records=` and `inserted=`), not from its `/metrics`: rendering
-/// the seed's per-tenant counters (thousands of series after a few minutes
+/// the guide's per-tenant counters (thousands of series after a few minutes
 /// of 200 tenants) costs the processor real CPU, and a benchmark must not
 /// load what it measures. The gateway's metrics are a few dozen series.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@
 //! - [`assignment`]: which assigned partitions are consumed, which are held
 //!   because the log no longer reaches their stored offset.
 //! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
-//! - [`metrics`]: the seed's counters and the operational metrics, moved
+//! - [`metrics`]: the guide's counters and the operational metrics, moved
 //!   once per committed batch.
 //! - [`health`]: `/healthz`, `/readyz` and the admin listener that also
 //!   serves `/metrics`.

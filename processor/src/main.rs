@@ -305,7 +305,7 @@ async fn run_migrations(config: &Config, sql_dir: Option<PathBuf>) -> anyhow::Re
                 }
                 println!(
                     "  the audit table, offsets and budgets work as usual; reports must read \
-                     gateway_mode_audit directly (the seed's queries do; sql/reports/ and \
+                     gateway_mode_audit directly (the guide's queries do; sql/reports/ and \
                      `processor report` need the rollups). Run `processor migrate` again on a \
                      Community-edition TimescaleDB to add them."
                 );

@@ -1,4 +1,4 @@
-//! Prometheus metrics: the seed guide's four usage counters, the pipeline's
+//! Prometheus metrics: the guide's four usage counters, the pipeline's
 //! operational metrics and the label-cardinality bound. What a committed
 //! batch did arrives as a [`CommittedBatch`], so counting knows nothing of
 //! the transaction; the `health` module serves the registry over HTTP.
@@ -520,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_counters_have_exact_names_labels_and_bounded_cardinality() {
+    fn guide_counters_have_exact_names_labels_and_bounded_cardinality() {
         let metrics = Metrics::new(2, 200).expect("metrics");
         let new_rows = vec![
             row("t1", "gpt-4o", PricingStatus::Priced),

@@ -1,11 +1,11 @@
--- Daily token usage: tokens and cost per day over the last 30 days (the seed guide's "Daily token
+-- Daily token usage: tokens and cost per day over the last 30 days (the guide's "Daily token
 -- usage"), read from the rollups instead of the raw table. Same columns, same numbers.
 --
--- The seed's window starts at an arbitrary instant (now() - 30 days), so it is assembled from three
+-- The guide's window starts at an arbitrary instant (now() - 30 days), so it is assembled from three
 -- parts that never overlap: whole UTC days from tenant_daily, the whole hours of the first, partial
 -- day from usage_hourly, and the rows of the first, partial hour from the raw table. That reads at
 -- most ~31 daily rows per tenant, 24 hourly buckets and one hour of raw rows, whatever the traffic.
--- Dates are UTC dates; the seed's DATE(created_at) uses the session time zone, so the two agree
+-- Dates are UTC dates; the guide's DATE(created_at) uses the session time zone, so the two agree
 -- when the session runs in UTC (the TimescaleDB image's default).
 WITH w AS (
     SELECT since,

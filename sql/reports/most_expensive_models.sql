@@ -1,5 +1,5 @@
 -- Most expensive models: tokens, cost and average tokens per request per provider and model over
--- the last 7 days, most expensive first (the seed guide's "Most expensive models"), read from the
+-- the last 7 days, most expensive first (the guide's "Most expensive models"), read from the
 -- rollups instead of the raw table. Same columns, same numbers.
 --
 -- The window (now() - 7 days) is assembled from whole UTC days in model_daily, whole hours of the

@@ -1,5 +1,5 @@
 -- Usage by tenant: tokens and cost per tenant over the last 30 days, most expensive first (the
--- seed guide's "Usage by tenant"), read from the rollups instead of the raw table. Same columns,
+-- guide's "Usage by tenant"), read from the rollups instead of the raw table. Same columns,
 -- same numbers.
 --
 -- The window (now() - 30 days) is assembled from whole UTC days in tenant_daily, whole hours of

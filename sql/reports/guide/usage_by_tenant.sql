@@ -1,5 +1,5 @@
 -- Usage by tenant: tokens and cost per tenant over the last 30 days, most expensive first, from
--- the raw audit table. The seed guide's query, verbatim.
+-- the raw audit table. The guide's query, verbatim.
 SELECT
 tenant_id,
 SUM(total_tokens) as tokens,

@@ -1,5 +1,5 @@
 -- Most expensive models: tokens, cost and average tokens per request per provider and model over
--- the last 7 days, most expensive first, from the raw audit table. The seed guide's query, verbatim.
+-- the last 7 days, most expensive first, from the raw audit table. The guide's query, verbatim.
 SELECT
 provider,
 model,

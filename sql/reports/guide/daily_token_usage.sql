@@ -1,5 +1,5 @@
 -- Daily token usage: tokens and cost per day over the last 30 days, from the raw audit table.
--- The seed guide's query, verbatim.
+-- The guide's query, verbatim.
 SELECT
 DATE(created_at) as date,
 SUM(total_tokens) as tokens,
