@@ -613,11 +613,17 @@ async fn a_budget_created_while_traffic_flows_counts_from_the_period_start() {
     let (mut processor, metrics_url) = stack.processor("", 0).await;
     let stack = Arc::new(stack);
 
-    // Steady traffic for globex, before and after the budget exists.
+    // Steady traffic for globex, before and after the budget exists: half of it is sent before,
+    // the other half only once the budget was created, so the budget sees new rows whatever the
+    // processor's pace.
+    let (budget_created, mut budget_exists) = tokio::sync::oneshot::channel::<()>();
     let traffic = {
         let stack = stack.clone();
         tokio::spawn(async move {
-            for _ in 0..30 {
+            for pair in 0..30 {
+                if pair == 15 {
+                    (&mut budget_exists).await.expect("the budget is created");
+                }
                 stack.usage("globex", &["0.01", "0.02"]).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -651,6 +657,9 @@ async fn a_budget_created_while_traffic_flows_counts_from_the_period_start() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    budget_created
+        .send(())
+        .expect("the traffic task waits for the budget");
     traffic.await.expect("traffic task");
 
     // 60 events of 0.03 per pair: the budget's spend is the whole month's, not only what

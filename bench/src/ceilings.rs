@@ -176,6 +176,7 @@ pub fn priced_rows(events: &[UsageEvent]) -> Vec<PricedEvent> {
             key: Some(event.tenant_id.as_bytes().to_vec()),
             value: Some(event.to_kafka_value()),
             schema: Some(KAFKA_SCHEMA.as_bytes().to_vec()),
+            timestamp_ms: None,
         })
         .collect();
     prepare::prepare(records, &PriceBook::builtin()).unique

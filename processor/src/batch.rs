@@ -144,6 +144,7 @@ mod tests {
             key: None,
             value: Some(b"{}".to_vec()),
             schema: None,
+            timestamp_ms: None,
         }
     }
 

@@ -259,6 +259,7 @@ mod tests {
             key: None,
             value: None,
             schema: None,
+            timestamp_ms: None,
         }
     }
 

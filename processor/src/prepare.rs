@@ -186,7 +186,10 @@ fn decode(record: &Record) -> Result<UsageEvent, (Reason, String)> {
     let Some(value) = &record.value else {
         return Err((Reason::Undecodable, "record has no value".into()));
     };
-    let event = UsageEvent::from_kafka_value(value).map_err(|error| {
+    let record_time = record
+        .timestamp_ms
+        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis);
+    let event = UsageEvent::from_kafka_record(value, record_time).map_err(|error| {
         // from_kafka_value reports both kinds alike; a value that is a
         // well-formed event breaking a rule is "invalid", anything else
         // "undecodable", so operators know whether a producer or a client

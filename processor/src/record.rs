@@ -17,6 +17,10 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// The `schema` header, when the record has one.
     pub schema: Option<Vec<u8>>,
+    /// The record's timestamp (milliseconds since the epoch), when the
+    /// broker reports one: a producer writing straight to the topic may
+    /// leave `received_at` out, and this stands in for it.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -39,6 +43,7 @@ impl Record {
                     .find(|header| header.key == "schema")
                     .and_then(|header| header.value.map(<[u8]>::to_vec))
             }),
+            timestamp_ms: message.timestamp().to_millis(),
         }
     }
 }

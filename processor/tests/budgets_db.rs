@@ -72,6 +72,7 @@ impl Fixture {
                     key: Some(event.tenant_id.as_bytes().to_vec()),
                     value: Some(event.to_kafka_value()),
                     schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
+                    timestamp_ms: None,
                 }
             })
             .collect()

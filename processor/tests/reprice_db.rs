@@ -137,6 +137,7 @@ async fn a_price_fix_repriced_keeps_rows_rollups_spend_and_crossings_consistent(
             key: None,
             value: Some(e.to_kafka_value()),
             schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
+            timestamp_ms: None,
         })
         .collect();
     let old = PriceBook::from_toml(OLD_BOOK).expect("old book");

@@ -90,6 +90,7 @@ fn record(partition: i32, offset: i64, value: Vec<u8>) -> Record {
         key: Some(b"acme".to_vec()),
         value: Some(value),
         schema: None,
+        timestamp_ms: None,
     }
 }
 

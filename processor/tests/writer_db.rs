@@ -99,6 +99,7 @@ fn record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
         key: Some(event.tenant_id.as_bytes().to_vec()),
         value: Some(event.to_kafka_value()),
         schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
+        timestamp_ms: None,
     }
 }
 

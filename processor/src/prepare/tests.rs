@@ -46,6 +46,7 @@ fn record(partition: i32, offset: i64, value: &[u8]) -> Record {
         key: Some(b"acme".to_vec()),
         value: Some(value.to_vec()),
         schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
+        timestamp_ms: None,
     }
 }
 
