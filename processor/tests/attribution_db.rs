@@ -17,6 +17,8 @@ use store::attribution::UNLABELLED;
 use uuid::Uuid;
 
 mod support;
+
+use support::event_record;
 use support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
@@ -51,18 +53,6 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
             .unwrap_or_default(),
         received_at: Utc::now().trunc_subsecs(6),
         request_id: None,
-    }
-}
-
-fn record(offset: i64, event: &UsageEvent) -> Record {
-    Record {
-        topic: "usage-events".into(),
-        partition: 0,
-        offset,
-        key: Some(event.tenant_id.as_bytes().to_vec()),
-        value: Some(event.to_kafka_value()),
-        schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
-        timestamp_ms: None,
     }
 }
 
@@ -124,7 +114,7 @@ async fn batches_add_new_rows_once_and_agree_with_a_rebuild_from_raw() {
     let records: Vec<Record> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| record(i as i64, e))
+        .map(|(i, e)| event_record(0, i as i64, e))
         .collect();
     let book = PriceBook::builtin();
     for _ in 0..2 {

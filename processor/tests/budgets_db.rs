@@ -22,8 +22,6 @@ use uuid::Uuid;
 mod support;
 use support::migrated_database;
 
-const TOPIC: &str = "usage-events";
-
 /// These tests produce no dead letters; the sink refuses any.
 #[derive(Debug, Clone, Default)]
 struct NoDeadLetters;
@@ -65,15 +63,7 @@ impl Fixture {
             .iter()
             .map(|event| {
                 self.next_offset += 1;
-                Record {
-                    topic: TOPIC.into(),
-                    partition: 0,
-                    offset: self.next_offset,
-                    key: Some(event.tenant_id.as_bytes().to_vec()),
-                    value: Some(event.to_kafka_value()),
-                    schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
-                    timestamp_ms: None,
-                }
+                support::event_record(0, self.next_offset, event)
             })
             .collect()
     }

@@ -10,12 +10,13 @@ use processor::config::DatabaseConfig;
 use processor::database;
 use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
 use processor::prepare;
-use processor::record::Record;
 use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
 mod support;
+
+use support::event_record;
 use support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
@@ -52,18 +53,6 @@ fn event(model: &str, prompt: u32, output: u32) -> UsageEvent {
     }
 }
 
-fn record(offset: i64, event: &UsageEvent) -> Record {
-    Record {
-        topic: "usage-events".into(),
-        partition: 0,
-        offset,
-        key: Some(event.tenant_id.as_bytes().to_vec()),
-        value: Some(event.to_kafka_value()),
-        schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
-        timestamp_ms: None,
-    }
-}
-
 #[tokio::test]
 async fn why_is_this_row_4_20_is_answered_from_sql() {
     let database = migrated_database().await;
@@ -90,7 +79,11 @@ async fn why_is_this_row_4_20_is_answered_from_sql() {
     let unknown = event("claude-sonnet-4-5-pro", 10, 10);
     let book = PriceBook::builtin();
     let mut prepared = prepare::prepare(
-        vec![record(0, &long), record(1, &batch), record(2, &unknown)],
+        vec![
+            event_record(0, 0, &long),
+            event_record(0, 1, &batch),
+            event_record(0, 2, &unknown),
+        ],
         &book,
     );
     writer

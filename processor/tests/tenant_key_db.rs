@@ -19,6 +19,8 @@ use processor::write::{AttemptState, BatchOutcome, Writer};
 use uuid::Uuid;
 
 mod support;
+
+use support::event_record;
 use support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
@@ -82,18 +84,6 @@ fn under(tenant: &str, original: &UsageEvent) -> UsageEvent {
     }
 }
 
-fn record(offset: i64, event: &UsageEvent) -> Record {
-    Record {
-        topic: "usage-events".into(),
-        partition: 0,
-        offset,
-        key: Some(event.tenant_id.as_bytes().to_vec()),
-        value: Some(event.to_kafka_value()),
-        schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
-        timestamp_ms: None,
-    }
-}
-
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
     let mut prepared = prepare::prepare(records, &PriceBook::builtin());
     writer
@@ -137,15 +127,19 @@ async fn the_same_key_under_two_tenants_is_two_events() {
     let acme = event("acme", 10, chrono::Duration::minutes(5));
     let globex = under("globex", &acme);
     assert_eq!(
-        counts(&write(&writer, vec![record(0, &globex)]).await),
+        counts(&write(&writer, vec![event_record(0, 0, &globex)]).await),
         (1, 0, 0)
     );
     assert_eq!(
-        counts(&write(&writer, vec![record(1, &acme)]).await),
+        counts(&write(&writer, vec![event_record(0, 1, &acme)]).await),
         (1, 0, 0)
     );
     // Replays of both are duplicates, each of its own tenant's row.
-    let replay = write(&writer, vec![record(2, &acme), record(3, &globex)]).await;
+    let replay = write(
+        &writer,
+        vec![event_record(0, 2, &acme), event_record(0, 3, &globex)],
+    )
+    .await;
     assert_eq!(counts(&replay), (0, 2, 0));
     assert_eq!(
         stored(&database, acme.id).await,
@@ -155,14 +149,18 @@ async fn the_same_key_under_two_tenants_is_two_events() {
     // Both in one batch.
     let initech = event("initech", 20, chrono::Duration::minutes(1));
     let umbrella = under("umbrella", &initech);
-    let outcome = write(&writer, vec![record(4, &initech), record(5, &umbrella)]).await;
+    let outcome = write(
+        &writer,
+        vec![event_record(0, 4, &initech), event_record(0, 5, &umbrella)],
+    )
+    .await;
     assert_eq!(counts(&outcome), (2, 0, 0));
 
     // Within one tenant the key still means one event.
     let mut acme_reused = acme.clone();
     acme_reused.prompt_tokens = 999;
     acme_reused.total_tokens = 1049;
-    let outcome = write(&writer, vec![record(6, &acme_reused)]).await;
+    let outcome = write(&writer, vec![event_record(0, 6, &acme_reused)]).await;
     assert_eq!(counts(&outcome), (0, 0, 1));
     let letters = sink.letters();
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -264,10 +262,10 @@ async fn the_migration_moves_a_table_with_compressed_chunks_to_the_tenant_key() 
     let outcome = write(
         &writer,
         vec![
-            record(10, &old),
-            record(11, &recent),
-            record(12, &under("globex", &old)),
-            record(13, &under("globex", &recent)),
+            event_record(0, 10, &old),
+            event_record(0, 11, &recent),
+            event_record(0, 12, &under("globex", &old)),
+            event_record(0, 13, &under("globex", &recent)),
         ],
     )
     .await;
@@ -279,7 +277,7 @@ async fn the_migration_moves_a_table_with_compressed_chunks_to_the_tenant_key() 
     let mut old_reused = old.clone();
     old_reused.prompt_tokens = 1;
     old_reused.total_tokens = 51;
-    let outcome = write(&writer, vec![record(14, &old_reused)]).await;
+    let outcome = write(&writer, vec![event_record(0, 14, &old_reused)]).await;
     assert_eq!(
         counts(&outcome),
         (0, 0, 1),

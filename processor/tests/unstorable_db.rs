@@ -27,10 +27,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 mod support;
-use support::migrated_database;
+use support::{migrated_database, TOPIC};
 
 const GROUP: &str = "unstorable-test";
-const TOPIC: &str = "usage-events";
 
 #[derive(Debug, Clone, Default)]
 struct RecordingSink {

@@ -19,10 +19,11 @@ use processor::{database, offsets};
 use uuid::Uuid;
 
 mod support;
+
 use support::migrated_database;
+use support::{event_record, TOPIC};
 
 const GROUP: &str = "writer-test";
-const TOPIC: &str = "usage-events";
 
 /// Records what would be dead-lettered; can be told to fail like a broker
 /// that is down.
@@ -91,18 +92,6 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
     }
 }
 
-fn record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
-    Record {
-        topic: TOPIC.into(),
-        partition,
-        offset,
-        key: Some(event.tenant_id.as_bytes().to_vec()),
-        value: Some(event.to_kafka_value()),
-        schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
-        timestamp_ms: None,
-    }
-}
-
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
     let mut prepared = prepare::prepare(records, &PriceBook::builtin());
     writer
@@ -131,7 +120,7 @@ async fn a_batch_is_inserted_once_and_its_replay_only_counts_duplicates() {
     let records: Vec<Record> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| record(i as i32 % 2, i as i64, e))
+        .map(|(i, e)| event_record(i as i32 % 2, i as i64, e))
         .collect();
 
     let first = write(&writer, records.clone()).await;
@@ -190,9 +179,9 @@ async fn an_event_twice_in_one_batch_is_stored_once() {
     let outcome = write(
         &writer,
         vec![
-            record(0, 0, &once),
-            record(0, 1, &retried),
-            record(0, 2, &once),
+            event_record(0, 0, &once),
+            event_record(0, 1, &retried),
+            event_record(0, 2, &once),
         ],
     )
     .await;
@@ -207,12 +196,12 @@ async fn a_conflicting_payload_is_detected_and_dead_lettered() {
     let sink = RecordingSink::default();
     let writer = writer(&database, sink.clone());
     let original = event("acme", 10);
-    write(&writer, vec![record(0, 0, &original)]).await;
+    write(&writer, vec![event_record(0, 0, &original)]).await;
 
     let mut reused = original.clone();
     reused.prompt_tokens = 999;
     reused.total_tokens = 1049;
-    let outcome = write(&writer, vec![record(0, 1, &reused)]).await;
+    let outcome = write(&writer, vec![event_record(0, 1, &reused)]).await;
     assert_eq!(outcome.new_rows.len(), 0);
     assert_eq!(outcome.conflicts, 1);
     assert_eq!(outcome.duplicates, 0);
@@ -241,13 +230,13 @@ async fn stored_offsets_only_move_forward_and_include_poison() {
     let database = migrated_database().await;
     let sink = RecordingSink::default();
     let writer = writer(&database, sink.clone());
-    let mut poison = record(1, 41, &event("acme", 1));
+    let mut poison = event_record(1, 41, &event("acme", 1));
     poison.value = Some(b"{\"not\": \"an event\"}".to_vec());
     write(
         &writer,
         vec![
-            record(0, 7, &event("acme", 1)),
-            record(1, 40, &event("acme", 2)),
+            event_record(0, 7, &event("acme", 1)),
+            event_record(1, 40, &event("acme", 2)),
             poison,
         ],
     )
@@ -258,9 +247,9 @@ async fn stored_offsets_only_move_forward_and_include_poison() {
     assert_eq!(stored_row_count(&database).await, 2);
 
     // A late batch from an older owner of partition 0 must not move it back.
-    write(&writer, vec![record(0, 3, &event("acme", 3))]).await;
+    write(&writer, vec![event_record(0, 3, &event("acme", 3))]).await;
     assert_eq!(stored_offsets(&database).await, [(0, 8), (1, 42)]);
-    write(&writer, vec![record(0, 20, &event("acme", 4))]).await;
+    write(&writer, vec![event_record(0, 20, &event("acme", 4))]).await;
     assert_eq!(stored_offsets(&database).await, [(0, 21), (1, 42)]);
 }
 
@@ -269,10 +258,10 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
     let database = migrated_database().await;
     let sink = RecordingSink::default();
     let writer = writer(&database, sink.clone());
-    let mut poison = record(0, 1, &event("acme", 1));
+    let mut poison = event_record(0, 1, &event("acme", 1));
     poison.value = Some(b"garbage".to_vec());
     let mut prepared = prepare::prepare(
-        vec![record(0, 0, &event("acme", 1)), poison],
+        vec![event_record(0, 0, &event("acme", 1)), poison],
         &PriceBook::builtin(),
     );
     let mut attempt = AttemptState::default();
@@ -301,12 +290,14 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
 async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
     let mut database = migrated_database().await;
     let writer = writer(&database, RecordingSink::default());
-    let records = vec![record(0, 0, &event("acme", 1))];
+    let records = vec![event_record(0, 0, &event("acme", 1))];
     write(&writer, records.clone()).await;
 
     database.stop().await;
-    let mut prepared =
-        prepare::prepare(vec![record(0, 1, &event("acme", 2))], &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        vec![event_record(0, 1, &event("acme", 2))],
+        &PriceBook::builtin(),
+    );
     let mut attempt = AttemptState::default();
     let failed = writer.write(&mut prepared, &mut attempt).await;
     let error = failed.expect_err("no database, no commit");
@@ -331,8 +322,10 @@ async fn a_schema_error_in_budget_spend_is_not_retried() {
         .batch_execute("ALTER TABLE budgets RENAME TO budgets_renamed")
         .await
         .expect("rename");
-    let mut prepared =
-        prepare::prepare(vec![record(0, 0, &event("acme", 1))], &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        vec![event_record(0, 0, &event("acme", 1))],
+        &PriceBook::builtin(),
+    );
     let error = writer
         .write(&mut prepared, &mut AttemptState::default())
         .await

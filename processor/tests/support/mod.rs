@@ -12,3 +12,26 @@ pub async fn migrated_database() -> Database {
         .expect("migrations apply");
     database
 }
+
+/// The topic the database tests' records come from.
+#[allow(dead_code)] // each test binary compiles this module; not all build records
+pub const TOPIC: &str = "usage-events";
+
+/// `event` as the gateway writes it to the topic (key = tenant, `schema`
+/// header), at `partition` and `offset`.
+#[allow(dead_code)] // each test binary compiles this module; not all build records
+pub fn event_record(
+    partition: i32,
+    offset: i64,
+    event: &ledger::UsageEvent,
+) -> processor::record::Record {
+    processor::record::Record {
+        topic: TOPIC.into(),
+        partition,
+        offset,
+        key: Some(event.tenant_id.as_bytes().to_vec()),
+        value: Some(event.to_kafka_value()),
+        schema: Some(ledger::KAFKA_SCHEMA.as_bytes().to_vec()),
+        timestamp_ms: None,
+    }
+}
