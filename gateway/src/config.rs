@@ -84,6 +84,7 @@ impl DatabaseConfig {
             pool_size: self.pool_size,
             timeout: self.timeout(),
             application_name: "tokenledger-gateway",
+            session_setup: None,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{Client, NoTls};
 
 use crate::secret::Secret;
@@ -44,6 +44,10 @@ pub struct DatabaseSettings<'a> {
     pub timeout: Duration,
     /// Shown in `pg_stat_activity` unless the connection string names one.
     pub application_name: &'static str,
+    /// Statements run once on every new pooled connection before its first
+    /// use (session state such as temporary tables); a failure fails that
+    /// connection's checkout like a failed connect.
+    pub session_setup: Option<&'static str>,
 }
 
 impl DatabaseSettings<'_> {
@@ -78,7 +82,18 @@ pub fn pool(settings: &DatabaseSettings<'_>) -> Result<Pool, DatabaseError> {
         },
     );
     let timeout = Some(settings.timeout);
-    Ok(Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if let Some(setup) = settings.session_setup {
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(setup)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }));
+    }
+    Ok(builder
         .max_size(settings.pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(timeout)
@@ -116,6 +131,7 @@ mod tests {
             pool_size: 2,
             timeout: Duration::from_millis(500),
             application_name: "tokenledger-test",
+            session_setup: None,
         }
     }
 

@@ -1,13 +1,20 @@
-//! Accumulating Kafka records into batches that close at `max_events`, at
-//! `max_latency` after their first record, or at once with whatever waited
-//! through the previous commit.
+//! One writer's batches: its partitions' records are prepared as they
+//! arrive ([`Preparer`]), so decoding overlaps the previous batch's
+//! transaction, and the batch is handed to the commit when it is full, when
+//! `max_latency` has passed since its first record, or at once when its
+//! records waited through the previous commit (group commit: under load a
+//! batch is what arrived during one commit, not `max_latency` more).
 
+use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use futures::future::FutureExt;
+use ledger::PriceBook;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::prepare::{PreparedBatch, Preparer};
 use crate::record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,124 +23,140 @@ pub struct BatchLimits {
     pub max_latency: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    /// The consumer thread is gone: nothing more will arrive.
-    #[error("the consumer stopped delivering records")]
-    SourceClosed,
-}
-
-/// Why a batch was closed; logged and useful in tests.
+/// Why a batch was handed to the commit; logged and useful in tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     Full,
     Latency,
-    /// Every record that was waiting was taken.
+    /// Its records arrived while the previous batch was being committed.
     Drained,
     Shutdown,
     SourceClosed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
-    pub records: Vec<Record>,
-    pub closed_by: CloseReason,
+/// How a writer's loop ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Shutdown: the batch in flight and the one being prepared committed.
+    Shutdown,
+    /// The consumer dropped its side: nothing more will arrive.
+    SourceClosed,
 }
 
-/// Takes the next batch from `records`.
-///
-/// When records are already waiting (they arrived while the previous batch
-/// was being committed), the batch is what is waiting, up to `max_events`,
-/// and closes at once: those records have waited a whole commit already,
-/// and under load this sizes batches by how long a commit takes (group
-/// commit) instead of adding `max_latency` to every event. Otherwise it
-/// waits for a first record (or shutdown), then keeps adding until the
-/// batch is full or `max_latency` has passed since that first record: the
-/// latency bound is on the oldest record's wait, not the newest's. Records
-/// that `admit` refuses (offsets already stored) are dropped without
-/// starting the clock.
-///
-/// Returns `Ok(None)` when shutdown came before any record, and an error
-/// when the source closed with nothing collected.
-pub async fn next_batch(
+/// Runs one writer until shutdown or until its source closes, committing
+/// one batch at a time with `commit`, which retries until the batch is
+/// committed and fails only when the writer must stop. Records `admit`
+/// refuses (offsets already stored) are dropped; they are checked again
+/// when a batch is handed over, since the commit before may have raised the
+/// floor. While a batch is being committed, the next one is prepared, up to
+/// `max_events`; past that the channel fills and the consumer waits.
+pub async fn run_writer<F, Fut, E>(
     records: &mut mpsc::Receiver<Record>,
     limits: BatchLimits,
+    price_book: &PriceBook,
     shutdown: &CancellationToken,
-    mut admit: impl FnMut(&Record) -> bool,
-) -> Result<Option<Batch>, BatchError> {
+    admit: impl Fn(&Record) -> bool,
+    mut commit: F,
+) -> Result<End, E>
+where
+    F: FnMut(PreparedBatch, CloseReason) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
     debug_assert!(limits.max_events > 0);
-    if shutdown.is_cancelled() {
-        return Ok(None);
-    }
-    let mut batch = Vec::new();
+    let mut open = Preparer::new(price_book);
+    // When the open batch closes for latency; set by its first record.
+    let mut deadline: Option<Instant> = None;
+    // The open batch's records waited through a commit: hand it over now.
+    let mut drained = false;
+    let mut stopping = false;
+    let mut closed = false;
+    let in_flight = futures::future::Fuse::terminated();
+    tokio::pin!(in_flight);
+    let mut writing = false;
     loop {
-        match records.try_recv() {
-            Ok(record) if admit(&record) => {
-                batch.push(record);
-                if batch.len() >= limits.max_events {
-                    return Ok(Some(Batch {
-                        records: batch,
-                        closed_by: CloseReason::Full,
-                    }));
+        if !writing && !open.is_empty() {
+            let reason = if open.len() >= limits.max_events {
+                Some(CloseReason::Full)
+            } else if stopping {
+                Some(CloseReason::Shutdown)
+            } else if closed {
+                Some(CloseReason::SourceClosed)
+            } else if drained {
+                Some(CloseReason::Drained)
+            } else if deadline.is_some_and(|at| Instant::now() >= at) {
+                Some(CloseReason::Latency)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                let batch = take_admitted(&mut open, &admit);
+                deadline = None;
+                drained = false;
+                if !batch.records.is_empty() {
+                    in_flight.set(commit(batch, reason).fuse());
+                    writing = true;
                 }
             }
-            Ok(_) => {}
-            Err(TryRecvError::Empty) if batch.is_empty() => break,
-            Err(TryRecvError::Empty) => {
-                return Ok(Some(Batch {
-                    records: batch,
-                    closed_by: CloseReason::Drained,
-                }))
+        }
+        if !writing && open.is_empty() {
+            if stopping {
+                return Ok(End::Shutdown);
             }
-            Err(TryRecvError::Disconnected) if batch.is_empty() => {
-                return Err(BatchError::SourceClosed)
+            if closed {
+                return Ok(End::SourceClosed);
             }
-            Err(TryRecvError::Disconnected) => {
-                return Ok(Some(Batch {
-                    records: batch,
-                    closed_by: CloseReason::SourceClosed,
-                }))
+        }
+        let wake_at = deadline.filter(|_| !writing);
+        tokio::select! {
+            biased;
+            committed = &mut in_flight, if writing => {
+                writing = false;
+                committed?;
+                drained = !open.is_empty();
+            }
+            _ = shutdown.cancelled(), if !stopping => stopping = true,
+            _ = sleep_until_some(wake_at), if wake_at.is_some() => {}
+            received = records.recv(), if !stopping && !closed && open.len() < limits.max_events => {
+                match received {
+                    Some(record) if admit(&record) => {
+                        if open.is_empty() {
+                            deadline = Some(Instant::now() + limits.max_latency);
+                        }
+                        open.push(record);
+                    }
+                    Some(_) => {}
+                    None => closed = true,
+                }
             }
         }
     }
+}
 
-    let first = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            received = records.recv() => match received {
-                Some(record) if admit(&record) => break record,
-                Some(_) => continue,
-                None => return Err(BatchError::SourceClosed),
-            },
-        }
-    };
-    let deadline = Instant::now() + limits.max_latency;
-    batch.reserve(limits.max_events.min(1024));
-    batch.push(first);
-    let closed_by = loop {
-        if batch.len() >= limits.max_events {
-            break CloseReason::Full;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break CloseReason::Shutdown,
-            _ = tokio::time::sleep_until(deadline) => break CloseReason::Latency,
-            received = records.recv() => match received {
-                Some(record) if admit(&record) => batch.push(record),
-                Some(_) => {}
-                None => break CloseReason::SourceClosed,
-            },
-        }
-    };
-    Ok(Some(Batch {
-        records: batch,
-        closed_by,
-    }))
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The open batch, without the records a commit since they were admitted
+/// has made stale (a partition re-fetched after a rebalance); rare, so they
+/// are prepared again rather than tracked.
+fn take_admitted(open: &mut Preparer<'_>, admit: &impl Fn(&Record) -> bool) -> PreparedBatch {
+    if open.records().iter().all(admit) {
+        return open.take();
+    }
+    for record in open.take().records.into_iter().filter(admit) {
+        open.push(record);
+    }
+    open.take()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
     use super::*;
 
     fn record(partition: i32, offset: i64) -> Record {
@@ -153,153 +176,295 @@ mod tests {
         max_latency: Duration::from_millis(250),
     };
 
+    /// What the fake commit saw: each batch's offsets, why it closed and
+    /// when (since the test started).
+    type Seen = Rc<RefCell<Vec<(Vec<i64>, CloseReason, Duration)>>>;
+
+    /// Runs a writer whose commit takes `commit_time` and notes each batch.
+    async fn writer(
+        receiver: &mut mpsc::Receiver<Record>,
+        limits: BatchLimits,
+        shutdown: &CancellationToken,
+        commit_time: Duration,
+        admit: impl Fn(&Record) -> bool,
+    ) -> (Result<End, &'static str>, Seen) {
+        let book = PriceBook::builtin();
+        let seen: Seen = Rc::default();
+        let started = Instant::now();
+        let noted = seen.clone();
+        let end = run_writer(receiver, limits, &book, shutdown, admit, |batch, reason| {
+            let noted = noted.clone();
+            async move {
+                let offsets = batch.records.iter().map(|r| r.offset).collect();
+                noted
+                    .borrow_mut()
+                    .push((offsets, reason, started.elapsed()));
+                tokio::time::sleep(commit_time).await;
+                Ok::<_, &'static str>(())
+            }
+        })
+        .await;
+        (end, seen)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn closes_when_full_without_waiting_for_the_latency() {
+    async fn a_full_batch_goes_at_once_and_what_waited_through_its_commit_follows() {
         let (sender, mut receiver) = mpsc::channel(16);
         for offset in 0..5 {
             sender.send(record(0, offset)).await.expect("open");
         }
-        let started = Instant::now();
-        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
-            .await
-            .expect("ok")
-            .expect("a batch");
-        assert_eq!(batch.closed_by, CloseReason::Full);
-        assert_eq!(batch.records.len(), 3);
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        let next = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
-            .await
-            .expect("ok")
-            .expect("a batch");
-        let offsets: Vec<i64> = next.records.iter().map(|r| r.offset).collect();
-        assert_eq!(offsets, [3, 4], "the rest waits for the next batch");
+        drop(sender);
+        let (end, seen) = writer(
+            &mut receiver,
+            LIMITS,
+            &CancellationToken::new(),
+            Duration::from_millis(40),
+            |_| true,
+        )
+        .await;
+        assert_eq!(end, Ok(End::SourceClosed));
         assert_eq!(
-            next.closed_by,
-            CloseReason::Drained,
-            "records that were waiting are taken without waiting longer"
+            *seen.borrow(),
+            [
+                (vec![0, 1, 2], CloseReason::Full, Duration::ZERO),
+                // prepared during the first commit, handed over when it ended
+                (
+                    vec![3, 4],
+                    CloseReason::SourceClosed,
+                    Duration::from_millis(40)
+                ),
+            ]
         );
-        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn closes_at_max_latency_after_the_first_record() {
+    async fn records_that_arrive_during_a_commit_form_the_next_batch_when_it_ends() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let limits = BatchLimits {
+            max_events: 100,
+            max_latency: Duration::from_millis(20),
+        };
+        let producer = tokio::spawn(async move {
+            sender.send(record(0, 0)).await.expect("open");
+            // the first batch closes at 20 ms and commits until 120 ms
+            for offset in 1..4 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                sender.send(record(0, offset)).await.expect("open");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let (end, seen) = writer(
+            &mut receiver,
+            limits,
+            &CancellationToken::new(),
+            Duration::from_millis(100),
+            |_| true,
+        )
+        .await;
+        producer.await.expect("producer");
+        assert_eq!(end, Ok(End::SourceClosed));
+        assert_eq!(
+            *seen.borrow(),
+            [
+                (vec![0], CloseReason::Latency, Duration::from_millis(20)),
+                (
+                    vec![1, 2, 3],
+                    CloseReason::Drained,
+                    Duration::from_millis(120)
+                ),
+            ],
+            "no max_latency added to records that already waited a commit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_latency_clock_starts_at_the_first_record() {
         let (sender, mut receiver) = mpsc::channel(16);
         let producer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
             sender.send(record(0, 0)).await.expect("open");
             tokio::time::sleep(Duration::from_millis(200)).await;
             sender.send(record(0, 1)).await.expect("open");
-            // arrives after the deadline of the first record: next batch
+            // after the first record's deadline: the next batch
             tokio::time::sleep(Duration::from_millis(100)).await;
             sender.send(record(0, 2)).await.expect("open");
-            sender
         });
-        let started = Instant::now();
-        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
-            .await
-            .expect("ok")
-            .expect("a batch");
-        assert_eq!(batch.closed_by, CloseReason::Latency);
-        assert_eq!(batch.records.len(), 2);
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(5) + LIMITS.max_latency,
-            "the clock starts at the first record, not at the call"
-        );
-        drop(producer.await.expect("producer"));
+        let (end, seen) = writer(
+            &mut receiver,
+            LIMITS,
+            &CancellationToken::new(),
+            Duration::ZERO,
+            |_| true,
+        )
+        .await;
+        producer.await.expect("producer");
+        assert_eq!(end, Ok(End::SourceClosed));
+        let seen = seen.borrow();
+        assert_eq!(seen[0].0, [0, 1]);
+        assert_eq!(seen[0].1, CloseReason::Latency);
+        assert_eq!(seen[0].2, Duration::from_secs(5) + LIMITS.max_latency);
+        assert_eq!(seen[1].0, [2]);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_returns_the_partial_batch() {
+    async fn shutdown_commits_the_batch_in_flight_and_the_open_one_then_takes_no_more() {
         let (sender, mut receiver) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
-        let first = sender.clone();
-        tokio::spawn(async move {
-            // arrives while the batcher waits, so the batch is open
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            first.send(record(1, 7)).await.expect("open");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let limits = BatchLimits {
+            max_events: 10,
+            max_latency: Duration::from_millis(10),
+        };
+        let producer = tokio::spawn(async move {
+            sender.send(record(1, 7)).await.expect("open");
+            // during the first batch's commit (10..110 ms)
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            sender.send(record(1, 8)).await.expect("open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
             trigger.cancel();
+            // after shutdown: never taken
+            let _ = sender.send(record(1, 9)).await;
+            sender
         });
-        let batch = next_batch(
+        let (end, seen) = writer(
             &mut receiver,
-            BatchLimits {
-                max_events: 10,
-                max_latency: Duration::from_secs(60),
-            },
+            limits,
             &shutdown,
+            Duration::from_millis(100),
             |_| true,
         )
-        .await
-        .expect("ok")
-        .expect("a batch");
-        assert_eq!(batch.closed_by, CloseReason::Shutdown);
-        assert_eq!(batch.records, vec![record(1, 7)]);
-        let nothing = next_batch(&mut receiver, LIMITS, &shutdown, |_| true)
-            .await
-            .expect("ok");
-        assert!(nothing.is_none());
-        drop(sender);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waiting_records_close_at_once_and_shutdown_takes_no_more() {
-        let (sender, mut receiver) = mpsc::channel(16);
-        for offset in 0..2 {
-            sender.send(record(0, offset)).await.expect("open");
-        }
-        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
-            .await
-            .expect("ok")
-            .expect("a batch");
-        assert_eq!(batch.closed_by, CloseReason::Drained);
-        assert_eq!(batch.records.len(), 2);
-
-        sender.send(record(0, 2)).await.expect("open");
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        let nothing = next_batch(&mut receiver, LIMITS, &shutdown, |_| true)
-            .await
-            .expect("ok");
-        assert!(nothing.is_none(), "after shutdown no new batch starts");
+        .await;
+        let _sender = producer.await.expect("producer");
+        assert_eq!(end, Ok(End::Shutdown));
+        assert_eq!(
+            *seen.borrow(),
+            [
+                (vec![7], CloseReason::Latency, Duration::from_millis(10)),
+                (vec![8], CloseReason::Shutdown, Duration::from_millis(110)),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn refused_records_are_dropped_and_do_not_start_the_clock() {
         let (sender, mut receiver) = mpsc::channel(16);
         sender.send(record(0, 1)).await.expect("open");
-        let late = sender.clone();
-        tokio::spawn(async move {
+        let producer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            late.send(record(0, 5)).await.expect("open");
+            sender.send(record(0, 5)).await.expect("open");
+            // open until the batch has closed on its own
+            tokio::time::sleep(Duration::from_secs(1)).await;
         });
-        let started = Instant::now();
-        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |r| {
-            r.offset >= 5
-        })
-        .await
-        .expect("ok")
-        .expect("a batch");
-        assert_eq!(batch.records, vec![record(0, 5)]);
+        let (end, seen) = writer(
+            &mut receiver,
+            LIMITS,
+            &CancellationToken::new(),
+            Duration::ZERO,
+            |r| r.offset >= 5,
+        )
+        .await;
+        producer.await.expect("producer");
+        assert_eq!(end, Ok(End::SourceClosed));
         assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(1) + LIMITS.max_latency
+            *seen.borrow(),
+            [(
+                vec![5],
+                CloseReason::Latency,
+                Duration::from_secs(1) + LIMITS.max_latency
+            )]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_a_commit_made_stale_while_they_waited_are_dropped_at_hand_over() {
+        // A partition re-fetched after a rebalance: offsets 0..3 arrive again
+        // while the batch holding them is being committed.
+        let floor = Rc::new(std::cell::Cell::new(0_i64));
+        let (sender, mut receiver) = mpsc::channel(16);
+        for offset in [0, 1, 2, 0, 1, 2, 3] {
+            sender.send(record(0, offset)).await.expect("open");
+        }
+        drop(sender);
+        let book = PriceBook::builtin();
+        let seen: Seen = Rc::default();
+        let noted = seen.clone();
+        let raised = floor.clone();
+        let end = run_writer(
+            &mut receiver,
+            LIMITS,
+            &book,
+            &CancellationToken::new(),
+            |r| r.offset >= floor.get(),
+            |batch, reason| {
+                let noted = noted.clone();
+                let raised = raised.clone();
+                async move {
+                    let offsets: Vec<i64> = batch.records.iter().map(|r| r.offset).collect();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    raised.set(offsets.iter().max().copied().unwrap_or(0) + 1);
+                    noted.borrow_mut().push((offsets, reason, Duration::ZERO));
+                    Ok::<_, ()>(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(end, Ok(End::SourceClosed));
+        let batches: Vec<Vec<i64>> = seen.borrow().iter().map(|s| s.0.clone()).collect();
+        assert_eq!(batches, [vec![0, 1, 2], vec![3]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_commit_ends_the_writer_with_its_error() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        sender.send(record(0, 0)).await.expect("open");
+        let book = PriceBook::builtin();
+        let end = run_writer(
+            &mut receiver,
+            LIMITS,
+            &book,
+            &CancellationToken::new(),
+            |_| true,
+            |_, _| async { Err::<(), _>("schema error") },
+        )
+        .await;
+        assert_eq!(end, Err("schema error"));
         drop(sender);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_closed_source_ends_the_batch_or_reports_it() {
+    async fn while_a_batch_commits_the_next_one_is_prepared() {
         let (sender, mut receiver) = mpsc::channel(16);
-        sender.send(record(0, 0)).await.expect("open");
+        for offset in 0..4 {
+            let event = crate::prepare::tests::event(offset as u128, "acme", 100);
+            let r = crate::prepare::tests::event_record(0, offset, &event);
+            sender.send(r).await.expect("open");
+        }
         drop(sender);
-        let batch = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true)
-            .await
-            .expect("ok")
-            .expect("a batch");
-        assert_eq!(batch.closed_by, CloseReason::SourceClosed);
-        let closed = next_batch(&mut receiver, LIMITS, &CancellationToken::new(), |_| true).await;
-        assert!(matches!(closed, Err(BatchError::SourceClosed)));
+        let book = PriceBook::builtin();
+        let sizes = Rc::new(RefCell::new(Vec::new()));
+        let noted = sizes.clone();
+        let end = run_writer(
+            &mut receiver,
+            BatchLimits {
+                max_events: 2,
+                max_latency: Duration::from_millis(1),
+            },
+            &book,
+            &CancellationToken::new(),
+            |_| true,
+            |batch, _| {
+                let noted = noted.clone();
+                async move {
+                    noted
+                        .borrow_mut()
+                        .push((batch.unique.len(), batch.poison.len()));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok::<_, ()>(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(end, Ok(End::SourceClosed));
+        assert_eq!(*sizes.borrow(), [(2, 0), (2, 0)], "decoded and priced");
     }
 }

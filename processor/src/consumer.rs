@@ -22,6 +22,7 @@ use deadpool_postgres::Pool;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -316,17 +317,28 @@ pub struct ConsumerDeps {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub db_timeout: Duration,
-    /// Capacity of the channel to the batcher, in records.
+    /// Capacity of each writer's channel, in records.
     pub channel_capacity: usize,
+    /// Writers, each fed the records of its own partitions
+    /// ([`writer_of`]).
+    pub writers: usize,
+}
+
+/// The writer that owns `partition`: a partition always goes to the same
+/// writer, so its records are committed in order and its offsets by one
+/// transaction at a time.
+pub fn writer_of(partition: i32, writers: usize) -> usize {
+    usize::try_from(partition).unwrap_or(0) % writers.max(1)
 }
 
 impl GroupMember {
     /// Joins the group and starts polling on a new thread. Records arrive on
-    /// the returned receiver.
+    /// the returned receivers, one per writer, each partition's on
+    /// [`writer_of`] its number.
     pub fn start(
         kafka: &KafkaConfig,
         deps: ConsumerDeps,
-    ) -> Result<(Self, mpsc::Receiver<Record>), ConsumerError> {
+    ) -> Result<(Self, Vec<mpsc::Receiver<Record>>), ConsumerError> {
         deps.floors
             .register_metrics(deps.metrics.registry())
             .map_err(ConsumerError::Metrics)?;
@@ -384,20 +396,22 @@ impl GroupMember {
             }
         }
         let consumer = Arc::new(consumer);
-        let (sender, receiver) = mpsc::channel(deps.channel_capacity.max(1));
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..deps.writers.max(1))
+            .map(|_| mpsc::channel(deps.channel_capacity.max(1)))
+            .unzip();
         let thread_consumer = consumer.clone();
         let runtime = tokio::runtime::Handle::current();
         let shutdown = deps.shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
-            .spawn(move || poll_loop(thread_consumer, sender, runtime, shutdown))
+            .spawn(move || poll_loop(thread_consumer, senders, runtime, shutdown))
             .map_err(ConsumerError::Spawn)?;
         Ok((
             Self {
                 consumer: Some(consumer),
                 thread: Some(thread),
             },
-            receiver,
+            receivers,
         ))
     }
 
@@ -450,15 +464,15 @@ impl GroupMember {
 
 fn poll_loop(
     consumer: Arc<BaseConsumer<ProcessorContext>>,
-    sender: mpsc::Sender<Record>,
+    senders: Vec<mpsc::Sender<Record>>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let result = poll_until_shutdown(&consumer, &sender, &runtime, &shutdown);
+    let result = poll_until_shutdown(&consumer, &senders, &runtime, &shutdown);
     // Close the group membership here, on this thread, where the revoke
     // callback may run. The run loop has dropped its reference by now or
     // drops it shortly; wait for that so this drop is the closing one.
-    drop(sender);
+    drop(senders);
     let mut consumer = consumer;
     for _ in 0..50 {
         match Arc::try_unwrap(consumer) {
@@ -477,7 +491,7 @@ fn poll_loop(
 
 fn poll_until_shutdown(
     consumer: &BaseConsumer<ProcessorContext>,
-    sender: &mpsc::Sender<Record>,
+    senders: &[mpsc::Sender<Record>],
     runtime: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumerError> {
@@ -502,6 +516,7 @@ fn poll_until_shutdown(
             }
             Some(Ok(message)) => message,
         };
+        let sender = &senders[writer_of(message.partition(), senders.len())];
         let mut record = Some(Record::from_message(&message, &mut topic));
         drop(message);
         // Usually the channel has room: hand the record over without

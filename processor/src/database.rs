@@ -10,9 +10,14 @@ pub use infra::database::DatabaseError;
 use crate::config::DatabaseConfig;
 
 /// A pool whose every wait (for a free connection, to connect, to recycle)
-/// is bounded by `database.timeout_ms`.
+/// is bounded by `database.timeout_ms`. Every connection has the batch
+/// writer's staging table ([`crate::write::copy`]) from its start, so a
+/// batch never pays a statement to create it.
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
-    infra::database::pool(&config.settings())
+    infra::database::pool(&infra::database::DatabaseSettings {
+        session_setup: Some(crate::write::copy::CREATE_STAGING),
+        ..config.settings()
+    })
 }
 
 /// One connection, its driver task spawned on the current runtime.

@@ -18,7 +18,7 @@ use crate::health::{self, Readiness, ServeError};
 use crate::metrics::{CommittedBatch, Metrics, MetricsError};
 use crate::migrate::{self, MigrateError};
 use crate::offsets::OffsetFloors;
-use crate::prepare;
+use crate::prepare::PreparedBatch;
 use crate::record::Record;
 use crate::write::{AttemptState, BatchOutcome, WriteError, Writer};
 
@@ -139,7 +139,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     )
     .with_attribution_keys(config.attribution.labels.clone());
     let floors = OffsetFloors::default();
-    let (member, mut records) = GroupMember::start(
+    let (member, receivers) = GroupMember::start(
         &config.kafka,
         ConsumerDeps {
             pool: pool.clone(),
@@ -148,6 +148,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
             shutdown: shutdown.clone(),
             db_timeout,
             channel_capacity: config.batch.max_events,
+            writers: config.batch.writers,
         },
     )?;
     // Pushes recorded budget crossings; stopped last, after the final commit.
@@ -180,50 +181,42 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         max_events: config.batch.max_events,
         max_latency: config.batch.max_latency(),
     };
+    // One writer per group of partitions (consumer::writer_of), each
+    // committing its own batches; on a failure the others commit what they
+    // hold and stop.
+    let writers = receivers.into_iter().enumerate().map(|(index, records)| {
+        let context = WriterContext {
+            writer: &writer,
+            price_book: &price_book,
+            metrics: &metrics,
+            readiness: &readiness,
+            floors: &floors,
+            member: &member,
+            shutdown: &shutdown,
+        };
+        run_writer(index, records, limits, context)
+    });
     let mut result = Ok(());
-    loop {
-        let next = batch::next_batch(&mut records, limits, &shutdown, |record| {
-            floors.admits(record)
-        })
-        .await;
-        let batch = match next {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            Err(batch::BatchError::SourceClosed) => {
-                if !shutdown.is_cancelled() {
+    for ended in futures::future::join_all(writers).await {
+        match ended {
+            Ok(batch::End::Shutdown) => {}
+            Ok(batch::End::SourceClosed) if shutdown.is_cancelled() => {}
+            Ok(batch::End::SourceClosed) => {
+                if result.is_ok() {
                     result = Err(RunError::ConsumerStopped);
                 }
-                break;
             }
-        };
-        let closed_by = batch.closed_by;
-        let outcome =
-            match commit_batch(&writer, &price_book, batch.records, &metrics, &readiness).await {
-                Ok(outcome) => outcome,
-                Err(error) => {
+            Err(error) => {
+                if result.is_ok() {
                     result = Err(error);
-                    break;
                 }
-            };
-        floors.raise_all(&outcome.next_offsets);
-        member.commit_for_monitoring(&outcome.next_offsets);
-        if closed_by == batch::CloseReason::Shutdown {
-            tracing::info!(
-                records = outcome.consumed,
-                "committed the in-flight batch on shutdown"
-            );
-            break;
-        }
-        if member.is_finished() && !shutdown.is_cancelled() {
-            result = Err(RunError::ConsumerStopped);
-            break;
+            }
         }
     }
 
     readiness.set(false);
     // Stop the polling thread in every case (it also watches `shutdown`).
     shutdown.cancel();
-    drop(records);
     let consumer_result = member
         .stop(Duration::from_millis(config.shutdown_timeout_ms))
         .await;
@@ -248,13 +241,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
 /// meanwhile: the consumer thread blocks on the full channel.
 pub async fn commit_batch<D: DeadLetterSink>(
     writer: &Writer<D>,
-    price_book: &PriceBook,
-    records: Vec<Record>,
+    mut prepared: PreparedBatch,
     metrics: &Metrics,
     readiness: &Readiness,
 ) -> Result<BatchOutcome, RunError> {
     let started = Instant::now();
-    let mut prepared = prepare::prepare(records, price_book);
     let mut attempt_state = AttemptState::default();
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 1;
@@ -310,6 +301,61 @@ pub async fn commit_batch<D: DeadLetterSink>(
         );
     }
     Ok(outcome)
+}
+
+/// What every writer shares.
+struct WriterContext<'a, D> {
+    writer: &'a Writer<D>,
+    price_book: &'a PriceBook,
+    metrics: &'a Metrics,
+    readiness: &'a Readiness,
+    floors: &'a OffsetFloors,
+    member: &'a GroupMember,
+    shutdown: &'a CancellationToken,
+}
+
+/// One writer: its partitions' batches, committed one at a time. A writer
+/// that fails cancels `shutdown`, so the others stop after committing.
+async fn run_writer<D: DeadLetterSink>(
+    index: usize,
+    mut records: tokio::sync::mpsc::Receiver<Record>,
+    limits: BatchLimits,
+    context: WriterContext<'_, D>,
+) -> Result<batch::End, RunError> {
+    let WriterContext {
+        writer,
+        price_book,
+        metrics,
+        readiness,
+        floors,
+        member,
+        shutdown,
+    } = context;
+    let ended = batch::run_writer(
+        &mut records,
+        limits,
+        price_book,
+        shutdown,
+        |record| floors.admits(record),
+        |prepared, closed_by| async move {
+            let outcome = commit_batch(writer, prepared, metrics, readiness).await?;
+            floors.raise_all(&outcome.next_offsets);
+            member.commit_for_monitoring(&outcome.next_offsets);
+            if closed_by == batch::CloseReason::Shutdown {
+                tracing::info!(
+                    writer = index,
+                    records = outcome.consumed,
+                    "committed the in-flight batch on shutdown"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await;
+    if ended.is_err() {
+        shutdown.cancel();
+    }
+    ended
 }
 
 /// What the counters need of a committed batch.

@@ -105,52 +105,98 @@ pub struct PreparedBatch {
 
 /// Decodes, checks, prices and dedupes a batch of records.
 pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
-    let mut unique: Vec<PricedEvent> = Vec::with_capacity(records.len());
-    let mut repeats = Vec::new();
-    let mut poison = Vec::new();
-    let mut next_offsets = NextOffsets::new();
-    let mut first_seen: HashSet<EventKey, KeyHasher> =
-        HashSet::with_capacity_and_hasher(records.len(), KeyHasher::default());
-    for (record_index, record) in records.iter().enumerate() {
-        raise_next_offset(&mut next_offsets, record);
+    let mut preparer = Preparer::new(price_book);
+    for record in records {
+        preparer.push(record);
+    }
+    preparer.take()
+}
 
-        let event = match decode(record) {
-            Ok(event) => event,
-            Err((reason, detail)) => {
-                poison.push((
-                    record_index,
-                    DeadLetter {
-                        record: record.clone(),
-                        reason,
-                        detail,
-                        database: None,
-                    },
-                ));
-                continue;
-            }
-        };
-        let rating = price_book.rate_event(&event);
-        let priced = PricedEvent {
-            cost: Cost::from(&rating),
-            pricing: Pricing::from(&rating),
-            content_sha256: event.content_sha256(),
-            event,
-            record_index,
-            source_partition: record.partition,
-            source_offset: record.offset,
-        };
-        if first_seen.insert(priced.key()) {
-            unique.push(priced);
-        } else {
-            repeats.push(priced);
+/// A batch prepared one record at a time, as records arrive, so decoding
+/// and pricing overlap the previous batch's transaction instead of
+/// following it.
+#[derive(Debug)]
+pub struct Preparer<'a> {
+    price_book: &'a PriceBook,
+    batch: PreparedBatch,
+    first_seen: HashSet<EventKey, KeyHasher>,
+}
+
+impl<'a> Preparer<'a> {
+    pub fn new(price_book: &'a PriceBook) -> Self {
+        Self {
+            price_book,
+            batch: PreparedBatch::empty(),
+            first_seen: HashSet::default(),
         }
     }
-    PreparedBatch {
-        records,
-        unique,
-        repeats,
-        poison,
-        next_offsets,
+
+    /// Records pushed since the last [`Preparer::take`].
+    pub fn len(&self) -> usize {
+        self.batch.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.records.is_empty()
+    }
+
+    /// The records pushed so far.
+    pub fn records(&self) -> &[Record] {
+        &self.batch.records
+    }
+
+    /// Decodes, checks, prices and dedupes one more record.
+    pub fn push(&mut self, record: Record) {
+        let batch = &mut self.batch;
+        let record_index = batch.records.len();
+        raise_next_offset(&mut batch.next_offsets, &record);
+        match decode(&record) {
+            Ok(event) => {
+                let rating = self.price_book.rate_event(&event);
+                let priced = PricedEvent {
+                    cost: Cost::from(&rating),
+                    pricing: Pricing::from(&rating),
+                    content_sha256: event.content_sha256(),
+                    event,
+                    record_index,
+                    source_partition: record.partition,
+                    source_offset: record.offset,
+                };
+                if self.first_seen.insert(priced.key()) {
+                    batch.unique.push(priced);
+                } else {
+                    batch.repeats.push(priced);
+                }
+            }
+            Err((reason, detail)) => batch.poison.push((
+                record_index,
+                DeadLetter {
+                    record: record.clone(),
+                    reason,
+                    detail,
+                    database: None,
+                },
+            )),
+        }
+        batch.records.push(record);
+    }
+
+    /// The batch prepared so far; the preparer starts a new one.
+    pub fn take(&mut self) -> PreparedBatch {
+        self.first_seen.clear();
+        std::mem::replace(&mut self.batch, PreparedBatch::empty())
+    }
+}
+
+impl PreparedBatch {
+    fn empty() -> Self {
+        Self {
+            records: Vec::new(),
+            unique: Vec::new(),
+            repeats: Vec::new(),
+            poison: Vec::new(),
+            next_offsets: NextOffsets::new(),
+        }
     }
 }
 
@@ -315,4 +361,4 @@ fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classi
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
-use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::attribution::AttributionError;
@@ -22,24 +21,6 @@ use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
 use crate::prepare::{classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent};
 use crate::write_errors::{self, DatabaseFailure, ErrorClass};
-
-const INSERT_ROWS: &str = "
-INSERT INTO gateway_mode_audit (
-    id, tenant_id, user_id, provider, model,
-    prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
-    cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
-    request_id, received_at, payload_sha256, source_partition, source_offset,
-    cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
-    price_book_version, pricing_rule, cost_source)
-SELECT * FROM UNNEST(
-    $1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
-    $6::int4[], $7::int4[], $8::int4[], $9::numeric[], $10::timestamptz[],
-    $11::int4[], $12::int4[], $13::int4[], $14::text[], $15::jsonb[],
-    $16::text[], $17::timestamptz[], $18::bytea[], $19::int4[], $20::int8[],
-    $21::int4[], $22::text[], $23::jsonb[], $24::numeric[], $25::text[],
-    $26::text[], $27::text[], $28::text[])
-ON CONFLICT (created_at, tenant_id, id) DO NOTHING
-RETURNING tenant_id, id, created_at";
 
 const STORED_HASHES: &str = "
 SELECT audit.tenant_id, audit.id, audit.created_at, audit.payload_sha256
@@ -249,7 +230,7 @@ impl<D: DeadLetterSink> Writer<D> {
             .map_err(db("begin"))?;
 
         let inserted = self
-            .bounded("insert", insert_rows(&transaction, &prepared.unique))
+            .bounded("insert", copy::insert_rows(&transaction, &prepared.unique))
             .await??;
         let not_inserted: Vec<EventKey> = prepared
             .unique
@@ -384,6 +365,7 @@ impl<D: DeadLetterSink> Writer<D> {
     }
 }
 
+pub mod copy;
 mod isolate;
 
 /// Whether a transaction is the batch's own or a probe while bisecting it.
@@ -396,130 +378,6 @@ enum Mode {
 
 fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> WriteError {
     move |source| WriteError::Database { step, source }
-}
-
-async fn insert_rows(
-    transaction: &Transaction<'_>,
-    rows: &[PricedEvent],
-) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
-    if rows.is_empty() {
-        return Ok(HashSet::default());
-    }
-    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.event.id).collect();
-    let tenants: Vec<&str> = rows.iter().map(|r| r.event.tenant_id.as_str()).collect();
-    let users: Vec<Option<&str>> = rows.iter().map(|r| r.event.user_id.as_deref()).collect();
-    let providers: Vec<&str> = rows.iter().map(|r| r.event.provider.as_str()).collect();
-    let models: Vec<&str> = rows.iter().map(|r| r.event.model.as_str()).collect();
-    let prompt: Vec<i32> = rows.iter().map(|r| count(r.event.prompt_tokens)).collect();
-    let completion: Vec<i32> = rows
-        .iter()
-        .map(|r| count(r.event.completion_tokens))
-        .collect();
-    let total: Vec<i32> = rows.iter().map(|r| count(r.event.total_tokens)).collect();
-    let costs: Vec<rust_decimal::Decimal> = rows.iter().map(|r| r.cost.usd).collect();
-    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.created_at).collect();
-    let cached: Vec<i32> = rows
-        .iter()
-        .map(|r| count(r.event.cached_prompt_tokens))
-        .collect();
-    let cache_write: Vec<i32> = rows
-        .iter()
-        .map(|r| count(r.event.cache_write_tokens))
-        .collect();
-    let reasoning: Vec<i32> = rows
-        .iter()
-        .map(|r| count(r.event.reasoning_tokens))
-        .collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| r.cost.status.as_str()).collect();
-    // Serialized straight from the map: the same JSON object, without
-    // copying every key and value into a serde_json::Value first.
-    let labels: Vec<Json<&BTreeMap<String, String>>> =
-        rows.iter().map(|r| Json(&r.event.labels)).collect();
-    let request_ids: Vec<Option<&str>> =
-        rows.iter().map(|r| r.event.request_id.as_deref()).collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.received_at).collect();
-    let hashes: Vec<&[u8]> = rows.iter().map(|r| r.content_sha256.as_slice()).collect();
-    let source_partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
-    let source_offsets: Vec<i64> = rows.iter().map(|r| r.source_offset).collect();
-    let cache_write_1h: Vec<i32> = rows
-        .iter()
-        .map(|r| count(r.event.cache_write_1h_tokens))
-        .collect();
-    let tiers: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| r.event.service_tier.map(|tier| tier.as_str()))
-        .collect();
-    let calls: Vec<Option<Json<&BTreeMap<String, u32>>>> = rows
-        .iter()
-        .map(|r| (!r.event.calls.is_empty()).then_some(Json(&r.event.calls)))
-        .collect();
-    let list_costs: Vec<Option<rust_decimal::Decimal>> =
-        rows.iter().map(|r| r.pricing.list_cost).collect();
-    let entries: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| r.pricing.price_entry.as_deref())
-        .collect();
-    let versions: Vec<&str> = rows
-        .iter()
-        .map(|r| r.pricing.price_book_version.as_str())
-        .collect();
-    let rules: Vec<&str> = rows
-        .iter()
-        .map(|r| r.pricing.pricing_rule.as_str())
-        .collect();
-    let sources: Vec<Option<&str>> = rows.iter().map(|r| r.pricing.cost_source).collect();
-
-    let statement = transaction
-        .prepare_cached(INSERT_ROWS)
-        .await
-        .map_err(db("prepare insert"))?;
-    let returned = transaction
-        .query(
-            &statement,
-            &[
-                &ids,
-                &tenants,
-                &users,
-                &providers,
-                &models,
-                &prompt,
-                &completion,
-                &total,
-                &costs,
-                &created,
-                &cached,
-                &cache_write,
-                &reasoning,
-                &statuses,
-                &labels,
-                &request_ids,
-                &received,
-                &hashes,
-                &source_partitions,
-                &source_offsets,
-                &cache_write_1h,
-                &tiers,
-                &calls,
-                &list_costs,
-                &entries,
-                &versions,
-                &rules,
-                &sources,
-            ],
-        )
-        .await
-        .map_err(db("insert"))?;
-    Ok(returned
-        .iter()
-        .map(|row| {
-            (
-                row.get::<_, String>(0),
-                row.get::<_, Uuid>(1),
-                row.get::<_, DateTime<Utc>>(2),
-            )
-        })
-        .collect())
 }
 
 async fn stored_hashes(

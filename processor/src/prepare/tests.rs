@@ -8,7 +8,7 @@ use super::*;
 use crate::dead_letters::Reason;
 use crate::record::Record;
 
-fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
+pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
     UsageEvent {
         id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n),
         created_at: Utc
@@ -50,7 +50,7 @@ fn record(partition: i32, offset: i64, value: &[u8]) -> Record {
     }
 }
 
-fn event_record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
+pub(crate) fn event_record(partition: i32, offset: i64, event: &UsageEvent) -> Record {
     record(partition, offset, &event.to_kafka_value())
 }
 
