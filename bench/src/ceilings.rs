@@ -67,7 +67,11 @@ pub async fn raw_consume(brokers: &str, topic: &str, expected: usize) -> anyhow:
         group_id: format!("bench-raw-consume-{}", std::process::id()),
         ..processor::config::KafkaConfig::default()
     };
+    // The processor refuses to guess where to start (it starts at the
+    // offsets stored in the database, and `error` surfaces a stored offset
+    // outside the log); this reader has none and reads from the start.
     let consumer: BaseConsumer = processor::consumer::consumer_config(&kafka)
+        .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the raw consumer")?;
     consumer

@@ -53,12 +53,27 @@ const LOAD_VERSIONS: &str = "SELECT id, updated_at FROM budgets";
 const LOCK_FOR_BATCH: &str = "
 SELECT id, updated_at FROM budgets WHERE id = ANY($1) ORDER BY id FOR SHARE";
 
+// The rows are locked in key order before they are updated: two batch
+// transactions in flight at once (`batch.writers`) that add to the same
+// rows then queue behind each other instead of deadlocking, whatever order
+// the join would visit them in.
 const ADD_TO_SPEND: &str = "
+WITH d AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::numeric[])
+        AS d(budget_id, tenant_id, period_start, delta)
+), locked AS MATERIALIZED (
+    SELECT s.budget_id, s.tenant_id, s.period_start, d.delta
+    FROM budget_spend AS s
+    JOIN d ON s.budget_id = d.budget_id AND s.tenant_id = d.tenant_id
+          AND s.period_start = d.period_start
+    ORDER BY s.budget_id, s.tenant_id, s.period_start
+    FOR UPDATE OF s
+)
 UPDATE budget_spend AS s
-SET spend_usd = s.spend_usd + d.delta, updated_at = now()
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::numeric[])
-     AS d(budget_id, tenant_id, period_start, delta)
-WHERE s.budget_id = d.budget_id AND s.tenant_id = d.tenant_id AND s.period_start = d.period_start
+SET spend_usd = s.spend_usd + locked.delta, updated_at = now()
+FROM locked
+WHERE s.budget_id = locked.budget_id AND s.tenant_id = locked.tenant_id
+  AND s.period_start = locked.period_start
 RETURNING s.budget_id, s.tenant_id, s.period_start, s.spend_usd";
 
 const INSERT_SPEND: &str = "

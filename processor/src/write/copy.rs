@@ -81,10 +81,10 @@ const COPY_TYPES: [Type; 28] = [
 
 /// Binary COPY of `rows` into `table` (the staging table, or a scratch copy
 /// of the audit table for the benchmark's ceiling: one encoder for both).
-pub async fn copy_rows(
+pub async fn copy_rows<'r>(
     client: &tokio_postgres::Transaction<'_>,
     table: &str,
-    rows: &[PricedEvent],
+    rows: impl IntoIterator<Item = &'r PricedEvent>,
 ) -> Result<(), WriteError> {
     let sink = client
         .copy_in(&format!(
@@ -163,7 +163,18 @@ pub async fn insert_rows(
     if rows.is_empty() {
         return Ok(HashSet::default());
     }
-    copy_rows(&**transaction, "tokenledger_staging", rows).await?;
+    // Staged, and so inserted, in key order: two writers inserting the same
+    // keys (one event written to two partitions) then wait for each other
+    // in the same order instead of deadlocking.
+    let mut ordered: Vec<&PricedEvent> = rows.iter().collect();
+    ordered.sort_unstable_by(|a, b| {
+        (a.event.created_at, &a.event.tenant_id, a.event.id).cmp(&(
+            b.event.created_at,
+            &b.event.tenant_id,
+            b.event.id,
+        ))
+    });
+    copy_rows(transaction, "tokenledger_staging", ordered).await?;
     let statement = transaction
         .prepare_cached(INSERT_STAGED)
         .await
