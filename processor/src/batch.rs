@@ -34,6 +34,10 @@ pub enum CloseReason {
     SourceClosed,
 }
 
+/// Records a batch has room for from the start: growing its vectors by
+/// doubling copied every prepared event several times per batch.
+const PREALLOCATED: usize = 8192;
+
 /// How a writer's loop ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -63,7 +67,7 @@ where
     Fut: Future<Output = Result<(), E>>,
 {
     debug_assert!(limits.max_events > 0);
-    let mut open = Preparer::new(price_book);
+    let mut open = Preparer::with_capacity(price_book, limits.max_events.min(PREALLOCATED));
     // When the open batch closes for latency; set by its first record.
     let mut deadline: Option<Instant> = None;
     // The open batch's records waited through a commit: hand it over now.
@@ -73,6 +77,7 @@ where
     let in_flight = futures::future::Fuse::terminated();
     tokio::pin!(in_flight);
     let mut writing = false;
+    let mut arrived = Vec::new();
     loop {
         if !writing && !open.is_empty() {
             let reason = if open.len() >= limits.max_events {
@@ -116,16 +121,21 @@ where
             }
             _ = shutdown.cancelled(), if !stopping => stopping = true,
             _ = sleep_until_some(wake_at), if wake_at.is_some() => {}
-            received = records.recv(), if !stopping && !closed && open.len() < limits.max_events => {
-                match received {
-                    Some(record) if admit(&record) => {
+            // Everything waiting, in one wake-up: taking records one per
+            // pass would poll the transaction in flight for every record.
+            received = records.recv_many(&mut arrived, limits.max_events - open.len()),
+                if !stopping && !closed && open.len() < limits.max_events =>
+            {
+                if received == 0 {
+                    closed = true;
+                }
+                for record in arrived.drain(..) {
+                    if admit(&record) {
                         if open.is_empty() {
                             deadline = Some(Instant::now() + limits.max_latency);
                         }
                         open.push(record);
                     }
-                    Some(_) => {}
-                    None => closed = true,
                 }
             }
         }

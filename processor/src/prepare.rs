@@ -105,7 +105,7 @@ pub struct PreparedBatch {
 
 /// Decodes, checks, prices and dedupes a batch of records.
 pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
-    let mut preparer = Preparer::new(price_book);
+    let mut preparer = Preparer::with_capacity(price_book, records.len());
     for record in records {
         preparer.push(record);
     }
@@ -120,14 +120,22 @@ pub struct Preparer<'a> {
     price_book: &'a PriceBook,
     batch: PreparedBatch,
     first_seen: HashSet<EventKey, KeyHasher>,
+    /// Records each new batch has room for before it grows.
+    capacity: usize,
 }
 
 impl<'a> Preparer<'a> {
     pub fn new(price_book: &'a PriceBook) -> Self {
+        Self::with_capacity(price_book, 0)
+    }
+
+    /// A preparer whose batches have room for `capacity` records.
+    pub fn with_capacity(price_book: &'a PriceBook, capacity: usize) -> Self {
         Self {
             price_book,
-            batch: PreparedBatch::empty(),
-            first_seen: HashSet::default(),
+            batch: PreparedBatch::with_capacity(capacity),
+            first_seen: HashSet::with_capacity_and_hasher(capacity, KeyHasher::default()),
+            capacity,
         }
     }
 
@@ -184,15 +192,15 @@ impl<'a> Preparer<'a> {
     /// The batch prepared so far; the preparer starts a new one.
     pub fn take(&mut self) -> PreparedBatch {
         self.first_seen.clear();
-        std::mem::replace(&mut self.batch, PreparedBatch::empty())
+        std::mem::replace(&mut self.batch, PreparedBatch::with_capacity(self.capacity))
     }
 }
 
 impl PreparedBatch {
-    fn empty() -> Self {
+    fn with_capacity(capacity: usize) -> Self {
         Self {
-            records: Vec::new(),
-            unique: Vec::new(),
+            records: Vec::with_capacity(capacity),
+            unique: Vec::with_capacity(capacity),
             repeats: Vec::new(),
             poison: Vec::new(),
             next_offsets: NextOffsets::new(),

@@ -56,6 +56,10 @@ pub enum WriteError {
     Attribution(#[from] AttributionError),
     #[error(transparent)]
     MissingStoredRow(#[from] MissingStoredRow),
+    /// A value the COPY encoder refused: a bug, not bad input (every
+    /// stored value was checked when the record was decoded).
+    #[error("cannot encode column {column} for COPY: {detail}")]
+    Encode { column: usize, detail: String },
 }
 
 impl WriteError {

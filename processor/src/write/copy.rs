@@ -15,9 +15,9 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, ToSql, Type};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{pin_mut, SinkExt};
+use tokio_postgres::types::{IsNull, Json, ToSql, Type};
 use uuid::Uuid;
 
 use super::{db, WriteError};
@@ -81,57 +81,90 @@ const COPY_TYPES: [Type; 28] = [
 
 /// Binary COPY of `rows` into `table` (the staging table, or a scratch copy
 /// of the audit table for the benchmark's ceiling: one encoder for both).
+/// The whole batch is encoded into one buffer and sent as one message:
+/// sending it in small pieces woke the connection's task (and a thread) for
+/// every few kilobytes.
 pub async fn copy_rows<'r>(
     client: &tokio_postgres::Transaction<'_>,
     table: &str,
     rows: impl IntoIterator<Item = &'r PricedEvent>,
 ) -> Result<(), WriteError> {
+    let rows = rows.into_iter();
+    let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + 2 + rows.size_hint().0 * ROW_BYTES);
+    buf.put_slice(COPY_HEADER);
+    for row in rows {
+        encode_row(row, &mut buf)?;
+    }
+    buf.put_i16(-1);
     let sink = client
-        .copy_in(&format!(
+        .copy_in::<_, Bytes>(&format!(
             "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
         ))
         .await
         .map_err(db("copy"))?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-    pin_mut!(writer);
+    pin_mut!(sink);
+    sink.send(buf.freeze()).await.map_err(db("copy"))?;
+    sink.finish().await.map_err(db("copy"))?;
+    Ok(())
+}
+
+/// The binary COPY signature, flags and header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// About one row's encoded size, to size the buffer once.
+const ROW_BYTES: usize = 512;
+
+fn encode_row(row: &PricedEvent, buf: &mut BytesMut) -> Result<(), WriteError> {
+    let event = &row.event;
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
-    for row in rows {
-        let event = &row.event;
-        let calls = (!event.calls.is_empty()).then_some(Json(&event.calls));
-        let values: [&(dyn ToSql + Sync); 28] = [
-            &event.id,
-            &event.tenant_id,
-            &event.user_id,
-            &event.provider,
-            &event.model,
-            &count(event.prompt_tokens),
-            &count(event.completion_tokens),
-            &count(event.total_tokens),
-            &row.cost.usd,
-            &event.created_at,
-            &count(event.cached_prompt_tokens),
-            &count(event.cache_write_tokens),
-            &count(event.reasoning_tokens),
-            &row.cost.status.as_str(),
-            // Serialized straight from the map, without a serde_json::Value.
-            &Json(&event.labels),
-            &event.request_id,
-            &event.received_at,
-            &row.content_sha256.as_slice(),
-            &row.source_partition,
-            &row.source_offset,
-            &count(event.cache_write_1h_tokens),
-            &event.service_tier.map(|tier| tier.as_str()),
-            &calls,
-            &row.pricing.list_cost,
-            &row.pricing.price_entry,
-            &row.pricing.price_book_version,
-            &row.pricing.pricing_rule,
-            &row.pricing.cost_source,
-        ];
-        writer.as_mut().write(&values).await.map_err(db("copy"))?;
+    let calls = (!event.calls.is_empty()).then_some(Json(&event.calls));
+    let values: [&(dyn ToSql + Sync); 28] = [
+        &event.id,
+        &event.tenant_id,
+        &event.user_id,
+        &event.provider,
+        &event.model,
+        &count(event.prompt_tokens),
+        &count(event.completion_tokens),
+        &count(event.total_tokens),
+        &row.cost.usd,
+        &event.created_at,
+        &count(event.cached_prompt_tokens),
+        &count(event.cache_write_tokens),
+        &count(event.reasoning_tokens),
+        &row.cost.status.as_str(),
+        // Serialized straight from the map, without a serde_json::Value.
+        &Json(&event.labels),
+        &event.request_id,
+        &event.received_at,
+        &row.content_sha256.as_slice(),
+        &row.source_partition,
+        &row.source_offset,
+        &count(event.cache_write_1h_tokens),
+        &event.service_tier.map(|tier| tier.as_str()),
+        &calls,
+        &row.pricing.list_cost,
+        &row.pricing.price_entry,
+        &row.pricing.price_book_version,
+        &row.pricing.pricing_rule,
+        &row.pricing.cost_source,
+    ];
+    buf.put_i16(values.len() as i16);
+    for (column, (value, ty)) in values.iter().zip(&COPY_TYPES).enumerate() {
+        let at = buf.len();
+        buf.put_i32(0);
+        let length = match value.to_sql_checked(ty, buf) {
+            Ok(IsNull::Yes) => -1,
+            Ok(IsNull::No) => i32::try_from(buf.len() - at - 4).unwrap_or(i32::MAX),
+            Err(source) => {
+                return Err(WriteError::Encode {
+                    column,
+                    detail: source.to_string(),
+                })
+            }
+        };
+        buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
     }
-    writer.finish().await.map_err(db("copy"))?;
     Ok(())
 }
 
