@@ -208,7 +208,8 @@ pub async fn raw_copy(db_url: &str, rows: &[PricedEvent], batch: usize) -> anyho
     let started = Instant::now();
     for chunk in rows.chunks(batch.max(1)) {
         let transaction = client.transaction().await?;
-        processor::write::copy::copy_rows(&transaction, SCRATCH_TABLE, chunk)
+        let rows: Vec<&PricedEvent> = chunk.iter().collect();
+        processor::write::copy::copy_rows(&transaction, SCRATCH_TABLE, &rows)
             .await
             .context("COPY into the scratch table")?;
         transaction.commit().await?;

@@ -38,6 +38,10 @@ pub enum CloseReason {
 /// doubling copied every prepared event several times per batch.
 const PREALLOCATED: usize = 8192;
 
+/// Records decoded between two polls of the transaction in flight: about
+/// half a millisecond of work.
+const CHUNK: usize = 64;
+
 /// How a writer's loop ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -121,9 +125,11 @@ where
             }
             _ = shutdown.cancelled(), if !stopping => stopping = true,
             _ = sleep_until_some(wake_at), if wake_at.is_some() => {}
-            // Everything waiting, in one wake-up: taking records one per
-            // pass would poll the transaction in flight for every record.
-            received = records.recv_many(&mut arrived, limits.max_events - open.len()),
+            // Records in chunks: one per pass would poll the transaction in
+            // flight for every record, and all that waits at once would
+            // leave the transaction's next statement waiting for the whole
+            // chunk to be decoded (this task drives both).
+            received = records.recv_many(&mut arrived, (limits.max_events - open.len()).min(CHUNK)),
                 if !stopping && !closed && open.len() < limits.max_events =>
             {
                 if received == 0 {

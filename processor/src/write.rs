@@ -360,12 +360,20 @@ impl<D: DeadLetterSink> Writer<D> {
         step: &'static str,
         future: impl Future<Output = T>,
     ) -> Result<T, WriteError> {
-        tokio::time::timeout(self.step_timeout, future)
+        let started = std::time::Instant::now();
+        let done = tokio::time::timeout(self.step_timeout, future)
             .await
             .map_err(|_| WriteError::Timeout {
                 step,
                 timeout: self.step_timeout,
-            })
+            });
+        // Where a transaction's time goes, for tuning (off by default).
+        tracing::trace!(
+            step,
+            micros = started.elapsed().as_micros() as u64,
+            "batch step"
+        );
+        done
     }
 }
 

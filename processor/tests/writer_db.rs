@@ -169,6 +169,38 @@ async fn a_batch_is_inserted_once_and_its_replay_only_counts_duplicates() {
     assert_eq!(row.get::<_, DateTime<Utc>>(11), events[3].received_at);
 }
 
+/// A batch holding stored keys cannot be COPYed straight in: it falls back to the staging
+/// table, which must still insert exactly its new rows, in the same transaction.
+#[tokio::test]
+async fn a_batch_mixing_stored_and_new_keys_inserts_exactly_the_new_ones() {
+    let database = migrated_database().await;
+    let sink = RecordingSink::default();
+    let writer = writer(&database, sink.clone());
+    let events: Vec<UsageEvent> = (0..30).map(|i| event("acme", 100 + i)).collect();
+    let record = |i: usize| event_record(0, i as i64, &events[i]);
+
+    let first = write(&writer, (0..10).map(record).collect()).await;
+    assert_eq!(first.new_rows.len(), 10);
+
+    // Stored keys in the middle of new ones, and one conflicting reuse of a stored id.
+    let mut reused = events[3].clone();
+    reused.prompt_tokens += 1;
+    reused.total_tokens += 1;
+    let mut mixed: Vec<Record> = (5..30).map(record).collect();
+    mixed.push(event_record(0, 30, &reused));
+    let outcome = write(&writer, mixed).await;
+    let mut new_ids: Vec<Uuid> = outcome.new_rows.iter().map(|r| r.event.id).collect();
+    new_ids.sort();
+    let mut expected: Vec<Uuid> = events[10..].iter().map(|e| e.id).collect();
+    expected.sort();
+    assert_eq!(new_ids, expected, "exactly the keys not stored before");
+    assert_eq!(outcome.duplicates, 5);
+    assert_eq!(outcome.conflicts, 1);
+    assert_eq!(stored_row_count(&database).await, 30);
+    assert_eq!(sink.letters().len(), 1, "the conflict is dead-lettered");
+    assert_eq!(stored_offsets(&database).await, vec![(0, 31)]);
+}
+
 #[tokio::test]
 async fn an_event_twice_in_one_batch_is_stored_once() {
     let database = migrated_database().await;

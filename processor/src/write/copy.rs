@@ -1,6 +1,7 @@
-//! How a batch's rows reach `gateway_mode_audit`: binary COPY into a
-//! session-local staging table, then one `INSERT … SELECT … ON CONFLICT DO
-//! NOTHING RETURNING` into the hypertable, in the batch's transaction.
+//! How a batch's rows reach `gateway_mode_audit`: binary COPY straight into
+//! the hypertable when no key of the batch is stored yet, else binary COPY
+//! into a session-local staging table and one `INSERT … SELECT … ON CONFLICT
+//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_rows`]).
 //!
 //! COPY is the database's cheapest way in, but it has no `ON CONFLICT`:
 //! replays and client retries must be skipped, not fail the batch. The
@@ -14,8 +15,8 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
 use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use futures::{pin_mut, SinkExt};
 use tokio_postgres::types::{IsNull, Json, ToSql, Type};
 use uuid::Uuid;
@@ -84,13 +85,12 @@ const COPY_TYPES: [Type; 28] = [
 /// The whole batch is encoded into one buffer and sent as one message:
 /// sending it in small pieces woke the connection's task (and a thread) for
 /// every few kilobytes.
-pub async fn copy_rows<'r>(
+pub async fn copy_rows(
     client: &tokio_postgres::Transaction<'_>,
     table: &str,
-    rows: impl IntoIterator<Item = &'r PricedEvent>,
+    rows: &[&PricedEvent],
 ) -> Result<(), WriteError> {
-    let rows = rows.into_iter();
-    let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + 2 + rows.size_hint().0 * ROW_BYTES);
+    let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
     buf.put_slice(COPY_HEADER);
     for row in rows {
         encode_row(row, &mut buf)?;
@@ -187,8 +187,19 @@ FROM tokenledger_staging
 ON CONFLICT (created_at, tenant_id, id) DO NOTHING
 RETURNING tenant_id, id, created_at";
 
-/// Stages `rows` and inserts those whose key is not stored yet; returns the
-/// keys it inserted.
+/// Writes `rows` to the audit table; returns the keys it inserted.
+///
+/// Most batches hold no key that is stored already (a client's retry, a
+/// replay): for them the rows are COPYed straight into the hypertable,
+/// which costs the database about half of staging them and inserting from
+/// the staging table. COPY has no `ON CONFLICT`, so it runs under a
+/// savepoint: a stored key makes it fail with `unique_violation`, the
+/// savepoint is rolled back, and the batch takes the staging path, which
+/// skips stored keys. Any other error is the batch's (bisected, retried).
+///
+/// Rows go in key order: two writers inserting the same keys (one event
+/// written to two partitions) then wait for each other in the same order
+/// instead of deadlocking.
 pub async fn insert_rows(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[PricedEvent],
@@ -196,9 +207,6 @@ pub async fn insert_rows(
     if rows.is_empty() {
         return Ok(HashSet::default());
     }
-    // Staged, and so inserted, in key order: two writers inserting the same
-    // keys (one event written to two partitions) then wait for each other
-    // in the same order instead of deadlocking.
     let mut ordered: Vec<&PricedEvent> = rows.iter().collect();
     ordered.sort_unstable_by(|a, b| {
         (a.event.created_at, &a.event.tenant_id, a.event.id).cmp(&(
@@ -207,7 +215,37 @@ pub async fn insert_rows(
             b.event.id,
         ))
     });
-    copy_rows(transaction, "tokenledger_staging", ordered).await?;
+    transaction
+        .batch_execute("SAVEPOINT tokenledger_direct_copy")
+        .await
+        .map_err(db("savepoint"))?;
+    match copy_rows(transaction, "gateway_mode_audit", &ordered).await {
+        Ok(()) => return Ok(rows.iter().map(PricedEvent::key).collect()),
+        Err(error) if is_unique_violation(&error) => {
+            transaction
+                .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
+                .await
+                .map_err(db("rollback to savepoint"))?;
+        }
+        Err(error) => return Err(error),
+    }
+    copy_rows(transaction, "tokenledger_staging", &ordered).await?;
+    insert_staged(transaction).await
+}
+
+fn is_unique_violation(error: &WriteError) -> bool {
+    matches!(
+        error,
+        WriteError::Database { source, .. }
+            if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    )
+}
+
+/// Inserts the staged rows whose key is not stored yet; returns the keys
+/// it inserted.
+async fn insert_staged(
+    transaction: &deadpool_postgres::Transaction<'_>,
+) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
     let statement = transaction
         .prepare_cached(INSERT_STAGED)
         .await
