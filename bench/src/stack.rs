@@ -314,9 +314,13 @@ impl Stack {
         let metrics_port = free_port();
         let mut processor_env: Vec<(String, String)> = vec![
             ("TOKENLEDGER_KAFKA__BROKERS".into(), brokers.clone()),
+            // Longer than the scenarios keep the processor stopped (SIGSTOP,
+            // 20 s in the full catch-up): a member evicted meanwhile spends
+            // its first seconds after resuming on rejoining the group, which
+            // is not catching up.
             (
                 "TOKENLEDGER_KAFKA__SESSION_TIMEOUT_MS".into(),
-                "6000".into(),
+                "45000".into(),
             ),
             ("TOKENLEDGER_DATABASE__URL".into(), db_url.clone()),
             (
