@@ -476,6 +476,28 @@ mod tests {
     }
 
     #[test]
+    fn writers_need_a_connection_each_and_one_to_spare() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("TOKENLEDGER_BATCH__WRITERS", "3");
+            jail.set_env("TOKENLEDGER_DATABASE__POOL_SIZE", "4");
+            assert_eq!(
+                Config::load(None).map_err(|e| e.to_string())?.batch.writers,
+                3
+            );
+
+            jail.set_env("TOKENLEDGER_DATABASE__POOL_SIZE", "3");
+            let err = Config::load(None).expect_err("as many writers as connections");
+            assert!(err.to_string().contains("database.pool_size (3)"), "{err}");
+
+            jail.set_env("TOKENLEDGER_BATCH__WRITERS", "0");
+            let err = Config::load(None).expect_err("no writer");
+            assert!(err.to_string().contains("batch.writers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_named_but_missing_file_is_an_error() {
         Jail::expect_with(|jail| {
             jail.clear_env();
