@@ -2,8 +2,12 @@
 //!
 //! tansu quirks the tests must live with (see TESTING.md): a consumer group join takes about half
 //! of `session.timeout.ms`, so consumers in tests use 6000 ms; the high watermark it reports can
-//! be wrong, so nothing may rely on it; and with memory storage a restart loses every topic and
-//! record.
+//! be wrong, so nothing may rely on it; with memory storage a restart loses every topic and
+//! record; and when two producer connections append to one partition at once, a fetch can be
+//! answered with the later append while the earlier offset is not yet readable, so a consumer
+//! at the end of the partition moves past a record it never saw (seen as a `Fetch … at offset N`
+//! answered by a single record at N+1, with N present when the partition is read again later).
+//! Tests therefore never have two producers writing one partition at the same time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
