@@ -12,7 +12,11 @@ use rust_decimal_macros::dec;
 use serde_json::{json, Value};
 
 fn golden(name: &str) -> Value {
-    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    // The directory cargo names at run time: a binary reused from a build in another checkout
+    // (a shared target directory) still has that checkout's path compiled in.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path = format!("{manifest_dir}/tests/golden/{name}");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
     serde_json::from_str(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
 }

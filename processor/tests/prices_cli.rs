@@ -11,7 +11,11 @@ use ledger::PriceBook;
 use rust_decimal::Decimal;
 
 fn excerpt() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ledger/tests/golden/litellm_excerpt.json")
+    // At run time, as cargo names it: a reused binary keeps its build checkout's path.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../ledger/tests/golden/litellm_excerpt.json")
 }
 
 #[test]
