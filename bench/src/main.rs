@@ -353,6 +353,22 @@ async fn time_scrape(url: &str) -> Option<report::MetricsScrape> {
     })
 }
 
+/// One database connection with the TLS the connection string asks for
+/// (`sslmode`, `sslrootcert`, …), made where the processor makes its own.
+async fn connect_db(db_url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let url = infra::Secret::from(db_url);
+    Ok(
+        infra::database::connect(&infra::database::DatabaseSettings {
+            url: &url,
+            pool_size: 1,
+            timeout: std::time::Duration::from_secs(30),
+            application_name: "tokenledger-bench",
+            session_setup: None,
+        })
+        .await?,
+    )
+}
+
 /// `(received_at, source_partition, source_offset, ingested_at)` of the rows
 /// the gateway received in `[from, to)`; `ingested_at` is the start of the
 /// transaction that inserted the row.
@@ -361,10 +377,7 @@ async fn rows_received_between(
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Vec<latency::StoredRow>> {
-    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = connect_db(db_url).await?;
     let rows = client
         .query(
             "SELECT received_at, source_partition, source_offset, ingested_at \

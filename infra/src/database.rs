@@ -1,11 +1,15 @@
 //! Postgres connections: a pool whose every wait is bounded, and single
-//! connections for one-shot commands. Connection strings are
+//! connections for one-shot commands, every one made here with the TLS the
+//! connection string asks for ([`tls`]). Connection strings are
 //! [`Secret`]s; errors show them redacted.
+
+pub mod tls;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::secret::Secret;
 
@@ -17,13 +21,22 @@ pub enum DatabaseError {
         url: String,
         source: tokio_postgres::Error,
     },
+    #[error("database.url {url}: {source}")]
+    Tls {
+        /// Redacted.
+        url: String,
+        source: tls::TlsError,
+    },
     #[error("cannot build the connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
-    #[error("cannot connect to the database at {url}: {source}")]
+    /// Shows the whole chain of causes: tokio-postgres's own message for a
+    /// failed TLS handshake ("error performing TLS handshake") omits what
+    /// was wrong (an unknown issuer, a name mismatch).
+    #[error("cannot connect to the database at {url}: {}", with_causes(.error))]
     Connect {
         /// Redacted.
         url: String,
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     #[error("connecting to the database at {url} did not finish within {timeout:?}")]
     ConnectTimeout {
@@ -31,6 +44,19 @@ pub enum DatabaseError {
         url: String,
         timeout: Duration,
     },
+}
+
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let next_text = next.to_string();
+        if !text.contains(&next_text) {
+            text = format!("{text}: {next_text}");
+        }
+        cause = next.source();
+    }
+    text
 }
 
 /// Where and how to connect.
@@ -51,20 +77,25 @@ pub struct DatabaseSettings<'a> {
 }
 
 impl DatabaseSettings<'_> {
-    fn parse(&self) -> Result<tokio_postgres::Config, DatabaseError> {
+    /// The parsed connection string and the TLS connector its `ssl*`
+    /// keywords ask for.
+    fn parse(&self) -> Result<(tokio_postgres::Config, MakeRustlsConnect), DatabaseError> {
+        let tls_error = |source| DatabaseError::Tls {
+            url: self.url.redacted(),
+            source,
+        };
+        let (rest, options) = tls::split(self.url.expose()).map_err(tls_error)?;
         let mut parsed: tokio_postgres::Config =
-            self.url
-                .expose()
-                .parse()
-                .map_err(|source| DatabaseError::BadUrl {
-                    url: self.url.redacted(),
-                    source,
-                })?;
+            rest.parse().map_err(|source| DatabaseError::BadUrl {
+                url: self.url.redacted(),
+                source,
+            })?;
+        parsed.ssl_mode(options.mode().negotiation());
         parsed.connect_timeout(self.timeout);
         if parsed.get_application_name().is_none() {
             parsed.application_name(self.application_name);
         }
-        Ok(parsed)
+        Ok((parsed, options.connector().map_err(tls_error)?))
     }
 }
 
@@ -72,9 +103,10 @@ impl DatabaseSettings<'_> {
 /// is bounded by `settings.timeout`. Connections are made lazily, so a
 /// database that is down when the pool is built fails only its users.
 pub fn pool(settings: &DatabaseSettings<'_>) -> Result<Pool, DatabaseError> {
+    let (parsed, tls) = settings.parse()?;
     let manager = Manager::from_config(
-        settings.parse()?,
-        NoTls,
+        parsed,
+        tls,
         ManagerConfig {
             // Fast: no query on checkout. A broken connection fails its
             // query or transaction, which the caller retries or reports.
@@ -104,15 +136,15 @@ pub fn pool(settings: &DatabaseSettings<'_>) -> Result<Pool, DatabaseError> {
 
 /// One connection, its driver task spawned on the current runtime.
 pub async fn connect(settings: &DatabaseSettings<'_>) -> Result<Client, DatabaseError> {
-    let parsed = settings.parse()?;
+    let (parsed, tls) = settings.parse()?;
     let url = settings.url.redacted();
-    let (client, connection) = tokio::time::timeout(settings.timeout, parsed.connect(NoTls))
+    let (client, connection) = tokio::time::timeout(settings.timeout, parsed.connect(tls))
         .await
         .map_err(|_| DatabaseError::ConnectTimeout {
             url: url.clone(),
             timeout: settings.timeout,
         })?
-        .map_err(|source| DatabaseError::Connect { url, source })?;
+        .map_err(|error| DatabaseError::Connect { url, error })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "database connection closed with an error");

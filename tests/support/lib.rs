@@ -18,6 +18,7 @@ pub mod ledger_check;
 mod monitoring;
 mod process;
 mod proxy;
+pub mod tls;
 pub mod usage;
 
 pub use binary::Binary;
