@@ -100,6 +100,17 @@ pub enum OutboxError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    TlsMaterial {
+        what: &'static str,
+        source: reqwest::Error,
+    },
     #[error("cannot register metric: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -234,10 +245,7 @@ impl AlertOutbox {
         config: AlertingConfig,
         metrics: Arc<OutboxMetrics>,
     ) -> Result<Self, OutboxError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout())
-            .build()
-            .map_err(OutboxError::Client)?;
+        let http = push::client(&config)?;
         Ok(Self {
             pool,
             config,

@@ -123,6 +123,17 @@ pub struct AlertingConfig {
     /// like `alertmanager_url` (user info, `?token=…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<Secret>,
+    /// A PEM file of CA certificates trusted for `https://` Alertmanager
+    /// and webhook URLs, in addition to the operating system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_path: Option<PathBuf>,
+    /// A client certificate (PEM, chain first) presented to `https://`
+    /// receivers that ask for one; needs `tls_key_path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_path: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert_path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_path: Option<PathBuf>,
     /// How often the outbox looks for crossings to push.
     pub poll_interval_ms: u64,
     /// Upper bound of the pause between attempts at an alert that failed.
@@ -144,6 +155,9 @@ impl Default for AlertingConfig {
         Self {
             alertmanager_url: None,
             webhook_url: None,
+            tls_ca_path: None,
+            tls_cert_path: None,
+            tls_key_path: None,
             poll_interval_ms: 1_000,
             max_backoff_ms: 60_000,
             timeout_ms: 5_000,
@@ -324,13 +338,18 @@ impl AlertingConfig {
             ("alerting.webhook_url", &self.webhook_url),
         ] {
             let Some(url) = url else { continue };
-            if !url.expose().starts_with("http://") {
+            let text = url.expose();
+            if !text.starts_with("http://") && !text.starts_with("https://") {
                 return Err(ConfigError::Invalid(format!(
-                    "{key} must be an http:// URL, got {:?} (this build speaks plain HTTP; \
-                     route to TLS receivers through Alertmanager)",
+                    "{key} must be an http:// or https:// URL, got {:?}",
                     url.redacted()
                 )));
             }
+        }
+        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
+            return Err(ConfigError::Invalid(
+                "alerting.tls_cert_path and alerting.tls_key_path go together".into(),
+            ));
         }
         if self.poll_interval_ms == 0 || self.timeout_ms == 0 || self.batch_size == 0 {
             return Err(ConfigError::Invalid(
@@ -600,8 +619,8 @@ mod tests {
     #[test]
     fn an_invalid_alert_url_is_reported_redacted() {
         let mut config = Config::default();
-        config.alerting.webhook_url = Some("https://u:hunter2@hooks.example/x".into());
-        let err = config.validate().expect_err("https refused");
+        config.alerting.webhook_url = Some("ftp://u:hunter2@hooks.example/x".into());
+        let err = config.validate().expect_err("ftp refused");
         assert!(err.to_string().contains("webhook_url"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }

@@ -1,10 +1,15 @@
 //! What one push sends for a crossing, and how a target's answer is read:
 //! accepted, refused for its content (not worth retrying), or failed.
 
+use std::path::Path;
+
 use chrono::{DateTime, Utc};
 use ledger::ThresholdAlert;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use super::OutboxError;
+use crate::config::AlertingConfig;
 
 /// How long any pushed alert stays active at least, past the end of its
 /// period if need be. Long enough to outlast Alertmanager's `group_wait` and
@@ -53,11 +58,65 @@ pub fn alert_payload(alert: &ThresholdAlert, now: DateTime<Utc>) -> Value {
     payload
 }
 
+/// The client every push goes through: `alerting.timeout_ms` per request;
+/// `https://` verified against the operating system's CAs plus
+/// `alerting.tls_ca_path`, presenting `alerting.tls_cert_path` when set.
+pub(super) fn client(config: &AlertingConfig) -> Result<reqwest::Client, OutboxError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| OutboxError::TlsFile {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(config.timeout());
+    if let Some(path) = &config.tls_ca_path {
+        let pem = read("alerting.tls_ca_path", path)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            OutboxError::TlsMaterial {
+                what: "alerting.tls_ca_path",
+                source,
+            }
+        })? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_path, &config.tls_key_path) {
+        let mut pem = read("alerting.tls_cert_path", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("alerting.tls_key_path", key)?);
+        let identity =
+            reqwest::Identity::from_pem(&pem).map_err(|source| OutboxError::TlsMaterial {
+                what: "alerting.tls_cert_path / tls_key_path",
+                source,
+            })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(OutboxError::Client)
+}
+
+/// reqwest's message for a failed request ("error sending request") leaves
+/// out why (a refused connection, an unknown certificate issuer).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let next_text = next.to_string();
+        if !text.contains(&next_text) {
+            text = format!("{text}: {next_text}");
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// POSTs `payload` to `url` and reads the answer.
 pub(super) async fn push(http: &reqwest::Client, url: &str, payload: &Value) -> Outcome {
     let response = match http.post(url).json(payload).send().await {
         Ok(response) => response,
-        Err(error) => return Outcome::Failed(error.to_string()),
+        Err(error) => return Outcome::Failed(with_causes(&error)),
     };
     let status = response.status();
     if status.is_success() {
