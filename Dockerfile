@@ -13,8 +13,8 @@ ARG RUST_VERSION=1.95.0
 ARG DEBIAN_RELEASE=bookworm
 
 # --- build ------------------------------------------------------------------------------------------
-# The full (non-slim) image carries gcc, make and pkg-config, which rdkafka's bundled librdkafka
-# needs. Builder and runtime share the Debian release, so the binaries find the glibc they linked.
+# The full (non-slim) image carries gcc, make, pkg-config and libssl-dev, which rdkafka's bundled
+# librdkafka needs (it links the system OpenSSL for Kafka's SSL and SASL_SSL). Builder and runtime share the Debian release, so the binaries find the glibc they linked.
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
@@ -27,13 +27,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && cp target/release/gateway target/release/processor /out/
 
 # --- runtime base -----------------------------------------------------------------------------------
-# No compiler, no shell tools beyond Debian's base; curl only for the container healthchecks.
+# No compiler, no shell tools beyond Debian's base; libssl3 for librdkafka's TLS, curl only for the
+# container healthchecks.
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Versions are not pinned on purpose: a pinned Debian version disappears from the archive with
 # the next security update and breaks the build.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 tokenledger \
     && useradd --system --uid 10001 --gid tokenledger --no-create-home \

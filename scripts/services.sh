@@ -207,9 +207,28 @@ install_focus_validator() {
   say "focus-validator: installed $dir/bin/focus-validator"
 }
 
+# Debian packages: libssl-dev and pkg-config for the build (librdkafka links the system OpenSSL
+# for Kafka's SSL and SASL_SSL); stunnel4 and PostgreSQL 15 for the TLS tests (a TLS terminator
+# in front of the broker and Alertmanager, a PostgreSQL with ssl = on). Only what is missing.
+install_system_packages() {
+  local missing=() pkg
+  for pkg in libssl-dev pkg-config stunnel4 postgresql-15; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+    # Debian starts a default cluster with the package; the tests start their own.
+    if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null 2>&1; then
+      as_root pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+    fi
+  fi
+}
+
 cmd_install() {
   local t0=$SECONDS
   mkdir -p "$CACHE"
+  install_system_packages
   install_tansu
   install_pglite
   install_prometheus
@@ -231,6 +250,7 @@ cmd_env() {
   printf 'export TOKENLEDGER_PROMTOOL_BIN=%q\n' "$(command -v promtool)"
   printf 'export TOKENLEDGER_ALERTMANAGER_BIN=%q\n' "$(command -v prometheus-alertmanager)"
   printf 'export TOKENLEDGER_AMTOOL_BIN=%q\n' "$(command -v amtool)"
+  printf 'export TOKENLEDGER_STUNNEL_BIN=%q\n' "$(command -v stunnel4 || command -v stunnel)"
   local venv
   venv=$(python_venv_dir)
   [ -f "$venv/.installed" ] || die "the python test packages are not installed: run scripts/services.sh install"

@@ -17,6 +17,10 @@
 //!   batch holding one tenant's alert; the other alerts of the batch are delivered, the rejected
 //!   row records why and is never pushed again, the rejection is counted, the outbox drains.
 //!
+//! - `a_crossing_reaches_alertmanager_behind_tls`: Alertmanager behind a TLS terminator with a
+//!   certificate from a CA made by the test; without that CA the push is refused and the row
+//!   records the certificate error, with it (`alerting.tls_ca_path`) the crossing arrives.
+//!
 //! Daily re-arming, late events and redelivery are covered against the database in
 //! processor/tests/budgets_db.rs, where `created_at` can be chosen freely.
 
@@ -26,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::ledger_check::{rfc3339, unix_now, utc_date};
+use e2e::tls::{Stunnel, TestCa};
 use e2e::usage::{answers_ok, hash_key};
 use e2e::{
     free_port, wait_for, wait_for_some, Alertmanager, Binary, Broker, ChildProcess, Database,
@@ -141,6 +146,18 @@ impl Stack {
         webhook: &str,
         push_delay_ms: u64,
     ) -> (ChildProcess, String) {
+        self.processor_with(alertmanager, webhook, push_delay_ms, &[])
+            .await
+    }
+
+    /// Like [`Stack::processor_to`], with `extra` settings.
+    async fn processor_with(
+        &self,
+        alertmanager: &str,
+        webhook: &str,
+        push_delay_ms: u64,
+        extra: &[(&str, &str)],
+    ) -> (ChildProcess, String) {
         let metrics = format!("127.0.0.1:{}", free_port());
         let push_delay = push_delay_ms.to_string();
         let (brokers, db_url) = (self.broker.bootstrap(), self.db.url());
@@ -159,6 +176,7 @@ impl Stack {
         if !webhook.is_empty() {
             env.push(("TOKENLEDGER_ALERTING__WEBHOOK_URL", webhook));
         }
+        env.extend_from_slice(extra);
         let mut processor =
             ChildProcess::spawn("processor", Binary::path("processor"), &["run"], &env);
         let url = format!("http://{metrics}");
@@ -974,4 +992,68 @@ async fn count_crossings(stack: &Stack) -> i64 {
         .await
         .expect("budget_alerts")
         .get(0)
+}
+
+#[tokio::test]
+async fn a_crossing_reaches_alertmanager_behind_tls() {
+    let stack = Stack::start().await;
+    let ca = TestCa::new("alertmanager");
+    let server = ca.issue("alertmanager", "localhost", &["localhost", "127.0.0.1"]);
+    let tunnel = Stunnel::start(&server, stack.alertmanager.port()).await;
+    let https = format!("https://localhost:{}", tunnel.port);
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/v1/budgets",
+            ADMIN_KEY,
+            Some(json!({
+                "name": "acme-daily", "tenant_id": "acme", "period": "daily",
+                "amount_usd": "10", "thresholds": [50],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Without the test CA the certificate is not trusted: nothing is delivered, and the row says
+    // why.
+    let (mut untrusting, _) = stack.processor_to(&https, "", 0).await;
+    stack.usage("acme", &["6"]).await;
+    let refused = wait_for_some(STARTUP, || async {
+        let crossings = stack.crossings().await;
+        crossings
+            .get(&50)
+            .and_then(|(_, _, error)| error.clone())
+            .filter(|error| error.contains("UnknownIssuer"))
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "budget_alerts: {:?}; processor log:\n{}",
+        stack.crossings().await,
+        untrusting.log_tail()
+    );
+    assert!(stack.budget_alerts().await.is_empty());
+    untrusting.kill9();
+
+    let ca_path = ca.ca_pem().display().to_string();
+    let (mut processor, _) = stack
+        .processor_with(
+            &https,
+            "",
+            0,
+            &[("TOKENLEDGER_ALERTING__TLS_CA_PATH", ca_path.as_str())],
+        )
+        .await;
+    let arrived = wait_for(STARTUP, || async {
+        stack.budget_alerts().await.contains_key("50")
+    })
+    .await;
+    assert!(
+        arrived,
+        "budget_alerts: {:?}; processor log:\n{}\nstunnel log:\n{}",
+        stack.crossings().await,
+        processor.log_tail(),
+        tunnel.log()
+    );
+    processor.assert_running();
 }

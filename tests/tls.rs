@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use e2e::tls::{TestCa, TlsPostgres};
+use e2e::tls::{Stunnel, TestCa, TlsPostgres};
+use e2e::usage::{http_client, Gateway, Processor, DLQ_TOPIC, USAGE_TOPIC};
+use e2e::{free_port, wait_for, Binary, Broker, ChildProcess, Database};
 use infra::database::{connect, DatabaseSettings};
 use infra::Secret;
 
@@ -145,4 +147,144 @@ async fn postgres_require_never_falls_back_to_plaintext() {
     connect_to(&format!("{} sslmode=prefer", plain_url))
         .await
         .expect("prefer connects in plaintext");
+}
+
+/// `security.protocol=SSL` trusting `ca`, for rdkafka clients of the test itself.
+fn tls_client(bootstrap: &str, ca: &TestCa) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", ca.ca_pem().display().to_string());
+    config
+}
+
+async fn create_topics(bootstrap: &str, ca: &TestCa) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        tls_client(bootstrap, ca).create().expect("admin client");
+    let topics = [
+        NewTopic::new(USAGE_TOPIC, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(DLQ_TOPIC, 1, TopicReplication::Fixed(1)),
+    ];
+    let results = admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("CreateTopics over TLS");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// The `[kafka.properties]` of both binaries for a TLS broker whose CA is `ca_pem`.
+fn kafka_tls_toml(ca_pem: &std::path::Path) -> String {
+    format!(
+        "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
+        ca_pem.display()
+    )
+}
+
+#[tokio::test]
+async fn usage_flows_through_a_tls_broker_and_a_wrong_ca_is_refused() {
+    let ca = TestCa::new("kafka");
+    let server = ca.issue("broker", "localhost", &["localhost", "127.0.0.1"]);
+    // tansu speaks plaintext behind stunnel and advertises stunnel's port, so every connection
+    // after the bootstrap is TLS too.
+    let tls_port = free_port();
+    let (broker, db) = tokio::join!(Broker::start_advertising(tls_port), Database::start());
+    let tunnel = Stunnel::start_on(tls_port, &server, broker.port()).await;
+    let bootstrap = format!("127.0.0.1:{tls_port}");
+    create_topics(&bootstrap, &ca).await;
+    let db_url = db.url();
+    let mut migrate = ChildProcess::spawn(
+        "processor-migrate",
+        Binary::path("processor"),
+        &["migrate"],
+        &[("TOKENLEDGER_DATABASE__URL", db_url.as_str())],
+    );
+    let status = migrate.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        migrate.log_tail()
+    );
+
+    let config = kafka_tls_toml(&ca.ca_pem());
+    let gateway = Gateway::start("gateway-tls", &bootstrap, &config, &[], true).await;
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let processor_toml = config_dir.path().join("processor.toml");
+    std::fs::write(&processor_toml, &config).expect("processor config");
+    let processor_toml = processor_toml.display().to_string();
+    let mut processor = Processor::spawn(
+        "processor-tls",
+        &bootstrap,
+        &db_url,
+        &[("TOKENLEDGER_CONFIG", processor_toml.as_str())],
+    );
+
+    let events: Vec<serde_json::Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "tenant_id": format!("tenant-{}", i % 3), "provider": "openai", "model": "gpt-4o",
+                "prompt_tokens": 100 + i, "completion_tokens": 10,
+            })
+        })
+        .collect();
+    let response = http_client()
+        .post(format!("{}/v1/usage", gateway.url))
+        .json(&events)
+        .send()
+        .await
+        .expect("POST /v1/usage");
+    let status = response.status();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
+    let client = db.client().await;
+    let stored = wait_for(Duration::from_secs(60), || async {
+        client
+            .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
+            .await
+            .map(|row| row.get::<_, i64>(0) == 20)
+            .unwrap_or(false)
+    })
+    .await;
+    if !stored {
+        processor.process.assert_running();
+        panic!(
+            "the 20 events did not land; processor log:\n{}\nstunnel log:\n{}",
+            processor.process.log_tail(),
+            tunnel.log()
+        );
+    }
+
+    // A gateway trusting another CA: librdkafka refuses the broker's certificate, says so, and
+    // the gateway is not ready.
+    let other = TestCa::new("not-the-broker's");
+    let mut refused = Gateway::start(
+        "gateway-wrong-ca",
+        &bootstrap,
+        &kafka_tls_toml(&other.ca_pem()),
+        &[],
+        false,
+    )
+    .await;
+    refused
+        .process
+        .wait_for_log("certificate verify failed", Duration::from_secs(30))
+        .await;
+    let ready = http_client()
+        .get(format!("{}/readyz", refused.url))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(
+        ready.status(),
+        503,
+        "{}",
+        ready.text().await.unwrap_or_default()
+    );
+    refused.process.assert_running();
 }
