@@ -268,6 +268,10 @@ impl ValidationConfig {
     }
 }
 
+/// The settings that hold a credential, each of which may instead be read
+/// from the file its `<setting>_file` twin names.
+pub const SECRET_SETTINGS: &[&str] = &["database.url"];
+
 impl Config {
     /// Defaults, then `file` (`--config`, else `TOKENLEDGER_CONFIG`), then
     /// `TOKENLEDGER_…` variables from the process environment.
@@ -282,7 +286,7 @@ impl Config {
     /// supplied, so tests can use a fake environment instead of mutating
     /// the process's.
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let config: Config = infra::config::load(file, env)?;
+        let config: Config = infra::config::load_with_secret_files(file, env, SECRET_SETTINGS)?;
         config.validate()?;
         Ok(config)
     }

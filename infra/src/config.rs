@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+
+mod secret_files;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -78,7 +80,23 @@ pub fn load<C>(file: Option<&Path>, env: Env) -> Result<C, ConfigError>
 where
     C: Serialize + DeserializeOwned + Default,
 {
-    let mut figment = Figment::from(Serialized::defaults(C::default()));
+    load_with_secret_files(file, env, &[])
+}
+
+/// Like [`load`], where each of `secrets` (dotted paths of
+/// [`crate::Secret`] settings, `database.url`) may instead be read from the
+/// file its `<setting>_file` twin names. A missing, unreadable or empty
+/// file is an error naming the setting and the path.
+pub fn load_with_secret_files<C>(
+    file: Option<&Path>,
+    env: Env,
+    secrets: &[&str],
+) -> Result<C, ConfigError>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    let defaults = Serialized::defaults(C::default());
+    let mut figment = Figment::from(&defaults);
     if let Some(path) = file {
         if !path.is_file() {
             return Err(ConfigError::MissingFile {
@@ -88,7 +106,7 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(own_settings::<C>(env).split("__"));
-    figment
+    secret_files::apply(figment, &defaults, secrets)?
         .extract()
         .map_err(|error| ConfigError::Extract(Box::new(error)))
 }

@@ -8,14 +8,15 @@ use std::collections::btree_map;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::secret::{is_secret_name, REDACTED};
+use crate::secret::{is_secret_name, read_secret_file, REDACTED};
 
 /// Forwards one librdkafka log line to tracing at its level. Clients with
 /// a context of their own call this from their `ClientContext::log`.
@@ -102,21 +103,57 @@ pub fn producer_fenced(error: &KafkaError) -> bool {
 /// Extra librdkafka settings (`kafka.properties`), applied verbatim. The
 /// value of a property whose name marks a credential (`sasl.password`,
 /// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, …) is shown as
-/// [`REDACTED`] when printed, debugged or serialized.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Properties(BTreeMap<String, String>);
+/// [`REDACTED`] when printed, debugged or serialized. `<name>_file` (no
+/// librdkafka property ends so) sets `<name>` from that file's content, as
+/// a secret setting's `_file` twin does, and is shown as the file's path.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(BTreeMap<String, String>, BTreeMap<String, PathBuf>);
 
 impl Properties {
-    fn shown(&self) -> impl Iterator<Item = (&str, &str)> {
+    fn shown(&self) -> impl Iterator<Item = (&str, String)> {
         self.0.iter().map(|(name, value)| {
-            let value = if is_secret_name(name) {
-                REDACTED
+            let value = if let Some(path) = self.1.get(name) {
+                format!("<read from file {}>", path.display())
+            } else if is_secret_name(name) {
+                REDACTED.to_owned()
             } else {
-                value.as_str()
+                value.clone()
             };
             (name.as_str(), value)
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let given = BTreeMap::<String, String>::deserialize(deserializer)?;
+        let mut properties = Self::default();
+        for (name, value) in given {
+            let Some(target) = name.strip_suffix("_file") else {
+                if properties.1.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "kafka.properties: {name:?} and {name}_file are both set: keep one"
+                    )));
+                }
+                properties.0.insert(name, value);
+                continue;
+            };
+            if properties.0.contains_key(target) {
+                return Err(serde::de::Error::custom(format!(
+                    "kafka.properties: {target:?} and {name:?} are both set: keep one"
+                )));
+            }
+            let secret = read_secret_file(PathBuf::from(value)).map_err(|error| {
+                serde::de::Error::custom(format!("kafka.properties.{name:?}: {error}"))
+            })?;
+            properties
+                .0
+                .insert(target.to_owned(), secret.expose().to_owned());
+            if let Some(path) = secret.file() {
+                properties.1.insert(target.to_owned(), path.to_owned());
+            }
+        }
+        Ok(properties)
     }
 }
 
@@ -136,7 +173,7 @@ impl DerefMut for Properties {
 
 impl From<BTreeMap<String, String>> for Properties {
     fn from(map: BTreeMap<String, String>) -> Self {
-        Self(map)
+        Self(map, BTreeMap::new())
     }
 }
 
@@ -222,5 +259,31 @@ mod tests {
         }
         let applied: Vec<(&String, &String)> = properties.into_iter().collect();
         assert!(applied.iter().any(|(_, value)| *value == "hunter2"));
+    }
+
+    #[test]
+    fn a_property_is_read_from_its_file_and_shown_as_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sasl_password");
+        std::fs::write(&path, "hunter2\n").expect("write");
+        let text = format!(
+            "\"sasl.password_file\" = \"{}\"\n\"sasl.username\" = \"svc\"\n",
+            path.display()
+        );
+        let properties: Properties = toml::from_str(&text).expect("parses");
+        assert_eq!(
+            properties.get("sasl.password").map(String::as_str),
+            Some("hunter2")
+        );
+        assert!(!properties.contains_key("sasl.password_file"));
+        let shown = toml::to_string(&properties).expect("renders");
+        assert!(
+            shown.contains(&format!("<read from file {}>", path.display())),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let missing = "\"sasl.password_file\" = \"/nonexistent/pw\"\n";
+        let error = toml::from_str::<Properties>(missing).expect_err("missing file");
+        assert!(error.to_string().contains("/nonexistent/pw"), "{error}");
     }
 }

@@ -6,8 +6,13 @@
 //! connect.
 
 use std::fmt;
+use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
+
+mod from_file;
+
+pub use from_file::{read_secret_file, FILE_KEY};
 
 /// What a hidden part of a value is shown as.
 pub const REDACTED: &str = "<redacted>";
@@ -227,18 +232,26 @@ fn quoted_len(quoted: &str) -> Option<usize> {
 ///
 /// Serializing redacts too, so configuration defaults (which the layering
 /// serializes) must never hold a credential, which a default should not.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+///
+/// A secret may come from a file (`<setting>_file`, see
+/// [`crate::config::load_with_secret_files`]); it then serializes as the
+/// file's path, never its content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String, Option<PathBuf>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into(), None)
     }
 
     /// The value itself, for the code that connects or compares with it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The file the value was read from, if it was.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.1.as_deref()
     }
 
     /// The value as it may be shown.
@@ -249,13 +262,13 @@ impl Secret {
 
 impl From<String> for Secret {
     fn from(value: String) -> Self {
-        Self(value)
+        Self(value, None)
     }
 }
 
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
-        Self(value.to_owned())
+        Self(value.to_owned(), None)
     }
 }
 
@@ -273,6 +286,9 @@ impl fmt::Display for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(path) = &self.1 {
+            return serializer.serialize_str(&from_file::shown(path));
+        }
         serializer.serialize_str(&self.redacted())
     }
 }
@@ -393,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_secret_deserializes_from_a_plain_string() {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct Holder {
             url: Secret,
         }
