@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::tls::{Stunnel, TestCa, TlsPostgres};
 use e2e::usage::{http_client, Gateway, Processor, DLQ_TOPIC, USAGE_TOPIC};
-use e2e::{free_port, wait_for, Binary, Broker, ChildProcess, Database};
+use e2e::{free_port, wait_for, wait_for_some, Binary, Broker, ChildProcess, Database};
 use infra::database::{connect, DatabaseSettings};
 use infra::Secret;
 
@@ -149,6 +149,39 @@ async fn postgres_require_never_falls_back_to_plaintext() {
         .expect("prefer connects in plaintext");
 }
 
+/// The status `/readyz` answers once the gateway listens (it may log a broker error first).
+async fn readiness(gateway_url: &str) -> u16 {
+    let url = format!("{gateway_url}/readyz");
+    wait_for_some(Duration::from_secs(30), || async {
+        let response = http_client().get(&url).send().await.ok()?;
+        Some(response.status().as_u16())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{url} never answered"))
+}
+
+/// tansu speaking plaintext behind stunnel, advertising stunnel's port, so every connection
+/// after the bootstrap is TLS too.
+struct TlsBroker {
+    _broker: Broker,
+    tunnel: Stunnel,
+    bootstrap: String,
+}
+
+impl TlsBroker {
+    async fn start(ca: &TestCa) -> TlsBroker {
+        let server = ca.issue("broker", "localhost", &["localhost", "127.0.0.1"]);
+        let tls_port = free_port();
+        let broker = Broker::start_advertising(tls_port).await;
+        let tunnel = Stunnel::start_on(tls_port, &server, broker.port()).await;
+        TlsBroker {
+            _broker: broker,
+            tunnel,
+            bootstrap: format!("127.0.0.1:{tls_port}"),
+        }
+    }
+}
+
 /// `security.protocol=SSL` trusting `ca`, for rdkafka clients of the test itself.
 fn tls_client(bootstrap: &str, ca: &TestCa) -> rdkafka::ClientConfig {
     let mut config = rdkafka::ClientConfig::new();
@@ -191,13 +224,8 @@ fn kafka_tls_toml(ca_pem: &std::path::Path) -> String {
 #[tokio::test]
 async fn usage_flows_through_a_tls_broker_and_a_wrong_ca_is_refused() {
     let ca = TestCa::new("kafka");
-    let server = ca.issue("broker", "localhost", &["localhost", "127.0.0.1"]);
-    // tansu speaks plaintext behind stunnel and advertises stunnel's port, so every connection
-    // after the bootstrap is TLS too.
-    let tls_port = free_port();
-    let (broker, db) = tokio::join!(Broker::start_advertising(tls_port), Database::start());
-    let tunnel = Stunnel::start_on(tls_port, &server, broker.port()).await;
-    let bootstrap = format!("127.0.0.1:{tls_port}");
+    let (tls_broker, db) = tokio::join!(TlsBroker::start(&ca), Database::start());
+    let (bootstrap, tunnel) = (tls_broker.bootstrap.clone(), &tls_broker.tunnel);
     create_topics(&bootstrap, &ca).await;
     let db_url = db.url();
     let mut migrate = ChildProcess::spawn(
@@ -275,16 +303,85 @@ async fn usage_flows_through_a_tls_broker_and_a_wrong_ca_is_refused() {
         .process
         .wait_for_log("certificate verify failed", Duration::from_secs(30))
         .await;
-    let ready = http_client()
-        .get(format!("{}/readyz", refused.url))
-        .send()
-        .await
-        .expect("GET /readyz");
-    assert_eq!(
-        ready.status(),
-        503,
-        "{}",
-        ready.text().await.unwrap_or_default()
-    );
+    assert_eq!(readiness(&refused.url).await, 503);
     refused.process.assert_running();
+}
+
+/// No broker here authenticates with SASL: tansu answers every mechanism of SaslHandshake with
+/// "unsupported" unless started with `--authentication`, whose users can only be created through
+/// an admin API rdkafka does not offer. What can be tested is tested: SCRAM over TLS is accepted
+/// by the configuration and librdkafka, the password comes from a file and is never printed
+/// (configuration or logs), librdkafka's SASL error reaches the log, and the gateway is not
+/// ready.
+#[tokio::test]
+async fn sasl_over_tls_takes_its_password_from_a_file_and_never_prints_it() {
+    const PASSWORD: &str = "kafka-pw-Zq81x";
+    let ca = TestCa::new("sasl");
+    let tls_broker = TlsBroker::start(&ca).await;
+    let password_file = ca.dir().join("kafka_password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password file");
+    let config = format!(
+        "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+         \"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"tokenledger\"\n\
+         \"sasl.password_file\" = \"{}\"\n\"ssl.ca.location\" = \"{}\"\n",
+        password_file.display(),
+        ca.ca_pem().display()
+    );
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config_path = config_dir.path().join("gateway.toml");
+    std::fs::write(&config_path, &config).expect("config");
+    let printed = std::process::Command::new(Binary::path("gateway"))
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--print-config")
+        .env("TOKENLEDGER_AUTH__ENABLED", "false")
+        .output()
+        .expect("gateway --print-config");
+    let stdout = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\"sasl.password\" = \"<read from file {}>\"",
+            password_file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD), "{stdout}");
+
+    let mut gateway =
+        Gateway::start("gateway-sasl", &tls_broker.bootstrap, &config, &[], false).await;
+    let line = gateway
+        .process
+        .wait_for_log(
+            "SASL SCRAM-SHA-512 mechanism handshake failed",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(line.contains("Unsupported SASL mechanism"), "{line}");
+    assert_eq!(readiness(&gateway.url).await, 503);
+    gateway.process.assert_running();
+    let log = gateway.process.log_contents();
+    assert!(!log.contains(PASSWORD), "the password reached the log");
+
+    // A missing password file stops startup, naming it.
+    std::fs::remove_file(&password_file).expect("remove");
+    let refused = std::process::Command::new(Binary::path("gateway"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("TOKENLEDGER_AUTH__ENABLED", "false")
+        .output()
+        .expect("gateway");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the secret file {}",
+            password_file.display()
+        )),
+        "{stderr}"
+    );
 }
