@@ -76,7 +76,7 @@ mod tests {
     use super::super::{load_with_secret_files, process_env, to_toml};
     use crate::Secret;
 
-    #[derive(Debug, Serialize, Deserialize)]
+    #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
     struct Sample {
         database: Database,
@@ -89,14 +89,6 @@ mod tests {
         #[serde(skip_serializing_if = "Option::is_none")]
         webhook: Option<Secret>,
         keys_file: Option<String>,
-    }
-
-    impl Default for Sample {
-        fn default() -> Self {
-            Self {
-                database: Database::default(),
-            }
-        }
     }
 
     impl Default for Database {
