@@ -78,6 +78,7 @@ const HUNDRED_THOUSAND_EACH: UsageQuantities = UsageQuantities {
     output: 100_000,
     reasoning: 0,
     calls: std::collections::BTreeMap::new(),
+    unpriced: std::collections::BTreeMap::new(),
 };
 
 fn rate(tenant: &str, model: &str, when: &str, tier: ServiceTier) -> Rating {

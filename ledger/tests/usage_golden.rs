@@ -61,6 +61,7 @@ fn q(
         output,
         reasoning,
         calls: BTreeMap::new(),
+        unpriced: BTreeMap::new(),
     }
 }
 
@@ -209,11 +210,12 @@ fn contradictory_or_malformed_usage_is_refused() {
     ));
     for format in UsageFormat::ALL {
         assert_eq!(format.as_str().parse::<UsageFormat>(), Ok(format));
-        // An empty usage object is zero usage, not an error.
-        assert_eq!(
+        // An empty usage object is a mistake (a wrong key, a dropped
+        // object), not a free call.
+        assert!(matches!(
             usage_format::quantities(format, &json!({})),
-            Ok(UsageQuantities::default())
-        );
+            Err(UsageFormatError::Empty { .. })
+        ));
     }
 }
 

@@ -197,6 +197,7 @@ mod tests {
             cache_write_1h_tokens: 0,
             service_tier: None,
             calls: Default::default(),
+            unpriced_tokens: Default::default(),
             estimated_cost: None,
             labels: BTreeMap::new(),
             received_at: at,

@@ -251,6 +251,7 @@ mod tests {
                 cache_write_1h_tokens: 0,
                 service_tier: None,
                 calls: Default::default(),
+                unpriced_tokens: Default::default(),
                 estimated_cost: None,
                 labels: Default::default(),
                 received_at: at,

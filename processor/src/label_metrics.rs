@@ -116,6 +116,7 @@ mod tests {
                 cache_write_1h_tokens: 0,
                 service_tier: None,
                 calls: Default::default(),
+                unpriced_tokens: Default::default(),
                 estimated_cost: None,
                 labels: use_case
                     .map(|v| [("use_case".to_owned(), v.to_owned())].into())

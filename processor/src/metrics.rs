@@ -87,6 +87,21 @@ struct UsageSum {
     completion_tokens: u64,
     cost_usd: f64,
     unpriced: u64,
+    /// Unpriced tokens by component label (see [`unpriced_label`]).
+    unpriced_tokens: BTreeMap<&'static str, u64>,
+}
+
+/// The metric label of an unpriced component: tokenledger's own names as
+/// they are, a field of a usage object (`usage.<field>`, chosen by whoever
+/// sent it) as one `usage_field`, so clients cannot grow the series.
+fn unpriced_label(component: &str) -> &'static str {
+    use ledger::pricebook::rating::{UNPRICED_INPUT, UNPRICED_OUTPUT};
+    UNPRICED_INPUT
+        .iter()
+        .chain(UNPRICED_OUTPUT)
+        .find(|known| **known == component)
+        .copied()
+        .unwrap_or("usage_field")
 }
 
 impl UsageSum {
@@ -99,6 +114,12 @@ impl UsageSum {
         if row.cost.status == ledger::PricingStatus::Unpriced {
             self.unpriced += 1;
         }
+        for (component, n) in &event.unpriced_tokens {
+            *self
+                .unpriced_tokens
+                .entry(unpriced_label(component))
+                .or_default() += u64::from(*n);
+        }
     }
 
     fn merge(&mut self, other: &UsageSum) {
@@ -107,6 +128,9 @@ impl UsageSum {
         self.completion_tokens += other.completion_tokens;
         self.cost_usd += other.cost_usd;
         self.unpriced += other.unpriced;
+        for (component, n) in &other.unpriced_tokens {
+            *self.unpriced_tokens.entry(component).or_default() += n;
+        }
     }
 }
 
@@ -125,6 +149,7 @@ pub struct Metrics {
     events_conflict: IntCounter,
     events_dead_lettered: IntCounterVec,
     events_unpriced: IntCounterVec,
+    tokens_unpriced: IntCounterVec,
     batch_size: Histogram,
     batch_duration: Histogram,
     end_to_end_latency: Histogram,
@@ -206,6 +231,12 @@ impl Metrics {
             "Stored usage events without a known price (stored at cost 0).",
             &["provider", "model"],
         )?;
+        let tokens_unpriced = int_counter_vec(
+            "tokenledger_tokens_unpriced_total",
+            "Tokens of stored events the price book has no rate for, by component; the events' \
+             cost covers their other tokens and pricing_rule names these.",
+            &["provider", "model", "component"],
+        )?;
         let batch_size = histogram(
             "tokenledger_batch_size",
             "Records per committed batch.",
@@ -263,6 +294,7 @@ impl Metrics {
             events_conflict,
             events_dead_lettered,
             events_unpriced,
+            tokens_unpriced,
             batch_size,
             batch_duration,
             end_to_end_latency,
@@ -357,6 +389,11 @@ impl Metrics {
             if sum.unpriced > 0 {
                 *unpriced.entry([labels[0], labels[1]]).or_default() += sum.unpriced;
             }
+            for (component, n) in &sum.unpriced_tokens {
+                self.tokens_unpriced
+                    .with_label_values(&[labels[0], labels[1], component])
+                    .inc_by(*n);
+            }
         }
         for (labels, count) in &unpriced {
             self.events_unpriced
@@ -413,181 +450,4 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ledger::{Cost, PricingStatus, UsageEvent};
-    use rust_decimal::Decimal;
-
-    #[test]
-    fn label_bound_admits_first_values_then_folds_the_rest() {
-        let mut bound = LabelBound::new(2);
-        assert_eq!(bound.label("a"), "a");
-        assert_eq!(bound.label("b"), "b");
-        assert_eq!(bound.label("c"), OTHER_LABEL);
-        assert_eq!(bound.label("a"), "a", "admitted values stay admitted");
-        assert_eq!(bound.label("d"), OTHER_LABEL);
-        let mut none = LabelBound::new(0);
-        assert_eq!(none.label("x"), OTHER_LABEL);
-    }
-
-    fn row(tenant: &str, model: &str, status: PricingStatus) -> PricedEvent {
-        let now = Utc::now();
-        PricedEvent {
-            event: UsageEvent {
-                id: uuid::Uuid::now_v7(),
-                created_at: now,
-                tenant_id: tenant.into(),
-                user_id: None,
-                provider: "openai".into(),
-                model: model.into(),
-                prompt_tokens: 7,
-                completion_tokens: 3,
-                total_tokens: 10,
-                cached_prompt_tokens: 0,
-                cache_write_tokens: 0,
-                reasoning_tokens: 0,
-                cache_write_1h_tokens: 0,
-                service_tier: None,
-                calls: Default::default(),
-                estimated_cost: None,
-                labels: Default::default(),
-                received_at: now,
-                request_id: None,
-            },
-            cost: Cost {
-                usd: Decimal::new(25, 2),
-                status,
-            },
-            pricing: Default::default(),
-            content_sha256: [0; 32],
-            record_index: 0,
-            source_partition: 0,
-            source_offset: 0,
-        }
-    }
-
-    fn value_of(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse().ok())
-    }
-
-    #[test]
-    fn batch_sums_fold_into_the_same_series_as_row_by_row_counting() {
-        let metrics = Metrics::new(1, 200).expect("metrics");
-        let no_dead_letters = BTreeMap::new();
-        let batch = |rows| CommittedBatch {
-            consumed: <[PricedEvent]>::len(rows),
-            new_rows: rows,
-            duplicates: 0,
-            conflicts: 0,
-            dead_lettered: &no_dead_letters,
-            committed_at: Utc::now(),
-        };
-        let duration = std::time::Duration::from_millis(1);
-        let first = vec![
-            row("t1", "gpt-4o", PricingStatus::Unpriced),
-            row("t2", "gpt-4o", PricingStatus::Unpriced),
-            row("t3", "gpt-4o", PricingStatus::Unpriced),
-            row("t1", "gpt-4o", PricingStatus::Priced),
-        ];
-        metrics.record_batch(&batch(&first), duration);
-        let second = vec![row("t2", "gpt-4o", PricingStatus::Priced)];
-        metrics.record_batch(&batch(&second), duration);
-        let text = metrics.render();
-        let series = |name: &str, tenant: &str| {
-            format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
-        };
-        let total = "axonflow_orchestrator_provider_total_tokens";
-        assert_eq!(value_of(&text, &series(total, "t1")), Some(20.0), "{text}");
-        assert_eq!(value_of(&text, &series(total, "__other__")), Some(30.0));
-        let cost = "axonflow_orchestrator_provider_total_cost";
-        assert_eq!(value_of(&text, &series(cost, "t1")), Some(0.5));
-        assert_eq!(value_of(&text, &series(cost, "__other__")), Some(0.75));
-        assert_eq!(
-            value_of(
-                &text,
-                "tokenledger_events_unpriced_total{model=\"gpt-4o\",provider=\"openai\"}"
-            ),
-            Some(3.0)
-        );
-        assert_eq!(
-            value_of(&text, "tokenledger_end_to_end_latency_seconds_count"),
-            Some(5.0),
-            "one latency observation per new row"
-        );
-    }
-
-    #[test]
-    fn guide_counters_have_exact_names_labels_and_bounded_cardinality() {
-        let metrics = Metrics::new(2, 200).expect("metrics");
-        let new_rows = vec![
-            row("t1", "gpt-4o", PricingStatus::Priced),
-            row("t2", "gpt-4o", PricingStatus::Priced),
-            row("t3", "gpt-4o", PricingStatus::Unpriced),
-            row("t4", "gpt-4o", PricingStatus::Priced),
-        ];
-        let batch = CommittedBatch {
-            consumed: 5,
-            new_rows: &new_rows,
-            duplicates: 1,
-            conflicts: 0,
-            dead_lettered: &[(Reason::Undecodable, 1)].into(),
-            committed_at: Utc::now(),
-        };
-        metrics.record_batch(&batch, std::time::Duration::from_millis(3));
-        let text = metrics.render();
-        let series = |name: &str, tenant: &str| {
-            format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
-        };
-        let total = "axonflow_orchestrator_provider_total_tokens";
-        assert_eq!(value_of(&text, &series(total, "t1")), Some(10.0), "{text}");
-        assert_eq!(value_of(&text, &series(total, "t2")), Some(10.0));
-        assert_eq!(value_of(&text, &series(total, "__other__")), Some(20.0));
-        assert_eq!(value_of(&text, &series(total, "t3")), None);
-        let cost = "axonflow_orchestrator_provider_total_cost";
-        assert_eq!(value_of(&text, &series(cost, "__other__")), Some(0.5));
-        let prompt = "axonflow_orchestrator_provider_prompt_tokens";
-        assert_eq!(value_of(&text, &series(prompt, "t1")), Some(7.0));
-        let completion = "axonflow_orchestrator_provider_completion_tokens";
-        assert_eq!(value_of(&text, &series(completion, "t1")), Some(3.0));
-        assert_eq!(
-            value_of(
-                &text,
-                "tokenledger_events_unpriced_total{model=\"gpt-4o\",provider=\"openai\"}"
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value_of(&text, "tokenledger_events_consumed_total"),
-            Some(5.0)
-        );
-        assert_eq!(
-            value_of(&text, "tokenledger_events_inserted_total"),
-            Some(4.0)
-        );
-        assert_eq!(
-            value_of(&text, "tokenledger_events_duplicate_total"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value_of(
-                &text,
-                "tokenledger_events_dead_lettered_total{reason=\"undecodable\"}"
-            ),
-            Some(1.0)
-        );
-        assert_eq!(value_of(&text, "tokenledger_processor_up"), Some(1.0));
-        for name in [
-            "tokenledger_batch_size_bucket",
-            "tokenledger_batch_duration_seconds_bucket",
-            "tokenledger_end_to_end_latency_seconds_bucket",
-            "tokenledger_last_commit_timestamp_seconds",
-            "tokenledger_db_retries_total",
-            "tokenledger_events_conflict_total",
-        ] {
-            assert!(text.contains(name), "{name} missing from\n{text}");
-        }
-    }
-}
+mod tests;

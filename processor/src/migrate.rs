@@ -41,6 +41,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V9__use_case_rollup.sql",
         include_str!("../../sql/V9__use_case_rollup.sql"),
     ),
+    (
+        "V10__unpriced_tokens.sql",
+        include_str!("../../sql/V10__unpriced_tokens.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

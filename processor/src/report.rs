@@ -37,6 +37,10 @@ pub struct Totals {
     pub total_tokens: i64,
     pub cost_usd: Decimal,
     pub unpriced_rows: i64,
+    /// Rows priced but for some of their tokens (`unpriced_tokens`), and
+    /// those tokens by component.
+    pub partly_priced_rows: i64,
+    pub unpriced_tokens: Vec<(String, i64)>,
     pub first_created_at: Option<DateTime<Utc>>,
     pub last_created_at: Option<DateTime<Utc>>,
 }
@@ -98,11 +102,24 @@ pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
             "SELECT count(*), count(DISTINCT tenant_id), count(DISTINCT (provider, model)),
                     COALESCE(sum(total_tokens), 0)::BIGINT, COALESCE(sum(estimated_cost), 0),
                     count(*) FILTER (WHERE pricing_status = 'unpriced'),
-                    min(created_at), max(created_at)
+                    min(created_at), max(created_at),
+                    count(*) FILTER (WHERE unpriced_tokens IS NOT NULL)
              FROM gateway_mode_audit",
             &[],
         )
         .await?;
+    let unpriced_tokens = client
+        .query(
+            "SELECT component, sum(tokens::bigint)::bigint
+             FROM gateway_mode_audit, jsonb_each_text(unpriced_tokens) AS u(component, tokens)
+             WHERE unpriced_tokens IS NOT NULL
+             GROUP BY component ORDER BY component",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
     let totals = Totals {
         rows: totals_row.get(0),
         tenants: totals_row.get(1),
@@ -110,6 +127,8 @@ pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
         total_tokens: totals_row.get(3),
         cost_usd: totals_row.get(4),
         unpriced_rows: totals_row.get(5),
+        partly_priced_rows: totals_row.get(8),
+        unpriced_tokens,
         first_created_at: totals_row.get(6),
         last_created_at: totals_row.get(7),
     };
@@ -295,6 +314,7 @@ impl Report {
                 "total_tokens",
                 "cost_usd",
                 "unpriced",
+                "partly_priced",
                 "first",
                 "last",
             ],
@@ -305,6 +325,7 @@ impl Report {
                 totals.total_tokens.to_string(),
                 totals.cost_usd.round_dp(6).to_string(),
                 totals.unpriced_rows.to_string(),
+                totals.partly_priced_rows.to_string(),
                 totals
                     .first_created_at
                     .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
@@ -313,6 +334,16 @@ impl Report {
                     .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
             ]],
         ));
+        if !totals.unpriced_tokens.is_empty() {
+            // Counted but left out of cost_usd: the book has no rate for them.
+            out.push_str("\ntokens not priced (gateway_mode_audit.unpriced_tokens)\n");
+            let rows: Vec<Vec<String>> = totals
+                .unpriced_tokens
+                .iter()
+                .map(|(component, tokens)| vec![component.clone(), tokens.to_string()])
+                .collect();
+            out.push_str(&render_table(&["component", "tokens"], &rows));
+        }
         out
     }
 }
@@ -448,6 +479,8 @@ mod tests {
                 total_tokens: 300,
                 cost_usd: Decimal::new(12_345, 7),
                 unpriced_rows: 0,
+                partly_priced_rows: 0,
+                unpriced_tokens: vec![],
                 first_created_at: None,
                 last_created_at: None,
             },
@@ -507,6 +540,8 @@ mod tests {
                 total_tokens: 240,
                 cost_usd: Decimal::new(156, 0),
                 unpriced_rows: 0,
+                partly_priced_rows: 0,
+                unpriced_tokens: vec![],
                 first_created_at: None,
                 last_created_at: None,
             },

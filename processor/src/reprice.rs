@@ -47,7 +47,7 @@ SELECT id, created_at, tenant_id, user_id, provider, model,
        prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens, cache_write_tokens,
        reasoning_tokens, COALESCE(cache_write_1h_tokens, 0), service_tier, calls,
        estimated_cost, pricing_status, list_cost, price_entry, price_book_version, pricing_rule,
-       cost_source, labels, received_at
+       cost_source, labels, received_at, unpriced_tokens
 FROM gateway_mode_audit
 WHERE created_at >= $1 AND created_at < $2
   AND ($3::text IS NULL OR tenant_id = $3)
@@ -319,6 +319,9 @@ fn read_row(row: &Row) -> Stored {
     let status: String = row.get(16);
     let cost: Decimal = row.get(15);
     let calls: Option<Json<BTreeMap<String, u32>>> = row.get(14);
+    // Re-pricing must leave out what ingestion left out, or audio tokens
+    // would turn into text input on the next run.
+    let unpriced: Option<Json<BTreeMap<String, u32>>> = row.get(24);
     let labels: Json<BTreeMap<String, String>> =
         row.try_get(22).unwrap_or_else(|_| Json(BTreeMap::new()));
     let tier: Option<String> = row.get(13);
@@ -338,6 +341,7 @@ fn read_row(row: &Row) -> Stored {
         cache_write_1h_tokens: count(12),
         service_tier: tier.and_then(|t| t.parse::<ServiceTier>().ok()),
         calls: calls.map(|Json(calls)| calls).unwrap_or_default(),
+        unpriced_tokens: unpriced.map(|Json(u)| u).unwrap_or_default(),
         // The caller's own cost stays the cost; the book restates only the
         // list cost beside it.
         estimated_cost: (status == PricingStatus::Provided.as_str()).then_some(cost),

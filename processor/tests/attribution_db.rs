@@ -47,6 +47,7 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: use_case
             .map(|value| [("use_case".to_owned(), value.to_owned())].into())

@@ -150,6 +150,7 @@ fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: Some(cost.parse().expect("decimal")),
         labels: Default::default(),
         received_at: Utc::now(),

@@ -85,6 +85,7 @@ fn event(tenant: &str, n: u32) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: now,

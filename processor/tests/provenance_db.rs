@@ -46,6 +46,7 @@ fn event(model: &str, prompt: u32, output: u32) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: now,

@@ -85,6 +85,7 @@ fn event(tenant: &str, model: &str, prompt: u32, at: DateTime<Utc>) -> UsageEven
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: Utc::now().trunc_subsecs(6),

@@ -67,6 +67,7 @@ fn event(tenant: &str, prompt_tokens: u32, age: chrono::Duration) -> UsageEvent 
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: now,

@@ -74,6 +74,7 @@ fn event(model: &str, prompt_tokens: u32) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: BTreeMap::new(),
         received_at: now,

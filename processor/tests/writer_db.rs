@@ -85,6 +85,7 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: [("feature".to_string(), "support-bot".to_string())].into(),
         received_at: now,

@@ -106,6 +106,7 @@ fn events(rng: &mut Rng, count: usize, start: DateTime<Utc>, days: i64) -> Vec<U
                 cache_write_1h_tokens: 0,
                 service_tier: None,
                 calls: Default::default(),
+                unpriced_tokens: Default::default(),
                 estimated_cost: (rng.below(20) == 0).then(|| Decimal::new(1_234_567, 9)),
                 labels: rng
                     .pick(&USE_CASES)

@@ -136,6 +136,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: Some(cost),
         labels,
         received_at: created_at,

@@ -38,6 +38,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: labels
             .iter()

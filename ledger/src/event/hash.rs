@@ -40,6 +40,7 @@ impl UsageEvent {
             cache_write_1h_tokens: self.cache_write_1h_tokens,
             service_tier: self.service_tier,
             calls: &self.calls,
+            unpriced_tokens: &self.unpriced_tokens,
             estimated_cost: self.estimated_cost,
             labels: &self.labels,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
@@ -81,6 +82,8 @@ struct Content<'a> {
     service_tier: Option<ServiceTier>,
     #[serde(skip_serializing_if = "no_calls")]
     calls: &'a BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unpriced_tokens: &'a BTreeMap<String, u32>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "rust_decimal::serde::str_option::serialize"

@@ -55,6 +55,10 @@ pub const MAX_CALL_KIND_CHARS: usize = 64;
 /// Calls of one kind in one LLM request; providers cap server-side tool
 /// use per request far below this, so more is a unit mistake.
 pub const MAX_CALLS_PER_KIND: u32 = 100_000;
+/// Unpriced token components one event may count; a usage object with more
+/// count fields nobody knows is not one a provider sent.
+pub const MAX_UNPRICED_COMPONENTS: usize = 8;
+pub const MAX_UNPRICED_COMPONENT_CHARS: usize = 80;
 /// No single LLM call costs a million dollars; anything above is a unit
 /// mistake (micro-dollars sent as dollars) and would poison every rollup.
 pub const MAX_ESTIMATED_COST_USD: i64 = 1_000_000;
@@ -95,7 +99,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
 /// their meaning); `cache_write_1h_tokens` are 1-hour writes.
 ///
 /// The fields added for pricing (`cache_write_1h_tokens`, `service_tier`,
-/// `calls`) are left out of the Kafka form when zero, absent or empty, so an
+/// `calls`, `unpriced_tokens`) are left out of the Kafka form when zero, absent or empty, so an
 /// event that does not use them serialises, and hashes, exactly as before
 /// they existed, and records written before them still decode.
 /// `created_at` is truncated to microseconds, the precision of the database,
@@ -129,6 +133,12 @@ pub struct UsageEvent {
     /// Server-side tool calls billed per call, by kind (`web_search`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub calls: BTreeMap<String, u32>,
+    /// Tokens the provider's usage object counted that the book has no rate
+    /// for, by component (`input_audio`, `input_cache_write_12h`,
+    /// `usage.<field>`); see [`crate::pricebook::UnpricedSide`] for which
+    /// total each is part of. Filled from `usage` only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unpriced_tokens: BTreeMap<String, u32>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

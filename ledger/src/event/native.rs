@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::rules::type_name;
+use super::rules::{check_unpriced, type_name};
 use super::{FieldError, MAX_CALLS_PER_KIND};
 use crate::pricebook::{ServiceTier, UsageQuantities};
 use crate::usage_format::{self, UsageFormat};
@@ -30,6 +30,7 @@ pub(super) struct Mapped {
     pub reasoning_tokens: u32,
     pub service_tier: Option<ServiceTier>,
     pub calls: BTreeMap<String, u32>,
+    pub unpriced_tokens: BTreeMap<String, u32>,
 }
 
 /// The names the event accepts for each format: tokenledger's own and the
@@ -110,6 +111,11 @@ fn map(format: UsageFormat, usage: &Value) -> Result<Mapped, String> {
         }
         calls.insert(kind.clone(), n);
     }
+    let mut unpriced_tokens = BTreeMap::new();
+    for (component, n) in &q.unpriced {
+        unpriced_tokens.insert(component.clone(), count(component, *n)?);
+    }
+    check_unpriced(&unpriced_tokens)?;
     Ok(Mapped {
         prompt_tokens: count("prompt tokens", q.prompt_tokens())?,
         completion_tokens: count("completion tokens", q.completion_tokens())?,
@@ -119,6 +125,7 @@ fn map(format: UsageFormat, usage: &Value) -> Result<Mapped, String> {
         reasoning_tokens: count("reasoning tokens", q.reasoning)?,
         service_tier,
         calls,
+        unpriced_tokens,
     })
 }
 

@@ -161,6 +161,7 @@ impl UsageEvent {
             cache_write_1h_tokens: tokens.cache_write_1h,
             service_tier: tokens.service_tier,
             calls: tokens.calls,
+            unpriced_tokens: tokens.unpriced,
             estimated_cost: estimated_cost.flatten(),
             labels: labels.flatten().unwrap_or_default(),
             received_at: now,
@@ -194,6 +195,7 @@ struct ResolvedTokens {
     reasoning: u32,
     service_tier: Option<ServiceTier>,
     calls: BTreeMap<String, u32>,
+    unpriced: BTreeMap<String, u32>,
 }
 
 impl Tokens {
@@ -234,6 +236,7 @@ impl Tokens {
                 reasoning: reasoning.unwrap_or(0),
                 service_tier,
                 calls,
+                unpriced: BTreeMap::new(),
             });
         };
         let service_tier = match (service_tier, m.service_tier) {
@@ -264,6 +267,7 @@ impl Tokens {
             reasoning: native::agree("reasoning_tokens", reasoning, m.reasoning_tokens, errors),
             service_tier,
             calls: native::merge_calls(calls, m.calls, errors),
+            unpriced: m.unpriced_tokens,
         })
     }
 }

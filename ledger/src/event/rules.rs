@@ -11,8 +11,10 @@ use uuid::Uuid;
 use super::{
     EventError, FieldError, UsageEvent, MAX_CALLS_PER_KIND, MAX_CALL_KINDS, MAX_CALL_KIND_CHARS,
     MAX_COST_SCALE, MAX_ESTIMATED_COST_USD, MAX_LABELS, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS,
-    MAX_MODEL_CHARS, MAX_PROVIDER_CHARS, MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT, MAX_USER_ID_CHARS,
+    MAX_MODEL_CHARS, MAX_PROVIDER_CHARS, MAX_TENANT_ID_CHARS, MAX_TOKEN_COUNT,
+    MAX_UNPRICED_COMPONENTS, MAX_UNPRICED_COMPONENT_CHARS, MAX_USER_ID_CHARS,
 };
+use crate::pricebook::UnpricedSide;
 
 impl UsageEvent {
     /// The rules every event must satisfy wherever it came from, including
@@ -73,6 +75,38 @@ impl UsageEvent {
                 )),
             );
         }
+        let unpriced = |side| {
+            self.unpriced_tokens
+                .iter()
+                .filter(|(component, _)| UnpricedSide::of(component) == side)
+                .map(|(_, n)| u64::from(*n))
+                .sum::<u64>()
+        };
+        let unpriced_in = unpriced(UnpricedSide::Input);
+        if unpriced_in > 0 && cached + unpriced_in > u64::from(self.prompt_tokens) {
+            check(
+                "unpriced_tokens",
+                Err(format!(
+                    "cached and cache-write tokens with the unpriced prompt tokens ({}) cannot exceed prompt_tokens ({}), which includes them",
+                    cached + unpriced_in,
+                    self.prompt_tokens
+                )),
+            );
+        }
+        let unpriced_out = unpriced(UnpricedSide::Output);
+        if unpriced_out > 0
+            && u64::from(self.reasoning_tokens) + unpriced_out > u64::from(self.completion_tokens)
+        {
+            check(
+                "unpriced_tokens",
+                Err(format!(
+                    "reasoning tokens with the unpriced completion tokens ({}) cannot exceed completion_tokens ({}), which includes them",
+                    u64::from(self.reasoning_tokens) + unpriced_out,
+                    self.completion_tokens
+                )),
+            );
+        }
+        check("unpriced_tokens", check_unpriced(&self.unpriced_tokens));
         if self.reasoning_tokens > self.completion_tokens {
             check(
                 "reasoning_tokens",
@@ -248,6 +282,36 @@ pub(super) fn check_calls(calls: &BTreeMap<String, u32>) -> Result<(), String> {
         if *count == 0 || *count > MAX_CALLS_PER_KIND {
             return Err(format!(
                 "call count of {kind:?} must be 1-{MAX_CALLS_PER_KIND}, got {count}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unpriced components: a few, named by tokenledger or after the usage
+/// field they came from, each a positive count.
+pub(super) fn check_unpriced(unpriced: &BTreeMap<String, u32>) -> Result<(), String> {
+    if unpriced.len() > MAX_UNPRICED_COMPONENTS {
+        return Err(format!(
+            "at most {MAX_UNPRICED_COMPONENTS} unpriced components, got {}",
+            unpriced.len()
+        ));
+    }
+    for (component, count) in unpriced {
+        let name_ok = !component.is_empty()
+            && component.len() <= MAX_UNPRICED_COMPONENT_CHARS
+            && component
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "unpriced component {:?} must be 1-{MAX_UNPRICED_COMPONENT_CHARS} ASCII letters, digits, '-', '_' or '.'",
+                printable(component)
+            ));
+        }
+        if *count == 0 || *count > MAX_TOKEN_COUNT {
+            return Err(format!(
+                "unpriced count of {component:?} must be 1-{MAX_TOKEN_COUNT}, got {count}"
             ));
         }
     }

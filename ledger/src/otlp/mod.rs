@@ -323,6 +323,7 @@ impl SpanContext<'_> {
             cache_write_1h_tokens: 0,
             service_tier: None,
             calls: Default::default(),
+            unpriced_tokens: Default::default(),
             estimated_cost: None,
             labels,
             received_at: self.received_at,

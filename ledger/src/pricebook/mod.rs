@@ -41,8 +41,8 @@ pub use entry::{
 };
 pub use file::PriceFile;
 pub use rating::{
-    Cost, PricingStatus, Provenance, Rating, RatingRequest, UnpricedReason, UsageQuantities,
-    COST_DECIMAL_PLACES,
+    Cost, PricingStatus, Provenance, Rating, RatingRequest, UnpricedReason, UnpricedSide,
+    UsageQuantities, COST_DECIMAL_PLACES,
 };
 pub use resolve::MatchKind;
 pub use tenant::{TenantRule, TenantTerms};
@@ -342,6 +342,12 @@ impl PriceBook {
             }),
             contract: rule.and_then(|r| r.contract.clone()),
             unpriced,
+            unpriced_tokens: quantities
+                .unpriced
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(component, n)| (component.clone(), *n))
+                .collect(),
             rule: String::new(),
         };
         provenance.rule = describe(&provenance, request.supplied_cost.is_some(), &tier_rule);

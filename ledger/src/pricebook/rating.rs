@@ -33,9 +33,14 @@ const CALLS_PER_PRICE_UNIT: Decimal = Decimal::from_parts(1_000, 0, 0, false, 0)
 ///   reports thinking inside its output count (Anthropic) leaves this 0.
 /// - `calls`: server-side tool calls billed per call, by name
 ///   (`web_search`).
+/// - `unpriced`: tokens the book has no rate for, by component (see
+///   [`UnpricedSide`]): OpenAI audio, 12-hour cache writes, a count field no
+///   format knows yet (`usage.<field>`). They are counted, never charged, and
+///   the rating names them.
 ///
 /// The prompt length that decides a long-context tier is
-/// `input_uncached + cache_read + cache_write_5m + cache_write_1h`.
+/// `input_uncached + cache_read + cache_write_5m + cache_write_1h` and the
+/// unpriced prompt components.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UsageQuantities {
@@ -47,6 +52,35 @@ pub struct UsageQuantities {
     pub reasoning: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub calls: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unpriced: BTreeMap<String, u64>,
+}
+
+/// Which of a usage's totals an unpriced component is part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpricedSide {
+    /// Inside the prompt (`input_audio`, `input_cache_write_12h`).
+    Input,
+    /// Inside the completion (`output_audio`).
+    Output,
+    /// Neither, as far as anyone can tell: a field no format knows.
+    Apart,
+}
+
+/// The unpriced components tokenledger knows, by the total they are part of.
+pub const UNPRICED_INPUT: &[&str] = &["input_audio", "input_cache_write_12h"];
+pub const UNPRICED_OUTPUT: &[&str] = &["output_audio"];
+
+impl UnpricedSide {
+    pub fn of(component: &str) -> Self {
+        if UNPRICED_INPUT.contains(&component) {
+            Self::Input
+        } else if UNPRICED_OUTPUT.contains(&component) {
+            Self::Output
+        } else {
+            Self::Apart
+        }
+    }
 }
 
 impl UsageQuantities {
@@ -56,11 +90,22 @@ impl UsageQuantities {
             .saturating_add(self.cache_read)
             .saturating_add(self.cache_write_5m)
             .saturating_add(self.cache_write_1h)
+            .saturating_add(self.unpriced_on(UnpricedSide::Input))
     }
 
     /// Every generated token, reasoning included.
     pub fn completion_tokens(&self) -> u64 {
-        self.output.saturating_add(self.reasoning)
+        self.output
+            .saturating_add(self.reasoning)
+            .saturating_add(self.unpriced_on(UnpricedSide::Output))
+    }
+
+    /// The unpriced tokens inside one total.
+    pub fn unpriced_on(&self, side: UnpricedSide) -> u64 {
+        self.unpriced
+            .iter()
+            .filter(|(component, _)| UnpricedSide::of(component) == side)
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
     }
 }
 
@@ -138,6 +183,9 @@ pub struct Provenance {
     /// The agreement the tenant rule cites.
     pub contract: Option<String>,
     pub unpriced: Option<UnpricedReason>,
+    /// Tokens counted but not priced, by component: the cost covers the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unpriced_tokens: BTreeMap<String, u64>,
     /// One line saying all of the above.
     pub rule: String,
 }
@@ -279,6 +327,14 @@ pub(crate) fn describe(p: &Provenance, supplied: bool, tier_rule: &str) -> Strin
     }
     if let Some(reason) = &p.unpriced {
         let _ = write!(rule, "; unpriced: {}", unpriced_text(reason));
+    }
+    let mut parts = p.unpriced_tokens.iter().filter(|(_, n)| **n > 0).peekable();
+    if parts.peek().is_some() {
+        rule.push_str("; not priced:");
+        for (index, (component, n)) in parts.enumerate() {
+            let sep = if index == 0 { " " } else { ", " };
+            let _ = write!(rule, "{sep}{component} {n} tokens");
+        }
     }
     rule
 }

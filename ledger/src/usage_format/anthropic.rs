@@ -28,12 +28,17 @@ pub(super) fn messages(f: &Fields<'_>) -> Result<UsageQuantities, UsageFormatErr
     } else {
         (written, 0)
     };
+    // `output_tokens` includes the thinking that `output_tokens_details`
+    // counts apart; Anthropic bills both at the output rate.
+    let output = f.count("output_tokens")?;
+    let thinking = f.count("output_tokens_details.thinking_tokens")?;
     let mut quantities = UsageQuantities {
         input_uncached: f.count("input_tokens")?,
         cache_read: f.count("cache_read_input_tokens")?,
         cache_write_5m,
         cache_write_1h,
-        output: f.count("output_tokens")?,
+        output: f.minus(("output_tokens", output), ("thinking_tokens", thinking))?,
+        reasoning: thinking,
         ..UsageQuantities::default()
     };
     let searches = f.count("server_tool_use.web_search_requests")?;

@@ -15,6 +15,7 @@ mod anthropic;
 mod bedrock;
 mod gemini;
 mod openai;
+mod shape;
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,6 +97,25 @@ pub enum UsageFormatError {
     UnknownFormat(String),
     #[error("{format} usage must be a JSON object")]
     NotAnObject { format: UsageFormat },
+    #[error("{format} usage is empty: expected an object with some of {expected}")]
+    Empty {
+        format: UsageFormat,
+        expected: String,
+    },
+    #[error("{format} usage has none of its count fields ({expected}) with a value")]
+    NoCounts {
+        format: UsageFormat,
+        expected: String,
+    },
+    #[error(
+        "{format} usage has fields of {looks_like} usage ({fields}); \
+         send usage_format {looks_like} if that is where it came from"
+    )]
+    OtherFormat {
+        format: UsageFormat,
+        looks_like: UsageFormat,
+        fields: String,
+    },
     #[error("{format} usage field {field}: {message}")]
     Field {
         format: UsageFormat,
@@ -125,14 +145,21 @@ pub fn quantities(format: UsageFormat, usage: &Value) -> Result<UsageQuantities,
     let object = usage
         .as_object()
         .ok_or(UsageFormatError::NotAnObject { format })?;
+    shape::recognise(format, object)?;
     let fields = Fields { format, object };
-    match format {
+    let mut quantities = match format {
         UsageFormat::OpenAiChatCompletions => openai::chat_completions(&fields),
         UsageFormat::OpenAiResponses => openai::responses(&fields),
         UsageFormat::AnthropicMessages => anthropic::messages(&fields),
         UsageFormat::GeminiGenerateContent => gemini::generate_content(&fields),
         UsageFormat::BedrockConverse => bedrock::converse(&fields),
-    }
+    }?;
+    // A count tokenledger does not know is kept beside the priced ones: the
+    // book cannot price it, and the rating says so.
+    quantities
+        .unpriced
+        .extend(shape::unknown_counts(format, object));
+    Ok(quantities)
 }
 
 /// Reads a whole response body: its usage object, and the model and
@@ -198,6 +225,27 @@ impl Fields<'_> {
             Some(value) => value
                 .as_u64()
                 .ok_or_else(|| self.field(path, "must be a non-negative integer")),
+        }
+    }
+
+    /// A count SDKs spell two ways (Gemini's wire camelCase and its Python
+    /// SDK's snake_case): either spelling, and both only when they agree.
+    fn count_either(&self, wire: &str, sdk: &str) -> Result<u64, UsageFormatError> {
+        let present = |key: &str| self.object.get(key).is_some_and(|v| !v.is_null());
+        match (present(wire), present(sdk)) {
+            (true, true) => {
+                let (a, b) = (self.count(wire)?, self.count(sdk)?);
+                if a == b {
+                    Ok(a)
+                } else {
+                    Err(UsageFormatError::Inconsistent {
+                        format: self.format,
+                        message: format!("{wire} is {a} but {sdk} is {b}"),
+                    })
+                }
+            }
+            (false, true) => self.count(sdk),
+            _ => self.count(wire),
         }
     }
 

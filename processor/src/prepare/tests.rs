@@ -28,6 +28,7 @@ pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: None,
         labels: Default::default(),
         received_at: Utc
