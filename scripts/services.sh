@@ -7,6 +7,9 @@
 # FOCUS export.
 #
 #   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
+#   scripts/services.sh install --demo
+#                                 the same without the tests' TimescaleDB build (the demo runs on
+#                                 PGlite and keeps its cold start)
 #   scripts/services.sh env       print `export TOKENLEDGER_..._BIN=...` lines for the test harness
 #   scripts/services.sh start     run broker + database in the background for the demo
 #   scripts/services.sh stop      stop them
@@ -371,7 +374,11 @@ cmd_install() {
   local t0=$SECONDS
   mkdir -p "$CACHE"
   install_tansu
-  install_timescaledb
+  case "${1:-}" in
+  --demo) ;;
+  "") install_timescaledb ;;
+  *) die "install: unknown option $1" ;;
+  esac
   install_pglite
   install_prometheus
   install_python_venv
@@ -386,9 +393,10 @@ cmd_env() {
   [ -f "$dir/.installed" ] || die "pglite is not installed: run scripts/services.sh install"
   sync_pglite_server
   printf 'export TOKENLEDGER_TANSU_BIN=%q\n' "$TANSU_BIN"
-  [ -x "$PG_BIN_DIR/postgres" ] && installed_timescaledb ||
-    die "PostgreSQL $PG_MAJOR with TimescaleDB $TIMESCALEDB_VERSION is not installed: run scripts/services.sh install"
-  printf 'export TOKENLEDGER_PG_BIN_DIR=%q\n' "$PG_BIN_DIR"
+  # Only once installed (`install --demo` leaves it out): the tests that need it say so.
+  if [ -x "$PG_BIN_DIR/postgres" ] && installed_timescaledb; then
+    printf 'export TOKENLEDGER_PG_BIN_DIR=%q\n' "$PG_BIN_DIR"
+  fi
   printf 'export TOKENLEDGER_PGLITE_SERVER=%q\n' "$dir/server.mjs"
   printf 'export TOKENLEDGER_NODE_BIN=%q\n' "$(command -v node)"
   printf 'export TOKENLEDGER_PROMETHEUS_BIN=%q\n' "$(command -v prometheus)"
@@ -530,11 +538,11 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
-install) cmd_install ;;
+install) cmd_install "${2:-}" ;;
 env) cmd_env ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
