@@ -3,10 +3,12 @@
 # missing (scripts/services.sh), builds the release binaries, then runs `tokenledger-bench`, which
 # starts broker, database, `processor migrate`, processor and gateway on free loopback ports,
 # measures the ceilings (raw rdkafka produce, raw binary COPY) and drives the gateway over HTTP;
-# prints a Markdown table and writes target/bench/report.json.
+# prints a Markdown table and writes target/bench/report.json. The database is PostgreSQL 15 +
+# TimescaleDB 2.28.3 Community, the one the tests use (scripts/services.sh builds it).
 #
 #   scripts/bench.sh              full run (about 8 minutes)
 #   scripts/bench.sh --quick      smoke run (about 3 minutes)
+#   scripts/bench.sh --pglite     against PGlite + TimescaleDB 2.23 (the demo's database)
 #   scripts/bench.sh --native     against native PostgreSQL 17 + TimescaleDB (Apache edition),
 #                                 installed by scripts/native-timescaledb.sh (needs root)
 #   scripts/bench.sh -- ARGS      pass ARGS to tokenledger-bench (see `--help` there), e.g.
@@ -24,12 +26,16 @@ while [ $# -gt 0 ]; do
   case "$1" in
   --quick) bench_args+=(--quick) ;;
   --native) native=1 ;;
+  --pglite)
+    bench_args+=(--pglite)
+    out=${out:-target/bench/report-pglite.json}
+    ;;
   --out)
     out=${2:?--out needs a path}
     shift
     ;;
   -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   --)

@@ -103,7 +103,7 @@ finish() {
 trap finish EXIT
 
 step "Installing and starting the local services (broker, TimescaleDB)"
-bash scripts/services.sh install
+bash scripts/services.sh install --demo
 # A stack left running by an earlier --keep is replaced, so the report shows this run only.
 stop_app gateway
 stop_app processor

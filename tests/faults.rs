@@ -1,5 +1,5 @@
 //! Faults under load, end to end: the real gateway and processor binaries against tansu and
-//! PGlite + TimescaleDB, with a fault-injecting proxy (tests/support/proxy.rs) on the broker's and
+//! PostgreSQL + TimescaleDB, with a fault-injecting proxy (tests/support/proxy.rs) on the broker's and
 //! the database's links. Every scenario ends with one `check_ledger`: the database holds exactly
 //! the events the gateway answered 202 for, once each; rollups, budget spend and crossings, and
 //! the processors' counters agree (docs/design.md, "Guarantees and failure modes").

@@ -1,5 +1,5 @@
 //! Stored offsets that the log no longer reaches, end to end: the real gateway and processor
-//! against tansu and PGlite + TimescaleDB (docs/design.md, "Guarantees and failure modes").
+//! against tansu and PostgreSQL + TimescaleDB (docs/design.md, "Guarantees and failure modes").
 //!
 //! - `a_recreated_topic_is_held_until_an_operator_resets_its_offsets`: the usage topic is deleted
 //!   and recreated under a running processor, so the offsets stored in the database are beyond

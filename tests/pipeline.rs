@@ -1,5 +1,5 @@
 //! The pipeline end to end: the real `gateway` and `processor` binaries against a real broker
-//! (tansu) and a real TimescaleDB (PGlite), proven by querying the database.
+//! (tansu) and a real TimescaleDB (PostgreSQL + TimescaleDB), proven by querying the database.
 //!
 //! - `every_accepted_event_lands_exactly_once`: client retries of the same `(id, created_at)`,
 //!   an event twice in one request, a processor SIGKILLed mid-stream and restarted, and poison

@@ -132,6 +132,63 @@ async fn assert_reports_agree(client: &Client, when: &str) {
     }
 }
 
+/// The tests' database is TimescaleDB Community (the TSL part: continuous aggregates,
+/// compression, policies), its job scheduler runs in the background, and it serves concurrent
+/// transactions: a lock one connection holds is seen by another.
+#[tokio::test]
+async fn database_is_timescaledb_community_with_workers_and_real_locks() {
+    let db = Database::start().await;
+    let client = db.client().await;
+    // The setting exists once the extension's versioned library is loaded in the session.
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        .await
+        .expect("extension");
+    let license: String = client
+        .query_one("SHOW timescaledb.license", &[])
+        .await
+        .expect("license")
+        .get(0);
+    assert_eq!(license, "timescale");
+    let version: String = client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, "2.28.3");
+    wait_until(
+        "TimescaleDB's background job scheduler",
+        Duration::from_secs(30),
+        || async {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE backend_type LIKE 'TimescaleDB Background Worker%'",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, i64>(0) > 0)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+
+    let other = db.client().await;
+    client
+        .batch_execute("SELECT pg_advisory_lock(20)")
+        .await
+        .expect("lock");
+    let taken: bool = other
+        .query_one("SELECT pg_try_advisory_lock(20)", &[])
+        .await
+        .expect("try lock")
+        .get(0);
+    assert!(!taken, "a second connection took a lock the first holds");
+}
+
 #[tokio::test]
 async fn database_migrations_rollups_and_reports() {
     let mut db = Database::start().await;

@@ -10,6 +10,7 @@
 
 mod ceilings;
 mod latency;
+mod pglite;
 mod procstat;
 mod report;
 mod scenarios;
@@ -36,9 +37,13 @@ struct Args {
     quick: bool,
     /// Run against a native PostgreSQL 17 + TimescaleDB (Apache edition)
     /// installed in this root by scripts/native-timescaledb.sh, instead of
-    /// PGlite + TimescaleDB.
-    #[arg(long, value_name = "DIR")]
+    /// PostgreSQL 15 + TimescaleDB Community.
+    #[arg(long, value_name = "DIR", conflicts_with = "pglite")]
     native_root: Option<PathBuf>,
+    /// Run against PGlite + TimescaleDB (the demo's database) instead of
+    /// PostgreSQL 15 + TimescaleDB Community.
+    #[arg(long)]
+    pglite: bool,
     /// Where the gateway and processor binaries are (default: next to this one).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -101,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let kind = match &args.native_root {
         Some(root) => DatabaseKind::Native { root: root.clone() },
-        None => DatabaseKind::Pglite,
+        None if args.pglite => DatabaseKind::Pglite,
+        None => DatabaseKind::Timescale,
     };
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),

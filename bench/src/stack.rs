@@ -1,11 +1,12 @@
 //! The stack under test, on loopback ports: the broker (tansu), the
-//! database (PGlite + TimescaleDB, or a native PostgreSQL 17 with the
-//! Apache edition of TimescaleDB in a debootstrapped root), `processor
-//! migrate`, then the processor and the gateway as child processes.
+//! database (PostgreSQL 15 + TimescaleDB Community by default; PGlite +
+//! TimescaleDB, or a native PostgreSQL 17 with the Apache edition of
+//! TimescaleDB in a debootstrapped root, on request), `processor migrate`,
+//! then the processor and the gateway as child processes.
 //!
-//! The broker and PGlite are started by the end-to-end test harness (the
-//! `e2e` package), so the benchmark runs the services exactly as the tests
-//! do.
+//! The broker and the default database are started by the end-to-end test
+//! harness (the `e2e` package), so the benchmark runs the services exactly
+//! as the tests do.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use e2e::{free_port, Broker, ChildProcess, Database};
 use sha2::{Digest, Sha256};
+
+use crate::pglite::PgliteDatabase;
 
 /// The topic the gateway writes and the processor reads.
 pub const TOPIC: &str = "usage-events";
@@ -22,6 +25,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Which TimescaleDB the processor writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseKind {
+    /// PostgreSQL 15 + TimescaleDB 2.28.3 Community (TSL), the tests' database.
+    Timescale,
     /// PGlite (PostgreSQL 17.5 in WASM) + TimescaleDB 2.23 with the TSL part.
     Pglite,
     /// Native PostgreSQL 17 + TimescaleDB, Apache edition, in this root.
@@ -31,6 +36,7 @@ pub enum DatabaseKind {
 impl DatabaseKind {
     pub fn label(&self) -> &'static str {
         match self {
+            Self::Timescale => "PostgreSQL 15 + TimescaleDB 2.28.3 Community (TSL)",
             Self::Pglite => "PGlite 0.3.14 (PostgreSQL 17.5 WASM) + TimescaleDB 2.23 (TSL)",
             Self::Native { .. } => "native PostgreSQL 17 + TimescaleDB (Apache edition)",
         }
@@ -38,6 +44,7 @@ impl DatabaseKind {
 
     pub fn short(&self) -> &'static str {
         match self {
+            Self::Timescale => "timescaledb",
             Self::Pglite => "pglite",
             Self::Native { .. } => "native",
         }
@@ -47,13 +54,15 @@ impl DatabaseKind {
 /// A running database of either kind.
 #[derive(Debug)]
 pub enum RunningDatabase {
-    Pglite(Database),
+    Timescale(Database),
+    Pglite(PgliteDatabase),
     Native(NativeDatabase),
 }
 
 impl RunningDatabase {
     pub fn url(&self) -> String {
         match self {
+            Self::Timescale(db) => db.url(),
             Self::Pglite(db) => db.url(),
             Self::Native(db) => db.url(),
         }
@@ -62,7 +71,8 @@ impl RunningDatabase {
     /// The server's root pid (node, or the postmaster).
     pub fn pid(&mut self) -> Option<u32> {
         match self {
-            Self::Pglite(db) => db.process().map(|p| p.pid()),
+            Self::Timescale(db) => db.process().map(|p| p.pid()),
+            Self::Pglite(db) => Some(db.process.pid()),
             Self::Native(db) => Some(db.process.pid()),
         }
     }
@@ -274,7 +284,8 @@ impl Stack {
         broker.create_topic(TOPIC, PARTITIONS).await;
         eprintln!("bench: starting the database ({})", kind.label());
         let database = match kind {
-            DatabaseKind::Pglite => RunningDatabase::Pglite(Database::start().await),
+            DatabaseKind::Timescale => RunningDatabase::Timescale(Database::start().await),
+            DatabaseKind::Pglite => RunningDatabase::Pglite(PgliteDatabase::start().await?),
             DatabaseKind::Native { root } => {
                 RunningDatabase::Native(NativeDatabase::start(root).await?)
             }
@@ -413,7 +424,8 @@ impl Stack {
         self.processor.shutdown(grace).await;
         match self.database {
             RunningDatabase::Native(db) => db.stop().await,
-            RunningDatabase::Pglite(mut db) => db.stop().await,
+            RunningDatabase::Timescale(mut db) => db.stop().await,
+            RunningDatabase::Pglite(db) => db.stop().await,
         }
     }
 }

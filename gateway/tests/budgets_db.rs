@@ -1,4 +1,4 @@
-//! The budget API against a real TimescaleDB (PGlite + TimescaleDB through
+//! The budget API against a real TimescaleDB (PostgreSQL + TimescaleDB through
 //! the e2e harness): what an edit does to the spend the processor keeps.
 
 mod support;
@@ -60,9 +60,9 @@ fn admin_request(method: &str, path: &str, body: &Value) -> Request<Body> {
 /// Issue: a batch holds its budgets `FOR SHARE` while it inserts spend; an
 /// edit that deletes spend before it locks the budget lets such a batch
 /// insert a row computed under the old scope after the delete, and that
-/// row survives the whole period. PGlite runs one transaction at a time, so
-/// the overlap itself cannot happen here; what makes it harmless on
-/// PostgreSQL is checked instead: the edit holds the budget's row lock (the
+/// row survives the whole period. This test checks what makes the overlap
+/// harmless (the overlap itself is staged by the concurrency tests): the
+/// edit holds the budget's row lock (the
 /// lock a batch's `FOR SHARE` waits for, and waits on) whenever it deletes
 /// spend.
 #[tokio::test]

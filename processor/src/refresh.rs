@@ -11,16 +11,19 @@
 //! week so progress is visible and no single refresh runs for long.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use chrono::{Days, NaiveDate};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use clap::Args;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 /// The rollups in hierarchy order: the daily ones read `usage_hourly`.
 pub const ROLLUPS: [&str; 4] = ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"];
 /// Days refreshed per call.
 const CHUNK_DAYS: u64 = 7;
+/// How long one refresh call waits out a policy job refreshing an overlapping window.
+const CONCURRENT_REFRESH_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -122,12 +125,7 @@ pub async fn materialize(
         for (index, (start, end)) in chunks.iter().enumerate() {
             let step = Instant::now();
             let window = |day: &NaiveDate| day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-            client
-                .execute(
-                    "CALL refresh_continuous_aggregate($1::text::regclass, $2::timestamptz, \
-                     $3::timestamptz)",
-                    &[&rollup, &window(start), &window(end)],
-                )
+            refresh_waiting_out_policies(client, rollup, window(start), window(end))
                 .await
                 .map_err(|source| RefreshError::Refresh {
                     rollup,
@@ -150,6 +148,37 @@ pub async fn materialize(
         started.elapsed().as_secs_f64()
     )?;
     Ok(())
+}
+
+/// One refresh call. A policy job refreshing an overlapping window makes TimescaleDB refuse
+/// the call at once (SQLSTATE 55P03, "due to a concurrent refresh") rather than wait: the call
+/// is repeated until the job is done, for at most [`CONCURRENT_REFRESH_WAIT`].
+async fn refresh_waiting_out_policies(
+    client: &Client,
+    rollup: &str,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Result<(), tokio_postgres::Error> {
+    let deadline = Instant::now() + CONCURRENT_REFRESH_WAIT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let result = client
+            .execute(
+                "CALL refresh_continuous_aggregate($1::text::regclass, $2::timestamptz, \
+                 $3::timestamptz)",
+                &[&rollup, &start, &end],
+            )
+            .await;
+        match result {
+            Err(e)
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other.map(drop),
+        }
+    }
 }
 
 async fn print_windows(client: &Client, out: &mut impl Write) -> Result<(), RefreshError> {

@@ -9,15 +9,13 @@
 //! Unpriced rows become priced this way once their model has a price.
 //!
 //! One run:
-//! 1. Reads the matching rows in `(created_at, id)` order, a page of at
-//!    most `--batch-rows` per transaction, so no transaction holds many
-//!    locks or runs for long; each page rates its rows as ingestion does
-//!    ([`PriceBook::rate_event`]), updates the cost and provenance of the
-//!    rows that changed, records the corrections, and commits.
-//! 2. Recomputes the spend of every `budget_spend` row a changed cost falls
-//!    under from the audit table (the spend rule of the `store` crate),
-//!    under a row lock so a concurrent batch's delta is neither lost nor
-//!    counted twice, and records the thresholds the corrected spend has now
+//! 1. Reads the matching rows in `(created_at, id)` order, a page of at most `--batch-rows` per
+//!    transaction, so no transaction holds many locks or runs for long; each page rates its rows
+//!    as ingestion does ([`PriceBook::rate_event`]), updates the cost and provenance of the rows
+//!    that changed, records the corrections, and commits.
+//! 2. Recomputes the spend of every `budget_spend` row a changed cost falls under from the audit
+//!    table (the spend rule of the `store` crate), under a row lock so a concurrent batch's delta
+//!    is neither lost nor counted twice, and records the thresholds the corrected spend has now
 //!    reached. A crossing already recorded stays: its alert went out.
 //! 3. Re-materializes the rollups over the days that changed.
 //!
@@ -55,8 +53,13 @@ WHERE created_at >= $1 AND created_at < $2
   AND ($5::text IS NULL OR model = $5)
   AND (created_at > $6 OR (created_at = $6 AND id > $7))
 ORDER BY created_at, id
-LIMIT $8
-FOR UPDATE";
+LIMIT $8";
+
+/// Held by a run from start to end ("reprice"): runs take turns. Pages are
+/// read without `FOR UPDATE`, which compressed chunks refuse; only a run
+/// changes a stored row (ingestion inserts), so this lock keeps a page as
+/// read until its update.
+pub const REPRICE_LOCK_KEY: i64 = 0x0072_6570_7269_6365;
 
 const UPDATE_ROWS: &str = "
 UPDATE gateway_mode_audit AS a
@@ -184,6 +187,36 @@ pub async fn run(
     if args.batch_rows == 0 {
         return Err(RepriceError::NoRows);
     }
+    let mode = if args.dry_run {
+        "dry run:"
+    } else {
+        "repricing"
+    };
+    writeln!(
+        out,
+        "{mode} {}..{} under price book {}",
+        args.from,
+        args.to,
+        book.version()
+    )?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&REPRICE_LOCK_KEY])
+        .await
+        .map_err(db("waiting for another reprice run"))?;
+    let result = run_locked(client, book, args, out).await;
+    // A connection that broke has released the lock with it.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&REPRICE_LOCK_KEY])
+        .await;
+    result
+}
+
+async fn run_locked(
+    client: &mut Client,
+    book: &PriceBook,
+    args: &RepriceArgs,
+    out: &mut impl Write,
+) -> Result<RepriceSummary, RepriceError> {
     let from = midnight(args.from);
     let to = midnight(args.to);
     let budgets = store::budgets::list(&*client).await?;
@@ -191,23 +224,11 @@ pub async fn run(
         run_id: Uuid::now_v7(),
         ..RepriceSummary::default()
     };
-    let mut spend_keys: BTreeMap<SpendKey, PeriodBounds> = BTreeMap::new();
-    let mut changed_days: BTreeSet<NaiveDate> = BTreeSet::new();
     // Before every row of the range: the first page's keyset condition
     // then holds for all of them.
     let mut cursor: (DateTime<Utc>, Uuid) = (from - chrono::Duration::microseconds(1), Uuid::nil());
-    writeln!(
-        out,
-        "{} {}..{} under price book {}",
-        if args.dry_run {
-            "dry run:"
-        } else {
-            "repricing"
-        },
-        args.from,
-        args.to,
-        book.version()
-    )?;
+    let mut spend_keys: BTreeMap<SpendKey, PeriodBounds> = BTreeMap::new();
+    let mut changed_days: BTreeSet<NaiveDate> = BTreeSet::new();
     loop {
         let transaction = client.transaction().await.map_err(db("begin"))?;
         let rows = transaction

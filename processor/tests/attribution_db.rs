@@ -1,4 +1,4 @@
-//! Cost by use case against a real TimescaleDB (PGlite + TimescaleDB
+//! Cost by use case against a real TimescaleDB (PostgreSQL + TimescaleDB
 //! through the e2e harness): the batch transaction adds exactly the new rows
 //! to `usage_attribution_daily`, a replay adds nothing, the rollup agrees
 //! with a rebuild from the raw table, and `processor report` shows it.

@@ -1,6 +1,6 @@
 //! Budget spend and threshold crossings inside the batch transaction, and
-//! `processor budgets apply`, against a real TimescaleDB (PGlite +
-//! TimescaleDB through the e2e harness).
+//! `processor budgets apply`, against a real TimescaleDB (PostgreSQL +
+//! TimescaleDB Community through the e2e harness).
 
 use std::collections::BTreeMap;
 use std::path::Path;

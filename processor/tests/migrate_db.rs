@@ -1,4 +1,4 @@
-//! `processor migrate` on a real TimescaleDB (PGlite + TimescaleDB through
+//! `processor migrate` on a real TimescaleDB (PostgreSQL + TimescaleDB through
 //! the e2e harness): the edition is read from the database, and on the
 //! Community edition nothing is skipped. The Apache edition's skipping is
 //! covered by the unit tests in `migrate` and by `scripts/bench.sh --native`.

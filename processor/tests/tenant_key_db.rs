@@ -1,4 +1,4 @@
-//! Idempotency per tenant against a real TimescaleDB (PGlite + TimescaleDB
+//! Idempotency per tenant against a real TimescaleDB (PostgreSQL + TimescaleDB
 //! through the e2e harness): the batch transaction keys events by
 //! `(tenant_id, id, created_at)`, and `V7__tenant_idempotency.sql` moves a
 //! table holding rows, compressed chunks included, to that key.

@@ -1,5 +1,5 @@
 //! Events the database refuses, and the limits that keep accepted events
-//! storable, against a real TimescaleDB (PGlite + TimescaleDB through the
+//! storable, against a real TimescaleDB (PostgreSQL + TimescaleDB through the
 //! e2e harness):
 //!
 //! - a batch holding events the database refuses for good commits the rest,

@@ -1,5 +1,5 @@
 //! The batch transaction and the migrations against a real TimescaleDB
-//! (PGlite + TimescaleDB through the e2e harness).
+//! (PostgreSQL + TimescaleDB through the e2e harness).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Budget definitions and spend against a real TimescaleDB (PGlite +
+//! Budget definitions and spend against a real TimescaleDB (PostgreSQL +
 //! TimescaleDB through the e2e harness): the edits both binaries use, their
 //! lock order, and the current spend the status endpoint shows.
 
@@ -133,8 +133,8 @@ async fn edits_round_trip_and_name_missing_and_duplicate_budgets() {
 /// Both edits (the API's replace and `processor budgets apply`) hold the
 /// budget's row lock whenever they delete its spend: the order a batch
 /// takes its locks in, so an edit and a batch wait for each other instead
-/// of interleaving. (PGlite serves one transaction at a time, so the
-/// overlap itself cannot be staged here.)
+/// of interleaving. This test checks the lock is held; the overlap itself
+/// is staged by the concurrency tests.
 #[tokio::test]
 async fn both_edits_lock_the_budget_before_they_reset_its_spend() {
     let database = migrated_database().await;

@@ -4,7 +4,7 @@
 //! whose reasoning tokens are priced apart, the FOCUS dataset's costs and
 //! tokens and the statements' totals equal the raw table's sums exactly,
 //! for every range and tenant asked. Runs against a real TimescaleDB
-//! (PGlite + TimescaleDB through the e2e harness).
+//! (PostgreSQL + TimescaleDB through the e2e harness).
 
 use std::collections::BTreeMap;
 

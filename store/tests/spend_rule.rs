@@ -3,7 +3,7 @@
 //! to its budgets) and in SQL (`store::spend::from_audit`, which builds a
 //! spend row for a whole period from the audit table, and which the status
 //! endpoint reads). This test proves they agree on generated budgets and
-//! audit rows against a real TimescaleDB (PGlite + TimescaleDB through the
+//! audit rows against a real TimescaleDB (PostgreSQL + TimescaleDB through the
 //! e2e harness): tenants, every-tenant budgets, provider, model and label
 //! scopes, daily and monthly periods in time zones with odd offsets and DST,
 //! and rows on both sides of every period boundary.

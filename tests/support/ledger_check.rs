@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::{wait_for, Database};
@@ -414,13 +415,26 @@ pub async fn row_count(client: &Client) -> i64 {
 /// Refreshes the four continuous aggregates over all time.
 pub async fn refresh_rollups(client: &Client) {
     for view in ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"] {
-        client
-            .batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("refresh {view}: {e}"));
+        refresh(
+            client,
+            &format!("CALL refresh_continuous_aggregate('{view}', NULL, NULL)"),
+        )
+        .await;
     }
+}
+
+/// Runs a refresh `call`. TimescaleDB refuses a refresh (55P03) while its scheduler refreshes an
+/// overlapping window in the background, instead of waiting: the call is repeated until it runs.
+pub async fn refresh(client: &Client, call: &str) {
+    let ran = wait_for(Duration::from_secs(120), || async {
+        match client.batch_execute(call).await {
+            Ok(()) => true,
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+            Err(e) => panic!("{call}: {e:?}"),
+        }
+    })
+    .await;
+    assert!(ran, "{call}: refused for 120 s by a concurrent refresh");
 }
 
 /// The rows in the raw table, on a new connection; unlike [`row_count`], a failed query panics.
@@ -537,12 +551,13 @@ pub async fn check_ledger(client: &Client, ledger: &Ledger, counters: &CounterEv
         ("tenant_daily", "1 day"),
         ("model_daily", "1 day"),
     ] {
-        client
-            .batch_execute(&format!(
+        refresh(
+            client,
+            &format!(
                 "CALL refresh_continuous_aggregate('{aggregate}', NULL, time_bucket(INTERVAL '{width}', now()))"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("refresh {aggregate}: {e}"));
+            ),
+        )
+        .await;
     }
     for (view, bucket, keys) in [
         ("usage_hourly", "1 hour", "tenant_id, provider, model"),

@@ -1,5 +1,5 @@
 //! tokenledger's end-to-end test support: starts the real services (tansu as the Kafka broker,
-//! PGlite + TimescaleDB, Prometheus, Alertmanager) and the workspace's binaries as child
+//! PostgreSQL + TimescaleDB Community, Prometheus, Alertmanager) and the workspace's binaries as child
 //! processes on free loopback ports, and tears them down on drop.
 //!
 //! The services are located through environment variables that `scripts/services.sh env` prints
