@@ -41,6 +41,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V9__use_case_rollup.sql",
         include_str!("../../sql/V9__use_case_rollup.sql"),
     ),
+    (
+        "V13__reprice_runs.sql",
+        include_str!("../../sql/V13__reprice_runs.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):
