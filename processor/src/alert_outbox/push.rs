@@ -57,14 +57,17 @@ pub fn alert_payload(alert: &ThresholdAlert, now: DateTime<Utc>) -> Value {
 pub(super) async fn push(http: &reqwest::Client, url: &str, payload: &Value) -> Outcome {
     let response = match http.post(url).json(payload).send().await {
         Ok(response) => response,
-        Err(error) => return Outcome::Failed(error.to_string()),
+        // The client's error names the URL, path tokens and all; the text
+        // is stored in budget_alerts and logged.
+        Err(error) => return Outcome::Failed(infra::secret::redact_urls_in(&error.to_string())),
     };
     let status = response.status();
     if status.is_success() {
         return Outcome::Accepted;
     }
     let body = response.text().await.unwrap_or_default();
-    let message = format!("HTTP {status}: {}", body.trim());
+    // A target may echo the URL it was called with.
+    let message = infra::secret::redact_urls_in(&format!("HTTP {status}: {}", body.trim()));
     if is_rejection(status) {
         Outcome::Rejected(message)
     } else {
