@@ -398,12 +398,10 @@ impl Metrics {
     }
 
     /// The exposition text of every metric.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();
-        // Encoding into a Vec only fails on invalid metric names, which are
-        // constants checked by the tests.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
     }
 
     pub fn seconds_since_last_commit(&self) -> Option<f64> {
@@ -495,7 +493,7 @@ mod tests {
         metrics.record_batch(&batch(&first), duration);
         let second = vec![row("t2", "gpt-4o", PricingStatus::Priced)];
         metrics.record_batch(&batch(&second), duration);
-        let text = metrics.render();
+        let text = metrics.render().expect("renders");
         let series = |name: &str, tenant: &str| {
             format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
         };
@@ -537,7 +535,7 @@ mod tests {
             committed_at: Utc::now(),
         };
         metrics.record_batch(&batch, std::time::Duration::from_millis(3));
-        let text = metrics.render();
+        let text = metrics.render().expect("renders");
         let series = |name: &str, tenant: &str| {
             format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
         };
