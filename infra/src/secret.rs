@@ -98,10 +98,13 @@ pub fn is_secret_name(name: &str) -> bool {
 
 /// `text` with every credential in it replaced by [`REDACTED`]:
 ///
-/// - a URL (`scheme://…`) keeps its shape; the password of its user info is
-///   hidden (and a lone user name, except for database URLs, where it is
-///   just the role), as is every query parameter whose name
-///   [`is_secret_name`] (`?password=`, `&sslpassword=`, `?token=`, …);
+/// - a database URL (`postgres://…`) keeps its shape; the password of its
+///   user info is hidden, as is every query parameter whose name
+///   [`is_secret_name`] (`?password=`, `&sslpassword=`, …);
+/// - any other URL (a webhook, Alertmanager) shows its scheme and host
+///   only, and the rest (user info, path, query) as a fingerprint when
+///   there is any: webhooks carry tokens in the path
+///   (`/services/T0/B0/TOKEN`), not only in the query or the user info;
 /// - a libpq keyword/value string (`host=db password='hunter 2'`) keeps its
 ///   other pairs; secret pairs become `key=<redacted>`, quoted or not;
 /// - anything else (an API key, a hash, a password on its own, a string
@@ -120,6 +123,43 @@ pub fn redact(text: &str) -> String {
     }
 }
 
+/// `text` (an error message, a log line) with every URL in it shown as
+/// [`redact`] shows one: HTTP clients name the URL they failed to reach.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(separator) = rest.find("://") {
+        let scheme_start = rest[..separator]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        if scheme_start == separator {
+            // `://` with no scheme before it: prose, not a URL.
+            shown.push_str(&rest[..separator + 3]);
+            rest = &rest[separator + 3..];
+            continue;
+        }
+        let url_end = rest[separator..]
+            .find(char::is_whitespace)
+            .map_or(rest.len(), |i| separator + i);
+        // Punctuation around a URL in prose (`(URL)`, `"URL",`) is not part
+        // of it.
+        let url = rest[scheme_start..url_end]
+            .trim_end_matches([')', ']', '}', '>', '"', '\'', ',', '.', ';', ':']);
+        shown.push_str(&rest[..scheme_start]);
+        shown.push_str(&redact_url(url).unwrap_or_else(|| REDACTED.to_owned()));
+        rest = &rest[scheme_start + url.len()..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
+/// A short SHA-256 of a hidden value: two settings can be told apart or
+/// matched without showing either.
+fn fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..6])
+}
+
 fn redact_url(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
     let mut scheme_chars = scheme.chars();
@@ -128,26 +168,46 @@ fn redact_url(text: &str) -> Option<String> {
     if !valid_scheme || text.contains(char::is_whitespace) {
         return None;
     }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, after_authority) = rest.split_at(authority_end);
-    let mut shown = format!("{scheme}://");
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            match userinfo.split_once(':') {
-                Some((user, _password)) => shown.push_str(&format!("{user}:{REDACTED}")),
-                None if DATABASE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) => {
-                    shown.push_str(userinfo)
-                }
-                None => shown.push_str(REDACTED),
-            }
-            shown.push('@');
-            shown.push_str(host);
-        }
-        None => shown.push_str(authority),
+    // Parsers disagree on where user info ends when a password holds `#`,
+    // `?` or `/` (tokio-postgres reads `u:hunt#er2@db` as user `u`, password
+    // `hunt#er2`), so everything up to the last `@` counts as user info:
+    // that hides too much rather than too little.
+    let (userinfo, host_and_rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let host_end = host_and_rest
+        .find(['/', '?', '#'])
+        .unwrap_or(host_and_rest.len());
+    let (host, after_host) = host_and_rest.split_at(host_end);
+    if !DATABASE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        let nothing_hidden = userinfo.is_none() && (after_host.is_empty() || after_host == "/");
+        return Some(if nothing_hidden {
+            text.to_owned()
+        } else {
+            format!("{scheme}://{host}/{REDACTED}#sha256:{}", fingerprint(text))
+        });
     }
-    let (before_fragment, fragment) = match after_authority.split_once('#') {
+    let mut shown = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        let (user, has_password) = match userinfo.split_once(':') {
+            Some((user, _password)) => (user, true),
+            None => (userinfo, false),
+        };
+        // A user name is a role, not a credential; but what reads as one may
+        // be a query cut at an `@` inside a value, which is hidden whole.
+        let plain_user = !user.contains(['/', '?', '#', '=', '&']);
+        match (plain_user, has_password) {
+            (true, true) => shown.push_str(&format!("{user}:{REDACTED}")),
+            (true, false) => shown.push_str(user),
+            (false, _) => shown.push_str(REDACTED),
+        }
+        shown.push('@');
+    }
+    shown.push_str(host);
+    let (before_fragment, fragment) = match after_host.split_once('#') {
         Some((before, fragment)) => (before, Some(fragment)),
-        None => (after_authority, None),
+        None => (after_host, None),
     };
     match before_fragment.split_once('?') {
         Some((path, query)) => {
@@ -310,6 +370,12 @@ mod tests {
             "postgres://u:p%40ss@h1,h2/x?sslmode=require",
             "postgres://u:<redacted>@h1,h2/x?sslmode=require",
         ),
+        // tokio-postgres reads everything up to the last `@` as user info
+        ("postgres://u:hunter#2@db/x", "postgres://u:<redacted>@db/x"),
+        (
+            "postgres://u:hunter2?x@db/x?sslmode=require",
+            "postgres://u:<redacted>@db/x?sslmode=require",
+        ),
         // query parameters
         (
             "postgres://u@db/x?password=hunter2",
@@ -360,33 +426,44 @@ mod tests {
         ("aHVudGVyMg==", "<redacted>"),
         ("a=hunter2", "<redacted>"),
         ("", ""),
-        // webhook credentials
+        // webhook credentials: scheme, host and a fingerprint of the rest
         (
             "http://alerts:hunter2@hooks.example:8080/tokenledger",
-            "http://alerts:<redacted>@hooks.example:8080/tokenledger",
+            "http://hooks.example:8080/<redacted>#sha256:{fingerprint}",
         ),
         (
             "http://hunter2@hooks.example/tokenledger",
-            "http://<redacted>@hooks.example/tokenledger",
+            "http://hooks.example/<redacted>#sha256:{fingerprint}",
         ),
         (
             "http://hooks.example/alert?channel=ops&token=hunter2",
-            "http://hooks.example/alert?channel=ops&token=<redacted>",
+            "http://hooks.example/<redacted>#sha256:{fingerprint}",
         ),
         (
             "http://hooks.example/alert?api_key=hunter2#top",
-            "http://hooks.example/alert?api_key=<redacted>#top",
+            "http://hooks.example/<redacted>#sha256:{fingerprint}",
         ),
         (
-            "http://hooks.example/alert?access_token=hunter2&x=1",
-            "http://hooks.example/alert?access_token=<redacted>&x=1",
+            "http://hooks.internal/services/T0/B0/hunter2TOKEN123",
+            "http://hooks.internal/<redacted>#sha256:{fingerprint}",
+        ),
+        (
+            "https://hooks.example/a#hunter2@b",
+            "https://b/<redacted>#sha256:{fingerprint}",
         ),
         ("http://alertmanager:9093", "http://alertmanager:9093"),
+        ("http://alertmanager:9093/", "http://alertmanager:9093/"),
     ];
+
+    /// A case's expected text, its fingerprint filled in.
+    fn expected(input: &str, expected: &str) -> String {
+        expected.replace("{fingerprint}", &fingerprint(input))
+    }
 
     #[test]
     fn every_credential_form_is_redacted() {
         for (input, expected) in CASES {
+            let expected = &self::expected(input, expected);
             let shown = redact(input);
             assert_eq!(&shown, expected, "input {input:?}");
             if shown != *input {
@@ -398,13 +475,40 @@ mod tests {
     #[test]
     fn a_secret_never_prints_its_value() {
         for (input, expected) in CASES {
+            let expected = self::expected(input, expected);
             let secret = Secret::from(*input);
-            assert_eq!(secret.to_string(), *expected);
+            assert_eq!(secret.to_string(), expected);
             assert_eq!(format!("{secret:?}"), format!("Secret({expected:?})"));
             let serialized = toml::Value::try_from(&secret).expect("serializes");
-            assert_eq!(serialized.as_str(), Some(*expected));
+            assert_eq!(serialized.as_str(), Some(expected.as_str()));
             assert_eq!(secret.expose(), *input);
         }
+    }
+
+    #[test]
+    fn different_hidden_parts_have_different_fingerprints() {
+        assert_ne!(
+            redact("http://hooks.internal/services/T0/B0/A"),
+            redact("http://hooks.internal/services/T0/B0/B")
+        );
+    }
+
+    #[test]
+    fn urls_inside_an_error_message_are_redacted() {
+        let message = "error sending request for url \
+            (http://127.0.0.1:9/services/T0/B0/hunter2TOKEN?token=hunter2): connection refused; \
+            also postgres://u:hunter#2@db/x, and a plain :// here";
+        let shown = redact_urls_in(message);
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(
+            shown.starts_with(
+                "error sending request for url (http://127.0.0.1:9/<redacted>#sha256:"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("): connection refused; also postgres://u:<redacted>@db/x, and"));
+        assert!(shown.ends_with("a plain :// here"), "{shown}");
+        assert_eq!(redact_urls_in("no url at all"), "no url at all");
     }
 
     #[test]

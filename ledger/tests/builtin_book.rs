@@ -105,6 +105,9 @@ fn anthropic_cache_multipliers_hold_on_every_line() {
         if entry.model == "claude-3-sonnet" {
             continue; // retired before prompt caching existed
         }
+        if entry.model == "claude-3-haiku" {
+            continue; // published rates of its own, checked below
+        }
         for price in prices(&entry) {
             let id = entry.id();
             assert_eq!(price.cache_read, Some(price.input * dec!(0.1)), "{id}");
@@ -460,4 +463,50 @@ fn long_context_of_the_builtin_models() {
         rate("google", "gemini-1.5-pro-002", CHECKED, &long),
         dec!(0.5125)
     );
+}
+
+#[test]
+fn claude_3_haiku_cache_rates_are_the_published_ones() {
+    let book = book();
+    let price = book
+        .lookup("anthropic", "claude-3-haiku-20240307", at(CHECKED))
+        .expect("priced");
+    assert_eq!(price.cache_write_5m, Some(dec!(0.30)));
+    assert_eq!(price.cache_read, Some(dec!(0.03)));
+    assert_eq!(price.cache_write_1h, Some(dec!(0.50)));
+}
+
+#[test]
+fn gpt_5_5_bills_a_whole_long_request_at_its_long_context_rates_in_every_tier() {
+    let book = book();
+    // 300,000 prompt tokens (50,000 of them cached) and 10,000 out.
+    let long = UsageQuantities {
+        input_uncached: 250_000,
+        cache_read: 50_000,
+        output: 10_000,
+        ..Default::default()
+    };
+    let rate = |service_tier: ServiceTier, q: &UsageQuantities| {
+        book.rate(&RatingRequest {
+            tenant: "t",
+            provider: "openai",
+            model: "gpt-5.5",
+            at: at(CHECKED),
+            service_tier,
+            quantities: q,
+            supplied_cost: None,
+        })
+        .cost
+    };
+    // 250,000×10 + 50,000×1 + 10,000×45 = 3,000,000 per million
+    assert_eq!(rate(ServiceTier::Standard, &long), dec!(3));
+    assert_eq!(rate(ServiceTier::Batch, &long), dec!(1.5));
+    assert_eq!(rate(ServiceTier::Flex, &long), dec!(1.5));
+    // At 272,000 prompt tokens the base rates still apply:
+    // 222,000×5 + 50,000×0.5 + 10,000×30 = 1,435,000 per million
+    let at_threshold = UsageQuantities {
+        input_uncached: 222_000,
+        ..long
+    };
+    assert_eq!(rate(ServiceTier::Standard, &at_threshold), dec!(1.435));
 }

@@ -118,7 +118,9 @@ fn anthropic_usage_maps_into_the_events_fields() {
 
     // Sonnet 4.5 list: $3 in, $15 out, reads 0.1×, 5m writes 1.25×, 1h 2×,
     // web search $10 per 1,000.
-    let rating = PriceBook::builtin().rate_event(&event);
+    let rating = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .rate_event(&event);
     assert_eq!(rating.status, PricingStatus::Priced);
     let expected = (Decimal::from(2_000) * Decimal::new(3, 0)
         + Decimal::from(4_000) * Decimal::new(3, 1)

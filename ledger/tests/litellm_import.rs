@@ -139,7 +139,7 @@ fn tier_keys_become_service_tiers_and_long_context() {
 #[test]
 fn converted_prices_rate_like_the_builtin_book() {
     let imported = book();
-    let builtin = PriceBook::builtin();
+    let builtin = PriceBook::builtin().expect("the built-in book parses");
     let long = UsageQuantities {
         input_uncached: 50_000,
         cache_read: 150_000,

@@ -178,7 +178,9 @@ fn openai_responses_cache_writes_are_counted_and_the_unpriced_lifetime_marked() 
     assert_eq!(event.cached_prompt_tokens, 4_000);
     assert_eq!(event.cache_write_tokens, 1_000);
     assert_eq!(event.total_tokens, 10_500);
-    let rating = PriceBook::builtin().rate_event(&event);
+    let rating = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .rate_event(&event);
     assert_eq!(rating.status, PricingStatus::Priced);
     assert!(
         rating
@@ -220,7 +222,9 @@ fn openai_audio_tokens_are_marked_unpriced_not_billed_as_text() {
     let event = parse(&event("openai", "gpt-5", "openai.chat_completions", usage)).expect("valid");
     assert_eq!(event.prompt_tokens, 1_000);
     assert_eq!(event.completion_tokens, 400);
-    let rating = PriceBook::builtin().rate_event(&event);
+    let rating = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .rate_event(&event);
     let rule = &rating.provenance.rule;
     assert!(rule.contains("input_audio 600 tokens"), "{rule}");
     assert!(rule.contains("output_audio 300 tokens"), "{rule}");
@@ -229,7 +233,13 @@ fn openai_audio_tokens_are_marked_unpriced_not_billed_as_text() {
     // The processor rates what it reads back from Kafka.
     let back = UsageEvent::from_kafka_value(&event.to_kafka_value()).expect("decodes");
     assert_eq!(back.unpriced_tokens, event.unpriced_tokens);
-    assert_eq!(PriceBook::builtin().rate_event(&back).cost, rating.cost);
+    assert_eq!(
+        PriceBook::builtin()
+            .expect("the built-in book parses")
+            .rate_event(&back)
+            .cost,
+        rating.cost
+    );
 }
 
 #[test]
@@ -242,7 +252,9 @@ fn a_count_field_unknown_to_tokenledger_is_marked_not_dropped() {
         usage,
     ))
     .expect("valid");
-    let rating = PriceBook::builtin().rate_event(&event);
+    let rating = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .rate_event(&event);
     assert!(
         rating.provenance.rule.contains("hologram_tokens 40 tokens"),
         "{}",

@@ -342,8 +342,10 @@ fn book_version_is_the_files_sha256() {
             .book_version,
         expected
     );
-    let layered = PriceBook::builtin().with_overrides(book());
-    let builtin = PriceBook::builtin();
+    let layered = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .with_overrides(book());
+    let builtin = PriceBook::builtin().expect("the built-in book parses");
     assert_ne!(layered.version(), expected);
     assert_ne!(layered.version(), builtin.version());
 }

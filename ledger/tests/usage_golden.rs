@@ -27,15 +27,17 @@ fn read(format: UsageFormat, name: &str) -> NativeUsage {
 
 /// The cost of `usage` under the built-in book on the day it was checked.
 fn cost(provider: &str, model: &str, usage: &NativeUsage) -> Decimal {
-    let rating = PriceBook::builtin().rate(&RatingRequest {
-        tenant: "golden",
-        provider,
-        model,
-        at: "2026-12-04T12:00:00Z".parse().expect("time"),
-        service_tier: usage.service_tier.unwrap_or_default(),
-        quantities: &usage.quantities,
-        supplied_cost: None,
-    });
+    let rating = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .rate(&RatingRequest {
+            tenant: "golden",
+            provider,
+            model,
+            at: "2026-12-04T12:00:00Z".parse().expect("time"),
+            service_tier: usage.service_tier.unwrap_or_default(),
+            quantities: &usage.quantities,
+            supplied_cost: None,
+        });
     assert_eq!(
         rating.status,
         PricingStatus::Priced,

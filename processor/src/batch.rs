@@ -204,7 +204,7 @@ mod tests {
         commit_time: Duration,
         admit: impl Fn(&Record) -> bool,
     ) -> (Result<End, &'static str>, Seen) {
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let seen: Seen = Rc::default();
         let started = Instant::now();
         let noted = seen.clone();
@@ -401,7 +401,7 @@ mod tests {
             sender.send(record(0, offset)).await.expect("open");
         }
         drop(sender);
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let seen: Seen = Rc::default();
         let noted = seen.clone();
         let raised = floor.clone();
@@ -433,7 +433,7 @@ mod tests {
     async fn a_failed_commit_ends_the_writer_with_its_error() {
         let (sender, mut receiver) = mpsc::channel(16);
         sender.send(record(0, 0)).await.expect("open");
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let end = run_writer(
             &mut receiver,
             LIMITS,
@@ -456,7 +456,7 @@ mod tests {
             sender.send(r).await.expect("open");
         }
         drop(sender);
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let sizes = Rc::new(RefCell::new(Vec::new()));
         let noted = sizes.clone();
         let end = run_writer(

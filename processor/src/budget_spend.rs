@@ -137,6 +137,26 @@ pub async fn record(
     Ok(BudgetOutcome { spend, crossings })
 }
 
+/// Adds cost changes that are not new rows (a re-pricing's corrections) to
+/// budget spend and records the crossings they cause, in the caller's
+/// transaction, under the same lock order as a batch: the budgets touched
+/// `FOR SHARE` first, then their spend rows.
+pub async fn add_corrections(
+    transaction: &tokio_postgres::Transaction<'_>,
+    budgets: &[Budget],
+    deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
+) -> Result<BudgetOutcome, BudgetSpendError> {
+    if deltas_by_key.is_empty() {
+        return Ok(BudgetOutcome::default());
+    }
+    let mut touched: Vec<Uuid> = deltas_by_key.keys().map(|key| key.budget_id).collect();
+    touched.dedup();
+    store::spend::lock_for_batch(transaction, &touched).await?;
+    let spend = add_spend(transaction, budgets, deltas_by_key).await?;
+    let crossings = record_crossings(transaction, budgets, deltas_by_key, &spend).await?;
+    Ok(BudgetOutcome { spend, crossings })
+}
+
 /// Step 3 of the module docs: the spend of every key after this batch.
 async fn add_spend(
     client: &tokio_postgres::Transaction<'_>,

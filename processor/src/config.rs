@@ -478,6 +478,12 @@ mod tests {
                 "host=db user=u password='hunter 2'",
                 "http://hooks.example/x",
             ),
+            (
+                // tokio-postgres reads the password as `hunter#2`
+                "postgres://u:hunter#2@db/x",
+                // a token in the path, as Slack's incoming webhooks carry it
+                "http://hooks.internal/services/T0/B0/hunter2TOKEN123",
+            ),
         ] {
             let mut config = Config::default();
             config.database.url = database.into();

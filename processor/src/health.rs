@@ -56,11 +56,20 @@ pub fn router(metrics: Arc<Metrics>, readiness: Readiness, path: &str) -> Router
         .with_state(Admin { metrics, readiness })
 }
 
-async fn serve_metrics(State(admin): State<Admin>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        admin.metrics.render(),
-    )
+/// A failed encoding is a 500: an empty or partial 200 would read to
+/// Prometheus as series that stopped existing.
+async fn serve_metrics(State(admin): State<Admin>) -> axum::response::Response {
+    match admin.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the metrics\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn serve_ready(State(admin): State<Admin>) -> impl IntoResponse {
@@ -147,6 +156,49 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type.as_deref(), Some(prometheus::TEXT_FORMAT));
         assert!(body.contains("tokenledger_processor_up 1"), "{body}");
+        server.abort();
+    }
+
+    /// Collects a family without a name, which the text encoder refuses.
+    struct Unencodable(prometheus::core::Desc);
+
+    impl prometheus::core::Collector for Unencodable {
+        fn desc(&self) -> Vec<&prometheus::core::Desc> {
+            vec![&self.0]
+        }
+
+        fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+            let mut family = prometheus::proto::MetricFamily::default();
+            family.set_field_type(prometheus::proto::MetricType::GAUGE);
+            family
+                .mut_metric()
+                .push(prometheus::proto::Metric::default());
+            vec![family]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_metrics_encoding_failure_is_a_500_not_an_empty_page() {
+        let metrics = Arc::new(Metrics::new(10, 10).expect("metrics"));
+        let desc = prometheus::core::Desc::new(
+            "tokenledger_test_unencodable".into(),
+            "a family the encoder refuses".into(),
+            vec![],
+            Default::default(),
+        )
+        .expect("desc");
+        metrics
+            .registry()
+            .register(Box::new(Unencodable(desc)))
+            .expect("registers");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let app = router(metrics, Readiness::default(), "/metrics");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (status, _, body) = get(&reqwest::Client::new(), format!("{base}/metrics")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         server.abort();
     }
 }

@@ -435,12 +435,10 @@ impl Metrics {
     }
 
     /// The exposition text of every metric.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();
-        // Encoding into a Vec only fails on invalid metric names, which are
-        // constants checked by the tests.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
     }
 
     pub fn seconds_since_last_commit(&self) -> Option<f64> {

@@ -45,6 +45,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V10__unpriced_tokens.sql",
         include_str!("../../sql/V10__unpriced_tokens.sql"),
     ),
+    (
+        "V13__reprice_runs.sql",
+        include_str!("../../sql/V13__reprice_runs.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -60,7 +60,10 @@ pub enum RunError {
 
 /// The built-in price book with the configured file laid over it.
 pub fn load_price_book(pricing: &PricingConfig) -> Result<PriceBook, RunError> {
-    let builtin = PriceBook::builtin();
+    let builtin = PriceBook::builtin().map_err(|source| RunError::PriceBook {
+        path: "(built in)".to_owned(),
+        source,
+    })?;
     let Some(path) = &pricing.pricebook_path else {
         return Ok(builtin);
     };

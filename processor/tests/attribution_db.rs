@@ -117,7 +117,7 @@ async fn batches_add_new_rows_once_and_agree_with_a_rebuild_from_raw() {
         .enumerate()
         .map(|(i, e)| event_record(0, i as i64, e))
         .collect();
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     for _ in 0..2 {
         // the second pass is a redelivery: nothing new, nothing added
         let mut prepared = prepare::prepare(records.clone(), &book);

@@ -69,7 +69,10 @@ impl Fixture {
     }
 
     async fn write_records(&self, records: Vec<Record>) -> usize {
-        let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+        let mut prepared = prepare::prepare(
+            records,
+            &PriceBook::builtin().expect("the built-in book parses"),
+        );
         self.writer
             .write(&mut prepared, &mut AttemptState::default())
             .await

@@ -78,7 +78,7 @@ async fn why_is_this_row_4_20_is_answered_from_sql() {
     batch.cache_write_1h_tokens = 1_000;
     batch.calls = [("web_search".to_string(), 2)].into();
     let unknown = event("claude-sonnet-4-5-pro", 10, 10);
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let mut prepared = prepare::prepare(
         vec![
             event_record(0, 0, &long),

@@ -310,3 +310,253 @@ async fn crossings(client: &tokio_postgres::Client) -> Vec<i16> {
         .map(|row| row.get(0))
         .collect()
 }
+
+/// Every budget tenant gets a monthly spend row.
+const EVERY_TENANT_BUDGET: &str = r#"
+[[budgets]]
+name = "everyone-monthly"
+tenant_id = "*"
+period = "monthly"
+amount_usd = "100.00"
+"#;
+
+/// A migrated database with [`EVERY_TENANT_BUDGET`], `events` written under
+/// [`OLD_BOOK`] with the `use_case` rollup on, and the rollups
+/// materialized over January.
+async fn stored(events: &[UsageEvent]) -> (e2e::Database, tokio_postgres::Client) {
+    let database = migrated_database().await;
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 2,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    let writer = Writer::new(pool, "reprice-test", NoDeadLetters, Duration::from_secs(20))
+        .with_attribution_keys(vec!["use_case".into()]);
+    let mut client = database.client().await;
+    let parsed =
+        budgets::parse_file(Path::new("budgets.toml"), EVERY_TENANT_BUDGET).expect("budget");
+    budgets::apply(&mut client, &parsed, false)
+        .await
+        .expect("budget applies");
+    let records: Vec<Record> = events
+        .iter()
+        .enumerate()
+        .map(|(offset, e)| support::event_record(0, offset as i64, e))
+        .collect();
+    let old = PriceBook::from_toml(OLD_BOOK).expect("old book");
+    let mut prepared = prepare::prepare(records, &old);
+    writer
+        .write(&mut prepared, &mut AttemptState::default())
+        .await
+        .expect("batch commits");
+    processor::refresh::materialize(&client, day(1), day(31), &mut Vec::new())
+        .await
+        .expect("rollups refresh");
+    (database, client)
+}
+
+fn labelled(mut event: UsageEvent, use_case: &str) -> UsageEvent {
+    event.labels.insert("use_case".into(), use_case.into());
+    event
+}
+
+fn args(tenant: Option<&str>, batch_rows: u32) -> RepriceArgs {
+    RepriceArgs {
+        from: day(1),
+        to: day(31),
+        tenant: tenant.map(str::to_owned),
+        provider: None,
+        model: None,
+        dry_run: false,
+        batch_rows,
+    }
+}
+
+async fn cost_and_status(
+    client: &tokio_postgres::Client,
+    tenant: &str,
+    id: Uuid,
+) -> (Decimal, String) {
+    let row = client
+        .query_one(
+            "SELECT estimated_cost, pricing_status FROM gateway_mode_audit
+             WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await
+        .expect("one row");
+    (row.get(0), row.get(1))
+}
+
+/// Every figure derived from cost disagrees with the raw table nowhere:
+/// the hourly and daily rollups per day, the use-case rollup per day and
+/// tenant, and budget spend per tenant. Returns the disagreements.
+async fn disagreements(client: &tokio_postgres::Client) -> Vec<String> {
+    let checks = [
+        (
+            "usage_daily",
+            "SELECT a.day::text FROM
+               (SELECT time_bucket('1 day', created_at) AS day, sum(estimated_cost) AS cost
+                FROM gateway_mode_audit GROUP BY 1) a
+             FULL JOIN (SELECT day, sum(cost) AS cost FROM usage_daily GROUP BY 1) r
+               ON a.day = r.day
+             WHERE a.cost IS DISTINCT FROM r.cost",
+        ),
+        (
+            "usage_hourly",
+            "SELECT a.hour::text FROM
+               (SELECT time_bucket('1 hour', created_at) AS hour, sum(estimated_cost) AS cost
+                FROM gateway_mode_audit GROUP BY 1) a
+             FULL JOIN (SELECT bucket AS hour, sum(cost) AS cost FROM usage_hourly GROUP BY 1) r
+               ON a.hour = r.hour
+             WHERE a.cost IS DISTINCT FROM r.cost",
+        ),
+        (
+            "usage_attribution_daily",
+            "SELECT a.day::text || ' ' || a.tenant_id FROM
+               (SELECT time_bucket('1 day', created_at) AS day, tenant_id,
+                       sum(estimated_cost) AS cost,
+                       count(*) FILTER (WHERE pricing_status = 'unpriced') AS unpriced
+                FROM gateway_mode_audit GROUP BY 1, 2) a
+             FULL JOIN (SELECT day, tenant_id, sum(cost) AS cost,
+                               sum(unpriced_requests) AS unpriced
+                        FROM usage_attribution_daily WHERE label_key = 'use_case'
+                        GROUP BY 1, 2) r
+               ON a.day = r.day AND a.tenant_id = r.tenant_id
+             WHERE a.cost IS DISTINCT FROM r.cost OR a.unpriced IS DISTINCT FROM r.unpriced",
+        ),
+        (
+            "budget_spend",
+            "SELECT a.tenant_id FROM
+               (SELECT tenant_id, sum(estimated_cost) AS cost FROM gateway_mode_audit
+                GROUP BY 1) a
+             FULL JOIN (SELECT tenant_id, sum(spend_usd) AS cost FROM budget_spend
+                        GROUP BY 1) s
+               ON a.tenant_id = s.tenant_id
+             WHERE a.cost IS DISTINCT FROM s.cost",
+        ),
+    ];
+    let mut found = Vec::new();
+    for (figure, sql) in checks {
+        for row in client.query(sql, &[]).await.expect(figure) {
+            found.push(format!("{figure}: {}", row.get::<_, String>(0)));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn reprice_of_one_tenant_leaves_another_tenants_row_with_the_same_id_alone() {
+    // Ids are unique per tenant: acme and globex both sent this id at the
+    // same instant, for a model the old book does not list.
+    let shared_id = Uuid::now_v7();
+    let mut acme = event("acme", "acme-new", 1_000_000, at(10, 1));
+    acme.id = shared_id;
+    let mut globex = event("globex", "acme-new", 1_000_000, at(10, 1));
+    globex.id = shared_id;
+    let (_database, mut client) = stored(&[
+        labelled(acme, "chat"),
+        labelled(globex, "search"),
+        event("globex", "acme-large", 1_000_000, at(10, 2)),
+    ])
+    .await;
+    let new = PriceBook::from_toml(NEW_BOOK).expect("new book");
+
+    // One row per page, so a page boundary falls between the two rows.
+    let run = reprice::run(&mut client, &new, &args(Some("acme"), 1), &mut Vec::new())
+        .await
+        .expect("reprice acme");
+    assert_eq!((run.scanned, run.corrected), (1, 1));
+    assert_eq!(
+        cost_and_status(&client, "acme", shared_id).await,
+        (Decimal::new(3, 0), "priced".into())
+    );
+    assert_eq!(
+        cost_and_status(&client, "globex", shared_id).await,
+        (Decimal::ZERO, "unpriced".into()),
+        "a re-pricing of acme changed globex's row"
+    );
+    let corrected_tenants: Vec<String> = client
+        .query("SELECT DISTINCT tenant_id FROM cost_corrections", &[])
+        .await
+        .expect("corrections")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(corrected_tenants, vec!["acme".to_string()]);
+    assert_eq!(disagreements(&client).await, Vec::<String>::new());
+
+    // Every tenant, still a row per page: globex's row with the same key
+    // as acme's is not skipped at the boundary, and its correction is kept.
+    let run = reprice::run(&mut client, &new, &args(None, 1), &mut Vec::new())
+        .await
+        .expect("reprice everyone");
+    assert_eq!((run.scanned, run.corrected), (3, 2));
+    assert_eq!(
+        cost_and_status(&client, "globex", shared_id).await,
+        (Decimal::new(3, 0), "priced".into())
+    );
+    let kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM cost_corrections WHERE run_id = $1",
+            &[&run.run_id],
+        )
+        .await
+        .expect("corrections")
+        .get(0);
+    assert_eq!(kept, 2, "one correction per changed row");
+    assert_eq!(disagreements(&client).await, Vec::<String>::new());
+}
+
+/// Fails every write once the first page's progress line is written, i.e.
+/// right after the first page committed: the run stops there, as a killed
+/// one would, deterministically.
+struct StopAfterFirstPage(Vec<u8>);
+
+impl std::io::Write for StopAfterFirstPage {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        if String::from_utf8_lossy(&self.0).contains("corrected so far") {
+            return Err(std::io::Error::other("stopped after the first page"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_reprice_leaves_no_derived_figure_stale_after_the_next_run() {
+    let (_database, mut client) = stored(&[
+        labelled(event("acme", "acme-large", 1_000_000, at(10, 1)), "chat"),
+        labelled(event("acme", "acme-new", 1_000_000, at(11, 2)), "chat"),
+        event("acme", "acme-large", 1_000_000, at(12, 3)),
+        labelled(event("globex", "acme-new", 1_000_000, at(13, 4)), "search"),
+    ])
+    .await;
+    let new = PriceBook::from_toml(NEW_BOOK).expect("new book");
+
+    let stopped = reprice::run(
+        &mut client,
+        &new,
+        &args(None, 1),
+        &mut StopAfterFirstPage(Vec::new()),
+    )
+    .await;
+    assert!(stopped.is_err(), "the run stops after its first page");
+    assert_eq!(
+        audit_total(&client).await,
+        Decimal::new(1 + 1, 0) + Decimal::new(1, 0),
+        "the first page (acme's first row, $1 -> $2) committed, nothing else"
+    );
+
+    let run = reprice::run(&mut client, &new, &args(None, 1), &mut Vec::new())
+        .await
+        .expect("the next run");
+    assert_eq!(run.corrected, 3, "the rows the first run did not reach");
+    assert_eq!(audit_total(&client).await, Decimal::new(2 + 3 + 2 + 3, 0));
+    assert_eq!(disagreements(&client).await, Vec::<String>::new());
+}

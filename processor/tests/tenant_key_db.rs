@@ -86,7 +86,10 @@ fn under(tenant: &str, original: &UsageEvent) -> UsageEvent {
 }
 
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
-    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     writer
         .write(&mut prepared, &mut AttemptState::default())
         .await

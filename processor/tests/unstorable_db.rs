@@ -122,7 +122,10 @@ async fn events_the_database_refuses_are_bisected_out_and_the_rest_commits() {
     records.push(record(1, 21, events[3].to_kafka_value()));
     records.push(record(0, 22, b"garbage".to_vec()));
 
-    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     let outcome = writer
         .write(&mut prepared, &mut AttemptState::default())
         .await
@@ -346,8 +349,10 @@ async fn at_every_boundary_the_gateway_accepts_exactly_what_the_processor_stores
                 kafka["received_at"] = json!(now.to_rfc3339());
                 kafka["request_id"] = json!("req-boundary");
                 let value = serde_json::to_vec(&kafka).expect("json");
-                let prepared =
-                    prepare::prepare(vec![record(0, offset as i64, value)], &PriceBook::builtin());
+                let prepared = prepare::prepare(
+                    vec![record(0, offset as i64, value)],
+                    &PriceBook::builtin().expect("the built-in book parses"),
+                );
                 if !prepared.unique.is_empty() {
                     mismatches.push(format!(
                         "{name}: refused by the gateway, kept by the processor"
@@ -361,7 +366,10 @@ async fn at_every_boundary_the_gateway_accepts_exactly_what_the_processor_stores
         .enumerate()
         .map(|(offset, (_, event))| record(0, offset as i64, event.to_kafka_value()))
         .collect();
-    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     for (index, letter) in &prepared.poison {
         mismatches.push(format!(
             "{}: accepted by the gateway, dead-lettered by the processor as {}: {}",

@@ -94,7 +94,10 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
 }
 
 async fn write(writer: &Writer<RecordingSink>, records: Vec<Record>) -> BatchOutcome {
-    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     writer
         .write(&mut prepared, &mut AttemptState::default())
         .await
@@ -151,7 +154,9 @@ async fn a_batch_is_inserted_once_and_its_replay_only_counts_duplicates() {
         )
         .await
         .expect("row 3 stored");
-    let priced = PriceBook::builtin().cost(&events[3]);
+    let priced = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .cost(&events[3]);
     assert_eq!(row.get::<_, String>(0), "acme");
     assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("user-1"));
     assert_eq!(row.get::<_, i32>(2), 103);
@@ -295,7 +300,7 @@ async fn nothing_commits_until_dead_letters_are_acknowledged() {
     poison.value = Some(b"garbage".to_vec());
     let mut prepared = prepare::prepare(
         vec![event_record(0, 0, &event("acme", 1)), poison],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let mut attempt = AttemptState::default();
 
@@ -329,7 +334,7 @@ async fn a_database_outage_fails_the_attempt_and_the_retry_commits() {
     database.stop().await;
     let mut prepared = prepare::prepare(
         vec![event_record(0, 1, &event("acme", 2))],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let mut attempt = AttemptState::default();
     let failed = writer.write(&mut prepared, &mut attempt).await;
@@ -357,7 +362,7 @@ async fn a_schema_error_in_budget_spend_is_not_retried() {
         .expect("rename");
     let mut prepared = prepare::prepare(
         vec![event_record(0, 0, &event("acme", 1))],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let error = writer
         .write(&mut prepared, &mut AttemptState::default())

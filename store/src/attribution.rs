@@ -228,3 +228,95 @@ pub async fn rebuild(
         .await
         .map_err(db("rebuilding the attribution rollup"))
 }
+
+/// One stored row whose cost a re-pricing changed: where it counts in the
+/// rollup and by how much it changed.
+#[derive(Debug, Clone)]
+pub struct CostChange<'a> {
+    pub day: DateTime<Utc>,
+    pub tenant_id: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub cost: Decimal,
+    /// −1 when an unpriced row became priced, +1 the other way round.
+    pub unpriced_requests: i64,
+}
+
+// Every key present in the rollup for the row's day, tenant and model gets
+// the change under the row's value of that key: the batch that stored the
+// row counted it under every key configured then, which are exactly the
+// keys present. The rows are locked in key order first, as the batches'
+// upserts are, so the two queue instead of deadlocking; the changes are
+// summed per rollup row because an UPDATE applies one source row per
+// target row.
+const LOCK_FOR_CHANGES: &str = "
+SELECT 1 FROM usage_attribution_daily AS r
+JOIN (SELECT DISTINCT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[])
+      AS c(day, tenant_id, provider, model)) AS c
+  ON r.day = c.day AND r.tenant_id = c.tenant_id AND r.provider = c.provider
+ AND r.model = c.model
+ORDER BY r.day, r.tenant_id, r.label_key, r.label_value, r.provider, r.model
+FOR UPDATE OF r";
+
+const APPLY_CHANGES: &str = "
+WITH c AS (
+    SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::numeric[], $7::int8[])
+        AS c(day, tenant_id, provider, model, labels, cost, unpriced)
+), per_row AS (
+    SELECT r.day, r.tenant_id, r.label_key, r.label_value, r.provider, r.model,
+           sum(c.cost) AS cost, sum(c.unpriced) AS unpriced
+    FROM usage_attribution_daily AS r
+    JOIN c ON r.day = c.day AND r.tenant_id = c.tenant_id AND r.provider = c.provider
+          AND r.model = c.model AND r.label_value = COALESCE(c.labels ->> r.label_key, $8)
+    GROUP BY 1, 2, 3, 4, 5, 6
+)
+UPDATE usage_attribution_daily AS r
+SET cost = r.cost + p.cost, unpriced_requests = r.unpriced_requests + p.unpriced,
+    updated_at = now()
+FROM per_row AS p
+WHERE r.day = p.day AND r.tenant_id = p.tenant_id AND r.label_key = p.label_key
+  AND r.label_value = p.label_value AND r.provider = p.provider AND r.model = p.model";
+
+/// Applies re-priced rows' cost changes to the rollup, in the caller's
+/// transaction (the one that changes the rows); returns the rollup rows
+/// changed.
+pub async fn apply_cost_changes(
+    client: &impl GenericClient,
+    changes: &[CostChange<'_>],
+) -> Result<u64, DbError> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let days: Vec<DateTime<Utc>> = changes.iter().map(|c| c.day).collect();
+    let tenants: Vec<&str> = changes.iter().map(|c| c.tenant_id).collect();
+    let providers: Vec<&str> = changes.iter().map(|c| c.provider).collect();
+    let models: Vec<&str> = changes.iter().map(|c| c.model).collect();
+    let labels: Vec<tokio_postgres::types::Json<_>> = changes
+        .iter()
+        .map(|c| tokio_postgres::types::Json(c.labels))
+        .collect();
+    let costs: Vec<Decimal> = changes.iter().map(|c| c.cost).collect();
+    let unpriced: Vec<i64> = changes.iter().map(|c| c.unpriced_requests).collect();
+    client
+        .query(LOCK_FOR_CHANGES, &[&days, &tenants, &providers, &models])
+        .await
+        .map_err(db("locking the attribution rollup rows"))?;
+    client
+        .execute(
+            APPLY_CHANGES,
+            &[
+                &days,
+                &tenants,
+                &providers,
+                &models,
+                &labels,
+                &costs,
+                &unpriced,
+                &UNLABELLED,
+            ],
+        )
+        .await
+        .map_err(db("correcting the attribution rollup"))
+}

@@ -70,7 +70,9 @@ impl Rng {
 }
 
 fn book() -> PriceBook {
-    PriceBook::builtin().with_overrides(PriceBook::from_toml(PRICES).expect("price file"))
+    PriceBook::builtin()
+        .expect("the built-in book parses")
+        .with_overrides(PriceBook::from_toml(PRICES).expect("price file"))
 }
 
 /// Events between Jan 28 and Feb 3, 2026, some exactly at midnight.

@@ -99,10 +99,11 @@ pub struct PriceBook {
 }
 
 impl PriceBook {
-    /// The built-in book. It is compiled in and checked by a unit test, so
-    /// failing to parse it is a build defect, not a runtime condition.
-    pub fn builtin() -> Self {
-        Self::from_toml(BUILTIN_TOML).unwrap_or_default()
+    /// The built-in book. It is compiled in and checked by a unit test; a
+    /// build that fails to parse it anyway must refuse to start rather than
+    /// price everything as unpriced, so the error is the caller's.
+    pub fn builtin() -> Result<Self, PriceBookError> {
+        Self::from_toml(BUILTIN_TOML)
     }
 
     /// Parses and checks a price file (see [`file`] for its shape).

@@ -53,7 +53,7 @@ fn builtin_book_parses_and_covers_the_big_providers() {
 
 #[test]
 fn gpt_4o_cost_is_exact() {
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     // 1,000 input at $2.50/M + 500 output at $10/M = 0.0025 + 0.005
     let cost = book.cost(&event("openai", "gpt-4o", 1000, 500));
     assert_eq!(cost.status, PricingStatus::Priced);
@@ -62,7 +62,7 @@ fn gpt_4o_cost_is_exact() {
 
 #[test]
 fn cached_and_reasoning_tokens_are_priced_separately() {
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let mut e = event("anthropic", "claude-sonnet-4-5", 10_000, 1_000);
     e.cached_prompt_tokens = 6_000;
     e.cache_write_tokens = 2_000;
@@ -89,7 +89,7 @@ fn cached_and_reasoning_tokens_are_priced_separately() {
 
 #[test]
 fn dated_and_regional_model_names_find_their_price() {
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let when = at("2026-01-01T00:00:00Z");
     let base = book.lookup("openai", "gpt-4o", when).copied();
     assert_eq!(
@@ -118,7 +118,7 @@ fn dated_and_regional_model_names_find_their_price() {
 
 #[test]
 fn price_history_follows_created_at() {
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let before = book
         .lookup("openai", "o3", at("2025-05-01T00:00:00Z"))
         .copied();
@@ -134,7 +134,7 @@ fn price_history_follows_created_at() {
 
 #[test]
 fn unknown_models_are_unpriced_and_provided_cost_wins() {
-    let book = PriceBook::builtin();
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let cost = book.cost(&event("openai", "totally-new-model", 10, 10));
     assert_eq!(cost.status, PricingStatus::Unpriced);
     assert_eq!(cost.usd, Decimal::ZERO);
@@ -167,7 +167,9 @@ fn overrides_replace_whole_histories() {
         "#,
     )
     .expect("valid");
-    let book = PriceBook::builtin().with_overrides(overrides);
+    let book = PriceBook::builtin()
+        .expect("the built-in book parses")
+        .with_overrides(overrides);
     let price = book.lookup("openai", "o3", at("2025-05-01T00:00:00Z"));
     assert_eq!(price.map(|p| p.input), Some(dec!(1)));
 }
@@ -194,7 +196,7 @@ proptest! {
         prompt in 0u32..50_000_000,
         completion in 0u32..50_000_000,
     ) {
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let one = book.cost(&event("openai", "gpt-4o", prompt, completion)).usd;
         prop_assert!(!one.is_sign_negative() || one.is_zero());
         let input_only = book.cost(&event("openai", "gpt-4o", prompt, 0)).usd;
@@ -278,7 +280,7 @@ proptest! {
         });
         let native = usage_format::quantities(UsageFormat::OpenAiChatCompletions, &usage);
         prop_assert_eq!(native.as_ref(), Ok(&event_usage::quantities(&e)));
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let rated = native.map(|q| book.rate(&RatingRequest {
             tenant: &e.tenant_id,
             provider: &e.provider,

@@ -116,14 +116,17 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 pub(super) async fn push(http: &reqwest::Client, url: &str, payload: &Value) -> Outcome {
     let response = match http.post(url).json(payload).send().await {
         Ok(response) => response,
-        Err(error) => return Outcome::Failed(with_causes(&error)),
+        // The client's error names the URL, path tokens and all; the text
+        // is stored in budget_alerts and logged.
+        Err(error) => return Outcome::Failed(infra::secret::redact_urls_in(&with_causes(&error))),
     };
     let status = response.status();
     if status.is_success() {
         return Outcome::Accepted;
     }
     let body = response.text().await.unwrap_or_default();
-    let message = format!("HTTP {status}: {}", body.trim());
+    // A target may echo the URL it was called with.
+    let message = infra::secret::redact_urls_in(&format!("HTTP {status}: {}", body.trim()));
     if is_rejection(status) {
         Outcome::Rejected(message)
     } else {

@@ -200,3 +200,22 @@ async fn an_answer_is_read_as_accepted_refused_or_failed() {
         Outcome::Failed(_)
     ));
 }
+
+/// A failed push's error text names the URL; what is stored in
+/// `budget_alerts` and logged must not carry the webhook's path token or
+/// `?token=`.
+#[tokio::test]
+async fn a_failed_push_reports_the_url_redacted() {
+    let http = reqwest::Client::new();
+    let payload = Value::Array(vec![crossing(at(10, 9, 0)).to_alertmanager_json()]);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let url = format!("http://{closed}/services/T0/B0/SECRETTOKEN123?token=SECRETQUERY");
+    let Outcome::Failed(message) = push(&http, &url, &payload).await else {
+        panic!("nothing listens there");
+    };
+    assert!(!message.contains("SECRET"), "{message}");
+    assert!(message.contains(&closed.to_string()), "{message}");
+}

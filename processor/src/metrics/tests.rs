@@ -81,7 +81,7 @@ fn batch_sums_fold_into_the_same_series_as_row_by_row_counting() {
     metrics.record_batch(&batch(&first), duration);
     let second = vec![row("t2", "gpt-4o", PricingStatus::Priced)];
     metrics.record_batch(&batch(&second), duration);
-    let text = metrics.render();
+    let text = metrics.render().expect("renders");
     let series = |name: &str, tenant: &str| {
         format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
     };
@@ -123,7 +123,7 @@ fn guide_counters_have_exact_names_labels_and_bounded_cardinality() {
         committed_at: Utc::now(),
     };
     metrics.record_batch(&batch, std::time::Duration::from_millis(3));
-    let text = metrics.render();
+    let text = metrics.render().expect("renders");
     let series = |name: &str, tenant: &str| {
         format!("{name}{{model=\"gpt-4o\",provider=\"openai\",tenant_id=\"{tenant}\"}}")
     };
@@ -200,7 +200,7 @@ fn unpriced_tokens_are_counted_by_component_with_client_fields_folded() {
         committed_at: Utc::now(),
     };
     metrics.record_batch(&batch, std::time::Duration::from_millis(1));
-    let text = metrics.render();
+    let text = metrics.render().expect("renders");
     let series = |component: &str| {
         format!(
             "tokenledger_tokens_unpriced_total{{component=\"{component}\",model=\"gpt-5\",provider=\"openai\"}}"

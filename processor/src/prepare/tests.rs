@@ -69,7 +69,7 @@ fn dedupes_inside_the_batch_by_id_and_created_at() {
             event_record(0, 11, &retried),
             event_record(0, 12, &later_same_id),
         ],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     assert_eq!(prepared.unique.len(), 2);
     assert_eq!(
@@ -96,7 +96,7 @@ fn the_same_id_and_created_at_under_two_tenants_are_two_events() {
             event_record(1, 0, &acme),
             event_record(0, 1, &globex_again),
         ],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let tenants: Vec<&str> = prepared
         .unique
@@ -152,7 +152,7 @@ fn poison_is_classified_and_offsets_cover_it() {
             wrong_schema,
             no_value,
         ],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let reasons: Vec<(i64, Reason)> = prepared
         .poison
@@ -189,7 +189,10 @@ fn poison_is_classified_and_offsets_cover_it() {
 fn records_without_a_schema_header_are_accepted() {
     let mut plain = event_record(0, 0, &event(1, "acme", 1));
     plain.schema = None;
-    let prepared = prepare(vec![plain], &PriceBook::builtin());
+    let prepared = prepare(
+        vec![plain],
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     assert_eq!(prepared.unique.len(), 1);
 }
 
@@ -206,7 +209,7 @@ fn events_are_priced() {
             event_record(0, 1, &provided),
             event_record(0, 2, &unknown),
         ],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let statuses: Vec<PricingStatus> = prepared.unique.iter().map(|p| p.cost.status).collect();
     assert_eq!(
@@ -243,7 +246,7 @@ fn classify_separates_new_duplicates_and_conflicts() {
             event_record(0, 3, &new), // in-batch repeat, same content
             event_record(0, 4, &repeat_conflicting_new), // in-batch repeat, other content
         ],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let key = |e: &UsageEvent| (e.tenant_id.clone(), e.id, e.created_at);
     let inserted: HashSet<EventKey> = [key(&new)].into();
@@ -263,7 +266,7 @@ fn classify_separates_new_duplicates_and_conflicts() {
 fn classify_reports_a_key_that_is_neither_inserted_nor_stored() {
     let prepared = prepare(
         vec![event_record(0, 0, &event(1, "acme", 1))],
-        &PriceBook::builtin(),
+        &PriceBook::builtin().expect("the built-in book parses"),
     );
     let result = classify(&prepared, &HashSet::new(), &HashMap::new());
     assert!(matches!(result, Err(MissingStoredRow { .. })));

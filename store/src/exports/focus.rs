@@ -193,6 +193,13 @@ pub fn header(label_keys: &[String]) -> String {
     csv_line(&columns)
 }
 
+/// A group's attribution labels as the query aggregates them. Unreadable
+/// labels fail the export: an empty map would move the group's cost to the
+/// unlabelled value without a word.
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ExportError> {
+    serde_json::from_str(text).map_err(|error| ExportError::Labels(error.to_string()))
+}
+
 /// Writes the dataset for `request` to `out`, streaming.
 pub async fn write_focus<W: AsyncWrite + Unpin>(
     client: &impl GenericClient,
@@ -224,7 +231,7 @@ pub async fn write_focus<W: AsyncWrite + Unpin>(
             provider: row.get(2),
             model: row.get(3),
             status: row.get(4),
-            labels: serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default(),
+            labels: parse_labels(row.get::<_, &str>(5))?,
             requests: row.get(6),
             tokens: Tokens {
                 input: row.get(7),
@@ -383,6 +390,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unreadable_labels_fail_the_export() {
+        assert!(matches!(
+            parse_labels("{\"use_case\": 1}"),
+            Err(ExportError::Labels(_))
+        ));
+        assert!(matches!(
+            parse_labels("not json"),
+            Err(ExportError::Labels(_))
+        ));
+        assert_eq!(
+            parse_labels("{\"use_case\": \"chat\"}").expect("labels"),
+            [("use_case".to_owned(), "chat".to_owned())].into()
+        );
+    }
+
+    #[test]
     fn every_row_has_a_field_per_header_column() {
         let keys = vec!["use_case".to_owned(), "team".to_owned()];
         let group = Group {
@@ -402,7 +425,11 @@ mod tests {
             list_cost: Decimal::new(3, 10),
         };
         let mut summary = ExportSummary::default();
-        let lines = group.lines(&PriceBook::builtin(), &keys, &mut summary);
+        let lines = group.lines(
+            &PriceBook::builtin().expect("the built-in book parses"),
+            &keys,
+            &mut summary,
+        );
         assert_eq!(lines.len(), 2);
         assert_eq!(summary.billed_cost, Decimal::new(3, 10));
         let header_fields = header(&keys).split(',').count();

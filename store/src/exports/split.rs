@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_priced_model_splits_by_rate_and_an_unpriced_one_by_tokens() {
-        let book = PriceBook::builtin();
+        let book = PriceBook::builtin().expect("the built-in book parses");
         let day = Utc
             .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
             .single()
