@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use ledger::budget::{reached, spend_ratio};
-use ledger::Budget;
+use ledger::{Budget, PriceBook};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -61,6 +61,9 @@ fn from_edit(error: EditError) -> AppError {
 pub struct BudgetStore {
     pool: Pool,
     timeout: Duration,
+    /// Which names a model budget counts (`Scope::matches_model`): the
+    /// processor's book, so status agrees with the spend it keeps.
+    book: Arc<PriceBook>,
 }
 
 impl BudgetStore {
@@ -74,7 +77,15 @@ impl BudgetStore {
         Ok(Some(Self {
             pool,
             timeout: config.timeout(),
+            book: Arc::new(PriceBook::builtin()),
         }))
+    }
+
+    /// The price book whose names of a model the budget scope uses (the
+    /// built-in one by default).
+    pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
+        self.book = book;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
@@ -291,13 +302,16 @@ async fn status(
                         .is_none_or(|p| b.scope.provider.as_ref().is_none_or(|bp| bp == p))
                 })
                 .filter(|b| {
-                    query
-                        .model
-                        .as_ref()
-                        .is_none_or(|m| b.scope.model.as_ref().is_none_or(|bm| bm == m))
+                    // The same rule as the spend: a budget on `gpt-4o`
+                    // counts a call to `gpt-4o-2024-08-06`.
+                    query.model.as_ref().is_none_or(|model| {
+                        let provider = provider.as_deref().or(b.scope.provider.as_deref());
+                        b.scope
+                            .matches_model(provider.unwrap_or_default(), model, &store.book)
+                    })
                 })
                 .collect();
-            let spend = store::spend::current(&**client, &tenant, &budgets, now)
+            let spend = store::spend::current(&**client, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(from_store)?;
             Ok((budgets, spend))

@@ -111,9 +111,17 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     }
     let appender =
         Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
+    let budget_book = Arc::new(
+        config
+            .exports
+            .price_book()
+            .map_err(anyhow::Error::msg)
+            .context("loading the price book")?,
+    );
     let budget_store = BudgetStore::connect_lazily(&config.database)
         .map_err(anyhow::Error::msg)
-        .context("configuring the budget database")?;
+        .context("configuring the budget database")?
+        .map(|store| store.with_price_book(budget_book));
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }

@@ -41,6 +41,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V9__use_case_rollup.sql",
         include_str!("../../sql/V9__use_case_rollup.sql"),
     ),
+    (
+        "V12__model_budget_names.sql",
+        include_str!("../../sql/V12__model_budget_names.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

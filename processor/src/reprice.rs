@@ -254,7 +254,7 @@ pub async fn run(
             if cost_changed {
                 summary.corrected += 1;
                 changed_days.insert(stored.event.created_at.date_naive());
-                for budget in budgets.iter().filter(|b| b.matches(&stored.event)) {
+                for budget in budgets.iter().filter(|b| b.matches(&stored.event, book)) {
                     let bounds = budget.period_of(stored.event.created_at);
                     spend_keys.insert(
                         SpendKey {
@@ -298,7 +298,7 @@ pub async fn run(
         }
     }
     if !args.dry_run {
-        let (corrected, crossings) = correct_spend(client, &budgets, &spend_keys).await?;
+        let (corrected, crossings) = correct_spend(client, &budgets, &spend_keys, book).await?;
         summary.spend_rows_corrected = corrected;
         summary.crossings_recorded = crossings;
         if let (Some(first), Some(last)) = (changed_days.first(), changed_days.last()) {
@@ -468,6 +468,7 @@ async fn correct_spend(
     client: &mut Client,
     budgets: &[Budget],
     keys: &BTreeMap<SpendKey, PeriodBounds>,
+    book: &PriceBook,
 ) -> Result<(u64, u64), RepriceError> {
     let by_id: BTreeMap<Uuid, &Budget> = budgets.iter().map(|b| (b.id, b)).collect();
     let all: Vec<(&SpendKey, &PeriodBounds)> = keys.iter().collect();
@@ -508,7 +509,7 @@ async fn correct_spend(
                 scope: &budget.scope,
             })
             .collect();
-        let recomputed = store::spend::from_audit(&transaction, &audit_keys).await?;
+        let recomputed = store::spend::from_audit(&transaction, &audit_keys, book).await?;
         let deltas: Vec<(&SpendKey, Decimal)> = present
             .iter()
             .zip(&recomputed)

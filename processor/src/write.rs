@@ -11,10 +11,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
+use ledger::PriceBook;
 use uuid::Uuid;
 
 use crate::attribution::AttributionError;
@@ -132,6 +134,8 @@ pub struct Writer<D> {
     dead_letters: D,
     step_timeout: Duration,
     attribution_keys: Vec<String>,
+    /// Which names a model budget counts (`Scope::matches_model`).
+    price_book: Arc<PriceBook>,
 }
 
 impl<D: DeadLetterSink> Writer<D> {
@@ -142,7 +146,15 @@ impl<D: DeadLetterSink> Writer<D> {
             dead_letters,
             step_timeout,
             attribution_keys: Vec::new(),
+            price_book: Arc::new(PriceBook::builtin()),
         }
+    }
+
+    /// The price book whose names of a model the budget scope uses (the
+    /// built-in one by default; the processor passes the book it rates with).
+    pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
+        self.price_book = book;
+        self
     }
 
     /// The label keys whose cost the batch adds to the use-case rollup.
@@ -304,7 +316,7 @@ impl<D: DeadLetterSink> Writer<D> {
         // inserted, each with its cost.
         self.bounded(
             "budgets",
-            crate::budget_spend::record(&transaction, &new_rows),
+            crate::budget_spend::record(&transaction, &new_rows, &self.price_book),
         )
         .await??;
         self.bounded(
