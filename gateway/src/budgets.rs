@@ -92,18 +92,29 @@ impl BudgetStore {
         self.pool.get().await.map_err(unavailable)
     }
 
-    async fn bounded<T>(
+    /// Runs `work` on a pooled connection within the database timeout. A
+    /// connection whose work timed out may still be running the statement
+    /// (until `statement_timeout` stops it) or be mid-transaction: it is
+    /// closed rather than handed to the next request.
+    async fn with_client<T>(
         &self,
-        future: impl std::future::Future<Output = Result<T, AppError>>,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, AppError>,
     ) -> Result<T, AppError> {
-        tokio::time::timeout(self.timeout, future)
+        let timed_out = || {
+            AppError::BudgetDatabase(format!("no answer within {} ms", self.timeout.as_millis()))
+        };
+        let started = tokio::time::Instant::now();
+        let mut client = tokio::time::timeout(self.timeout, self.client())
             .await
-            .unwrap_or_else(|_| {
-                Err(AppError::BudgetDatabase(format!(
-                    "no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
-            })
+            .map_err(|_| timed_out())??;
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, work(&mut client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(timed_out())
+            }
+        }
     }
 }
 
@@ -166,10 +177,7 @@ async fn list(State(api): State<BudgetApi>, who: Authenticated) -> Result<Json<V
     require_admin(&who)?;
     let store = api.store()?;
     let budgets = store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::list(&**client).await.map_err(from_store)
-        })
+        .with_client(async |client| store::budgets::list(&***client).await.map_err(from_store))
         .await?;
     Ok(Json(json!({
         "budgets": budgets.iter().map(Budget::to_json).collect::<Vec<_>>()
@@ -185,9 +193,8 @@ async fn create(
     let budget = budget_from_body(Uuid::now_v7(), &body)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::create(&**client, &budget)
+        .with_client(async |client| {
+            store::budgets::create(&***client, &budget)
                 .await
                 .map_err(from_edit)
         })
@@ -212,9 +219,8 @@ async fn read(
     let id = parse_id(&id)?;
     let store = api.store()?;
     let budget = store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::get(&**client, id)
+        .with_client(async |client| {
+            store::budgets::get(&***client, id)
                 .await
                 .map_err(from_store)?
                 .ok_or(AppError::BudgetNotFound(id))
@@ -234,9 +240,8 @@ async fn replace(
     let budget = budget_from_body(id, &body)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let mut client = store.client().await?;
-            store::budgets::replace(&mut client, &budget)
+        .with_client(async |client| {
+            store::budgets::replace(client, &budget)
                 .await
                 .map_err(from_edit)
         })
@@ -254,9 +259,8 @@ async fn remove(
     let id = parse_id(&id)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::delete(&**client, id)
+        .with_client(async |client| {
+            store::budgets::delete(&***client, id)
                 .await
                 .map_err(from_edit)
         })
@@ -290,9 +294,8 @@ async fn status(
     let now = Utc::now();
     let provider = query.provider.as_deref().map(str::to_ascii_lowercase);
     let (budgets, spend) = store
-        .bounded(async {
-            let client = store.client().await?;
-            let budgets: Vec<Budget> = store::budgets::covering_tenant(&**client, &tenant)
+        .with_client(async |client| {
+            let budgets: Vec<Budget> = store::budgets::covering_tenant(&***client, &tenant)
                 .await
                 .map_err(from_store)?
                 .into_iter()
@@ -311,7 +314,7 @@ async fn status(
                     })
                 })
                 .collect();
-            let spend = store::spend::current(&**client, &tenant, &budgets, now, &store.book)
+            let spend = store::spend::current(&***client, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(from_store)?;
             Ok((budgets, spend))

@@ -85,6 +85,9 @@ impl DatabaseConfig {
             timeout: self.timeout(),
             application_name: "tokenledger-gateway",
             session_setup: None,
+            // Tenants' requests reach the database: none may hold a backend
+            // past the time the gateway waits for it.
+            statement_timeout: Some(self.timeout()),
         })
     }
 }
