@@ -7,6 +7,7 @@
 //! compared with every configured hash in constant time, so neither the
 //! comparison nor the position of the match leaks through timing.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub enum AuthError {
         origin: &'static str,
         problem: String,
     },
+    #[error("API keys #{first} and #{second} (counting auth.keys, then auth.keys_file) have the same sha256: remove one")]
+    DuplicateKey { first: usize, second: usize },
     #[error("authentication is enabled but no API keys are configured (set auth.keys or auth.keys_file, or auth.enabled = false)")]
     NoKeys,
 }
@@ -240,6 +243,17 @@ impl KeyRing {
         }
         if entries.is_empty() {
             return Err(AuthError::NoKeys);
+        }
+        // Two entries with one hash are one key with two meanings: which
+        // tenant it writes as would depend on the order of the files.
+        let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+        for (index, entry) in entries.iter().enumerate() {
+            if let Some(first) = seen.insert(entry.sha256, index) {
+                return Err(AuthError::DuplicateKey {
+                    first: first + 1,
+                    second: index + 1,
+                });
+            }
         }
         Ok(Self {
             enabled: true,

@@ -107,7 +107,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     if keys.is_enabled() {
         tracing::info!(keys = keys.len(), "authentication enabled");
     } else {
-        tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events");
+        tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events, read every tenant's budget status, create, change and delete budgets, and download every tenant's exports");
     }
     let appender =
         Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
