@@ -109,6 +109,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     } else {
         tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events, read every tenant's budget status, create, change and delete budgets, and download every tenant's exports");
     }
+    reload_keys_on_hangup(&keys, &config.auth)?;
     let appender =
         Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
     let budget_book = Arc::new(
@@ -190,4 +191,25 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     }
     tracing::info!(?drained, "gateway stopped");
     Ok(drained)
+}
+
+/// On SIGHUP, reads the keys again (`auth.keys_file` from disk): a revoked
+/// key stops working without a restart. Keys that do not load leave the
+/// ring as it was, and say why.
+fn reload_keys_on_hangup(keys: &KeyRing, auth: &gateway::config::AuthConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let keys = keys.clone();
+    let auth = auth.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match keys.reload(&auth) {
+                Ok(count) => tracing::info!(keys = count, "SIGHUP: API keys reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the API keys do not load; keeping the previous keys")
+                }
+            }
+        }
+    });
+    Ok(())
 }
