@@ -19,6 +19,7 @@ async fn connect_to(url: &str) -> Result<tokio_postgres::Client, String> {
         timeout: Duration::from_secs(10),
         application_name: "tokenledger-tls-test",
         session_setup: None,
+        statement_timeout: None,
     })
     .await
     .map_err(|error| error.to_string())

@@ -370,6 +370,7 @@ async fn connect_db(db_url: &str) -> anyhow::Result<tokio_postgres::Client> {
             timeout: std::time::Duration::from_secs(30),
             application_name: "tokenledger-bench",
             session_setup: None,
+            statement_timeout: None,
         })
         .await?,
     )

@@ -7,8 +7,9 @@
 //! compared with every configured hash in constant time, so neither the
 //! comparison nor the position of the match leaks through timing.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -46,6 +47,8 @@ pub enum AuthError {
         origin: &'static str,
         problem: String,
     },
+    #[error("API keys #{first} and #{second} (counting auth.keys, then auth.keys_file) have the same sha256: remove one")]
+    DuplicateKey { first: usize, second: usize },
     #[error("authentication is enabled but no API keys are configured (set auth.keys or auth.keys_file, or auth.enabled = false)")]
     NoKeys,
 }
@@ -207,18 +210,19 @@ struct KeyEntry {
     principal: Authenticated,
 }
 
-/// The configured keys. Cheap to share behind an `Arc`.
+/// The configured keys. Clones share one set of keys, so a reload
+/// ([`KeyRing::reload`], on SIGHUP) reaches every route at once.
 #[derive(Clone)]
 pub struct KeyRing {
     enabled: bool,
-    entries: Vec<KeyEntry>,
+    entries: Arc<RwLock<Arc<Vec<KeyEntry>>>>,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
             .field("enabled", &self.enabled)
-            .field("keys", &self.entries.len())
+            .field("keys", &self.len())
             .finish()
     }
 }
@@ -241,9 +245,20 @@ impl KeyRing {
         if entries.is_empty() {
             return Err(AuthError::NoKeys);
         }
+        // Two entries with one hash are one key with two meanings: which
+        // tenant it writes as would depend on the order of the files.
+        let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+        for (index, entry) in entries.iter().enumerate() {
+            if let Some(first) = seen.insert(entry.sha256, index) {
+                return Err(AuthError::DuplicateKey {
+                    first: first + 1,
+                    second: index + 1,
+                });
+            }
+        }
         Ok(Self {
             enabled: true,
-            entries,
+            entries: Arc::new(RwLock::new(Arc::new(entries))),
         })
     }
 
@@ -252,8 +267,30 @@ impl KeyRing {
     pub fn disabled() -> Self {
         Self {
             enabled: false,
-            entries: Vec::new(),
+            entries: Arc::default(),
         }
+    }
+
+    fn current(&self) -> Arc<Vec<KeyEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the keys again (`auth.keys` as given, `auth.keys_file` from
+    /// disk) and, if they are valid, replaces the ring's keys for every
+    /// clone: a revoked key stops working for the next request. Invalid
+    /// keys leave the ring as it was. Turning authentication on or off
+    /// takes a restart. Returns the number of keys now in force.
+    pub fn reload(&self, config: &AuthConfig) -> Result<usize, AuthError> {
+        if !self.enabled || !config.enabled {
+            return Ok(0);
+        }
+        let fresh = Self::from_config(config)?.current();
+        let count = fresh.len();
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(count)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -261,11 +298,11 @@ impl KeyRing {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.current().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.current().is_empty()
     }
 
     /// Checks the `Authorization: Bearer <key>` header.
@@ -278,7 +315,8 @@ impl KeyRing {
         // Visit every entry whatever matches, so the time taken does not
         // depend on which key (if any) was presented.
         let mut found: Option<&KeyEntry> = None;
-        for entry in &self.entries {
+        let entries = self.current();
+        for entry in entries.iter() {
             let is_match: bool = entry.sha256.ct_eq(&presented_sha256).into();
             if is_match && found.is_none() {
                 found = Some(entry);

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use ledger::budget::{reached, spend_ratio};
-use ledger::Budget;
+use ledger::{Budget, PriceBook};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -61,6 +61,9 @@ fn from_edit(error: EditError) -> AppError {
 pub struct BudgetStore {
     pool: Pool,
     timeout: Duration,
+    /// Which names a model budget counts (`Scope::matches_model`): the
+    /// processor's book, so status agrees with the spend it keeps.
+    book: Arc<PriceBook>,
 }
 
 impl BudgetStore {
@@ -71,28 +74,48 @@ impl BudgetStore {
             return Ok(None);
         };
         let pool = infra::database::pool(&settings).map_err(|error| error.to_string())?;
+        let book = PriceBook::builtin().map_err(|error| error.to_string())?;
         Ok(Some(Self {
             pool,
             timeout: config.timeout(),
+            book: Arc::new(book),
         }))
+    }
+
+    /// The price book whose names of a model the budget scope uses (the
+    /// built-in one by default).
+    pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
+        self.book = book;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
         self.pool.get().await.map_err(unavailable)
     }
 
-    async fn bounded<T>(
+    /// Runs `work` on a pooled connection within the database timeout. A
+    /// connection whose work timed out may still be running the statement
+    /// (until `statement_timeout` stops it) or be mid-transaction: it is
+    /// closed rather than handed to the next request.
+    async fn with_client<T>(
         &self,
-        future: impl std::future::Future<Output = Result<T, AppError>>,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, AppError>,
     ) -> Result<T, AppError> {
-        tokio::time::timeout(self.timeout, future)
+        let timed_out = || {
+            AppError::BudgetDatabase(format!("no answer within {} ms", self.timeout.as_millis()))
+        };
+        let started = tokio::time::Instant::now();
+        let mut client = tokio::time::timeout(self.timeout, self.client())
             .await
-            .unwrap_or_else(|_| {
-                Err(AppError::BudgetDatabase(format!(
-                    "no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
-            })
+            .map_err(|_| timed_out())??;
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, work(&mut client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(timed_out())
+            }
+        }
     }
 }
 
@@ -155,10 +178,7 @@ async fn list(State(api): State<BudgetApi>, who: Authenticated) -> Result<Json<V
     require_admin(&who)?;
     let store = api.store()?;
     let budgets = store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::list(&**client).await.map_err(from_store)
-        })
+        .with_client(async |client| store::budgets::list(&***client).await.map_err(from_store))
         .await?;
     Ok(Json(json!({
         "budgets": budgets.iter().map(Budget::to_json).collect::<Vec<_>>()
@@ -174,9 +194,8 @@ async fn create(
     let budget = budget_from_body(Uuid::now_v7(), &body)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::create(&**client, &budget)
+        .with_client(async |client| {
+            store::budgets::create(&***client, &budget)
                 .await
                 .map_err(from_edit)
         })
@@ -201,9 +220,8 @@ async fn read(
     let id = parse_id(&id)?;
     let store = api.store()?;
     let budget = store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::get(&**client, id)
+        .with_client(async |client| {
+            store::budgets::get(&***client, id)
                 .await
                 .map_err(from_store)?
                 .ok_or(AppError::BudgetNotFound(id))
@@ -223,9 +241,8 @@ async fn replace(
     let budget = budget_from_body(id, &body)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let mut client = store.client().await?;
-            store::budgets::replace(&mut client, &budget)
+        .with_client(async |client| {
+            store::budgets::replace(client, &budget)
                 .await
                 .map_err(from_edit)
         })
@@ -243,9 +260,8 @@ async fn remove(
     let id = parse_id(&id)?;
     let store = api.store()?;
     store
-        .bounded(async {
-            let client = store.client().await?;
-            store::budgets::delete(&**client, id)
+        .with_client(async |client| {
+            store::budgets::delete(&***client, id)
                 .await
                 .map_err(from_edit)
         })
@@ -279,9 +295,8 @@ async fn status(
     let now = Utc::now();
     let provider = query.provider.as_deref().map(str::to_ascii_lowercase);
     let (budgets, spend) = store
-        .bounded(async {
-            let client = store.client().await?;
-            let budgets: Vec<Budget> = store::budgets::covering_tenant(&**client, &tenant)
+        .with_client(async |client| {
+            let budgets: Vec<Budget> = store::budgets::covering_tenant(&***client, &tenant)
                 .await
                 .map_err(from_store)?
                 .into_iter()
@@ -291,13 +306,16 @@ async fn status(
                         .is_none_or(|p| b.scope.provider.as_ref().is_none_or(|bp| bp == p))
                 })
                 .filter(|b| {
-                    query
-                        .model
-                        .as_ref()
-                        .is_none_or(|m| b.scope.model.as_ref().is_none_or(|bm| bm == m))
+                    // The same rule as the spend: a budget on `gpt-4o`
+                    // counts a call to `gpt-4o-2024-08-06`.
+                    query.model.as_ref().is_none_or(|model| {
+                        let provider = provider.as_deref().or(b.scope.provider.as_deref());
+                        b.scope
+                            .matches_model(provider.unwrap_or_default(), model, &store.book)
+                    })
                 })
                 .collect();
-            let spend = store::spend::current(&**client, &tenant, &budgets, now)
+            let spend = store::spend::current(&***client, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(from_store)?;
             Ok((budgets, spend))

@@ -85,6 +85,9 @@ impl DatabaseConfig {
             timeout: self.timeout(),
             application_name: "tokenledger-gateway",
             session_setup: None,
+            // Tenants' requests reach the database: none may hold a backend
+            // past the time the gateway waits for it.
+            statement_timeout: Some(self.timeout()),
         })
     }
 }
@@ -257,6 +260,24 @@ impl Default for ValidationConfig {
 }
 
 impl ValidationConfig {
+    /// Windows past what date arithmetic holds would panic on every
+    /// request; they are refused here, at startup.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let max_days = keys::MAX_WINDOW_MS / (24 * 60 * 60 * 1000);
+        if u64::from(self.backfill_days) > max_days {
+            return Err(ConfigError::Invalid(format!(
+                "validation.backfill_days must be at most {max_days} (ten years)"
+            )));
+        }
+        if self.max_future_skew_secs > keys::MAX_WINDOW_MS / 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "validation.max_future_skew_secs must be at most {} (ten years)",
+                keys::MAX_WINDOW_MS / 1000
+            )));
+        }
+        Ok(())
+    }
+
     pub fn limits(&self) -> ValidationLimits {
         ValidationLimits {
             max_future_skew: chrono::Duration::seconds(
@@ -307,6 +328,7 @@ impl Config {
         }
         self.http.validate_connections()?;
         self.auth.validate()?;
+        self.validation.validate()?;
         self.otlp.validate()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());

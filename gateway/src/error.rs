@@ -342,9 +342,21 @@ fn budget_error_response(error: AppError, message: String) -> Response {
         AppError::DuplicateBudgetName(_) => (StatusCode::CONFLICT, "duplicate_name"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
     };
-    if status.is_server_error() {
-        tracing::warn!(error = %message, "budget API unavailable");
-    }
+    let message = if let AppError::BudgetDatabase(_) = &error {
+        // The driver's text names hosts, ports, users and SQL: it goes to
+        // the log, and the caller gets the request id it is logged under.
+        let request_id = crate::request_id::RequestId::current();
+        let request_id = request_id.as_ref().map_or("unknown", |id| id.as_str());
+        tracing::error!(error = %message, request_id, "budget API: database error");
+        format!(
+            "the database is unavailable; the gateway logged the cause under request id {request_id}"
+        )
+    } else {
+        if status.is_server_error() {
+            tracing::warn!(error = %message, "budget API unavailable");
+        }
+        message
+    };
     let mut body = error_body(code, message);
     if let AppError::InvalidBudget(errors) = &error {
         body["errors"] = json!(errors);

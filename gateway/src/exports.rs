@@ -100,6 +100,13 @@ impl ExportApi {
     ) -> Result<Self, String> {
         let pool = match database.settings() {
             Some(settings) => {
+                // Exports (admin keys only) stream a month of rows as the
+                // client reads them: one statement that may rightly outlast
+                // the budget routes' bound.
+                let settings = infra::database::DatabaseSettings {
+                    statement_timeout: None,
+                    ..settings
+                };
                 Some(infra::database::pool(&settings).map_err(|error| error.to_string())?)
             }
             None => None,

@@ -107,13 +107,22 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     if keys.is_enabled() {
         tracing::info!(keys = keys.len(), "authentication enabled");
     } else {
-        tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events");
+        tracing::warn!("AUTHENTICATION IS DISABLED (auth.enabled = false): anyone who can reach the API can write any tenant's usage events, read every tenant's budget status, create, change and delete budgets, and download every tenant's exports");
     }
+    reload_keys_on_hangup(&keys, &config.auth)?;
     let appender =
         Arc::new(KafkaAppender::new(&config.kafka).context("creating the Kafka producer")?);
+    let budget_book = Arc::new(
+        config
+            .exports
+            .price_book()
+            .map_err(anyhow::Error::msg)
+            .context("loading the price book")?,
+    );
     let budget_store = BudgetStore::connect_lazily(&config.database)
         .map_err(anyhow::Error::msg)
-        .context("configuring the budget database")?;
+        .context("configuring the budget database")?
+        .map(|store| store.with_price_book(budget_book));
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }
@@ -182,4 +191,25 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     }
     tracing::info!(?drained, "gateway stopped");
     Ok(drained)
+}
+
+/// On SIGHUP, reads the keys again (`auth.keys_file` from disk): a revoked
+/// key stops working without a restart. Keys that do not load leave the
+/// ring as it was, and say why.
+fn reload_keys_on_hangup(keys: &KeyRing, auth: &gateway::config::AuthConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let keys = keys.clone();
+    let auth = auth.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match keys.reload(&auth) {
+                Ok(count) => tracing::info!(keys = count, "SIGHUP: API keys reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the API keys do not load; keeping the previous keys")
+                }
+            }
+        }
+    });
+    Ok(())
 }

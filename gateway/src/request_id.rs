@@ -59,13 +59,28 @@ fn is_sane(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
+tokio::task_local! {
+    /// The id of the request being answered, for an answer that refers the
+    /// caller to the log instead of saying what went wrong.
+    static CURRENT: RequestId;
+}
+
+impl RequestId {
+    /// The id of the request this task is answering, if any.
+    pub fn current() -> Option<RequestId> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+}
+
 /// Middleware: decides the id once, before any handler, so the handler,
 /// the logs and the response all agree on it.
 pub async fn assign_request_id(mut request: Request, next: Next) -> Response {
     let request_id = RequestId::from_headers(request.headers());
     request.extensions_mut().insert(request_id.clone());
     let span = tracing::info_span!("request", request_id = %request_id.as_str());
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let mut response =
+        tracing::Instrument::instrument(CURRENT.scope(request_id.clone(), next.run(request)), span)
+            .await;
     if let Ok(value) = request_id.header_value() {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

@@ -157,3 +157,44 @@ async fn status_is_admin_or_the_keys_own_tenant() {
         (400, Some("missing_tenant_id"))
     );
 }
+
+/// A database error's text (host, port, the driver's words) stays in the gateway's log: a tenant
+/// key gets a generic answer that names the request id the cause is logged under.
+#[tokio::test]
+async fn a_database_error_is_not_shown_to_the_caller() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let store = gateway::budgets::BudgetStore::connect_lazily(&gateway::config::DatabaseConfig {
+        url: Some(format!("host=127.0.0.1 port={port} user=secret_db_user").into()),
+        pool_size: 1,
+        timeout_ms: 2_000,
+    })
+    .expect("pool builds");
+    let app = app();
+    let router = gateway::router_with(app.state, budgets::routes(Arc::new(key_ring()), store));
+    let (status, headers, body) = send_json(
+        &router,
+        request("GET", "/v1/budgets/status", Some(ACME_KEY), None),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    for leak in [
+        "127.0.0.1",
+        &port.to_string(),
+        "secret_db_user",
+        "refused",
+        "error connecting",
+    ] {
+        assert!(!text.contains(leak), "{leak:?} in {text}");
+    }
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .expect("a request id");
+    assert!(
+        text.contains(request_id),
+        "the answer names its request id: {text}"
+    );
+}

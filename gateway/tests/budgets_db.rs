@@ -127,3 +127,25 @@ async fn a_budget_edit_locks_the_budget_before_it_resets_its_spend() {
         "the spend row was deleted without the budget's row lock held"
     );
 }
+
+/// Every connection the gateway's pool hands out carries `statement_timeout` (the configured
+/// database timeout), so a query the gateway gave up on stops in the database too instead of
+/// holding a backend.
+#[tokio::test]
+async fn every_gateway_connection_carries_a_statement_timeout() {
+    let database = migrated_database().await;
+    let config = DatabaseConfig {
+        url: Some(database.url().into()),
+        pool_size: 2,
+        timeout_ms: 1_500,
+    };
+    let settings = config.settings().expect("url set");
+    let pool = infra::database::pool(&settings).expect("pool builds");
+    let client = pool.get().await.expect("connection");
+    let shown: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(shown, "1500ms");
+}

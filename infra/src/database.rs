@@ -74,6 +74,10 @@ pub struct DatabaseSettings<'a> {
     /// use (session state such as temporary tables); a failure fails that
     /// connection's checkout like a failed connect.
     pub session_setup: Option<&'static str>,
+    /// `statement_timeout` of every pooled connection: a query the caller
+    /// stopped waiting for also stops in the database instead of holding a
+    /// backend (and whatever it locks) until it finishes.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl DatabaseSettings<'_> {
@@ -115,11 +119,23 @@ pub fn pool(settings: &DatabaseSettings<'_>) -> Result<Pool, DatabaseError> {
     );
     let timeout = Some(settings.timeout);
     let mut builder = Pool::builder(manager);
-    if let Some(setup) = settings.session_setup {
+    let mut setup = String::new();
+    if let Some(limit) = settings.statement_timeout {
+        setup.push_str(&format!(
+            "SET statement_timeout = {};\n",
+            limit.as_millis().max(1)
+        ));
+    }
+    if let Some(session_setup) = settings.session_setup {
+        setup.push_str(session_setup);
+    }
+    if !setup.is_empty() {
+        let setup: std::sync::Arc<str> = setup.into();
         builder = builder.post_create(Hook::async_fn(move |client, _| {
+            let setup = setup.clone();
             Box::pin(async move {
                 client
-                    .batch_execute(setup)
+                    .batch_execute(&setup)
                     .await
                     .map_err(HookError::Backend)
             })
@@ -164,6 +180,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             application_name: "tokenledger-test",
             session_setup: None,
+            statement_timeout: None,
         }
     }
 

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use ledger::budget::reached;
-use ledger::{Budget, PeriodBounds};
+use ledger::{Budget, PeriodBounds, PriceBook};
 use rust_decimal::Decimal;
 use store::alerts::Crossing;
 use store::spend::{AuditKey, NewSpend};
@@ -74,10 +74,14 @@ pub struct BudgetOutcome {
 pub fn deltas(
     budgets: &[Budget],
     new_rows: &[&PricedEvent],
+    book: &PriceBook,
 ) -> BTreeMap<SpendKey, (PeriodBounds, Decimal)> {
     let mut deltas: BTreeMap<SpendKey, (PeriodBounds, Decimal)> = BTreeMap::new();
     for row in new_rows {
-        for budget in budgets.iter().filter(|budget| budget.matches(&row.event)) {
+        for budget in budgets
+            .iter()
+            .filter(|budget| budget.matches(&row.event, book))
+        {
             let bounds = budget.period_of(row.event.created_at);
             let key = SpendKey {
                 budget_id: budget.id,
@@ -95,6 +99,7 @@ pub fn deltas(
 pub async fn record(
     transaction: &Transaction<'_>,
     new_rows: &[&PricedEvent],
+    book: &PriceBook,
 ) -> Result<BudgetOutcome, BudgetSpendError> {
     if new_rows.is_empty() {
         return Ok(BudgetOutcome::default());
@@ -102,7 +107,7 @@ pub async fn record(
     let client = &**transaction;
     let mut budgets = store::budgets::list(client).await?;
     let mut versions = store::spend::budget_versions(client).await?;
-    let mut deltas_by_key = deltas(&budgets, new_rows);
+    let mut deltas_by_key = deltas(&budgets, new_rows, book);
     for evaluation in 1..=MAX_EVALUATIONS {
         if deltas_by_key.is_empty() {
             return Ok(BudgetOutcome::default());
@@ -123,10 +128,10 @@ pub async fn record(
         tracing::info!("budgets changed during the batch; evaluating again");
         budgets = store::budgets::list(client).await?;
         versions = store::spend::budget_versions(client).await?;
-        deltas_by_key = deltas(&budgets, new_rows);
+        deltas_by_key = deltas(&budgets, new_rows, book);
     }
 
-    let spend = add_spend(client, &budgets, &deltas_by_key).await?;
+    let spend = add_spend(client, &budgets, &deltas_by_key, book).await?;
     let crossings = record_crossings(client, &budgets, &deltas_by_key, &spend).await?;
     if !crossings.is_empty() {
         tracing::info!(
@@ -145,6 +150,7 @@ pub async fn add_corrections(
     transaction: &tokio_postgres::Transaction<'_>,
     budgets: &[Budget],
     deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
+    book: &PriceBook,
 ) -> Result<BudgetOutcome, BudgetSpendError> {
     if deltas_by_key.is_empty() {
         return Ok(BudgetOutcome::default());
@@ -152,7 +158,7 @@ pub async fn add_corrections(
     let mut touched: Vec<Uuid> = deltas_by_key.keys().map(|key| key.budget_id).collect();
     touched.dedup();
     store::spend::lock_for_batch(transaction, &touched).await?;
-    let spend = add_spend(transaction, budgets, deltas_by_key).await?;
+    let spend = add_spend(transaction, budgets, deltas_by_key, book).await?;
     let crossings = record_crossings(transaction, budgets, deltas_by_key, &spend).await?;
     Ok(BudgetOutcome { spend, crossings })
 }
@@ -162,6 +168,7 @@ async fn add_spend(
     client: &tokio_postgres::Transaction<'_>,
     budgets: &[Budget],
     deltas_by_key: &BTreeMap<SpendKey, (PeriodBounds, Decimal)>,
+    book: &PriceBook,
 ) -> Result<BTreeMap<SpendKey, Decimal>, BudgetSpendError> {
     let all: Vec<(&SpendKey, Decimal)> = deltas_by_key
         .iter()
@@ -189,7 +196,7 @@ async fn add_spend(
             scope: &budget.scope,
         })
         .collect();
-    let initial = store::spend::from_audit(client, &audit_keys).await?;
+    let initial = store::spend::from_audit(client, &audit_keys, book).await?;
     let new_rows: Vec<NewSpend<'_>> = missing
         .iter()
         .zip(initial)
@@ -308,7 +315,11 @@ mod tests {
             row("globex", 5, Decimal::new(8, 0)),
         ];
         let rows: Vec<&PricedEvent> = rows.iter().collect();
-        let deltas = deltas(&[every_daily, acme_monthly], &rows);
+        let deltas = deltas(
+            &[every_daily, acme_monthly],
+            &rows,
+            &PriceBook::builtin().expect("the built-in book parses"),
+        );
         let summary: Vec<(u128, &str, u32, Decimal)> = deltas
             .iter()
             .map(|(key, (_, delta))| {

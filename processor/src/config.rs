@@ -297,6 +297,7 @@ impl DatabaseConfig {
             timeout: self.timeout(),
             application_name: "tokenledger-processor",
             session_setup: None,
+            statement_timeout: None,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::config::DatabaseConfig;
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
     infra::database::pool(&infra::database::DatabaseSettings {
         session_setup: Some(crate::write::copy::CREATE_STAGING),
+        // Each batch step has its own bound (`Writer::bounded`), and
+        // reports and reprices may run long by design.
+        statement_timeout: None,
         ..config.settings()
     })
 }

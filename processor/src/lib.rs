@@ -94,6 +94,7 @@ pub mod corrections;
 pub mod database;
 pub mod dead_letters;
 pub mod export;
+pub mod fair_labels;
 pub mod health;
 pub mod label_metrics;
 pub mod log_check;

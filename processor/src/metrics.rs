@@ -14,6 +14,7 @@ use prometheus::{
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::dead_letters::Reason;
+use crate::fair_labels::FairBound;
 use crate::prepare::PricedEvent;
 
 /// The label value that stands for every value past the cardinality bound.
@@ -73,10 +74,10 @@ impl LabelBound {
 #[derive(Debug)]
 struct Bounds {
     tenants: LabelBound,
-    models: LabelBound,
-    // Providers are not named by the configuration; they get the model
-    // bound's size, which is far above the handful that exist.
-    providers: LabelBound,
+    // Per tenant as well as in total (crate::fair_labels). Providers are not
+    // named by the configuration; they get the model bound's size.
+    models: FairBound,
+    providers: FairBound,
 }
 
 /// One batch's usage under one label set.
@@ -281,8 +282,8 @@ impl Metrics {
             registry,
             bounds: Mutex::new(Bounds {
                 tenants: LabelBound::new(max_tenant_labels),
-                models: LabelBound::new(max_model_labels),
-                providers: LabelBound::new(max_model_labels),
+                models: FairBound::new(max_model_labels),
+                providers: FairBound::new(max_model_labels),
             }),
             total_tokens,
             total_cost,
@@ -357,10 +358,11 @@ impl Metrics {
         let mut bounded: Vec<([&str; 3], UsageSum)> = Vec::with_capacity(sums.len());
         let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
         for ((provider, model, tenant), sum) in sums {
+            let tenant = bounds.tenants.label(tenant);
             let labels = [
-                bounds.providers.label(provider),
-                bounds.models.label(model),
-                bounds.tenants.label(tenant),
+                bounds.providers.label(tenant, provider),
+                bounds.models.label(tenant, model),
+                tenant,
             ];
             match bounded_slots.get(&labels) {
                 Some(&slot) => bounded[slot].1.merge(&sum),

@@ -46,6 +46,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V10__unpriced_tokens.sql"),
     ),
     (
+        "V12__model_budget_names.sql",
+        include_str!("../../sql/V12__model_budget_names.sql"),
+    ),
+    (
         "V13__reprice_runs.sql",
         include_str!("../../sql/V13__reprice_runs.sql"),
     ),

@@ -140,7 +140,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         dead_letters,
         db_timeout,
     )
-    .with_attribution_keys(config.attribution.labels.clone());
+    .with_attribution_keys(config.attribution.labels.clone())
+    .with_price_book(Arc::new(price_book.clone()));
     let floors = OffsetFloors::default();
     let (member, receivers) = GroupMember::start(
         &config.kafka,

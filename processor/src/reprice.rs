@@ -213,7 +213,7 @@ async fn run_locked(
         };
         let page = rate_page(book, &budgets, stored_rows, &mut summary);
         if !args.dry_run {
-            let written = write_page(&transaction, summary.run_id, &budgets, &page).await?;
+            let written = write_page(&transaction, summary.run_id, &budgets, &page, book).await?;
             spend_keys.extend(written.spend.into_keys());
             summary.crossings_recorded += written.crossings.len() as u64;
         }
@@ -281,7 +281,7 @@ fn rate_page(
         if cost_changed {
             summary.corrected += 1;
             page.days.insert(stored.event.created_at.date_naive());
-            for budget in budgets.iter().filter(|b| b.matches(&stored.event)) {
+            for budget in budgets.iter().filter(|b| b.matches(&stored.event, book)) {
                 let bounds = budget.period_of(stored.event.created_at);
                 let key = SpendKey {
                     budget_id: budget.id,
@@ -319,6 +319,7 @@ async fn write_page(
     run_id: Uuid,
     budgets: &[Budget],
     page: &Page,
+    book: &PriceBook,
 ) -> Result<BudgetOutcome, RepriceError> {
     rows::update(transaction, &page.updates).await?;
     rows::insert_corrections(transaction, run_id, &page.corrections).await?;
@@ -340,7 +341,8 @@ async fn write_page(
         .collect();
     store::attribution::apply_cost_changes(transaction, &changes).await?;
     let outcome =
-        crate::budget_spend::add_corrections(transaction, budgets, &page.spend_deltas).await?;
+        crate::budget_spend::add_corrections(transaction, budgets, &page.spend_deltas, book)
+            .await?;
     pending::record_days(transaction, run_id, &page.days).await?;
     Ok(outcome)
 }

@@ -1,7 +1,9 @@
 //! The batch transaction: insert a prepared batch's new rows, look up the
-//! stored hashes of the rest, dead-letter conflicts, record budget spend and
-//! store the next offsets, all in one transaction per batch, and the SQL it
-//! runs. Which event is new, duplicate or conflict is decided by
+//! stored hashes of the rest, record budget spend and store the next
+//! offsets, all in one transaction per batch, and the SQL it runs. Dead
+//! letters (poison, and conflicts the transaction finds) are sent in bulk
+//! while no transaction is open: a transaction that finds conflicts not yet
+//! acknowledged rolls back, they are sent, and it runs again. Which event is new, duplicate or conflict is decided by
 //! [`crate::prepare`]; this module only asks the database and commits.
 //! A batch the database refuses permanently is bisected, in transactions
 //! that are rolled back, down to the records it refuses
@@ -9,10 +11,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
+use ledger::PriceBook;
 use uuid::Uuid;
 
 use crate::attribution::AttributionError;
@@ -116,6 +120,10 @@ pub struct BatchOutcome {
 #[derive(Debug, Default)]
 pub struct AttemptState {
     acknowledged_dead_letters: HashSet<usize>,
+    /// Stored hashes an earlier attempt looked up. A stored row's key and
+    /// content never change, so a retry (after sending the conflicts it
+    /// found) asks the database only for keys it has not seen.
+    stored_hashes: HashMap<EventKey, Vec<u8>, KeyHasher>,
 }
 
 /// Writes batches to the database.
@@ -126,6 +134,8 @@ pub struct Writer<D> {
     dead_letters: D,
     step_timeout: Duration,
     attribution_keys: Vec<String>,
+    /// Which names a model budget counts (`Scope::matches_model`).
+    price_book: Arc<PriceBook>,
 }
 
 impl<D: DeadLetterSink> Writer<D> {
@@ -136,7 +146,18 @@ impl<D: DeadLetterSink> Writer<D> {
             dead_letters,
             step_timeout,
             attribution_keys: Vec::new(),
+            // The compiled-in book is checked by a unit test and parsed at
+            // the processor's start (a failure there is a startup error)
+            // before any writer exists.
+            price_book: Arc::new(PriceBook::builtin().expect("the built-in price book parses")),
         }
+    }
+
+    /// The price book whose names of a model the budget scope uses (the
+    /// built-in one by default; the processor passes the book it rates with).
+    pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
+        self.price_book = book;
+        self
     }
 
     /// The label keys whose cost the batch adds to the use-case rollup.
@@ -192,21 +213,32 @@ impl<D: DeadLetterSink> Writer<D> {
     ) -> Result<BatchOutcome, WriteError> {
         // Poison does not depend on the database: acknowledge it before the
         // transaction starts so the transaction is held open for less time.
-        for (record_index, letter) in &prepared.poison {
-            self.dead_letter(letter, *record_index, attempt).await?;
-        }
+        let poison = prepared
+            .poison
+            .iter()
+            .map(|(index, letter)| (*index, letter));
+        self.dead_letter_all(poison, attempt).await?;
 
-        let mut client = self.bounded("connect", self.pool.get()).await??;
-        let result = self
-            .write_in_transaction(&mut client, prepared, attempt, Mode::Commit)
-            .await;
-        let (mut outcome, new) = match result {
-            Ok(committed) => committed,
-            Err(error) => {
-                // The connection may be mid-transaction or mid-statement
-                // after a timeout; never hand it back to the pool.
-                drop(Object::take(client));
-                return Err(error);
+        let (mut outcome, new) = loop {
+            let mut client = self.bounded("connect", self.pool.get()).await??;
+            let result = self
+                .write_in_transaction(&mut client, prepared, attempt, Mode::Commit)
+                .await;
+            match result {
+                Ok(Attempted::Committed(outcome, new)) => break (outcome, new),
+                Ok(Attempted::Unacknowledged(conflicts)) => {
+                    // Rolled back: the connection is idle and goes back to
+                    // the pool before the topic is waited for.
+                    drop(client);
+                    let letters = conflicts.iter().map(|(index, letter)| (*index, letter));
+                    self.dead_letter_all(letters, attempt).await?;
+                }
+                Err(error) => {
+                    // The connection may be mid-transaction or mid-statement
+                    // after a timeout; never hand it back to the pool.
+                    drop(Object::take(client));
+                    return Err(error);
+                }
             }
         };
         let mut is_new = vec![false; prepared.unique.len()];
@@ -227,7 +259,7 @@ impl<D: DeadLetterSink> Writer<D> {
         prepared: &PreparedBatch,
         attempt: &mut AttemptState,
         mode: Mode,
-    ) -> Result<(BatchOutcome, Vec<usize>), WriteError> {
+    ) -> Result<Attempted, WriteError> {
         let transaction = self
             .bounded("begin", client.transaction())
             .await?
@@ -240,28 +272,41 @@ impl<D: DeadLetterSink> Writer<D> {
             .unique
             .iter()
             .map(PricedEvent::key)
-            .filter(|key| !inserted.contains(key))
+            .filter(|key| !inserted.contains(key) && !attempt.stored_hashes.contains_key(key))
             .collect();
         let stored = self
             .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
             .await??;
-        let classification = classify(prepared, &inserted, &stored)?;
+        attempt.stored_hashes.extend(stored);
+        let classification = classify(prepared, &inserted, &attempt.stored_hashes)?;
 
         // Conflicts are known only now; they must be acknowledged by the
-        // dead-letter topic before the offsets below move past them.
-        let conflicts = match mode {
-            Mode::Commit => classification.conflicts.as_slice(),
-            // A probe only asks whether the rows can be stored.
-            Mode::Probe => &[],
-        };
-        for (record_index, detail) in conflicts {
-            let letter = DeadLetter {
-                record: prepared.records[*record_index].clone(),
-                reason: Reason::Conflict,
-                detail: detail.clone(),
-                database: None,
-            };
-            self.dead_letter(&letter, *record_index, attempt).await?;
+        // dead-letter topic before the offsets below move past them. Waiting
+        // for the topic with the transaction open would hold its connection
+        // and locks for as long as the broker takes, once per conflict: roll
+        // back instead, and let the caller send them all at once and retry.
+        // (A probe only asks whether the rows can be stored.)
+        if mode == Mode::Commit {
+            let unacknowledged: Vec<(usize, DeadLetter)> = classification
+                .conflicts
+                .iter()
+                .filter(|(index, _)| !attempt.acknowledged_dead_letters.contains(index))
+                .map(|(index, detail)| {
+                    let letter = DeadLetter {
+                        record: prepared.records[*index].clone(),
+                        reason: Reason::Conflict,
+                        detail: detail.clone(),
+                        database: None,
+                    };
+                    (*index, letter)
+                })
+                .collect();
+            if !unacknowledged.is_empty() {
+                self.bounded("rollback", transaction.rollback())
+                    .await?
+                    .map_err(db("rollback"))?;
+                return Ok(Attempted::Unacknowledged(unacknowledged));
+            }
         }
 
         let new_rows: Vec<&PricedEvent> = classification
@@ -274,7 +319,7 @@ impl<D: DeadLetterSink> Writer<D> {
         // inserted, each with its cost.
         self.bounded(
             "budgets",
-            crate::budget_spend::record(&transaction, &new_rows),
+            crate::budget_spend::record(&transaction, &new_rows, &self.price_book),
         )
         .await??;
         self.bounded(
@@ -316,24 +361,58 @@ impl<D: DeadLetterSink> Writer<D> {
             next_offsets: prepared.next_offsets.clone(),
             committed_at: Utc::now(),
         };
-        Ok((outcome, classification.new))
+        Ok(Attempted::Committed(outcome, classification.new))
     }
 
-    async fn dead_letter(
+    /// Sends the letters not yet acknowledged all at once (the producer
+    /// batches them) and waits for every acknowledgement; those that
+    /// arrived are remembered even when another failed, so a retry sends
+    /// only the rest.
+    async fn dead_letter_all<'a>(
         &self,
-        letter: &DeadLetter,
-        record_index: usize,
+        letters: impl Iterator<Item = (usize, &'a DeadLetter)>,
         attempt: &mut AttemptState,
     ) -> Result<(), WriteError> {
-        if attempt.acknowledged_dead_letters.contains(&record_index) {
+        let pending: Vec<(usize, &DeadLetter)> = letters
+            .filter(|(index, _)| !attempt.acknowledged_dead_letters.contains(index))
+            .collect();
+        let Some((_, first)) = pending.first() else {
             return Ok(());
-        }
+        };
+        // One line per send, not per letter: a tenant sending thousands of
+        // bad events must not flood the log (the topic's headers carry each).
         tracing::warn!(
+            letters = pending.len(),
+            reason = first.reason.as_str(),
+            partition = first.record.partition,
+            offset = first.record.offset,
+            detail = %first.detail,
+            sqlstate = first.database.as_ref().map(|f| f.sqlstate.as_str()).unwrap_or_default(),
+            "dead-lettering records (the first shown)"
+        );
+        let sent =
+            futures::future::join_all(pending.iter().map(|(_, letter)| self.dead_letter(letter)))
+                .await;
+        let mut failed = None;
+        for ((index, _), result) in pending.iter().zip(sent) {
+            match result {
+                Ok(()) => {
+                    attempt.acknowledged_dead_letters.insert(*index);
+                }
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), WriteError> {
+        tracing::debug!(
             reason = letter.reason.as_str(),
             partition = letter.record.partition,
             offset = letter.record.offset,
             detail = %letter.detail,
-            sqlstate = letter.database.as_ref().map(|f| f.sqlstate.as_str()).unwrap_or_default(),
             "dead-lettering record"
         );
         match self.dead_letters.send(letter).await {
@@ -351,7 +430,6 @@ impl<D: DeadLetterSink> Writer<D> {
             }
             Err(error) => return Err(error.into()),
         }
-        attempt.acknowledged_dead_letters.insert(record_index);
         Ok(())
     }
 
@@ -379,6 +457,17 @@ impl<D: DeadLetterSink> Writer<D> {
 
 pub mod copy;
 mod isolate;
+
+/// How one transaction of a batch ended.
+#[derive(Debug)]
+enum Attempted {
+    /// Committed (or, for a probe, rolled back after every step): the
+    /// outcome and the indexes of the rows it inserted.
+    Committed(BatchOutcome, Vec<usize>),
+    /// Rolled back because it found conflicts the dead-letter topic has
+    /// not acknowledged yet (record index, letter).
+    Unacknowledged(Vec<(usize, DeadLetter)>),
+}
 
 /// Whether a transaction is the batch's own or a probe while bisecting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,29 +17,30 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use ledger::budget::{PeriodBounds, Scope};
-use ledger::Budget;
+use ledger::{Budget, PriceBook};
 use rust_decimal::Decimal;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use crate::{db, DbError};
 
-/// The spend rule: for each key (tenant, period, scope narrowing), the sum
-/// of the matching audit rows' cost, by the key's ordinal.
+/// The spend rule but for the model: for each key (tenant, period, scope
+/// narrowing), the matching audit rows' cost by provider and model name, by
+/// the key's ordinal. Which names count toward a model budget is
+/// `Scope::matches_model` (the price book's names of a model), applied in
+/// Rust to these groups, so the rule exists once.
 const SPEND_FROM_AUDIT: &str = "
-SELECT k.ord, COALESCE((
-    SELECT sum(a.estimated_cost)
-    FROM gateway_mode_audit AS a
-    WHERE a.tenant_id = k.tenant_id
-      AND a.created_at >= k.period_start AND a.created_at < k.period_end
-      AND (k.provider IS NULL OR a.provider = k.provider)
-      AND (k.model IS NULL OR a.model = k.model)
-      AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
-), 0)
+SELECT k.ord, a.provider, a.model, sum(a.estimated_cost)
 FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[], $7::text[])
-     WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, model, label_key,
-                          label_value, ord)";
+            $6::text[])
+     WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, label_key,
+                          label_value, ord)
+JOIN gateway_mode_audit AS a
+  ON a.tenant_id = k.tenant_id
+ AND a.created_at >= k.period_start AND a.created_at < k.period_end
+ AND (k.provider IS NULL OR a.provider = k.provider)
+ AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
+GROUP BY k.ord, a.provider, a.model";
 
 const SPEND_FOR_PERIODS: &str = "
 SELECT s.budget_id, s.spend_usd
@@ -104,6 +105,7 @@ pub struct AuditKey<'a> {
 pub async fn from_audit(
     client: &impl GenericClient,
     keys: &[AuditKey<'_>],
+    book: &PriceBook,
 ) -> Result<Vec<Decimal>, DbError> {
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -112,7 +114,6 @@ pub async fn from_audit(
     let starts: Vec<DateTime<Utc>> = keys.iter().map(|k| k.period.start).collect();
     let ends: Vec<DateTime<Utc>> = keys.iter().map(|k| k.period.end).collect();
     let providers: Vec<Option<&str>> = keys.iter().map(|k| k.scope.provider.as_deref()).collect();
-    let models: Vec<Option<&str>> = keys.iter().map(|k| k.scope.model.as_deref()).collect();
     let label_keys: Vec<Option<&str>> = keys
         .iter()
         .map(|k| k.scope.label.as_ref().map(|l| l.key.as_str()))
@@ -129,7 +130,6 @@ pub async fn from_audit(
                 &starts,
                 &ends,
                 &providers,
-                &models,
                 &label_keys,
                 &label_values,
             ],
@@ -139,11 +139,16 @@ pub async fn from_audit(
     let mut spend = vec![Decimal::ZERO; keys.len()];
     for row in &rows {
         let ordinal: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ordinal - 1)
-            .ok()
-            .and_then(|i| spend.get_mut(i))
-        {
-            *slot = row.get(1);
+        let Some(index) = usize::try_from(ordinal - 1).ok() else {
+            continue;
+        };
+        let (Some(key), Some(slot)) = (keys.get(index), spend.get_mut(index)) else {
+            continue;
+        };
+        let provider: &str = row.get(1);
+        let model: &str = row.get(2);
+        if key.scope.matches_model(provider, model, book) {
+            *slot += row.get::<_, Decimal>(3);
         }
     }
     Ok(spend)
@@ -157,6 +162,7 @@ pub async fn current(
     tenant: &str,
     budgets: &[Budget],
     now: DateTime<Utc>,
+    book: &PriceBook,
 ) -> Result<HashMap<Uuid, Decimal>, DbError> {
     let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
     let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
@@ -179,7 +185,7 @@ pub async fn current(
             scope: &budget.scope,
         })
         .collect();
-    let from_audit = from_audit(client, &keys).await?;
+    let from_audit = from_audit(client, &keys, book).await?;
     spend.extend(missing.iter().map(|b| b.id).zip(from_audit));
     Ok(spend)
 }

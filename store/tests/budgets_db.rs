@@ -250,9 +250,15 @@ async fn current_spend_is_the_stored_row_or_else_the_audit_table() {
             .await
             .expect("audit row");
     }
-    let spend = store::spend::current(&client, "acme", &[stored.clone(), fresh.clone()], now)
-        .await
-        .expect("current spend");
+    let spend = store::spend::current(
+        &client,
+        "acme",
+        &[stored.clone(), fresh.clone()],
+        now,
+        &ledger::PriceBook::builtin().expect("the built-in book parses"),
+    )
+    .await
+    .expect("current spend");
     assert_eq!(spend[&stored.id], Decimal::from(7));
     assert_eq!(spend[&fresh.id], Decimal::from(2));
 }

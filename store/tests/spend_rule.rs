@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use e2e::Database;
 use ledger::budget::{LabelMatch, Period, PeriodBounds, Scope, TenantScope};
-use ledger::{Budget, UsageEvent};
+use ledger::{Budget, PriceBook, UsageEvent};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use store::spend::AuditKey;
@@ -22,7 +22,15 @@ use uuid::Uuid;
 
 const TENANTS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 const PROVIDERS: [&str; 3] = ["openai", "anthropic", "google"];
-const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-pro"];
+/// Listed names, and names the price book prices as one of them (a dated snapshot).
+const MODELS: [&str; 6] = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "claude-sonnet-4",
+    "gemini-2.5-pro",
+    "gpt-4o-2024-08-06",
+    "gpt-4o-mini-2024-07-18",
+];
 const LABEL_KEYS: [&str; 3] = ["team", "use_case", "env"];
 /// Values that differ only in case, a non-ASCII one and an empty one.
 const LABEL_VALUES: [&str; 5] = ["support-bot", "Support-bot", "ü", "", "prod"];
@@ -169,20 +177,29 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
     }
 }
 
+/// The price entry the built-in book resolves `event`'s model to, as the processor stores it.
+fn price_entry(book: &PriceBook, event: &UsageEvent) -> Option<String> {
+    book.resolve(&event.provider, &event.model, event.created_at)
+        .ok()
+        .map(|resolution| resolution.entry.id())
+}
+
 async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
+    let book = PriceBook::builtin().expect("the built-in book parses");
     let mut client = database.client().await;
     let transaction = client.transaction().await.expect("begin");
     let statement = transaction
         .prepare(
             "INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens,
                  completion_tokens, total_tokens, estimated_cost, created_at, pricing_status,
-                 labels, received_at, payload_sha256, source_partition, source_offset)
-             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8)",
+                 labels, received_at, payload_sha256, source_partition, source_offset, price_entry)
+             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9)",
         )
         .await
         .expect("prepare");
     for (offset, event) in (0_i64..).zip(events) {
         let labels: Value = serde_json::to_value(&event.labels).expect("labels");
+        let entry = price_entry(&book, event);
         transaction
             .execute(
                 &statement,
@@ -195,6 +212,7 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
                     &event.created_at,
                     &labels,
                     &offset,
+                    &entry,
                 ],
             )
             .await
@@ -211,9 +229,12 @@ fn rust_spend(
     period: PeriodBounds,
     events: &[UsageEvent],
 ) -> Decimal {
+    let book = PriceBook::builtin().expect("the built-in book parses");
     events
         .iter()
-        .filter(|e| e.tenant_id == tenant && budget.matches(e) && period.contains(e.created_at))
+        .filter(|e| {
+            e.tenant_id == tenant && budget.matches(e, &book) && period.contains(e.created_at)
+        })
         .filter_map(|e| e.estimated_cost)
         .sum()
 }
@@ -261,9 +282,13 @@ async fn the_spend_rule_in_sql_agrees_with_scope_matches_on_generated_cases() {
                 scope: &budget.scope,
             })
             .collect();
-        let from_sql = store::spend::from_audit(&client, &audit_keys)
-            .await
-            .expect("spend from the audit table");
+        let from_sql = store::spend::from_audit(
+            &client,
+            &audit_keys,
+            &PriceBook::builtin().expect("the built-in book parses"),
+        )
+        .await
+        .expect("spend from the audit table");
         assert_eq!(from_sql.len(), keys.len());
 
         let mut disagreements = Vec::new();
@@ -299,4 +324,46 @@ async fn the_spend_rule_in_sql_agrees_with_scope_matches_on_generated_cases() {
         keys_with_spend * 4 > keys_checked && keys_without * 10 > keys_checked,
         "{keys_with_spend} keys with spend and {keys_without} without, of {keys_checked}"
     );
+}
+
+/// A $1 budget on `gpt-4o` counts usage reported as `gpt-4o-2024-08-06` (which the price book
+/// prices as `gpt-4o`), in the SQL the status endpoint and new spend rows read.
+#[tokio::test]
+async fn a_model_budget_counts_usage_sent_under_another_name_of_the_model() {
+    let database = Database::start().await;
+    database.migrate().await;
+    let client = database.client().await;
+    let mut rng = Rng(0x5eed_0004);
+    let mut sent = event(&mut rng);
+    sent.tenant_id = "acme".into();
+    sent.provider = "openai".into();
+    sent.model = "gpt-4o-2024-08-06".into();
+    sent.estimated_cost = Some(Decimal::new(1250, 2));
+    let mut other = event(&mut rng);
+    other.tenant_id = "acme".into();
+    other.provider = "openai".into();
+    other.model = "gpt-4o-mini-2024-07-18".into();
+    other.created_at = sent.created_at;
+    insert_audit_rows(&database, &[sent.clone(), other]).await;
+    let mut budget = budget(&mut rng, 0);
+    budget.scope = Scope {
+        tenant: TenantScope::One("acme".into()),
+        provider: None,
+        model: Some("gpt-4o".into()),
+        label: None,
+    };
+    budget.timezone = Tz::UTC;
+    let period = budget.period_of(sent.created_at);
+    let spend = store::spend::from_audit(
+        &client,
+        &[AuditKey {
+            tenant_id: "acme",
+            period,
+            scope: &budget.scope,
+        }],
+        &PriceBook::builtin().expect("the built-in book parses"),
+    )
+    .await
+    .expect("spend");
+    assert_eq!(spend, vec![Decimal::new(1250, 2)]);
 }

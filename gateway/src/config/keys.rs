@@ -36,12 +36,22 @@ impl Default for AuthConfig {
     }
 }
 
+/// The longest time window any setting may name (ten years): every
+/// request subtracts or adds these windows to its own time, and a window
+/// past what a date can hold would fail every request instead of the start.
+pub const MAX_WINDOW_MS: u64 = 3650 * 24 * 60 * 60 * 1000;
+
 impl AuthConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.tenant_max_lateness_ms == 0 {
             return Err(ConfigError::Invalid(
                 "auth.tenant_max_lateness_ms must be positive".into(),
             ));
+        }
+        if self.tenant_max_lateness_ms > MAX_WINDOW_MS {
+            return Err(ConfigError::Invalid(format!(
+                "auth.tenant_max_lateness_ms must be at most {MAX_WINDOW_MS} (ten years)"
+            )));
         }
         Ok(())
     }
@@ -144,10 +154,18 @@ impl KeyConfig {
             (_, Some(tenant)) if tenant.trim().is_empty() => {
                 return Err("tenant_id must not be empty")
             }
+            // `*` names every tenant in a budget; a key bound to it would
+            // read and write as if it were that budget's owner.
+            (_, Some(tenant)) if tenant.trim() == ledger::budget::EVERY_TENANT => {
+                return Err("tenant_id must not be `*`: a key is bound to one tenant")
+            }
             _ => {}
         }
         if self.max_lateness_ms == Some(0) {
             return Err("max_lateness_ms must be positive");
+        }
+        if self.max_lateness_ms.is_some_and(|ms| ms > MAX_WINDOW_MS) {
+            return Err("max_lateness_ms must be at most ten years (315360000000)");
         }
         let trusted = kind != KeyKind::Tenant;
         Ok(KeyPolicy {

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::UsageEvent;
+use crate::{PriceBook, UsageEvent};
 
 pub mod alert;
 pub mod parse;
@@ -84,23 +84,34 @@ pub struct Scope {
 
 impl Scope {
     /// Whether `event`'s cost counts toward a budget with this scope: the
-    /// spend rule. The `store` crate's spend-from-audit query is the same
-    /// rule in SQL (for a tenant and a period); its tests prove the two
-    /// agree.
-    pub fn matches(&self, event: &UsageEvent) -> bool {
+    /// spend rule; the model by [`Scope::matches_model`]. The `store`
+    /// crate's spend-from-audit query applies the same rule (the model part
+    /// through this very function, on the names the audit rows hold); its
+    /// tests prove the two agree.
+    pub fn matches(&self, event: &UsageEvent, book: &PriceBook) -> bool {
         self.tenant.covers(&event.tenant_id)
             && self
                 .provider
                 .as_ref()
                 .is_none_or(|provider| *provider == event.provider)
-            && self
-                .model
-                .as_ref()
-                .is_none_or(|model| *model == event.model)
+            && self.matches_model(&event.provider, &event.model, book)
             && self
                 .label
                 .as_ref()
                 .is_none_or(|label| event.labels.get(&label.key) == Some(&label.value))
+    }
+
+    /// Whether the scope's model (if any) counts a usage of `model` sent to
+    /// `provider`: the budget's model is one of the names the price book
+    /// knows `model` by ([`PriceBook::model_names`]: the name itself, its
+    /// dated snapshots and Bedrock profile and version forms, its aliases).
+    /// A budget on `gpt-4o` counts `gpt-4o-2024-08-06`; one on
+    /// `gpt-4o-2024-08-06` counts only that snapshot. The one rule for the
+    /// batch, the spend-from-audit query and the status endpoint's filter.
+    pub fn matches_model(&self, provider: &str, model: &str, book: &PriceBook) -> bool {
+        self.model.as_ref().is_none_or(|wanted| {
+            wanted == model || book.model_names(provider, model).contains(wanted)
+        })
     }
 
     /// Short human description of the narrowing beyond the tenant, e.g.
@@ -139,9 +150,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Whether `event`'s cost counts toward this budget.
-    pub fn matches(&self, event: &UsageEvent) -> bool {
-        self.scope.matches(event)
+    /// Whether `event`'s cost counts toward this budget (see
+    /// [`Scope::matches`]).
+    pub fn matches(&self, event: &UsageEvent, book: &PriceBook) -> bool {
+        self.scope.matches(event, book)
     }
 
     /// The period of this budget that contains `at` (an event's

@@ -229,8 +229,8 @@ fn a_jump_from_40_to_95_percent_crosses_50_75_and_90_at_once() {
 fn scope_matches_tenant_provider_model_and_label() {
     let every =
         budget(json!({"name": "all", "tenant_id": "*", "period": "daily", "amount_usd": "10"}));
-    assert!(every.matches(&event("acme", "openai", "gpt-4o", &[])));
-    assert!(every.matches(&event("globex", "anthropic", "claude", &[])));
+    assert!(every.matches(&event("acme", "openai", "gpt-4o", &[]), &book()));
+    assert!(every.matches(&event("globex", "anthropic", "claude", &[]), &book()));
 
     let narrow = budget(json!({
         "name": "acme-support-gpt4o", "tenant_id": "acme", "provider": "OpenAI", "model": "gpt-4o",
@@ -241,22 +241,32 @@ fn scope_matches_tenant_provider_model_and_label() {
         Some("openai"),
         "provider is lower-cased"
     );
-    assert!(narrow.matches(&event(
-        "acme",
-        "openai",
-        "gpt-4o",
-        &[("team", "support"), ("x", "y")]
-    )));
-    assert!(!narrow.matches(&event("globex", "openai", "gpt-4o", &[("team", "support")])));
-    assert!(!narrow.matches(&event("acme", "azure", "gpt-4o", &[("team", "support")])));
-    assert!(!narrow.matches(&event(
-        "acme",
-        "openai",
-        "gpt-4o-mini",
-        &[("team", "support")]
-    )));
-    assert!(!narrow.matches(&event("acme", "openai", "gpt-4o", &[("team", "sales")])));
-    assert!(!narrow.matches(&event("acme", "openai", "gpt-4o", &[])));
+    assert!(narrow.matches(
+        &event(
+            "acme",
+            "openai",
+            "gpt-4o",
+            &[("team", "support"), ("x", "y")]
+        ),
+        &book()
+    ));
+    assert!(!narrow.matches(
+        &event("globex", "openai", "gpt-4o", &[("team", "support")]),
+        &book()
+    ));
+    assert!(!narrow.matches(
+        &event("acme", "azure", "gpt-4o", &[("team", "support")]),
+        &book()
+    ));
+    assert!(!narrow.matches(
+        &event("acme", "openai", "gpt-4o-mini", &[("team", "support")]),
+        &book()
+    ));
+    assert!(!narrow.matches(
+        &event("acme", "openai", "gpt-4o", &[("team", "sales")]),
+        &book()
+    ));
+    assert!(!narrow.matches(&event("acme", "openai", "gpt-4o", &[]), &book()));
     assert_eq!(
         narrow.scope.narrowing(),
         "openai/gpt-4o, label team=support"
@@ -393,4 +403,70 @@ fn usd_formatting() {
     assert_eq!(format_usd(dec!(0.005)), "$0.005");
     assert_eq!(format_usd(dec!(1234.5678)), "$1234.5678");
     assert_eq!(format_usd(threshold_amount(dec!(333.33), 50)), "$166.665");
+}
+
+fn book() -> crate::PriceBook {
+    crate::PriceBook::builtin().expect("the built-in book parses")
+}
+
+/// A budget on a model counts every name the price book knows that model by (snapshots,
+/// aliases, Bedrock inference-profile forms), and only those.
+#[test]
+fn a_model_budget_counts_every_name_the_price_book_knows_the_model_by() {
+    let book = book();
+    let gpt4o = budget(json!({
+        "name": "gpt-4o", "tenant_id": "acme", "model": "gpt-4o", "period": "monthly",
+        "amount_usd": "1", "hard_limit": true
+    }));
+    for (provider, model) in [
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-4o-2024-08-06"),
+        ("openai", "gpt-4o-2024-05-13"),
+        ("azure", "gpt-4o-2024-08-06"),
+    ] {
+        assert!(
+            gpt4o.matches(&event("acme", provider, model, &[]), &book),
+            "{provider}/{model} counts toward a budget on gpt-4o"
+        );
+    }
+    for (provider, model) in [
+        ("openai", "gpt-4o-mini"),
+        ("openai", "gpt-4o-mini-2024-07-18"),
+    ] {
+        assert!(
+            !gpt4o.matches(&event("acme", provider, model, &[]), &book),
+            "{provider}/{model} is another model"
+        );
+    }
+    let snapshot = budget(json!({
+        "name": "snapshot", "tenant_id": "acme", "model": "gpt-4o-2024-08-06",
+        "period": "monthly", "amount_usd": "1"
+    }));
+    assert!(!snapshot.matches(&event("acme", "openai", "gpt-4o", &[]), &book));
+    // Bedrock's inference-profile prefixes and version suffixes.
+    let listed = book
+        .entries()
+        .find(|e| e.provider == "bedrock" && e.model.starts_with("anthropic."))
+        .expect("a Bedrock Claude entry");
+    let claude = budget(json!({
+        "name": "claude", "tenant_id": "acme", "model": listed.model, "period": "monthly",
+        "amount_usd": "1"
+    }));
+    let profiled = format!("us.{}-v1:0", listed.model);
+    assert!(
+        claude.matches(&event("acme", "bedrock", &profiled, &[]), &book),
+        "{profiled} counts toward a budget on {}",
+        listed.model
+    );
+    // An alias the book lists counts toward its model.
+    if let Some((entry, alias)) = book
+        .entries()
+        .find_map(|e| e.aliases.first().map(|alias| (e, alias.clone())))
+    {
+        let aliased = budget(json!({
+            "name": "aliased", "tenant_id": "acme", "model": entry.model, "period": "monthly",
+            "amount_usd": "1"
+        }));
+        assert!(aliased.matches(&event("acme", &entry.provider, &alias, &[]), &book));
+    };
 }

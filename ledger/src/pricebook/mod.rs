@@ -207,6 +207,31 @@ impl PriceBook {
             .map(|resolution| &resolution.entry.tariff.standard.base)
     }
 
+    /// Every name `model` sent to `provider` is, by the same rules
+    /// [`PriceBook::resolve`] uses to find its entry: the name as sent,
+    /// its dated-snapshot and Bedrock profile/version forms (for `provider`
+    /// and each provider whose list prices it bills at), and the model each
+    /// of those is an alias of. A budget narrowed to a model counts a usage
+    /// when the budget's model is one of these (`ledger::budget`); unlike
+    /// pricing, a snapshot listed with a price of its own is still a form
+    /// of its base model.
+    pub fn model_names(&self, provider: &str, model: &str) -> Vec<String> {
+        let mut names = vec![model.to_owned()];
+        for canonical in resolve::list_providers(provider) {
+            for form in resolve::name_forms(&canonical, model) {
+                if let Some(target) = self.aliases.get(&(canonical.clone(), form.clone())) {
+                    if !names.contains(target) {
+                        names.push(target.clone());
+                    }
+                }
+                if !names.contains(&form) {
+                    names.push(form);
+                }
+            }
+        }
+        names
+    }
+
     /// The entry that prices `model` at `provider` (or a provider whose
     /// list prices it bills at) at `at`. The most specific listed name
     /// decides: a snapshot listed with its own price is never priced as
