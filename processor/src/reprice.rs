@@ -344,6 +344,7 @@ fn read_row(row: &Row) -> Stored {
         labels: labels.0,
         received_at: row.get(23),
         request_id: None,
+        call_identity: false,
     };
     let source: Option<String> = row.get(21);
     Stored {

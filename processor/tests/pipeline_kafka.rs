@@ -89,6 +89,7 @@ fn event(tenant: &str, n: u32) -> UsageEvent {
         labels: Default::default(),
         received_at: now,
         request_id: None,
+        call_identity: false,
     }
 }
 
