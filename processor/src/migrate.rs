@@ -41,6 +41,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V9__use_case_rollup.sql",
         include_str!("../../sql/V9__use_case_rollup.sql"),
     ),
+    (
+        "V11__call_identity_and_log_marks.sql",
+        include_str!("../../sql/V11__call_identity_and_log_marks.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -233,18 +233,25 @@ impl<D: DeadLetterSink> Writer<D> {
             .await?
             .map_err(db("begin"))?;
 
-        let inserted = self
-            .bounded("insert", copy::insert_rows(&transaction, &prepared.unique))
+        let resolved = self
+            .bounded(
+                "call identities",
+                identity::resolve(&transaction, &prepared.unique),
+            )
             .await??;
-        let not_inserted: Vec<EventKey> = prepared
-            .unique
+        let inserted = self
+            .bounded("insert", copy::insert_rows(&transaction, &resolved.rows))
+            .await??;
+        let not_inserted: Vec<EventKey> = resolved
+            .rows
             .iter()
-            .map(PricedEvent::key)
+            .map(|row| row.key())
             .filter(|key| !inserted.contains(key))
             .collect();
-        let stored = self
+        let mut stored = self
             .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
             .await??;
+        stored.extend(resolved.repeated);
         let classification = classify(prepared, &inserted, &stored)?;
 
         // Conflicts are known only now; they must be acknowledged by the
@@ -378,6 +385,7 @@ impl<D: DeadLetterSink> Writer<D> {
 }
 
 pub mod copy;
+pub mod identity;
 mod isolate;
 
 /// Whether a transaction is the batch's own or a probe while bisecting it.

@@ -289,14 +289,20 @@ fn a_calls_time_is_its_start_to_the_microsecond() {
         .expect("test value")
         + TimeDelta::nanoseconds(345_678_901);
     let attributes = openai(vec![s("gen_ai.response.id", "chatcmpl-48")]);
-    let mapped = map(&request(vec![], vec![span(1, start, attributes)]), Some("acme"));
+    let mapped = map(
+        &request(vec![], vec![span(1, start, attributes)]),
+        Some("acme"),
+    );
     let event = &mapped.events[0];
     assert_eq!(
         event.created_at,
         start - TimeDelta::nanoseconds(901),
         "the span's start, truncated to the microsecond"
     );
-    assert_eq!((event.created_at.minute(), event.created_at.second()), (18, 12));
+    assert_eq!(
+        (event.created_at.minute(), event.created_at.second()),
+        (18, 12)
+    );
     assert!(event.call_identity);
 }
 
@@ -309,8 +315,14 @@ fn one_call_reported_on_both_sides_of_an_hour_is_one_call() {
         + TimeDelta::milliseconds(990);
     let after = before + TimeDelta::milliseconds(25);
     let attributes = || openai(vec![s("gen_ai.response.id", "chatcmpl-hour")]);
-    let first = map(&request(vec![], vec![span(1, before, attributes())]), Some("acme"));
-    let second = map(&request(vec![], vec![span(2, after, attributes())]), Some("acme"));
+    let first = map(
+        &request(vec![], vec![span(1, before, attributes())]),
+        Some("acme"),
+    );
+    let second = map(
+        &request(vec![], vec![span(2, after, attributes())]),
+        Some("acme"),
+    );
     let (first, second) = (&first.events[0], &second.events[0]);
     assert_ne!(first.created_at.hour(), second.created_at.hour());
     assert_eq!(first.id, second.id);
@@ -332,7 +344,11 @@ fn service_tier_and_one_hour_cache_writes_are_read() {
     let flex = map(
         &request(
             vec![],
-            vec![span(1, now(), openai(vec![s("openai.response.service_tier", "flex")]))],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "flex")]),
+            )],
         ),
         Some("acme"),
     );
@@ -352,7 +368,11 @@ fn service_tier_and_one_hour_cache_writes_are_read() {
     let standard = map(
         &request(
             vec![],
-            vec![span(1, now(), openai(vec![s("openai.response.service_tier", "default")]))],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "default")]),
+            )],
         ),
         Some("acme"),
     );
@@ -360,7 +380,11 @@ fn service_tier_and_one_hour_cache_writes_are_read() {
     let unknown = map(
         &request(
             vec![],
-            vec![span(1, now(), openai(vec![s("openai.response.service_tier", "turbo")]))],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "turbo")]),
+            )],
         ),
         Some("acme"),
     );
@@ -379,25 +403,41 @@ fn service_tier_and_one_hour_cache_writes_are_read() {
             i("gen_ai.usage.output_tokens", 20),
         ];
         attributes.extend(extra);
-        map(&request(vec![], vec![span(1, now(), attributes)]), Some("acme"))
+        map(
+            &request(vec![], vec![span(1, now(), attributes)]),
+            Some("acme"),
+        )
     };
     let split = anthropic(vec![
         i("gen_ai.usage.cache_creation.input_tokens", 2000),
         i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 500),
-        i("gen_ai.usage.cache_creation.ephemeral_1h_input_tokens", 1500),
+        i(
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+            1500,
+        ),
     ]);
     let event = &split.events[0];
     assert_eq!(
-        (event.prompt_tokens, event.cache_write_tokens, event.cache_write_1h_tokens),
+        (
+            event.prompt_tokens,
+            event.cache_write_tokens,
+            event.cache_write_1h_tokens
+        ),
         (3000, 500, 1500)
     );
     // The split alone gives the total.
     let split_only = anthropic(vec![
         i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 0),
-        i("gen_ai.usage.cache_creation.ephemeral_1h_input_tokens", 1500),
+        i(
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+            1500,
+        ),
     ]);
     let event = &split_only.events[0];
-    assert_eq!((event.cache_write_tokens, event.cache_write_1h_tokens), (0, 1500));
+    assert_eq!(
+        (event.cache_write_tokens, event.cache_write_1h_tokens),
+        (0, 1500)
+    );
     let contradiction = anthropic(vec![
         i("gen_ai.usage.cache_creation.input_tokens", 2000),
         i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 100),
