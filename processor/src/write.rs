@@ -292,7 +292,12 @@ impl<D: DeadLetterSink> Writer<D> {
 
         self.bounded(
             "store offsets",
-            offsets::store(&*transaction, &self.group_id, &prepared.next_offsets),
+            offsets::store(
+                &*transaction,
+                &self.group_id,
+                &prepared.next_offsets,
+                &prepared.records,
+            ),
         )
         .await??;
         match mode {
