@@ -411,7 +411,11 @@ async fn a_topic_recreated_while_stopped_and_refilled_first_is_held_not_skipped(
     let one_tenant = ["t-solo"];
     let send_solo = |ledger: &Ledger, rng: &mut Rng, requests: usize| {
         let batches: Vec<Vec<Expected>> = (0..requests)
-            .map(|_| (0..10).map(|_| Expected::random(rng, &one_tenant)).collect())
+            .map(|_| {
+                (0..10)
+                    .map(|_| Expected::random(rng, &one_tenant))
+                    .collect()
+            })
             .collect();
         let client = UsageClient::new(&gateway.url, ledger);
         async move {
@@ -429,7 +433,11 @@ async fn a_topic_recreated_while_stopped_and_refilled_first_is_held_not_skipped(
     wait_for_rows(&db, before.len(), CATCH_UP).await;
     let partition = tenant_partitions(&db).await["t-solo"];
     let stored_before = stored_offsets(&db).await;
-    assert_eq!(stored_before.get(&partition), Some(&10), "{stored_before:?}");
+    assert_eq!(
+        stored_before.get(&partition),
+        Some(&10),
+        "{stored_before:?}"
+    );
     let scraped_before = processor.final_scrape().await;
     processor.process.shutdown(Duration::from_secs(30)).await;
 
@@ -448,9 +456,7 @@ async fn a_topic_recreated_while_stopped_and_refilled_first_is_held_not_skipped(
         let log = processor.process.log_contents();
         let db = &db;
         let expected = everything.len() as i64;
-        async move {
-            log.contains(REPLACED) || e2e::ledger_check::row_count(db).await == expected
-        }
+        async move { log.contains(REPLACED) || e2e::ledger_check::row_count(db).await == expected }
     })
     .await;
     assert!(

@@ -336,7 +336,9 @@ impl LogChecker {
             .iter()
             .filter(|(partition, mark)| {
                 verdicts.get(*partition) == Some(&Verdict::InLog)
-                    && stored.get(*partition).is_some_and(|next| mark.offset < *next)
+                    && stored
+                        .get(*partition)
+                        .is_some_and(|next| mark.offset < *next)
                     && known
                         .get(*partition)
                         .is_some_and(|watermarks| mark.offset >= watermarks.low)

@@ -58,7 +58,9 @@ pub struct LogMark {
 pub fn log_marks(records: &[Record]) -> BTreeMap<(String, i32), LogMark> {
     let mut last: BTreeMap<(&str, i32), &Record> = BTreeMap::new();
     for record in records {
-        let entry = last.entry((&record.topic, record.partition)).or_insert(record);
+        let entry = last
+            .entry((&record.topic, record.partition))
+            .or_insert(record);
         if record.offset > entry.offset {
             *entry = record;
         }
@@ -147,7 +149,14 @@ pub async fn store(
     client
         .execute(
             &statement,
-            &[&group_id, &topics, &partitions, &offsets, &last_offsets, &digests],
+            &[
+                &group_id,
+                &topics,
+                &partitions,
+                &offsets,
+                &last_offsets,
+                &digests,
+            ],
         )
         .await?;
     Ok(())

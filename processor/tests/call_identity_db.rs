@@ -233,3 +233,80 @@ async fn call_identities_are_pruned_past_their_retention() {
         .collect();
     assert_eq!(kept, vec![recent_call]);
 }
+
+/// What claiming call identities costs a batch: the same 1,000-event batch
+/// written with and without `call_identity`, alternately, fresh ids each
+/// time; prints the medians. A measurement, not a test (no timed
+/// assertion): `cargo nextest run -p processor --test call_identity_db
+/// --run-ignored only --no-capture`.
+#[tokio::test]
+#[ignore = "a measurement; run on demand"]
+async fn write_path_cost_of_call_identities() {
+    const ROUNDS: usize = 15;
+    const EVENTS: usize = 1_000;
+    let database = migrated_database().await;
+    let writer = writer(&database, Letters::default());
+    let at = Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .expect("in range")
+        - TimeDelta::minutes(10);
+    let offset = std::cell::Cell::new(0i64);
+    let next = || {
+        offset.set(offset.get() + 1);
+        offset.get()
+    };
+    let batch = |call_identity: bool| -> Vec<Record> {
+        (0..EVENTS)
+            .map(|n| {
+                let mut event = report(Uuid::new_v4(), at + TimeDelta::microseconds(n as i64), 100);
+                event.call_identity = call_identity;
+                event_record(0, next(), &event)
+            })
+            .collect()
+    };
+    let median = |mut samples: Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    // Warm the pool's connections, the staging table and the plans.
+    write(&writer, batch(false)).await;
+    write(&writer, batch(true)).await;
+    let (mut plain, mut calls, mut repeats) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        plain.push(timed(&writer, batch(false)).await.0);
+        let records = batch(true);
+        // The same calls reported again a millisecond later.
+        let again: Vec<Record> = records
+            .iter()
+            .map(|record| {
+                let mut event =
+                    UsageEvent::from_kafka_value(record.value.as_deref().expect("value"))
+                        .expect("decodes");
+                event.created_at += TimeDelta::milliseconds(1);
+                event_record(0, next(), &event)
+            })
+            .collect();
+        calls.push(timed(&writer, records).await.0);
+        let (elapsed, outcome) = timed(&writer, again).await;
+        repeats.push(elapsed);
+        assert_eq!(outcome.duplicates, EVENTS);
+    }
+    let (plain, calls, repeats) = (median(plain), median(calls), median(repeats));
+    println!(
+        "{EVENTS}-event batch, median of {ROUNDS}: without call identity {plain:.1} ms, \
+         new calls {calls:.1} ms ({:.2}x), every call reported again {repeats:.1} ms ({:.2}x)",
+        calls / plain,
+        repeats / plain
+    );
+}
+
+/// Milliseconds `writer` takes to commit `records`, prepared beforehand.
+async fn timed(writer: &Writer<Letters>, records: Vec<Record>) -> (f64, BatchOutcome) {
+    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let started = std::time::Instant::now();
+    let outcome = writer
+        .write(&mut prepared, &mut AttemptState::default())
+        .await
+        .expect("batch commits");
+    (started.elapsed().as_secs_f64() * 1e3, outcome)
+}
