@@ -33,7 +33,7 @@ mod request;
 mod rules;
 mod strict;
 
-pub use kafka::KAFKA_SCHEMA;
+pub use kafka::{KAFKA_SCHEMA, PRODUCER_FIELDS};
 pub use request::parse_batch;
 pub(crate) use rules::{check_identifier, check_provider, is_invisible, printable, type_name};
 
