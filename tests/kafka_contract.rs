@@ -97,7 +97,7 @@ fn the_schemas_properties_are_the_fields_the_processor_reads() {
         .map(String::as_str)
         .collect();
     let mut fields: BTreeSet<&str> = KNOWN_FIELDS.iter().copied().collect();
-    fields.extend(["received_at", "request_id"]);
+    fields.extend(ledger::event::PRODUCER_FIELDS);
     assert_eq!(properties, fields);
     assert_eq!(schema["additionalProperties"], false);
 

@@ -392,3 +392,121 @@ async fn a_stored_offset_beyond_the_log_holds_only_its_partition_until_reset() {
     };
     check_ledger(&db, &ledger, &counters).await;
 }
+
+const REPLACED: &str = "the log holds another record where the last stored one was";
+
+/// The topic deleted and recreated while no processor runs, and the new log already past the
+/// stored offset when a processor is assigned it (events of one tenant arrive while the new
+/// processor joins the group): the watermarks agree with the stored offset, so only the record
+/// the stored offset passed, read back, tells the logs apart. The partition must be held with an
+/// error line, and nothing of the new log counted as processed; a reset then brings in all 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_recreated_while_stopped_and_refilled_first_is_held_not_skipped() {
+    let services = Services::start(PARTITIONS).await;
+    let gateway = services.gateway("gateway", &[]).await;
+    let mut processor = services.processor("processor", &[]);
+    processor.wait_assigned(STARTUP).await;
+    let db = services.database.client().await;
+    let mut rng = Rng::from_env("a_topic_recreated_while_stopped");
+    let one_tenant = ["t-solo"];
+    let send_solo = |ledger: &Ledger, rng: &mut Rng, requests: usize| {
+        let batches: Vec<Vec<Expected>> = (0..requests)
+            .map(|_| {
+                (0..10)
+                    .map(|_| Expected::random(rng, &one_tenant))
+                    .collect()
+            })
+            .collect();
+        let client = UsageClient::new(&gateway.url, ledger);
+        async move {
+            for events in batches {
+                client
+                    .send_until_accepted(&events, Duration::from_secs(60))
+                    .await
+                    .unwrap_or_else(|e| panic!("sending events: {e}"));
+            }
+        }
+    };
+
+    let before = Ledger::new();
+    send_solo(&before, &mut rng, 1).await;
+    wait_for_rows(&db, before.len(), CATCH_UP).await;
+    let partition = tenant_partitions(&db).await["t-solo"];
+    let stored_before = stored_offsets(&db).await;
+    assert_eq!(
+        stored_before.get(&partition),
+        Some(&10),
+        "{stored_before:?}"
+    );
+    let scraped_before = processor.final_scrape().await;
+    processor.process.shutdown(Duration::from_secs(30)).await;
+
+    services.broker.delete_topic(USAGE_TOPIC).await;
+    services.broker.create_topic(USAGE_TOPIC, PARTITIONS).await;
+    let mut processor = services.processor("processor-after", &[]);
+    // 50 events of the tenant while the processor joins the group: its partition's new log
+    // reaches past the stored offset 10 before it is assigned.
+    let after = Ledger::new();
+    send_solo(&after, &mut rng, 5).await;
+
+    let everything = Ledger::new();
+    everything.acknowledge(&before.snapshot().into_values().collect::<Vec<_>>());
+    everything.acknowledge(&after.snapshot().into_values().collect::<Vec<_>>());
+    let settled = wait_for(CATCH_UP, || {
+        let log = processor.process.log_contents();
+        let db = &db;
+        let expected = everything.len() as i64;
+        async move { log.contains(REPLACED) || e2e::ledger_check::row_count(db).await == expected }
+    })
+    .await;
+    assert!(
+        settled,
+        "neither all {} events stored nor the partition held: {} rows; log:\n{}",
+        everything.len(),
+        e2e::ledger_check::row_count(&db).await,
+        processor.process.log_tail()
+    );
+    if processor.process.log_contents().contains(REPLACED) {
+        let line = processor
+            .process
+            .log_contents()
+            .lines()
+            .find(|line| line.contains(REPLACED))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(line.contains("ERROR"), "logged as an error: {line}");
+        assert!(
+            line.contains(&format!("partition={partition}")),
+            "names the partition: {line}"
+        );
+        let series = format!(
+            "tokenledger_partition_blocked{{partition=\"{partition}\",reason=\"log_replaced\"}}"
+        );
+        let blocked = wait_for(STARTUP, || async {
+            metric(&processor, &series).await == Some(1.0)
+        })
+        .await;
+        assert!(blocked, "{series} is not 1");
+        assert_eq!(
+            e2e::ledger_check::row_count(&db).await,
+            before.len() as i64,
+            "nothing of the new log was stored"
+        );
+        assert_eq!(
+            stored_offsets(&db).await,
+            stored_before,
+            "nothing of the new log was counted as processed"
+        );
+        let shown = processor_command(&services, &["offsets", "show"]).await;
+        assert!(shown.contains("log replaced"), "{shown}");
+        processor_command(&services, &["offsets", "reset", "--to", "earliest"]).await;
+    }
+    wait_for_rows(&db, everything.len(), CATCH_UP).await;
+    processor.process.assert_running();
+    let counters = CounterEvidence {
+        complete: vec![processor.final_scrape().await],
+        partial: vec![scraped_before],
+        complete_since: Some(processor.spawned_at),
+    };
+    check_ledger(&db, &everything, &counters).await;
+}

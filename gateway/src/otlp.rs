@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::api::{read_body, IdsInFlight};
 use crate::append::AppendError;
-use crate::auth::{AuthError, Authenticated};
+use crate::auth::{AuthError, Authenticated, TrustRefusal};
 use crate::config::ConfigError;
 use crate::error::AppError;
 use crate::metrics::{RejectReason, Rejection};
@@ -141,11 +141,6 @@ async fn export(
     let body = decompress(headers, body, limit)?;
     let request = otlp::decode_request(&body, encoding)
         .map_err(|error| AppError::Batch(BatchError::Malformed(error.0)))?;
-    let spans = otlp::span_count(&request);
-    let max = state.settings.limits.max_batch_events;
-    if spans > max {
-        return Err(AppError::Batch(BatchError::TooMany { count: spans, max }));
-    }
     let tenant = if caller.admin {
         None
     } else {
@@ -158,15 +153,23 @@ async fn export(
         &state.settings.limits,
         received_at,
     );
-    // The key's trust policy holds for spans as for /v1/usage: a tenant key
-    // cannot report usage further back than its lateness.
-    caller
-        .policy
-        .check(&mapped.events, received_at, true)
-        .map_err(|refusal| AppError::Untrusted {
-            refusal,
-            events: mapped.events.len(),
-        })?;
+    // The request is bounded by its bytes (above) and by the spans that
+    // report usage: a collector's batch is mostly spans of other kinds,
+    // which cost a decode and nothing downstream.
+    let usage_spans = mapped.events.len() + mapped.duplicates + mapped.refused.len();
+    let max = state.settings.limits.max_batch_events;
+    if usage_spans > max {
+        return Err(AppError::Batch(BatchError::TooMany {
+            count: usage_spans,
+            max,
+        }));
+    }
+    // The key's trust policy holds for spans as for /v1/usage (a tenant key
+    // cannot report usage further back than its lateness), span by span:
+    // exporters do not retry a 4xx, so refusing the whole export would lose
+    // the on-time spans beside a late one.
+    let too_late = refuse_untrusted(&caller, &mut mapped, received_at);
+    state.metrics.rejected(RejectReason::TooLate, too_late);
     for event in &mut mapped.events {
         event.request_id = Some(request_id.as_str().to_owned());
     }
@@ -206,19 +209,54 @@ async fn export(
         state.metrics.accepted(ids.len());
     }
 
+    let invalid = mapped.refused.len() - too_late;
     let partial_success = (!mapped.refused.is_empty()).then(|| ExportTracePartialSuccess {
         rejected_spans: i64::try_from(mapped.refused.len()).unwrap_or(i64::MAX),
         error_message: otlp::refusal_message(&mapped.refused),
     });
     let answer = ExportTraceServiceResponse { partial_success };
     let mut response = encoded(StatusCode::OK, encoding, &answer);
-    if !mapped.refused.is_empty() {
+    if invalid > 0 {
         response.extensions_mut().insert(Rejection {
             reason: RejectReason::Invalid,
-            events: mapped.refused.len(),
+            events: invalid,
         });
     }
     Ok(response)
+}
+
+/// Moves the events the caller's key may not write into the refusals, each
+/// with the policy's reason; returns how many were moved.
+fn refuse_untrusted(
+    caller: &Authenticated,
+    mapped: &mut otlp::Mapped,
+    received_at: chrono::DateTime<Utc>,
+) -> usize {
+    let before = mapped.refused.len();
+    let events = std::mem::take(&mut mapped.events);
+    for event in events {
+        match caller
+            .policy
+            .check(std::slice::from_ref(&event), received_at, false)
+        {
+            Ok(()) => mapped.events.push(event),
+            Err(refusal) => mapped.refused.push(otlp::SpanRefusal {
+                span: format!("the call {} at {}", event.id, event.created_at.to_rfc3339()),
+                reason: refusal_detail(&refusal),
+            }),
+        }
+    }
+    mapped.refused.len() - before
+}
+
+fn refusal_detail(refusal: &TrustRefusal) -> String {
+    match refusal {
+        TrustRefusal::CallerCost(errors) | TrustRefusal::TooLate { errors, .. } => errors
+            .iter()
+            .map(|error| format!("{} {}", error.field, error.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 /// The encoding the `Content-Type` names, if OTLP/HTTP defines it.

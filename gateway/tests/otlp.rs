@@ -8,7 +8,7 @@ use std::io::Write;
 
 use axum::body::Body;
 use axum::http::Request;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use gateway::append::AppendError;
 use gateway::memory::Script;
 use gateway::Settings;
@@ -215,8 +215,14 @@ async fn two_spans_of_one_call_in_two_traces_are_one_event() {
     assert_eq!(answer(&app, json(Some(ACME_KEY), &second)).await.0, 200);
     let events = app.appender.acknowledged();
     assert_eq!(events.len(), 2, "both exports are appended");
+    // One call: the same id and content, each at its own start; the
+    // processor stores it once (processor/tests/call_identity_db.rs).
     assert_eq!(events[0].id, events[1].id);
-    assert_eq!(events[0].created_at, events[1].created_at);
+    assert!(events[0].call_identity && events[1].call_identity);
+    assert_eq!(
+        events[1].created_at - events[0].created_at,
+        TimeDelta::milliseconds(40)
+    );
     assert_eq!(events[0].content_sha256(), events[1].content_sha256());
     // In one request they are one event.
     let app = self::app();
@@ -483,4 +489,117 @@ fn the_otlp_section_is_read_and_checked() {
         .to_redacted_toml()
         .expect("renders");
     assert!(printed.contains("[otlp]"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_late_span_is_refused_in_partial_success_and_the_others_are_kept() {
+    let app = app();
+    let now = Utc::now();
+    // ACME_KEY is a tenant key: six hours of lateness.
+    let late = span(1, now - TimeDelta::hours(7), usage(Some("msg_late")));
+    let on_time = span(2, now - TimeDelta::seconds(60), usage(Some("msg_on_time")));
+    let (status, _, body) = answer(
+        &app,
+        protobuf(Some(ACME_KEY), &export(vec![], vec![late, on_time])),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply = ExportTraceServiceResponse::decode(body.as_slice()).expect("a response");
+    let partial = reply.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial.error_message.contains("created_at"),
+        "{}",
+        partial.error_message
+    );
+    let appended = app.appender.acknowledged();
+    assert_eq!(appended.len(), 1);
+    assert_eq!(
+        appended[0].created_at,
+        (now - TimeDelta::seconds(60))
+            .duration_trunc(TimeDelta::microseconds(1))
+            .expect("in range")
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "tokenledger_gateway_events_rejected_total{reason=\"too_late\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "tokenledger_gateway_events_rejected_total{reason=\"invalid\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_call_a_minute_old_is_on_time_for_a_fifteen_minute_key() {
+    const QUICK_KEY: &str = "quick-key-0123456789abcdef";
+    let keys: gateway::config::AuthConfig = toml::from_str(&format!(
+        "[[keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\nmax_lateness_ms = 900000\n",
+        gateway::auth::hash_key(QUICK_KEY)
+    ))
+    .expect("the key parses");
+    let app = app_with(
+        Settings::default(),
+        gateway::KeyRing::from_config(&keys).expect("valid"),
+    );
+    let started = Utc::now() - TimeDelta::seconds(60);
+    let (status, _, body) = answer(
+        &app,
+        protobuf(
+            Some(QUICK_KEY),
+            &export(vec![], vec![span(1, started, usage(Some("msg_minute")))]),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply = ExportTraceServiceResponse::decode(body.as_slice()).expect("a response");
+    assert_eq!(reply.partial_success, None);
+    let appended = app.appender.acknowledged();
+    assert_eq!(appended.len(), 1);
+    assert_eq!(
+        appended[0].created_at,
+        started
+            .duration_trunc(TimeDelta::microseconds(1))
+            .expect("in range"),
+        "the call's own start, not the start of its hour"
+    );
+}
+
+#[tokio::test]
+async fn only_spans_with_usage_count_toward_the_limit() {
+    let defaults = Settings::default();
+    let settings = Settings {
+        limits: ledger::ValidationLimits {
+            max_batch_events: 1000,
+            ..defaults.limits
+        },
+        ..defaults
+    };
+    let app = app_with(settings, key_ring());
+    let now = Utc::now();
+    let mut spans = vec![span(1, now, usage(Some("msg_collector")))];
+    spans.extend((0..1500u32).map(|n| {
+        let mut plain = span(2, now, vec![s("http.request.method", "GET")]);
+        plain.span_id = n.to_be_bytes().repeat(2);
+        plain
+    }));
+    let (status, _, body) = answer(&app, protobuf(Some(ACME_KEY), &export(vec![], spans))).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(app.appender.acknowledged().len(), 1);
+    assert_eq!(
+        metric(
+            &app,
+            "tokenledger_gateway_otlp_spans_total{outcome=\"without_usage\"}"
+        )
+        .await,
+        1500.0
+    );
 }

@@ -23,6 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtoc
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::log_check::{LogChecker, Verdict, REASONS};
+use crate::offsets::LogMark;
 use crate::offsets::OffsetFloors;
 
 /// How often held partitions are checked again.
@@ -99,12 +100,17 @@ impl PartitionGuard {
     /// Decides, for newly assigned partitions and their stored offsets,
     /// which to consume and from where; the rest are held. Floors are set
     /// from the database's offsets.
-    pub fn admit(&self, assigned: &[i32], stored: &HashMap<i32, i64>) -> Vec<(i32, Offset)> {
+    pub fn admit(
+        &self,
+        assigned: &[i32],
+        stored: &HashMap<i32, i64>,
+        marks: &HashMap<i32, LogMark>,
+    ) -> Vec<(i32, Offset)> {
         let to_check: BTreeMap<i32, i64> = assigned
             .iter()
             .filter_map(|p| stored.get(p).map(|offset| (*p, *offset)))
             .collect();
-        let verdicts = self.checker.check(&self.topic, &to_check);
+        let verdicts = self.checker.check(&self.topic, &to_check, marks);
         let mut state = self.lock();
         let mut consume = Vec::new();
         for partition in assigned {
@@ -161,7 +167,7 @@ impl PartitionGuard {
     pub fn recheck<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
-        load: impl FnOnce(&[i32]) -> Result<HashMap<i32, i64>, String>,
+        load: impl FnOnce(&[i32]) -> Result<(HashMap<i32, i64>, HashMap<i32, LogMark>), String>,
     ) {
         let held: Vec<(i32, i64)> = {
             let mut state = self.lock();
@@ -173,8 +179,8 @@ impl PartitionGuard {
             state.held.iter().map(|(p, h)| (*p, h.stored)).collect()
         };
         let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
-        let stored = match load(&partitions) {
-            Ok(stored) => stored,
+        let (stored, marks) = match load(&partitions) {
+            Ok(loaded) => loaded,
             Err(error) => {
                 tracing::warn!(%error, "cannot read stored offsets to recheck held partitions");
                 return;
@@ -187,7 +193,7 @@ impl PartitionGuard {
             };
             let was_ahead = matches!(
                 self.lock().held.get(partition).map(|h| &h.verdict),
-                Some(Verdict::AheadOfLog(_))
+                Some(Verdict::AheadOfLog(_) | Verdict::Replaced { .. })
             );
             if was_ahead && now >= *held_at {
                 // A batch of an earlier assignment committed meanwhile:
@@ -204,7 +210,7 @@ impl PartitionGuard {
         if candidates.is_empty() {
             return;
         }
-        let verdicts = self.checker.check(&self.topic, &candidates);
+        let verdicts = self.checker.check(&self.topic, &candidates, &marks);
         let mut released = Vec::new();
         for (partition, verdict) in verdicts {
             let next_offset = candidates[&partition];
@@ -269,7 +275,9 @@ impl PartitionGuard {
                 _ => None,
             })
             .collect();
-        let verdicts = self.checker.check(&self.topic, &to_check);
+        // Positions of partitions being consumed: their records were read
+        // from this log, so there is no older mark to compare.
+        let verdicts = self.checker.check(&self.topic, &to_check, &HashMap::new());
         let mut state = self.lock();
         let mut removed = Vec::new();
         for (partition, verdict) in verdicts {
@@ -406,6 +414,16 @@ impl PartitionGuard {
                 "stored offset is behind the log (records were deleted before they were \
                  stored): not consuming the partition; see `processor offsets show` and the \
                  runbook"
+            ),
+            Verdict::Replaced { last_offset } => tracing::error!(
+                %topic,
+                partition,
+                stored_offset = stored,
+                last_stored_record = last_offset,
+                "the log holds another record where the last stored one was (the topic was \
+                 deleted and recreated, or the cluster replaced, and the new log grew past the \
+                 stored offset): not consuming the partition, nothing below the stored offset \
+                 is counted as processed; see `processor offsets show` and the runbook"
             ),
             Verdict::Unknown(why) => tracing::warn!(
                 %topic,

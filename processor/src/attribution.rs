@@ -202,6 +202,7 @@ mod tests {
             labels: BTreeMap::new(),
             received_at: at,
             request_id: None,
+            call_identity: false,
         };
         event.labels = labels
             .iter()

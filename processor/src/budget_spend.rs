@@ -283,6 +283,7 @@ mod tests {
                 labels: Default::default(),
                 received_at: at,
                 request_id: None,
+                call_identity: false,
             },
             cost: Cost {
                 usd: cost,

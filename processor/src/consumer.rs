@@ -218,7 +218,7 @@ impl ProcessorContext {
                 }
             }
         };
-        let consume = self.guard.admit(&assigned, &stored);
+        let consume = self.guard.admit(&assigned, &stored.0, &stored.1);
         let mut taken = TopicPartitionList::new();
         for (partition, offset) in &consume {
             if let Err(error) = taken.add_partition_offset(&self.topic, *partition, *offset) {
@@ -229,19 +229,23 @@ impl ProcessorContext {
         tracing::info!(
             partitions = ?assigned,
             consumed = ?consumed,
-            stored = ?stored,
+            stored = ?stored.0,
             "partitions assigned at stored offsets"
         );
         Some(taken)
     }
 
     /// One attempt at reading the stored offsets of `partitions`.
-    fn load_stored(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
+    fn load_stored(&self, partitions: &[i32]) -> Result<StoredPositions, String> {
         let lookup = async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            offsets::load(&**client, &self.group_id, &self.topic, partitions)
+            let stored = offsets::load(&**client, &self.group_id, &self.topic, partitions)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let marks = offsets::load_marks(&**client, &self.group_id, &self.topic, partitions)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((stored, marks))
         };
         self.runtime
             // the timer must be created inside the runtime, hence the block
@@ -255,6 +259,9 @@ impl ProcessorContext {
             .recheck(consumer, |partitions| self.load_stored(partitions));
     }
 }
+
+/// Stored next offsets and the marks of the records they passed.
+type StoredPositions = (HashMap<i32, i64>, HashMap<i32, offsets::LogMark>);
 
 fn partition_numbers(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
     partitions

@@ -85,6 +85,7 @@ mod tests {
                 labels: Default::default(),
                 received_at: now,
                 request_id: None,
+                call_identity: false,
             },
             cost: Cost {
                 usd: Decimal::new(1, 6),

@@ -123,6 +123,7 @@ mod tests {
                     .unwrap_or_default(),
                 received_at: now,
                 request_id: None,
+                call_identity: false,
             },
             cost: Cost {
                 usd: Decimal::new(25, 2),

@@ -14,6 +14,13 @@
 //! the record just below the stored offset (or at it, below the start). Only
 //! a record actually read clears the partition; a probe that reads nothing
 //! keeps it held, so every doubt ends in "do not consume, alert".
+//!
+//! Offsets alone cannot tell a recreated log that has already grown past
+//! the stored offset from the old one. So each stored offset keeps a mark
+//! of the last record it passed (its offset and a digest of its key and
+//! value, [`crate::offsets::LogMark`]), and a log whose watermarks agree is
+//! read back at that offset: another record there, or none, means the log
+//! was replaced, and the partition is held like the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -23,6 +30,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
+use sha2::{Digest, Sha256};
+
+use crate::offsets::LogMark;
 
 /// How long one watermark query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +64,10 @@ pub enum Verdict {
     /// The stored offset is below the log's start: records were deleted
     /// before they were stored.
     BehindLog(Watermarks),
+    /// The log reaches the stored offset, but the record the offset was
+    /// stored after is not where it was: the topic was deleted and
+    /// recreated (or the cluster replaced) and the new log grew past it.
+    Replaced { last_offset: i64 },
     /// The broker did not say; retried later.
     Unknown(String),
 }
@@ -66,6 +80,7 @@ impl Verdict {
             Verdict::InLog => None,
             Verdict::AheadOfLog(_) => Some(REASON_AHEAD),
             Verdict::BehindLog(_) => Some(REASON_BEHIND),
+            Verdict::Replaced { .. } => Some(REASON_REPLACED),
             Verdict::Unknown(_) => Some(REASON_UNKNOWN),
         }
     }
@@ -84,6 +99,10 @@ impl Verdict {
                  deleted before they were stored"
                     .to_owned()
             }
+            Verdict::Replaced { last_offset } => format!(
+                "log replaced: the record at offset {last_offset}, the last one stored, is not \
+                 the one stored (topic deleted and recreated, or a new cluster)"
+            ),
             Verdict::Unknown(why) => format!("unknown: {why}"),
         }
     }
@@ -92,8 +111,42 @@ impl Verdict {
 pub const REASON_AHEAD: &str = "offset_ahead_of_log";
 pub const REASON_BEHIND: &str = "offset_behind_log";
 pub const REASON_UNKNOWN: &str = "log_unknown";
+pub const REASON_REPLACED: &str = "log_replaced";
 /// Every reason, so each partition's series exist from its assignment on.
-pub const REASONS: [&str; 3] = [REASON_AHEAD, REASON_BEHIND, REASON_UNKNOWN];
+pub const REASONS: [&str; 4] = [REASON_AHEAD, REASON_BEHIND, REASON_REPLACED, REASON_UNKNOWN];
+
+/// The digest a [`crate::offsets::LogMark`] keeps of a record: SHA-256 of
+/// its key and value, each length-prefixed (absent and empty differ).
+pub fn record_digest(key: Option<&[u8]>, value: Option<&[u8]>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in [key, value] {
+        match part {
+            None => hasher.update(u64::MAX.to_be_bytes()),
+            Some(bytes) => {
+                hasher.update((bytes.len() as u64).to_be_bytes());
+                hasher.update(bytes);
+            }
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// The verdict on a mark given the first record read at or after its
+/// offset (offset and digest), or None when nothing could be read.
+pub fn judge_mark(mark: &LogMark, read: Option<(i64, [u8; 32])>) -> Verdict {
+    match read {
+        Some((offset, digest)) if offset == mark.offset && digest[..] == mark.sha256[..] => {
+            Verdict::InLog
+        }
+        Some(_) => Verdict::Replaced {
+            last_offset: mark.offset,
+        },
+        None => Verdict::Unknown(format!(
+            "the record at offset {}, the last one stored, could not be read back",
+            mark.offset
+        )),
+    }
+}
 
 /// Which probe answers a verdict needs: the offset whose record must exist.
 /// None: the watermarks decide alone.
@@ -169,7 +222,22 @@ impl LogChecker {
     /// For each `(partition, offset)`: whether a record at or beyond the
     /// offset could be read within the probe timeout.
     pub fn probe(&self, topic: &str, wanted: &BTreeMap<i32, i64>) -> BTreeMap<i32, bool> {
-        let mut found: BTreeMap<i32, bool> = wanted.keys().map(|p| (*p, false)).collect();
+        let read = self.read_first(topic, wanted);
+        wanted
+            .keys()
+            .map(|partition| (*partition, read.contains_key(partition)))
+            .collect()
+    }
+
+    /// For each `(partition, offset)`: the offset and digest of the first
+    /// record read at or beyond the offset within the probe timeout; absent
+    /// when none was read.
+    pub fn read_first(
+        &self,
+        topic: &str,
+        wanted: &BTreeMap<i32, i64>,
+    ) -> BTreeMap<i32, (i64, [u8; 32])> {
+        let mut found = BTreeMap::new();
         if wanted.is_empty() {
             return found;
         }
@@ -187,7 +255,7 @@ impl LogChecker {
             return found;
         }
         let deadline = Instant::now() + PROBE_TIMEOUT;
-        while found.values().any(|f| !f) {
+        while found.len() < wanted.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -199,7 +267,12 @@ impl LogChecker {
                         .get(&partition)
                         .is_some_and(|offset| message.offset() >= *offset)
                     {
-                        found.insert(partition, true);
+                        found.entry(partition).or_insert_with(|| {
+                            (
+                                message.offset(),
+                                record_digest(message.key(), message.payload()),
+                            )
+                        });
                     }
                 }
                 // Out of range or not yet there: the answer stays "not found".
@@ -214,8 +287,14 @@ impl LogChecker {
     }
 
     /// Verdicts for the stored next offsets of `stored` (partition → next
-    /// offset). Watermarks first; a probe for those they contradict.
-    pub fn check(&self, topic: &str, stored: &BTreeMap<i32, i64>) -> BTreeMap<i32, Verdict> {
+    /// offset). Watermarks first; a probe for those they contradict; then
+    /// the record each of `marks` names, read back where the log reaches it.
+    pub fn check(
+        &self,
+        topic: &str,
+        stored: &BTreeMap<i32, i64>,
+        marks: &HashMap<i32, LogMark>,
+    ) -> BTreeMap<i32, Verdict> {
         let mut verdicts = BTreeMap::new();
         let mut known: HashMap<i32, Watermarks> = HashMap::new();
         let mut to_probe = BTreeMap::new();
@@ -236,7 +315,7 @@ impl LogChecker {
             }
         }
         let probed = self.probe(topic, &to_probe);
-        for (partition, watermarks) in known {
+        for (&partition, &watermarks) in &known {
             let next_offset = stored[&partition];
             let verdict = judge(next_offset, watermarks, probed.get(&partition).copied());
             if verdict == Verdict::InLog && to_probe.contains_key(&partition) {
@@ -250,6 +329,26 @@ impl LogChecker {
                 );
             }
             verdicts.insert(partition, verdict);
+        }
+        // A mark below the log's start was removed by retention: nothing
+        // left to compare, and the watermarks have judged the rest.
+        let to_read: BTreeMap<i32, i64> = marks
+            .iter()
+            .filter(|(partition, mark)| {
+                verdicts.get(*partition) == Some(&Verdict::InLog)
+                    && stored
+                        .get(*partition)
+                        .is_some_and(|next| mark.offset < *next)
+                    && known
+                        .get(*partition)
+                        .is_some_and(|watermarks| mark.offset >= watermarks.low)
+            })
+            .map(|(partition, mark)| (*partition, mark.offset))
+            .collect();
+        let read = self.read_first(topic, &to_read);
+        for partition in to_read.keys() {
+            let verdict = judge_mark(&marks[partition], read.get(partition).copied());
+            verdicts.insert(*partition, verdict);
         }
         verdicts
     }
@@ -297,6 +396,31 @@ mod tests {
         let empty = Watermarks { low: 0, high: 0 };
         assert_eq!(judge(0, empty, None), Verdict::InLog);
         assert_eq!(judge(21, empty, Some(false)), Verdict::AheadOfLog(empty));
+    }
+
+    #[test]
+    fn a_mark_holds_only_where_its_own_record_is_read_back() {
+        let digest = record_digest(Some(b"acme"), Some(b"{}"));
+        let mark = LogMark {
+            offset: 1,
+            sha256: digest.to_vec(),
+        };
+        assert_eq!(judge_mark(&mark, Some((1, digest))), Verdict::InLog);
+        let other = record_digest(Some(b"acme"), Some(b"{\"id\":1}"));
+        assert_eq!(
+            judge_mark(&mark, Some((1, other))),
+            Verdict::Replaced { last_offset: 1 }
+        );
+        assert_eq!(
+            judge_mark(&mark, Some((2, digest))),
+            Verdict::Replaced { last_offset: 1 },
+            "the record is not where it was"
+        );
+        assert!(matches!(judge_mark(&mark, None), Verdict::Unknown(_)));
+        assert_ne!(
+            record_digest(None, Some(b"x")),
+            record_digest(Some(b""), Some(b"x"))
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V10__unpriced_tokens.sql"),
     ),
     (
+        "V11__call_identity_and_log_marks.sql",
+        include_str!("../../sql/V11__call_identity_and_log_marks.sql"),
+    ),
+    (
         "V12__model_budget_names.sql",
         include_str!("../../sql/V12__model_budget_names.sql"),
     ),

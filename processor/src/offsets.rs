@@ -23,14 +23,88 @@ const LOAD: &str = "SELECT partition, next_offset FROM ingest_offsets \
                     WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)";
 
 // GREATEST: two processors briefly owning the same partition during a
-// rebalance must never move the stored position backwards.
+// rebalance must never move the stored position backwards; the last
+// record's mark moves with the position it belongs to.
 const UPSERT: &str = "
-INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset, updated_at)
-SELECT $1, stored.topic, stored.partition, stored.next_offset, now()
-FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS stored(topic, partition, next_offset)
+INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset, updated_at,
+                            last_offset, last_record_sha256)
+SELECT $1, stored.topic, stored.partition, stored.next_offset, now(),
+       stored.last_offset, stored.last_record_sha256
+FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::bytea[])
+     AS stored(topic, partition, next_offset, last_offset, last_record_sha256)
 ON CONFLICT (consumer_group, topic, partition) DO UPDATE
 SET next_offset = GREATEST(ingest_offsets.next_offset, EXCLUDED.next_offset),
+    last_offset = CASE WHEN EXCLUDED.next_offset >= ingest_offsets.next_offset
+                       THEN EXCLUDED.last_offset ELSE ingest_offsets.last_offset END,
+    last_record_sha256 = CASE WHEN EXCLUDED.next_offset >= ingest_offsets.next_offset
+                              THEN EXCLUDED.last_record_sha256
+                              ELSE ingest_offsets.last_record_sha256 END,
     updated_at = now()";
+
+const LOAD_MARKS: &str = "SELECT partition, last_offset, last_record_sha256 FROM ingest_offsets \
+                          WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3) \
+                          AND last_offset IS NOT NULL AND last_record_sha256 IS NOT NULL";
+
+/// The last record a stored offset passed: where it was and a digest of
+/// its key and value ([`crate::log_check::record_digest`]). A log that
+/// holds another record there is not the log the offset was stored for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMark {
+    pub offset: i64,
+    pub sha256: Vec<u8>,
+}
+
+/// The mark of the last record of each partition among `records`.
+pub fn log_marks(records: &[Record]) -> BTreeMap<(String, i32), LogMark> {
+    let mut last: BTreeMap<(&str, i32), &Record> = BTreeMap::new();
+    for record in records {
+        let entry = last
+            .entry((&record.topic, record.partition))
+            .or_insert(record);
+        if record.offset > entry.offset {
+            *entry = record;
+        }
+    }
+    last.into_iter()
+        .map(|((topic, partition), record)| {
+            (
+                (topic.to_owned(), partition),
+                LogMark {
+                    offset: record.offset,
+                    sha256: crate::log_check::record_digest(
+                        record.key.as_deref(),
+                        record.value.as_deref(),
+                    )
+                    .to_vec(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The stored marks of `partitions` (those stored with one).
+pub async fn load_marks(
+    client: &impl GenericClient,
+    group_id: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, LogMark>, OffsetsError> {
+    let rows = client
+        .query(LOAD_MARKS, &[&group_id, &topic, &partitions])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                LogMark {
+                    offset: row.get(1),
+                    sha256: row.get(2),
+                },
+            )
+        })
+        .collect())
+}
 
 /// The stored next offsets of `partitions`; partitions without a row are
 /// absent from the map (nothing stored yet: start from the earliest).
@@ -47,22 +121,43 @@ pub async fn load(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Records `next_offsets` for `group_id`; meant to run inside the batch
+/// Records `next_offsets` for `group_id`, each with the mark of the last
+/// record of `records` on its partition; meant to run inside the batch
 /// transaction so rows and offsets commit together.
 pub async fn store(
     client: &impl GenericClient,
     group_id: &str,
     next_offsets: &NextOffsets,
+    records: &[Record],
 ) -> Result<(), OffsetsError> {
     if next_offsets.is_empty() {
         return Ok(());
     }
+    let marks = log_marks(records);
     let topics: Vec<&str> = next_offsets.keys().map(|(t, _)| t.as_str()).collect();
     let partitions: Vec<i32> = next_offsets.keys().map(|(_, p)| *p).collect();
     let offsets: Vec<i64> = next_offsets.values().copied().collect();
+    let last_offsets: Vec<Option<i64>> = next_offsets
+        .keys()
+        .map(|key| marks.get(key).map(|mark| mark.offset))
+        .collect();
+    let digests: Vec<Option<&[u8]>> = next_offsets
+        .keys()
+        .map(|key| marks.get(key).map(|mark| mark.sha256.as_slice()))
+        .collect();
     let statement = client.prepare(UPSERT).await?;
     client
-        .execute(&statement, &[&group_id, &topics, &partitions, &offsets])
+        .execute(
+            &statement,
+            &[
+                &group_id,
+                &topics,
+                &partitions,
+                &offsets,
+                &last_offsets,
+                &digests,
+            ],
+        )
         .await?;
     Ok(())
 }
@@ -116,7 +211,8 @@ pub async fn overwrite(
              SELECT $1, $2, target.partition, target.next_offset, now()
              FROM UNNEST($3::int4[], $4::int8[]) AS target(partition, next_offset)
              ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-             SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+             SET next_offset = EXCLUDED.next_offset, updated_at = now(),
+                 last_offset = NULL, last_record_sha256 = NULL",
             &[&group_id, &topic, &partitions, &offsets],
         )
         .await?;

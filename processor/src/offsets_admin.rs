@@ -199,6 +199,8 @@ async fn views(
         .iter()
         .map(|(p, row)| (*p, row.next_offset))
         .collect();
+    let partitions_stored: Vec<i32> = stored.keys().copied().collect();
+    let marks = offsets::load_marks(client, group, topic, &partitions_stored).await?;
     // rdkafka's calls block: keep them off the async workers
     let (partitions, watermarks, verdicts) = tokio::task::spawn_blocking(move || {
         let checker = LogChecker::new(&base, &group_owned)?;
@@ -221,7 +223,7 @@ async fn views(
             .into_iter()
             .filter(|(p, _)| partitions.contains(p))
             .collect();
-        let verdicts = checker.check(&topic_owned, &to_check);
+        let verdicts = checker.check(&topic_owned, &to_check, &marks);
         Ok::<_, OffsetsAdminError>((partitions, watermarks, verdicts))
     })
     .await

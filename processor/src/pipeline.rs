@@ -174,6 +174,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         .map_err(MetricsError::from)?,
         outbox_stop.clone(),
     );
+    let pruning = crate::write::identity::start_pruning(pool.clone(), outbox_stop.clone());
     readiness.set(true);
     tracing::info!(
         topic = %config.kafka.topic,
@@ -229,6 +230,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), outbox).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), corrections).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), pruning).await;
     match (result, consumer_result) {
         (Err(error), _) => Err(error),
         (Ok(()), Err(error)) => Err(error.into()),

@@ -265,18 +265,25 @@ impl<D: DeadLetterSink> Writer<D> {
             .await?
             .map_err(db("begin"))?;
 
-        let inserted = self
-            .bounded("insert", copy::insert_rows(&transaction, &prepared.unique))
+        let resolved = self
+            .bounded(
+                "call identities",
+                identity::resolve(&transaction, &prepared.unique),
+            )
             .await??;
-        let not_inserted: Vec<EventKey> = prepared
-            .unique
+        let inserted = self
+            .bounded("insert", copy::insert_rows(&transaction, &resolved.rows))
+            .await??;
+        let not_inserted: Vec<EventKey> = resolved
+            .rows
             .iter()
-            .map(PricedEvent::key)
+            .map(|row| row.key())
             .filter(|key| !inserted.contains(key) && !attempt.stored_hashes.contains_key(key))
             .collect();
-        let stored = self
+        let mut stored = self
             .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
             .await??;
+        stored.extend(resolved.repeated);
         attempt.stored_hashes.extend(stored);
         let classification = classify(prepared, &inserted, &attempt.stored_hashes)?;
 
@@ -330,7 +337,12 @@ impl<D: DeadLetterSink> Writer<D> {
 
         self.bounded(
             "store offsets",
-            offsets::store(&*transaction, &self.group_id, &prepared.next_offsets),
+            offsets::store(
+                &*transaction,
+                &self.group_id,
+                &prepared.next_offsets,
+                &prepared.records,
+            ),
         )
         .await??;
         match mode {
@@ -456,6 +468,7 @@ impl<D: DeadLetterSink> Writer<D> {
 }
 
 pub mod copy;
+pub mod identity;
 mod isolate;
 
 /// How one transaction of a batch ended.

@@ -54,6 +54,7 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
             .unwrap_or_default(),
         received_at: Utc::now().trunc_subsecs(6),
         request_id: None,
+        call_identity: false,
     }
 }
 

@@ -158,6 +158,7 @@ fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         labels: Default::default(),
         received_at: Utc::now(),
         request_id: None,
+        call_identity: false,
     }
 }
 

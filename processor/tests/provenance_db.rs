@@ -51,6 +51,7 @@ fn event(model: &str, prompt: u32, output: u32) -> UsageEvent {
         labels: Default::default(),
         received_at: now,
         request_id: None,
+        call_identity: false,
     }
 }
 

@@ -72,6 +72,7 @@ fn event(tenant: &str, prompt_tokens: u32, age: chrono::Duration) -> UsageEvent 
         labels: Default::default(),
         received_at: now,
         request_id: None,
+        call_identity: false,
     }
 }
 

@@ -90,6 +90,7 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
         labels: [("feature".to_string(), "support-bot".to_string())].into(),
         received_at: now,
         request_id: Some("req-1".into()),
+        call_identity: false,
     }
 }
 

@@ -149,6 +149,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         labels,
         received_at: created_at,
         request_id: None,
+        call_identity: false,
     }
 }
 

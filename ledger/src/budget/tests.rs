@@ -46,6 +46,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
             .collect(),
         received_at: at,
         request_id: None,
+        call_identity: false,
     }
 }
 

@@ -18,6 +18,10 @@ impl UsageEvent {
     /// the same `(id, created_at)` and the same hash are one event retried;
     /// a different hash is a conflicting reuse of the id.
     ///
+    /// For an event with [`UsageEvent::call_identity`] the time is left out
+    /// too (hashed as the epoch): two reports of one call start microseconds
+    /// apart and are still the same content.
+    ///
     /// The hashed bytes are the Kafka form of the event with `received_at`
     /// at the epoch and no `request_id`. They are serialised from a
     /// borrowed view into a per-thread buffer and hashed in one call: this
@@ -26,7 +30,11 @@ impl UsageEvent {
     pub fn content_sha256(&self) -> [u8; 32] {
         let content = Content {
             id: &self.id,
-            created_at: &self.created_at,
+            created_at: if self.call_identity {
+                &DateTime::<Utc>::UNIX_EPOCH
+            } else {
+                &self.created_at
+            },
             tenant_id: &self.tenant_id,
             user_id: self.user_id.as_deref(),
             provider: &self.provider,
@@ -44,6 +52,7 @@ impl UsageEvent {
             estimated_cost: self.estimated_cost,
             labels: &self.labels,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
+            call_identity: self.call_identity,
         };
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -93,6 +102,12 @@ struct Content<'a> {
     labels: &'a BTreeMap<String, String>,
     #[serde(serialize_with = "crate::timestamp::serialize")]
     received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "is_false")]
+    call_identity: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 fn is_zero(count: &u32) -> bool {

@@ -13,7 +13,7 @@ use super::{EventError, FieldError, UsageEvent, ValidationLimits};
 pub const KAFKA_SCHEMA: &str = "usage.v1";
 
 /// Fields a producer may add to the HTTP API's: what the gateway adds.
-const PRODUCER_FIELDS: [&str; 2] = ["received_at", "request_id"];
+pub const PRODUCER_FIELDS: [&str; 3] = ["received_at", "request_id", "call_identity"];
 
 impl UsageEvent {
     /// The Kafka record value.
@@ -65,6 +65,11 @@ impl UsageEvent {
             Some(Value::String(text)) => Some(text),
             Some(_) => return Err(single("request_id", "must be a string")),
         };
+        let call_identity = match object.remove(PRODUCER_FIELDS[2]) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(flag)) => flag,
+            Some(_) => return Err(single("call_identity", "must be true or false")),
+        };
         // Kafka has no receive window of its own: the gateway's applies to
         // HTTP clients, and the topic keeps what a producer wrote.
         let unbounded = ValidationLimits {
@@ -78,6 +83,7 @@ impl UsageEvent {
         let mut event = Self::from_request_value(&Value::Object(object), anchor, &unbounded)?;
         event.received_at = received_at.or(record_time).unwrap_or(event.created_at);
         event.request_id = request_id;
+        event.call_identity = call_identity;
         event.check_invariants()?;
         Ok(event)
     }

@@ -33,7 +33,7 @@ mod request;
 mod rules;
 mod strict;
 
-pub use kafka::KAFKA_SCHEMA;
+pub use kafka::{KAFKA_SCHEMA, PRODUCER_FIELDS};
 pub use request::parse_batch;
 pub(crate) use rules::{check_identifier, check_provider, is_invisible, printable, type_name};
 
@@ -153,10 +153,21 @@ pub struct UsageEvent {
     /// The gateway's id for the HTTP request that carried the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The id names one LLM call by itself (a provider's response id, as
+    /// OpenTelemetry spans report it): another event of the tenant with this
+    /// id is the same call reported again, whatever its `created_at`, and is
+    /// stored once. Absent (false) for every other event, whose key stays
+    /// `(tenant_id, id, created_at)`. Not accepted on the HTTP API.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub call_identity: bool,
 }
 
 fn is_zero(count: &u32) -> bool {
     *count == 0
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// Limits that depend on configuration rather than on the event contract.

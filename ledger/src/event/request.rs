@@ -166,6 +166,7 @@ impl UsageEvent {
             labels: labels.flatten().unwrap_or_default(),
             received_at: now,
             request_id: None,
+            call_identity: false,
         };
         event.check_invariants()?;
         Ok(event)

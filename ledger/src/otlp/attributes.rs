@@ -18,6 +18,8 @@
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 
+use crate::pricebook::ServiceTier;
+
 const INPUT: &[&str] = &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"];
 const OUTPUT: &[&str] = &[
     "gen_ai.usage.output_tokens",
@@ -33,6 +35,26 @@ const CACHE_WRITE: &[&str] = &[
     "gen_ai.usage.cache_write.input_tokens",
     "gen_ai.usage.cache_creation_input_tokens",
     "gen_ai.usage.input_tokens.cache_write",
+];
+/// Anthropic's split of cache writes by lifetime (`usage.cache_creation`),
+/// flattened as instrumentations record nested usage objects. Both counts
+/// are inside the cache-write total.
+const CACHE_WRITE_1H: &[&str] = &[
+    "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+    "anthropic.usage.cache_creation.ephemeral_1h_input_tokens",
+];
+const CACHE_WRITE_5M: &[&str] = &[
+    "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens",
+    "anthropic.usage.cache_creation.ephemeral_5m_input_tokens",
+];
+/// The tier that served the call, then the one asked for (`auto` asked
+/// for is standard unless the response says otherwise).
+const SERVICE_TIER: &[&str] = &[
+    "openai.response.service_tier",
+    "gen_ai.openai.response.service_tier",
+    "anthropic.response.service_tier",
+    "openai.request.service_tier",
+    "gen_ai.openai.request.service_tier",
 ];
 const REASONING: &[&str] = &[
     "gen_ai.usage.reasoning.output_tokens",
@@ -92,7 +114,10 @@ pub struct Tokens {
     pub input: u32,
     pub output: u32,
     pub cache_read: u32,
+    /// All cache writes, 1-hour ones included.
     pub cache_write: u32,
+    /// Cache writes with a 1-hour lifetime.
+    pub cache_write_1h: u32,
     pub reasoning: u32,
 }
 
@@ -105,7 +130,29 @@ impl Tokens {
             return Ok(None);
         }
         let cache_read = first_count(attributes, CACHE_READ)?.unwrap_or(0);
-        let cache_write = first_count(attributes, CACHE_WRITE)?.unwrap_or(0);
+        let cache_write_1h = first_count(attributes, CACHE_WRITE_1H)?.unwrap_or(0);
+        let split = first_count(attributes, CACHE_WRITE_5M)?
+            .map(|five_minutes| {
+                five_minutes
+                    .checked_add(cache_write_1h)
+                    .ok_or("cache write token counts overflow a 32-bit count")
+            })
+            .transpose()?;
+        let cache_write = match (first_count(attributes, CACHE_WRITE)?, split) {
+            (Some(total), Some(split)) if total != split => {
+                return Err(format!(
+                    "cache writes by lifetime ({split}) do not add up to the cache writes reported ({total})"
+                ))
+            }
+            (Some(total), _) if total < cache_write_1h => {
+                return Err(format!(
+                    "1-hour cache writes ({cache_write_1h}) exceed the cache writes reported ({total})"
+                ))
+            }
+            (Some(total), _) => total,
+            (None, Some(split)) => split,
+            (None, None) => cache_write_1h,
+        };
         let reasoning = first_count(attributes, REASONING)?.unwrap_or(0);
         let mut input = input.unwrap_or(0);
         let mut output = output.unwrap_or(0);
@@ -127,8 +174,26 @@ impl Tokens {
             output,
             cache_read,
             cache_write,
+            cache_write_1h,
             reasoning,
         }))
+    }
+}
+
+/// The service tier an instrumentation reported; None for standard (so
+/// the event reads as one without a tier). A tier tokenledger does not know
+/// refuses the span: pricing it at standard would misstate its cost.
+pub(super) fn service_tier(attributes: &[KeyValue]) -> Result<Option<ServiceTier>, String> {
+    let Some((key, value)) = SERVICE_TIER
+        .iter()
+        .find_map(|key| Some((*key, text(find(attributes, key)?)?)))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<ServiceTier>() {
+        Ok(ServiceTier::Standard) => Ok(None),
+        Ok(tier) => Ok(Some(tier)),
+        Err(error) => Err(format!("{key}: {error}")),
     }
 }
 

@@ -5,13 +5,14 @@
 //!
 //! One call is one event however many spans report it. A span carrying
 //! `gen_ai.response.id` is identified by (tenant, provider, response id):
-//! its event id is a hash of those, and its `created_at` is the start of
-//! the UTC hour the span started in, so that two spans of the same call
-//! (two instrumentations, two traces, timestamps milliseconds apart) yield
-//! the same `(id, created_at)` key and the same content, which the ledger
-//! stores once. A span without a response id is identified by its trace
-//! and span ids; its `created_at` is its own start time. An exporter's
-//! retry of a batch carries the same spans and so the same keys.
+//! its event id is a hash of those and the event is marked
+//! [`UsageEvent::call_identity`], so two spans of the same call (two
+//! instrumentations, two traces, start times microseconds or an hour
+//! boundary apart) are stored once: the processor keys such an event by
+//! tenant and id alone. Its `created_at` is the span's own start time, to
+//! the microsecond. A span without a response id is identified by its trace
+//! and span ids, and keyed by those and its start time like any event. An
+//! exporter's retry of a batch carries the same spans and so the same keys.
 //!
 //! Layout:
 //! - this file: settings, the mapping of a request, refusals.
@@ -33,7 +34,7 @@ mod attributes;
 #[cfg(test)]
 mod tests;
 
-use attributes::{find, text};
+use attributes::{find, service_tier, text};
 pub use attributes::{provider_name, Tokens};
 
 /// The attribute carrying the tenant when the API key is not bound to one.
@@ -136,7 +137,8 @@ pub fn map_request(
     received_at: DateTime<Utc>,
 ) -> Mapped {
     let mut mapped = Mapped::default();
-    let mut seen: HashSet<(Uuid, DateTime<Utc>)> = HashSet::new();
+    // A call-identity event is the same call whatever its time.
+    let mut seen: HashSet<(Uuid, Option<DateTime<Utc>>)> = HashSet::new();
     for resource_spans in &request.resource_spans {
         let resource: &[KeyValue] = resource_spans
             .resource
@@ -159,7 +161,8 @@ pub fn map_request(
             match context.to_event() {
                 Ok(None) => mapped.without_usage += 1,
                 Ok(Some(event)) => {
-                    if seen.insert((event.id, event.created_at)) {
+                    let time = (!event.call_identity).then_some(event.created_at);
+                    if seen.insert((event.id, time)) {
                         mapped.events.push(event);
                     } else {
                         mapped.duplicates += 1;
@@ -255,28 +258,21 @@ impl SpanContext<'_> {
         let response_id = find(attributes, "gen_ai.response.id")
             .and_then(text)
             .filter(|id| !id.is_empty());
-        let (id, created_at) = match &response_id {
-            Some(response_id) => (
-                derive_id(&["response", &tenant_id, &provider, response_id]),
-                start
-                    .duration_trunc(TimeDelta::hours(1))
-                    .map_err(|error| format!("the span's start time: {error}"))?,
-            ),
+        let created_at = start
+            .duration_trunc(TimeDelta::microseconds(1))
+            .map_err(|error| format!("the span's start time: {error}"))?;
+        let id = match &response_id {
+            Some(response_id) => derive_id(&["response", &tenant_id, &provider, response_id]),
             None => {
                 if self.span.trace_id.is_empty() || self.span.span_id.is_empty() {
                     return Err("no identity: the span has neither gen_ai.response.id nor a trace and span id".into());
                 }
-                (
-                    derive_id(&[
-                        "span",
-                        &tenant_id,
-                        &hex(&self.span.trace_id),
-                        &hex(&self.span.span_id),
-                    ]),
-                    start
-                        .duration_trunc(TimeDelta::microseconds(1))
-                        .map_err(|error| format!("the span's start time: {error}"))?,
-                )
+                derive_id(&[
+                    "span",
+                    &tenant_id,
+                    &hex(&self.span.trace_id),
+                    &hex(&self.span.span_id),
+                ])
             }
         };
         if created_at > self.received_at + self.limits.max_future_skew {
@@ -316,18 +312,18 @@ impl SpanContext<'_> {
                 .checked_add(tokens.output)
                 .ok_or("input + output tokens overflow a 32-bit count")?,
             cached_prompt_tokens: tokens.cache_read,
-            cache_write_tokens: tokens.cache_write,
+            cache_write_tokens: tokens.cache_write - tokens.cache_write_1h,
             reasoning_tokens: tokens.reasoning,
-            // GenAI spans carry no cache-write duration, service tier or
-            // per-call counts: 5-minute writes and standard pricing.
-            cache_write_1h_tokens: 0,
-            service_tier: None,
+            cache_write_1h_tokens: tokens.cache_write_1h,
+            service_tier: service_tier(attributes)?,
+            // GenAI spans carry no per-call counts.
             calls: Default::default(),
             unpriced_tokens: Default::default(),
             estimated_cost: None,
             labels,
             received_at: self.received_at,
             request_id: None,
+            call_identity: response_id.is_some(),
         };
         event
             .check_invariants()

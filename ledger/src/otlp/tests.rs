@@ -5,6 +5,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::*;
+use crate::pricebook::ServiceTier;
 
 fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
@@ -261,18 +262,189 @@ fn two_spans_of_one_call_in_two_traces_are_one_event() {
     );
     assert_eq!(together.events.len(), 1);
     assert_eq!(together.duplicates, 1);
-    // Across two requests (a second exporter, or a retry): the same key.
+    // Across two requests (a second exporter, or a retry): the same call,
+    // each at its own start time, with the same content.
     let alone = map(&request(vec![], vec![second]), Some("acme"));
     assert_eq!(alone.events[0].id, together.events[0].id);
-    assert_eq!(alone.events[0].created_at, together.events[0].created_at);
+    assert!(alone.events[0].call_identity && together.events[0].call_identity);
+    assert_eq!(together.events[0].created_at, now());
+    assert_eq!(
+        alone.events[0].created_at,
+        now() + TimeDelta::milliseconds(37)
+    );
     assert_eq!(
         alone.events[0].content_sha256(),
         together.events[0].content_sha256()
     );
-    assert_eq!(together.events[0].created_at.minute(), 0);
     // Another tenant's call with the same response id is another event.
     let other = map(&request(vec![], vec![first]), Some("globex"));
     assert_ne!(other.events[0].id, together.events[0].id);
+}
+
+#[test]
+fn a_calls_time_is_its_start_to_the_microsecond() {
+    let start = Utc
+        .with_ymd_and_hms(2026, 12, 4, 10, 18, 12)
+        .single()
+        .expect("test value")
+        + TimeDelta::nanoseconds(345_678_901);
+    let attributes = openai(vec![s("gen_ai.response.id", "chatcmpl-48")]);
+    let mapped = map(
+        &request(vec![], vec![span(1, start, attributes)]),
+        Some("acme"),
+    );
+    let event = &mapped.events[0];
+    assert_eq!(
+        event.created_at,
+        start - TimeDelta::nanoseconds(901),
+        "the span's start, truncated to the microsecond"
+    );
+    assert_eq!(
+        (event.created_at.minute(), event.created_at.second()),
+        (18, 12)
+    );
+    assert!(event.call_identity);
+}
+
+#[test]
+fn one_call_reported_on_both_sides_of_an_hour_is_one_call() {
+    let before = Utc
+        .with_ymd_and_hms(2026, 12, 4, 9, 59, 59)
+        .single()
+        .expect("test value")
+        + TimeDelta::milliseconds(990);
+    let after = before + TimeDelta::milliseconds(25);
+    let attributes = || openai(vec![s("gen_ai.response.id", "chatcmpl-hour")]);
+    let first = map(
+        &request(vec![], vec![span(1, before, attributes())]),
+        Some("acme"),
+    );
+    let second = map(
+        &request(vec![], vec![span(2, after, attributes())]),
+        Some("acme"),
+    );
+    let (first, second) = (&first.events[0], &second.events[0]);
+    assert_ne!(first.created_at.hour(), second.created_at.hour());
+    assert_eq!(first.id, second.id);
+    assert!(first.call_identity && second.call_identity);
+    assert_eq!(first.content_sha256(), second.content_sha256());
+    // In one request, the second span is the same call.
+    let both = map(
+        &request(
+            vec![],
+            vec![span(1, before, attributes()), span(2, after, attributes())],
+        ),
+        Some("acme"),
+    );
+    assert_eq!((both.events.len(), both.duplicates), (1, 1));
+}
+
+#[test]
+fn service_tier_and_one_hour_cache_writes_are_read() {
+    let flex = map(
+        &request(
+            vec![],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "flex")]),
+            )],
+        ),
+        Some("acme"),
+    );
+    assert_eq!(flex.events[0].service_tier, Some(ServiceTier::Flex));
+    let older = map(
+        &request(
+            vec![],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("gen_ai.openai.response.service_tier", "priority")]),
+            )],
+        ),
+        Some("acme"),
+    );
+    assert_eq!(older.events[0].service_tier, Some(ServiceTier::Priority));
+    let standard = map(
+        &request(
+            vec![],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "default")]),
+            )],
+        ),
+        Some("acme"),
+    );
+    assert_eq!(standard.events[0].service_tier, None);
+    let unknown = map(
+        &request(
+            vec![],
+            vec![span(
+                1,
+                now(),
+                openai(vec![s("openai.response.service_tier", "turbo")]),
+            )],
+        ),
+        Some("acme"),
+    );
+    assert!(unknown.events.is_empty());
+    assert!(
+        unknown.refused[0].reason.contains("turbo"),
+        "{:?}",
+        unknown.refused
+    );
+
+    let anthropic = |extra: Vec<KeyValue>| {
+        let mut attributes = vec![
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            i("gen_ai.usage.input_tokens", 3000),
+            i("gen_ai.usage.output_tokens", 20),
+        ];
+        attributes.extend(extra);
+        map(
+            &request(vec![], vec![span(1, now(), attributes)]),
+            Some("acme"),
+        )
+    };
+    let split = anthropic(vec![
+        i("gen_ai.usage.cache_creation.input_tokens", 2000),
+        i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 500),
+        i(
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+            1500,
+        ),
+    ]);
+    let event = &split.events[0];
+    assert_eq!(
+        (
+            event.prompt_tokens,
+            event.cache_write_tokens,
+            event.cache_write_1h_tokens
+        ),
+        (3000, 500, 1500)
+    );
+    // The split alone gives the total.
+    let split_only = anthropic(vec![
+        i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 0),
+        i(
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+            1500,
+        ),
+    ]);
+    let event = &split_only.events[0];
+    assert_eq!(
+        (event.cache_write_tokens, event.cache_write_1h_tokens),
+        (0, 1500)
+    );
+    let contradiction = anthropic(vec![
+        i("gen_ai.usage.cache_creation.input_tokens", 2000),
+        i("gen_ai.usage.cache_creation.ephemeral_5m_input_tokens", 100),
+        i("gen_ai.usage.cache_creation.ephemeral_1h_input_tokens", 100),
+    ]);
+    assert!(contradiction.events.is_empty());
+    assert_eq!(contradiction.refused.len(), 1);
 }
 
 #[test]

@@ -39,6 +39,7 @@ fn row(tenant: &str, model: &str, status: PricingStatus) -> PricedEvent {
             labels: Default::default(),
             received_at: now,
             request_id: None,
+            call_identity: false,
         },
         cost: Cost {
             usd: Decimal::new(25, 2),

@@ -36,6 +36,7 @@ pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
             .single()
             .expect("valid time"),
         request_id: None,
+        call_identity: false,
     }
 }
 

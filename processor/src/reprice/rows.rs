@@ -145,6 +145,7 @@ fn read_row(row: &Row) -> Result<Stored, RepriceError> {
         labels: labels.map(|Json(labels)| labels).unwrap_or_default(),
         received_at: row.get(23),
         request_id: None,
+        call_identity: false,
     };
     let source: Option<String> = row.get(21);
     Ok(Stored {

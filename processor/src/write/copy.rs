@@ -206,12 +206,12 @@ RETURNING tenant_id, id, created_at";
 /// instead of deadlocking.
 pub async fn insert_rows(
     transaction: &deadpool_postgres::Transaction<'_>,
-    rows: &[PricedEvent],
+    rows: &[&PricedEvent],
 ) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
     if rows.is_empty() {
         return Ok(HashSet::default());
     }
-    let mut ordered: Vec<&PricedEvent> = rows.iter().collect();
+    let mut ordered: Vec<&PricedEvent> = rows.to_vec();
     ordered.sort_unstable_by(|a, b| {
         (a.event.created_at, &a.event.tenant_id, a.event.id).cmp(&(
             b.event.created_at,
@@ -224,7 +224,7 @@ pub async fn insert_rows(
         .await
         .map_err(db("savepoint"))?;
     match copy_rows(transaction, "gateway_mode_audit", &ordered).await {
-        Ok(()) => return Ok(rows.iter().map(PricedEvent::key).collect()),
+        Ok(()) => return Ok(rows.iter().map(|row| row.key()).collect()),
         Err(error) if is_unique_violation(&error) => {
             transaction
                 .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
