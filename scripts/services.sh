@@ -260,14 +260,15 @@ build_timescaledb() {
   rm -rf "$work"
 }
 
-# Copies the staged build's files into PostgreSQL's directories where they are missing (a fresh
-# machine, or one whose postgresql package was reinstalled). Each file is copied then renamed, so
-# a server loading the library never sees half a file.
+# Copies the staged build's files into PostgreSQL's directories where they are missing or differ
+# (a fresh machine, a reinstalled postgresql package, or another build of the same version left
+# there): the tests run on exactly this build. Each file is copied then renamed, so a server
+# loading the library never sees half a file.
 install_staged_timescaledb() {
   local stage=$1 f target n=0
   while IFS= read -r f; do
     target=${f#"$stage"}
-    [ -f "$target" ] && continue
+    cmp -s "$f" "$target" && continue
     as_root mkdir -p "$(dirname "$target")"
     as_root cp "$f" "$target.tokenledger-partial"
     as_root mv "$target.tokenledger-partial" "$target"

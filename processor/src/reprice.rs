@@ -204,6 +204,7 @@ async fn run_locked(
         let transaction = client.transaction().await.map_err(db("begin"))?;
         let stored_rows = rows::page(&transaction, args, range, &cursor).await?;
         let Some(last) = stored_rows.last() else {
+            transaction.rollback().await.map_err(db("rollback"))?;
             break;
         };
         cursor = rows::Cursor {

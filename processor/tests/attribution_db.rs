@@ -65,7 +65,7 @@ async fn rollup(client: &tokio_postgres::Client) -> Vec<RollupRow> {
         .query(
             "SELECT to_char(day, 'YYYY-MM-DD'), tenant_id::text, label_key, label_value,
                     requests, total_tokens, cost, unpriced_requests
-             FROM usage_attribution_daily ORDER BY 1, 2, 3, 4, 5",
+             FROM usage_attribution_daily ORDER BY 1, 2, 3, 4, 5, 6, 7, 8",
             &[],
         )
         .await
