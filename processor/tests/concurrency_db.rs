@@ -1,0 +1,493 @@
+//! The batch transaction's concurrency claims on a real multi-connection TimescaleDB, each with
+//! the overlap staged deterministically: a trigger makes a transaction wait at a chosen step on
+//! an advisory lock the test holds (a "gate"), the test waits until the other transaction is
+//! seen blocked on the lock it contends for, and only then opens the gate.
+//!
+//! - `a_budget_edit_racing_a_batch_leaves_spend_equal_to_the_raw_sum`: twenty edits of a
+//!   budget's scope (what `PUT /v1/budgets/{id}` runs), each overlapping a batch that adds to
+//!   the same budget and tenant: half with the batch inside its transaction when the edit comes
+//!   (the edit must wait for it, then reset its spend), half with the edit inside its
+//!   transaction when the batch comes (the batch must wait, then evaluate under the new scope).
+//!   After each, the stored spend equals the raw sum over the period under the current scope.
+//! - `a_zombie_writing_the_same_records_adds_nothing_and_moves_no_offset_back`: two writers of
+//!   the same partition; the second's batch holds records the first has inserted but not yet
+//!   committed, so it waits on the first's index entries (a real row lock), then finds them
+//!   stored: rows, spend, crossings and the stored offset as if one writer had written.
+//! - `replays_into_a_compressed_chunk_are_duplicates_and_a_late_event_is_stored_once`: a chunk
+//!   compressed by TimescaleDB still recognises every replayed key, and a late event into it
+//!   is inserted once and then is a duplicate too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use e2e::{wait_for, Database};
+use ledger::{Budget, PriceBook, UsageEvent};
+use processor::config::DatabaseConfig;
+use processor::database;
+use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
+use processor::prepare;
+use processor::record::Record;
+use processor::write::{AttemptState, BatchOutcome, Writer};
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+mod support;
+use support::migrated_database;
+
+const GROUP: &str = "concurrency-test";
+const WAIT: Duration = Duration::from_secs(30);
+/// The advisory lock key of the gates below.
+const GATE: i64 = 0x6761_7465;
+
+/// These tests produce no dead letters; the sink refuses any.
+#[derive(Debug, Clone, Default)]
+struct NoDeadLetters;
+
+impl DeadLetterSink for NoDeadLetters {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        panic!(
+            "unexpected dead letter: {:?} {}",
+            letter.reason, letter.detail
+        );
+    }
+}
+
+fn writer(database: &Database) -> Arc<Writer<NoDeadLetters>> {
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 2,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    Arc::new(Writer::new(pool, GROUP, NoDeadLetters, WAIT))
+}
+
+async fn write(writer: &Writer<NoDeadLetters>, records: Vec<Record>) -> BatchOutcome {
+    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    writer
+        .write(&mut prepared, &mut AttemptState::default())
+        .await
+        .expect("batch commits")
+}
+
+fn at(day: u32, second: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0)
+        .single()
+        .expect("valid time")
+        + chrono::Duration::seconds(i64::from(second))
+}
+
+/// An event with a caller-provided cost, so spend is exact.
+fn event(model: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
+    UsageEvent {
+        id: Uuid::now_v7(),
+        created_at,
+        tenant_id: "acme".into(),
+        user_id: None,
+        provider: "openai".into(),
+        model: model.into(),
+        prompt_tokens: 100,
+        completion_tokens: 10,
+        total_tokens: 110,
+        cached_prompt_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cache_write_1h_tokens: 0,
+        service_tier: None,
+        calls: Default::default(),
+        estimated_cost: Some(cost.parse().expect("decimal")),
+        labels: Default::default(),
+        received_at: Utc::now(),
+        request_id: None,
+    }
+}
+
+fn records(partition: i32, first_offset: i64, events: &[UsageEvent]) -> Vec<Record> {
+    events
+        .iter()
+        .zip(first_offset..)
+        .map(|(event, offset)| support::event_record(partition, offset, event))
+        .collect()
+}
+
+fn budget(id: Uuid, model: &str) -> Budget {
+    Budget::from_json(
+        id,
+        &json!({"name": "acme-model", "tenant_id": "acme", "model": model,
+                "period": "monthly", "amount_usd": "1000", "thresholds": [50, 90]}),
+    )
+    .expect("valid budget")
+}
+
+/// Makes every transaction that fires a row trigger of `table` (`INSERT`/`UPDATE`) wait while
+/// the test holds the gate, without keeping the gate itself.
+async fn install_gate(client: &Client, table: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_advisory_lock_shared({GATE});
+                 PERFORM pg_advisory_unlock_shared({GATE});
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER test_gate BEFORE INSERT OR UPDATE ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION test_gate();"
+        ))
+        .await
+        .expect("gate trigger");
+}
+
+/// Backends waiting on a heavyweight lock of one of `kinds` (pg_stat_activity's wait_event:
+/// `advisory` for a gate, `transactionid`/`tuple` for a row or index entry).
+async fn waiting(client: &Client, kinds: &[&str]) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND wait_event = ANY($1)",
+            &[&kinds],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+async fn wait_until_waiting(client: &Client, kinds: &[&str], count: i64, what: &str) {
+    let seen = wait_for(WAIT, || async { waiting(client, kinds).await >= count }).await;
+    if !seen {
+        let waits: Vec<(Option<String>, Option<String>, Option<String>)> = client
+            .query(
+                "SELECT wait_event_type, wait_event, query FROM pg_stat_activity
+                 WHERE backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        panic!("{what}: no backend waited on {kinds:?} within {WAIT:?}; backends: {waits:#?}");
+    }
+}
+
+async fn one_decimal(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Decimal {
+    client
+        .query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// The raw sum the spend rule counts for acme's November under a `model` scope.
+async fn raw_sum(client: &Client, model: &str) -> Decimal {
+    one_decimal(
+        client,
+        "SELECT COALESCE(sum(estimated_cost), 0) FROM gateway_mode_audit
+         WHERE tenant_id = 'acme' AND model = $1
+           AND created_at >= '2026-11-01T00:00:00Z' AND created_at < '2026-12-01T00:00:00Z'",
+        &[&model],
+    )
+    .await
+}
+
+async fn stored_spend(client: &Client, budget_id: Uuid) -> Option<Decimal> {
+    client
+        .query_opt(
+            "SELECT spend_usd FROM budget_spend WHERE budget_id = $1 AND tenant_id = 'acme'",
+            &[&budget_id],
+        )
+        .await
+        .expect("budget_spend")
+        .map(|row| row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_edit_racing_a_batch_leaves_spend_equal_to_the_raw_sum() {
+    let database = migrated_database().await;
+    let control = database.client().await;
+    let gate = database.client().await;
+    let writer = writer(&database);
+    let id = Uuid::now_v7();
+    store::budgets::create(&control, &budget(id, "gpt-4o"))
+        .await
+        .expect("budget");
+    install_gate(&control, "budget_spend").await;
+    install_gate(&control, "budgets").await;
+
+    // Costs differ by model, so a spend row computed under the other model's scope shows.
+    let costs = [("gpt-4o", "1.25"), ("gpt-4o-mini", "0.03")];
+    let mut offset = 0;
+    let mut batch = |round: u32| {
+        let events: Vec<UsageEvent> = (0..6)
+            .map(|n| {
+                let (model, cost) = costs[n % 2];
+                event(model, cost, at(1 + round % 28, n as u32))
+            })
+            .collect();
+        let batch = records(0, offset, &events);
+        offset += events.len() as i64;
+        batch
+    };
+    // Spend exists before the first edit.
+    write(&writer, batch(99)).await;
+
+    for round in 0..20u32 {
+        let new_model = if round % 2 == 0 {
+            "gpt-4o-mini"
+        } else {
+            "gpt-4o"
+        };
+        gate.execute("SELECT pg_advisory_lock($1)", &[&GATE])
+            .await
+            .expect("close the gate");
+        let edit = {
+            let url = database.url();
+            let edited = budget(id, new_model);
+            async move {
+                let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("edit connection");
+                tokio::spawn(connection);
+                store::budgets::replace(&mut client, &edited)
+                    .await
+                    .expect("edit");
+            }
+        };
+        let records = batch(round);
+        let in_flight = Arc::clone(&writer);
+        let batch_task = async move {
+            write(&in_flight, records).await;
+        };
+        let (first, second) = if round < 10 {
+            // The batch holds the budget and waits at its spend row; the edit comes and must
+            // wait for the batch's lock before it resets spend.
+            let batch_task = tokio::spawn(batch_task);
+            wait_until_waiting(&control, &["advisory"], 1, "the batch at its spend row").await;
+            let edit_task = tokio::spawn(edit);
+            wait_until_waiting(
+                &control,
+                &["transactionid", "tuple"],
+                1,
+                "the edit behind the batch's budget lock",
+            )
+            .await;
+            (batch_task, edit_task)
+        } else {
+            // The edit holds the budget (it has reset spend and waits at its update); the batch
+            // comes and must wait for the edit, then evaluate under the new scope.
+            let edit_task = tokio::spawn(edit);
+            wait_until_waiting(&control, &["advisory"], 1, "the edit at its update").await;
+            let batch_task = tokio::spawn(batch_task);
+            wait_until_waiting(
+                &control,
+                &["transactionid", "tuple"],
+                1,
+                "the batch behind the edit's budget lock",
+            )
+            .await;
+            (edit_task, batch_task)
+        };
+        gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE])
+            .await
+            .expect("open the gate");
+        first.await.expect("first transaction");
+        second.await.expect("second transaction");
+        // Spend after the edit: what is stored equals the raw sum under the new scope, and so
+        // does the row after one more batch (which adds to a row left standing, or rebuilds it).
+        let raw = raw_sum(&control, new_model).await;
+        if let Some(stored) = stored_spend(&control, id).await {
+            assert_eq!(
+                stored, raw,
+                "round {round}: spend right after the edit to {new_model}"
+            );
+        }
+        write(&writer, batch(round + 100)).await;
+        assert_eq!(
+            stored_spend(&control, id).await,
+            Some(raw_sum(&control, new_model).await),
+            "round {round}: spend after the next batch, scope {new_model}"
+        );
+    }
+}
+
+/// (rows, duplicates) a batch reported.
+fn counts(outcome: &BatchOutcome) -> (usize, usize) {
+    (outcome.new_rows.len(), outcome.duplicates)
+}
+
+async fn row_count(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM gateway_mode_audit", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn crossings(client: &Client) -> Vec<i16> {
+    client
+        .query(
+            "SELECT threshold FROM budget_alerts WHERE tenant_id = 'acme' ORDER BY threshold",
+            &[],
+        )
+        .await
+        .expect("budget_alerts")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+async fn stored_offset(client: &Client, partition: i32) -> i64 {
+    client
+        .query_one(
+            "SELECT next_offset FROM ingest_offsets WHERE consumer_group = $1 AND partition = $2",
+            &[&GROUP, &partition],
+        )
+        .await
+        .expect("ingest_offsets")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_writing_the_same_records_adds_nothing_and_moves_no_offset_back() {
+    let database = migrated_database().await;
+    let control = database.client().await;
+    let gate = database.client().await;
+    let id = Uuid::now_v7();
+    store::budgets::create(&control, &budget(id, "gpt-4o"))
+        .await
+        .expect("budget");
+    // Two processors, each with its own pool: the member and a zombie given the same partition.
+    let member = writer(&database);
+    let zombie = writer(&database);
+    // 40 events of 25 USD: the member's batch takes the budget of 1000 to 100 %.
+    let events: Vec<UsageEvent> = (0..40).map(|n| event("gpt-4o", "25", at(10, n))).collect();
+    let batch = records(3, 100, &events);
+    // The zombie is behind: it holds the first half of the same records.
+    let stale = batch[..20].to_vec();
+    // The day's chunk exists before: the zombie then waits on the member's rows, not on the
+    // member's creation of the chunk.
+    let earlier = event("gpt-4o-mini", "1", at(10, 0));
+    write(&member, records(3, 99, std::slice::from_ref(&earlier))).await;
+
+    // The member stops after inserting its rows and spend, before it stores its offsets.
+    install_gate(&control, "ingest_offsets").await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE])
+        .await
+        .expect("close the gate");
+    let member_task = {
+        let member = Arc::clone(&member);
+        tokio::spawn(async move { write(&member, batch).await })
+    };
+    wait_until_waiting(&control, &["advisory"], 1, "the member before its offsets").await;
+    // The zombie's insert meets the member's uncommitted keys and must wait for its outcome.
+    let zombie_task = {
+        let zombie = Arc::clone(&zombie);
+        tokio::spawn(async move { write(&zombie, stale).await })
+    };
+    wait_until_waiting(
+        &control,
+        &["transactionid", "tuple"],
+        1,
+        "the zombie behind the member's uncommitted rows",
+    )
+    .await;
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE])
+        .await
+        .expect("open the gate");
+    let member_outcome = member_task.await.expect("member");
+    let zombie_outcome = zombie_task.await.expect("zombie");
+
+    assert_eq!(counts(&member_outcome), (40, 0), "the member's batch");
+    assert_eq!(counts(&zombie_outcome), (0, 20), "the zombie's batch");
+    assert_eq!(row_count(&control).await, 41);
+    let raw = raw_sum(&control, "gpt-4o").await;
+    assert_eq!(raw, Decimal::from(1000));
+    assert_eq!(stored_spend(&control, id).await, Some(raw), "spend");
+    assert_eq!(
+        crossings(&control).await,
+        vec![50, 90],
+        "each crossing once"
+    );
+    assert_eq!(
+        stored_offset(&control, 3).await,
+        140,
+        "the zombie's older batch moved the stored offset back"
+    );
+}
+
+async fn compressed_chunks(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM timescaledb_information.chunks
+             WHERE hypertable_name = 'gateway_mode_audit' AND is_compressed",
+            &[],
+        )
+        .await
+        .expect("chunks")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_into_a_compressed_chunk_are_duplicates_and_a_late_event_is_stored_once() {
+    let database = migrated_database().await;
+    let control = database.client().await;
+    let id = Uuid::now_v7();
+    store::budgets::create(&control, &budget(id, "gpt-4o"))
+        .await
+        .expect("budget");
+    let writer = writer(&database);
+    let events: Vec<UsageEvent> = (0..30).map(|n| event("gpt-4o", "7", at(12, n))).collect();
+    let batch = records(0, 0, &events);
+    assert_eq!(counts(&write(&writer, batch.clone()).await), (30, 0));
+
+    control
+        .batch_execute("SELECT compress_chunk(c) FROM show_chunks('gateway_mode_audit') AS c")
+        .await
+        .expect("compress");
+    assert_eq!(
+        compressed_chunks(&control).await,
+        1,
+        "the day's chunk is compressed"
+    );
+
+    // The same records again (a replay after the offsets were lost), and a batch mixing stored
+    // keys with one late event of the same day.
+    assert_eq!(
+        counts(&write(&writer, batch.clone()).await),
+        (0, 30),
+        "a replay into the compressed chunk"
+    );
+    let late = event("gpt-4o", "7", at(12, 3_600));
+    let mut mixed = records(0, 30, std::slice::from_ref(&late));
+    mixed.extend(batch[..10].iter().cloned());
+    assert_eq!(
+        counts(&write(&writer, mixed.clone()).await),
+        (1, 10),
+        "a late event beside replayed ones"
+    );
+    assert_eq!(
+        counts(&write(&writer, mixed).await),
+        (0, 11),
+        "the late event replayed"
+    );
+
+    assert_eq!(row_count(&control).await, 31);
+    let stored_once: i64 = control
+        .query_one(
+            "SELECT count(*) FROM gateway_mode_audit WHERE id = $1",
+            &[&late.id],
+        )
+        .await
+        .expect("late row")
+        .get(0);
+    assert_eq!(stored_once, 1);
+    assert_eq!(raw_sum(&control, "gpt-4o").await, Decimal::from(217));
+    assert_eq!(stored_spend(&control, id).await, Some(Decimal::from(217)));
+    assert_eq!(crossings(&control).await, Vec::<i16>::new());
+}
