@@ -532,3 +532,92 @@ async fn replays_into_a_compressed_chunk_are_duplicates_and_a_late_event_is_stor
     assert_eq!(stored_spend(&control, id).await, Some(Decimal::from(217)));
     assert_eq!(crossings(&control).await, Vec::<i16>::new());
 }
+
+/// Makes every transaction wait while the test holds the gate before the second audit row it
+/// inserts: two writers are then each stopped holding one row.
+async fn install_second_row_gate(client: &Client) {
+    client
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION test_second_row_gate() RETURNS trigger
+             LANGUAGE plpgsql AS $$
+             DECLARE n int := COALESCE(NULLIF(current_setting('test.rows', true), ''), '0')::int + 1;
+             BEGIN
+                 PERFORM set_config('test.rows', n::text, true);
+                 IF n = 2 THEN
+                     PERFORM pg_advisory_lock_shared({GATE});
+                     PERFORM pg_advisory_unlock_shared({GATE});
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER test_second_row_gate BEFORE INSERT ON gateway_mode_audit
+                 FOR EACH ROW EXECUTE FUNCTION test_second_row_gate();"
+        ))
+        .await
+        .expect("gate trigger");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_meeting_on_the_same_keys_queue_instead_of_deadlocking() {
+    let mut database = migrated_database().await;
+    let control = database.client().await;
+    let gate = database.client().await;
+    let first = writer(&database);
+    let second = writer(&database);
+    // The day's chunk exists, so the writers meet on rows rather than on creating the chunk.
+    write(&first, records(0, 0, &[event("gpt-4o", "1", at(20, 0))])).await;
+    install_second_row_gate(&control).await;
+
+    // The same two events on two partitions, in opposite orders (a producer that does not key
+    // by tenant, or a retry through another partition).
+    let (a, b) = (
+        event("gpt-4o", "2", at(20, 1)),
+        event("gpt-4o", "3", at(20, 2)),
+    );
+    let one = records(1, 0, &[a.clone(), b.clone()]);
+    let other = records(2, 0, &[b, a]);
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE])
+        .await
+        .expect("close the gate");
+    let tasks = [(first, one), (second, other)].map(|(writer, batch)| {
+        tokio::spawn(async move {
+            let mut prepared = prepare::prepare(batch, &PriceBook::builtin());
+            writer
+                .write(&mut prepared, &mut AttemptState::default())
+                .await
+                .map(|outcome| counts(&outcome))
+                .map_err(|error| error.to_string())
+        })
+    });
+    // Both transactions are stopped: one before its second row, the other either behind the
+    // first's row (one order) or before its own second row (opposite orders).
+    wait_until_waiting(
+        &control,
+        &["advisory", "transactionid", "tuple"],
+        2,
+        "both writers inside their transactions",
+    )
+    .await;
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE])
+        .await
+        .expect("open the gate");
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("writer"));
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![Ok((0, 2)), Ok((2, 0))],
+        "one writer stores both events, the other finds them stored, both on the first attempt"
+    );
+    let log = database
+        .process()
+        .map(|postgres| postgres.log_contents())
+        .unwrap_or_default();
+    assert_eq!(
+        log.matches("deadlock detected").count(),
+        0,
+        "deadlocks in the server log"
+    );
+    assert_eq!(row_count(&control).await, 3);
+}
