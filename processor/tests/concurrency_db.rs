@@ -621,3 +621,151 @@ async fn two_writers_meeting_on_the_same_keys_queue_instead_of_deadlocking() {
     );
     assert_eq!(row_count(&control).await, 3);
 }
+
+/// $1 per million input tokens of `acme-ai/acme-large`, and the same price corrected to $2.
+const BOOK: &str = r#"
+[[price]]
+provider = "acme-ai"
+model = "acme-large"
+effective_from = "2025-01-01T00:00:00Z"
+source = "https://example.com/pricing"
+input = "PRICE"
+output = "4"
+"#;
+
+/// A January 2026 event of `acme-ai/acme-large` with 1M input tokens, priced by the book.
+fn priced_event(day: u32, second: u32) -> UsageEvent {
+    let mut event = event("acme-large", "0", Utc::now());
+    event.provider = "acme-ai".into();
+    event.estimated_cost = None;
+    event.prompt_tokens = 1_000_000;
+    event.completion_tokens = 0;
+    event.total_tokens = 1_000_000;
+    event.created_at = Utc
+        .with_ymd_and_hms(2026, 1, day, 9, 0, second)
+        .single()
+        .expect("valid time");
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprice_while_a_batch_writes_the_same_days_keeps_spend_and_rollups_exact() {
+    let database = migrated_database().await;
+    let mut control = database.client().await;
+    let gate = database.client().await;
+    let old = PriceBook::from_toml(&BOOK.replace("PRICE", "1")).expect("old book");
+    let new = PriceBook::from_toml(&BOOK.replace("PRICE", "2")).expect("new book");
+    let id = Uuid::now_v7();
+    let acme = Budget::from_json(
+        id,
+        &json!({"name": "acme-monthly", "tenant_id": "acme", "period": "monthly",
+                "amount_usd": "100"}),
+    )
+    .expect("budget");
+    store::budgets::create(&control, &acme)
+        .await
+        .expect("budget");
+    let writer = writer(&database);
+    let write_with = |book: PriceBook, records: Vec<Record>| {
+        let writer = Arc::clone(&writer);
+        async move {
+            let mut prepared = prepare::prepare(records, &book);
+            writer
+                .write(&mut prepared, &mut AttemptState::default())
+                .await
+                .expect("batch commits")
+        }
+    };
+    // Rows priced under the old book on three days, then the live processor (already on the
+    // corrected book) writes more rows into the same days while the re-pricing runs.
+    let stored: Vec<UsageEvent> = (0..9).map(|n| priced_event(10 + n % 3, n)).collect();
+    write_with(old.clone(), records(0, 0, &stored)).await;
+    let mut out = Vec::new();
+    processor::refresh::materialize(
+        &control,
+        chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("day"),
+        chrono::NaiveDate::from_ymd_opt(2026, 2, 1).expect("day"),
+        &mut out,
+    )
+    .await
+    .expect("rollups refresh");
+
+    // The batch stops after adding to the month's spend row, before it commits.
+    install_gate(&control, "ingest_offsets").await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE])
+        .await
+        .expect("close the gate");
+    let live: Vec<UsageEvent> = (0..6).map(|n| priced_event(10 + n % 3, 30 + n)).collect();
+    let batch = tokio::spawn(write_with(new.clone(), records(0, 9, &live)));
+    wait_until_waiting(&control, &["advisory"], 1, "the batch before its commit").await;
+    let reprice = {
+        let url = database.url();
+        let new = new.clone();
+        tokio::spawn(async move {
+            let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("reprice connection");
+            tokio::spawn(connection);
+            let args = processor::reprice::RepriceArgs {
+                from: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("day"),
+                to: chrono::NaiveDate::from_ymd_opt(2026, 2, 1).expect("day"),
+                tenant: None,
+                provider: None,
+                model: None,
+                dry_run: false,
+                batch_rows: 4,
+            };
+            let mut out = Vec::new();
+            processor::reprice::run(&mut client, &new, &args, &mut out)
+                .await
+                .expect("reprice")
+        })
+    };
+    // The re-pricing reaches the spend row the batch holds, and waits for it.
+    wait_until_waiting(
+        &control,
+        &["transactionid", "tuple"],
+        1,
+        "the re-pricing behind the batch's spend row",
+    )
+    .await;
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE])
+        .await
+        .expect("open the gate");
+    assert_eq!(batch.await.expect("batch").new_rows.len(), 6);
+    let run = reprice.await.expect("reprice");
+    assert_eq!(run.corrected, 9, "the rows priced under the old book");
+
+    // Every row at $2 now; spend and every rollup equal to the raw table.
+    let raw = one_decimal(
+        &control,
+        "SELECT sum(estimated_cost) FROM gateway_mode_audit",
+        &[],
+    )
+    .await;
+    assert_eq!(raw, Decimal::from(30));
+    assert_eq!(stored_spend(&control, id).await, Some(raw), "spend");
+    let transaction = control.transaction().await.expect("begin");
+    for (rollup, bucket) in [("usage_hourly", "bucket"), ("usage_daily", "day")] {
+        let differing: i64 = transaction
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (
+                         SELECT date_trunc('day', {bucket}) AS d, sum(cost) AS c FROM {rollup}
+                         GROUP BY 1) r
+                     FULL JOIN (
+                         SELECT date_trunc('day', created_at) AS d, sum(estimated_cost) AS c
+                         FROM gateway_mode_audit GROUP BY 1) a USING (d)
+                     WHERE r.c IS DISTINCT FROM a.c"
+                ),
+                &[],
+            )
+            .await
+            .expect("rollup")
+            .get(0);
+        assert_eq!(
+            differing, 0,
+            "days where {rollup} differs from the raw table"
+        );
+    }
+}
