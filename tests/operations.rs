@@ -1,22 +1,24 @@
 //! Operator commands against a real TimescaleDB (PostgreSQL 15 + TimescaleDB Community):
 //!
-//! - `concurrent_migrations_apply_each_version_once`: four `processor migrate` runs started
-//!   together on a fresh database all succeed, and every migration is applied by exactly one of
-//!   them (the others report it as already applied).
+//! - `concurrent_migrations_apply_each_version_once`: three `processor migrate` runs started
+//!   together on a fresh database, held at the migration's advisory lock (which the test holds)
+//!   until all three wait there, then let go at once: all succeed, and every migration is
+//!   applied by exactly one of them (the others report it as already applied).
 //! - `refresh_materializes_rows_older_than_the_policy_windows`: the refresh policies reach back
 //!   over the 35-day lateness window plus an outage margin, and `processor refresh --from --to`
 //!   materializes rows older than that window, which the policies never will.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use e2e::{wait_for, Binary, ChildProcess, Database, FaultProxy, Shaping};
+use e2e::{wait_for, Binary, ChildProcess, Database};
 use tokio_postgres::error::SqlState;
 
 const WAIT: Duration = Duration::from_secs(120);
 /// Concurrent `processor migrate` runs.
-const RUNS: usize = 4;
+const RUNS: usize = 3;
+/// `processor::migrate::MIGRATE_LOCK_KEY`, the advisory lock every run takes ("tokenled").
+const MIGRATE_LOCK_KEY: i64 = 0x746f_6b65_6e6c_6564;
 const ROLLUPS: [&str; 4] = ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"];
 /// The gateway accepts events this many days late.
 const LATENESS_DAYS: i64 = 35;
@@ -45,15 +47,14 @@ async fn finish(mut process: ChildProcess) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_apply_each_version_once() {
     let database = Database::start().await;
-    // A round trip of 20 ms lets the runs' statements interleave the way they do over a real
-    // network (each run reads the history, then applies); the database still runs one
-    // transaction at a time.
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], database.port()))).await;
-    proxy.set_shaping(Shaping {
-        downstream_delay: Duration::from_millis(20),
-        ..Shaping::NONE
-    });
-    let url = format!("host=127.0.0.1 port={} user=postgres", proxy.port());
+    // The overlap, made certain: the test holds the migration lock, so every run has connected
+    // and asked for it before any of them applies anything; then they are let go together.
+    let holder = database.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .await
+        .expect("take the migration lock");
+    let url = database.url();
     let runs: Vec<ChildProcess> = (0..RUNS)
         .map(|n| {
             ChildProcess::spawn(
@@ -64,6 +65,28 @@ async fn concurrent_migrations_apply_each_version_once() {
             )
         })
         .collect();
+    let all_waiting = wait_for(WAIT, || async {
+        holder
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND NOT granted
+                   AND (classid::bigint << 32) | objid::bigint = $1",
+                &[&MIGRATE_LOCK_KEY],
+            )
+            .await
+            .expect("pg_locks")
+            .get::<_, i64>(0)
+            == RUNS as i64
+    })
+    .await;
+    assert!(
+        all_waiting,
+        "the {RUNS} runs did not all wait for the migration lock"
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
+        .await
+        .expect("release the migration lock");
     let mut outputs = Vec::new();
     for run in runs {
         outputs.push(finish(run).await);

@@ -9,7 +9,8 @@
 //!   writers' batches at once), under budgets whose thresholds are crossed; a second processor
 //!   joins half-way, so the group rebalances while the first one's writers commit. Then
 //!   `check_ledger`: every event stored once with its content, rollups, budget spend and
-//!   crossings equal to the raw sums, and the two processors' counters adding up exactly.
+//!   crossings equal to the raw sums, and the two processors' counters adding up exactly; and
+//!   no deadlock, neither in the database's log nor as a batch the processors retried.
 //!
 //! The two producers take turns rather than writing at once: tansu, the test broker, can answer
 //! a fetch with a record one connection appended while an earlier offset another connection is
@@ -64,7 +65,7 @@ async fn produce(producer: &FutureProducer, event: &Expected, partition: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_writers_count_a_tenant_spread_over_every_partition_once() {
-    let services = Services::start(PARTITIONS).await;
+    let mut services = Services::start(PARTITIONS).await;
     let db = services.database.client().await;
     install_budgets(&db).await;
     let gateway = services.gateway("gateway", &[]).await;
@@ -140,5 +141,33 @@ async fn parallel_writers_count_a_tenant_spread_over_every_partition_once() {
     assert!(
         first.process.log_contents().contains("partitions revoked"),
         "the second processor's join did not move partitions away from the first"
+    );
+
+    // Shared rows are locked in one global order, so writers queue and never deadlock: a
+    // deadlock the processor retried would leave the counts exact but is a latency bug.
+    let server_deadlocks = services
+        .database
+        .process()
+        .map(|postgres| postgres.log_contents().matches("deadlock detected").count())
+        .unwrap_or_default();
+    let retried: usize = [&first, &second]
+        .iter()
+        .map(|p| {
+            p.process
+                .log_contents()
+                .lines()
+                .filter(|l| l.contains("retrying the same batch") && l.contains("40P01"))
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "writers: {} events, deadlocks in the server log {server_deadlocks}, batches retried \
+         after a deadlock {retried}",
+        ledger.len()
+    );
+    assert_eq!(
+        (server_deadlocks, retried),
+        (0, 0),
+        "deadlocks (server log, processor retries)"
     );
 }
