@@ -66,7 +66,10 @@ fn writer(database: &Database) -> Arc<Writer<NoDeadLetters>> {
 }
 
 async fn write(writer: &Writer<NoDeadLetters>, records: Vec<Record>) -> BatchOutcome {
-    let mut prepared = prepare::prepare(records, &PriceBook::builtin());
+    let mut prepared = prepare::prepare(
+        records,
+        &PriceBook::builtin().expect("the built-in book parses"),
+    );
     writer
         .write(&mut prepared, &mut AttemptState::default())
         .await
@@ -98,10 +101,12 @@ fn event(model: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         cache_write_1h_tokens: 0,
         service_tier: None,
         calls: Default::default(),
+        unpriced_tokens: Default::default(),
         estimated_cost: Some(cost.parse().expect("decimal")),
         labels: Default::default(),
         received_at: Utc::now(),
         request_id: None,
+        call_identity: false,
     }
 }
 
@@ -596,7 +601,10 @@ async fn two_writers_meeting_on_the_same_keys_queue_instead_of_deadlocking() {
         .expect("close the gate");
     let tasks = [(first, one), (second, other)].map(|(writer, batch)| {
         tokio::spawn(async move {
-            let mut prepared = prepare::prepare(batch, &PriceBook::builtin());
+            let mut prepared = prepare::prepare(
+                batch,
+                &PriceBook::builtin().expect("the built-in book parses"),
+            );
             writer
                 .write(&mut prepared, &mut AttemptState::default())
                 .await
