@@ -15,7 +15,10 @@
 //!   `header_read_timeout`, however the bytes trickle in; then the
 //!   connection is dropped without an answer.
 //! - **Idle:** a kept-alive connection with no request for `idle_timeout`
-//!   is closed.
+//!   is closed. An answer whose body is still being written after its
+//!   handler returned (a streamed export) is not idle: each write of it
+//!   restarts the timer, so a slow reader gets the whole answer and only a
+//!   reader that takes nothing for `idle_timeout` is cut off.
 //! - **Cap:** past `max_connections` open on a port, a new connection is
 //!   answered `503` with `Retry-After` and `Connection: close` and closed,
 //!   so a client or balancer knows to go elsewhere; if even the few
@@ -35,6 +38,7 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, Request, Response, StatusCode};
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -191,8 +195,18 @@ impl Connection {
                 let mut router = router.clone();
                 async move {
                     let response = router.call(request.map(Body::new)).await;
-                    drop(busy);
-                    response
+                    // The guard lives as long as the body, which hyper
+                    // drops once the last byte is written (or the
+                    // connection ends).
+                    let streaming = busy.streaming();
+                    response.map(|response| {
+                        response.map(|body| {
+                            Body::new(body.map_frame(move |frame| {
+                                let _ = &streaming;
+                                frame
+                            }))
+                        })
+                    })
                 }
             }
         });
@@ -281,6 +295,9 @@ enum Phase {
     AwaitingHead { since: Instant },
     /// Requests are being handled; the request timeout bounds them.
     Busy { requests: usize },
+    /// The handler has answered and the body is still being written: the
+    /// last write was at `since`.
+    Streaming { since: Instant },
     /// The last answer is out and nothing new has arrived.
     Idle { since: Instant },
 }
@@ -319,12 +336,24 @@ impl Activity {
         }
     }
 
+    /// A write reached the socket: a body being streamed is not idle.
+    fn bytes_written(&self) {
+        let streaming = matches!(*self.phase(), Phase::Streaming { .. });
+        if streaming {
+            self.set(Phase::Streaming {
+                since: Instant::now(),
+            });
+        }
+    }
+
     fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
         match *self.phase() {
             // `None` when the limit is too large to add to the clock:
             // practically no limit.
             Phase::AwaitingHead { since } => since.checked_add(limits.header_read_timeout),
-            Phase::Idle { since } => since.checked_add(limits.idle_timeout),
+            Phase::Idle { since } | Phase::Streaming { since } => {
+                since.checked_add(limits.idle_timeout)
+            }
             Phase::Busy { .. } => None,
         }
     }
@@ -335,7 +364,7 @@ impl Activity {
             .is_some_and(|deadline| deadline <= now);
         match *self.phase() {
             Phase::AwaitingHead { .. } if expired => Some(Expired::HeaderRead),
-            Phase::Idle { .. } if expired => Some(Expired::Idle),
+            Phase::Idle { .. } | Phase::Streaming { .. } if expired => Some(Expired::Idle),
             _ => None,
         }
     }
@@ -357,6 +386,22 @@ impl RequestGuard {
         drop(phase);
         activity.changed.notify_one();
         Self(activity.clone())
+    }
+
+    /// The handler has answered; the body may still be written. The last
+    /// request in flight moves the connection to [`Phase::Streaming`]
+    /// until the returned guard, held by the body, is dropped.
+    fn streaming(self) -> Self {
+        {
+            let mut phase = self.0.phase();
+            if *phase == (Phase::Busy { requests: 1 }) {
+                *phase = Phase::Streaming {
+                    since: Instant::now(),
+                };
+            }
+        }
+        self.0.changed.notify_one();
+        self
     }
 }
 
@@ -402,7 +447,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.bytes_written();
+        }
+        result
     }
 
     fn poll_write_vectored(
@@ -410,7 +459,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.bytes_written();
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

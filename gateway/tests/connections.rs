@@ -440,3 +440,59 @@ fn the_connection_settings_have_defaults_are_printed_and_can_be_set() {
     std::env::set_var("TLGWCONN_B_HTTP__MAX_CONNECTIONS", "0");
     assert!(Config::load_from(None, Env::prefixed("TLGWCONN_B_")).is_err());
 }
+
+/// A streamed answer (an export) is still being written after its handler
+/// returned: a reader slower than the idle timeout gets it whole, because
+/// each write of the body counts as activity, and the connection is closed
+/// for idleness only once the answer is out.
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_slower_than_the_idle_timeout_arrives_whole() {
+    let idle = Duration::from_secs(2);
+    let settings = limits(Duration::from_secs(10), idle, 10);
+    let state =
+        AppState::new(Arc::new(MemoryAppender::new()), key_ring(), settings).expect("state");
+    // Ten chunks a second apart: the body takes five idle timeouts.
+    let router = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            let chunks = futures::stream::unfold(0u32, |n| async move {
+                if n == 10 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let chunk = axum::body::Bytes::from(format!("chunk {n}\n"));
+                Some((Ok::<_, std::convert::Infallible>(chunk), n + 1))
+            });
+            axum::body::Body::from_stream(chunks)
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(gateway::connection::serve(
+        listener,
+        router,
+        gateway::metrics::Port::Api,
+        state.clone(),
+    ));
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(get("/slow").as_bytes())
+        .await
+        .expect("request written");
+    let mut received = Vec::new();
+    tokio::time::timeout(LONG, stream.read_to_end(&mut received))
+        .await
+        .expect("the connection closes within the deadline")
+        .expect("read");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("chunk 9\n") && text.ends_with("0\r\n\r\n"),
+        "the whole chunked answer arrived:\n{text}"
+    );
+    state.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("server");
+}
