@@ -254,3 +254,112 @@ async fn status_stores_the_spend_it_computes_so_later_calls_do_not_scan_the_audi
         "status summed the audit table again: {third}"
     );
 }
+
+/// The other order of the same race: the batch created the spend row first
+/// (not yet committed) while a status call computes the row from audit rows
+/// that lack the batch's. The status call's insert waits for the batch and
+/// then answers the batch's row, not its own smaller sum.
+#[tokio::test]
+async fn status_racing_a_batch_that_created_the_row_answers_the_batchs_row() {
+    let database = migrated_database().await;
+    let mut client = database.client().await;
+    let observer = database.client().await;
+    let router = router(&database);
+    let budget = json!({"name": "acme-anthropic", "tenant_id": "acme", "provider": "anthropic",
+                        "period": "monthly", "amount_usd": "10"});
+    let (status, _, created) =
+        send_json(&router, admin_request("POST", "/v1/budgets", &budget)).await;
+    assert_eq!(status, 201, "{created}");
+    let id: Uuid = created["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("an id");
+    client
+        .execute(
+            INSERT_AUDIT,
+            &[&Uuid::now_v7(), &"anthropic", &Decimal::from(2)],
+        )
+        .await
+        .expect("audit row");
+
+    let batch = client.transaction().await.expect("begin");
+    batch
+        .execute(
+            INSERT_AUDIT,
+            &[&Uuid::now_v7(), &"anthropic", &Decimal::from(3)],
+        )
+        .await
+        .expect("batch audit row");
+    store::spend::lock_for_batch(&batch, &[id])
+        .await
+        .expect("lock");
+    let start: chrono::DateTime<chrono::Utc> = batch
+        .query_one(
+            "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+            &[],
+        )
+        .await
+        .expect("period")
+        .get(0);
+    let end: chrono::DateTime<chrono::Utc> = batch
+        .query_one("SELECT $1::timestamptz + interval '1 month'", &[&start])
+        .await
+        .expect("period end")
+        .get(0);
+    let key = SpendKey {
+        budget_id: id,
+        tenant_id: "acme".into(),
+        period_start: start,
+    };
+    let inserted = store::spend::insert(
+        &batch,
+        &[store::spend::NewSpend {
+            key: &key,
+            period_end: end,
+            spend_usd: Decimal::from(5),
+        }],
+    )
+    .await
+    .expect("insert");
+    assert_eq!(inserted.get(&key), Some(&Decimal::from(5)));
+
+    let call = tokio::spawn({
+        let router = router.clone();
+        async move { send_json(&router, acme_status()).await }
+    });
+    // Wait (with a deadline) until the status call's insert waits on the
+    // batch's row.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO budget_spend%'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the status call never waited on the batch's spend row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    batch.commit().await.expect("commit");
+    let (status, _, answer) = call.await.expect("status call");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["budgets"][0]["spend_usd"], "5", "{answer}");
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM budget_spend WHERE budget_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+}
