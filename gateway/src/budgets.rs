@@ -10,7 +10,8 @@
 //! applies to the next batch without a restart. Spend comes from
 //! `budget_spend`, which the processor maintains exactly once per event;
 //! for a budget with no spend row in the current period yet (new budget, no
-//! traffic since) the status is computed from the audit table. Every
+//! traffic since) the status computes it from the audit table once and
+//! stores it, so later calls read the row. Every
 //! statement is the `store` crate's; failures are [`AppError`]s.
 
 use std::sync::Arc;
@@ -315,9 +316,12 @@ async fn status(
                     })
                 })
                 .collect();
-            let spend = store::spend::current(&***client, &tenant, &budgets, now, &store.book)
+            // A transaction: a missing spend row is computed once and stored.
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            let spend = store::spend::current(&transaction, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(from_store)?;
+            transaction.commit().await.map_err(unavailable)?;
             Ok((budgets, spend))
         })
         .await?;

@@ -27,12 +27,20 @@ pub struct AttributionConfig {
     /// cost and tokens per tenant; usage without the label counts as
     /// `(unlabelled)`. Empty: no rollup.
     pub labels: Vec<String>,
+    /// Distinct values of one key a tenant may add to the rollup in one UTC
+    /// day; further values count under `(other)` (`(unlabelled)` is not
+    /// counted).
+    pub max_values_per_day: usize,
 }
+
+/// The default of `attribution.max_values_per_day`.
+pub const DEFAULT_MAX_VALUES_PER_DAY: usize = 200;
 
 impl Default for AttributionConfig {
     fn default() -> Self {
         Self {
             labels: vec!["use_case".to_owned()],
+            max_values_per_day: DEFAULT_MAX_VALUES_PER_DAY,
         }
     }
 }
@@ -41,6 +49,9 @@ impl AttributionConfig {
     /// The rule the gateway applies to label keys, a bounded list, and no
     /// key named twice.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_values_per_day == 0 {
+            return Err("attribution.max_values_per_day must be at least 1".to_owned());
+        }
         if self.labels.len() > MAX_KEYS {
             return Err(format!(
                 "attribution.labels names {} keys; at most {MAX_KEYS} are allowed",
@@ -133,12 +144,14 @@ pub fn rollup(keys: &[String], new_rows: &[&PricedEvent]) -> Vec<(AttributionKey
 pub async fn record(
     transaction: &Transaction<'_>,
     keys: &[String],
+    max_values_per_day: usize,
     new_rows: &[&PricedEvent],
 ) -> Result<(), AttributionError> {
     if keys.is_empty() || new_rows.is_empty() {
         return Ok(());
     }
-    store::attribution::add(&**transaction, &rollup(keys, new_rows)).await?;
+    store::attribution::add_bounded(&**transaction, rollup(keys, new_rows), max_values_per_day)
+        .await?;
     Ok(())
 }
 
@@ -285,6 +298,7 @@ mod tests {
     fn the_key_list_is_bounded_and_well_formed() {
         let config = |labels: &[&str]| AttributionConfig {
             labels: labels.iter().map(|s| (*s).to_owned()).collect(),
+            ..AttributionConfig::default()
         };
         assert!(AttributionConfig::default().validate().is_ok());
         assert!(config(&["use_case", "feature", "team"]).validate().is_ok());

@@ -21,6 +21,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
+use crate::fair_labels::FairBound;
 use crate::metrics::LabelBound;
 
 /// How often the table is read. Corrections are rare operator actions; a
@@ -41,8 +42,8 @@ pub const CORRECTIONS_METRIC: &str = "tokenledger_cost_corrections_usd_total";
 pub struct CorrectionMetrics {
     counter: CounterVec,
     tenants: LabelBound,
-    models: LabelBound,
-    providers: LabelBound,
+    models: FairBound,
+    providers: FairBound,
 }
 
 impl CorrectionMetrics {
@@ -63,20 +64,22 @@ impl CorrectionMetrics {
         Ok(Self {
             counter,
             tenants: LabelBound::new(max_tenant_labels),
-            models: LabelBound::new(max_model_labels),
-            providers: LabelBound::new(max_model_labels),
+            models: FairBound::new(max_model_labels),
+            providers: FairBound::new(max_model_labels),
         })
     }
 
     /// Raises each series to `totals` (provider, model, tenant, direction →
-    /// USD), after bounding the labels the way the usage counters are.
+    /// USD), after bounding the labels the way the usage counters are (the
+    /// tenant first, then its fair share of models and providers).
     pub fn raise_to(&mut self, totals: &[(String, String, String, String, Decimal)]) {
         let mut bounded: BTreeMap<[String; 4], f64> = BTreeMap::new();
         for (provider, model, tenant, direction, usd) in totals {
+            let tenant = self.tenants.label(tenant);
             let key = [
-                self.providers.label(provider).to_owned(),
-                self.models.label(model).to_owned(),
-                self.tenants.label(tenant).to_owned(),
+                self.providers.label(tenant, provider).to_owned(),
+                self.models.label(tenant, model).to_owned(),
+                tenant.to_owned(),
                 direction.clone(),
             ];
             *bounded.entry(key).or_default() += usd.to_f64().unwrap_or(0.0);
@@ -166,5 +169,33 @@ mod tests {
             5.0,
             "never falls"
         );
+    }
+
+    /// Issue: the correction series' model label was first come for all tenants: corrections of
+    /// one tenant's many models folded another tenant's model into `__other__`.
+    #[test]
+    fn one_tenants_many_corrected_models_do_not_fold_another_tenants_model() {
+        let registry = Registry::new();
+        let mut metrics = CorrectionMetrics::new(&registry, 10, 20).expect("registers");
+        let mut totals: Vec<(String, String, String, String, Decimal)> = (1..=20)
+            .map(|n| {
+                (
+                    "openai".to_string(),
+                    format!("m-{n:04}"),
+                    "hog".to_string(),
+                    "up".to_string(),
+                    Decimal::ONE,
+                )
+            })
+            .collect();
+        totals.push((
+            "openai".into(),
+            "gpt-4o".into(),
+            "acme".into(),
+            "up".into(),
+            Decimal::ONE,
+        ));
+        metrics.raise_to(&totals);
+        assert_eq!(value(&metrics, &["openai", "gpt-4o", "acme", "up"]), 1.0);
     }
 }

@@ -158,4 +158,39 @@ mod tests {
         let mut none = FairBound::new(0);
         assert_eq!(none.label("acme", "x"), OTHER_LABEL);
     }
+
+    /// Issue: the opted-in label counters were first come, first kept for all tenants: one
+    /// tenant sending as many `use_case` values as the bound folded every other tenant's values
+    /// into `__other__`.
+    #[test]
+    fn one_tenant_sending_many_label_values_does_not_fold_another_tenants_values() {
+        let metrics = Metrics::new(1000, 200).expect("metrics");
+        metrics
+            .enable_label_metrics(&["use_case".to_owned()], 20)
+            .expect("label metrics");
+        let labelled = |tenant: &str, value: &str| {
+            let mut row = row(tenant, "gpt-4o");
+            row.event.labels.insert("use_case".into(), value.into());
+            row
+        };
+        let flood: Vec<PricedEvent> = (1..=20)
+            .map(|n| labelled("hog", &format!("v-{n:04}")))
+            .collect();
+        record(&metrics, &flood);
+        record(&metrics, &[labelled("acme", "chat")]);
+        let text = metrics.render().expect("renders");
+        let series = |value: &str| {
+            text.lines()
+                .filter(|line| line.starts_with("tokenledger_label_requests_total{"))
+                .find(|line| line.contains(&format!("label_value=\"{value}\"")))
+                .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!(series("chat"), Some(1.0), "{text}");
+        // The flood is still counted, in full, partly under `__other__`.
+        let hog: f64 = (1..=20)
+            .filter_map(|n| series(&format!("v-{n:04}")))
+            .sum::<f64>()
+            + series(OTHER_LABEL).unwrap_or(0.0);
+        assert_eq!(hog, 20.0);
+    }
 }

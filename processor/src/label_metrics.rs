@@ -1,7 +1,8 @@
 //! Attribution labels as Prometheus labels, for the keys an operator opts
 //! in (`metrics.label_keys`), each with at most `metrics.max_label_values`
-//! values (first come, first kept, the rest under `__other__`, as for
-//! tenants and models). Off by default: label values are whatever callers
+//! values, shared fairly: each (bounded) tenant may introduce at most a
+//! share of them ([`FairBound`], as for models and providers), the rest
+//! under `__other__`. Off by default: label values are whatever callers
 //! send, and the use-case rollup, not Prometheus, is where they are
 //! reported. Usage without the label counts as `(unlabelled)`.
 
@@ -11,7 +12,7 @@ use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 use rust_decimal::prelude::ToPrimitive;
 use store::attribution::UNLABELLED;
 
-use crate::metrics::LabelBound;
+use crate::fair_labels::FairBound;
 use crate::prepare::PricedEvent;
 
 const LABELS: &[&str] = &["label_key", "label_value"];
@@ -20,7 +21,7 @@ const LABELS: &[&str] = &["label_key", "label_value"];
 #[derive(Debug)]
 pub struct LabelMetrics {
     keys: Vec<String>,
-    bounds: Mutex<Vec<LabelBound>>,
+    bounds: Mutex<Vec<FairBound>>,
     requests: IntCounterVec,
     tokens: IntCounterVec,
     cost: CounterVec,
@@ -63,20 +64,21 @@ impl LabelMetrics {
         registry.register(Box::new(cost.clone()))?;
         Ok(Some(Self {
             keys: keys.to_vec(),
-            bounds: Mutex::new(keys.iter().map(|_| LabelBound::new(max_values)).collect()),
+            bounds: Mutex::new(keys.iter().map(|_| FairBound::new(max_values)).collect()),
             requests,
             tokens,
             cost,
         }))
     }
 
-    /// Counts a committed batch's new rows.
-    pub fn record(&self, new_rows: &[PricedEvent]) {
+    /// Counts a committed batch's new rows; `tenants` holds each row's
+    /// tenant label (already bounded), whose share of values it uses.
+    pub fn record(&self, new_rows: &[PricedEvent], tenants: &[&str]) {
         let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
-        for row in new_rows {
+        for (row, tenant) in new_rows.iter().zip(tenants) {
             for (key, bound) in self.keys.iter().zip(bounds.iter_mut()) {
                 let value = row.event.labels.get(key).map_or(UNLABELLED, String::as_str);
-                let labels = [key.as_str(), bound.label(value)];
+                let labels = [key.as_str(), bound.label(tenant, value)];
                 self.requests.with_label_values(&labels).inc();
                 self.tokens
                     .with_label_values(&labels)
@@ -149,12 +151,15 @@ mod tests {
         let metrics = LabelMetrics::register(&registry, &keys, 1)
             .expect("register")
             .expect("opted in");
-        metrics.record(&[
-            row(Some("chat")),
-            row(Some("code")),
-            row(None),
-            row(Some("chat")),
-        ]);
+        metrics.record(
+            &[
+                row(Some("chat")),
+                row(Some("code")),
+                row(None),
+                row(Some("chat")),
+            ],
+            &["acme"; 4],
+        );
         let requests = |value: &str| {
             metrics
                 .requests

@@ -196,6 +196,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &config.attribution.labels,
                 store::exports::midnight(from),
                 store::exports::midnight(to),
+                config.attribution.max_values_per_day,
             )
             .await?;
             transaction.commit().await?;

@@ -331,7 +331,14 @@ impl Metrics {
     /// they would admit row by row.
     pub fn record_batch(&self, batch: &CommittedBatch<'_>, duration: std::time::Duration) {
         if let Some(labels) = self.labels.get() {
-            labels.record(batch.new_rows);
+            let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
+            let tenants: Vec<&str> = batch
+                .new_rows
+                .iter()
+                .map(|row| bounds.tenants.label(&row.event.tenant_id))
+                .collect();
+            drop(bounds);
+            labels.record(batch.new_rows, &tenants);
         }
         // one lookup per row: foldhash rather than SipHash
         let mut slots: foldhash::HashMap<(&str, &str, &str), usize> = Default::default();

@@ -141,6 +141,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         db_timeout,
     )
     .with_attribution_keys(config.attribution.labels.clone())
+    .with_attribution_bound(config.attribution.max_values_per_day)
     .with_price_book(Arc::new(price_book.clone()));
     let floors = OffsetFloors::default();
     let (member, receivers) = GroupMember::start(

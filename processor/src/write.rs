@@ -134,6 +134,7 @@ pub struct Writer<D> {
     dead_letters: D,
     step_timeout: Duration,
     attribution_keys: Vec<String>,
+    attribution_bound: usize,
     /// Which names a model budget counts (`Scope::matches_model`).
     price_book: Arc<PriceBook>,
 }
@@ -146,6 +147,7 @@ impl<D: DeadLetterSink> Writer<D> {
             dead_letters,
             step_timeout,
             attribution_keys: Vec::new(),
+            attribution_bound: crate::attribution::DEFAULT_MAX_VALUES_PER_DAY,
             // The compiled-in book is checked by a unit test and parsed at
             // the processor's start (a failure there is a startup error)
             // before any writer exists.
@@ -163,6 +165,13 @@ impl<D: DeadLetterSink> Writer<D> {
     /// The label keys whose cost the batch adds to the use-case rollup.
     pub fn with_attribution_keys(mut self, keys: Vec<String>) -> Self {
         self.attribution_keys = keys;
+        self
+    }
+
+    /// The distinct values per key, tenant and day the rollup keeps
+    /// (`attribution.max_values_per_day`).
+    pub fn with_attribution_bound(mut self, max_values_per_day: usize) -> Self {
+        self.attribution_bound = max_values_per_day;
         self
     }
 
@@ -331,7 +340,12 @@ impl<D: DeadLetterSink> Writer<D> {
         .await??;
         self.bounded(
             "attribution",
-            crate::attribution::record(&transaction, &self.attribution_keys, &new_rows),
+            crate::attribution::record(
+                &transaction,
+                &self.attribution_keys,
+                self.attribution_bound,
+                &new_rows,
+            ),
         )
         .await??;
 

@@ -166,9 +166,15 @@ async fn batches_add_new_rows_once_and_agree_with_a_rebuild_from_raw() {
     let mut client = client;
     let transaction = client.transaction().await.expect("begin");
     let start = processor::attribution::utc_day(now - chrono::Duration::days(30));
-    store::attribution::rebuild(&transaction, &keys, start, now + chrono::Duration::days(1))
-        .await
-        .expect("rebuild");
+    store::attribution::rebuild(
+        &transaction,
+        &keys,
+        start,
+        now + chrono::Duration::days(1),
+        100,
+    )
+    .await
+    .expect("rebuild");
     transaction.commit().await.expect("commit");
     assert_eq!(
         rollup(&client).await,
@@ -188,4 +194,108 @@ async fn batches_add_new_rows_once_and_agree_with_a_rebuild_from_raw() {
         .find(|r| r.label_key == "use_case" && r.label_value == "support-bot")
         .expect("support-bot");
     assert_eq!(support_bot.sums.requests, 2);
+}
+
+/// Issue: `usage_attribution_daily` took one row per distinct label value a
+/// tenant sent, without bound. Past `attribution.max_values_per_day`
+/// distinct values of a key for a tenant and day, new values count under
+/// `(other)`; a value already admitted that day keeps its row, another
+/// tenant's values are its own, and each key's values still sum to the raw
+/// cost. A rebuild from the raw table applies the same bound.
+#[tokio::test]
+async fn label_values_past_the_daily_bound_count_under_other() {
+    let database = migrated_database().await;
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 2,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    let keys = vec!["use_case".to_owned()];
+    let writer = Writer::new(
+        pool,
+        "attribution-bound-test",
+        NoDeadLetters,
+        Duration::from_secs(20),
+    )
+    .with_attribution_keys(keys.clone())
+    .with_attribution_bound(3);
+    let book = PriceBook::builtin().expect("the built-in book parses");
+    let now = Utc::now().trunc_subsecs(6);
+    let mut offset = 0_i64;
+    let mut write = async |events: Vec<UsageEvent>| {
+        let records: Vec<Record> = events
+            .iter()
+            .map(|e| {
+                offset += 1;
+                event_record(0, offset, e)
+            })
+            .collect();
+        let mut prepared = prepare::prepare(records, &book);
+        writer
+            .write(&mut prepared, &mut AttemptState::default())
+            .await
+            .expect("batch commits");
+    };
+    write(
+        ["v1", "v2", "v3", "v4", "v5"]
+            .iter()
+            .map(|v| event("acme", now, Some(v), "gpt-4o"))
+            .chain([event("globex", now, Some("g1"), "gpt-4o")])
+            .collect(),
+    )
+    .await;
+    write(vec![
+        event("acme", now, Some("v1"), "gpt-4o-mini"),
+        event("acme", now, Some("v6"), "gpt-4o"),
+        event("acme", now, None, "gpt-4o"),
+    ])
+    .await;
+
+    let client = database.client().await;
+    let from_batches = rollup(&client).await;
+    let acme_values: std::collections::BTreeMap<String, i64> = from_batches
+        .iter()
+        .filter(|r| r.1 == "acme")
+        .fold(Default::default(), |mut values, r| {
+            *values.entry(r.3.clone()).or_default() += r.4;
+            values
+        });
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("(other)", 3),
+        (UNLABELLED, 1),
+        ("v1", 2),
+        ("v2", 1),
+        ("v3", 1),
+    ]
+    .into_iter()
+    .map(|(v, n)| (v.to_owned(), n))
+    .collect();
+    assert_eq!(acme_values, expected);
+    assert!(from_batches.iter().any(|r| r.1 == "globex" && r.3 == "g1"));
+    let raw_cost: Decimal = client
+        .query_one("SELECT sum(estimated_cost) FROM gateway_mode_audit", &[])
+        .await
+        .expect("raw")
+        .get(0);
+    assert_eq!(from_batches.iter().map(|r| r.6).sum::<Decimal>(), raw_cost);
+
+    let mut client = client;
+    let transaction = client.transaction().await.expect("begin");
+    let start = processor::attribution::utc_day(now);
+    store::attribution::rebuild(
+        &transaction,
+        &keys,
+        start,
+        now + chrono::Duration::days(1),
+        3,
+    )
+    .await
+    .expect("rebuild");
+    transaction.commit().await.expect("commit");
+    assert_eq!(
+        rollup(&client).await,
+        from_batches,
+        "rebuild equals batches"
+    );
 }

@@ -325,6 +325,14 @@ amount_usd = "100.00"
 /// [`OLD_BOOK`] with the `use_case` rollup on, and the rollups
 /// materialized over January.
 async fn stored(events: &[UsageEvent]) -> (e2e::Database, tokio_postgres::Client) {
+    stored_with_bound(events, processor::attribution::DEFAULT_MAX_VALUES_PER_DAY).await
+}
+
+/// [`stored`] with the use-case rollup bounded to `max_values_per_day`.
+async fn stored_with_bound(
+    events: &[UsageEvent],
+    max_values_per_day: usize,
+) -> (e2e::Database, tokio_postgres::Client) {
     let database = migrated_database().await;
     let pool = database::pool(&DatabaseConfig {
         url: database.url().into(),
@@ -333,7 +341,8 @@ async fn stored(events: &[UsageEvent]) -> (e2e::Database, tokio_postgres::Client
     })
     .expect("pool");
     let writer = Writer::new(pool, "reprice-test", NoDeadLetters, Duration::from_secs(20))
-        .with_attribution_keys(vec!["use_case".into()]);
+        .with_attribution_keys(vec!["use_case".into()])
+        .with_attribution_bound(max_values_per_day);
     let mut client = database.client().await;
     let parsed =
         budgets::parse_file(Path::new("budgets.toml"), EVERY_TENANT_BUDGET).expect("budget");
@@ -559,5 +568,38 @@ async fn an_interrupted_reprice_leaves_no_derived_figure_stale_after_the_next_ru
         .expect("the next run");
     assert_eq!(run.corrected, 3, "the rows the first run did not reach");
     assert_eq!(audit_total(&client).await, Decimal::new(2 + 3 + 2 + 3, 0));
+    assert_eq!(disagreements(&client).await, Vec::<String>::new());
+}
+
+/// Issue: the use-case rollup folds values past its daily bound into
+/// `(other)`; a re-pricing's correction looked for the event's own value,
+/// found no row, and the change was lost from the rollup. It now goes to
+/// the row the event was counted under.
+#[tokio::test]
+async fn a_reprice_corrects_the_other_row_of_values_past_the_daily_bound() {
+    let (_database, mut client) = stored_with_bound(
+        &[
+            labelled(event("acme", "acme-large", 1_000_000, at(10, 1)), "chat"),
+            labelled(event("acme", "acme-large", 1_000_000, at(10, 2)), "search"),
+            labelled(event("acme", "acme-new", 1_000_000, at(10, 3)), "code"),
+        ],
+        1,
+    )
+    .await;
+    let other: i64 = client
+        .query_one(
+            "SELECT sum(requests)::BIGINT FROM usage_attribution_daily
+             WHERE label_value = '(other)'",
+            &[],
+        )
+        .await
+        .expect("other")
+        .get(0);
+    assert_eq!(other, 2, "two values past the bound of one");
+    let new = PriceBook::from_toml(NEW_BOOK).expect("new book");
+    let run = reprice::run(&mut client, &new, &args(None, 100), &mut Vec::new())
+        .await
+        .expect("reprice");
+    assert_eq!(run.corrected, 3);
     assert_eq!(disagreements(&client).await, Vec::<String>::new());
 }

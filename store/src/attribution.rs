@@ -4,6 +4,16 @@
 //! processor adds to it inside the batch transaction ([`add`]); reports,
 //! statements and the dashboard read it ([`cost_by_label`]) and never the
 //! raw table.
+//!
+//! The values of one key are bounded per tenant and UTC day: past
+//! `max_values` distinct values (not counting [`UNLABELLED`] and [`OTHER`])
+//! a new value counts under [`OTHER`], so a tenant sending a fresh value
+//! on every call adds at most that many rows per day, key and model. A
+//! value's fate on a day is fixed once decided (the count never drops), so
+//! "does the value have a row that day" tells any later correction which
+//! row an event was counted under.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -15,6 +25,9 @@ use crate::{db, DbError};
 /// The value an event without the label counts under, so the values of one
 /// key always add up to the tenant's whole cost.
 pub const UNLABELLED: &str = "(unlabelled)";
+
+/// The value label values past the daily bound count under.
+pub const OTHER: &str = "(other)";
 
 /// The most label keys an operator may name: each key adds one rollup row
 /// per event's (day, tenant, model), so the list stays small.
@@ -82,6 +95,86 @@ ON CONFLICT (day, tenant_id, label_key, label_value, provider, model) DO UPDATE 
     cost                 = rollup.cost + EXCLUDED.cost,
     unpriced_requests    = rollup.unpriced_requests + EXCLUDED.unpriced_requests,
     updated_at           = now()";
+
+// Batches that add values to one (day, tenant, key) take turns deciding
+// which values are admitted, so two writers cannot both take the last slot;
+// the locks are taken in one order (the hashes sorted) and before any
+// rollup row, so writers wait for each other instead of deadlocking.
+const LOCK_GROUPS: &str = "
+SELECT pg_advisory_xact_lock(h) FROM (
+    SELECT DISTINCT hashtextextended(g.day::text || '/' || g.tenant_id || '/' || g.key, 0) AS h
+    FROM UNNEST($1::timestamptz[], $2::text[], $3::text[]) AS g(day, tenant_id, key)
+    ORDER BY h
+) AS hashes";
+
+const ADMITTED: &str = "
+SELECT DISTINCT r.day, r.tenant_id::text, r.label_key, r.label_value
+FROM usage_attribution_daily AS r
+JOIN (SELECT DISTINCT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[])
+      AS g(day, tenant_id, key)) AS g
+  ON r.day = g.day AND r.tenant_id = g.tenant_id AND r.label_key = g.key
+WHERE r.label_value <> $4 AND r.label_value <> $5";
+
+type Group = (DateTime<Utc>, String, String);
+
+/// Folds the values of `rows` past `max_values` per (day, tenant, key) into
+/// [`OTHER`] and adds them to the rollup, in the caller's transaction.
+pub async fn add_bounded(
+    client: &impl GenericClient,
+    rows: Vec<(AttributionKey, Sums)>,
+    max_values: usize,
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let groups: BTreeSet<Group> = rows
+        .iter()
+        .map(|(k, _)| (k.day, k.tenant_id.clone(), k.label_key.clone()))
+        .collect();
+    let days: Vec<DateTime<Utc>> = groups.iter().map(|g| g.0).collect();
+    let tenants: Vec<&str> = groups.iter().map(|g| g.1.as_str()).collect();
+    let keys: Vec<&str> = groups.iter().map(|g| g.2.as_str()).collect();
+    client
+        .query(LOCK_GROUPS, &[&days, &tenants, &keys])
+        .await
+        .map_err(db("locking the attribution value bound"))?;
+    let mut admitted: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
+    for row in client
+        .query(ADMITTED, &[&days, &tenants, &keys, &UNLABELLED, &OTHER])
+        .await
+        .map_err(db("reading the admitted attribution values"))?
+    {
+        admitted
+            .entry((row.get(0), row.get(1), row.get(2)))
+            .or_default()
+            .insert(row.get(3));
+    }
+    add(client, &fold(rows, &mut admitted, max_values)).await
+}
+
+/// The rows with each value past the bound replaced by [`OTHER`], merged
+/// and sorted; new values are admitted in key order while there is room.
+fn fold(
+    rows: Vec<(AttributionKey, Sums)>,
+    admitted: &mut BTreeMap<Group, BTreeSet<String>>,
+    max_values: usize,
+) -> Vec<(AttributionKey, Sums)> {
+    let mut folded: BTreeMap<AttributionKey, Sums> = BTreeMap::new();
+    for (mut key, sums) in rows {
+        let group = (key.day, key.tenant_id.clone(), key.label_key.clone());
+        let values = admitted.entry(group).or_default();
+        let always = key.label_value == UNLABELLED || key.label_value == OTHER;
+        if !always && !values.contains(&key.label_value) {
+            if values.len() < max_values {
+                values.insert(key.label_value.clone());
+            } else {
+                key.label_value = OTHER.to_owned();
+            }
+        }
+        folded.entry(key).or_default().add(&sums);
+    }
+    folded.into_iter().collect()
+}
 
 /// Adds `rows` (in the caller's order: keep it sorted) to the rollup.
 pub async fn add(
@@ -188,14 +281,17 @@ pub async fn cost_by_label(
 /// arrived, or after a restore. The table lock (which the batches' upserts
 /// wait for, and which waits for uncommitted ones) makes the rebuild and the
 /// batches serialize: a batch that committed first is in the raw rows read
-/// here, and one that commits later adds its own rows on top. Returns the
-/// rows written.
+/// here, and one that commits later adds its own rows on top. The bound of
+/// `max_values` per tenant, day and key admits values in the order they
+/// were first received, as the batches did. Returns the rows written.
 pub async fn rebuild(
     transaction: &tokio_postgres::Transaction<'_>,
     keys: &[String],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    max_values: usize,
 ) -> Result<u64, DbError> {
+    let max_values = i64::try_from(max_values).unwrap_or(i64::MAX);
     transaction
         .batch_execute("LOCK TABLE usage_attribution_daily IN SHARE ROW EXCLUSIVE MODE")
         .await
@@ -210,20 +306,37 @@ pub async fn rebuild(
         .map_err(db("clearing the attribution rollup"))?;
     transaction
         .execute(
-            "INSERT INTO usage_attribution_daily (
+            "WITH raw AS (
+                 SELECT time_bucket(INTERVAL '1 day', created_at) AS day, tenant_id, key,
+                        COALESCE(labels ->> key, $4) AS value, provider, model, received_at,
+                        prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens,
+                        cache_write_tokens, reasoning_tokens, estimated_cost, pricing_status
+                 FROM gateway_mode_audit CROSS JOIN unnest($3::text[]) AS key
+                 WHERE created_at >= $1 AND created_at < $2
+             ), ranked AS (
+                 SELECT day, tenant_id, key, value,
+                        row_number() OVER (PARTITION BY day, tenant_id, key
+                                           ORDER BY min(received_at), value) AS rank
+                 FROM raw WHERE value <> $4 AND value <> $5
+                 GROUP BY day, tenant_id, key, value
+             )
+             INSERT INTO usage_attribution_daily (
                  day, tenant_id, label_key, label_value, provider, model,
                  requests, prompt_tokens, completion_tokens, total_tokens,
                  cached_prompt_tokens, cache_write_tokens, reasoning_tokens, cost,
                  unpriced_requests)
-             SELECT time_bucket(INTERVAL '1 day', created_at), tenant_id, key,
-                    COALESCE(labels ->> key, $4), provider, model,
-                    count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
-                    sum(cached_prompt_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
-                    sum(estimated_cost), count(*) FILTER (WHERE pricing_status = 'unpriced')
-             FROM gateway_mode_audit CROSS JOIN unnest($3::text[]) AS key
-             WHERE created_at >= $1 AND created_at < $2
+             SELECT r.day, r.tenant_id, r.key,
+                    CASE WHEN k.rank > $6 THEN $5 ELSE r.value END, r.provider, r.model,
+                    count(*), sum(r.prompt_tokens), sum(r.completion_tokens),
+                    sum(r.total_tokens), sum(r.cached_prompt_tokens), sum(r.cache_write_tokens),
+                    sum(r.reasoning_tokens), sum(r.estimated_cost),
+                    count(*) FILTER (WHERE r.pricing_status = 'unpriced')
+             FROM raw AS r
+             LEFT JOIN ranked AS k
+               ON k.day = r.day AND k.tenant_id = r.tenant_id AND k.key = r.key
+              AND k.value = r.value
              GROUP BY 1, 2, 3, 4, 5, 6",
-            &[&from, &to, &keys, &UNLABELLED],
+            &[&from, &to, &keys, &UNLABELLED, &OTHER, &max_values],
         )
         .await
         .map_err(db("rebuilding the attribution rollup"))
@@ -244,9 +357,10 @@ pub struct CostChange<'a> {
 }
 
 // Every key present in the rollup for the row's day, tenant and model gets
-// the change under the row's value of that key: the batch that stored the
-// row counted it under every key configured then, which are exactly the
-// keys present. The rows are locked in key order first, as the batches'
+// the change under the row's value of that key (or under `(other)` when
+// that value has no row that day: the bound folded it): the batch that
+// stored the row counted it under every key configured then, which are
+// exactly the keys present. The rows are locked in key order first, as the batches'
 // upserts are, so the two queue instead of deadlocking; the changes are
 // summed per rollup row because an UPDATE applies one source row per
 // target row.
@@ -269,7 +383,14 @@ WITH c AS (
            sum(c.cost) AS cost, sum(c.unpriced) AS unpriced
     FROM usage_attribution_daily AS r
     JOIN c ON r.day = c.day AND r.tenant_id = c.tenant_id AND r.provider = c.provider
-          AND r.model = c.model AND r.label_value = COALESCE(c.labels ->> r.label_key, $8)
+          AND r.model = c.model
+          AND r.label_value = CASE
+              WHEN EXISTS (SELECT 1 FROM usage_attribution_daily AS v
+                           WHERE v.day = c.day AND v.tenant_id = c.tenant_id
+                             AND v.label_key = r.label_key
+                             AND v.label_value = COALESCE(c.labels ->> r.label_key, $8))
+              THEN COALESCE(c.labels ->> r.label_key, $8)
+              ELSE $9 END
     GROUP BY 1, 2, 3, 4, 5, 6
 )
 UPDATE usage_attribution_daily AS r
@@ -315,6 +436,7 @@ pub async fn apply_cost_changes(
                 &costs,
                 &unpriced,
                 &UNLABELLED,
+                &OTHER,
             ],
         )
         .await

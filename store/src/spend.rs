@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use ledger::budget::{PeriodBounds, Scope};
 use ledger::{Budget, PriceBook};
 use rust_decimal::Decimal;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
 use crate::{db, DbError};
@@ -154,28 +154,43 @@ pub async fn from_audit(
     Ok(spend)
 }
 
-/// `tenant`'s spend in the period of each budget that contains `now`: the
-/// stored spend, or, for a budget with no row yet this period (new budget,
-/// no traffic since), the spend rule over the audit table.
+/// `tenant`'s spend in the period of each budget that contains `now`, from
+/// the stored rows. A budget with no row yet this period (new budget, a
+/// narrowing the tenant never matched, a scope just edited) gets one: the
+/// spend rule over the audit table once, stored (a zero too), so the next
+/// call reads a row instead of scanning the tenant's period again.
+///
+/// The rows are created under the batch's lock order: the budgets `FOR
+/// SHARE` (an edit that would reset their spend waits, and a definition that
+/// changed since `budgets` was read is not stored under), then the rows,
+/// inserted in key order with `ON CONFLICT DO NOTHING`. A batch whose audit
+/// rows this call could not see either finds the row and adds its delta to
+/// it, or inserts first and this call keeps the batch's row: no delta is
+/// lost or counted twice. The caller commits `transaction`.
 pub async fn current(
-    client: &impl GenericClient,
+    transaction: &Transaction<'_>,
     tenant: &str,
     budgets: &[Budget],
     now: DateTime<Utc>,
     book: &PriceBook,
 ) -> Result<HashMap<Uuid, Decimal>, DbError> {
-    let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
-    let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
-    let mut spend: HashMap<Uuid, Decimal> = client
-        .query(SPEND_FOR_PERIODS, &[&tenant, &ids, &starts])
-        .await
-        .map_err(db("reading spend"))?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let missing: Vec<&Budget> = budgets
+    let mut spend = stored(transaction, tenant, budgets, now).await?;
+    let mut missing: Vec<&Budget> = budgets
         .iter()
         .filter(|b| !spend.contains_key(&b.id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(spend);
+    }
+    missing.sort_by_key(|b| b.id);
+    let ids: Vec<Uuid> = missing.iter().map(|b| b.id).collect();
+    lock_for_batch(transaction, &ids).await?;
+    // Under the lock the definitions cannot change; one that changed since
+    // the caller read it is answered from the audit table, not stored.
+    let now_defined: HashMap<Uuid, Budget> = crate::budgets::covering_tenant(transaction, tenant)
+        .await?
+        .into_iter()
+        .map(|b| (b.id, b))
         .collect();
     let keys: Vec<AuditKey<'_>> = missing
         .iter()
@@ -185,9 +200,56 @@ pub async fn current(
             scope: &budget.scope,
         })
         .collect();
-    let from_audit = from_audit(client, &keys, book).await?;
-    spend.extend(missing.iter().map(|b| b.id).zip(from_audit));
+    let computed = from_audit(transaction, &keys, book).await?;
+    let spend_keys: Vec<SpendKey> = missing
+        .iter()
+        .map(|budget| SpendKey {
+            budget_id: budget.id,
+            tenant_id: tenant.to_owned(),
+            period_start: budget.period_of(now).start,
+        })
+        .collect();
+    let new_rows: Vec<NewSpend<'_>> = missing
+        .iter()
+        .zip(&spend_keys)
+        .zip(&computed)
+        .filter(|((budget, _), _)| now_defined.get(&budget.id) == Some(**budget))
+        .map(|((budget, key), spend_usd)| NewSpend {
+            key,
+            period_end: budget.period_of(now).end,
+            spend_usd: *spend_usd,
+        })
+        .collect();
+    let inserted = insert(transaction, &new_rows).await?;
+    spend.extend(missing.iter().map(|b| b.id).zip(computed));
+    if inserted.len() < new_rows.len() {
+        // A batch created these rows after our first read; its row holds
+        // what our computation could not see.
+        let raced: Vec<Budget> = new_rows
+            .iter()
+            .filter(|row| !inserted.contains_key(row.key))
+            .filter_map(|row| now_defined.get(&row.key.budget_id).cloned())
+            .collect();
+        spend.extend(stored(transaction, tenant, &raced, now).await?);
+    }
     Ok(spend)
+}
+
+async fn stored(
+    client: &impl GenericClient,
+    tenant: &str,
+    budgets: &[Budget],
+    now: DateTime<Utc>,
+) -> Result<HashMap<Uuid, Decimal>, DbError> {
+    let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
+    let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
+    Ok(client
+        .query(SPEND_FOR_PERIODS, &[&tenant, &ids, &starts])
+        .await
+        .map_err(db("reading spend"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
 }
 
 /// Every budget's version (`updated_at`), to tell whether a definition

@@ -210,7 +210,7 @@ async fn both_edits_lock_the_budget_before_they_reset_its_spend() {
 #[tokio::test]
 async fn current_spend_is_the_stored_row_or_else_the_audit_table() {
     let database = migrated_database().await;
-    let client = database.client().await;
+    let mut client = database.client().await;
     let stored = budget(
         json!({"name": "stored", "tenant_id": "acme", "period": "monthly", "amount_usd": "10"}),
     );
@@ -250,15 +250,28 @@ async fn current_spend_is_the_stored_row_or_else_the_audit_table() {
             .await
             .expect("audit row");
     }
+    let book = ledger::PriceBook::builtin().expect("the built-in book parses");
+    let transaction = client.transaction().await.expect("begin");
     let spend = store::spend::current(
-        &client,
+        &transaction,
         "acme",
         &[stored.clone(), fresh.clone()],
         now,
-        &ledger::PriceBook::builtin().expect("the built-in book parses"),
+        &book,
     )
     .await
     .expect("current spend");
+    transaction.commit().await.expect("commit");
     assert_eq!(spend[&stored.id], Decimal::from(7));
     assert_eq!(spend[&fresh.id], Decimal::from(2));
+    // The computed spend is now a row of its own.
+    let fresh_row: Decimal = client
+        .query_one(
+            "SELECT spend_usd FROM budget_spend WHERE budget_id = $1 AND tenant_id = 'acme'",
+            &[&fresh.id],
+        )
+        .await
+        .expect("the status read stored the spend it computed")
+        .get(0);
+    assert_eq!(fresh_row, Decimal::from(2));
 }
