@@ -46,7 +46,10 @@ pub enum DatabaseError {
     },
 }
 
-fn with_causes(error: &dyn std::error::Error) -> String {
+/// An error's message followed by each cause's that it does not already
+/// contain: the top-level messages of TLS and HTTP clients ("error
+/// performing TLS handshake", "error sending request") leave out why.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {

@@ -97,28 +97,17 @@ pub(super) fn client(config: &AlertingConfig) -> Result<reqwest::Client, OutboxE
     builder.build().map_err(OutboxError::Client)
 }
 
-/// reqwest's message for a failed request ("error sending request") leaves
-/// out why (a refused connection, an unknown certificate issuer).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let next_text = next.to_string();
-        if !text.contains(&next_text) {
-            text = format!("{text}: {next_text}");
-        }
-        cause = next.source();
-    }
-    text
-}
-
 /// POSTs `payload` to `url` and reads the answer.
 pub(super) async fn push(http: &reqwest::Client, url: &str, payload: &Value) -> Outcome {
     let response = match http.post(url).json(payload).send().await {
         Ok(response) => response,
         // The client's error names the URL, path tokens and all; the text
         // is stored in budget_alerts and logged.
-        Err(error) => return Outcome::Failed(infra::secret::redact_urls_in(&with_causes(&error))),
+        Err(error) => {
+            return Outcome::Failed(infra::secret::redact_urls_in(
+                &infra::database::with_causes(&error),
+            ))
+        }
     };
     let status = response.status();
     if status.is_success() {
