@@ -50,31 +50,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tokenledger/target}
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-die() {
-  printf 'demo: ERROR: %s\n' "$*" >&2
-  exit 1
-}
-
-stop_app() {
-  local name=$1 pidfile="$STATE/$1.pid"
-  [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    echo "demo: stopped $name"
-  fi
-  rm -f "$pidfile"
-}
+SCRIPT_NAME=demo
+STATE_DIR=$STATE
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+# The gateway and the processor are stopped like the services' stack (SIGTERM, then SIGKILL).
+# shellcheck source=scripts/lib/supervise.sh
+. "$ROOT/scripts/lib/supervise.sh"
 
 stop_all() {
-  stop_app gateway
-  stop_app processor
+  stop_one gateway
+  stop_one processor
   bash scripts/services.sh stop || true
 }
 
@@ -105,8 +91,8 @@ trap finish EXIT
 step "Installing and starting the local services (broker, TimescaleDB)"
 bash scripts/services.sh install --demo
 # A stack left running by an earlier --keep is replaced, so the report shows this run only.
-stop_app gateway
-stop_app processor
+stop_one gateway
+stop_one processor
 bash scripts/services.sh stop >/dev/null 2>&1 || true
 rm -rf "$STATE/pgdata"
 bash scripts/services.sh start
