@@ -12,10 +12,9 @@
 //! for a budget with no spend row in the current period yet (new budget, no
 //! traffic since) the status computes it from the audit table once and
 //! stores it, so later calls read the row. Every
-//! statement is the `store` crate's; failures are [`AppError`]s.
+//! statement is the `store` crate's; failures are [`BudgetError`]s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, Path, Query, State};
@@ -25,62 +24,49 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use deadpool_postgres::Pool;
 use ledger::budget::{reached, spend_ratio};
 use ledger::{Budget, PriceBook};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use store::EditError;
 use uuid::Uuid;
 
-use crate::api::AppError;
+use crate::admin::{require_admin, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
 use crate::config::DatabaseConfig;
 
-/// A database failure, as the budget API reports it.
-fn unavailable(error: impl std::fmt::Display) -> AppError {
-    AppError::BudgetDatabase(error.to_string())
-}
+mod error;
+pub use error::BudgetError;
 
-fn from_store(error: store::DbError) -> AppError {
-    unavailable(error.source)
-}
-
-fn from_edit(error: EditError) -> AppError {
-    match error {
-        EditError::NotFound(id) => AppError::BudgetNotFound(id),
-        EditError::DuplicateName(name) => AppError::DuplicateBudgetName(name),
-        EditError::Database(error) => from_store(error),
-    }
-}
-
-/// The database side of the budget API. Cheap to clone.
+/// The database side of the budget API: the admin APIs' shared database
+/// and the price book whose names of a model a budget counts. Cheap to
+/// clone.
 #[derive(Debug, Clone)]
 pub struct BudgetStore {
-    pool: Pool,
-    timeout: Duration,
+    database: AdminDatabase,
     /// Which names a model budget counts (`Scope::matches_model`): the
     /// processor's book, so status agrees with the spend it keeps.
     book: Arc<PriceBook>,
 }
 
 impl BudgetStore {
-    /// A pool for `config.url`; connections are made lazily, so a database
-    /// that is down at startup only fails budget requests, not the gateway.
-    pub fn connect_lazily(config: &DatabaseConfig) -> Result<Option<Self>, String> {
-        let Some(settings) = config.settings() else {
-            return Ok(None);
-        };
-        let pool = infra::database::pool(&settings).map_err(|error| error.to_string())?;
+    /// The budget side of `database`, counting model names with the
+    /// built-in price book until [`Self::with_price_book`] says otherwise.
+    pub fn new(database: AdminDatabase) -> Result<Self, String> {
         let book = PriceBook::builtin().map_err(|error| error.to_string())?;
-        Ok(Some(Self {
-            pool,
-            timeout: config.timeout(),
+        Ok(Self {
+            database,
             book: Arc::new(book),
-        }))
+        })
+    }
+
+    /// A store on a pool of its own for `config.url` (`None` without one).
+    pub fn connect_lazily(config: &DatabaseConfig) -> Result<Option<Self>, String> {
+        AdminDatabase::connect_lazily(config)?
+            .map(Self::new)
+            .transpose()
     }
 
     /// The price book whose names of a model the budget scope uses (the
@@ -88,35 +74,6 @@ impl BudgetStore {
     pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
         self.book = book;
         self
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
-        self.pool.get().await.map_err(unavailable)
-    }
-
-    /// Runs `work` on a pooled connection within the database timeout. A
-    /// connection whose work timed out may still be running the statement
-    /// (until `statement_timeout` stops it) or be mid-transaction: it is
-    /// closed rather than handed to the next request.
-    async fn with_client<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, AppError>,
-    ) -> Result<T, AppError> {
-        let timed_out = || {
-            AppError::BudgetDatabase(format!("no answer within {} ms", self.timeout.as_millis()))
-        };
-        let started = tokio::time::Instant::now();
-        let mut client = tokio::time::timeout(self.timeout, self.client())
-            .await
-            .map_err(|_| timed_out())??;
-        let left = self.timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, work(&mut client)).await {
-            Ok(result) => result,
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(timed_out())
-            }
-        }
     }
 }
 
@@ -135,8 +92,8 @@ impl FromRef<BudgetApi> for Arc<KeyRing> {
 }
 
 impl BudgetApi {
-    fn store(&self) -> Result<&BudgetStore, AppError> {
-        self.store.as_ref().ok_or(AppError::BudgetsUnconfigured)
+    fn store(&self) -> Result<&BudgetStore, BudgetError> {
+        self.store.as_ref().ok_or(BudgetError::Unconfigured)
     }
 }
 
@@ -150,36 +107,36 @@ pub fn routes(keys: Arc<KeyRing>, store: Option<BudgetStore>) -> Router<AppState
         .with_state(BudgetApi { keys, store })
 }
 
-fn require_admin(who: &Authenticated) -> Result<(), AppError> {
-    if who.admin {
-        Ok(())
-    } else {
-        Err(AppError::BudgetAdminOnly)
-    }
-}
-
-fn parse_id(text: &str) -> Result<Uuid, AppError> {
-    Uuid::parse_str(text).map_err(|_| AppError::BadBudgetId(text.chars().take(80).collect()))
+fn parse_id(text: &str) -> Result<Uuid, BudgetError> {
+    Uuid::parse_str(text).map_err(|_| BudgetError::BadId(text.chars().take(80).collect()))
 }
 
 /// The budget in a request body. Read-only fields a client got from GET
 /// (`id` when it names this budget) are accepted and ignored.
-fn budget_from_body(id: Uuid, body: &Bytes) -> Result<Budget, AppError> {
-    let mut value: Value = serde_json::from_slice(body)
-        .map_err(|error| AppError::MalformedBudget(error.to_string()))?;
+fn budget_from_body(id: Uuid, body: &Bytes) -> Result<Budget, BudgetError> {
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|error| BudgetError::Malformed(error.to_string()))?;
     if let Some(object) = value.as_object_mut() {
         if object.get("id").and_then(Value::as_str) == Some(id.to_string().as_str()) {
             object.remove("id");
         }
     }
-    Budget::from_json(id, &value).map_err(AppError::InvalidBudget)
+    Budget::from_json(id, &value).map_err(BudgetError::Invalid)
 }
 
-async fn list(State(api): State<BudgetApi>, who: Authenticated) -> Result<Json<Value>, AppError> {
+async fn list(
+    State(api): State<BudgetApi>,
+    who: Authenticated,
+) -> Result<Json<Value>, BudgetError> {
     require_admin(&who)?;
     let store = api.store()?;
     let budgets = store
-        .with_client(async |client| store::budgets::list(&***client).await.map_err(from_store))
+        .database
+        .with_client(async |client| {
+            store::budgets::list(&***client)
+                .await
+                .map_err(BudgetError::from)
+        })
         .await?;
     Ok(Json(json!({
         "budgets": budgets.iter().map(Budget::to_json).collect::<Vec<_>>()
@@ -190,15 +147,16 @@ async fn create(
     State(api): State<BudgetApi>,
     who: Authenticated,
     body: Bytes,
-) -> Result<Response, AppError> {
+) -> Result<Response, BudgetError> {
     require_admin(&who)?;
     let budget = budget_from_body(Uuid::now_v7(), &body)?;
     let store = api.store()?;
     store
+        .database
         .with_client(async |client| {
             store::budgets::create(&***client, &budget)
                 .await
-                .map_err(from_edit)
+                .map_err(BudgetError::from)
         })
         .await?;
     tracing::info!(id = %budget.id, name = budget.name, "budget created");
@@ -216,16 +174,17 @@ async fn read(
     State(api): State<BudgetApi>,
     who: Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Value>, BudgetError> {
     require_admin(&who)?;
     let id = parse_id(&id)?;
     let store = api.store()?;
     let budget = store
+        .database
         .with_client(async |client| {
             store::budgets::get(&***client, id)
                 .await
-                .map_err(from_store)?
-                .ok_or(AppError::BudgetNotFound(id))
+                .map_err(BudgetError::from)?
+                .ok_or(BudgetError::NotFound(id))
         })
         .await?;
     Ok(Json(budget.to_json()))
@@ -236,16 +195,17 @@ async fn replace(
     who: Authenticated,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Value>, BudgetError> {
     require_admin(&who)?;
     let id = parse_id(&id)?;
     let budget = budget_from_body(id, &body)?;
     let store = api.store()?;
     store
+        .database
         .with_client(async |client| {
             store::budgets::replace(client, &budget)
                 .await
-                .map_err(from_edit)
+                .map_err(BudgetError::from)
         })
         .await?;
     tracing::info!(%id, name = budget.name, "budget replaced");
@@ -256,15 +216,16 @@ async fn remove(
     State(api): State<BudgetApi>,
     who: Authenticated,
     Path(id): Path<String>,
-) -> Result<StatusCode, AppError> {
+) -> Result<StatusCode, BudgetError> {
     require_admin(&who)?;
     let id = parse_id(&id)?;
     let store = api.store()?;
     store
+        .database
         .with_client(async |client| {
             store::budgets::delete(&***client, id)
                 .await
-                .map_err(from_edit)
+                .map_err(BudgetError::from)
         })
         .await?;
     tracing::info!(%id, "budget deleted");
@@ -283,23 +244,24 @@ async fn status(
     State(api): State<BudgetApi>,
     who: Authenticated,
     Query(query): Query<StatusQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Value>, BudgetError> {
     let tenant = match (&query.tenant_id, &who.tenant) {
         (Some(tenant), _) => tenant.clone(),
         (None, Some(own)) => own.clone(),
-        (None, None) => return Err(AppError::MissingTenantId),
+        (None, None) => return Err(BudgetError::MissingTenantId),
     };
     if !who.may_access_tenant(&tenant) {
-        return Err(AppError::BudgetOtherTenant);
+        return Err(BudgetError::OtherTenant);
     }
     let store = api.store()?;
     let now = Utc::now();
     let provider = query.provider.as_deref().map(str::to_ascii_lowercase);
     let (budgets, spend) = store
+        .database
         .with_client(async |client| {
             let budgets: Vec<Budget> = store::budgets::covering_tenant(&***client, &tenant)
                 .await
-                .map_err(from_store)?
+                .map_err(BudgetError::from)?
                 .into_iter()
                 .filter(|b| {
                     provider
@@ -317,12 +279,12 @@ async fn status(
                 })
                 .collect();
             // A transaction: a missing spend row is computed once and stored.
-            let transaction = client.transaction().await.map_err(unavailable)?;
+            let transaction = client.transaction().await.map_err(BudgetError::from)?;
             let spend = store::spend::current(&transaction, &tenant, &budgets, now, &store.book)
                 .await
-                .map_err(from_store)?;
-            transaction.commit().await.map_err(unavailable)?;
-            Ok((budgets, spend))
+                .map_err(BudgetError::from)?;
+            transaction.commit().await.map_err(BudgetError::from)?;
+            Ok::<_, BudgetError>((budgets, spend))
         })
         .await?;
 

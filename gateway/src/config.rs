@@ -45,8 +45,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub validation: ValidationConfig,
     pub database: DatabaseConfig,
-    pub otlp: crate::otlp::OtlpConfig,
-    pub exports: crate::exports::ExportsConfig,
+    pub otlp: OtlpConfig,
+    pub exports: ExportsConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -229,8 +229,30 @@ impl KafkaConfig {
 }
 
 // The `[auth]` section and each key's trust policy.
+/// The limits each listener enforces on its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(http: &HttpConfig) -> Self {
+        Self {
+            header_read_timeout: http.header_read_timeout(),
+            idle_timeout: http.idle_timeout(),
+            max_connections: http.max_connections,
+        }
+    }
+}
+
+mod exports;
 mod keys;
+mod otlp;
+pub use exports::ExportsConfig;
 pub use keys::{AuthConfig, KeyConfig, KeyKind, KeyPolicy};
+pub use otlp::OtlpConfig;
 
 /// The shape of `auth.keys_file`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::config::HttpConfig;
+use crate::config::ConnectionLimits;
 use crate::metrics::{Metrics, Port};
 use crate::state::AppState;
 
@@ -65,24 +65,6 @@ const REFUSAL_RETRY_AFTER_SECS: u64 = 1;
 /// Pause after an accept error that is not about one connection (such as
 /// running out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
-
-/// The limits each listener enforces on its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl ConnectionLimits {
-    pub fn from_config(http: &HttpConfig) -> Self {
-        Self {
-            header_read_timeout: http.header_read_timeout(),
-            idle_timeout: http.idle_timeout(),
-            max_connections: http.max_connections,
-        }
-    }
-}
 
 /// Serves `router` on `listener` under `state.settings.connections` until
 /// `state.shutdown` is cancelled, then stops accepting and returns once

@@ -60,34 +60,6 @@ pub enum AppError {
     NotFound,
     #[error("cannot render metrics: {0}")]
     Metrics(String),
-    // The budget API (crate::budgets); answered by `budget_error_response`.
-    #[error("budgets are managed with an admin API key")]
-    BudgetAdminOnly,
-    #[error("this API key may only read the budget status of its own tenant")]
-    BudgetOtherTenant,
-    #[error("budgets need database.url in the gateway's configuration")]
-    BudgetsUnconfigured,
-    #[error("invalid budget: {}", join_field_errors(.0))]
-    InvalidBudget(Vec<ledger::FieldError>),
-    #[error("request body is not valid JSON: {0}")]
-    MalformedBudget(String),
-    #[error("{0:?} is not a budget id (a UUID)")]
-    BadBudgetId(String),
-    #[error("no budget with id {0}")]
-    BudgetNotFound(Uuid),
-    #[error("a budget named {0:?} already exists")]
-    DuplicateBudgetName(String),
-    #[error("query parameter tenant_id is required with an admin key")]
-    MissingTenantId,
-    #[error("the database is unavailable: {0}")]
-    BudgetDatabase(String),
-    // The export API (crate::exports); answered by `export_error_response`.
-    #[error("exports are read with an admin API key")]
-    ExportAdminOnly,
-    #[error("{0}")]
-    InvalidExport(String),
-    #[error("exports are unavailable: {0}")]
-    ExportsUnavailable(String),
 }
 
 impl From<AuthError> for AppError {
@@ -121,19 +93,6 @@ impl AppError {
             Self::Unavailable { cause, ids, .. } => (unavailable_reason(cause), ids.len()),
             Self::RequestTimeout { ids, .. } => (RejectReason::Timeout, ids.len().max(1)),
             Self::NotReady(_) | Self::NotFound | Self::Metrics(_) => return None,
-            Self::BudgetAdminOnly
-            | Self::BudgetOtherTenant
-            | Self::BudgetsUnconfigured
-            | Self::InvalidBudget(_)
-            | Self::MalformedBudget(_)
-            | Self::BadBudgetId(_)
-            | Self::BudgetNotFound(_)
-            | Self::DuplicateBudgetName(_)
-            | Self::MissingTenantId
-            | Self::BudgetDatabase(_) => return None,
-            Self::ExportAdminOnly | Self::InvalidExport(_) | Self::ExportsUnavailable(_) => {
-                return None
-            }
         };
         Some(reason_and_count)
     }
@@ -265,19 +224,6 @@ impl AppError {
                 Json(error_body("internal", message)),
             )
                 .into_response(),
-            budget @ (Self::BudgetAdminOnly
-            | Self::BudgetOtherTenant
-            | Self::BudgetsUnconfigured
-            | Self::InvalidBudget(_)
-            | Self::MalformedBudget(_)
-            | Self::BadBudgetId(_)
-            | Self::BudgetNotFound(_)
-            | Self::DuplicateBudgetName(_)
-            | Self::MissingTenantId
-            | Self::BudgetDatabase(_)) => budget_error_response(budget, message),
-            export @ (Self::ExportAdminOnly
-            | Self::InvalidExport(_)
-            | Self::ExportsUnavailable(_)) => export_error_response(&export, message),
         }
     }
 }
@@ -324,76 +270,6 @@ fn untrusted_response(refusal: TrustRefusal, message: String) -> Response {
         )
             .into_response(),
     }
-}
-
-/// The answer to a failed budget API request: `{"error", "message"}` (and
-/// `errors` for an invalid budget); a 503 says when to retry.
-fn budget_error_response(error: AppError, message: String) -> Response {
-    let (status, code) = match &error {
-        AppError::BudgetAdminOnly | AppError::BudgetOtherTenant => {
-            (StatusCode::FORBIDDEN, "forbidden")
-        }
-        AppError::BudgetsUnconfigured => (StatusCode::SERVICE_UNAVAILABLE, "budgets_unavailable"),
-        AppError::InvalidBudget(_) => (StatusCode::BAD_REQUEST, "invalid_budget"),
-        AppError::MalformedBudget(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-        AppError::BadBudgetId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
-        AppError::MissingTenantId => (StatusCode::BAD_REQUEST, "missing_tenant_id"),
-        AppError::BudgetNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        AppError::DuplicateBudgetName(_) => (StatusCode::CONFLICT, "duplicate_name"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-    };
-    let message = if let AppError::BudgetDatabase(_) = &error {
-        // The driver's text names hosts, ports, users and SQL: it goes to
-        // the log, and the caller gets the request id it is logged under.
-        let request_id = crate::request_id::RequestId::current();
-        let request_id = request_id.as_ref().map_or("unknown", |id| id.as_str());
-        tracing::error!(error = %message, request_id, "budget API: database error");
-        format!(
-            "the database is unavailable; the gateway logged the cause under request id {request_id}"
-        )
-    } else {
-        if status.is_server_error() {
-            tracing::warn!(error = %message, "budget API unavailable");
-        }
-        message
-    };
-    let mut body = error_body(code, message);
-    if let AppError::InvalidBudget(errors) = &error {
-        body["errors"] = json!(errors);
-    }
-    let mut response = (status, Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
-}
-
-/// The answer to a refused export request: `{"error", "message"}`; a 503
-/// says when to retry.
-fn export_error_response(error: &AppError, message: String) -> Response {
-    let (status, code) = match error {
-        AppError::ExportAdminOnly => (StatusCode::FORBIDDEN, "forbidden"),
-        AppError::InvalidExport(_) => (StatusCode::BAD_REQUEST, "invalid_export"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "exports_unavailable"),
-    };
-    let mut response = (status, Json(error_body(code, message))).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        tracing::warn!(error = %error, "export unavailable");
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
-}
-
-fn join_field_errors(errors: &[ledger::FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 //! body. A failure after the first byte aborts the response instead of
 //! ending it, so a client never takes a cut-off export for a whole one.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, Query, State};
@@ -19,67 +17,30 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::NaiveDate;
-use deadpool_postgres::Pool;
+use deadpool_postgres::ClientWrapper;
 use ledger::PriceBook;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use store::exports::focus::{write_focus, FocusRequest};
 use store::exports::statement::{write_statement, StatementFormat, StatementRequest};
 use store::exports::ExportError;
 use tokio::io::AsyncReadExt;
 
-use crate::api::AppError;
+use crate::admin::{require_admin, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
-use crate::config::DatabaseConfig;
+use crate::config::ExportsConfig;
+
+mod error;
+pub use error::ExportApiError;
 
 /// Bytes in flight between the export and the response body.
 const PIPE_BYTES: usize = 256 * 1024;
-
-/// `[exports]`: what the exports need besides the database. Set both as
-/// the processor has them (`pricing.pricebook_path`, `attribution.labels`)
-/// and the gateway's exports equal `processor export`'s byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExportsConfig {
-    /// The price file laid over the built-in book; it divides a day's cost
-    /// between token types.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pricebook_path: Option<PathBuf>,
-    /// The attribution label keys; the first is the statements' use case.
-    pub attribution_labels: Vec<String>,
-}
-
-impl Default for ExportsConfig {
-    fn default() -> Self {
-        Self {
-            pricebook_path: None,
-            attribution_labels: vec!["use_case".to_owned()],
-        }
-    }
-}
-
-impl ExportsConfig {
-    /// The built-in price book with the configured file laid over it.
-    pub fn price_book(&self) -> Result<PriceBook, String> {
-        let builtin = PriceBook::builtin()
-            .map_err(|error| format!("the built-in price book does not parse: {error}"))?;
-        let Some(path) = &self.pricebook_path else {
-            return Ok(builtin);
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let overrides = PriceBook::from_toml(&text)
-            .map_err(|error| format!("invalid price file {}: {error}", path.display()))?;
-        Ok(builtin.with_overrides(overrides))
-    }
-}
 
 /// State of the export routes.
 #[derive(Debug, Clone)]
 pub struct ExportApi {
     keys: Arc<KeyRing>,
-    pool: Option<Pool>,
-    timeout: Duration,
+    database: Option<AdminDatabase>,
     book: Arc<PriceBook>,
     labels: Arc<Vec<String>>,
 }
@@ -91,45 +52,31 @@ impl FromRef<ExportApi> for Arc<KeyRing> {
 }
 
 impl ExportApi {
-    /// Connections are made lazily, as for the budget API: a database that
-    /// is down only fails export requests.
+    /// The exports on the admin APIs' database (`None` without
+    /// `database.url`: every export answers 503).
     pub fn new(
         keys: Arc<KeyRing>,
-        database: &DatabaseConfig,
+        database: Option<AdminDatabase>,
         config: &ExportsConfig,
     ) -> Result<Self, String> {
-        let pool = match database.settings() {
-            Some(settings) => {
-                // Exports (admin keys only) stream a month of rows as the
-                // client reads them: one statement that may rightly outlast
-                // the budget routes' bound.
-                let settings = infra::database::DatabaseSettings {
-                    statement_timeout: None,
-                    ..settings
-                };
-                Some(infra::database::pool(&settings).map_err(|error| error.to_string())?)
-            }
-            None => None,
-        };
         Ok(Self {
             keys,
-            pool,
-            timeout: database.timeout(),
+            database,
             book: Arc::new(config.price_book()?),
             labels: Arc::new(config.attribution_labels.clone()),
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
-        let pool = self.pool.as_ref().ok_or_else(|| {
-            AppError::ExportsUnavailable(
+    /// Exports stream a month of rows as the client reads them: one
+    /// statement that may rightly outlast the budget routes' bound, on a
+    /// connection of its own.
+    async fn client(&self) -> Result<ClientWrapper, ExportApiError> {
+        let database = self.database.as_ref().ok_or_else(|| {
+            ExportApiError::Unavailable(
                 "exports need database.url in the gateway's configuration".into(),
             )
         })?;
-        tokio::time::timeout(self.timeout, pool.get())
-            .await
-            .map_err(|_| AppError::ExportsUnavailable("no database connection in time".into()))?
-            .map_err(|error| AppError::ExportsUnavailable(error.to_string()))
+        Ok(database.detached_client().await?)
     }
 }
 
@@ -155,35 +102,20 @@ pub struct StatementQuery {
     format: Option<String>,
 }
 
-fn parse_day(name: &str, text: &str) -> Result<NaiveDate, AppError> {
+fn parse_day(name: &str, text: &str) -> Result<NaiveDate, ExportApiError> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-        AppError::InvalidExport(format!(
+        ExportApiError::Invalid(format!(
             "{name} must be a date (YYYY-MM-DD), got {:?}",
             text.chars().take(40).collect::<String>()
         ))
     })
 }
 
-fn invalid(error: ExportError) -> AppError {
-    match error {
-        ExportError::Invalid(message) => AppError::InvalidExport(message),
-        other => AppError::ExportsUnavailable(other.to_string()),
-    }
-}
-
-fn require_admin(who: &Authenticated) -> Result<(), AppError> {
-    if who.admin {
-        Ok(())
-    } else {
-        Err(AppError::ExportAdminOnly)
-    }
-}
-
 async fn focus(
     State(api): State<ExportApi>,
     who: Authenticated,
     Query(query): Query<FocusQuery>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ExportApiError> {
     require_admin(&who)?;
     let request = FocusRequest {
         from: parse_day("from", &query.from)?,
@@ -191,7 +123,7 @@ async fn focus(
         tenant: query.tenant,
         label_keys: api.labels.as_ref().clone(),
     };
-    request.validate().map_err(invalid)?;
+    request.validate()?;
     let client = api.client().await?;
     let name = format!("focus-{}-{}.csv", request.from, request.to);
     let book = api.book.clone();
@@ -199,7 +131,7 @@ async fn focus(
         "text/csv; charset=utf-8",
         &name,
         move |mut pipe| async move {
-            write_focus(&**client, &book, &request, &mut pipe)
+            write_focus(&*client, &book, &request, &mut pipe)
                 .await
                 .map(drop)
         },
@@ -210,20 +142,20 @@ async fn statement(
     State(api): State<ExportApi>,
     who: Authenticated,
     Query(query): Query<StatementQuery>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ExportApiError> {
     require_admin(&who)?;
     let format = match query.format.as_deref().unwrap_or("csv") {
         "csv" => StatementFormat::Csv,
         "json" => StatementFormat::Json,
         other => {
-            return Err(AppError::InvalidExport(format!(
+            return Err(ExportApiError::Invalid(format!(
                 "format must be csv or json, got {:?}",
                 other.chars().take(20).collect::<String>()
             )))
         }
     };
     let request = StatementRequest {
-        month: StatementRequest::parse_month(&query.month).map_err(invalid)?,
+        month: StatementRequest::parse_month(&query.month)?,
         tenant: query.tenant,
         use_case_key: api
             .labels
@@ -239,7 +171,7 @@ async fn statement(
     };
     let name = format!("statement-{}.{extension}", request.month.format("%Y-%m"));
     Ok(streamed(content_type, &name, move |mut pipe| async move {
-        write_statement(&**client, &request, &mut pipe)
+        write_statement(&*client, &request, &mut pipe)
             .await
             .map(drop)
     }))

@@ -28,6 +28,7 @@
 //! - [`connection`]: each port's connection cap and its header-read and
 //!   idle timeouts.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod append;

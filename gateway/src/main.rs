@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use gateway::admin::AdminDatabase;
 use gateway::app::{AppState, Settings};
 use gateway::auth::{hash_key, KeyRing};
 use gateway::budgets::{self, BudgetStore};
@@ -119,18 +120,24 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
             .map_err(anyhow::Error::msg)
             .context("loading the price book")?,
     );
-    let budget_store = BudgetStore::connect_lazily(&config.database)
+    let admin_database = AdminDatabase::connect_lazily(&config.database)
         .map_err(anyhow::Error::msg)
-        .context("configuring the budget database")?
-        .map(|store| store.with_price_book(budget_book));
-    if budget_store.is_none() {
-        tracing::info!("database.url is not set: the budget endpoints answer 503");
+        .context("configuring the database of the admin APIs")?;
+    if admin_database.is_none() {
+        tracing::info!("database.url is not set: the budget and export endpoints answer 503");
     }
+    let budget_store = admin_database
+        .clone()
+        .map(BudgetStore::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("loading the price book")?
+        .map(|store| store.with_price_book(budget_book));
     let budget_routes =
         budgets::routes(Arc::new(keys.clone()), budget_store).merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),
-                &config.database,
+                admin_database,
                 &config.exports,
             )
             .map_err(anyhow::Error::msg)

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::append::Appender;
 use crate::auth::KeyRing;
-use crate::config::Config;
-use crate::connection::ConnectionLimits;
+use crate::config::{Config, ConnectionLimits};
+
 use crate::metrics::{Metrics, MetricsError};
 use crate::readiness::{Readiness, DEFAULT_CACHE_TTL};
 

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use figment::providers::Env;
 use gateway::append::{AppendError, AppendReport, Appender};
 use gateway::config::Config;
-use gateway::connection::ConnectionLimits;
+use gateway::config::ConnectionLimits;
 use gateway::memory::MemoryAppender;
 use gateway::server::{serve, Drained, ServeError};
 use gateway::{AppState, Settings};

@@ -1,0 +1,45 @@
+//! `[exports]`: what the finance exports need besides the database.
+
+use std::path::PathBuf;
+
+use ledger::PriceBook;
+use serde::{Deserialize, Serialize};
+
+/// `[exports]`: what the exports need besides the database. Set both as
+/// the processor has them (`pricing.pricebook_path`, `attribution.labels`)
+/// and the gateway's exports equal `processor export`'s byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportsConfig {
+    /// The price file laid over the built-in book; it divides a day's cost
+    /// between token types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricebook_path: Option<PathBuf>,
+    /// The attribution label keys; the first is the statements' use case.
+    pub attribution_labels: Vec<String>,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        Self {
+            pricebook_path: None,
+            attribution_labels: vec!["use_case".to_owned()],
+        }
+    }
+}
+
+impl ExportsConfig {
+    /// The built-in price book with the configured file laid over it.
+    pub fn price_book(&self) -> Result<PriceBook, String> {
+        let builtin = PriceBook::builtin()
+            .map_err(|error| format!("the built-in price book does not parse: {error}"))?;
+        let Some(path) = &self.pricebook_path else {
+            return Ok(builtin);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let overrides = PriceBook::from_toml(&text)
+            .map_err(|error| format!("invalid price file {}: {error}", path.display()))?;
+        Ok(builtin.with_overrides(overrides))
+    }
+}
