@@ -352,6 +352,7 @@ impl Config {
         self.auth.validate()?;
         self.validation.validate()?;
         self.otlp.validate()?;
+        self.exports.validate()?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use ledger::PricingStatus;
 use serde::{Deserialize, Serialize};
-use store::attribution::{AttributionKey, LabelCost, Sums, MAX_KEYS, UNLABELLED};
+use store::attribution::{AttributionKey, LabelCost, Sums, UNLABELLED};
 
 use crate::prepare::PricedEvent;
 
@@ -23,7 +23,7 @@ use crate::prepare::PricedEvent;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttributionConfig {
-    /// Label keys (at most [`MAX_KEYS`]) whose values get a daily rollup of
+    /// Label keys (at most [`store::attribution::MAX_KEYS`]) whose values get a daily rollup of
     /// cost and tokens per tenant; usage without the label counts as
     /// `(unlabelled)`. Empty: no rollup.
     pub labels: Vec<String>,
@@ -52,28 +52,7 @@ impl AttributionConfig {
         if self.max_values_per_day == 0 {
             return Err("attribution.max_values_per_day must be at least 1".to_owned());
         }
-        if self.labels.len() > MAX_KEYS {
-            return Err(format!(
-                "attribution.labels names {} keys; at most {MAX_KEYS} are allowed",
-                self.labels.len()
-            ));
-        }
-        for (index, key) in self.labels.iter().enumerate() {
-            let valid = !key.is_empty()
-                && key.len() <= 64
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !valid {
-                return Err(format!(
-                    "attribution.labels: {key:?} is not a label key (1-64 of A-Z a-z 0-9 _ - .)"
-                ));
-            }
-            if self.labels[..index].contains(key) {
-                return Err(format!("attribution.labels names {key:?} twice"));
-            }
-        }
-        Ok(())
+        store::attribution::validate_label_keys("attribution.labels", &self.labels)
     }
 }
 

@@ -33,6 +33,30 @@ pub const OTHER: &str = "(other)";
 /// per event's (day, tenant, model), so the list stays small.
 pub const MAX_KEYS: usize = 8;
 
+/// The rule for a configured list of attribution label keys (the
+/// processor's `attribution.labels`, the gateway's
+/// `exports.attribution_labels`): at most [`MAX_KEYS`], each a label key,
+/// none twice. `setting` names the list in the error.
+pub fn validate_label_keys(setting: &str, keys: &[String]) -> Result<(), String> {
+    if keys.len() > MAX_KEYS {
+        return Err(format!(
+            "{setting} names {} keys; at most {MAX_KEYS} are allowed",
+            keys.len()
+        ));
+    }
+    for (index, key) in keys.iter().enumerate() {
+        if !ledger::event::is_label_key(key) {
+            return Err(format!(
+                "{setting}: {key:?} is not a label key (1-64 of A-Z a-z 0-9 _ - .)"
+            ));
+        }
+        if keys[..index].contains(key) {
+            return Err(format!("{setting} names {key:?} twice"));
+        }
+    }
+    Ok(())
+}
+
 /// The sums of one rollup row; the key is the rest of [`AttributionRow`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Sums {

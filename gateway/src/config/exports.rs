@@ -42,4 +42,46 @@ impl ExportsConfig {
             .map_err(|error| format!("invalid price file {}: {error}", path.display()))?;
         Ok(builtin.with_overrides(overrides))
     }
+
+    pub fn validate(&self) -> Result<(), super::ConfigError> {
+        store::attribution::validate_label_keys(
+            "exports.attribution_labels",
+            &self.attribution_labels,
+        )
+        .map_err(super::ConfigError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Env;
+
+    use crate::config::{Config, ConfigError};
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).expect("write");
+        Config::load_from(Some(&path), Env::prefixed("TOKENLEDGER_TEST_UNSET_"))
+    }
+
+    /// The processor refuses these label keys in `attribution.labels`; the
+    /// gateway's exports read the same rollup and refuse them alike.
+    #[test]
+    fn attribution_labels_follow_the_processors_rule() {
+        for (labels, refused) in [
+            (r#"["use_case", "use_case"]"#, "twice"),
+            (r#"["use case"]"#, "is not a label key"),
+            (r#"[""]"#, "is not a label key"),
+            (r#"["a","b","c","d","e","f","g","h","i"]"#, "at most 8"),
+        ] {
+            let error = load(&format!("[exports]\nattribution_labels = {labels}\n"))
+                .expect_err(labels)
+                .to_string();
+            assert!(error.contains("exports.attribution_labels"), "{error}");
+            assert!(error.contains(refused), "{labels}: {error}");
+        }
+        load("[exports]\nattribution_labels = [\"use_case\", \"team.name\"]\n")
+            .expect("valid keys load");
+    }
 }

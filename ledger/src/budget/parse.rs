@@ -247,12 +247,7 @@ fn parse_label(value: &Value) -> Result<LabelMatch, String> {
         .ok_or("needs \"value\"")
         .map_err(str::to_owned)
         .and_then(|v| expect_str(v).map_err(|m| format!("value {m}")))?;
-    let key_ok = !key.is_empty()
-        && key.len() <= MAX_LABEL_KEY_CHARS
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !key_ok {
+    if !crate::event::is_label_key(key) {
         return Err(format!(
             "key must be 1-{MAX_LABEL_KEY_CHARS} ASCII letters, digits, '-', '_' or '.'"
         ));

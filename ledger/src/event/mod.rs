@@ -44,6 +44,16 @@ pub const MAX_MODEL_CHARS: usize = 100;
 pub const MAX_LABELS: usize = 16;
 pub const MAX_LABEL_KEY_CHARS: usize = 64;
 pub const MAX_LABEL_VALUE_CHARS: usize = 255;
+
+/// The label-key rule, for events, budgets and configured label keys alike:
+/// 1-[`MAX_LABEL_KEY_CHARS`] ASCII letters, digits, `-`, `_` or `.`.
+pub fn is_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY_CHARS
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
 /// The largest token count of any field. The audit table stores counts as
 /// INTEGER; a larger count would be accepted here and refused by the
 /// database, so the rules refuse it first, at the gateway and again in the

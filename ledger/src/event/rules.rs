@@ -233,12 +233,7 @@ pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Stri
         return Err(format!("at most {MAX_LABELS} labels, got {}", labels.len()));
     }
     for (key, value) in labels {
-        let key_ok = !key.is_empty()
-            && key.len() <= MAX_LABEL_KEY_CHARS
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !key_ok {
+        if !super::is_label_key(key) {
             return Err(format!(
                 "label key {:?} must be 1-{MAX_LABEL_KEY_CHARS} ASCII letters, digits, '-', '_' or '.'",
                 printable(key)
