@@ -59,6 +59,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     pub pool_size: usize,
     /// Upper bound on getting a connection and on each query.
+    #[serde(alias = "timeout", deserialize_with = "infra::duration::millis")]
     pub timeout_ms: u64,
 }
 
@@ -104,17 +105,30 @@ pub struct HttpConfig {
     /// Upper bound on a whole request, body upload included. Must exceed
     /// `kafka.message_timeout_ms` by a second so a produce is never cut
     /// short by it.
+    #[serde(
+        alias = "request_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub request_timeout_ms: u64,
     /// How long in-flight requests and the producer flush may take after
     /// SIGTERM before the process exits anyway.
+    #[serde(
+        alias = "shutdown_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub shutdown_timeout_ms: u64,
     /// How long a client may take to send a request's headers, from the
     /// connection's start or the first byte of a later request; a client
     /// that stalls longer is disconnected.
+    #[serde(
+        alias = "header_read_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub header_read_timeout_ms: u64,
     /// How long a kept-alive connection may sit with no request before it
     /// is closed. Longer than a load balancer's usual 60 s, so the balancer
     /// closes first and never reuses a connection the gateway is closing.
+    #[serde(alias = "idle_timeout", deserialize_with = "infra::duration::millis")]
     pub idle_timeout_ms: u64,
     /// Open connections per port; one more is answered 503 with
     /// `Retry-After` and closed. Keep it below the file-descriptor limit
@@ -198,10 +212,15 @@ pub struct KafkaConfig {
     pub topic: String,
     /// How long one record may wait for the broker's acknowledgement before
     /// the request is answered 503.
+    #[serde(
+        alias = "message_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub message_timeout_ms: u64,
     /// Bound of the producer's in-memory queue; a full queue answers 503
     /// instead of growing.
     pub queue_max_messages: u32,
+    #[serde(alias = "linger", deserialize_with = "infra::duration::millis")]
     pub linger_ms: u64,
     pub compression: Compression,
     /// Extra librdkafka settings (security, tuning), applied verbatim.
@@ -267,6 +286,7 @@ pub struct KeysFile {
 pub struct ValidationConfig {
     pub max_batch_events: usize,
     pub backfill_days: u32,
+    #[serde(alias = "max_future_skew", deserialize_with = "infra::duration::secs")]
     pub max_future_skew_secs: u64,
 }
 

@@ -5,6 +5,7 @@
 //! cross-field rules); this module owns the layering and the print path.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -65,9 +66,15 @@ fn own_settings<C: Serialize + Default>(env: Env) -> Env {
     };
     env.filter(move |key| {
         let first = key.as_str().split("__").next().unwrap_or_default();
-        top_level
-            .iter()
-            .any(|name| name.eq_ignore_ascii_case(first))
+        top_level.iter().any(|name| {
+            // A duration setting also answers to its name without the unit
+            // (crate::duration).
+            let unitless = name
+                .strip_suffix("_ms")
+                .or_else(|| name.strip_suffix("_secs"));
+            name.eq_ignore_ascii_case(first)
+                || unitless.is_some_and(|unitless| unitless.eq_ignore_ascii_case(first))
+        })
     })
     .ignore(NOT_SETTINGS)
 }
@@ -96,6 +103,10 @@ where
     C: Serialize + DeserializeOwned + Default,
 {
     let defaults = Serialized::defaults(C::default());
+    let names = match figment::value::Value::serialize(C::default()) {
+        Ok(figment::value::Value::Dict(_, dict)) => Arc::new(dict),
+        _ => Arc::default(),
+    };
     let mut figment = Figment::from(&defaults);
     if let Some(path) = file {
         if !path.is_file() {
@@ -103,12 +114,73 @@ where
                 path: path.to_owned(),
             });
         }
-        figment = figment.merge(Toml::file_exact(path));
+        figment = figment.merge(UnitNames::new(Toml::file_exact(path), &names));
     }
-    figment = figment.merge(own_settings::<C>(env).split("__"));
+    figment = figment.merge(UnitNames::new(own_settings::<C>(env).split("__"), &names));
     secret_files::apply(figment, &defaults, secrets)?
         .extract()
         .map_err(|error| ConfigError::Extract(Box::new(error)))
+}
+
+/// A provider whose duration settings named without their unit
+/// (`request_timeout`, see [`crate::duration`]) are renamed to the name the
+/// defaults use (`request_timeout_ms`), so the two do not meet as two
+/// settings when the layers merge. The source (file, variable) stays the
+/// provider's, so errors still name it.
+struct UnitNames<P> {
+    inner: P,
+    names: Arc<figment::value::Dict>,
+}
+
+impl<P> UnitNames<P> {
+    fn new(inner: P, names: &Arc<figment::value::Dict>) -> Self {
+        Self {
+            inner,
+            names: names.clone(),
+        }
+    }
+}
+
+impl<P: figment::Provider> figment::Provider for UnitNames<P> {
+    fn metadata(&self) -> figment::Metadata {
+        self.inner.metadata()
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            with_unit_names(dict, &self.names);
+        }
+        Ok(data)
+    }
+}
+
+fn with_unit_names(dict: &mut figment::value::Dict, names: &figment::value::Dict) {
+    let keys: Vec<String> = dict.keys().cloned().collect();
+    for key in keys {
+        let mut name = key.clone();
+        if !names.contains_key(&key) {
+            if let Some(named) = ["_ms", "_secs"]
+                .iter()
+                .map(|unit| format!("{key}{unit}"))
+                .find(|named| names.contains_key(named) && !dict.contains_key(named))
+            {
+                if let Some(value) = dict.remove(&key) {
+                    dict.insert(named.clone(), value);
+                }
+                name = named;
+            }
+        }
+        if let (
+            Some(figment::value::Value::Dict(_, inner)),
+            Some(figment::value::Value::Dict(_, inner_names)),
+        ) = (dict.get_mut(&name), names.get(&name))
+        {
+            with_unit_names(inner, inner_names);
+        }
+    }
 }
 
 /// The configuration as `--print-config` shows it. Every credential is a

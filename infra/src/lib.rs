@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod database;
+pub mod duration;
 pub mod kafka;
 pub mod logging;
 pub mod secret;

@@ -29,6 +29,10 @@ pub struct Config {
     pub attribution: crate::attribution::AttributionConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
+    #[serde(
+        alias = "shutdown_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub shutdown_timeout_ms: u64,
 }
 
@@ -41,6 +45,10 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Where records that cannot be stored go, with the reason in a header.
     pub dlq_topic: String,
+    #[serde(
+        alias = "session_timeout",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub session_timeout_ms: u64,
     /// Partitions of the topics the processor creates when they are missing.
     pub topic_partitions: i32,
@@ -73,6 +81,7 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Upper bound on connecting and on any one query or transaction step;
     /// a database that hangs becomes an error that is retried.
+    #[serde(alias = "timeout", deserialize_with = "infra::duration::millis")]
     pub timeout_ms: u64,
 }
 
@@ -83,6 +92,7 @@ const MAX_WRITERS: usize = 64;
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     pub max_events: usize,
+    #[serde(alias = "max_latency", deserialize_with = "infra::duration::millis")]
     pub max_latency_ms: u64,
     /// Transactions in flight at once, each over its own partitions (a
     /// partition's records always go to the same writer). More than one
@@ -379,6 +389,32 @@ mod tests {
             assert_eq!(config.batch.max_events, 10);
             assert_eq!(config.batch.max_latency_ms, 17);
             assert_eq!(config.shutdown_timeout_ms, 3000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_read_as_durations_under_either_name() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "processor.toml",
+                "shutdown_timeout = \"3s\"\n[batch]\nmax_latency = \"25ms\"\n\
+                 [kafka]\nsession_timeout_ms = \"1m\"\n[alerting]\npoll_interval = \"2s\"\n",
+            )?;
+            jail.set_env("TOKENLEDGER_DATABASE__TIMEOUT", "4s");
+            let config =
+                Config::load(Some(Path::new("processor.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.shutdown_timeout_ms, 3_000);
+            assert_eq!(config.batch.max_latency_ms, 25);
+            assert_eq!(config.kafka.session_timeout_ms, 60_000);
+            assert_eq!(config.alerting.poll_interval_ms, 2_000);
+            assert_eq!(config.database.timeout_ms, 4_000);
+            jail.set_env("TOKENLEDGER_SHUTDOWN_TIMEOUT", "soon");
+            let error = Config::load(Some(Path::new("processor.toml")))
+                .expect_err("not a duration")
+                .to_string();
+            assert!(error.contains("is not a duration"), "{error}");
             Ok(())
         });
     }

@@ -17,6 +17,10 @@ pub struct AuthConfig {
     /// How far before its arrival a tenant key's event may be dated, unless
     /// the key sets its own `max_lateness_ms`. Kept short so a tenant cannot
     /// move spend into budget periods that already closed.
+    #[serde(
+        alias = "tenant_max_lateness",
+        deserialize_with = "infra::duration::millis"
+    )]
     pub tenant_max_lateness_ms: u64,
     pub keys: Vec<KeyConfig>,
     /// TOML file holding a `keys` array, so key hashes need not sit in the
@@ -94,6 +98,10 @@ pub struct KeyConfig {
     /// default `auth.tenant_max_lateness_ms` for a tenant key and the
     /// backfill window for the others. The backfill window binds every key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        alias = "max_lateness",
+        deserialize_with = "infra::duration::option_millis"
+    )]
     pub max_lateness_ms: Option<u64>,
 }
 

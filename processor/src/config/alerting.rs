@@ -35,10 +35,13 @@ pub struct AlertingConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_path: Option<PathBuf>,
     /// How often the outbox looks for crossings to push.
+    #[serde(alias = "poll_interval", deserialize_with = "infra::duration::millis")]
     pub poll_interval_ms: u64,
     /// Upper bound of the pause between attempts at an alert that failed.
+    #[serde(alias = "max_backoff", deserialize_with = "infra::duration::millis")]
     pub max_backoff_ms: u64,
     /// Upper bound on one HTTP request.
+    #[serde(alias = "timeout", deserialize_with = "infra::duration::millis")]
     pub timeout_ms: u64,
     /// Alerts per request.
     pub batch_size: usize,
@@ -47,6 +50,7 @@ pub struct AlertingConfig {
     pub max_ratio_series: usize,
     /// For tests only: push a crossing only once it has been recorded for
     /// this long, leaving a window between commit and push. 0 in production.
+    #[serde(alias = "push_delay", deserialize_with = "infra::duration::millis")]
     pub push_delay_ms: u64,
 }
 
