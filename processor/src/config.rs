@@ -27,6 +27,7 @@ pub struct Config {
     pub pricing: PricingConfig,
     pub alerting: AlertingConfig,
     pub attribution: crate::attribution::AttributionConfig,
+    pub reconcile: crate::reconcile::ReconcileConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     pub shutdown_timeout_ms: u64,
@@ -123,6 +124,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             alerting: AlertingConfig::default(),
             attribution: crate::attribution::AttributionConfig::default(),
+            reconcile: crate::reconcile::ReconcileConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -191,6 +193,8 @@ pub const SECRET_SETTINGS: &[&str] = &[
     "database.url",
     "alerting.alertmanager_url",
     "alerting.webhook_url",
+    "reconcile.openai.admin_key",
+    "reconcile.anthropic.admin_key",
 ];
 
 impl Config {
@@ -264,6 +268,7 @@ impl Config {
         }
         self.alerting.validate()?;
         self.attribution.validate().map_err(ConfigError::Invalid)?;
+        self.reconcile.validate().map_err(ConfigError::Invalid)?;
         if let Some(key) = self
             .metrics
             .label_keys
