@@ -236,8 +236,10 @@ pub async fn fetch(
             (Provider::Anthropic, ReportKind::Cost) => anthropic::COSTS_PATH,
         };
         // The full query (with its pages) replaces the path once fetched.
-        store::reconcile::start_run(&*client, run_id, provider, report, range.from, range.to, path)
-            .await?;
+        store::reconcile::start_run(
+            &*client, run_id, provider, report, range.from, range.to, path,
+        )
+        .await?;
         let fetched = match range.provider {
             Provider::Openai => {
                 openai::fetch(&fetcher, &config.openai, report, range.from, range.to).await

@@ -214,7 +214,7 @@ pub async fn complete_run(
         // the first's revision instead of both claiming the same number.
         transaction
             .execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3::text, 0))",
+                "SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text || '/' || $3::date::text, 0))",
                 &[&provider, &report.as_str(), day],
             )
             .await

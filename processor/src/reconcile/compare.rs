@@ -178,7 +178,11 @@ pub fn compare(
     let tenant_of = |scope: &str| lookup.tenant(scope).unwrap_or_else(|| UNMAPPED.to_owned());
     let mut provider: BTreeMap<Key, ProviderSide> = BTreeMap::new();
     for (day, line) in usage.iter().filter(|(day, _)| covered(day)) {
-        let key = (*day, tenant_of(&line.scope_id), lookup.model_key(&line.model, *day));
+        let key = (
+            *day,
+            tenant_of(&line.scope_id),
+            lookup.model_key(&line.model, *day),
+        );
         provider.entry(key).or_default().tokens.add(&line.tokens);
     }
     for (day, line) in cost.iter().filter(|(day, _)| covered(day)) {
@@ -272,7 +276,12 @@ fn attribute(
             group.price_entries.clone(),
             group.cost_sources.clone(),
         ),
-        None => (TokenCounts::default(), Decimal::ZERO, Vec::new(), Vec::new()),
+        None => (
+            TokenCounts::default(),
+            Decimal::ZERO,
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let provider_total = Decimal::from(side.tokens.total());
     let ledger_total = Decimal::from(ledger_tokens.total());
@@ -304,8 +313,8 @@ fn attribute(
             .sum();
         causes.price_difference = ledger_cost - ledger_value;
         let volume = ledger_value - token_cost;
-        let unseen = ((ledger_total - provider_total) * token_cost / provider_total)
-            .round_dp(WORKING_DP);
+        let unseen =
+            ((ledger_total - provider_total) * token_cost / provider_total).round_dp(WORKING_DP);
         if unseen.is_sign_negative() {
             causes.unseen_by_ledger = unseen;
         } else {

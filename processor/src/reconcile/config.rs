@@ -101,7 +101,7 @@ impl ReconcileConfig {
         if !(0.0..=1.0).contains(&self.coverage_floor) {
             return Err("reconcile.coverage_floor must be between 0 and 1".into());
         }
-        if !(self.variance_ceiling >= 0.0) {
+        if !self.variance_ceiling.is_finite() || self.variance_ceiling < 0.0 {
             return Err("reconcile.variance_ceiling must be 0 or more".into());
         }
         if self.max_attempts == 0 {

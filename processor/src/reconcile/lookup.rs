@@ -16,7 +16,11 @@ pub(super) struct ConfigLookup<'a> {
 }
 
 impl<'a> ConfigLookup<'a> {
-    pub(super) fn new(config: &'a ReconcileConfig, book: &'a PriceBook, provider: Provider) -> Self {
+    pub(super) fn new(
+        config: &'a ReconcileConfig,
+        book: &'a PriceBook,
+        provider: Provider,
+    ) -> Self {
         Self {
             config,
             book,
@@ -30,7 +34,11 @@ impl Lookup for ConfigLookup<'_> {
         match self.provider {
             Provider::Openai => self.config.openai.project_tenants.get(scope_id).cloned(),
             Provider::Anthropic => {
-                let key = if scope_id.is_empty() { "default" } else { scope_id };
+                let key = if scope_id.is_empty() {
+                    "default"
+                } else {
+                    scope_id
+                };
                 self.config.anthropic.workspace_tenants.get(key).cloned()
             }
         }

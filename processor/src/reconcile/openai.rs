@@ -112,7 +112,10 @@ pub async fn fetch(
 }
 
 fn next_page(body: &Value) -> Option<String> {
-    let more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+    let more = body
+        .get("has_more")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let token = body.get("next_page").and_then(Value::as_str)?;
     (more && !token.is_empty()).then(|| token.to_owned())
 }
@@ -221,6 +224,9 @@ mod tests {
         assert_eq!(line.tokens.input_uncached, 200);
         assert_eq!(line.tokens.cache_read, 800);
         assert_eq!(line.tokens.output, 50);
-        assert!(usage_line(&serde_json::json!({"input_tokens": 1, "input_cached_tokens": 2, "output_tokens": 0})).is_err());
+        assert!(usage_line(
+            &serde_json::json!({"input_tokens": 1, "input_cached_tokens": 2, "output_tokens": 0})
+        )
+        .is_err());
     }
 }

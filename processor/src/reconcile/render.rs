@@ -145,20 +145,30 @@ impl Reconciliation {
                 cents(s.causes.unseen_by_provider),
                 cents(s.causes.price_difference),
                 cents(s.causes.token_kind_mismatch),
-                if tenant.within_bounds { "" } else { "  OUT OF BOUNDS" }
+                if tenant.within_bounds {
+                    ""
+                } else {
+                    "  OUT OF BOUNDS"
+                }
             )?;
         }
         writeln!(out)?;
         writeln!(out, "differences by day, tenant and model:")?;
-        for group in self.groups.iter().filter(|g| !g.variance_usd.is_zero()
-            || !g.kind_deltas.is_empty())
+        for group in self
+            .groups
+            .iter()
+            .filter(|g| !g.variance_usd.is_zero() || !g.kind_deltas.is_empty())
         {
             writeln!(
                 out,
                 "  {} {} {}: provider {} / ledger {} USD",
                 group.day,
                 group.tenant_id,
-                if group.model.is_empty() { "(no model)" } else { &group.model },
+                if group.model.is_empty() {
+                    "(no model)"
+                } else {
+                    &group.model
+                },
                 cents(group.provider_cost_usd),
                 cents(group.ledger_cost_usd)
             )?;
@@ -175,14 +185,20 @@ impl Reconciliation {
                     delta.kind, delta.provider, delta.ledger
                 )?;
             }
-            for rate in &group.rates {
+            // A kind the book prices as the provider bills it is not the
+            // difference; only the others are shown.
+            for rate in group
+                .rates
+                .iter()
+                .filter(|rate| rate.book_usd_per_million != Some(rate.provider_usd_per_million))
+            {
                 writeln!(
                     out,
                     "    rate {:<16} provider implies {}/M, book {} ({})",
                     rate.kind,
-                    rate.provider_usd_per_million.normalize(),
+                    per_million(rate.provider_usd_per_million),
                     rate.book_usd_per_million
-                        .map_or("-".into(), |r| format!("{}/M", r.normalize())),
+                        .map_or("-".into(), |r| format!("{}/M", per_million(r))),
                     if group.price_entries.is_empty() {
                         "unpriced in the ledger".to_owned()
                     } else {
@@ -193,7 +209,11 @@ impl Reconciliation {
         }
         if !self.uncompared_days.is_empty() {
             let days: Vec<String> = self.uncompared_days.iter().map(|d| d.to_string()).collect();
-            writeln!(out, "not compared (no stored provider report): {}", days.join(", "))?;
+            writeln!(
+                out,
+                "not compared (no stored provider report): {}",
+                days.join(", ")
+            )?;
         }
         for (scope, tokens) in &self.unmapped_scopes {
             let scope = if scope.is_empty() { "(default)" } else { scope };
@@ -209,11 +229,24 @@ impl Reconciliation {
         writeln!(
             out,
             "{} (coverage floor {:.2}%, variance ceiling {:.2}%)",
-            if self.within_bounds { "within bounds" } else { "OUT OF BOUNDS" },
+            if self.within_bounds {
+                "within bounds"
+            } else {
+                "OUT OF BOUNDS"
+            },
             self.coverage_floor * 100.0,
             self.variance_ceiling * 100.0
         )
     }
+}
+
+/// A rate with at least cents shown, and no trailing zeros beyond.
+fn per_million(rate: Decimal) -> String {
+    let mut shown = rate.normalize();
+    if shown.scale() < 2 {
+        shown.rescale(2);
+    }
+    shown.to_string()
 }
 
 /// Half-even to the cent, as money is shown.
@@ -284,13 +317,24 @@ pub fn metrics_text(reconciliation: &Reconciliation) -> Result<String, prometheu
         if let Some(ratio) = tenant.coverage_ratio {
             coverage.with_label_values(&labels).set(ratio);
         }
-        billed
-            .with_label_values(&labels)
-            .set(tenant.summary.provider_cost_usd.to_f64().unwrap_or(f64::NAN));
+        billed.with_label_values(&labels).set(
+            tenant
+                .summary
+                .provider_cost_usd
+                .to_f64()
+                .unwrap_or(f64::NAN),
+        );
         for cause in Causes::NAMES {
             variance
                 .with_label_values(&[provider, tenant.tenant_id.as_str(), cause])
-                .set(tenant.summary.causes.get(cause).to_f64().unwrap_or(f64::NAN));
+                .set(
+                    tenant
+                        .summary
+                        .causes
+                        .get(cause)
+                        .to_f64()
+                        .unwrap_or(f64::NAN),
+                );
         }
     }
     last.with_label_values(&[provider])

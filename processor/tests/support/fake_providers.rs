@@ -62,21 +62,23 @@ impl FakeProviders {
             .expect("bind a local port");
         let address = listener.local_addr().expect("local address");
         tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake providers serve");
+            axum::serve(listener, app)
+                .await
+                .expect("fake providers serve");
         });
         format!("http://{address}")
     }
 
     pub fn set_day(&self, path: &'static str, day: NaiveDate, results: Vec<Value>) {
-        self.lock().days.entry(path).or_default().insert(day, results);
+        self.lock()
+            .days
+            .entry(path)
+            .or_default()
+            .insert(day, results);
     }
 
     pub fn fault(&self, path: &'static str, fault: Fault) {
-        self.lock()
-            .faults
-            .entry(path)
-            .or_default()
-            .push_back(fault);
+        self.lock().faults.entry(path).or_default().push_back(fault);
     }
 
     pub fn break_page(&self, path: &'static str, page: usize) {
@@ -98,7 +100,11 @@ impl FakeProviders {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": {"type": "error", "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"type": "error", "message": message}})),
+    )
+        .into_response()
 }
 
 fn pairs(query: &Option<String>) -> Vec<(String, String)> {
@@ -116,19 +122,19 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The fault or the page of days `[start, end)` for `path`, one day per
-/// page; `None` when the page is to be served.
+/// Records the request and answers the next injected fault or the broken
+/// page, if any; `None` when the report is to be served.
 fn before_serving(
     state: &FakeProviders,
     path: &'static str,
     query: &Option<String>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let mut reports = state.lock();
     reports
         .requests
         .push((path.to_owned(), query.clone().unwrap_or_default()));
     if let Some(fault) = reports.faults.get_mut(path).and_then(VecDeque::pop_front) {
-        return Err(match fault {
+        return Some(match fault {
             Fault::TooManyRequests {
                 retry_after_seconds,
             } => {
@@ -144,9 +150,9 @@ fn before_serving(
     }
     let page = page_index(&pairs(query)) + 1;
     if reports.broken_page.get(path) == Some(&page) {
-        return Err(error(StatusCode::BAD_GATEWAY, "upstream unavailable"));
+        return Some(error(StatusCode::BAD_GATEWAY, "upstream unavailable"));
     }
-    Ok(())
+    None
 }
 
 fn page_index(pairs: &[(String, String)]) -> usize {
@@ -199,7 +205,7 @@ async fn openai(
             "Incorrect API key provided. You must be an organization owner and use an admin key.",
         );
     }
-    if let Err(response) = before_serving(&state, path, &query) {
+    if let Some(response) = before_serving(&state, path, &query) {
         return response;
     }
     let pairs = pairs(&query);
@@ -210,7 +216,10 @@ async fn openai(
             .map(|t| t.date_naive())
     };
     let (Some(start), Some(end)) = (time("start_time"), time("end_time")) else {
-        return error(StatusCode::BAD_REQUEST, "start_time and end_time are required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "start_time and end_time are required",
+        );
     };
     let (day, results, next) = page_of(&state, path, start, end, page_index(&pairs));
     let start_time = day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp();
@@ -240,12 +249,15 @@ async fn anthropic(
         ANTHROPIC_COSTS
     };
     if headers.get("anthropic-version").is_none() {
-        return error(StatusCode::BAD_REQUEST, "anthropic-version header is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "anthropic-version header is required",
+        );
     }
     if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(ANTHROPIC_KEY) {
         return error(StatusCode::UNAUTHORIZED, "invalid x-api-key");
     }
-    if let Err(response) = before_serving(&state, path, &query) {
+    if let Some(response) = before_serving(&state, path, &query) {
         return response;
     }
     let pairs = pairs(&query);
@@ -255,7 +267,10 @@ async fn anthropic(
             .map(|t| t.to_utc().date_naive())
     };
     let (Some(start), Some(end)) = (time("starting_at"), time("ending_at")) else {
-        return error(StatusCode::BAD_REQUEST, "starting_at and ending_at are required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "starting_at and ending_at are required",
+        );
     };
     let (day, results, next) = page_of(&state, path, start, end, page_index(&pairs));
     let at = |day: NaiveDate| {
@@ -274,4 +289,3 @@ async fn anthropic(
     }))
     .into_response()
 }
-
