@@ -118,3 +118,66 @@ impl ReconcileConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use std::path::Path;
+
+    use figment::Jail;
+
+    use crate::config::Config;
+
+    #[test]
+    fn admin_keys_come_from_files_map_tenants_and_never_print() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("openai.key", "sk-admin-hunter2\n")?;
+            jail.create_file(
+                "processor.toml",
+                r#"
+                [reconcile]
+                coverage_floor = 0.995
+                [reconcile.openai]
+                admin_key_file = "openai.key"
+                project_tenants = { "proj_abc" = "acme" }
+                [reconcile.anthropic]
+                admin_key = "sk-ant-admin01-hunter2"
+                workspace_tenants = { "wrkspc_01" = "acme", "default" = "globex" }
+                "#,
+            )?;
+            let config =
+                Config::load(Some(Path::new("processor.toml"))).map_err(|e| e.to_string())?;
+            let reconcile = &config.reconcile;
+            assert_eq!(reconcile.coverage_floor, 0.995);
+            assert_eq!(
+                reconcile.openai.admin_key.as_ref().map(|k| k.expose()),
+                Some("sk-admin-hunter2"),
+                "the file's content, trailing newline dropped"
+            );
+            assert_eq!(
+                reconcile.openai.project_tenants.get("proj_abc").map(String::as_str),
+                Some("acme")
+            );
+            assert_eq!(
+                reconcile.anthropic.workspace_tenants.get("default").map(String::as_str),
+                Some("globex")
+            );
+            let printed = config.to_redacted_toml().map_err(|e| e.to_string())?;
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("openai.key"), "the file is named: {printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bounds_are_validated() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("TOKENLEDGER_RECONCILE__COVERAGE_FLOOR", "1.5");
+            let err = Config::load(None).expect_err("a floor above 1");
+            assert!(err.to_string().contains("coverage_floor"), "{err}");
+            Ok(())
+        });
+    }
+}
