@@ -566,6 +566,67 @@ async fn openai_differences_are_found_attributed_and_reconcile_to_the_cent() {
         .as_str()
         .expect("amounts are decimal strings");
     assert_eq!(usd(price_difference), usd("0.30"));
+
+    // The binary, as cron runs it: exit status 2 when out of bounds, 1 on
+    // a refused key, with the reason on stderr.
+    let book_file = dir.path().join("prices.toml");
+    std::fs::write(&book_file, BOOK).expect("price file");
+    let config_file = dir.path().join("processor.toml");
+    let write_config = |key: &str| {
+        std::fs::write(
+            &config_file,
+            format!(
+                "[database]\nurl = {url:?}\n[pricing]\npricebook_path = {book:?}\n\
+                 [reconcile.openai]\nbase_url = {base_url:?}\nadmin_key = {key:?}\n\
+                 project_tenants = {{ proj_acme = \"acme\", proj_globex = \"globex\" }}\n",
+                url = database.url(),
+                book = book_file.display().to_string(),
+            ),
+        )
+        .expect("config file")
+    };
+    // Asynchronously: the fake providers answer on this test's runtime.
+    let processor = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+            .arg("--config")
+            .arg(&config_file)
+            .args(args)
+            .env_remove("TOKENLEDGER_CONFIG")
+            .output()
+    };
+    write_config(OPENAI_KEY);
+    let range_args = [
+        "--provider",
+        "openai",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04",
+    ];
+    let mut report_args = vec!["reconcile", "report", "--format", "json"];
+    report_args.extend(range_args);
+    let report = processor(&report_args).await.expect("processor runs");
+    assert_eq!(
+        report.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    assert_eq!(parsed["within_bounds"], json!(false));
+    assert!(String::from_utf8_lossy(&report.stderr).contains("coverage_floor"));
+
+    write_config("sk-admin-revoked");
+    let mut fetch_args = vec!["reconcile", "fetch"];
+    fetch_args.extend(range_args);
+    let fetch = processor(&fetch_args).await.expect("processor runs");
+    let stderr = String::from_utf8_lossy(&fetch.stderr);
+    assert_eq!(fetch.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("openai refused the admin key (401 Unauthorized)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("revoked"), "{stderr}");
 }
 
 fn anthropic_usage(

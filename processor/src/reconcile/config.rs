@@ -156,16 +156,27 @@ mod tests {
                 "the file's content, trailing newline dropped"
             );
             assert_eq!(
-                reconcile.openai.project_tenants.get("proj_abc").map(String::as_str),
+                reconcile
+                    .openai
+                    .project_tenants
+                    .get("proj_abc")
+                    .map(String::as_str),
                 Some("acme")
             );
             assert_eq!(
-                reconcile.anthropic.workspace_tenants.get("default").map(String::as_str),
+                reconcile
+                    .anthropic
+                    .workspace_tenants
+                    .get("default")
+                    .map(String::as_str),
                 Some("globex")
             );
             let printed = config.to_redacted_toml().map_err(|e| e.to_string())?;
             assert!(!printed.contains("hunter2"), "{printed}");
-            assert!(printed.contains("openai.key"), "the file is named: {printed}");
+            assert!(
+                printed.contains("openai.key"),
+                "the file is named: {printed}"
+            );
             Ok(())
         });
     }
