@@ -377,3 +377,150 @@ pub fn summarize(groups: &[GroupComparison]) -> (BTreeMap<String, Summary>, Summ
     }
     (tenants, total)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    struct Stub;
+
+    impl Lookup for Stub {
+        fn tenant(&self, scope_id: &str) -> Option<String> {
+            scope_id.strip_prefix("proj_").map(str::to_owned)
+        }
+        fn model_key(&self, model: &str, _day: NaiveDate) -> String {
+            model.trim_end_matches("-2024-08-06").to_owned()
+        }
+        fn book_rate(&self, _model: &str, _kind: &str, _day: NaiveDate) -> Option<Decimal> {
+            None
+        }
+        fn reports_cache_writes(&self) -> bool {
+            true
+        }
+    }
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 3, 1).expect("day")
+    }
+
+    fn tokens() -> impl Strategy<Value = TokenCounts> {
+        (
+            0i64..2_000_000_000,
+            0i64..2_000_000_000,
+            0i64..50_000_000,
+            0i64..50_000_000,
+            0i64..500_000_000,
+        )
+            .prop_map(|(a, b, c, d, e)| TokenCounts {
+                input_uncached: a,
+                cache_read: b,
+                cache_write_5m: c,
+                cache_write_1h: d,
+                output: e,
+            })
+    }
+
+    /// A cost with 10 decimal places, as the audit table stores it.
+    fn cost() -> impl Strategy<Value = Decimal> {
+        (0i64..100_000_000_000_000).prop_map(|units| Decimal::new(units, 10))
+    }
+
+    fn provider_lines(tokens: TokenCounts, costs: &[Decimal]) -> (UsageLine, Vec<CostLine>) {
+        let usage = UsageLine {
+            scope_id: "proj_acme".into(),
+            api_key_id: None,
+            model: "gpt-4o-2024-08-06".into(),
+            service_tier: None,
+            tokens,
+            requests: None,
+            raw: Value::Null,
+        };
+        let cost = TOKEN_KINDS
+            .iter()
+            .zip(costs)
+            .map(|(kind, amount)| CostLine {
+                scope_id: "proj_acme".into(),
+                model: Some("gpt-4o-2024-08-06".into()),
+                token_kind: Some((*kind).into()),
+                line_item: None,
+                amount_usd: *amount,
+                raw: Value::Null,
+            })
+            .collect();
+        (usage, cost)
+    }
+
+    fn ledger(tokens: TokenCounts, cost_usd: Decimal) -> LedgerGroup {
+        LedgerGroup {
+            day: day(),
+            tenant_id: "acme".into(),
+            model: "gpt-4o".into(),
+            tokens,
+            cost_usd,
+            rows: 1,
+            price_entries: vec!["openai/gpt-4o@2024-05-13".into()],
+            cost_sources: vec!["book".into()],
+        }
+    }
+
+    proptest! {
+        /// Whatever the two sides hold, the causes add up to the variance
+        /// exactly, and the totals are the sums of what each side has.
+        #[test]
+        fn causes_always_add_up_to_the_variance(
+            provider_tokens in tokens(),
+            ledger_tokens in tokens(),
+            costs in proptest::collection::vec(cost(), 5),
+            ledger_cost in cost(),
+        ) {
+            let (usage, cost_lines) = provider_lines(provider_tokens, &costs);
+            let usage = [(day(), usage)];
+            let cost_lines: Vec<_> = cost_lines.into_iter().map(|line| (day(), line)).collect();
+            let groups = compare(&Stub, &[day()], &usage, &cost_lines, &[ledger(ledger_tokens, ledger_cost)]);
+            prop_assert_eq!(groups.len(), 1);
+            let group = &groups[0];
+            let billed: Decimal = costs.iter().sum();
+            prop_assert_eq!(group.provider_cost_usd, billed);
+            prop_assert_eq!(group.ledger_cost_usd, ledger_cost);
+            prop_assert_eq!(group.causes.sum(), group.variance_usd);
+            prop_assert_eq!(group.variance_usd, ledger_cost - billed);
+        }
+
+        /// The same tokens at the provider's own cost: no cause at all.
+        #[test]
+        fn a_ledger_that_matches_the_bill_has_no_difference(
+            provider_tokens in tokens(),
+            costs in proptest::collection::vec(cost(), 5),
+        ) {
+            let (usage, cost_lines) = provider_lines(provider_tokens, &costs);
+            let usage = [(day(), usage)];
+            let cost_lines: Vec<_> = cost_lines.into_iter().map(|line| (day(), line)).collect();
+            let billed: Decimal = costs.iter().sum();
+            let groups = compare(&Stub, &[day()], &usage, &cost_lines, &[ledger(provider_tokens, billed)]);
+            prop_assert_eq!(&groups[0].causes, &Causes::default());
+            prop_assert!(groups[0].kind_deltas.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_day_not_covered_by_both_reports_is_not_compared() {
+        let (usage, _) = provider_lines(
+            TokenCounts {
+                output: 10,
+                ..TokenCounts::default()
+            },
+            &[],
+        );
+        let groups = compare(
+            &Stub,
+            &[],
+            &[(day(), usage)],
+            &[],
+            &[ledger(TokenCounts::default(), Decimal::ONE)],
+        );
+        assert!(groups.is_empty());
+    }
+}
