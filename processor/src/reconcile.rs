@@ -229,15 +229,18 @@ pub async fn fetch(
     let mut outcomes = Vec::new();
     for report in [ReportKind::Usage, ReportKind::Cost] {
         let run_id = Uuid::now_v7();
-        let path = match (range.provider, report) {
-            (Provider::Openai, ReportKind::Usage) => openai::USAGE_PATH,
-            (Provider::Openai, ReportKind::Cost) => openai::COSTS_PATH,
-            (Provider::Anthropic, ReportKind::Usage) => anthropic::USAGE_PATH,
-            (Provider::Anthropic, ReportKind::Cost) => anthropic::COSTS_PATH,
+        let (path, query) = match range.provider {
+            Provider::Openai => openai::request(report, range.from, range.to),
+            Provider::Anthropic => anthropic::request(report, range.from, range.to),
         };
-        // The full query (with its pages) replaces the path once fetched.
         store::reconcile::start_run(
-            &*client, run_id, provider, report, range.from, range.to, path,
+            &*client,
+            run_id,
+            provider,
+            report,
+            range.from,
+            range.to,
+            &show_query(path, &query),
         )
         .await?;
         let fetched = match range.provider {
@@ -260,13 +263,6 @@ pub async fn fetch(
             .transaction()
             .await
             .map_err(database("starting the transaction of a fetch"))?;
-        transaction
-            .execute(
-                "UPDATE provider_fetch_runs SET query = $2 WHERE run_id = $1",
-                &[&run_id, &fetched.query],
-            )
-            .await
-            .map_err(database("recording a fetch's query"))?;
         let days = store::reconcile::complete_run(
             &transaction,
             run_id,

@@ -833,7 +833,7 @@ async fn a_bad_key_is_a_clear_error_and_a_failed_page_leaves_nothing_complete() 
     );
     let runs = client
         .query(
-            "SELECT completed_at IS NOT NULL AS complete, error FROM provider_fetch_runs",
+            "SELECT completed_at IS NOT NULL AS complete, error, query FROM provider_fetch_runs",
             &[],
         )
         .await
@@ -843,6 +843,15 @@ async fn a_bad_key_is_a_clear_error_and_a_failed_page_leaves_nothing_complete() 
     assert!(runs
         .iter()
         .all(|r| r.get::<_, Option<String>>("error").is_some()));
+    for run in &runs {
+        let query: String = run.get("query");
+        assert!(
+            query.starts_with(
+                "/v1/organization/usage/completions?start_time=1772323200&end_time=1772582400"
+            ),
+            "the query of a run is kept: {query}"
+        );
+    }
     let revisions: i64 = client
         .query_one("SELECT count(*) AS n FROM provider_report_revisions", &[])
         .await

@@ -45,22 +45,7 @@ pub async fn fetch(
         HeaderValue::from_str(&settings.anthropic_version)
             .map_err(|_| bad_header("anthropic_version"))?,
     );
-    let (path, group_by): (&str, &[&str]) = match report {
-        ReportKind::Usage => (USAGE_PATH, &["workspace_id", "model"]),
-        ReportKind::Cost => (COSTS_PATH, &["workspace_id", "description"]),
-    };
-    let rfc3339 = |day| midnight(day).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut query: Vec<(String, String)> = vec![
-        ("starting_at".into(), rfc3339(from)),
-        ("ending_at".into(), rfc3339(to)),
-        ("bucket_width".into(), "1d".into()),
-        ("limit".into(), "31".into()),
-    ];
-    query.extend(
-        group_by
-            .iter()
-            .map(|field| ("group_by[]".to_owned(), (*field).to_owned())),
-    );
+    let (path, query) = request(report, from, to);
     let mut fetched = Fetched::new(super::show_query(path, &query));
     let mut page: Option<String> = None;
     loop {
@@ -120,6 +105,31 @@ pub async fn fetch(
         }
     }
     Ok(fetched)
+}
+
+/// The path and query of a report's first page.
+pub fn request(
+    report: ReportKind,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> (&'static str, Vec<(String, String)>) {
+    let (path, group_by): (&str, &[&str]) = match report {
+        ReportKind::Usage => (USAGE_PATH, &["workspace_id", "model"]),
+        ReportKind::Cost => (COSTS_PATH, &["workspace_id", "description"]),
+    };
+    let rfc3339 = |day| midnight(day).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut query: Vec<(String, String)> = vec![
+        ("starting_at".into(), rfc3339(from)),
+        ("ending_at".into(), rfc3339(to)),
+        ("bucket_width".into(), "1d".into()),
+        ("limit".into(), "31".into()),
+    ];
+    query.extend(
+        group_by
+            .iter()
+            .map(|field| ("group_by[]".to_owned(), (*field).to_owned())),
+    );
+    (path, query)
 }
 
 fn text(value: &Value, field: &str) -> Option<String> {

@@ -37,24 +37,8 @@ pub async fn fetch(
         }
     })?;
     headers.insert(AUTHORIZATION, bearer);
-    let (path, group_by): (&str, &[&str]) = match report {
-        ReportKind::Usage => (USAGE_PATH, &["project_id", "model"]),
-        ReportKind::Cost => (COSTS_PATH, &["project_id", "line_item"]),
-    };
-    let mut query: Vec<(String, String)> = vec![
-        ("start_time".into(), midnight_unix(from).to_string()),
-        ("end_time".into(), midnight_unix(to).to_string()),
-        ("bucket_width".into(), "1d".into()),
-        // 31 daily buckets is the documented maximum per page.
-        ("limit".into(), "31".into()),
-    ];
-    query.extend(
-        group_by
-            .iter()
-            .map(|field| ("group_by".to_owned(), (*field).to_owned())),
-    );
-    let shown_query = super::show_query(path, &query);
-    let mut fetched = Fetched::new(shown_query);
+    let (path, query) = request(report, from, to);
+    let mut fetched = Fetched::new(super::show_query(path, &query));
     let mut page: Option<String> = None;
     loop {
         let mut this_query = query.clone();
@@ -109,6 +93,31 @@ pub async fn fetch(
         }
     }
     Ok(fetched)
+}
+
+/// The path and query of a report's first page.
+pub fn request(
+    report: ReportKind,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> (&'static str, Vec<(String, String)>) {
+    let (path, group_by): (&str, &[&str]) = match report {
+        ReportKind::Usage => (USAGE_PATH, &["project_id", "model"]),
+        ReportKind::Cost => (COSTS_PATH, &["project_id", "line_item"]),
+    };
+    let mut query: Vec<(String, String)> = vec![
+        ("start_time".into(), midnight_unix(from).to_string()),
+        ("end_time".into(), midnight_unix(to).to_string()),
+        ("bucket_width".into(), "1d".into()),
+        // 31 daily buckets is the documented maximum per page.
+        ("limit".into(), "31".into()),
+    ];
+    query.extend(
+        group_by
+            .iter()
+            .map(|field| ("group_by".to_owned(), (*field).to_owned())),
+    );
+    (path, query)
 }
 
 fn next_page(body: &Value) -> Option<String> {
