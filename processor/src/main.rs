@@ -172,7 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice` or `prices` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice`, `reconcile` or `prices` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,

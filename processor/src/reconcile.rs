@@ -60,6 +60,8 @@ pub enum Format {
 
 #[derive(Debug, Clone, Args)]
 pub struct Range {
+    /// Whose reports: `[reconcile.<provider>]` holds its admin key and
+    /// tenant map.
     #[arg(long, value_enum)]
     pub provider: Provider,
     /// First UTC day (YYYY-MM-DD), inclusive.
@@ -90,6 +92,7 @@ pub struct ReportArgs {
     /// Only this tenant's groups and summary.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// `json` is the whole comparison, amounts as exact decimal strings.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Also write the coverage and variance gauges to this file in the
