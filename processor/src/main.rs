@@ -101,7 +101,8 @@ enum Command {
     /// Re-price stored rows under the current price book (see docs/design.md).
     Reprice(processor::reprice::RepriceArgs),
     /// The ledger against the providers' own usage and cost reports
-    /// (docs/reconciliation.md): `reconcile fetch`, `reconcile report`.
+    /// (docs/reconciliation.md): `reconcile openai|anthropic --from --to`
+    /// (fetch, store, compare; for cron), `reconcile fetch`, `reconcile report`.
     Reconcile {
         #[command(subcommand)]
         command: processor::reconcile::ReconcileCommand,

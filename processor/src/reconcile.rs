@@ -1,4 +1,6 @@
 //! `processor reconcile`: the ledger against the providers' own bills.
+//! `processor reconcile openai|anthropic` does it all in one command (for
+//! cron): fetch, store, compare, print, and exit 2 when out of bounds.
 //! `fetch` pulls a provider's usage and cost reports for a range of days
 //! and keeps what it said as immutable day revisions (`store::reconcile`);
 //! `report` compares the latest revisions with the ledger per day, tenant
@@ -74,6 +76,14 @@ pub struct Range {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReconcileCommand {
+    /// Fetch OpenAI's usage and cost reports over the range, store them and
+    /// print the comparison with the ledger; exits 2 when a tenant is below
+    /// the coverage floor or above the variance ceiling (for cron).
+    Openai(RunArgs),
+    /// Fetch Anthropic's usage and cost reports over the range, store them
+    /// and print the comparison with the ledger; exits 2 when a tenant is
+    /// below the coverage floor or above the variance ceiling (for cron).
+    Anthropic(RunArgs),
     /// Pull the provider's usage and cost reports over the range and store
     /// them (a day that changed since the last fetch is a new revision).
     Fetch(Range),
@@ -100,10 +110,66 @@ pub struct ReportArgs {
     /// replaced atomically.
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub bounds: Bounds,
+}
+
+/// `processor reconcile openai|anthropic`: one provider, fetched, stored
+/// and compared in one command.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// First UTC day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last UTC day (YYYY-MM-DD), exclusive.
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// Only this tenant's groups and summary.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// `json` is the whole comparison, amounts as exact decimal strings.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Also write the coverage and variance gauges to this file in the
+    /// Prometheus text format (for node_exporter's textfile collector).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub bounds: Bounds,
+}
+
+/// The floor and ceiling of one run, over `[reconcile]`'s.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Bounds {
+    /// Lowest coverage (ledger tokens / provider tokens, 0..1) a tenant may
+    /// have; default `reconcile.coverage_floor` (0.99).
+    #[arg(long, value_name = "RATIO")]
+    pub coverage_floor: Option<f64>,
+    /// Highest cost variance (|ledger − provider| / provider cost) a tenant
+    /// may have; default `reconcile.variance_ceiling` (0.01).
+    #[arg(long, value_name = "RATIO")]
+    pub variance_ceiling: Option<f64>,
+}
+
+impl Bounds {
+    /// `config` with these bounds laid over it, checked as the file's are.
+    fn apply(&self, config: &ReconcileConfig) -> Result<ReconcileConfig, ReconcileError> {
+        let mut config = config.clone();
+        if let Some(floor) = self.coverage_floor {
+            config.coverage_floor = floor;
+        }
+        if let Some(ceiling) = self.variance_ceiling {
+            config.variance_ceiling = ceiling;
+        }
+        config.validate().map_err(ReconcileError::Invalid)?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    #[error("{0}")]
+    Invalid(String),
     #[error("--from {from} must be before --to {to}")]
     EmptyRange { from: NaiveDate, to: NaiveDate },
     #[error(transparent)]
@@ -362,42 +428,92 @@ pub async fn run(
     command: &ReconcileCommand,
     out: &mut impl Write,
 ) -> Result<bool, ReconcileError> {
-    let output = |source| ReconcileError::Output {
-        what: "the output".into(),
-        source,
+    let one_command = |provider: Provider, args: &RunArgs| ReportArgs {
+        range: Range {
+            provider,
+            from: args.from,
+            to: args.to,
+        },
+        fetch: true,
+        tenant: args.tenant.clone(),
+        format: args.format,
+        metrics_file: args.metrics_file.clone(),
+        bounds: args.bounds.clone(),
     };
     match command {
+        ReconcileCommand::Openai(args) => {
+            report(
+                client,
+                config,
+                book,
+                &one_command(Provider::Openai, args),
+                out,
+            )
+            .await
+        }
+        ReconcileCommand::Anthropic(args) => {
+            report(
+                client,
+                config,
+                book,
+                &one_command(Provider::Anthropic, args),
+                out,
+            )
+            .await
+        }
         ReconcileCommand::Fetch(range) => {
             let outcomes = fetch(client, config, range).await?;
             render::write_fetch(out, range.provider, &outcomes).map_err(output)?;
             Ok(true)
         }
-        ReconcileCommand::Report(args) => {
-            if args.fetch {
-                let outcomes = fetch(client, config, &args.range).await?;
-                if args.format == Format::Table {
-                    render::write_fetch(out, args.range.provider, &outcomes).map_err(output)?;
-                }
-            }
-            let reconciliation =
-                reconcile(client, config, book, &args.range, args.tenant.as_deref()).await?;
-            match args.format {
-                Format::Table => reconciliation.write_table(out).map_err(output)?,
-                Format::Json => {
-                    let json = serde_json::to_string_pretty(&reconciliation)
-                        .map_err(|error| output(std::io::Error::other(error)))?;
-                    writeln!(out, "{json}").map_err(output)?;
-                }
-            }
-            if let Some(path) = &args.metrics_file {
-                render::write_metrics_file(path, &reconciliation).map_err(|source| {
-                    ReconcileError::Output {
-                        what: path.display().to_string(),
-                        source,
-                    }
-                })?;
-            }
-            Ok(reconciliation.within_bounds)
+        ReconcileCommand::Report(args) => report(client, config, book, args, out).await,
+    }
+}
+
+fn output(source: std::io::Error) -> ReconcileError {
+    ReconcileError::Output {
+        what: "the output".into(),
+        source,
+    }
+}
+
+async fn report(
+    client: &mut Client,
+    config: &ReconcileConfig,
+    book: &PriceBook,
+    args: &ReportArgs,
+    out: &mut impl Write,
+) -> Result<bool, ReconcileError> {
+    let config = args.bounds.apply(config)?;
+    if args.range.to <= args.range.from {
+        return Err(ReconcileError::EmptyRange {
+            from: args.range.from,
+            to: args.range.to,
+        });
+    }
+    if args.fetch {
+        let outcomes = fetch(client, &config, &args.range).await?;
+        if args.format == Format::Table {
+            render::write_fetch(out, args.range.provider, &outcomes).map_err(output)?;
         }
     }
+    let reconciliation =
+        reconcile(client, &config, book, &args.range, args.tenant.as_deref()).await?;
+    match args.format {
+        Format::Table => reconciliation.write_table(out).map_err(output)?,
+        Format::Json => {
+            let json = serde_json::to_string_pretty(&reconciliation)
+                .map_err(|error| output(std::io::Error::other(error)))?;
+            writeln!(out, "{json}").map_err(output)?;
+        }
+    }
+    if let Some(path) = &args.metrics_file {
+        render::write_metrics_file(path, &reconciliation).map_err(|source| {
+            ReconcileError::Output {
+                what: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    Ok(reconciliation.within_bounds)
 }

@@ -14,7 +14,8 @@ use processor::reconcile::compare::UNMAPPED;
 use processor::reconcile::config::{AnthropicSettings, OpenAiSettings};
 use processor::reconcile::http::FetchError;
 use processor::reconcile::{
-    self, Format, Provider, Range, ReconcileCommand, ReconcileConfig, ReconcileError, ReportArgs,
+    self, Bounds, Format, Provider, Range, ReconcileCommand, ReconcileConfig, ReconcileError,
+    ReportArgs,
 };
 use processor::record::Record;
 use processor::write::{AttemptState, Writer};
@@ -515,6 +516,7 @@ async fn openai_differences_are_found_attributed_and_reconcile_to_the_cent() {
             tenant: None,
             format: Format::Table,
             metrics_file: Some(metrics.clone()),
+            bounds: Bounds::default(),
         }),
         &mut out,
     )
@@ -551,6 +553,7 @@ async fn openai_differences_are_found_attributed_and_reconcile_to_the_cent() {
             tenant: Some("globex".into()),
             format: Format::Json,
             metrics_file: None,
+            bounds: Bounds::default(),
         }),
         &mut out,
     )
@@ -615,6 +618,99 @@ async fn openai_differences_are_found_attributed_and_reconcile_to_the_cent() {
     let parsed: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
     assert_eq!(parsed["within_bounds"], json!(false));
     assert!(String::from_utf8_lossy(&report.stderr).contains("coverage_floor"));
+
+    // The issue's form: one command fetches, stores and prints; its JSON is
+    // the stored comparison's.
+    let completed_runs = || async {
+        let row = client
+            .query_one(
+                "SELECT count(*) AS runs FROM provider_fetch_runs
+                 WHERE provider = 'openai' AND completed_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .expect("count runs");
+        row.try_get::<_, i64>("runs").expect("runs")
+    };
+    let runs_before = completed_runs().await;
+    let one = processor(&[
+        "reconcile",
+        "openai",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04",
+        "--format",
+        "json",
+    ])
+    .await
+    .expect("processor runs");
+    assert_eq!(
+        one.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(
+        completed_runs().await,
+        runs_before + 2,
+        "usage and cost fetched"
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&one.stdout).expect("JSON"),
+        parsed
+    );
+    let within = processor(&[
+        "reconcile",
+        "openai",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04",
+        "--tenant",
+        "acme",
+        "--coverage-floor",
+        "0",
+        "--variance-ceiling",
+        "1",
+    ])
+    .await
+    .expect("processor runs");
+    let table = String::from_utf8_lossy(&within.stdout);
+    assert_eq!(
+        within.status.code(),
+        Some(0),
+        "{table}{}",
+        String::from_utf8_lossy(&within.stderr)
+    );
+    assert!(table.contains("fetched openai usage report"), "{table}");
+    assert!(
+        table.contains("within bounds (coverage floor 0.00%, variance ceiling 100.00%)"),
+        "{table}"
+    );
+    let bad_floor = processor(&[
+        "reconcile",
+        "openai",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04",
+        "--coverage-floor",
+        "1.5",
+    ])
+    .await
+    .expect("processor runs");
+    assert_eq!(bad_floor.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_floor.stderr)
+        .contains("reconcile.coverage_floor must be between 0 and 1"));
+    for subcommand in ["openai", "anthropic", "fetch", "report"] {
+        let help = processor(&["reconcile", subcommand, "--help"])
+            .await
+            .expect("processor runs");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert_eq!(help.status.code(), Some(0), "{text}");
+        assert!(text.contains("--from") && text.contains("--to"), "{text}");
+    }
 
     write_config("sk-admin-revoked");
     let mut fetch_args = vec!["reconcile", "fetch"];
