@@ -13,7 +13,6 @@
 //! after every page of the report arrived, in the transaction that marks
 //! the run complete.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -27,16 +26,14 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 pub mod anthropic;
-pub mod compare;
 pub mod config;
 pub mod http;
-mod lookup;
 pub mod openai;
 pub mod render;
 
 pub use config::ReconcileConfig;
 use http::{FetchError, Fetcher};
-pub use render::Reconciliation;
+pub use store::reconcile::{compare, Reconciliation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -354,7 +351,8 @@ pub async fn fetch(
     Ok(outcomes)
 }
 
-/// The comparison of `range` from what is stored.
+/// The comparison of `range` from what is stored (`store::reconcile`,
+/// which the gateway's `GET /v1/reconciliation` answers from too).
 pub async fn reconcile(
     client: &Client,
     config: &ReconcileConfig,
@@ -368,56 +366,16 @@ pub async fn reconcile(
             to: range.to,
         });
     }
-    let provider = range.provider.as_str();
-    let (from, to) = (range.from, range.to);
-    let usage_days =
-        store::reconcile::covered_days(client, provider, ReportKind::Usage, from, to).await?;
-    let cost_days =
-        store::reconcile::covered_days(client, provider, ReportKind::Cost, from, to).await?;
-    let days: Vec<NaiveDate> = usage_days
-        .iter()
-        .filter(|day| cost_days.contains(day))
-        .copied()
-        .collect();
-    let usage = store::reconcile::latest_usage(client, provider, from, to).await?;
-    let cost = store::reconcile::latest_cost(client, provider, from, to).await?;
-    let ledger = store::reconcile::ledger_groups(client, provider, from, to).await?;
-    let revisions = store::reconcile::revision_counts(client, provider, from, to).await?;
-    let lookup = lookup::ConfigLookup::new(config, book, range.provider);
-    let mut groups = compare::compare(&lookup, &days, &usage, &cost, &ledger);
-    let mut unmapped_scopes: BTreeMap<String, i64> = BTreeMap::new();
-    for (_, line) in usage.iter().filter(|(day, _)| days.contains(day)) {
-        if compare::Lookup::tenant(&lookup, &line.scope_id).is_none() {
-            *unmapped_scopes.entry(line.scope_id.clone()).or_default() += line.tokens.total();
-        }
-    }
-    if let Some(tenant) = tenant {
-        groups.retain(|group| group.tenant_id == tenant);
-    }
-    let uncompared_days: Vec<NaiveDate> = from
-        .iter_days()
-        .take_while(|day| *day < to)
-        .filter(|day| !days.contains(day))
-        .collect();
-    let revised_days = revisions
-        .into_iter()
-        .filter(|(_, _, count)| *count > 1)
-        .map(|(day, report, count)| render::Revised {
-            day,
-            report,
-            revisions: count,
-        })
-        .collect();
-    Ok(Reconciliation::new(
-        range.provider,
-        from,
-        to,
-        config,
-        groups,
-        uncompared_days,
-        unmapped_scopes,
-        revised_days,
-    ))
+    let terms = config.terms(range.provider);
+    Ok(store::reconcile::reconciliation(
+        client,
+        book,
+        &terms,
+        range.provider.as_str(),
+        (range.from, range.to),
+        tenant,
+    )
+    .await?)
 }
 
 /// `processor reconcile …`: returns whether the floor and ceiling held.
@@ -500,7 +458,7 @@ async fn report(
     let reconciliation =
         reconcile(client, &config, book, &args.range, args.tenant.as_deref()).await?;
     match args.format {
-        Format::Table => reconciliation.write_table(out).map_err(output)?,
+        Format::Table => render::write_table(&reconciliation, out).map_err(output)?,
         Format::Json => {
             let json = serde_json::to_string_pretty(&reconciliation)
                 .map_err(|error| output(std::io::Error::other(error)))?;

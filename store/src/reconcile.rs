@@ -1,7 +1,8 @@
 //! The providers' own usage and cost reports as stored (sql/V16): fetch
 //! runs, immutable day revisions and their rows; and the ledger's side of a
 //! reconciliation, the audit rows summed per day, tenant and model in the
-//! same disjoint token kinds.
+//! same disjoint token kinds; and the comparison of the two
+//! ([`reconciliation`]), shared by `processor reconcile` and the gateway.
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -12,8 +13,11 @@ use uuid::Uuid;
 
 use crate::{db, DbError};
 
+pub mod compare;
+mod comparison;
 mod ledger_side;
 
+pub use comparison::{reconciliation, Reconciliation, Revised, TenantSummary, Terms, PROVIDERS};
 pub use ledger_side::{ledger_groups, LedgerGroup};
 
 /// The token kinds both sides are compared in: disjoint, so their sum is

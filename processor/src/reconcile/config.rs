@@ -97,6 +97,18 @@ impl ReconcileConfig {
         Duration::from_millis(self.timeout_ms)
     }
 
+    /// What the comparison of `provider`'s reports takes from here.
+    pub fn terms(&self, provider: super::Provider) -> store::reconcile::Terms {
+        store::reconcile::Terms {
+            coverage_floor: self.coverage_floor,
+            variance_ceiling: self.variance_ceiling,
+            tenants: match provider {
+                super::Provider::Openai => self.openai.project_tenants.clone(),
+                super::Provider::Anthropic => self.anthropic.workspace_tenants.clone(),
+            },
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.coverage_floor) {
             return Err("reconcile.coverage_floor must be between 0 and 1".into());

@@ -17,10 +17,10 @@
 
 use std::collections::BTreeMap;
 
+use super::{CostLine, LedgerGroup, TokenCounts, UsageLine, TOKEN_KINDS};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use store::reconcile::{CostLine, LedgerGroup, TokenCounts, UsageLine, TOKEN_KINDS};
 
 /// The tenant of provider usage whose project or workspace is not mapped.
 pub const UNMAPPED: &str = "(unmapped)";
