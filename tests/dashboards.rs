@@ -382,9 +382,12 @@ fn the_executive_summary_is_complete_and_filtered_by_the_variables() {
             QueryKind::Sql { sql, .. } => sql.clone(),
             QueryKind::Other(v) => panic!("{}: unexpected target {v}", query.name()),
         };
-        // Usage queries take all three filters; the budget gauge has only a tenant.
+        // Usage queries take all three filters; the budget gauge has only a tenant, the
+        // reconciliation gauges a tenant and a provider.
         let filters: &[&str] = if text.contains("tokenledger_budget_spend_ratio") {
             &["tenant_id"]
+        } else if text.contains("tokenledger_reconciliation_") {
+            &["tenant_id", "provider"]
         } else {
             &["tenant_id", "provider", "model"]
         };

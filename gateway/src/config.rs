@@ -47,6 +47,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub otlp: OtlpConfig,
     pub exports: ExportsConfig,
+    pub reconciliation: crate::reconciliation::ReconciliationConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without

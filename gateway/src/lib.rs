@@ -43,6 +43,7 @@ pub mod memory;
 pub mod metrics;
 pub mod otlp;
 pub mod readiness;
+pub mod reconciliation;
 pub mod request_id;
 pub mod server;
 pub mod state;

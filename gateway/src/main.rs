@@ -143,6 +143,15 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
             .map_err(anyhow::Error::msg)
             .context("configuring the exports")?,
         ));
+    let budget_routes = budget_routes.merge(gateway::reconciliation::routes(
+        gateway::reconciliation::ReconciliationApi::new(
+            Arc::new(keys.clone()),
+            &config.database,
+            &config.reconciliation,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("configuring the reconciliation")?,
+    ));
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 
     signals::spawn_handler(

@@ -27,6 +27,7 @@ pub struct Config {
     pub pricing: PricingConfig,
     pub alerting: AlertingConfig,
     pub attribution: crate::attribution::AttributionConfig,
+    pub reconcile: crate::reconcile::ReconcileConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     #[serde(
@@ -133,6 +134,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             alerting: AlertingConfig::default(),
             attribution: crate::attribution::AttributionConfig::default(),
+            reconcile: crate::reconcile::ReconcileConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -201,6 +203,8 @@ pub const SECRET_SETTINGS: &[&str] = &[
     "database.url",
     "alerting.alertmanager_url",
     "alerting.webhook_url",
+    "reconcile.openai.admin_key",
+    "reconcile.anthropic.admin_key",
 ];
 
 impl Config {
@@ -274,6 +278,7 @@ impl Config {
         }
         self.alerting.validate()?;
         self.attribution.validate().map_err(ConfigError::Invalid)?;
+        self.reconcile.validate().map_err(ConfigError::Invalid)?;
         if let Some(key) = self
             .metrics
             .label_keys

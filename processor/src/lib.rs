@@ -40,6 +40,8 @@
 //!   converted into a price file.
 //! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
 //!   book with an audit trail; budget spend and rollups made consistent.
+//! - [`reconcile`]: `processor reconcile fetch|report`, the ledger against
+//!   the providers' own usage and cost reports: coverage, variance by cause.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
@@ -105,6 +107,7 @@ pub mod offsets_admin;
 pub mod pipeline;
 pub mod prepare;
 pub mod prices;
+pub mod reconcile;
 pub mod record;
 pub mod refresh;
 pub mod report;

@@ -100,6 +100,13 @@ enum Command {
     },
     /// Re-price stored rows under the current price book (see docs/design.md).
     Reprice(processor::reprice::RepriceArgs),
+    /// The ledger against the providers' own usage and cost reports
+    /// (docs/reconciliation.md): `reconcile openai|anthropic --from --to`
+    /// (fetch, store, compare; for cron), `reconcile fetch`, `reconcile report`.
+    Reconcile {
+        #[command(subcommand)]
+        command: processor::reconcile::ReconcileCommand,
+    },
     /// Price files: `prices import-litellm --input FILE --output FILE`.
     Prices {
         #[command(subcommand)]
@@ -149,6 +156,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("processor: {error:#}");
+            if error.is::<processor::reconcile::OutOfBounds>() {
+                // Told apart from a failure to run, for cron and alerting.
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -162,7 +173,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice` or `prices` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice`, `reconcile` or `prices` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -223,6 +234,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             migrate::verify(&client, &migrate::embedded()?).await?;
             let mut out = std::io::stdout().lock();
             processor::reprice::run(&mut client, &book, &args, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::Reconcile { command }) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            let within_bounds =
+                processor::reconcile::run(&mut client, &config.reconcile, &book, &command, &mut out)
+                    .await?;
+            anyhow::ensure!(within_bounds, processor::reconcile::OutOfBounds);
             Ok(())
         }
         Some(Command::Refresh(args)) => {

@@ -57,6 +57,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V13__reprice_runs.sql",
         include_str!("../../sql/V13__reprice_runs.sql"),
     ),
+    (
+        "V16__provider_reports.sql",
+        include_str!("../../sql/V16__provider_reports.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

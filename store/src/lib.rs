@@ -18,6 +18,9 @@
 //!   teams, streamed from the raw table.
 //! - [`attribution`]: cost by use case, the daily rollup per attribution
 //!   label value (`usage_attribution_daily`).
+//! - [`reconcile`]: the providers' usage and cost reports as fetched
+//!   (immutable day revisions, sql/V16) and the ledger's usage summed the
+//!   same way, for `processor reconcile`.
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -32,6 +35,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod exports;
+pub mod reconcile;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};

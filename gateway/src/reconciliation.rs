@@ -1,0 +1,262 @@
+//! The reconciliation of the ledger against a provider's own reports, for
+//! admin keys: `GET /v1/reconciliation?provider=&from=&to=[&tenant=]`
+//! answers the JSON `processor reconcile … --format json` prints, computed
+//! by `store::reconcile` from the reports the processor stored. The
+//! gateway never calls a provider; a day not fetched yet is listed as not
+//! compared.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, Query, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::NaiveDate;
+use deadpool_postgres::Pool;
+use ledger::PriceBook;
+use serde::{Deserialize, Serialize};
+use store::reconcile::{Terms, PROVIDERS};
+
+use crate::app::AppState;
+use crate::auth::{Authenticated, KeyRing};
+use crate::config::DatabaseConfig;
+
+/// `[reconciliation]`: what the comparison takes besides the stored rows.
+/// Set it as the processor's `[reconcile]` (the same price file, bounds and
+/// tenant maps; no admin keys) and the answer equals the processor's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconciliationConfig {
+    /// The price file laid over the built-in book (the processor's
+    /// `pricing.pricebook_path`): it names models and implied rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricebook_path: Option<PathBuf>,
+    pub coverage_floor: f64,
+    pub variance_ceiling: f64,
+    pub openai: OpenAiTenants,
+    pub anthropic: AnthropicTenants,
+}
+
+/// The bounds are checked finite at startup, so equality is total.
+impl Eq for ReconciliationConfig {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiTenants {
+    /// `proj_…` → tenant.
+    pub project_tenants: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicTenants {
+    /// `wrkspc_…` → tenant; `"default"` is the default workspace.
+    pub workspace_tenants: BTreeMap<String, String>,
+}
+
+impl Default for ReconciliationConfig {
+    fn default() -> Self {
+        Self {
+            pricebook_path: None,
+            coverage_floor: 0.99,
+            variance_ceiling: 0.01,
+            openai: OpenAiTenants::default(),
+            anthropic: AnthropicTenants::default(),
+        }
+    }
+}
+
+impl ReconciliationConfig {
+    fn terms(&self, provider: &str) -> Terms {
+        Terms {
+            coverage_floor: self.coverage_floor,
+            variance_ceiling: self.variance_ceiling,
+            tenants: if provider == "openai" {
+                self.openai.project_tenants.clone()
+            } else {
+                self.anthropic.workspace_tenants.clone()
+            },
+        }
+    }
+
+    fn price_book(&self) -> Result<PriceBook, String> {
+        crate::exports::ExportsConfig {
+            pricebook_path: self.pricebook_path.clone(),
+            ..crate::exports::ExportsConfig::default()
+        }
+        .price_book()
+    }
+}
+
+/// Why a reconciliation request was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconciliationError {
+    #[error("the reconciliation is read with an admin API key")]
+    AdminOnly,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the reconciliation is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ReconciliationError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::AdminOnly => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_reconciliation"),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reconciliation_unavailable",
+            ),
+        };
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "reconciliation unavailable");
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// State of the reconciliation route.
+#[derive(Debug, Clone)]
+pub struct ReconciliationApi {
+    keys: Arc<KeyRing>,
+    pool: Option<Pool>,
+    timeout: Duration,
+    book: Arc<PriceBook>,
+    config: Arc<ReconciliationConfig>,
+}
+
+impl FromRef<ReconciliationApi> for Arc<KeyRing> {
+    fn from_ref(api: &ReconciliationApi) -> Self {
+        api.keys.clone()
+    }
+}
+
+impl ReconciliationApi {
+    /// Connections are made lazily: a database that is down only fails
+    /// reconciliation requests.
+    pub fn new(
+        keys: Arc<KeyRing>,
+        database: &DatabaseConfig,
+        config: &ReconciliationConfig,
+    ) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&config.coverage_floor) {
+            return Err("reconciliation.coverage_floor must be between 0 and 1".into());
+        }
+        if !config.variance_ceiling.is_finite() || config.variance_ceiling < 0.0 {
+            return Err("reconciliation.variance_ceiling must be 0 or more".into());
+        }
+        let pool = match database.settings() {
+            Some(settings) => {
+                Some(infra::database::pool(&settings).map_err(|error| error.to_string())?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            keys,
+            pool,
+            timeout: database.timeout(),
+            book: Arc::new(config.price_book()?),
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ReconciliationError> {
+        let pool = self.pool.as_ref().ok_or_else(|| {
+            ReconciliationError::Unavailable(
+                "it needs database.url in the gateway's configuration".into(),
+            )
+        })?;
+        tokio::time::timeout(self.timeout, pool.get())
+            .await
+            .map_err(|_| ReconciliationError::Unavailable("no database connection in time".into()))?
+            .map_err(|error| ReconciliationError::Unavailable(error.to_string()))
+    }
+}
+
+/// The route, merged into the API router so it shares its layers.
+pub fn routes(api: ReconciliationApi) -> Router<AppState> {
+    Router::new()
+        .route("/v1/reconciliation", get(reconciliation))
+        .with_state(api)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReconciliationQuery {
+    provider: String,
+    from: String,
+    to: String,
+    tenant: Option<String>,
+}
+
+fn shown(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+fn parse_day(name: &str, text: &str) -> Result<NaiveDate, ReconciliationError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        ReconciliationError::Invalid(format!(
+            "{name} must be a date (YYYY-MM-DD), got {:?}",
+            shown(text)
+        ))
+    })
+}
+
+/// Longer ranges are split by the caller: a year of days is already more
+/// groups than a response should carry.
+const MAX_DAYS: i64 = 366;
+
+async fn reconciliation(
+    State(api): State<ReconciliationApi>,
+    who: Authenticated,
+    Query(query): Query<ReconciliationQuery>,
+) -> Result<Response, ReconciliationError> {
+    if !who.admin {
+        return Err(ReconciliationError::AdminOnly);
+    }
+    let provider = PROVIDERS
+        .iter()
+        .find(|known| **known == query.provider)
+        .ok_or_else(|| {
+            ReconciliationError::Invalid(format!(
+                "provider must be one of {}, got {:?}",
+                PROVIDERS.join(", "),
+                shown(&query.provider)
+            ))
+        })?;
+    let from = parse_day("from", &query.from)?;
+    let to = parse_day("to", &query.to)?;
+    if to <= from {
+        return Err(ReconciliationError::Invalid(format!(
+            "from {from} must be before to {to} (to is exclusive)"
+        )));
+    }
+    if (to - from).num_days() > MAX_DAYS {
+        return Err(ReconciliationError::Invalid(format!(
+            "a reconciliation covers at most {MAX_DAYS} days"
+        )));
+    }
+    let client = api.client().await?;
+    let terms = api.config.terms(provider);
+    let reconciliation = store::reconcile::reconciliation(
+        &**client,
+        &api.book,
+        &terms,
+        provider,
+        (from, to),
+        query.tenant.as_deref(),
+    )
+    .await
+    .map_err(|error| ReconciliationError::Unavailable(error.to_string()))?;
+    Ok(Json(reconciliation).into_response())
+}
