@@ -42,6 +42,7 @@ pub mod memory;
 pub mod metrics;
 pub mod otlp;
 pub mod readiness;
+pub mod reports;
 pub mod request_id;
 pub mod server;
 pub mod state;

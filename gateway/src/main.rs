@@ -135,6 +135,11 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
             )
             .map_err(anyhow::Error::msg)
             .context("configuring the exports")?,
+        ))
+        .merge(gateway::reports::routes(
+            gateway::reports::ReportApi::new(Arc::new(keys.clone()), &config.database, &config.exports)
+                .map_err(anyhow::Error::msg)
+                .context("configuring the reports")?,
         ));
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 

@@ -18,6 +18,8 @@
 //!   teams, streamed from the raw table.
 //! - [`attribution`]: cost by use case, the daily rollup per attribution
 //!   label value (`usage_attribution_daily`).
+//! - [`optimize`]: prompt length, cost per request, what-if re-pricing and
+//!   caching savings (`usage_optimize_daily`, `usage_optimize_histogram`).
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -32,6 +34,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod exports;
+pub mod optimize;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};
