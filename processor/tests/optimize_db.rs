@@ -447,6 +447,121 @@ fn check_report(book: &PriceBook, rows: &[Raw], report: &OptimizeReport) {
     }
 }
 
+type Table = Vec<BTreeMap<String, Option<String>>>;
+
+async fn run_sql(client: &tokio_postgres::Client, sql: &str) -> Table {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                row.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn number(row: &BTreeMap<String, Option<String>>, column: &str) -> f64 {
+    row[column]
+        .as_deref()
+        .unwrap_or_else(|| panic!("{column} is NULL in {row:?}"))
+        .parse()
+        .expect("a number")
+}
+
+fn text<'a>(row: &'a BTreeMap<String, Option<String>>, column: &str) -> &'a str {
+    row[column].as_deref().expect("a value")
+}
+
+fn model_of(d: &Dims) -> String {
+    format!("{}/{}", d.provider.as_deref().unwrap_or("?"), d.model.as_deref().unwrap_or("?"))
+}
+
+/// Every panel of the Optimization dashboard, and the sql/reports/ files, run on the rollup the
+/// batches wrote, answer what the report answers.
+async fn check_dashboard_and_sql_reports(client: &tokio_postgres::Client, report: &OptimizeReport) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/dashboards/optimization.json"))
+            .expect("the dashboard"),
+    )
+    .expect("JSON");
+    assert_eq!(dashboard["title"], "tokenledger / Optimization");
+    let time_filter = "day BETWEEN '2026-01-30T00:00:00Z' AND '2026-02-02T23:59:59Z'";
+    let mut panels: BTreeMap<String, Table> = BTreeMap::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let sql = panel["targets"][0]["rawSql"].as_str().expect("rawSql");
+        let rows = run_sql(client, &sql.replace("$__timeFilter(day)", time_filter)).await;
+        let title = panel["title"].as_str().expect("title").to_owned();
+        assert!(!rows.is_empty(), "{title}: no rows");
+        panels.insert(title, rows);
+    }
+    assert_eq!(panels.len(), 10);
+    let total = |f: fn(&store::optimize::report::Caching) -> Decimal| -> f64 {
+        report.caching.iter().map(f).sum::<Decimal>().to_string().parse().expect("f64")
+    };
+    let saving = number(&panels["Net caching saving"][0], "Net caching saving");
+    assert!((saving - total(|c| c.net_saving)).abs() < 1e-9, "net saving {saving}");
+    let requests: i64 = report.prompt_length_by_model.iter().map(|r| r.requests).sum();
+    let prompt: i64 = report.prompt_length_by_model.iter().map(|r| r.prompt_tokens).sum();
+    let mean = number(&panels["Prompt tokens per request"][0], "Prompt tokens per request");
+    assert!((mean - (prompt as f64 / requests as f64 * 10.0).round() / 10.0).abs() < 1e-9);
+
+    for line in &report.prompt_length_by_model {
+        let row = panels["Prompt tokens per request by model"]
+            .iter()
+            .find(|r| text(r, "Model") == model_of(&line.dims))
+            .expect("the model's row");
+        assert_eq!(number(row, "p50"), line.prompt_tokens_p50.expect("p50").round());
+        assert_eq!(number(row, "p95"), line.prompt_tokens_p95.expect("p95").round());
+        assert_eq!(number(row, "Max"), line.prompt_tokens_max as f64);
+    }
+    for line in &report.cost_per_request {
+        let row = panels["Cost per request by model and use case"]
+            .iter()
+            .find(|r| {
+                text(r, "Model") == model_of(&line.dims)
+                    && Some(text(r, "Use case")) == line.dims.use_case.as_deref()
+            })
+            .expect("the row");
+        if let Some(p95) = line.cost_per_request_p95 {
+            assert!((number(row, "p95") - p95).abs() <= p95 * 1e-9, "{row:?}");
+        }
+    }
+    for line in &report.caching {
+        let row = panels["What caching saved by model and use case"]
+            .iter()
+            .find(|r| {
+                text(r, "Model") == model_of(&line.dims)
+                    && Some(text(r, "Use case")) == line.dims.use_case.as_deref()
+            })
+            .expect("the row");
+        assert_eq!(text(row, "Net saving").parse::<Decimal>().ok(), Some(line.net_saving));
+    }
+    let no_cache = &panels["No cached tokens on models that support caching"];
+    assert_eq!(no_cache.len(), report.no_cache.len());
+
+    // sql/reports/ are the panels' queries over [from, to)
+    for (file, title) in [
+        ("optimize_prompt_length.sql", "Prompt tokens per request by model"),
+        ("optimize_cost_per_request.sql", "Cost per request by model and use case"),
+        ("optimize_caching.sql", "What caching saved by model and use case"),
+    ] {
+        let sql = std::fs::read_to_string(root.join("sql/reports").join(file)).expect("report");
+        let sql = sql
+            .replace(":'from'", "'2026-01-30'")
+            .replace(":'to'", "'2026-02-03'");
+        assert_eq!(run_sql(client, &sql).await, panels[title], "{file}");
+    }
+}
+
 /// requests, compared, current cost, what-if cost, unpriced now, unpriced at the target
 type Expected = (i64, i64, Decimal, Decimal, i64, i64);
 
@@ -528,6 +643,7 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
     let report = optimize_report(&client, &everything).await.expect("report");
     check_report(&book, &rows, &report);
     assert_eq!(report.prompt_length_by_day.len(), 4);
+    check_dashboard_and_sql_reports(&client, &report).await;
 
     // across the month boundary: February only, one tenant
     let february = Range {
