@@ -126,8 +126,8 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }
-    let budget_routes =
-        budgets::routes(Arc::new(keys.clone()), budget_store).merge(gateway::exports::routes(
+    let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store)
+        .merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),
                 &config.database,
@@ -137,9 +137,13 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
             .context("configuring the exports")?,
         ))
         .merge(gateway::reports::routes(
-            gateway::reports::ReportApi::new(Arc::new(keys.clone()), &config.database, &config.exports)
-                .map_err(anyhow::Error::msg)
-                .context("configuring the reports")?,
+            gateway::reports::ReportApi::new(
+                Arc::new(keys.clone()),
+                &config.database,
+                &config.exports,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("configuring the reports")?,
         ));
     let state = AppState::new(appender.clone(), keys, Settings::from_config(&config))?;
 

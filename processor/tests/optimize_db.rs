@@ -62,7 +62,12 @@ fn traffic(count: usize) -> Vec<UsageEvent> {
     let mut rng = Lcg(24);
     let tenants = ["acme", "globex", "initech"];
     let use_cases = [Some("chat"), Some("summarize"), Some("rag"), None];
-    let times = [at(30, 1, 9, 0), at(31, 1, 23, 30), at(1, 2, 0, 15), at(2, 2, 12, 0)];
+    let times = [
+        at(30, 1, 9, 0),
+        at(31, 1, 23, 30),
+        at(1, 2, 0, 15),
+        at(2, 2, 12, 0),
+    ];
     (0..count)
         .map(|i| {
             let kind = rng.next(6);
@@ -331,8 +336,16 @@ fn check_prompt_length(book: &PriceBook, rows: &[Raw], by: &str, report: &[Promp
             "{what}"
         );
         let values: Vec<f64> = group.iter().map(|r| r.prompt as f64).collect();
-        assert_close(&what, line.prompt_tokens_p50, exact_percentile(values.clone(), 0.5));
-        assert_close(&what, line.prompt_tokens_p95, exact_percentile(values, 0.95));
+        assert_close(
+            &what,
+            line.prompt_tokens_p50,
+            exact_percentile(values.clone(), 0.5),
+        );
+        assert_close(
+            &what,
+            line.prompt_tokens_p95,
+            exact_percentile(values, 0.95),
+        );
         let parts: Vec<Oracle> = group
             .iter()
             .filter_map(|r| oracle(book, r, &r.provider, &r.model, r.created_at))
@@ -383,10 +396,26 @@ fn check_report(book: &PriceBook, rows: &[Raw], report: &OptimizeReport) {
             .filter(|r| r.total > 0)
             .map(|r| r.cost.to_string().parse::<f64>().expect("f64") * 1000.0 / r.total as f64)
             .collect();
-        assert_close(&what, line.cost_per_request_p50, exact_percentile(costs.clone(), 0.5));
-        assert_close(&what, line.cost_per_request_p95, exact_percentile(costs, 0.95));
-        assert_close(&what, line.cost_per_1k_tokens_p50, exact_percentile(per_1k.clone(), 0.5));
-        assert_close(&what, line.cost_per_1k_tokens_p95, exact_percentile(per_1k, 0.95));
+        assert_close(
+            &what,
+            line.cost_per_request_p50,
+            exact_percentile(costs.clone(), 0.5),
+        );
+        assert_close(
+            &what,
+            line.cost_per_request_p95,
+            exact_percentile(costs, 0.95),
+        );
+        assert_close(
+            &what,
+            line.cost_per_1k_tokens_p50,
+            exact_percentile(per_1k.clone(), 0.5),
+        );
+        assert_close(
+            &what,
+            line.cost_per_1k_tokens_p95,
+            exact_percentile(per_1k, 0.95),
+        );
     }
 
     assert_eq!(report.caching.len(), per.len());
@@ -404,11 +433,19 @@ fn check_report(book: &PriceBook, rows: &[Raw], report: &OptimizeReport) {
         let writes: Decimal = parts.iter().map(|p| p.writes).sum();
         let writes_at_input: Decimal = parts.iter().map(|p| p.writes_at_input).sum();
         assert_eq!(line.cached_prompt_tokens, cached, "{what}");
-        assert_eq!(line.cache_hit_ratio, ratio(cached.into(), prompt.into(), 4), "{what}");
+        assert_eq!(
+            line.cache_hit_ratio,
+            ratio(cached.into(), prompt.into(), 4),
+            "{what}"
+        );
         assert_eq!(line.cached_at_input_cost, at_input, "{what}");
         assert_eq!(line.cached_cost, cached_cost, "{what}");
         assert_eq!(line.cache_write_cost, writes, "{what}");
-        assert_eq!(line.cache_write_overhead, writes - writes_at_input, "{what}");
+        assert_eq!(
+            line.cache_write_overhead,
+            writes - writes_at_input,
+            "{what}"
+        );
         assert_eq!(
             line.net_saving,
             (at_input - cached_cost) - (writes - writes_at_input),
@@ -425,8 +462,8 @@ fn check_report(book: &PriceBook, rows: &[Raw], report: &OptimizeReport) {
                 .resolve(&row.provider, &row.model, row.created_at)
                 .is_ok_and(|r| r.entry.tariff.standard.base.cache_read.is_some());
             if row.cached == 0 && caching {
-                let parts = oracle(book, row, &row.provider, &row.model, row.created_at)
-                    .expect("priced");
+                let parts =
+                    oracle(book, row, &row.provider, &row.model, row.created_at).expect("priced");
                 entry.1 += 1;
                 entry.2 += row.prompt;
                 entry.3 += parts.input();
@@ -481,7 +518,11 @@ fn text<'a>(row: &'a BTreeMap<String, Option<String>>, column: &str) -> &'a str 
 }
 
 fn model_of(d: &Dims) -> String {
-    format!("{}/{}", d.provider.as_deref().unwrap_or("?"), d.model.as_deref().unwrap_or("?"))
+    format!(
+        "{}/{}",
+        d.provider.as_deref().unwrap_or("?"),
+        d.model.as_deref().unwrap_or("?")
+    )
 }
 
 /// Every panel of the Optimization dashboard, and the sql/reports/ files, run on the rollup the
@@ -505,13 +546,34 @@ async fn check_dashboard_and_sql_reports(client: &tokio_postgres::Client, report
     }
     assert_eq!(panels.len(), 10);
     let total = |f: fn(&store::optimize::report::Caching) -> Decimal| -> f64 {
-        report.caching.iter().map(f).sum::<Decimal>().to_string().parse().expect("f64")
+        report
+            .caching
+            .iter()
+            .map(f)
+            .sum::<Decimal>()
+            .to_string()
+            .parse()
+            .expect("f64")
     };
     let saving = number(&panels["Net caching saving"][0], "Net caching saving");
-    assert!((saving - total(|c| c.net_saving)).abs() < 1e-9, "net saving {saving}");
-    let requests: i64 = report.prompt_length_by_model.iter().map(|r| r.requests).sum();
-    let prompt: i64 = report.prompt_length_by_model.iter().map(|r| r.prompt_tokens).sum();
-    let mean = number(&panels["Prompt tokens per request"][0], "Prompt tokens per request");
+    assert!(
+        (saving - total(|c| c.net_saving)).abs() < 1e-9,
+        "net saving {saving}"
+    );
+    let requests: i64 = report
+        .prompt_length_by_model
+        .iter()
+        .map(|r| r.requests)
+        .sum();
+    let prompt: i64 = report
+        .prompt_length_by_model
+        .iter()
+        .map(|r| r.prompt_tokens)
+        .sum();
+    let mean = number(
+        &panels["Prompt tokens per request"][0],
+        "Prompt tokens per request",
+    );
     assert!((mean - (prompt as f64 / requests as f64 * 10.0).round() / 10.0).abs() < 1e-9);
 
     for line in &report.prompt_length_by_model {
@@ -519,8 +581,14 @@ async fn check_dashboard_and_sql_reports(client: &tokio_postgres::Client, report
             .iter()
             .find(|r| text(r, "Model") == model_of(&line.dims))
             .expect("the model's row");
-        assert_eq!(number(row, "p50"), line.prompt_tokens_p50.expect("p50").round());
-        assert_eq!(number(row, "p95"), line.prompt_tokens_p95.expect("p95").round());
+        assert_eq!(
+            number(row, "p50"),
+            line.prompt_tokens_p50.expect("p50").round()
+        );
+        assert_eq!(
+            number(row, "p95"),
+            line.prompt_tokens_p95.expect("p95").round()
+        );
         assert_eq!(number(row, "Max"), line.prompt_tokens_max as f64);
     }
     for line in &report.cost_per_request {
@@ -543,16 +611,28 @@ async fn check_dashboard_and_sql_reports(client: &tokio_postgres::Client, report
                     && Some(text(r, "Use case")) == line.dims.use_case.as_deref()
             })
             .expect("the row");
-        assert_eq!(text(row, "Net saving").parse::<Decimal>().ok(), Some(line.net_saving));
+        assert_eq!(
+            text(row, "Net saving").parse::<Decimal>().ok(),
+            Some(line.net_saving)
+        );
     }
     let no_cache = &panels["No cached tokens on models that support caching"];
     assert_eq!(no_cache.len(), report.no_cache.len());
 
     // sql/reports/ are the panels' queries over [from, to)
     for (file, title) in [
-        ("optimize_prompt_length.sql", "Prompt tokens per request by model"),
-        ("optimize_cost_per_request.sql", "Cost per request by model and use case"),
-        ("optimize_caching.sql", "What caching saved by model and use case"),
+        (
+            "optimize_prompt_length.sql",
+            "Prompt tokens per request by model",
+        ),
+        (
+            "optimize_cost_per_request.sql",
+            "Cost per request by model and use case",
+        ),
+        (
+            "optimize_caching.sql",
+            "What caching saved by model and use case",
+        ),
     ] {
         let sql = std::fs::read_to_string(root.join("sql/reports").join(file)).expect("report");
         let sql = sql
@@ -578,8 +658,13 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
         timeout_ms: 20_000,
     })
     .expect("pool");
-    let writer = Writer::new(pool, "optimize-test", NoDeadLetters, Duration::from_secs(30))
-        .with_attribution_keys(vec!["use_case".to_owned()]);
+    let writer = Writer::new(
+        pool,
+        "optimize-test",
+        NoDeadLetters,
+        Duration::from_secs(30),
+    )
+    .with_attribution_keys(vec!["use_case".to_owned()]);
     let book = PriceBook::builtin().expect("the built-in book parses");
     let events = traffic(360);
     let records: Vec<Record> = events
@@ -611,7 +696,9 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
         );
     }
     // the traffic has what the report must get right
-    assert!(rows.iter().any(|r| r.prompt > 200_000 && r.provider == "anthropic"));
+    assert!(rows
+        .iter()
+        .any(|r| r.prompt > 200_000 && r.provider == "anthropic"));
     assert!(rows.iter().any(|r| r.reasoning > 0));
     assert!(rows.iter().any(|r| r.write_1h > 0) && rows.iter().any(|r| r.write_5m > 0));
     assert!(rows.iter().any(|r| r.unpriced));
@@ -667,14 +754,19 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
         provider: "openai".into(),
         model: "gpt-4o-mini".into(),
     };
-    let answer = what_if(&client, &book, &request, now).await.expect("what-if");
+    let answer = what_if(&client, &book, &request, now)
+        .await
+        .expect("what-if");
     let mut expected: BTreeMap<(String, String), Expected> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.use_case == "chat") {
         let e = expected
             .entry((row.provider.clone(), row.model.clone()))
             .or_default();
         e.0 += 1;
-        match (row.unpriced, oracle(&book, row, "openai", "gpt-4o-mini", now)) {
+        match (
+            row.unpriced,
+            oracle(&book, row, "openai", "gpt-4o-mini", now),
+        ) {
             (true, _) => e.4 += 1,
             (false, None) => e.5 += 1,
             (false, Some(target)) => {
@@ -703,10 +795,19 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
             line.model
         );
     }
-    assert!(answer.total.unpriced_now > 0, "unknown-model rows are reported");
-    assert!(answer.total.unpriced_at_target > 0, "flex has no gpt-4o-mini price");
+    assert!(
+        answer.total.unpriced_now > 0,
+        "unknown-model rows are reported"
+    );
+    assert!(
+        answer.total.unpriced_at_target > 0,
+        "flex has no gpt-4o-mini price"
+    );
     assert!(answer.notes.iter().any(|n| n.contains("tokenizers")));
-    assert!(answer.notes.iter().any(|n| n.contains("quality is not measured")));
+    assert!(answer
+        .notes
+        .iter()
+        .any(|n| n.contains("quality is not measured")));
 
     // a model the book does not price is refused, not guessed
     let unknown = WhatIfRequest {

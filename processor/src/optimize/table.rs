@@ -63,7 +63,10 @@ fn money(value: Decimal) -> String {
 }
 
 fn share(value: Option<Decimal>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| format!("{}%", (v * Decimal::ONE_HUNDRED).round_dp(1)))
+    value.map_or_else(
+        || "-".to_owned(),
+        |v| format!("{}%", (v * Decimal::ONE_HUNDRED).round_dp(1)),
+    )
 }
 
 fn prompt_section(out: &mut String, title: &str, rows: &[PromptLength]) {
@@ -85,7 +88,9 @@ fn prompt_section(out: &mut String, title: &str, rows: &[PromptLength]) {
         .collect();
     grid(
         out,
-        &["", "requests", "mean", "p50", "p95", "max", "input", "output"],
+        &[
+            "", "requests", "mean", "p50", "p95", "max", "input", "output",
+        ],
         &cells,
     );
 }
@@ -133,7 +138,14 @@ pub fn optimize(report: &OptimizeReport) -> String {
     grid(
         &mut out,
         &[
-            "", "priced", "unpriced", "mean", "p50", "p95", "per_1k_mean", "per_1k_p95",
+            "",
+            "priced",
+            "unpriced",
+            "mean",
+            "p50",
+            "p95",
+            "per_1k_mean",
+            "per_1k_p95",
         ],
         &cells,
     );

@@ -66,9 +66,16 @@ pub fn parts(book: &PriceBook, event: &UsageEvent) -> Option<Parts> {
     let input = without(prompt, &|e| {
         let n = e.input_uncached + e.cache_read + e.cache_write_5m + e.cache_write_1h;
         uncharge(e, n);
-        (e.input_uncached, e.cache_read, e.cache_write_5m, e.cache_write_1h) = (0, 0, 0, 0);
+        (
+            e.input_uncached,
+            e.cache_read,
+            e.cache_write_5m,
+            e.cache_write_1h,
+        ) = (0, 0, 0, 0);
     })?;
-    let output = without(q.output + q.reasoning, &|e| (e.output, e.reasoning) = (0, 0))?;
+    let output = without(q.output + q.reasoning, &|e| {
+        (e.output, e.reasoning) = (0, 0)
+    })?;
     let cache_read = without(read, &|e| {
         uncharge(e, e.cache_read);
         e.cache_read = 0;

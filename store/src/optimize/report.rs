@@ -306,8 +306,7 @@ fn prompt_length(d: Dims, s: &OptimizeSums, b: &Buckets) -> PromptLength {
         dims: d,
         requests: s.requests,
         prompt_tokens: s.prompt_tokens,
-        prompt_tokens_mean: ratio(s.prompt_tokens.into(), s.requests.into(), 4)
-            .unwrap_or_default(),
+        prompt_tokens_mean: ratio(s.prompt_tokens.into(), s.requests.into(), 4).unwrap_or_default(),
         prompt_tokens_p50: percentile(b, "prompt_tokens", 0.5),
         prompt_tokens_p95: percentile(b, "prompt_tokens", 0.95),
         prompt_tokens_max: s.max_prompt_tokens,
@@ -373,7 +372,11 @@ fn build(
         .iter()
         .map(|(d, s, _)| caching_row(d.clone(), s))
         .collect();
-    caching.sort_by(|a, b| b.net_saving.cmp(&a.net_saving).then_with(|| a.dims.cmp(&b.dims)));
+    caching.sort_by(|a, b| {
+        b.net_saving
+            .cmp(&a.net_saving)
+            .then_with(|| a.dims.cmp(&b.dims))
+    });
     let mut no_cache: Vec<NoCache> = group(By::Model, sums, histogram)
         .into_iter()
         .filter(|(_, s, _)| s.no_cache_requests > 0)

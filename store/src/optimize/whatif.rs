@@ -136,14 +136,8 @@ pub async fn what_if(
         .id();
     let tenant = request.range.tenant.as_deref();
     let use_case = request.use_case.as_deref();
-    let params: [&(dyn ToSql + Sync); 6] = [
-        &from,
-        &to,
-        &tenant,
-        &use_case,
-        &USE_CASE_LABEL,
-        &UNLABELLED,
-    ];
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&from, &to, &tenant, &use_case, &USE_CASE_LABEL, &UNLABELLED];
     let rows = client
         .query_raw(ROWS, params)
         .await
@@ -156,8 +150,12 @@ pub async fn what_if(
         .map_err(db("reading the usage to re-price"))?
     {
         let event = event_of(&row)?;
-        let status: String = row.try_get("pricing_status").map_err(db("pricing_status"))?;
-        let cost: Decimal = row.try_get("estimated_cost").map_err(db("estimated_cost"))?;
+        let status: String = row
+            .try_get("pricing_status")
+            .map_err(db("pricing_status"))?;
+        let cost: Decimal = row
+            .try_get("estimated_cost")
+            .map_err(db("estimated_cost"))?;
         let q = quantities(&event);
         let at_target = book
             .rate(&RatingRequest {
@@ -228,10 +226,10 @@ fn event_of(row: &tokio_postgres::Row) -> Result<UsageEvent, OptimizeError> {
         .map(|t| t.parse::<ServiceTier>())
         .transpose()
         .map_err(|e| OptimizeError::Stored(e.to_string()))?;
-    let calls: Option<Json<BTreeMap<String, u32>>> =
-        row.try_get("calls").map_err(db("calls"))?;
-    let unpriced: Option<Json<BTreeMap<String, u32>>> =
-        row.try_get("unpriced_tokens").map_err(db("unpriced_tokens"))?;
+    let calls: Option<Json<BTreeMap<String, u32>>> = row.try_get("calls").map_err(db("calls"))?;
+    let unpriced: Option<Json<BTreeMap<String, u32>>> = row
+        .try_get("unpriced_tokens")
+        .map_err(db("unpriced_tokens"))?;
     let at: DateTime<Utc> = row.try_get("created_at").map_err(db("created_at"))?;
     Ok(UsageEvent {
         id: uuid::Uuid::nil(),
