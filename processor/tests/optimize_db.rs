@@ -816,3 +816,76 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
     };
     assert!(what_if(&client, &book, &unknown, now).await.is_err());
 }
+
+/// A use case the attribution rollup folded into `(other)` (past `max_values_per_day`) is
+/// folded the same way here, so both rollups name the same use cases.
+#[tokio::test]
+async fn use_cases_past_the_attribution_bound_fold_into_other() {
+    let database = migrated_database().await;
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 2,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    let writer = Writer::new(
+        pool,
+        "optimize-fold",
+        NoDeadLetters,
+        Duration::from_secs(30),
+    )
+    .with_attribution_keys(vec!["use_case".to_owned()])
+    .with_attribution_bound(1);
+    let book = PriceBook::builtin().expect("the built-in book parses");
+    let mut events = traffic(12);
+    for (i, event) in events.iter_mut().enumerate() {
+        event.tenant_id = "acme".into();
+        event.created_at = at(2, 2, 10, 0) + chrono::Duration::seconds(i as i64);
+        event.labels = [("use_case".to_owned(), format!("case-{}", i % 3))].into();
+    }
+    let records: Vec<Record> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| event_record(0, i as i64, e))
+        .collect();
+    let mut prepared = prepare::prepare(records, &book);
+    writer
+        .write(&mut prepared, &mut AttemptState::default())
+        .await
+        .expect("batch commits");
+    let client = database.client().await;
+    let names = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(sql, &[])
+                .await
+                .expect("use cases")
+                .iter()
+                .map(|r| (r.get::<_, String>("v"), r.get::<_, i64>("n")))
+                .collect::<Vec<(String, i64)>>()
+        }
+    };
+    let attribution = names(
+        "SELECT label_value AS v, sum(requests)::int8 AS n FROM usage_attribution_daily
+         GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let optimize = names(
+        "SELECT use_case AS v, sum(requests)::int8 AS n FROM usage_optimize_daily
+         GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let histogram = names(
+        "SELECT use_case AS v, sum(requests)::int8 AS n FROM usage_optimize_histogram
+         WHERE metric = 'prompt_tokens' GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        attribution.len(),
+        2,
+        "one value admitted, the rest (other): {attribution:?}"
+    );
+    assert_eq!(optimize, attribution);
+    assert_eq!(histogram, attribution);
+}
