@@ -121,7 +121,12 @@ fn traffic(count: usize) -> Vec<UsageEvent> {
                 reasoning_tokens: reasoning,
                 cache_write_1h_tokens: write_1h,
                 service_tier,
-                calls: Default::default(),
+                // per-call charges on some gpt-4o-mini requests (OpenAI's web search)
+                calls: if model == "gpt-4o-mini" && i % 4 == 0 {
+                    [("web_search".to_owned(), 2)].into()
+                } else {
+                    Default::default()
+                },
                 unpriced_tokens: Default::default(),
                 // the caller's own cost on gpt-4o, as a client with a contract sends it
                 estimated_cost: (model == "gpt-4o")
@@ -154,6 +159,7 @@ struct Raw {
     write_1h: i64,
     reasoning: i64,
     tier: ServiceTier,
+    web_search: i64,
     cost: Decimal,
     unpriced: bool,
     stored_list_cost: Option<Decimal>,
@@ -167,6 +173,7 @@ async fn raw_rows(client: &tokio_postgres::Client) -> Vec<Raw> {
                     prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens,
                     cache_write_tokens, COALESCE(cache_write_1h_tokens, 0) AS w1h,
                     reasoning_tokens, COALESCE(service_tier, 'standard') AS tier,
+                    COALESCE((calls ->> 'web_search')::int, 0) AS web_search,
                     estimated_cost, pricing_status, list_cost
              FROM gateway_mode_audit",
             &[],
@@ -192,6 +199,7 @@ async fn raw_rows(client: &tokio_postgres::Client) -> Vec<Raw> {
                 write_1h: int("w1h"),
                 reasoning: int("reasoning_tokens"),
                 tier: r.get::<_, String>("tier").parse().expect("tier"),
+                web_search: int("web_search"),
                 cost: r.get("estimated_cost"),
                 unpriced: r.get::<_, String>("pricing_status") == "unpriced",
                 stored_list_cost: r.get("list_cost"),
@@ -211,6 +219,8 @@ struct Oracle {
     writes: Decimal,
     writes_at_input: Decimal,
     output: Decimal,
+    /// per-call charges: no service-tier multiplier applies to them
+    calls: Decimal,
 }
 
 impl Oracle {
@@ -218,7 +228,7 @@ impl Oracle {
         self.uncached + self.cache_read + self.writes
     }
     fn total(&self) -> Decimal {
-        self.input() + self.output
+        self.input() + self.output + self.calls
     }
 }
 
@@ -256,7 +266,17 @@ fn oracle(
         .cache_write_1h
         .or(price.cache_write_5m)
         .unwrap_or(price.input);
+    let calls = if row.web_search > 0 {
+        let rate = tariff
+            .per_1k_calls
+            .get("web_search")
+            .or_else(|| resolution.defaults?.per_1k_calls.get("web_search"))?;
+        Decimal::from(row.web_search) * *rate / Decimal::ONE_THOUSAND
+    } else {
+        Decimal::ZERO
+    };
     Some(Oracle {
+        calls,
         uncached: per(uncached, price.input),
         cache_read: per(row.cached, price.cache_read.unwrap_or(price.input)),
         cache_read_at_input: per(row.cached, price.input),
@@ -356,6 +376,8 @@ fn check_prompt_length(book: &PriceBook, rows: &[Raw], by: &str, report: &[Promp
         assert_eq!(line.list_cost, list, "{what}");
         assert_eq!(line.input_list_cost, input, "{what}");
         assert_eq!(line.output_list_cost, output, "{what}");
+        let calls: Decimal = parts.iter().map(|p| p.calls).sum();
+        assert_eq!(line.other_list_cost, calls, "{what}");
         assert_eq!(line.input_share, ratio(input, list, 4), "{what}");
         assert_eq!(line.output_share, ratio(output, list, 4), "{what}");
     }
@@ -704,6 +726,9 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
     assert!(rows.iter().any(|r| r.unpriced));
     assert!(rows.iter().any(|r| r.tier == ServiceTier::Flex));
     assert!(rows.iter().any(|r| r.tier == ServiceTier::Batch));
+    assert!(rows
+        .iter()
+        .any(|r| r.web_search > 0 && r.tier == ServiceTier::Priority));
 
     // percentiles from the raw table in SQL rank as the oracle's
     let sql: f64 = client

@@ -63,19 +63,25 @@ pub fn parts(book: &PriceBook, event: &UsageEvent) -> Option<Parts> {
     let read = q.cache_read;
     let writes = q.cache_write_5m + q.cache_write_1h;
     let prompt = q.input_uncached + read + writes;
-    let input = without(prompt, &|e| {
-        let n = e.input_uncached + e.cache_read + e.cache_write_5m + e.cache_write_1h;
-        uncharge(e, n);
-        (
-            e.input_uncached,
-            e.cache_read,
-            e.cache_write_5m,
-            e.cache_write_1h,
-        ) = (0, 0, 0, 0);
-    })?;
     let output = without(q.output + q.reasoning, &|e| {
         (e.output, e.reasoning) = (0, 0)
     })?;
+    // without per-call charges the input is all that is left once the output
+    // is out: one rating fewer for nearly every request
+    let input = if q.calls.values().all(|n| *n == 0) {
+        full - output
+    } else {
+        without(prompt, &|e| {
+            let n = e.input_uncached + e.cache_read + e.cache_write_5m + e.cache_write_1h;
+            uncharge(e, n);
+            (
+                e.input_uncached,
+                e.cache_read,
+                e.cache_write_5m,
+                e.cache_write_1h,
+            ) = (0, 0, 0, 0);
+        })?
+    };
     let cache_read = without(read, &|e| {
         uncharge(e, e.cache_read);
         e.cache_read = 0;
