@@ -98,6 +98,9 @@ enum Command {
         #[arg(long)]
         to: chrono::NaiveDate,
     },
+    /// Recompute the optimization rollup from the raw table over a range of
+    /// UTC days, per day and tenant (for usage stored before it existed).
+    RebuildOptimize(processor::optimize::rebuild::RebuildArgs),
     /// Exports for finance teams: a FOCUS dataset, a monthly statement.
     Export {
         #[command(subcommand)]
@@ -174,7 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `report optimize`, `what-if`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice` or `prices` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `report optimize`, `what-if`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice`, `rebuild-optimize` or `prices` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
@@ -193,6 +196,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             days,
             kind: None,
         }) => print_report(&config, refresh, format, days).await,
+        Some(Command::RebuildOptimize(args)) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::optimize::rebuild::run(&mut client, &book, &args, &mut out).await?;
+            Ok(())
+        }
         Some(Command::WhatIf(args)) => {
             let book = pipeline::load_price_book(&config.pricing)?;
             let client = database::connect(&config.database).await?;

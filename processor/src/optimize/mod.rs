@@ -4,6 +4,7 @@
 //! figures are `store::optimize`'s, which the gateway's `/v1/reports/*`
 //! serve too; this module prints them.
 
+pub mod rebuild;
 pub mod table;
 
 use std::io::Write;

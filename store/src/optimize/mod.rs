@@ -11,11 +11,14 @@
 //!   ledger's own rating.
 //! - [`rollup`]: adding a batch's new rows to `usage_optimize_daily` and
 //!   `usage_optimize_histogram` (sql/V14__optimization_rollup.sql).
+//! - [`rebuild`]: one day and tenant of the rollup recomputed from the
+//!   raw table (re-pricing, usage stored before the rollup).
 //! - [`report`]: the optimization report, from the rollup alone.
 //! - [`whatif`]: the usage of a range re-priced at another model.
 
 pub mod histogram;
 pub mod parts;
+pub mod rebuild;
 pub mod report;
 pub mod rollup;
 pub mod whatif;

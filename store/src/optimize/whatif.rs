@@ -216,7 +216,7 @@ pub async fn what_if(
 }
 
 /// A stored row's usage, as the event it was stored from.
-fn event_of(row: &tokio_postgres::Row) -> Result<UsageEvent, OptimizeError> {
+pub(super) fn event_of(row: &tokio_postgres::Row) -> Result<UsageEvent, OptimizeError> {
     let tokens = |name: &'static str| -> Result<u32, OptimizeError> {
         let n: i32 = row.try_get(name).map_err(db(name))?;
         u32::try_from(n).map_err(|_| OptimizeError::Stored(format!("{name} is negative ({n})")))
