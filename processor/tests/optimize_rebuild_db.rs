@@ -369,3 +369,21 @@ async fn rebuild_optimize_computes_the_rollup_of_usage_stored_without_it() {
         .expect("json");
     assert_eq!(again, report);
 }
+
+#[test]
+fn rebuild_optimize_has_help() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args(["rebuild-optimize", "--help"])
+        .output()
+        .expect("processor runs");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).expect("utf-8");
+    for expected in [
+        "Recompute the optimization rollup",
+        "--from",
+        "--to",
+        "--tenant",
+    ] {
+        assert!(help.contains(expected), "{expected} in:\n{help}");
+    }
+}
