@@ -178,6 +178,38 @@ echo "demo: $rows rows for $ACCEPTED accepted events (duplicates absorbed: each 
 step "What landed (rollups refreshed)"
 env "${common_env[@]}" "TOKENLEDGER_DATABASE__URL=$DATABASE_URL" "$BIN/processor" report --refresh --days 8
 
+step "Optimization (processor report optimize / what-if, also GET /v1/reports/optimize and /v1/reports/what-if)"
+OPT_FROM=$(date -u -d '8 days ago' +%F)
+OPT_TO=$(date -u -d tomorrow +%F)
+opt() { env "${common_env[@]}" "TOKENLEDGER_DATABASE__URL=$DATABASE_URL" TOKENLEDGER_LOG=warn "$BIN/processor" "$@"; }
+opt report optimize --from "$OPT_FROM" --to "$OPT_TO" --format json >"$STATE/optimize.json"
+TOP_USE_CASE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["prompt_length_by_use_case"][0]["use_case"])' "$STATE/optimize.json")
+for candidate in openai/gpt-4o-mini openai/gpt-5-mini anthropic/claude-haiku-4-5 google/gemini-2.5-flash; do
+  opt what-if --from "$OPT_FROM" --to "$OPT_TO" --use-case "$TOP_USE_CASE" --model "$candidate" --format json \
+    >"$STATE/what-if-${candidate//\//_}.json"
+done
+python3 - "$STATE" <<'PY'
+import glob, json, sys
+from decimal import Decimal
+state = sys.argv[1]
+report = json.load(open(f"{state}/optimize.json"))
+top = report["prompt_length_by_use_case"][0]
+print(f"top use case by prompt tokens per request: {top['use_case']} "
+      f"(mean {Decimal(top['prompt_tokens_mean']):.0f}, p95 {top['prompt_tokens_p95']:.0f}, "
+      f"{top['requests']} requests)")
+answers = [json.load(open(f)) for f in sorted(glob.glob(f"{state}/what-if-*.json"))]
+best = min(answers, key=lambda a: Decimal(a["total"]["what_if_cost"]))
+t = best["total"]
+print(f"cheapest what-if for {top['use_case']}: {best['target']} "
+      f"${Decimal(t['what_if_cost']):.2f} instead of ${Decimal(t['current_cost']):.2f} "
+      f"({t['compared_requests']} requests compared, {t['unpriced_now'] + t['unpriced_at_target']} unpriced); "
+      "token counts differ between tokenizers and quality is not measured")
+saved = sum(Decimal(c["net_saving"]) for c in report["caching"])
+prompt = sum(c["prompt_tokens"] for c in report["caching"])
+cached = sum(c["cached_prompt_tokens"] for c in report["caching"])
+print(f"caching saved ${saved:.2f} at list prices (cache hit ratio {cached / max(prompt, 1):.1%})")
+PY
+
 step "Budget status for acme (GET /v1/budgets/status: what an application asks before it spends)"
 curl -fsS "http://127.0.0.1:$GATEWAY_PORT/v1/budgets/status?tenant_id=acme" -H "Authorization: Bearer $ADMIN_KEY" |
   python3 -m json.tool

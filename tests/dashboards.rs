@@ -19,6 +19,7 @@ const GRID_COLUMNS: i64 = 24;
 
 /// The dashboards the project ships, by file, with their stable uids.
 const EXPECTED_DASHBOARDS: &[(&str, &str)] = &[
+    ("optimization.json", "tokenledger-optimization"),
     ("pipeline-health.json", "tokenledger-pipeline-health"),
     ("tenant-reporting.json", "tokenledger-tenant-reporting"),
     ("token-usage-cost.json", "tokenledger-usage-cost"),

@@ -230,6 +230,40 @@ async fn fill_attribution_rollup(client: &Client) {
         .expect("filling usage_attribution_daily");
 }
 
+/// Fills the optimization rollup's token columns and prompt-token histogram from the raw rows,
+/// as the processor's batches would (the list-cost columns stay 0: the processor computes them
+/// with the price book; processor/tests/optimize_db.rs checks them and the panels on real
+/// traffic).
+async fn fill_optimize_rollup(client: &Client) {
+    client
+        .batch_execute(
+            "INSERT INTO usage_optimize_daily (day, tenant_id, provider, model, use_case,
+                 requests, prompt_tokens, completion_tokens, total_tokens, max_prompt_tokens,
+                 cost, priced_requests, priced_tokens, no_cache_requests, no_cache_prompt_tokens)
+             SELECT time_bucket(INTERVAL '1 day', created_at), tenant_id, provider, model,
+                    COALESCE(labels ->> 'use_case', '(unlabelled)'), count(*), sum(prompt_tokens),
+                    sum(completion_tokens), sum(total_tokens), max(prompt_tokens),
+                    sum(estimated_cost), count(*) FILTER (WHERE pricing_status <> 'unpriced'),
+                    COALESCE(sum(total_tokens) FILTER (WHERE pricing_status <> 'unpriced'), 0),
+                    count(*) FILTER (WHERE cached_prompt_tokens = 0),
+                    COALESCE(sum(prompt_tokens) FILTER (WHERE cached_prompt_tokens = 0), 0)
+             FROM gateway_mode_audit GROUP BY 1, 2, 3, 4, 5;
+             INSERT INTO usage_optimize_histogram (day, tenant_id, provider, model, use_case,
+                 metric, bucket, requests)
+             SELECT time_bucket(INTERVAL '1 day', created_at), tenant_id, provider, model,
+                    COALESCE(labels ->> 'use_case', '(unlabelled)'), m.metric,
+                    CASE WHEN m.value > 0 THEN ceil(ln(m.value) / ln(1.01 / 0.99))::int
+                         ELSE -2147483648 END,
+                    count(*)
+             FROM gateway_mode_audit
+             CROSS JOIN LATERAL (VALUES ('prompt_tokens', prompt_tokens::numeric),
+                                        ('cost', estimated_cost)) AS m(metric, value)
+             GROUP BY 1, 2, 3, 4, 5, 6, 7",
+        )
+        .await
+        .expect("filling the optimization rollup");
+}
+
 /// A dashboard time range as Grafana renders it: RFC 3339 in UTC.
 async fn time_range(client: &Client, from_sql: &str) -> (String, String) {
     const FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -319,6 +353,7 @@ async fn sql_panels_run_on_the_rollups() {
     let client = db.client().await;
     insert_usage_rows(&client).await;
     fill_attribution_rollup(&client).await;
+    fill_optimize_rollup(&client).await;
     // Before any refresh, real-time aggregation serves everything from the raw rows; after it,
     // the materialized buckets do. Both must give the raw table's numbers.
     check_sql_panels(&client).await;

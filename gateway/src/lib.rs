@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod readiness;
 pub mod reconciliation;
+pub mod reports;
 pub mod request_id;
 pub mod server;
 pub mod state;

@@ -133,8 +133,8 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .map_err(anyhow::Error::msg)
         .context("loading the price book")?
         .map(|store| store.with_price_book(budget_book));
-    let budget_routes =
-        budgets::routes(Arc::new(keys.clone()), budget_store).merge(gateway::exports::routes(
+    let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store)
+        .merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),
                 admin_database,
@@ -142,6 +142,15 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
             )
             .map_err(anyhow::Error::msg)
             .context("configuring the exports")?,
+        ))
+        .merge(gateway::reports::routes(
+            gateway::reports::ReportApi::new(
+                Arc::new(keys.clone()),
+                &config.database,
+                &config.exports,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("configuring the reports")?,
         ));
     let budget_routes = budget_routes.merge(gateway::reconciliation::routes(
         gateway::reconciliation::ReconciliationApi::new(

@@ -33,6 +33,8 @@
 //!   serves `/metrics`.
 //! - [`pipeline`]: the run loop tying them together, retries and shutdown.
 //! - [`report`]: `processor report`, what landed in the database.
+//! - [`optimize`]: the optimization rollup in the batch transaction,
+//!   `processor report optimize` and `processor what-if`.
 //! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
 //! - [`corrections`]: `processor reprice`'s corrections exported as their own
 //!   Prometheus series.
@@ -104,6 +106,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod offsets;
 pub mod offsets_admin;
+pub mod optimize;
 pub mod pipeline;
 pub mod prepare;
 pub mod prices;

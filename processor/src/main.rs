@@ -67,7 +67,12 @@ enum Command {
         /// How many days of rollups to show.
         #[arg(long, default_value_t = 30)]
         days: u32,
+        #[command(subcommand)]
+        kind: Option<ReportKind>,
     },
+    /// What the usage of a range would have cost at another model's current
+    /// list price, per model replaced.
+    WhatIf(processor::optimize::WhatIfArgs),
     /// Manage budgets (also possible through the gateway's admin API).
     Budgets {
         #[command(subcommand)]
@@ -93,6 +98,9 @@ enum Command {
         #[arg(long)]
         to: chrono::NaiveDate,
     },
+    /// Recompute the optimization rollup from the raw table over a range of
+    /// UTC days, per day and tenant (for usage stored before it existed).
+    RebuildOptimize(processor::optimize::rebuild::RebuildArgs),
     /// Exports for finance teams: a FOCUS dataset, a monthly statement.
     Export {
         #[command(subcommand)]
@@ -112,6 +120,13 @@ enum Command {
         #[command(subcommand)]
         command: processor::prices::PricesCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportKind {
+    /// Prompt length, cost per request and caching savings per model, use
+    /// case and tenant over a range of days.
+    Optimize(processor::optimize::OptimizeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,15 +188,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => anyhow::bail!(
-            "no command given: use `processor run`, `migrate`, `report`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice`, `reconcile` or `prices` (see --help)"
+            "no command given: use `processor run`, `migrate`, `report`, `report optimize`, `what-if`, `export`, `budgets apply`, `offsets`, `refresh`, `reprice`, `rebuild-optimize`, `reconcile` or `prices` (see --help)"
         ),
         Some(Command::Run) => run(config).await,
         Some(Command::Migrate { sql_dir }) => run_migrations(&config, sql_dir).await,
         Some(Command::Report {
+            kind: Some(ReportKind::Optimize(args)),
+            ..
+        }) => {
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::optimize::run_report(&client, &args, &mut out).await
+        }
+        Some(Command::Report {
             refresh,
             format,
             days,
+            kind: None,
         }) => print_report(&config, refresh, format, days).await,
+        Some(Command::RebuildOptimize(args)) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let mut client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::optimize::rebuild::run(&mut client, &book, &args, &mut out).await?;
+            Ok(())
+        }
+        Some(Command::WhatIf(args)) => {
+            let book = pipeline::load_price_book(&config.pricing)?;
+            let client = database::connect(&config.database).await?;
+            migrate::verify(&client, &migrate::embedded()?).await?;
+            let mut out = std::io::stdout().lock();
+            processor::optimize::run_what_if(&client, &book, &args, &mut out).await
+        }
         Some(Command::Budgets {
             command:
                 BudgetsCommand::Apply {

@@ -58,6 +58,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V13__reprice_runs.sql"),
     ),
     (
+        "V14__optimization_rollup.sql",
+        include_str!("../../sql/V14__optimization_rollup.sql"),
         "V16__provider_reports.sql",
         include_str!("../../sql/V16__provider_reports.sql"),
     ),

@@ -26,15 +26,18 @@
 //!    crossing already recorded stays: its alert went out), applies them to
 //!    the use-case rollup `usage_attribution_daily`, and records the days
 //!    it changed as pending.
-//! 3. Re-materializes the continuous aggregates over the pending days and
-//!    forgets them.
+//! 3. Rebuilds the optimization rollup from the raw table for each pending
+//!    (day, tenant) whose cost changed ([`optimize_days`]), re-materializes
+//!    the continuous aggregates over the pending days, and forgets them.
 //!
 //! Interrupted runs: everything of step 2 commits or rolls back together,
 //! so a stop at any point leaves rows, corrections, spend and use-case
 //! rollup in agreement, and running the command again re-prices only the
-//! rows not yet changed (idempotent). The continuous aggregates are the
-//! one figure refreshed outside the page's transaction; their pending days
-//! survive the stop and the next run refreshes them first (resumable).
+//! rows not yet changed (idempotent). The continuous aggregates and the
+//! optimization rollup (rebuilt per whole day, so once per run rather than
+//! once per page) are the figures refreshed outside the page's
+//! transaction; their pending days survive the stop and the next run
+//! refreshes them first (resumable).
 //!
 //! `--dry-run` reads and rates only, and prints the totals before and after
 //! per tenant and model.
@@ -55,6 +58,7 @@ use crate::budget_spend::{BudgetOutcome, BudgetSpendError};
 use crate::prepare::Pricing;
 use crate::refresh::RefreshError;
 
+mod optimize_days;
 mod pending;
 mod rows;
 
@@ -79,6 +83,8 @@ pub enum RepriceError {
     Store(#[from] store::DbError),
     #[error(transparent)]
     Refresh(#[from] RefreshError),
+    #[error(transparent)]
+    Optimize(#[from] store::optimize::OptimizeError),
     #[error(transparent)]
     Spend(#[from] BudgetSpendError),
     #[error("cannot write the output: {0}")]
@@ -190,7 +196,7 @@ async fn run_locked(
     )?;
     if !args.dry_run {
         pending::start_run(client, summary.run_id, args, book.version()).await?;
-        let finished = pending::refresh_pending(client, out).await?;
+        let finished = pending::refresh_pending(client, book, out).await?;
         if finished > 0 {
             writeln!(
                 out,
@@ -232,7 +238,7 @@ async fn run_locked(
     }
     if !args.dry_run {
         summary.spend_rows_corrected = spend_keys.len() as u64;
-        pending::refresh_pending(client, out).await?;
+        pending::refresh_pending(client, book, out).await?;
         pending::finish_run(client, summary.run_id).await?;
     }
     print_summary(&summary, args.dry_run, out)?;

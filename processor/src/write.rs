@@ -348,6 +348,11 @@ impl<D: DeadLetterSink> Writer<D> {
             ),
         )
         .await??;
+        self.bounded(
+            "optimization rollup",
+            crate::optimize::record(&transaction, &self.price_book, &new_rows),
+        )
+        .await??;
 
         self.bounded(
             "store offsets",

@@ -21,6 +21,8 @@
 //! - [`reconcile`]: the providers' usage and cost reports as fetched
 //!   (immutable day revisions, sql/V16) and the ledger's usage summed the
 //!   same way, for `processor reconcile`.
+//! - [`optimize`]: prompt length, cost per request, what-if re-pricing and
+//!   caching savings (`usage_optimize_daily`, `usage_optimize_histogram`).
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -36,6 +38,7 @@ pub mod attribution;
 pub mod budgets;
 pub mod exports;
 pub mod reconcile;
+pub mod optimize;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use chrono::{Days, NaiveDate};
+use ledger::PriceBook;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
@@ -68,8 +69,13 @@ pub async fn record_days(
 }
 
 /// Refreshes the rollups over every pending day, of this run and of any
-/// run interrupted before, then forgets those days; returns how many.
-pub async fn refresh_pending(client: &Client, out: &mut impl Write) -> Result<u64, RepriceError> {
+/// run interrupted before (the optimization rollup rebuilt under `book`
+/// first), then forgets those days; returns how many.
+pub async fn refresh_pending(
+    client: &mut Client,
+    book: &PriceBook,
+    out: &mut impl Write,
+) -> Result<u64, RepriceError> {
     let pending: Vec<(Uuid, NaiveDate)> = client
         .query("SELECT run_id, day FROM reprice_pending_days", &[])
         .await
@@ -78,13 +84,14 @@ pub async fn refresh_pending(client: &Client, out: &mut impl Write) -> Result<u6
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     let days: BTreeSet<NaiveDate> = pending.iter().map(|(_, day)| *day).collect();
+    super::optimize_days::rebuild(client, book, &pending, out).await?;
     // A day at a time: on TimescaleDB 2.28.3 one refresh over several
     // days changed by separate transactions was seen to leave the last
     // day's invalidation unprocessed (reprice_db's interrupted-run test);
     // a refresh per changed day processes each.
     for day in &days {
         let end = day.checked_add_days(Days::new(1)).unwrap_or(*day);
-        refresh::materialize(client, *day, end, out).await?;
+        refresh::materialize(&*client, *day, end, out).await?;
     }
     let runs: Vec<Uuid> = pending.iter().map(|(run, _)| *run).collect();
     let pending_days: Vec<NaiveDate> = pending.iter().map(|(_, day)| *day).collect();

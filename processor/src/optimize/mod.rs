@@ -1,0 +1,133 @@
+//! Optimization in the processor: adding each batch's new rows to the
+//! optimization rollup inside the batch transaction ([`record`]), and the
+//! commands `processor report optimize` and `processor what-if`. The
+//! figures are `store::optimize`'s, which the gateway's `/v1/reports/*`
+//! serve too; this module prints them.
+
+pub mod rebuild;
+pub mod table;
+
+use std::io::Write;
+
+use chrono::{NaiveDate, Utc};
+use clap::{Args, ValueEnum};
+use deadpool_postgres::Transaction;
+use ledger::{PriceBook, PricingStatus};
+use store::optimize::report::optimize_report;
+use store::optimize::rollup::StoredRow;
+use store::optimize::whatif::{what_if, WhatIfRequest};
+use store::optimize::Range;
+use tokio_postgres::GenericClient;
+
+use crate::attribution::AttributionError;
+use crate::prepare::PricedEvent;
+
+/// Adds the batch's new rows to the optimization rollup, in the batch's
+/// transaction, after the attribution rollup (whose use-case bound it
+/// follows). Its errors are the attribution step's: the same kind of
+/// upsert in the same transaction, retried the same way.
+pub async fn record(
+    transaction: &Transaction<'_>,
+    book: &PriceBook,
+    new_rows: &[&PricedEvent],
+) -> Result<(), AttributionError> {
+    let rows: Vec<StoredRow<'_>> = new_rows
+        .iter()
+        .map(|row| StoredRow {
+            event: &row.event,
+            cost: row.cost.usd,
+            unpriced: row.cost.status == PricingStatus::Unpriced,
+        })
+        .collect();
+    store::optimize::rollup::add(&**transaction, book, &rows).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// `processor report optimize`.
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// First UTC day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last UTC day (YYYY-MM-DD), exclusive.
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `processor what-if`.
+#[derive(Debug, Args)]
+pub struct WhatIfArgs {
+    /// First UTC day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last UTC day (YYYY-MM-DD), exclusive.
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// The model to re-price at, as PROVIDER/MODEL.
+    #[arg(long, value_name = "PROVIDER/MODEL")]
+    pub model: String,
+    /// Only usage with this `use_case` label (`(unlabelled)`: without one).
+    #[arg(long)]
+    pub use_case: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Prints the optimization report of `args`.
+pub async fn run_report(
+    client: &impl GenericClient,
+    args: &OptimizeArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let range = Range {
+        from: args.from,
+        to: args.to,
+        tenant: args.tenant.clone(),
+    };
+    let report = optimize_report(client, &range).await?;
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Format::Table => out.write_all(table::optimize(&report).as_bytes())?,
+    }
+    Ok(())
+}
+
+/// Prints the what-if of `args`, priced at the book's prices in force now.
+pub async fn run_what_if(
+    client: &impl GenericClient,
+    book: &PriceBook,
+    args: &WhatIfArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (provider, model) = WhatIfRequest::parse_target(&args.model)?;
+    let request = WhatIfRequest {
+        range: Range {
+            from: args.from,
+            to: args.to,
+            tenant: args.tenant.clone(),
+        },
+        use_case: args.use_case.clone(),
+        provider,
+        model,
+    };
+    let report = what_if(client, book, &request, Utc::now()).await?;
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Format::Table => out.write_all(table::what_if(&report).as_bytes())?,
+    }
+    Ok(())
+}
