@@ -47,7 +47,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub otlp: OtlpConfig,
     pub exports: ExportsConfig,
-    pub reconciliation: crate::reconciliation::ReconciliationConfig,
+    pub reconciliation: ReconciliationConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -270,9 +270,11 @@ impl ConnectionLimits {
 mod exports;
 mod keys;
 mod otlp;
+mod reconciliation;
 pub use exports::ExportsConfig;
 pub use keys::{AuthConfig, KeyConfig, KeyKind, KeyPolicy};
 pub use otlp::OtlpConfig;
+pub use reconciliation::{AnthropicTenants, OpenAiTenants, ReconciliationConfig};
 
 /// The shape of `auth.keys_file`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -124,7 +124,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .map_err(anyhow::Error::msg)
         .context("configuring the database of the admin APIs")?;
     if admin_database.is_none() {
-        tracing::info!("database.url is not set: the budget and export endpoints answer 503");
+        tracing::info!("database.url is not set: the budget, export, report and reconciliation endpoints answer 503");
     }
     let budget_store = admin_database
         .clone()
@@ -137,7 +137,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),
-                admin_database,
+                admin_database.clone(),
                 &config.exports,
             )
             .map_err(anyhow::Error::msg)
@@ -146,7 +146,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .merge(gateway::reports::routes(
             gateway::reports::ReportApi::new(
                 Arc::new(keys.clone()),
-                &config.database,
+                admin_database.clone(),
                 &config.exports,
             )
             .map_err(anyhow::Error::msg)
@@ -155,7 +155,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     let budget_routes = budget_routes.merge(gateway::reconciliation::routes(
         gateway::reconciliation::ReconciliationApi::new(
             Arc::new(keys.clone()),
-            &config.database,
+            admin_database,
             &config.reconciliation,
         )
         .map_err(anyhow::Error::msg)

@@ -5,10 +5,7 @@
 //! gateway never calls a provider; a day not fetched yet is listed as not
 //! compared.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::header::RETRY_AFTER;
@@ -17,81 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
-use deadpool_postgres::Pool;
 use ledger::PriceBook;
-use serde::{Deserialize, Serialize};
-use store::reconcile::{Terms, PROVIDERS};
+use serde::Deserialize;
+use store::reconcile::PROVIDERS;
 
+use crate::admin::{require_admin, AdminDatabase, DatabaseFailure, NotAdmin};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
-use crate::config::DatabaseConfig;
-
-/// `[reconciliation]`: what the comparison takes besides the stored rows.
-/// Set it as the processor's `[reconcile]` (the same price file, bounds and
-/// tenant maps; no admin keys) and the answer equals the processor's JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReconciliationConfig {
-    /// The price file laid over the built-in book (the processor's
-    /// `pricing.pricebook_path`): it names models and implied rates.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pricebook_path: Option<PathBuf>,
-    pub coverage_floor: f64,
-    pub variance_ceiling: f64,
-    pub openai: OpenAiTenants,
-    pub anthropic: AnthropicTenants,
-}
-
-/// The bounds are checked finite at startup, so equality is total.
-impl Eq for ReconciliationConfig {}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenAiTenants {
-    /// `proj_…` → tenant.
-    pub project_tenants: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnthropicTenants {
-    /// `wrkspc_…` → tenant; `"default"` is the default workspace.
-    pub workspace_tenants: BTreeMap<String, String>,
-}
-
-impl Default for ReconciliationConfig {
-    fn default() -> Self {
-        Self {
-            pricebook_path: None,
-            coverage_floor: 0.99,
-            variance_ceiling: 0.01,
-            openai: OpenAiTenants::default(),
-            anthropic: AnthropicTenants::default(),
-        }
-    }
-}
-
-impl ReconciliationConfig {
-    fn terms(&self, provider: &str) -> Terms {
-        Terms {
-            coverage_floor: self.coverage_floor,
-            variance_ceiling: self.variance_ceiling,
-            tenants: if provider == "openai" {
-                self.openai.project_tenants.clone()
-            } else {
-                self.anthropic.workspace_tenants.clone()
-            },
-        }
-    }
-
-    fn price_book(&self) -> Result<PriceBook, String> {
-        crate::exports::ExportsConfig {
-            pricebook_path: self.pricebook_path.clone(),
-            ..crate::exports::ExportsConfig::default()
-        }
-        .price_book()
-    }
-}
+use crate::config::ReconciliationConfig;
 
 /// Why a reconciliation request was not answered.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +32,18 @@ pub enum ReconciliationError {
     Invalid(String),
     #[error("the reconciliation is unavailable: {0}")]
     Unavailable(String),
+}
+
+impl From<NotAdmin> for ReconciliationError {
+    fn from(_: NotAdmin) -> Self {
+        Self::AdminOnly
+    }
+}
+
+impl From<DatabaseFailure> for ReconciliationError {
+    fn from(failure: DatabaseFailure) -> Self {
+        Self::Unavailable(failure.to_string())
+    }
 }
 
 impl IntoResponse for ReconciliationError {
@@ -130,8 +72,7 @@ impl IntoResponse for ReconciliationError {
 #[derive(Debug, Clone)]
 pub struct ReconciliationApi {
     keys: Arc<KeyRing>,
-    pool: Option<Pool>,
-    timeout: Duration,
+    database: Option<AdminDatabase>,
     book: Arc<PriceBook>,
     config: Arc<ReconciliationConfig>,
 }
@@ -143,11 +84,11 @@ impl FromRef<ReconciliationApi> for Arc<KeyRing> {
 }
 
 impl ReconciliationApi {
-    /// Connections are made lazily: a database that is down only fails
-    /// reconciliation requests.
+    /// The reconciliation on the admin APIs' database (`None` without
+    /// `database.url`: it answers 503).
     pub fn new(
         keys: Arc<KeyRing>,
-        database: &DatabaseConfig,
+        database: Option<AdminDatabase>,
         config: &ReconciliationConfig,
     ) -> Result<Self, String> {
         if !(0.0..=1.0).contains(&config.coverage_floor) {
@@ -156,31 +97,20 @@ impl ReconciliationApi {
         if !config.variance_ceiling.is_finite() || config.variance_ceiling < 0.0 {
             return Err("reconciliation.variance_ceiling must be 0 or more".into());
         }
-        let pool = match database.settings() {
-            Some(settings) => {
-                Some(infra::database::pool(&settings).map_err(|error| error.to_string())?)
-            }
-            None => None,
-        };
         Ok(Self {
             keys,
-            pool,
-            timeout: database.timeout(),
+            database,
             book: Arc::new(config.price_book()?),
             config: Arc::new(config.clone()),
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ReconciliationError> {
-        let pool = self.pool.as_ref().ok_or_else(|| {
+    fn database(&self) -> Result<&AdminDatabase, ReconciliationError> {
+        self.database.as_ref().ok_or_else(|| {
             ReconciliationError::Unavailable(
                 "it needs database.url in the gateway's configuration".into(),
             )
-        })?;
-        tokio::time::timeout(self.timeout, pool.get())
-            .await
-            .map_err(|_| ReconciliationError::Unavailable("no database connection in time".into()))?
-            .map_err(|error| ReconciliationError::Unavailable(error.to_string()))
+        })
     }
 }
 
@@ -221,9 +151,7 @@ async fn reconciliation(
     who: Authenticated,
     Query(query): Query<ReconciliationQuery>,
 ) -> Result<Response, ReconciliationError> {
-    if !who.admin {
-        return Err(ReconciliationError::AdminOnly);
-    }
+    require_admin(&who)?;
     let provider = PROVIDERS
         .iter()
         .find(|known| **known == query.provider)
@@ -246,17 +174,21 @@ async fn reconciliation(
             "a reconciliation covers at most {MAX_DAYS} days"
         )));
     }
-    let client = api.client().await?;
     let terms = api.config.terms(provider);
-    let reconciliation = store::reconcile::reconciliation(
-        &**client,
-        &api.book,
-        &terms,
-        provider,
-        (from, to),
-        query.tenant.as_deref(),
-    )
-    .await
-    .map_err(|error| ReconciliationError::Unavailable(error.to_string()))?;
+    let reconciliation = api
+        .database()?
+        .with_client(async |client| {
+            store::reconcile::reconciliation(
+                &***client,
+                &api.book,
+                &terms,
+                provider,
+                (from, to),
+                query.tenant.as_deref(),
+            )
+            .await
+            .map_err(|error| ReconciliationError::Unavailable(error.to_string()))
+        })
+        .await?;
     Ok(Json(reconciliation).into_response())
 }

@@ -2,38 +2,36 @@
 //! `GET /v1/reports/optimize?from=&to=[&tenant=]` and
 //! `GET /v1/reports/what-if?from=&to=&model=PROVIDER/MODEL[&use_case=][&tenant=]`,
 //! answering the same JSON as `processor report optimize --format json` and
-//! `processor what-if --format json` (the figures are `store::optimize`'s;
+//! `processor what-if --format json` (the figures are `store::optimize`'s,
+//! on the admin APIs' shared database;
 //! the what-if uses the price book the exports are configured with,
 //! `[exports] pricebook_path`). Refusals are the exports': 403 for a
 //! tenant key, 400 for a bad parameter, 503 without a database.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRef, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use deadpool_postgres::Pool;
 use ledger::PriceBook;
 use serde::Deserialize;
 use store::optimize::report::optimize_report;
 use store::optimize::whatif::{what_if, WhatIfRequest};
 use store::optimize::{OptimizeError, Range};
 
-use crate::api::AppError;
+use crate::admin::{require_admin, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
-use crate::config::DatabaseConfig;
-use crate::exports::ExportsConfig;
+use crate::config::ExportsConfig;
+use crate::exports::ExportApiError;
 
 /// State of the report routes.
 #[derive(Debug, Clone)]
 pub struct ReportApi {
     keys: Arc<KeyRing>,
-    pool: Option<Pool>,
-    timeout: Duration,
+    database: Option<AdminDatabase>,
     book: Arc<PriceBook>,
 }
 
@@ -44,37 +42,26 @@ impl FromRef<ReportApi> for Arc<KeyRing> {
 }
 
 impl ReportApi {
-    /// Connections are made lazily: a database that is down only fails
-    /// report requests.
+    /// The reports on the admin APIs' database (`None` without
+    /// `database.url`: every report answers 503).
     pub fn new(
         keys: Arc<KeyRing>,
-        database: &DatabaseConfig,
+        database: Option<AdminDatabase>,
         config: &ExportsConfig,
     ) -> Result<Self, String> {
-        let pool = match database.settings() {
-            Some(settings) => {
-                Some(infra::database::pool(&settings).map_err(|error| error.to_string())?)
-            }
-            None => None,
-        };
         Ok(Self {
             keys,
-            pool,
-            timeout: database.timeout(),
+            database,
             book: Arc::new(config.price_book()?),
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
-        let pool = self.pool.as_ref().ok_or_else(|| {
-            AppError::ExportsUnavailable(
+    fn database(&self) -> Result<&AdminDatabase, ExportApiError> {
+        self.database.as_ref().ok_or_else(|| {
+            ExportApiError::Unavailable(
                 "reports need database.url in the gateway's configuration".into(),
             )
-        })?;
-        tokio::time::timeout(self.timeout, pool.get())
-            .await
-            .map_err(|_| AppError::ExportsUnavailable("no database connection in time".into()))?
-            .map_err(|error| AppError::ExportsUnavailable(error.to_string()))
+        })
     }
 }
 
@@ -102,14 +89,14 @@ pub struct WhatIfQuery {
     tenant: Option<String>,
 }
 
-fn refused(error: OptimizeError) -> AppError {
+fn refused(error: OptimizeError) -> ExportApiError {
     match error {
-        OptimizeError::Invalid(message) => AppError::InvalidExport(message),
-        other => AppError::ExportsUnavailable(other.to_string()),
+        OptimizeError::Invalid(message) => ExportApiError::Invalid(message),
+        other => ExportApiError::Unavailable(other.to_string()),
     }
 }
 
-fn range(from: &str, to: &str, tenant: Option<String>) -> Result<Range, AppError> {
+fn range(from: &str, to: &str, tenant: Option<String>) -> Result<Range, ExportApiError> {
     let range = Range {
         from: Range::parse_day("from", from).map_err(refused)?,
         to: Range::parse_day("to", to).map_err(refused)?,
@@ -119,23 +106,17 @@ fn range(from: &str, to: &str, tenant: Option<String>) -> Result<Range, AppError
     Ok(range)
 }
 
-fn require_admin(who: &Authenticated) -> Result<(), AppError> {
-    if who.admin {
-        Ok(())
-    } else {
-        Err(AppError::ExportAdminOnly)
-    }
-}
-
 async fn optimize(
     State(api): State<ReportApi>,
     who: Authenticated,
     Query(query): Query<OptimizeQuery>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ExportApiError> {
     require_admin(&who)?;
     let range = range(&query.from, &query.to, query.tenant)?;
-    let client = api.client().await?;
-    let report = optimize_report(&**client, &range).await.map_err(refused)?;
+    let report = api
+        .database()?
+        .with_client(async |client| optimize_report(&***client, &range).await.map_err(refused))
+        .await?;
     Ok(Json(report).into_response())
 }
 
@@ -143,7 +124,7 @@ async fn whatif(
     State(api): State<ReportApi>,
     who: Authenticated,
     Query(query): Query<WhatIfQuery>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ExportApiError> {
     require_admin(&who)?;
     let (provider, model) = WhatIfRequest::parse_target(&query.model).map_err(refused)?;
     let request = WhatIfRequest {
@@ -152,9 +133,13 @@ async fn whatif(
         provider,
         model,
     };
-    let client = api.client().await?;
-    let report = what_if(&**client, &api.book, &request, Utc::now())
-        .await
-        .map_err(refused)?;
+    let report = api
+        .database()?
+        .with_client(async |client| {
+            what_if(&***client, &api.book, &request, Utc::now())
+                .await
+                .map_err(refused)
+        })
+        .await?;
     Ok(Json(report).into_response())
 }

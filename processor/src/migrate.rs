@@ -60,6 +60,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "V14__optimization_rollup.sql",
         include_str!("../../sql/V14__optimization_rollup.sql"),
+    ),
+    (
         "V16__provider_reports.sql",
         include_str!("../../sql/V16__provider_reports.sql"),
     ),

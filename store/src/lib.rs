@@ -37,8 +37,8 @@ pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod exports;
-pub mod reconcile;
 pub mod optimize;
+pub mod reconcile;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};
