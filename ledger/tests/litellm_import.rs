@@ -8,7 +8,10 @@ use ledger::pricebook::{
 };
 use rust_decimal_macros::dec;
 
-const CATALOG: &str = include_str!("golden/litellm_excerpt.json");
+const CATALOG: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/litellm_excerpt.json"
+));
 const WHEN: &str = "2026-12-01T00:00:00Z";
 
 fn converted() -> Converted {
