@@ -22,7 +22,7 @@
 //!   records the certificate error, with it (`alerting.tls_ca_path`) the crossing arrives.
 //!
 //! Daily re-arming, late events and redelivery are covered against the database in
-//! processor/tests/budgets_db.rs, where `created_at` can be chosen freely.
+//! processor/tests/integration/budgets_db.rs, where `created_at` can be chosen freely.
 
 use std::collections::BTreeMap;
 use std::process::Command;

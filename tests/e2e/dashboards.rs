@@ -3,9 +3,9 @@
 //! and the alert rules' runbook links against docs/runbooks.md. No services needed.
 //!
 //! Executing every panel's query against real Prometheus and TimescaleDB is the job of
-//! tests/observability.rs.
+//! tests/e2e/observability.rs.
 
-mod grafana;
+use crate::grafana;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -2,7 +2,7 @@
 //! substitution of Grafana's template variables and SQL macros so that a test can run a panel's
 //! query against the real Prometheus or TimescaleDB.
 //!
-//! Shared by the `dashboards` (structure) and `observability` (live) tests as `mod grafana;`.
+//! Shared by the `dashboards` (structure) and `observability` (live) modules of the e2e tests.
 //!
 //! The dashboards use a small, fixed set of Grafana macros, and nothing else:
 //!

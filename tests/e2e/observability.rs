@@ -1,7 +1,7 @@
 //! The dashboards' queries and the usage guide's PromQL against real services.
 //!
 //! - `sql_panels_run_on_the_rollups`: every SQL panel of grafana/dashboards/ (Grafana's macros
-//!   substituted, see tests/grafana.rs) runs against a migrated TimescaleDB holding a known set
+//!   substituted, see tests/e2e/grafana.rs) runs against a migrated TimescaleDB holding a known set
 //!   of rows, returns rows, and its numbers match the raw audit table.
 //! - `pipeline_metrics_dashboards_and_alerts`: the whole pipeline (broker, TimescaleDB, processor,
 //!   gateway, Prometheus scraping both every second with alerts/ loaded) under known traffic: the
@@ -10,7 +10,7 @@
 //!   returns rows, and a processor crash followed by a full redelivery of the same events does
 //!   not move the counters.
 
-mod grafana;
+use crate::grafana;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,17 +1,15 @@
 //! The budget API's authorization and validation, through the router
-//! without sockets or a database (the end-to-end test tests/budgets.rs
+//! without sockets or a database (the end-to-end test tests/e2e/budgets.rs
 //! covers it against a real database).
-
-mod support;
 
 use std::sync::Arc;
 
+use crate::support::{app, key_ring, send_json, ACME_KEY, ADMIN_KEY};
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use gateway::budgets;
 use serde_json::{json, Value};
-use support::{app, key_ring, send_json, ACME_KEY, ADMIN_KEY};
 
 fn budget_router() -> Router {
     let app = app();

@@ -1,10 +1,9 @@
 //! The budget API against a real TimescaleDB (PostgreSQL + TimescaleDB through
 //! the e2e harness): what an edit does to the spend the processor keeps.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::{app, key_ring, send_json, ACME_KEY, ADMIN_KEY};
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
@@ -14,7 +13,6 @@ use gateway::config::DatabaseConfig;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use store::SpendKey;
-use support::{app, key_ring, send_json, ACME_KEY, ADMIN_KEY};
 use uuid::Uuid;
 
 /// A trigger that notes, for every `budget_spend` row a transaction

@@ -9,12 +9,11 @@
 //! a timeout fires at its point in the exchange however loaded the machine
 //! is, and the deadlines cost no real time.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use async_trait::async_trait;
 use figment::providers::Env;
 use gateway::append::{AppendError, AppendReport, Appender};
@@ -25,7 +24,6 @@ use gateway::server::{serve, Drained, ServeError};
 use gateway::{AppState, Settings};
 use ledger::UsageEvent;
 use serde_json::{json, Value};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -1,11 +1,9 @@
 //! Arbitrary bodies at `POST /v1/usage`: every answer is 2xx or 4xx, never
 //! 5xx and never a panic, and a 4xx appends nothing.
 
-mod support;
-
+use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use support::*;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -1,11 +1,11 @@
 //! `POST /v1/usage` and the health routes through the router, without
 //! sockets, over the in-memory appender.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support;
+use crate::support::*;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::Request;
@@ -14,7 +14,6 @@ use gateway::memory::Script;
 use gateway::{AppState, KeyRing, Settings};
 use ledger::UsageEvent;
 use serde_json::{json, Value};
-use support::*;
 use uuid::Uuid;
 
 fn ids_of(body: &Value, field: &str) -> Vec<String> {

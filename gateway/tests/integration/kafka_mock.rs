@@ -2,12 +2,11 @@
 //! what lands on the topic, and how broker outages and the queue bound
 //! turn into 503s.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use axum::body::Body;
 use axum::http::Request;
 use gateway::config::KafkaConfig;
@@ -21,7 +20,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use support::*;
 
 const TOPIC: &str = "usage-events";
 const PARTITIONS: i32 = 3;

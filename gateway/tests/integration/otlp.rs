@@ -2,10 +2,9 @@
 //! encodings, gzip, authentication, limits, partial success, retries and
 //! one event per call.
 
-mod support;
-
 use std::io::Write;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::http::Request;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -22,7 +21,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::Value;
-use support::*;
 
 fn kv(key: &str, value: Any) -> KeyValue {
     KeyValue {
@@ -216,7 +214,7 @@ async fn two_spans_of_one_call_in_two_traces_are_one_event() {
     let events = app.appender.acknowledged();
     assert_eq!(events.len(), 2, "both exports are appended");
     // One call: the same id and content, each at its own start; the
-    // processor stores it once (processor/tests/call_identity_db.rs).
+    // processor stores it once (processor/tests/integration/call_identity_db.rs).
     assert_eq!(events[0].id, events[1].id);
     assert!(events[0].call_identity && events[1].call_identity);
     assert_eq!(

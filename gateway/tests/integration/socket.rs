@@ -1,19 +1,17 @@
 //! The gateway on real sockets (port 0): both ports answer, and a graceful
 //! shutdown finishes the request in flight, then stops accepting.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use async_trait::async_trait;
 use gateway::append::{AppendError, AppendReport, Appender};
 use gateway::server::{serve, Drained};
 use gateway::{AppState, Settings};
 use ledger::UsageEvent;
 use serde_json::Value;
-use support::*;
 use tokio::net::TcpListener;
 
 /// Acknowledges after a delay, so a request is reliably in flight when

@@ -3,10 +3,9 @@
 //! back than its lateness; service and admin keys may do both. Also the
 //! policy's configuration: defaults, the older key form, `--print-config`.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::http::Request;
 use chrono::{DateTime, Duration, Utc};
@@ -15,7 +14,6 @@ use gateway::config::{AuthConfig, Config};
 use gateway::{budgets, KeyRing, Settings};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use support::*;
 use uuid::Uuid;
 
 const SERVICE_KEY: &str = "service-key-0123456789abcdef";

@@ -16,10 +16,8 @@ use rust_decimal::Decimal;
 use store::attribution::UNLABELLED;
 use uuid::Uuid;
 
-mod support;
-
-use support::event_record;
-use support::migrated_database;
+use crate::support::event_record;
+use crate::support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
 struct NoDeadLetters;

@@ -19,8 +19,8 @@ use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-mod support;
-use support::migrated_database;
+use crate::support;
+use crate::support::migrated_database;
 
 /// These tests produce no dead letters; the sink refuses any.
 #[derive(Debug, Clone, Default)]

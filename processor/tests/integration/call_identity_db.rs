@@ -16,9 +16,7 @@ use processor::record::Record;
 use processor::write::{identity, AttemptState, BatchOutcome, Writer};
 use uuid::Uuid;
 
-mod support;
-
-use support::{event_record, migrated_database};
+use crate::support::{event_record, migrated_database};
 
 #[derive(Debug, Clone, Default)]
 struct Letters(std::sync::Arc<std::sync::Mutex<Vec<DeadLetter>>>);
@@ -242,8 +240,8 @@ async fn call_identities_are_pruned_past_their_retention() {
 /// written with and without `call_identity`, alternately, fresh ids each
 /// time, and every call reported again; every repeat must be recognised.
 /// Prints the medians (no timed assertion); for figures, raise `ROUNDS` and
-/// run `cargo nextest run -p processor --test call_identity_db
-/// write_path_cost --no-capture` on a quiet machine.
+/// run `cargo nextest run -p processor
+/// call_identity_db::write_path_cost --no-capture` on a quiet machine.
 #[tokio::test]
 async fn write_path_cost_of_call_identities() {
     const ROUNDS: usize = 3;

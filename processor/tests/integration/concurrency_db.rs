@@ -34,8 +34,8 @@ use serde_json::json;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-mod support;
-use support::migrated_database;
+use crate::support;
+use crate::support::migrated_database;
 
 const GROUP: &str = "concurrency-test";
 const WAIT: Duration = Duration::from_secs(30);

@@ -19,8 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-mod support;
-use support::migrated_database;
+use crate::support::migrated_database;
 
 const WAIT: Duration = Duration::from_secs(60);
 

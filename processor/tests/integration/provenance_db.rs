@@ -14,10 +14,8 @@ use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-mod support;
-
-use support::event_record;
-use support::migrated_database;
+use crate::support::event_record;
+use crate::support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
 struct RefusingSink;

@@ -18,8 +18,8 @@ use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-mod support;
-use support::migrated_database;
+use crate::support;
+use crate::support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
 struct NoDeadLetters;

@@ -18,10 +18,8 @@ use processor::record::Record;
 use processor::write::{AttemptState, BatchOutcome, Writer};
 use uuid::Uuid;
 
-mod support;
-
-use support::event_record;
-use support::migrated_database;
+use crate::support::event_record;
+use crate::support::migrated_database;
 
 #[derive(Debug, Clone, Default)]
 struct RecordingSink(Arc<Mutex<Vec<DeadLetter>>>);

@@ -26,8 +26,7 @@ use processor::write::{AttemptState, Writer};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-mod support;
-use support::{migrated_database, TOPIC};
+use crate::support::{migrated_database, TOPIC};
 
 const GROUP: &str = "unstorable-test";
 

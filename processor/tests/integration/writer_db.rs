@@ -18,10 +18,8 @@ use processor::write::{AttemptState, BatchOutcome, Writer};
 use processor::{database, offsets};
 use uuid::Uuid;
 
-mod support;
-
-use support::migrated_database;
-use support::{event_record, TOPIC};
+use crate::support::migrated_database;
+use crate::support::{event_record, TOPIC};
 
 const GROUP: &str = "writer-test";
 

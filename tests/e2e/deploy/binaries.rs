@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use e2e::Binary;
 
-use crate::compose::Service;
-use crate::dockerfile::Stage;
+use super::compose::Service;
+use super::dockerfile::Stage;
 
 /// The services the repository's Dockerfile builds, by build target (= binary name).
 pub const BINARIES: [&str; 2] = ["gateway", "processor"];

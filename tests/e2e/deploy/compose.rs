@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
-use crate::read;
+use super::read;
 
 /// The compose file, resolved.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::{assert_none, read, Deployment};
+use super::{assert_none, read, Deployment};
 
 /// What a stage sets up for the container it becomes.
 #[derive(Debug, Clone, Default)]

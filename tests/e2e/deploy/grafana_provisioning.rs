@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
-use crate::{assert_none, read, Deployment};
+use super::{assert_none, read, Deployment};
 
 /// `$NAME` and `${NAME}` references in a provisioning file (Grafana's `$__…` excepted).
 fn dollar_variables(text: &str) -> BTreeSet<String> {

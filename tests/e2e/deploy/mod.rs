@@ -6,7 +6,7 @@
 //!
 //! Each structural check of the deployment lives here, once. `scripts/check-deploy.sh` runs only
 //! the validators that need tools of their own (Compose v2 itself, the Compose Specification JSON
-//! schema, hadolint). The dashboards' datasource uids are checked by tests/dashboards.rs.
+//! schema, hadolint). The dashboards' datasource uids are checked by tests/e2e/dashboards.rs.
 //!
 //! Needs the binaries (`cargo build --workspace --bins`) and `TOKENLEDGER_PROMTOOL_BIN` /
 //! `TOKENLEDGER_AMTOOL_BIN` (`scripts/services.sh env`).

@@ -9,8 +9,8 @@ use std::process::Command;
 use e2e::required_path;
 use serde::Deserialize;
 
-use crate::binaries::{host_port, lookup, metrics_listen_key};
-use crate::{assert_none, read, Deployment};
+use super::binaries::{host_port, lookup, metrics_listen_key};
+use super::{assert_none, read, Deployment};
 
 /// The path a service's `--config.file=` names, under its laid-out mounts.
 fn mounted_config(d: &Deployment, service: &str, dir: &Path) -> PathBuf {

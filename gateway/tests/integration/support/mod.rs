@@ -1,8 +1,6 @@
 //! Shared helpers for the gateway's integration tests: an app over the
 //! in-memory appender, request builders and response decoding.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 
 use axum::body::Body;

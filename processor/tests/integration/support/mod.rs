@@ -14,12 +14,10 @@ pub async fn migrated_database() -> Database {
 }
 
 /// The topic the database tests' records come from.
-#[allow(dead_code)] // each test binary compiles this module; not all build records
 pub const TOPIC: &str = "usage-events";
 
 /// `event` as the gateway writes it to the topic (key = tenant, `schema`
 /// header), at `partition` and `offset`.
-#[allow(dead_code)] // each test binary compiles this module; not all build records
 pub fn event_record(
     partition: i32,
     offset: i64,

@@ -1,0 +1,5 @@
+//! The store's integration tests, one binary, against a real TimescaleDB.
+
+mod budgets_db;
+mod exports_db;
+mod spend_rule;
