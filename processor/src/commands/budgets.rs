@@ -4,13 +4,32 @@
 //! definitions through the store too (see [`crate::budget_spend`]).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
 use ledger::Budget;
 use serde_json::Value;
 use uuid::Uuid;
 
 pub use store::ApplyReport;
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetsCommand {
+    /// Create or update the budgets of a TOML file ([[budgets]] tables),
+    /// matched by name, in one transaction.
+    Apply {
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Also delete the budgets the file does not name.
+        #[arg(long)]
+        prune: bool,
+        /// Only validate the file.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetsError {
@@ -31,6 +50,8 @@ pub enum BudgetsError {
     },
     #[error("the budgets file {path} has problems:\n{}", .problems.join("\n"))]
     Invalid { path: String, problems: Vec<String> },
+    #[error(transparent)]
+    Connect(#[from] super::ConnectError),
 }
 
 impl From<store::DbError> for BudgetsError {
@@ -106,6 +127,34 @@ pub async fn apply(
     prune: bool,
 ) -> Result<ApplyReport, BudgetsError> {
     Ok(store::budgets::apply(client, budgets, prune).await?)
+}
+
+/// `budgets apply`: validates the file, then (unless a dry run) applies it and prints what
+/// became of each budget.
+pub async fn run(config: &Config, command: &BudgetsCommand) -> Result<(), BudgetsError> {
+    let BudgetsCommand::Apply {
+        file,
+        prune,
+        dry_run,
+    } = command;
+    let parsed = read_file(file)?;
+    if *dry_run {
+        println!("{}: {} valid budget(s)", file.display(), parsed.len());
+        return Ok(());
+    }
+    let mut client = super::connect_verified(&config.database).await?;
+    let report = apply(&mut client, &parsed, *prune).await?;
+    for (what, names) in [
+        ("created", &report.created),
+        ("updated", &report.updated),
+        ("unchanged", &report.unchanged),
+        ("deleted", &report.deleted),
+    ] {
+        for name in names {
+            println!("{what:<10} {name}");
+        }
+    }
+    Ok(())
 }
 
 /// Reads and validates a budgets file.

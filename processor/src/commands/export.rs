@@ -70,7 +70,7 @@ pub enum ExportCommandError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    PriceBook(#[from] crate::pipeline::RunError),
+    PriceBook(#[from] crate::stream::pipeline::RunError),
 }
 
 /// The label key a statement groups by: the first attribution key.
@@ -151,7 +151,7 @@ async fn export<W: AsyncWrite + Unpin>(
 ) -> Result<(), ExportCommandError> {
     match command {
         ExportCommand::Focus(args) => {
-            let book = crate::pipeline::load_price_book(&config.pricing)?;
+            let book = crate::stream::pipeline::load_price_book(&config.pricing)?;
             let summary = write_focus(client, &book, &focus_request(config, args), out).await?;
             tracing::info!(rows = summary.rows, billed_cost = %summary.billed_cost, "FOCUS export written");
         }

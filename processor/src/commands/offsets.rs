@@ -191,7 +191,7 @@ async fn views(
         .into_iter()
         .map(|row| (row.partition, row))
         .collect();
-    let base = crate::consumer::client_config(&config.kafka);
+    let base = crate::stream::consumer::client_config(&config.kafka);
     let group_owned = group.to_owned();
     let topic_owned = topic.to_owned();
     let only = only.to_vec();

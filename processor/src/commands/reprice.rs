@@ -52,8 +52,8 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::budget_spend::{BudgetOutcome, BudgetSpendError};
-use crate::prepare::Pricing;
-use crate::refresh::RefreshError;
+use crate::commands::refresh::RefreshError;
+use crate::stream::prepare::Pricing;
 
 mod pending;
 mod rows;

@@ -18,7 +18,7 @@
 //! `next_attempt_at` past a lease with `FOR UPDATE SKIP LOCKED`, in a
 //! statement of its own (no transaction stays open during HTTP calls).
 //!
-//! Every alert stays active for at least [`MIN_ACTIVE_AFTER_PUSH`] after it
+//! Every alert stays active for at least [`MIN_ACTIVE_AFTER_PUSH`](push::MIN_ACTIVE_AFTER_PUSH) after it
 //! is pushed, and one whose period had ended when it was pushed is labelled
 //! `late="true"` (see [`alert_payload`]): a crossing recorded from late
 //! events, or held up past the period's end, is still seen, and Alertmanager
@@ -46,7 +46,7 @@ use crate::config::AlertingConfig;
 mod push;
 mod record;
 
-pub use push::{alert_payload, LATE_LABEL, MIN_ACTIVE_AFTER_PUSH};
+use push::alert_payload;
 use push::{push, Outcome};
 
 /// How often the gauges are read from the database, in polls.

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::prepare::{PreparedBatch, Preparer};
 use crate::record::Record;
+use crate::stream::prepare::{PreparedBatch, Preparer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
@@ -451,8 +451,8 @@ mod tests {
     async fn while_a_batch_commits_the_next_one_is_prepared() {
         let (sender, mut receiver) = mpsc::channel(16);
         for offset in 0..4 {
-            let event = crate::prepare::tests::event(offset as u128, "acme", 100);
-            let r = crate::prepare::tests::event_record(0, offset, &event);
+            let event = crate::stream::prepare::tests::event(offset as u128, "acme", 100);
+            let r = crate::stream::prepare::tests::event_record(0, offset, &event);
             sender.send(r).await.expect("open");
         }
         drop(sender);

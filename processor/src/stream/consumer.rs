@@ -30,13 +30,13 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::PartitionGuard;
 use crate::config::KafkaConfig;
 use crate::log_check::{LogCheckError, LogChecker};
-use crate::metrics::Metrics;
 use crate::offsets::{self, NextOffsets, OffsetFloors};
 use crate::record::Record;
-pub use crate::topics::ensure_topics;
+use crate::stream::assignment::PartitionGuard;
+use crate::stream::metrics::Metrics;
+pub use crate::stream::topics::ensure_topics;
 
 /// How often the polling thread wakes up to notice shutdown when idle or
 /// blocked on a full channel.

@@ -21,8 +21,8 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use crate::fair_labels::FairBound;
-use crate::metrics::LabelBound;
+use crate::stream::fair_labels::FairBound;
+use crate::stream::metrics::LabelBound;
 
 /// How often the table is read. Corrections are rare operator actions; a
 /// minute's delay in the dashboards is harmless.
@@ -156,7 +156,12 @@ mod tests {
         assert_eq!(
             value(
                 &metrics,
-                &["openai", "gpt-4o", crate::metrics::OTHER_LABEL, "down"]
+                &[
+                    "openai",
+                    "gpt-4o",
+                    crate::stream::metrics::OTHER_LABEL,
+                    "down"
+                ]
             ),
             3.0,
             "tenants past the bound are summed under the overflow label"

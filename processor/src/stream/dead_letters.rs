@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::record::Record;
-use crate::write_errors::DatabaseFailure;
+use crate::stream::write_errors::DatabaseFailure;
 
 /// Why a record went to the dead-letter topic: the `error` header and the
 /// `reason` label of `tokenledger_events_dead_lettered_total`.

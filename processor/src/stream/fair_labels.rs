@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::metrics::OTHER_LABEL;
+use crate::stream::metrics::OTHER_LABEL;
 
 /// The share of the total bound one tenant may take.
 const SHARE_DIVISOR: usize = 10;
@@ -55,8 +55,8 @@ impl FairBound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{CommittedBatch, Metrics};
-    use crate::prepare::PricedEvent;
+    use crate::stream::metrics::{CommittedBatch, Metrics};
+    use crate::stream::prepare::PricedEvent;
     use chrono::Utc;
     use ledger::{Cost, PricingStatus, UsageEvent};
     use rust_decimal::Decimal;

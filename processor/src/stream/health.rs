@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::stream::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

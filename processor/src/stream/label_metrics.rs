@@ -12,8 +12,8 @@ use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 use rust_decimal::prelude::ToPrimitive;
 use store::attribution::UNLABELLED;
 
-use crate::fair_labels::FairBound;
-use crate::prepare::PricedEvent;
+use crate::stream::fair_labels::FairBound;
+use crate::stream::prepare::PricedEvent;
 
 const LABELS: &[&str] = &["label_key", "label_value"];
 
@@ -168,12 +168,12 @@ mod tests {
         };
         assert_eq!(requests("chat"), 2);
         assert_eq!(
-            requests(crate::metrics::OTHER_LABEL),
+            requests(crate::stream::metrics::OTHER_LABEL),
             2,
             "code and (unlabelled)"
         );
         assert_eq!(requests("code"), 0);
-        let cost: f64 = ["chat", crate::metrics::OTHER_LABEL]
+        let cost: f64 = ["chat", crate::stream::metrics::OTHER_LABEL]
             .iter()
             .map(|v| metrics.cost.with_label_values(&["use_case", v]).get())
             .sum();

@@ -13,9 +13,9 @@ use prometheus::{
 };
 use rust_decimal::prelude::ToPrimitive;
 
-use crate::dead_letters::Reason;
-use crate::fair_labels::FairBound;
-use crate::prepare::PricedEvent;
+use crate::stream::dead_letters::Reason;
+use crate::stream::fair_labels::FairBound;
+use crate::stream::prepare::PricedEvent;
 
 /// The label value that stands for every value past the cardinality bound.
 pub const OTHER_LABEL: &str = "__other__";
@@ -74,7 +74,7 @@ impl LabelBound {
 #[derive(Debug)]
 struct Bounds {
     tenants: LabelBound,
-    // Per tenant as well as in total (crate::fair_labels). Providers are not
+    // Per tenant as well as in total (crate::stream::fair_labels). Providers are not
     // named by the configuration; they get the model bound's size.
     models: FairBound,
     providers: FairBound,
@@ -158,8 +158,8 @@ pub struct Metrics {
     db_retries: IntCounter,
     up: IntGauge,
     last_commit: Gauge,
-    /// Opted-in attribution labels ([`crate::label_metrics`]).
-    labels: std::sync::OnceLock<crate::label_metrics::LabelMetrics>,
+    /// Opted-in attribution labels ([`crate::stream::label_metrics`]).
+    labels: std::sync::OnceLock<crate::stream::label_metrics::LabelMetrics>,
 }
 
 const USAGE_LABELS: &[&str] = &["provider", "model", "tenant_id"];
@@ -315,7 +315,7 @@ impl Metrics {
         max_values: usize,
     ) -> Result<(), MetricsError> {
         if let Some(labels) =
-            crate::label_metrics::LabelMetrics::register(&self.registry, keys, max_values)?
+            crate::stream::label_metrics::LabelMetrics::register(&self.registry, keys, max_values)?
         {
             let _ = self.labels.set(labels);
         }

@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 use ledger::PriceBook;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, BatchLimits};
 use crate::config::{Config, PricingConfig};
-use crate::consumer::{self, ConsumerDeps, ConsumerError, GroupMember};
 use crate::database::{self, DatabaseError};
-use crate::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
-use crate::health::{self, Readiness, ServeError};
-use crate::metrics::{CommittedBatch, Metrics, MetricsError};
 use crate::migrate::{self, MigrateError};
 use crate::offsets::OffsetFloors;
-use crate::prepare::PreparedBatch;
 use crate::record::Record;
-use crate::write::{AttemptState, BatchOutcome, WriteError, Writer};
+use crate::stream::batch::{self, BatchLimits};
+use crate::stream::consumer::{self, ConsumerDeps, ConsumerError, GroupMember};
+use crate::stream::dead_letters::{DeadLetterError, DeadLetterSink, KafkaDeadLetters};
+use crate::stream::health::{self, Readiness, ServeError};
+use crate::stream::metrics::{CommittedBatch, Metrics, MetricsError};
+use crate::stream::prepare::PreparedBatch;
+use crate::stream::write::{AttemptState, BatchOutcome, WriteError, Writer};
 
 /// First pause after a failed attempt; doubled per attempt up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,7 +51,7 @@ pub enum RunError {
     #[error(transparent)]
     DeadLetters(#[from] DeadLetterError),
     #[error(transparent)]
-    AlertOutbox(#[from] crate::alert_outbox::OutboxError),
+    AlertOutbox(#[from] crate::stream::alert_outbox::OutboxError),
     #[error("cannot commit a batch: {0}")]
     Write(WriteError),
     #[error("the consumer stopped unexpectedly")]
@@ -158,16 +158,16 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
     )?;
     // Pushes recorded budget crossings; stopped last, after the final commit.
     let outbox_stop = CancellationToken::new();
-    let outbox = crate::alert_outbox::start(
+    let outbox = crate::stream::alert_outbox::start(
         pool.clone(),
         &config.alerting,
         metrics.registry(),
         outbox_stop.clone(),
     )?;
     // Exports `processor reprice`'s corrections as their own series.
-    let corrections = crate::corrections::start(
+    let corrections = crate::stream::corrections::start(
         pool.clone(),
-        crate::corrections::CorrectionMetrics::new(
+        crate::stream::corrections::CorrectionMetrics::new(
             metrics.registry(),
             config.metrics.max_tenant_labels,
             config.metrics.max_model_labels,
@@ -175,7 +175,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         .map_err(MetricsError::from)?,
         outbox_stop.clone(),
     );
-    let pruning = crate::write::identity::start_pruning(pool.clone(), outbox_stop.clone());
+    let pruning = crate::stream::write::identity::start_pruning(pool.clone(), outbox_stop.clone());
     readiness.set(true);
     tracing::info!(
         topic = %config.kafka.topic,

@@ -16,9 +16,9 @@ use ledger::{Cost, PriceBook, PricingStatus, UsageEvent, KAFKA_SCHEMA};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::dead_letters::{DeadLetter, Reason};
 use crate::offsets::NextOffsets;
 use crate::record::Record;
+use crate::stream::dead_letters::{DeadLetter, Reason};
 
 /// The idempotency key of a usage event: `(tenant_id, id, created_at)`.
 /// Ids are chosen by clients, so they are unique per tenant only: another

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
-use crate::consumer::{client_config, ConsumerError};
+use crate::stream::consumer::{client_config, ConsumerError};
 
 /// The `min.insync.replicas` of the topics the processor creates: the
 /// configured value, else 2 when the replication factor allows it, else

@@ -4,10 +4,10 @@
 //! letters (poison, and conflicts the transaction finds) are sent in bulk
 //! while no transaction is open: a transaction that finds conflicts not yet
 //! acknowledged rolls back, they are sent, and it runs again. Which event is new, duplicate or conflict is decided by
-//! [`crate::prepare`]; this module only asks the database and commits.
+//! [`crate::stream::prepare`]; this module only asks the database and commits.
 //! A batch the database refuses permanently is bisected, in transactions
 //! that are rolled back, down to the records it refuses
-//! ([`crate::write_errors`]); they are dead-lettered and the rest commits.
+//! ([`crate::stream::write_errors`]); they are dead-lettered and the rest commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -21,10 +21,12 @@ use uuid::Uuid;
 
 use crate::attribution::AttributionError;
 use crate::budget_spend::BudgetSpendError;
-use crate::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::offsets::{self, NextOffsets, OffsetsError};
-use crate::prepare::{classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent};
-use crate::write_errors::{self, DatabaseFailure, ErrorClass};
+use crate::stream::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
+use crate::stream::prepare::{
+    classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
+};
+use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass};
 
 const STORED_HASHES: &str = "
 SELECT audit.tenant_id, audit.id, audit.created_at, audit.payload_sha256

@@ -17,7 +17,7 @@ use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use super::{db, RepriceArgs, RepriceError};
-use crate::refresh;
+use crate::commands::refresh;
 
 pub async fn start_run(
     client: &Client,

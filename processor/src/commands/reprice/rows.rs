@@ -14,7 +14,7 @@ use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use super::{db, RepriceArgs, RepriceError};
-use crate::prepare::Pricing;
+use crate::stream::prepare::Pricing;
 
 // Keyset paging over the unique key `(created_at, tenant_id, id)`: a cursor
 // on `(created_at, id)` alone would skip a second tenant's row with the

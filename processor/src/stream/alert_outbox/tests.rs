@@ -7,8 +7,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+use super::alert_payload;
 use super::push::{is_rejection, push, Outcome};
-use super::{alert_payload, LATE_LABEL, MIN_ACTIVE_AFTER_PUSH};
+use super::push::{LATE_LABEL, MIN_ACTIVE_AFTER_PUSH};
 
 fn at(day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, day, hour, minute, 0)

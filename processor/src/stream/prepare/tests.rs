@@ -5,8 +5,8 @@ use ledger::{PriceBook, PricingStatus, UsageEvent};
 use uuid::Uuid;
 
 use super::*;
-use crate::dead_letters::Reason;
 use crate::record::Record;
+use crate::stream::dead_letters::Reason;
 
 pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
     UsageEvent {

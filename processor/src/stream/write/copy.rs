@@ -22,7 +22,7 @@ use tokio_postgres::types::{IsNull, Json, ToSql, Type};
 use uuid::Uuid;
 
 use super::{db, WriteError};
-use crate::prepare::{EventKey, KeyHasher, PricedEvent};
+use crate::stream::prepare::{EventKey, KeyHasher, PricedEvent};
 
 /// The connection's staging table; created once per pooled connection
 /// ([`crate::database::pool`]). `IF NOT EXISTS`: a server that multiplexes

@@ -20,7 +20,7 @@ use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::{db, WriteError};
-use crate::prepare::{EventKey, KeyHasher, MissingStoredRow, PricedEvent};
+use crate::stream::prepare::{EventKey, KeyHasher, MissingStoredRow, PricedEvent};
 
 // Claims in key order, earliest report first: two writers claiming the
 // same calls queue instead of deadlocking, and within a batch the earliest
@@ -176,7 +176,7 @@ pub fn start_pruning(
             let pruned = match pool.get().await {
                 Ok(client) => prune(&**client, Utc::now() - RETENTION)
                     .await
-                    .map_err(|error| crate::write_errors::describe(&error)),
+                    .map_err(|error| crate::stream::write_errors::describe(&error)),
                 Err(error) => Err(error.to_string()),
             };
             match pruned {

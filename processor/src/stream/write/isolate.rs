@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use deadpool_postgres::Object;
 
 use super::{AttemptState, Mode, WriteError, Writer};
-use crate::dead_letters::{DeadLetter, DeadLetterSink, Reason};
-use crate::prepare::{EventKey, KeyHasher, PreparedBatch, PricedEvent};
-use crate::write_errors::{self, DatabaseFailure, ErrorClass, Probe};
+use crate::stream::dead_letters::{DeadLetter, DeadLetterSink, Reason};
+use crate::stream::prepare::{EventKey, KeyHasher, PreparedBatch, PricedEvent};
+use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass, Probe};
 
 /// Why the database refuses an event: the error's text, and its SQLSTATE
 /// and message.
