@@ -46,7 +46,8 @@ pub struct DbError {
     pub source: tokio_postgres::Error,
 }
 
-/// Maps a driver error to a [`DbError`] of `step`.
-pub(crate) fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
+/// Maps a driver error to a [`DbError`] of `step`: `.map_err(store::db("reading budgets"))?`.
+/// The one step-tagged database error of the store and of the processor's SQL.
+pub fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
     move |source| DbError { step, source }
 }

@@ -33,11 +33,8 @@ pub enum BudgetsCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetsError {
-    #[error("database error while {step}: {source}")]
-    Database {
-        step: &'static str,
-        source: tokio_postgres::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] store::DbError),
     #[error("cannot read the budgets file {path}: {source}")]
     ReadFile {
         path: String,
@@ -52,15 +49,6 @@ pub enum BudgetsError {
     Invalid { path: String, problems: Vec<String> },
     #[error(transparent)]
     Connect(#[from] super::ConnectError),
-}
-
-impl From<store::DbError> for BudgetsError {
-    fn from(error: store::DbError) -> Self {
-        BudgetsError::Database {
-            step: error.step,
-            source: error.source,
-        }
-    }
 }
 
 /// The shape of a budgets file: `[[budgets]]` tables in the API's JSON

@@ -47,7 +47,7 @@ use clap::Args;
 use ledger::{Budget, PeriodBounds, PriceBook, PricingStatus};
 use rust_decimal::Decimal;
 use store::attribution::CostChange;
-use store::SpendKey;
+use store::{db, SpendKey};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -70,23 +70,14 @@ pub enum RepriceError {
     EmptyRange { from: NaiveDate, to: NaiveDate },
     #[error("--batch-rows must be at least 1")]
     NoRows,
-    #[error("database error while {step}: {source}")]
-    Database {
-        step: &'static str,
-        source: tokio_postgres::Error,
-    },
     #[error(transparent)]
-    Store(#[from] store::DbError),
+    Database(#[from] store::DbError),
     #[error(transparent)]
     Refresh(#[from] RefreshError),
     #[error(transparent)]
     Spend(#[from] BudgetSpendError),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
-}
-
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> RepriceError {
-    move |source| RepriceError::Database { step, source }
 }
 
 /// `processor reprice …`.

@@ -48,6 +48,7 @@ mod record;
 
 use push::alert_payload;
 use push::{push, Outcome};
+use store::db;
 
 /// How often the gauges are read from the database, in polls.
 const GAUGE_EVERY_POLLS: u32 = 5;
@@ -93,11 +94,8 @@ LIMIT $1";
 pub enum OutboxError {
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error while {step}: {source}")]
-    Database {
-        step: &'static str,
-        source: tokio_postgres::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] store::DbError),
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
     #[error("cannot read {what} {path}: {source}")]
@@ -113,10 +111,6 @@ pub enum OutboxError {
     },
     #[error("cannot register metric: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> OutboxError {
-    move |source| OutboxError::Database { step, source }
 }
 
 /// Where a crossing is pushed.
