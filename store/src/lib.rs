@@ -18,6 +18,8 @@
 //!   teams, streamed from the raw table.
 //! - [`attribution`]: cost by use case, the daily rollup per attribution
 //!   label value (`usage_attribution_daily`).
+//! - [`corrections`]: the totals of `cost_corrections`, what re-pricing
+//!   changed.
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -31,6 +33,7 @@
 pub mod alerts;
 pub mod attribution;
 pub mod budgets;
+pub mod corrections;
 pub mod exports;
 pub mod spend;
 

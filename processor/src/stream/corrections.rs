@@ -28,13 +28,6 @@ use crate::stream::metrics::LabelBound;
 /// minute's delay in the dashboards is harmless.
 const POLL_INTERVAL: Duration = Duration::from_secs(15);
 
-const TOTALS: &str = "
-SELECT provider, model, tenant_id,
-       CASE WHEN new_cost >= old_cost THEN 'up' ELSE 'down' END,
-       sum(abs(new_cost - old_cost))
-FROM cost_corrections
-GROUP BY 1, 2, 3, 4";
-
 pub const CORRECTIONS_METRIC: &str = "tokenledger_cost_corrections_usd_total";
 
 /// The correction series and the bounds on their labels.
@@ -119,10 +112,10 @@ type Totals = Vec<(String, String, String, String, Decimal)>;
 
 async fn read_totals(pool: &Pool) -> Result<Totals, Box<dyn std::error::Error + Send + Sync>> {
     let client = pool.get().await?;
-    let rows = client.query(TOTALS, &[]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+    Ok(store::corrections::totals(&client)
+        .await?
+        .into_iter()
+        .map(|t| (t.provider, t.model, t.tenant_id, t.direction, t.usd))
         .collect())
 }
 
