@@ -1,8 +1,13 @@
-//! tokenledger's storage of budgets: the one home of the SQL over the
-//! `budgets`, `budget_spend` and `budget_alerts` tables (sql/V3__budgets.sql)
-//! that the gateway's budget API and the processor share. The domain rules
-//! (scope, periods, thresholds) are `ledger::budget`; this crate maps them to
-//! rows and back, and neither binary writes budgets SQL of its own.
+//! tokenledger's storage: the SQL over the tables that the gateway, the
+//! processor and the benchmark share, with each table's row mapping by
+//! column name. It owns the budgets tables (`budgets`, `budget_spend`,
+//! `budget_alerts`, sql/V3__budgets.sql), the reads behind the exports and
+//! the use-case rollup (`usage_attribution_daily`), and the totals of
+//! `cost_corrections`; the audit table's batch writes, `ingest_offsets`, the
+//! alert outbox's claims and re-pricing's paging are still the processor's.
+//! The domain rules (scope, periods, thresholds) are `ledger::budget`; this
+//! crate maps them to rows and back, and neither binary writes budgets SQL of
+//! its own. [`DbError`] is the one step-tagged database error, [`db`] its helper.
 //!
 //! Layout:
 //! - [`budgets`]: the definitions: the column list and row mapping, reads,
