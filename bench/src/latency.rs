@@ -161,9 +161,9 @@ mod tests {
     #[test]
     fn commit_times_come_from_the_first_batch_past_the_offset() {
         let log = "\
-2026-01-01T00:00:00.1Z DEBUG processor::pipeline: batch committed records=3 inserted=3 duplicates=0 duration_ms=4 committed_at=2026-01-01T00:00:00.100000+00:00 next_offsets={(\"usage-events\", 0): 10, (\"usage-events\", 2): 4}
+2026-01-01T00:00:00.1Z DEBUG processor::stream::pipeline: batch committed records=3 inserted=3 duplicates=0 duration_ms=4 committed_at=2026-01-01T00:00:00.100000+00:00 next_offsets={(\"usage-events\", 0): 10, (\"usage-events\", 2): 4}
 2026-01-01T00:00:00.2Z INFO processor: unrelated line
-2026-01-01T00:00:00.3Z DEBUG processor::pipeline: batch committed records=1 inserted=1 duplicates=0 duration_ms=2 committed_at=2026-01-01T00:00:00.300000+00:00 next_offsets={(\"usage-events\", 0): 12}
+2026-01-01T00:00:00.3Z DEBUG processor::stream::pipeline: batch committed records=1 inserted=1 duplicates=0 duration_ms=2 committed_at=2026-01-01T00:00:00.300000+00:00 next_offsets={(\"usage-events\", 0): 12}
 ";
         let commits = CommitLog::parse(log, "usage-events");
         assert_eq!(commits.batches(), 3);

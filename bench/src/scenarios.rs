@@ -413,10 +413,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let log = dir.join("processor.log");
         let line =
-            "DEBUG processor::pipeline: batch committed records=30 inserted=28 duplicates=2\n";
+            "DEBUG processor::stream::pipeline: batch committed records=30 inserted=28 duplicates=2\n";
         std::fs::write(
             &log,
-            format!("{line}INFO other\n{line}DEBUG processor::pipeline: batch com"),
+            format!("{line}INFO other\n{line}DEBUG processor::stream::pipeline: batch com"),
         )
         .expect("write");
         let mut tally = CommitTally::default();

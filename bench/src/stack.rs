@@ -342,7 +342,7 @@ impl Stack {
             // and offsets: the accept → commit latency is computed from it.
             (
                 "TOKENLEDGER_LOG".into(),
-                "info,processor::pipeline=debug,tokio_postgres=warn".into(),
+                "info,processor::stream::pipeline=debug,tokio_postgres=warn".into(),
             ),
         ];
         processor_env.extend(overrides.processor.iter().cloned());

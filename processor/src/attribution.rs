@@ -17,7 +17,7 @@ use ledger::PricingStatus;
 use serde::{Deserialize, Serialize};
 use store::attribution::{AttributionKey, LabelCost, Sums, UNLABELLED};
 
-use crate::prepare::PricedEvent;
+use crate::stream::prepare::PricedEvent;
 
 /// `[attribution]`: the label keys cost is attributed by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

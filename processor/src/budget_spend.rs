@@ -37,7 +37,7 @@ use store::alerts::Crossing;
 use store::spend::{AuditKey, NewSpend};
 use uuid::Uuid;
 
-use crate::prepare::PricedEvent;
+use crate::stream::prepare::PricedEvent;
 
 pub use store::SpendKey;
 

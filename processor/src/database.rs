@@ -11,11 +11,11 @@ use crate::config::DatabaseConfig;
 
 /// A pool whose every wait (for a free connection, to connect, to recycle)
 /// is bounded by `database.timeout_ms`. Every connection has the batch
-/// writer's staging table ([`crate::write::copy`]) from its start, so a
+/// writer's staging table ([`crate::stream::write::copy`]) from its start, so a
 /// batch never pays a statement to create it.
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
     infra::database::pool(&infra::database::DatabaseSettings {
-        session_setup: Some(crate::write::copy::CREATE_STAGING),
+        session_setup: Some(crate::stream::write::copy::CREATE_STAGING),
         // Each batch step has its own bound (`Writer::bounded`), and
         // reports and reprices may run long by design.
         statement_timeout: None,

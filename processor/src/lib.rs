@@ -4,52 +4,42 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the typed configuration: sections, defaults, cross-field
-//!   rules. Its layering, the `Secret` type of credentials, logging, signal
-//!   handling, the Postgres pool and the librdkafka log hook are the
-//!   `infra` crate's, shared with the gateway.
-//! - [`migrate`]: the `sql/V*.sql` migrations, embedded, applied in order.
-//! - [`consumer`]: the consumer-group member on its own thread; assignment
-//!   at the offsets stored in the database; topic creation.
-//! - [`record`]: one Kafka record, owned, copied out of librdkafka's message.
-//! - [`topics`]: the topics the processor creates, with `min.insync.replicas`.
-//! - [`batch`]: records accumulate into batches closed by size or age.
-//! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
-//!   dedupe inside the batch, price; classify against the database's answers.
-//! - [`write`](mod@write): the one transaction per batch and its SQL: rows, budget
-//!   spend, offsets; dead letters acknowledged before the commit.
-//! - [`write_errors`]: what a failed write means (transient, permanent,
-//!   fatal, by SQLSTATE), and the bisection that finds the events a
-//!   permanent error is about.
-//! - [`offsets`]: `ingest_offsets`, and the in-memory floor of stored offsets.
-//! - [`log_check`]: whether a partition's log still reaches a stored offset.
-//! - [`offsets_admin`]: `processor offsets show|reset`.
-//! - [`assignment`]: which assigned partitions are consumed, which are held
-//!   because the log no longer reaches their stored offset.
-//! - [`dead_letters`]: what cannot be stored goes to the dead-letter topic.
-//! - [`metrics`]: the guide's counters and the operational metrics, moved
-//!   once per committed batch.
-//! - [`health`]: `/healthz`, `/readyz` and the admin listener that also
-//!   serves `/metrics`.
-//! - [`pipeline`]: the run loop tying them together, retries and shutdown.
-//! - [`report`]: `processor report`, what landed in the database.
-//! - [`optimize`]: the optimization rollup in the batch transaction,
-//!   `processor report optimize` and `processor what-if`.
-//! - [`refresh`]: `processor refresh`, re-materializing the rollups over a range.
-//! - [`corrections`]: `processor reprice`'s corrections exported as their own
-//!   Prometheus series.
-//! - [`prices`]: `processor prices import-litellm`, a community catalog
-//!   converted into a price file.
-//! - [`reprice`]: `processor reprice`, stored rows re-priced under the current
-//!   book with an audit trail; budget spend and rollups made consistent.
-//! - [`reconcile`]: `processor reconcile fetch|report`, the ledger against
-//!   the providers' own usage and cost reports: coverage, variance by cause.
-//! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
-//! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
-//! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
-//!   the spend-ratio gauges.
-//! - [`database`]: the processor's pool and single connections, on
-//!   `infra::database`.
+//! Two halves, and what both use:
+//!
+//! - `stream`: `processor run`, the long-running consumer. Its modules are
+//!   the steps of a record's way: `consumer` (the group member on its own
+//!   thread, assignment at the stored offsets, `assignment` of which
+//!   partitions are held, `topics` it creates), `batch` (records closed into
+//!   batches by size or age), `prepare` (pure: decode, re-validate, dedupe,
+//!   price), `write` (the one transaction per batch: rows, budget spend,
+//!   attribution, offsets; `write_errors` says what a failure means and
+//!   bisects), `dead_letters`, then what follows the commit: `metrics`
+//!   (with `label_metrics`, `fair_labels`, `corrections`), `alert_outbox`
+//!   (crossings pushed to Alertmanager and the webhook), `health`
+//!   (`/healthz`, `/readyz`, `/metrics`); `pipeline` is the run loop tying
+//!   them together, retries and shutdown.
+//! - `commands`: the operator commands, one module each: `migrate`,
+//!   `report`, `refresh`, `reprice`, `rebuild_attribution`, `budgets`
+//!   (`budgets apply`), `offsets` (`offsets show|reset`), `export` (FOCUS,
+//!   statements), `prices` (`prices import-litellm`), `optimize` (`report
+//!   optimize`, `what-if`, `rebuild-optimize`), `reconcile` (the ledger
+//!   against the providers' own reports). Every one that reads
+//!   or changes tables connects through `commands::connect_verified`.
+//! - Shared: [`config`] (the typed configuration; its layering, `Secret`,
+//!   logging, signals, the Postgres pool and the librdkafka log hook are the
+//!   `infra` crate's), [`database`] (the pool and single connections),
+//!   [`migrate`] (the embedded `sql/V*.sql` migrations: `run` and every
+//!   command verify them, `migrate` applies them), [`offsets`]
+//!   (`ingest_offsets` and the floor of stored offsets: written by the
+//!   stream, shown and reset by a command), `log_check` (whether a
+//!   partition's log still reaches a stored offset), [`record`] (one Kafka
+//!   record, owned), `budget_spend` (spend and crossings: the batch
+//!   transaction and `reprice`), [`attribution`] (the use-case rollup:
+//!   written by the stream, read by `report` and `reprice`).
+//! - [`cli`]: the command line and its dispatch; `main.rs` only starts it.
+//!
+//! Modules are private; what the benchmark and the integration tests drive
+//! directly is re-exported below, by the name it always had.
 //!
 //! # Exactly once
 //!
@@ -86,35 +76,18 @@
 //!    Effects that must be exact (budget spend) belong inside the
 //!    transaction, in [`write`](mod@write).
 
-pub mod alert_outbox;
-pub mod assignment;
 pub mod attribution;
-pub mod batch;
-pub mod budget_spend;
-pub mod budgets;
+mod budget_spend;
+pub mod cli;
+mod commands;
 pub mod config;
-pub mod consumer;
-pub mod corrections;
 pub mod database;
-pub mod dead_letters;
-pub mod export;
-pub mod fair_labels;
-pub mod health;
-pub mod label_metrics;
-pub mod log_check;
-pub mod metrics;
+mod log_check;
 pub mod migrate;
 pub mod offsets;
-pub mod offsets_admin;
-pub mod optimize;
-pub mod pipeline;
-pub mod prepare;
-pub mod prices;
-pub mod reconcile;
 pub mod record;
-pub mod refresh;
-pub mod report;
-pub mod reprice;
-pub mod topics;
-pub mod write;
-pub mod write_errors;
+mod stream;
+
+// The benchmark and the integration tests drive these steps one at a time.
+pub use commands::{budgets, optimize, reconcile, refresh, report, reprice};
+pub use stream::{consumer, dead_letters, pipeline, prepare, write};

@@ -1,8 +1,13 @@
-//! tokenledger's storage of budgets: the one home of the SQL over the
-//! `budgets`, `budget_spend` and `budget_alerts` tables (sql/V3__budgets.sql)
-//! that the gateway's budget API and the processor share. The domain rules
-//! (scope, periods, thresholds) are `ledger::budget`; this crate maps them to
-//! rows and back, and neither binary writes budgets SQL of its own.
+//! tokenledger's storage: the SQL over the tables that the gateway, the
+//! processor and the benchmark share, with each table's row mapping by
+//! column name. It owns the budgets tables (`budgets`, `budget_spend`,
+//! `budget_alerts`, sql/V3__budgets.sql), the reads behind the exports and
+//! the use-case rollup (`usage_attribution_daily`), and the totals of
+//! `cost_corrections`; the audit table's batch writes, `ingest_offsets`, the
+//! alert outbox's claims and re-pricing's paging are still the processor's.
+//! The domain rules (scope, periods, thresholds) are `ledger::budget`; this
+//! crate maps them to rows and back, and neither binary writes budgets SQL of
+//! its own. [`DbError`] is the one step-tagged database error, [`db`] its helper.
 //!
 //! Layout:
 //! - [`budgets`]: the definitions: the column list and row mapping, reads,
@@ -23,6 +28,8 @@
 //!   same way, for `processor reconcile`.
 //! - [`optimize`]: prompt length, cost per request, what-if re-pricing and
 //!   caching savings (`usage_optimize_daily`, `usage_optimize_histogram`).
+//! - [`corrections`]: the totals of `cost_corrections`, what re-pricing
+//!   changed.
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -36,6 +43,7 @@
 pub mod alerts;
 pub mod attribution;
 pub mod budgets;
+pub mod corrections;
 pub mod exports;
 pub mod optimize;
 pub mod reconcile;
@@ -53,7 +61,8 @@ pub struct DbError {
     pub source: tokio_postgres::Error,
 }
 
-/// Maps a driver error to a [`DbError`] of `step`.
-pub(crate) fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
+/// Maps a driver error to a [`DbError`] of `step`: `.map_err(store::db("reading budgets"))?`.
+/// The one step-tagged database error of the store and of the processor's SQL.
+pub fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
     move |source| DbError { step, source }
 }

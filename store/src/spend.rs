@@ -6,7 +6,7 @@
 //! the budget's scope matches (provider, model, one label value; each only
 //! when the budget names it). In Rust it is `ledger::budget::Scope::matches`
 //! plus `PeriodBounds::contains`; here it is [`SPEND_FROM_AUDIT`], the only
-//! copy in SQL. store/tests/spend_rule.rs proves the two agree.
+//! copy in SQL. store/tests/integration/spend_rule.rs proves the two agree.
 //!
 //! The batch transaction (the processor's budget spend step) keeps spend
 //! exact with the statements below: lock the budgets it adds to `FOR

@@ -48,7 +48,7 @@ log_lock_waits = on
 
 /// First line of a migration that must run outside a transaction, statement by statement (see
 /// sql/README.md).
-pub const NO_TRANSACTION_MARKER: &str = "-- tokenledger:no-transaction";
+const NO_TRANSACTION_MARKER: &str = "-- tokenledger:no-transaction";
 
 /// A running PostgreSQL + TimescaleDB cluster. Drop shuts it down immediately and removes its
 /// data.
@@ -260,12 +260,6 @@ impl Database {
         client
     }
 
-    /// Runs one SQL file with the migration rules (transaction unless marked otherwise).
-    pub async fn run_sql_file(&self, path: &Path) {
-        let mut client = self.client().await;
-        run_sql_file(&mut client, path).await;
-    }
-
     /// Applies every `sql/V<N>__*.sql` in version order.
     pub async fn migrate(&self) {
         let mut client = self.client().await;
@@ -362,7 +356,7 @@ fn pg_bin_dir() -> PathBuf {
 }
 
 /// The migration files in `dir` (`V<N>__<name>.sql`), sorted by N.
-pub fn migration_files(dir: &Path) -> Vec<(u32, PathBuf)> {
+fn migration_files(dir: &Path) -> Vec<(u32, PathBuf)> {
     let entries = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read migrations in {}: {e}", dir.display()));
     let mut files: Vec<(u32, PathBuf)> = entries
@@ -380,7 +374,7 @@ pub fn migration_files(dir: &Path) -> Vec<(u32, PathBuf)> {
 
 /// Applies every migration in `dir` in version order (re-applying is safe: migrations are
 /// idempotent; this helper does not record versions, `processor migrate` does).
-pub async fn apply_migrations(client: &mut Client, dir: &Path) {
+async fn apply_migrations(client: &mut Client, dir: &Path) {
     let files = migration_files(dir);
     assert!(
         !files.is_empty(),
@@ -424,7 +418,7 @@ pub async fn apply_migrations(client: &mut Client, dir: &Path) {
 /// Runs a SQL file: in one transaction, or, when its first line is [`NO_TRANSACTION_MARKER`],
 /// statement by statement outside a transaction (a multi-statement simple query would be one
 /// implicit transaction).
-pub async fn run_sql_file(client: &mut Client, path: &Path) {
+async fn run_sql_file(client: &mut Client, path: &Path) {
     let sql = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let fail = |e: tokio_postgres::Error| -> ! {

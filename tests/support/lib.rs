@@ -23,9 +23,7 @@ pub mod usage;
 
 pub use binary::Binary;
 pub use broker::{header_strings, Broker};
-pub use database::{
-    apply_migrations, migration_files, run_sql_file, Database, NO_TRANSACTION_MARKER,
-};
+pub use database::Database;
 pub use monitoring::{Alertmanager, Prometheus};
 pub use process::ChildProcess;
 pub use proxy::{FaultProxy, ProxyMode, Shaping};

@@ -1,0 +1,18 @@
+//! The gateway's integration tests, one binary: handlers through `Router::oneshot`, a real
+//! socket, the Kafka mock cluster, the budgets API against a real database; `support` is what they
+//! share.
+
+mod support;
+
+mod admin_db;
+mod budgets_api;
+mod budgets_db;
+mod connections;
+mod fuzz_usage;
+mod handlers;
+mod kafka_mock;
+mod key_reload;
+mod otlp;
+mod socket;
+mod startup_refusals;
+mod trust;

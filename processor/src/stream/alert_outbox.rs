@@ -1,0 +1,484 @@
+//! Delivery of recorded threshold crossings, and the budget gauges.
+//!
+//! `budget_alerts` is an outbox: the batch transaction records a crossing
+//! (exactly once, see [`crate::budget_spend`]); this task pushes it to
+//! Alertmanager (`POST /api/v2/alerts`) and to the optional webhook until
+//! each answers 2xx, with capped exponential backoff in between. A row is
+//! marked delivered per target only after that target accepted it, so an
+//! outage of Alertmanager delays alerts and loses none, and a processor that
+//! dies between commit and push pushes after its restart (any processor of
+//! the group will: the outbox is in the database, not in memory).
+//!
+//! Delivery is at least once: a crash between a 2xx and marking the row
+//! delivered pushes it again. Alertmanager merges alerts with identical
+//! labels, so it still shows one alert per crossing; a webhook receiver
+//! should dedupe on the labels (they identify the crossing).
+//!
+//! Several processors may run this loop; a row is claimed by moving its
+//! `next_attempt_at` past a lease with `FOR UPDATE SKIP LOCKED`, in a
+//! statement of its own (no transaction stays open during HTTP calls).
+//!
+//! Every alert stays active for at least [`MIN_ACTIVE_AFTER_PUSH`](push::MIN_ACTIVE_AFTER_PUSH) after it
+//! is pushed, and one whose period had ended when it was pushed is labelled
+//! `late="true"` (see [`alert_payload`]): a crossing recorded from late
+//! events, or held up past the period's end, is still seen, and Alertmanager
+//! does not refuse it for ending before it starts.
+//!
+//! A target that answers 400 or 422 refuses the content of what it was sent;
+//! sending it again cannot help. The batch is then pushed again one alert at
+//! a time: the accepted ones are delivered, and each refused one is set
+//! aside with the reason (`*_rejected_at`, `rejection`) instead of being
+//! retried, so one bad alert never holds up the others.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use deadpool_postgres::Pool;
+use ledger::{Period, ThresholdAlert};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AlertingConfig;
+
+mod push;
+mod record;
+
+use push::alert_payload;
+use push::{push, Outcome};
+use store::db;
+
+/// How often the gauges are read from the database, in polls.
+const GAUGE_EVERY_POLLS: u32 = 5;
+
+const CLAIM_DUE: &str = "
+UPDATE budget_alerts AS a
+SET attempts = a.attempts + 1,
+    next_attempt_at = now() + $1::float8 * INTERVAL '1 millisecond'
+FROM (
+    SELECT budget_id, tenant_id, period_start, threshold
+    FROM budget_alerts
+    WHERE next_attempt_at <= now()
+      AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
+      AND (($3 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
+        OR ($4 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL))
+    ORDER BY next_attempt_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
+  AND a.period_start = due.period_start AND a.threshold = due.threshold
+RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
+          a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
+          a.alertmanager_delivered_at IS NULL AND a.alertmanager_rejected_at IS NULL
+              AS needs_alertmanager,
+          a.webhook_delivered_at IS NULL AND a.webhook_rejected_at IS NULL AS needs_webhook,
+          now() AS claimed_at";
+
+const PENDING: &str = "
+SELECT count(*), EXTRACT(EPOCH FROM now() - min(crossed_at))::float8
+FROM budget_alerts
+WHERE ($1 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
+   OR ($2 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL)";
+
+const CURRENT_RATIOS: &str = "
+SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
+FROM budget_spend AS s JOIN budgets AS b ON b.id = s.budget_id
+WHERE s.period_start <= now() AND s.period_end > now()
+ORDER BY s.spend_usd / b.amount_usd DESC, b.name, s.tenant_id
+LIMIT $1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Database(#[from] store::DbError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    TlsMaterial {
+        what: &'static str,
+        source: reqwest::Error,
+    },
+    #[error("cannot register metric: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Where a crossing is pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Alertmanager,
+    Webhook,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager",
+            Target::Webhook => "webhook",
+        }
+    }
+
+    fn delivered_column(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager_delivered_at",
+            Target::Webhook => "webhook_delivered_at",
+        }
+    }
+
+    fn rejected_column(self) -> &'static str {
+        match self {
+            Target::Alertmanager => "alertmanager_rejected_at",
+            Target::Webhook => "webhook_rejected_at",
+        }
+    }
+}
+
+/// The outbox's and the budgets' metrics, in the processor's registry.
+#[derive(Debug, Clone)]
+pub struct OutboxMetrics {
+    spend_ratio: GaugeVec,
+    pending: IntGauge,
+    oldest_pending_age: prometheus::Gauge,
+    delivered: IntCounterVec,
+    failures: IntCounterVec,
+    rejected: IntCounterVec,
+}
+
+impl OutboxMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let spend_ratio = GaugeVec::new(
+            Opts::new(
+                "tokenledger_budget_spend_ratio",
+                "Spend of the current period divided by the budget amount, per budget and tenant \
+                 (1 = the whole budget). At most alerting.max_ratio_series series, highest first.",
+            ),
+            &["tenant_id", "budget", "period"],
+        )?;
+        let pending = IntGauge::new(
+            "tokenledger_budget_alerts_pending",
+            "Recorded budget threshold crossings not yet accepted by every configured target.",
+        )?;
+        let oldest_pending_age = prometheus::Gauge::new(
+            "tokenledger_budget_alerts_oldest_pending_age_seconds",
+            "Age of the oldest crossing not yet accepted by every configured target (0 if none).",
+        )?;
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alerts_delivered_total",
+                "Budget threshold alerts accepted by a target (alertmanager, webhook).",
+            ),
+            &["target"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alert_delivery_failures_total",
+                "Failed pushes of budget threshold alerts, by target; each is retried.",
+            ),
+            &["target"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "tokenledger_budget_alerts_rejected_total",
+                "Budget threshold alerts a target refused (HTTP 400 or 422), by target; they are \
+                 not retried and keep the reason in budget_alerts.rejection.",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(spend_ratio.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(oldest_pending_age.clone()))?;
+        registry.register(Box::new(delivered.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        for target in [Target::Alertmanager, Target::Webhook] {
+            delivered.with_label_values(&[target.as_str()]);
+            failures.with_label_values(&[target.as_str()]);
+            rejected.with_label_values(&[target.as_str()]);
+        }
+        Ok(Self {
+            spend_ratio,
+            pending,
+            oldest_pending_age,
+            delivered,
+            failures,
+            rejected,
+        })
+    }
+}
+
+/// One claimed row of `budget_alerts`.
+#[derive(Debug, Clone)]
+struct Claimed {
+    alert: ThresholdAlert,
+    needs_alertmanager: bool,
+    needs_webhook: bool,
+}
+
+/// The delivery loop. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AlertOutbox {
+    pool: Pool,
+    config: AlertingConfig,
+    http: reqwest::Client,
+    metrics: Arc<OutboxMetrics>,
+}
+
+impl AlertOutbox {
+    pub fn new(
+        pool: Pool,
+        config: AlertingConfig,
+        metrics: Arc<OutboxMetrics>,
+    ) -> Result<Self, OutboxError> {
+        let http = push::client(&config)?;
+        Ok(Self {
+            pool,
+            config,
+            http,
+            metrics,
+        })
+    }
+
+    fn targets(&self) -> (bool, bool) {
+        (
+            self.config.alertmanager_url.is_some(),
+            self.config.webhook_url.is_some(),
+        )
+    }
+
+    /// Pushes due crossings and refreshes the gauges every poll interval
+    /// until `shutdown` is cancelled. Errors are logged and retried on the
+    /// next poll; they never stop ingestion.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (alertmanager, webhook) = self.targets();
+        tracing::info!(
+            alertmanager = self
+                .config
+                .alertmanager_url
+                .as_ref()
+                .map_or_else(|| "(none)".to_owned(), |url| url.redacted()),
+            webhook = self.config.webhook_url.is_some(),
+            "budget alert outbox running"
+        );
+        if !alertmanager && !webhook {
+            tracing::warn!("alerting.alertmanager_url is not set: budget crossings are recorded in budget_alerts but not pushed");
+        }
+        let mut interval = tokio::time::interval(self.config.poll_interval());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            if alertmanager || webhook {
+                // Drain what is due, a batch at a time.
+                loop {
+                    match self.deliver_due().await {
+                        Ok(claimed) if claimed >= self.config.batch_size => continue,
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "budget alert outbox poll failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            if polls % GAUGE_EVERY_POLLS == 0 {
+                if let Err(error) = self.refresh_gauges().await {
+                    tracing::warn!(%error, "cannot refresh the budget gauges");
+                }
+            }
+            polls = polls.wrapping_add(1);
+        }
+        tracing::info!("budget alert outbox stopped");
+    }
+
+    /// Claims the due crossings, pushes them, records the outcome. Returns
+    /// how many were claimed.
+    pub async fn deliver_due(&self) -> Result<usize, OutboxError> {
+        let (alertmanager, webhook) = self.targets();
+        let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        let rows = {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    CLAIM_DUE,
+                    &[
+                        &self.lease_ms(1),
+                        &(self.config.push_delay_ms as f64),
+                        &alertmanager,
+                        &webhook,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(db("claiming due alerts"))?
+        };
+        let Some(now) = rows
+            .first()
+            .map(|row| row.get::<_, DateTime<Utc>>("claimed_at"))
+        else {
+            return Ok(0);
+        };
+        let claimed: Vec<Claimed> = rows.iter().map(claimed_from_row).collect();
+        for target in [Target::Alertmanager, Target::Webhook] {
+            let url =
+                match target {
+                    Target::Alertmanager => self.config.alertmanager_url.as_ref().map(|base| {
+                        format!("{}/api/v2/alerts", base.expose().trim_end_matches('/'))
+                    }),
+                    Target::Webhook => self
+                        .config
+                        .webhook_url
+                        .as_ref()
+                        .map(|url| url.expose().to_owned()),
+                };
+            let Some(url) = url else { continue };
+            let batch: Vec<&ThresholdAlert> = claimed
+                .iter()
+                .filter(|c| match target {
+                    Target::Alertmanager => c.needs_alertmanager,
+                    Target::Webhook => c.needs_webhook,
+                })
+                .map(|c| &c.alert)
+                .collect();
+            if !batch.is_empty() {
+                self.deliver(target, &url, &batch, now).await?;
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    /// How long a claim holds rows for `pushes` requests per target.
+    fn lease_ms(&self, pushes: usize) -> f64 {
+        (self.config.timeout_ms as f64) * 2.0 * (pushes as f64) + 1_000.0
+    }
+
+    /// Pushes `batch` to one target and records the outcome; a refused batch
+    /// is pushed again one alert at a time, to deliver all but the refused.
+    async fn deliver(
+        &self,
+        target: Target,
+        url: &str,
+        batch: &[&ThresholdAlert],
+        now: DateTime<Utc>,
+    ) -> Result<(), OutboxError> {
+        let payload = Value::Array(batch.iter().map(|a| alert_payload(a, now)).collect());
+        let reason = match push(&self.http, url, &payload).await {
+            Outcome::Accepted => return self.mark_delivered(target, batch).await,
+            Outcome::Failed(error) => return self.schedule_retry(target, batch, &error).await,
+            Outcome::Rejected(reason) if batch.len() == 1 => {
+                return self.mark_rejected(target, batch[0], &reason).await
+            }
+            Outcome::Rejected(reason) => reason,
+        };
+        tracing::warn!(
+            target = target.as_str(),
+            alerts = batch.len(),
+            %reason,
+            "a batch of budget alerts was refused; pushing its alerts one at a time"
+        );
+        // One request per alert now: hold the rows long enough for all of them.
+        self.extend_claim(batch, self.lease_ms(batch.len())).await?;
+        let mut accepted = Vec::new();
+        for (index, alert) in batch.iter().enumerate() {
+            let one = Value::Array(vec![alert_payload(alert, now)]);
+            match push(&self.http, url, &one).await {
+                Outcome::Accepted => accepted.push(*alert),
+                Outcome::Rejected(reason) => self.mark_rejected(target, alert, &reason).await?,
+                Outcome::Failed(error) => {
+                    // The target is failing now, not refusing: the rest waits
+                    // for the next attempt rather than for a timeout each.
+                    self.schedule_retry(target, &batch[index..], &error).await?;
+                    break;
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            self.mark_delivered(target, &accepted).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the current periods' spend ratios and the pending count.
+    pub async fn refresh_gauges(&self) -> Result<(), OutboxError> {
+        let (alertmanager, webhook) = self.targets();
+        let client = self.pool.get().await?;
+        let limit = i64::try_from(self.config.max_ratio_series).unwrap_or(i64::MAX);
+        let rows = client
+            .query(CURRENT_RATIOS, &[&limit])
+            .await
+            .map_err(db("reading spend ratios"))?;
+        let pending = client
+            .query_one(PENDING, &[&alertmanager, &webhook])
+            .await
+            .map_err(db("counting pending alerts"))?;
+        // Reset first: a budget deleted, renamed or in a new period without
+        // spend yet must not keep its last value.
+        self.metrics.spend_ratio.reset();
+        for row in &rows {
+            let name: String = row.get(0);
+            let tenant: String = row.get(1);
+            let period: String = row.get(2);
+            let ratio = ledger::budget::spend_ratio(row.get::<_, Decimal>(3), row.get(4));
+            self.metrics
+                .spend_ratio
+                .with_label_values(&[&tenant, &name, &period])
+                .set(ratio.to_f64().unwrap_or(0.0));
+        }
+        self.metrics.pending.set(pending.get(0));
+        self.metrics
+            .oldest_pending_age
+            .set(pending.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0));
+        Ok(())
+    }
+}
+
+fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
+    let period: String = row.get("period");
+    let timezone: String = row.get("timezone");
+    let threshold: i16 = row.get("threshold");
+    Claimed {
+        alert: ThresholdAlert {
+            budget_id: row.get("budget_id"),
+            budget_name: row.get("budget_name"),
+            tenant_id: row.get("tenant_id"),
+            period: period.parse().unwrap_or(Period::Monthly),
+            timezone: timezone.parse().unwrap_or(Tz::UTC),
+            period_start: row.get("period_start"),
+            period_end: row.get("period_end"),
+            threshold: u16::try_from(threshold).unwrap_or(0),
+            amount_usd: row.get("amount_usd"),
+            spend_usd: row.get("spend_usd"),
+            narrowing: row.get("narrowing"),
+            crossed_at: row.get("crossed_at"),
+        },
+        needs_alertmanager: row.get("needs_alertmanager"),
+        needs_webhook: row.get("needs_webhook"),
+    }
+}
+
+/// Registers the metrics and spawns the delivery loop until `stop`.
+pub fn start(
+    pool: Pool,
+    config: &AlertingConfig,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, OutboxError> {
+    let metrics = Arc::new(OutboxMetrics::new(registry)?);
+    let outbox = AlertOutbox::new(pool, config.clone(), metrics)?;
+    Ok(tokio::spawn(outbox.run(stop)))
+}
+
+#[cfg(test)]
+mod tests;

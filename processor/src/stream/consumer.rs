@@ -1,0 +1,554 @@
+//! The Kafka side: the consumer-group member on its own thread, partition
+//! assignment at the offsets stored in the database, the hand-over of
+//! records through a bounded channel, topic creation, and lag reporting.
+//!
+//! Why a `BaseConsumer` polled on a dedicated thread rather than a
+//! `StreamConsumer`: librdkafka runs rebalance callbacks inside `poll`, on
+//! the polling thread. On that plain thread the assignment callback can
+//! block on a database query (via the runtime handle) and hand librdkafka
+//! the assignment *with the stored offsets already in it*, so fetching
+//! starts at the right place instead of being corrected by a later seek.
+//! Inside an async task the same callback could not block without stalling
+//! a runtime worker. The thread also gives natural backpressure: when the
+//! writer is slow or retrying, the bounded channel is full and the thread
+//! stops polling, so no more records are fetched into memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::log_check::{LogCheckError, LogChecker};
+use crate::offsets::{self, NextOffsets, OffsetFloors};
+use crate::record::Record;
+use crate::stream::assignment::PartitionGuard;
+use crate::stream::metrics::Metrics;
+pub use crate::stream::topics::ensure_topics;
+
+/// How often the polling thread wakes up to notice shutdown when idle or
+/// blocked on a full channel.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to read stored offsets on assignment.
+const MAX_ASSIGN_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Create(KafkaError),
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("fatal Kafka error {code:?}: {reason}")]
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
+    #[error("cannot create topics: {0}")]
+    CreateTopics(KafkaError),
+    #[error("cannot create topic {topic}: {code:?}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("creating topics did not finish within {0:?}")]
+    CreateTopicsTimeout(Duration),
+    #[error("cannot spawn the consumer thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot register the consumer's metrics: {0}")]
+    Metrics(prometheus::Error),
+    #[error(transparent)]
+    LogCheck(#[from] LogCheckError),
+}
+
+/// The librdkafka settings shared by every client: brokers, then the
+/// operator's extra properties (which may override anything set here).
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// What the assignment callback needs to look up stored offsets.
+pub struct ProcessorContext {
+    pool: Pool,
+    group_id: String,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    db_timeout: Duration,
+    guard: PartitionGuard,
+}
+
+impl std::fmt::Debug for ProcessorContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorContext")
+            .field("group_id", &self.group_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for ProcessorContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        infra::kafka::forward_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // A fatal consumer error also surfaces from poll, where the polling
+        // thread stops on it.
+        infra::kafka::report_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a negative
+            // lag means unknown.
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .set_consumer_lag(*partition, stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProcessorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // shutting down: take nothing, so nothing is fetched
+                let taken = self.take_assignment(partitions).unwrap_or_default();
+                if cooperative {
+                    consumer.incremental_assign(&taken).map(|_| ())
+                } else {
+                    consumer.assign(&taken)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Nothing to flush: a batch holding records of a revoked
+                // partition may still commit, because inserts are idempotent
+                // and stored offsets only move forward (see lib.rs).
+                tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked");
+                let revoked: Vec<i32> = partitions
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|element| element.partition())
+                    .collect();
+                let fetched = self.guard.revoke(&revoked);
+                if cooperative {
+                    // held partitions were never handed to the client
+                    let mut list = TopicPartitionList::new();
+                    for partition in fetched {
+                        list.add_partition(&self.topic, partition);
+                    }
+                    consumer.incremental_unassign(&list).map(|_| ())
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "applying the assignment failed");
+        }
+    }
+}
+
+impl ProcessorContext {
+    /// The part of a new assignment to fetch, each partition at the offset
+    /// stored in the database (or the beginning when none is stored),
+    /// retrying until the database answers; partitions whose stored offset
+    /// the log no longer reaches are held back (see [`PartitionGuard`]).
+    /// None when shutdown interrupted it.
+    ///
+    /// Starting anywhere else is never allowed: Kafka's committed offsets
+    /// are for monitoring only and may be behind or (after a database
+    /// restore) ahead of what is stored.
+    fn take_assignment(&self, partitions: &TopicPartitionList) -> Option<TopicPartitionList> {
+        let assigned: Vec<i32> = partitions
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        let stored = loop {
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            match self.load_stored(&assigned) {
+                Ok(stored) => break stored,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "cannot read stored offsets for the assignment; retrying"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_ASSIGN_BACKOFF);
+                }
+            }
+        };
+        let consume = self.guard.admit(&assigned, &stored.0, &stored.1);
+        let mut taken = TopicPartitionList::new();
+        for (partition, offset) in &consume {
+            if let Err(error) = taken.add_partition_offset(&self.topic, *partition, *offset) {
+                tracing::error!(%error, partition, "cannot set the start offset");
+            }
+        }
+        let consumed: Vec<i32> = consume.iter().map(|(p, _)| *p).collect();
+        tracing::info!(
+            partitions = ?assigned,
+            consumed = ?consumed,
+            stored = ?stored.0,
+            "partitions assigned at stored offsets"
+        );
+        Some(taken)
+    }
+
+    /// One attempt at reading the stored offsets of `partitions`.
+    fn load_stored(&self, partitions: &[i32]) -> Result<StoredPositions, String> {
+        let lookup = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let stored = offsets::load(&**client, &self.group_id, &self.topic, partitions)
+                .await
+                .map_err(|e| e.to_string())?;
+            let marks = offsets::load_marks(&**client, &self.group_id, &self.topic, partitions)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((stored, marks))
+        };
+        self.runtime
+            // the timer must be created inside the runtime, hence the block
+            .block_on(async { tokio::time::timeout(self.db_timeout, lookup).await })
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.db_timeout)))
+    }
+
+    /// Called between polls: rechecks held partitions when one is due.
+    fn between_polls(&self, consumer: &BaseConsumer<Self>) {
+        self.guard
+            .recheck(consumer, |partitions| self.load_stored(partitions));
+    }
+}
+
+/// Stored next offsets and the marks of the records they passed.
+type StoredPositions = (HashMap<i32, i64>, HashMap<i32, offsets::LogMark>);
+
+fn partition_numbers(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
+    partitions
+        .elements()
+        .iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+        .collect()
+}
+
+/// Settings every processor consumer needs for the exactly-once design.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        // A broker answers a fetch when data arrives or when this wait ends;
+        // one that waits it out (tansu does) would otherwise add up to
+        // librdkafka's default 500 ms to every event's latency. When idle it
+        // costs 20 empty fetches a second. 10 ms cut ~25 ms off the median
+        // accept → commit latency in short runs, but tansu's cost per fetch
+        // grows with the topic and 100 fetches a second saturated it in the
+        // full benchmark (scripts/bench.sh), so 50 ms stays.
+        .set("fetch.wait.max.ms", "50");
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    // Correctness settings come last so that properties cannot undo them:
+    // offsets live in the database, Kafka commits are explicit and only for
+    // monitoring. A fetch position outside the log is reported, never
+    // silently moved (see `assignment`): partitions without a stored offset
+    // start explicitly at the beginning.
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error");
+    config
+}
+
+/// The group member: its consumer (shared for monitoring commits) and its
+/// polling thread.
+pub struct GroupMember {
+    consumer: Option<Arc<BaseConsumer<ProcessorContext>>>,
+    thread: Option<JoinHandle<Result<(), ConsumerError>>>,
+}
+
+impl std::fmt::Debug for GroupMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMember").finish_non_exhaustive()
+    }
+}
+
+/// Everything the consumer needs besides its Kafka settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerDeps {
+    pub pool: Pool,
+    pub floors: OffsetFloors,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub db_timeout: Duration,
+    /// Capacity of each writer's channel, in records.
+    pub channel_capacity: usize,
+    /// Writers, each fed the records of its own partitions
+    /// ([`writer_of`]).
+    pub writers: usize,
+}
+
+/// The writer that owns `partition`: a partition always goes to the same
+/// writer, so its records are committed in order and its offsets by one
+/// transaction at a time.
+pub fn writer_of(partition: i32, writers: usize) -> usize {
+    usize::try_from(partition).unwrap_or(0) % writers.max(1)
+}
+
+impl GroupMember {
+    /// Joins the group and starts polling on a new thread. Records arrive on
+    /// the returned receivers, one per writer, each partition's on
+    /// [`writer_of`] its number.
+    pub fn start(
+        kafka: &KafkaConfig,
+        deps: ConsumerDeps,
+    ) -> Result<(Self, Vec<mpsc::Receiver<Record>>), ConsumerError> {
+        deps.floors
+            .register_metrics(deps.metrics.registry())
+            .map_err(ConsumerError::Metrics)?;
+        let checker = LogChecker::new(&client_config(kafka), &kafka.group_id)
+            .map_err(ConsumerError::LogCheck)?;
+        let guard = PartitionGuard::new(
+            &kafka.topic,
+            checker,
+            deps.floors.clone(),
+            deps.metrics.registry(),
+        )
+        .map_err(ConsumerError::Metrics)?;
+        let context = ProcessorContext {
+            guard,
+            pool: deps.pool.clone(),
+            group_id: kafka.group_id.clone(),
+            topic: kafka.topic.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: deps.shutdown.clone(),
+            metrics: deps.metrics.clone(),
+            db_timeout: deps.db_timeout,
+        };
+        let consumer: BaseConsumer<ProcessorContext> = consumer_config(kafka)
+            .create_with_context(context)
+            .map_err(ConsumerError::Create)?;
+        match &kafka.manual_assignment {
+            None => {
+                consumer
+                    .subscribe(&[&kafka.topic])
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: kafka.topic.clone(),
+                        source,
+                    })?
+            }
+            // Outside the group: no rebalance callback runs, so the stored
+            // offsets are read here, the same way the callback would.
+            Some(partitions) => {
+                let mut requested = TopicPartitionList::new();
+                for partition in partitions {
+                    requested.add_partition(&kafka.topic, *partition);
+                }
+                tracing::warn!(
+                    partitions = ?partitions,
+                    "kafka.manual_assignment is set: consuming outside the consumer group"
+                );
+                let context = consumer.context();
+                let taken = tokio::task::block_in_place(|| context.take_assignment(&requested))
+                    .unwrap_or_default();
+                consumer
+                    .assign(&taken)
+                    .map_err(|source| ConsumerError::Subscribe {
+                        topic: kafka.topic.clone(),
+                        source,
+                    })?;
+            }
+        }
+        let consumer = Arc::new(consumer);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..deps.writers.max(1))
+            .map(|_| mpsc::channel(deps.channel_capacity.max(1)))
+            .unzip();
+        let thread_consumer = consumer.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let shutdown = deps.shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || poll_loop(thread_consumer, senders, runtime, shutdown))
+            .map_err(ConsumerError::Spawn)?;
+        Ok((
+            Self {
+                consumer: Some(consumer),
+                thread: Some(thread),
+            },
+            receivers,
+        ))
+    }
+
+    /// Commits `next_offsets` to Kafka without waiting. Only lag monitoring
+    /// reads them; correctness never depends on this succeeding.
+    pub fn commit_for_monitoring(&self, next_offsets: &NextOffsets) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next_offset) in next_offsets {
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*next_offset))
+            {
+                tracing::debug!(%error, "cannot build the monitoring commit");
+                return;
+            }
+        }
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "monitoring commit not sent");
+        }
+    }
+
+    /// Whether the polling thread has stopped (after shutdown or an error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Leaves the group: the polling thread, which holds the last reference
+    /// to the consumer, closes it. Waits at most `timeout`.
+    pub async fn stop(mut self, timeout: Duration) -> Result<(), ConsumerError> {
+        self.consumer.take();
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(timeout, joined).await {
+            Ok(Ok(Ok(result))) => result,
+            Ok(Ok(Err(_))) | Ok(Err(_)) => {
+                tracing::error!("the consumer thread panicked");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(?timeout, "the consumer did not leave the group in time");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<ProcessorContext>>,
+    senders: Vec<mpsc::Sender<Record>>,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let result = poll_until_shutdown(&consumer, &senders, &runtime, &shutdown);
+    // Close the group membership here, on this thread, where the revoke
+    // callback may run. The run loop has dropped its reference by now or
+    // drops it shortly; wait for that so this drop is the closing one.
+    drop(senders);
+    let mut consumer = consumer;
+    for _ in 0..50 {
+        match Arc::try_unwrap(consumer) {
+            Ok(owned) => {
+                drop(owned);
+                return result;
+            }
+            Err(shared) => {
+                consumer = shared;
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+    }
+    result
+}
+
+fn poll_until_shutdown(
+    consumer: &BaseConsumer<ProcessorContext>,
+    senders: &[mpsc::Sender<Record>],
+    runtime: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumerError> {
+    // Every record of a topic shares one copy of its name.
+    let mut topic: Arc<str> = Arc::from("");
+    while !shutdown.is_cancelled() {
+        consumer.context().between_polls(consumer);
+        let message = match consumer.poll(POLL_INTERVAL) {
+            None => continue,
+            Some(Err(error)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(ConsumerError::Fatal { code, reason });
+                }
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) {
+                    consumer.context().guard.on_offset_out_of_range(consumer);
+                    continue;
+                }
+                // Transient (broker down, partition leader moving): librdkafka
+                // retries by itself; keep polling.
+                tracing::warn!(%error, "kafka consumer error");
+                continue;
+            }
+            Some(Ok(message)) => message,
+        };
+        let sender = &senders[writer_of(message.partition(), senders.len())];
+        let mut record = Some(Record::from_message(&message, &mut topic));
+        drop(message);
+        // Usually the channel has room: hand the record over without
+        // entering the runtime.
+        if let Some(ready) = record.take() {
+            match sender.try_send(ready) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(pending)) => record = Some(pending),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            }
+        }
+        // Backpressure: while the batcher is behind, stop polling. Each wait
+        // is bounded so shutdown is noticed.
+        while let Some(pending) = record.take() {
+            match runtime.block_on(async { sender.send_timeout(pending, POLL_INTERVAL).await }) {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(pending)) => {
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    record = Some(pending);
+                }
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
+            }
+        }
+    }
+    Ok(())
+}

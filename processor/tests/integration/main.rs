@@ -1,0 +1,21 @@
+//! The processor's integration tests, one binary: each module is what one file tested before
+//! (database tests against a real TimescaleDB, the Kafka pipeline against a real broker, the
+//! `prices` command), `support` what they share.
+
+mod support;
+
+mod attribution_db;
+mod budgets_db;
+mod call_identity_db;
+mod concurrency_db;
+mod migrate_db;
+mod optimize_db;
+mod optimize_rebuild_db;
+mod pipeline_kafka;
+mod prices_cli;
+mod provenance_db;
+mod reconcile_db;
+mod reprice_db;
+mod tenant_key_db;
+mod unstorable_db;
+mod writer_db;
