@@ -92,12 +92,8 @@ pub async fn copy_rows(
     table: &str,
     rows: &[&PricedEvent],
 ) -> Result<(), WriteError> {
-    let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
-    buf.put_slice(COPY_HEADER);
-    for row in rows {
-        encode_row(row, &mut buf)?;
-    }
-    buf.put_i16(-1);
+    let mut buf = BytesMut::new();
+    encode_rows(rows, &mut buf)?;
     let sink = client
         .copy_in::<_, Bytes>(&format!(
             "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -107,6 +103,17 @@ pub async fn copy_rows(
     pin_mut!(sink);
     sink.send(buf.freeze()).await.map_err(db("copy"))?;
     sink.finish().await.map_err(db("copy"))?;
+    Ok(())
+}
+
+/// Appends the binary COPY stream of `rows` (header, rows, trailer) to `buf`.
+pub fn encode_rows(rows: &[&PricedEvent], buf: &mut BytesMut) -> Result<(), WriteError> {
+    buf.reserve(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
+    buf.put_slice(COPY_HEADER);
+    for row in rows {
+        encode_row(row, buf)?;
+    }
+    buf.put_i16(-1);
     Ok(())
 }
 
