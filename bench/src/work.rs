@@ -15,7 +15,7 @@ use chrono::Utc;
 use clap::Parser;
 use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
-use processor::prepare::{PricedEvent, Preparer};
+use processor::prepare::{Preparer, PricedEvent};
 use processor::record::Record;
 
 #[global_allocator]

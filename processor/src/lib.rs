@@ -95,6 +95,7 @@ pub mod database;
 pub mod dead_letters;
 pub mod export;
 pub mod fair_labels;
+mod first_seen;
 pub mod health;
 pub mod label_metrics;
 pub mod log_check;
