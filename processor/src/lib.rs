@@ -96,6 +96,7 @@ pub mod dead_letters;
 pub mod export;
 pub mod fair_labels;
 mod first_seen;
+pub mod handoff;
 pub mod health;
 pub mod label_metrics;
 pub mod log_check;
