@@ -12,6 +12,8 @@
 //! - [`consumer`]: the consumer-group member on its own thread; assignment
 //!   at the offsets stored in the database; topic creation.
 //! - [`record`]: one Kafka record, owned, copied out of librdkafka's message.
+//! - [`handoff`]: records handed to the writers' channels; a full one pauses
+//!   only its writer's partitions.
 //! - [`topics`]: the topics the processor creates, with `min.insync.replicas`.
 //! - [`batch`]: records accumulate into batches closed by size or age.
 //! - [`prepare`]: pure, no I/O: decode, re-validate, sort out dead letters,
