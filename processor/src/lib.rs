@@ -17,7 +17,8 @@
 //!   (with `label_metrics`, `fair_labels`, `corrections`), `alert_outbox`
 //!   (crossings pushed to Alertmanager and the webhook), `health`
 //!   (`/healthz`, `/readyz`, `/metrics`); `pipeline` is the run loop tying
-//!   them together, retries and shutdown.
+//!   them together, retries and shutdown; `handoff` hands records to the
+//!   writers' channels (a full one pauses only its writer's partitions).
 //! - `commands`: the operator commands, one module each: `migrate`,
 //!   `report`, `refresh`, `reprice`, `rebuild_attribution`, `budgets`
 //!   (`budgets apply`), `offsets` (`offsets show|reset`), `export` (FOCUS,
@@ -90,4 +91,4 @@ mod stream;
 
 // The benchmark and the integration tests drive these steps one at a time.
 pub use commands::{budgets, optimize, reconcile, refresh, report, reprice};
-pub use stream::{consumer, dead_letters, pipeline, prepare, write};
+pub use stream::{consumer, dead_letters, metrics, pipeline, prepare, write};

@@ -11,7 +11,8 @@
 //! Inside an async task the same callback could not block without stalling
 //! a runtime worker. The thread also gives natural backpressure: when the
 //! writer is slow or retrying, the bounded channel is full and the thread
-//! stops polling, so no more records are fetched into memory.
+//! stops polling, so no more records are fetched into memory; with several
+//! writers only the full writer's partitions are paused ([`crate::stream::handoff`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,6 @@ use deadpool_postgres::Pool;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -35,12 +35,15 @@ use crate::log_check::{LogCheckError, LogChecker};
 use crate::offsets::{self, NextOffsets, OffsetFloors};
 use crate::record::Record;
 use crate::stream::assignment::PartitionGuard;
+use crate::stream::handoff::{Closed, Handoff, Partition};
 use crate::stream::metrics::Metrics;
 pub use crate::stream::topics::ensure_topics;
 
 /// How often the polling thread wakes up to notice shutdown when idle or
 /// blocked on a full channel.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How soon records held back from a full writer channel are offered again.
+const HELD_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Longest pause between attempts to read stored offsets on assignment.
 const MAX_ASSIGN_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -504,9 +507,20 @@ fn poll_until_shutdown(
 ) -> Result<(), ConsumerError> {
     // Every record of a topic shares one copy of its name.
     let mut topic: Arc<str> = Arc::from("");
+    let mut handoff = Handoff::new(senders.to_vec());
     while !shutdown.is_cancelled() {
         consumer.context().between_polls(consumer);
-        let message = match consumer.poll(POLL_INTERVAL) {
+        match handoff.retry() {
+            Ok(resume) => pause_or_resume(consumer, &resume, false),
+            Err(Closed) => return Ok(()),
+        }
+        // While records are held, come back soon to hand them over.
+        let wait = if handoff.is_holding() {
+            HELD_POLL_INTERVAL
+        } else {
+            POLL_INTERVAL
+        };
+        let message = match consumer.poll(wait) {
             None => continue,
             Some(Err(error)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
@@ -523,18 +537,26 @@ fn poll_until_shutdown(
             }
             Some(Ok(message)) => message,
         };
-        let sender = &senders[writer_of(message.partition(), senders.len())];
-        let mut record = Some(Record::from_message(&message, &mut topic));
+        let record = Record::from_message(&message, &mut topic);
         drop(message);
-        // Usually the channel has room: hand the record over without
-        // entering the runtime.
-        if let Some(ready) = record.take() {
-            match sender.try_send(ready) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(pending)) => record = Some(pending),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        if handoff.writers() > 1 {
+            // A full channel pauses its writer's partitions, not the others.
+            match handoff.offer(record) {
+                Ok(Some(partition)) => pause_or_resume(consumer, &[partition], true),
+                Ok(None) => {}
+                Err(Closed) => return Ok(()),
             }
+            continue;
         }
+        // One writer: nobody else to hold back, and pausing would only make
+        // librdkafka fetch the same records again. Usually the channel has
+        // room: hand the record over without entering the runtime.
+        let sender = &senders[0];
+        let mut record = match sender.try_send(record) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Full(pending)) => Some(pending),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        };
         // Backpressure: while the batcher is behind, stop polling. Each wait
         // is bounded so shutdown is noticed.
         while let Some(pending) = record.take() {
@@ -551,4 +573,37 @@ fn poll_until_shutdown(
         }
     }
     Ok(())
+}
+
+/// Pauses (or resumes) fetching `partitions`. A failure is logged: a pause
+/// that did not take only lets more records be held; a resume that did not
+/// take is retried by nothing, so it is an error.
+fn pause_or_resume(
+    consumer: &BaseConsumer<ProcessorContext>,
+    partitions: &[Partition],
+    pause: bool,
+) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
+    let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+    let result = if pause {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    match result {
+        Ok(()) if pause => {
+            tracing::debug!(partitions = ?numbers, "writer channel full: partitions paused")
+        }
+        Ok(()) => tracing::debug!(partitions = ?numbers, "writer caught up: partitions resumed"),
+        Err(error) if pause => {
+            tracing::warn!(%error, partitions = ?numbers, "cannot pause partitions of a full writer")
+        }
+        Err(error) => tracing::error!(%error, partitions = ?numbers, "cannot resume partitions"),
+    }
 }

@@ -8,6 +8,8 @@ pub mod consumer;
 pub mod corrections;
 pub mod dead_letters;
 pub mod fair_labels;
+mod first_seen;
+pub mod handoff;
 pub mod health;
 pub mod label_metrics;
 pub mod metrics;

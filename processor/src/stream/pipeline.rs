@@ -244,8 +244,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
 
 /// Commits one batch, retrying the same batch with capped exponential
 /// backoff while the error is retryable (the writer has already isolated
-/// the records behind a permanent error; a schema error stops). Nothing else is consumed
-/// meanwhile: the consumer thread blocks on the full channel.
+/// the records behind a permanent error; a schema error stops). Nothing else of the writer's
+/// partitions is consumed meanwhile: its channel fills, and the consumer thread waits (one
+/// writer) or pauses those partitions (several, [`crate::handoff`]).
 pub async fn commit_batch<D: DeadLetterSink>(
     writer: &Writer<D>,
     mut prepared: PreparedBatch,

@@ -24,7 +24,7 @@ use crate::budget_spend::BudgetSpendError;
 use crate::offsets::{self, NextOffsets, OffsetsError};
 use crate::stream::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::stream::prepare::{
-    classify, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
+    classify, Classification, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
 };
 use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass};
 
@@ -285,18 +285,37 @@ impl<D: DeadLetterSink> Writer<D> {
         let inserted = self
             .bounded("insert", copy::insert_rows(&transaction, &resolved.rows))
             .await??;
-        let not_inserted: Vec<EventKey> = resolved
-            .rows
-            .iter()
-            .map(|row| row.key())
-            .filter(|key| !inserted.contains(key) && !attempt.stored_hashes.contains_key(key))
-            .collect();
-        let mut stored = self
-            .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
-            .await??;
-        stored.extend(resolved.repeated);
-        attempt.stored_hashes.extend(stored);
-        let classification = classify(prepared, &inserted, &attempt.stored_hashes)?;
+        let classification = match inserted {
+            // Every event of the batch is a row this transaction inserted
+            // (the usual case): nothing to look up, no key to hash.
+            copy::Inserted::Every
+                if prepared.repeats.is_empty()
+                    && resolved.repeated.is_empty()
+                    && resolved.rows.len() == prepared.unique.len() =>
+            {
+                Classification {
+                    new: (0..prepared.unique.len()).collect(),
+                    ..Classification::default()
+                }
+            }
+            inserted => {
+                let inserted = inserted.into_keys(&resolved.rows);
+                let not_inserted: Vec<EventKey> = resolved
+                    .rows
+                    .iter()
+                    .map(|row| row.key())
+                    .filter(|key| {
+                        !inserted.contains(key) && !attempt.stored_hashes.contains_key(key)
+                    })
+                    .collect();
+                let mut stored = self
+                    .bounded("stored hashes", stored_hashes(&transaction, &not_inserted))
+                    .await??;
+                stored.extend(resolved.repeated);
+                attempt.stored_hashes.extend(stored);
+                classify(prepared, &inserted, &attempt.stored_hashes)?
+            }
+        };
 
         // Conflicts are known only now; they must be acknowledged by the
         // dead-letter topic before the offsets below move past them. Waiting

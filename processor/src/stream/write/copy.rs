@@ -92,12 +92,8 @@ pub async fn copy_rows(
     table: &str,
     rows: &[&PricedEvent],
 ) -> Result<(), WriteError> {
-    let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
-    buf.put_slice(COPY_HEADER);
-    for row in rows {
-        encode_row(row, &mut buf)?;
-    }
-    buf.put_i16(-1);
+    let mut buf = BytesMut::new();
+    encode_rows(rows, &mut buf)?;
     let sink = client
         .copy_in::<_, Bytes>(&format!(
             "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -107,6 +103,17 @@ pub async fn copy_rows(
     pin_mut!(sink);
     sink.send(buf.freeze()).await.map_err(db("copy"))?;
     sink.finish().await.map_err(db("copy"))?;
+    Ok(())
+}
+
+/// Appends the binary COPY stream of `rows` (header, rows, trailer) to `buf`.
+pub fn encode_rows(rows: &[&PricedEvent], buf: &mut BytesMut) -> Result<(), WriteError> {
+    buf.reserve(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
+    buf.put_slice(COPY_HEADER);
+    for row in rows {
+        encode_row(row, buf)?;
+    }
+    buf.put_i16(-1);
     Ok(())
 }
 
@@ -207,9 +214,9 @@ RETURNING tenant_id, id, created_at";
 pub async fn insert_rows(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[&PricedEvent],
-) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
+) -> Result<Inserted, WriteError> {
     if rows.is_empty() {
-        return Ok(HashSet::default());
+        return Ok(Inserted::Every);
     }
     let mut ordered: Vec<&PricedEvent> = rows.to_vec();
     ordered.sort_unstable_by(|a, b| {
@@ -224,7 +231,7 @@ pub async fn insert_rows(
         .await
         .map_err(db("savepoint"))?;
     match copy_rows(transaction, "gateway_mode_audit", &ordered).await {
-        Ok(()) => return Ok(rows.iter().map(|row| row.key()).collect()),
+        Ok(()) => return Ok(Inserted::Every),
         Err(error) if is_unique_violation(&error) => {
             transaction
                 .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
@@ -234,7 +241,26 @@ pub async fn insert_rows(
         Err(error) => return Err(error),
     }
     copy_rows(transaction, "tokenledger_staging", &ordered).await?;
-    insert_staged(transaction).await
+    insert_staged(transaction).await.map(Inserted::Keys)
+}
+
+/// Which of the rows given to [`insert_rows`] it inserted.
+#[derive(Debug)]
+pub enum Inserted {
+    /// All of them: no key was stored before.
+    Every,
+    /// These keys; the others were stored before.
+    Keys(HashSet<EventKey, KeyHasher>),
+}
+
+impl Inserted {
+    /// The inserted keys of `rows` (the rows given to [`insert_rows`]).
+    pub fn into_keys(self, rows: &[&PricedEvent]) -> HashSet<EventKey, KeyHasher> {
+        match self {
+            Inserted::Every => rows.iter().map(|row| row.key()).collect(),
+            Inserted::Keys(keys) => keys,
+        }
+    }
 }
 
 fn is_unique_violation(error: &WriteError) -> bool {
