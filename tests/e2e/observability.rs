@@ -912,6 +912,14 @@ async fn check_prometheus_panels(prometheus: &Prometheus, vars: &PromVars, only_
                     .await["data"]["result"]
                     .clone()
             };
+            // The reconciliation's gauges come from a textfile that `processor reconcile`
+            // writes from cron (node_exporter's textfile collector), not from a service this
+            // stack scrapes; their queries are still run (Prometheus refuses a bad one) and the
+            // gauges' names and labels are checked where they are written
+            // (processor `reconcile_db`).
+            if promql.contains("tokenledger_reconciliation_") {
+                continue;
+            }
             assert!(
                 result.as_array().is_some_and(|r| !r.is_empty()),
                 "{}: no data for {promql}",
