@@ -90,6 +90,11 @@ impl BudgetStore {
         self
     }
 
+    /// The price book the budget scopes use.
+    pub(crate) fn book(&self) -> &PriceBook {
+        &self.book
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, AppError> {
         self.pool.get().await.map_err(unavailable)
     }
@@ -98,7 +103,7 @@ impl BudgetStore {
     /// connection whose work timed out may still be running the statement
     /// (until `statement_timeout` stops it) or be mid-transaction: it is
     /// closed rather than handed to the next request.
-    async fn with_client<T>(
+    pub(crate) async fn with_client<T>(
         &self,
         work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, AppError>,
     ) -> Result<T, AppError> {

@@ -47,6 +47,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub otlp: crate::otlp::OtlpConfig,
     pub exports: crate::exports::ExportsConfig,
+    pub reservations: crate::reservations::ReservationsConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -330,6 +331,7 @@ impl Config {
         self.auth.validate()?;
         self.validation.validate()?;
         self.otlp.validate()?;
+        self.reservations.check().map_err(ConfigError::Invalid)?;
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

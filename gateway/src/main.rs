@@ -126,8 +126,14 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }
-    let budget_routes =
-        budgets::routes(Arc::new(keys.clone()), budget_store).merge(gateway::exports::routes(
+    let reservation_routes = gateway::reservations::routes(
+        Arc::new(keys.clone()),
+        budget_store.clone(),
+        config.reservations.clone(),
+    );
+    let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store)
+        .merge(reservation_routes)
+        .merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),
                 &config.database,

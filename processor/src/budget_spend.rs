@@ -284,6 +284,7 @@ mod tests {
                 received_at: at,
                 request_id: None,
                 call_identity: false,
+                reservation_id: None,
             },
             cost: Cost {
                 usd: cost,

@@ -42,6 +42,7 @@
 //!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
+//! - [`reservations`]: settling budget reservations named by new events, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
 //!   the spend-ratio gauges.
 //! - [`database`]: the processor's pool and single connections, on
@@ -109,6 +110,7 @@ pub mod record;
 pub mod refresh;
 pub mod report;
 pub mod reprice;
+pub mod reservations;
 pub mod topics;
 pub mod write;
 pub mod write_errors;

@@ -57,6 +57,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V13__reprice_runs.sql",
         include_str!("../../sql/V13__reprice_runs.sql"),
     ),
+    (
+        "V15__budget_reservations.sql",
+        include_str!("../../sql/V15__budget_reservations.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -339,6 +339,11 @@ impl<D: DeadLetterSink> Writer<D> {
         )
         .await??;
         self.bounded(
+            "reservations",
+            crate::reservations::settle(&transaction, &new_rows, &self.price_book),
+        )
+        .await??;
+        self.bounded(
             "attribution",
             crate::attribution::record(
                 &transaction,

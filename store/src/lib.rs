@@ -16,6 +16,9 @@
 //! - [`alerts`]: recording threshold crossings in `budget_alerts`.
 //! - [`exports`]: the FOCUS dataset and the monthly statements for finance
 //!   teams, streamed from the raw table.
+//! - [`reservations`]: budget reservations: the grant, its holds on each
+//!   budget, and their release (cancelled, settled by a usage event,
+//!   expired), under the same lock order as a batch.
 //! - [`attribution`]: cost by use case, the daily rollup per attribution
 //!   label value (`usage_attribution_daily`).
 //!
@@ -32,6 +35,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod exports;
+pub mod reservations;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};

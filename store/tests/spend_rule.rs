@@ -150,6 +150,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         received_at: created_at,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

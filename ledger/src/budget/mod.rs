@@ -29,6 +29,7 @@ use crate::{PriceBook, UsageEvent};
 pub mod alert;
 pub mod parse;
 pub mod period;
+pub mod reservation;
 pub mod thresholds;
 
 pub use alert::{format_usd, severity, ThresholdAlert, ALERT_NAME, RUNBOOK_URL};

@@ -47,6 +47,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         received_at: at,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 
