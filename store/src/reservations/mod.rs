@@ -119,13 +119,11 @@ pub async fn reserve(
         }
         let transaction = client.transaction().await.map_err(db("beginning"))?;
         match reserve_in(&transaction, request, now, book).await? {
-            Some(Reserved::Granted { answer }) => {
+            // A refusal commits too: it holds nothing, and keeps the
+            // releases of expired holds it made under the lock.
+            Some(outcome) => {
                 transaction.commit().await.map_err(db("committing"))?;
-                return Ok(Reserved::Granted { answer });
-            }
-            Some(refused) => {
-                transaction.rollback().await.map_err(db("rolling back"))?;
-                return Ok(refused);
+                return Ok(outcome);
             }
             None => transaction.rollback().await.map_err(db("rolling back"))?,
         }
