@@ -326,10 +326,15 @@ async fn status(
             let spend = store::spend::current(&transaction, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(from_store)?;
+            let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
+            let held = store::reservations::open_holds(&transaction, &tenant, &ids)
+                .await
+                .map_err(from_store)?;
             transaction.commit().await.map_err(unavailable)?;
-            Ok((budgets, spend))
+            Ok((budgets, (spend, held)))
         })
         .await?;
+    let (spend, held) = spend;
 
     let mut any_hard_limit_exceeded = false;
     let entries: Vec<Value> = budgets
@@ -354,6 +359,14 @@ async fn status(
             shown["thresholds_reached"] =
                 json!(reached(spent, budget.amount_usd, &budget.thresholds));
             shown["hard_limit_exceeded"] = json!(exceeded);
+            // Open reservations (`POST /v1/budgets/reservations`) and what
+            // a new one could still get.
+            let reserved = held.get(&budget.id).copied().unwrap_or(Decimal::ZERO);
+            shown["reserved_usd"] = json!(reserved.normalize().to_string());
+            shown["available_usd"] = json!((budget.amount_usd - spent - reserved)
+                .max(Decimal::ZERO)
+                .normalize()
+                .to_string());
             shown
         })
         .collect();

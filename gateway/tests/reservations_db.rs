@@ -167,6 +167,20 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
     assert_eq!(refused["budget"]["name"], "anthropic-only");
     assert_eq!(refused["budget"]["remaining_usd"], "1");
     assert_eq!(held(&database).await, Decimal::new(2, 0), "the refusal held nothing");
+
+    let (status, _, shown) = send_json(
+        &router,
+        request("GET", "/v1/budgets/status", ACME_KEY, None),
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
+    let acme = shown["budgets"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "acme-hard"))
+        .expect("acme-hard in the status");
+    assert_eq!(acme["reserved_usd"], "2");
+    assert_eq!(acme["available_usd"], "3");
+    assert_eq!(acme["remaining_usd"], "5", "remaining is the amount less spend, as before");
 }
 
 /// A retried POST gets the same reservation; a different request reusing
