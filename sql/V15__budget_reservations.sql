@@ -9,6 +9,10 @@
 -- batches that add spend to the same row run one after another (docs/design.md, "Budget
 -- reservations").
 
+-- A budget may ask for its burn-rate forecast to be exported and alerted on (docs/design.md,
+-- "Burn-rate forecasts").
+ALTER TABLE budgets ADD COLUMN IF NOT EXISTS forecast_alert BOOLEAN NOT NULL DEFAULT FALSE;
+
 -- One reservation: what the caller asked for and how it ended. `released_at` is set when it is
 -- settled by a usage event carrying its id, cancelled by `DELETE`, or found expired.
 CREATE TABLE IF NOT EXISTS budget_reservations (

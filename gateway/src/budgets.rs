@@ -65,6 +65,8 @@ pub struct BudgetStore {
     /// Which names a model budget counts (`Scope::matches_model`): the
     /// processor's book, so status agrees with the spend it keeps.
     book: Arc<PriceBook>,
+    /// The trailing window whose spend rate the forecasts carry forward.
+    forecast_window: chrono::Duration,
 }
 
 impl BudgetStore {
@@ -80,6 +82,9 @@ impl BudgetStore {
             pool,
             timeout: config.timeout(),
             book: Arc::new(book),
+            forecast_window: chrono::Duration::seconds(i64::from(
+                crate::reservations::ForecastConfig::default().window_s,
+            )),
         }))
     }
 
@@ -87,6 +92,12 @@ impl BudgetStore {
     /// built-in one by default).
     pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
         self.book = book;
+        self
+    }
+
+    /// The trailing window of the burn-rate forecasts.
+    pub fn with_forecast_window(mut self, window: chrono::Duration) -> Self {
+        self.forecast_window = window;
         self
     }
 
@@ -327,14 +338,25 @@ async fn status(
                 .await
                 .map_err(from_store)?;
             let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
-            let held = store::reservations::open_holds(&transaction, &tenant, &ids)
+            let held = store::reservations::open_holds(&*transaction, &tenant, &ids)
                 .await
                 .map_err(from_store)?;
+            let forecasts = store::forecasts::for_tenant(
+                &*transaction,
+                &tenant,
+                &budgets,
+                &spend,
+                now,
+                store.forecast_window,
+                &store.book,
+            )
+            .await
+            .map_err(from_store)?;
             transaction.commit().await.map_err(unavailable)?;
-            Ok((budgets, (spend, held)))
+            Ok((budgets, (spend, held, forecasts)))
         })
         .await?;
-    let (spend, held) = spend;
+    let (spend, held, forecasts) = spend;
 
     let mut any_hard_limit_exceeded = false;
     let entries: Vec<Value> = budgets
@@ -367,6 +389,10 @@ async fn status(
                 .max(Decimal::ZERO)
                 .normalize()
                 .to_string());
+            if let Some(forecast) = forecasts.get(&budget.id) {
+                shown["forecast_usd"] = json!(forecast.forecast_usd.normalize().to_string());
+                shown["projected_exhaustion_at"] = json!(forecast.projected_exhaustion_at);
+            }
             shown
         })
         .collect();

@@ -48,6 +48,7 @@ pub struct Config {
     pub otlp: crate::otlp::OtlpConfig,
     pub exports: crate::exports::ExportsConfig,
     pub reservations: crate::reservations::ReservationsConfig,
+    pub forecasts: crate::reservations::ForecastConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -332,6 +333,9 @@ impl Config {
         self.validation.validate()?;
         self.otlp.validate()?;
         self.reservations.check().map_err(ConfigError::Invalid)?;
+        if self.forecasts.window_s == 0 {
+            return invalid("forecasts.window_s must be positive".into());
+        }
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

@@ -122,7 +122,13 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
     let budget_store = BudgetStore::connect_lazily(&config.database)
         .map_err(anyhow::Error::msg)
         .context("configuring the budget database")?
-        .map(|store| store.with_price_book(budget_book));
+        .map(|store| {
+            store
+                .with_price_book(budget_book)
+                .with_forecast_window(chrono::Duration::seconds(i64::from(
+                    config.forecasts.window_s,
+                )))
+        });
     if budget_store.is_none() {
         tracing::info!("database.url is not set: the budget endpoints answer 503");
     }

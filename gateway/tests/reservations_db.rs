@@ -181,6 +181,8 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
     assert_eq!(acme["reserved_usd"], "2");
     assert_eq!(acme["available_usd"], "3");
     assert_eq!(acme["remaining_usd"], "5", "remaining is the amount less spend, as before");
+    assert_eq!(acme["forecast_usd"], "0", "no spend, no rate");
+    assert_eq!(acme["projected_exhaustion_at"], Value::Null);
 }
 
 /// A retried POST gets the same reservation; a different request reusing

@@ -42,6 +42,7 @@
 //!   book with an audit trail; budget spend and rollups made consistent.
 //! - [`budgets`]: budget definitions from the database, `processor budgets apply`.
 //! - [`budget_spend`]: budget spend and threshold crossings, in the batch transaction.
+//! - [`forecasts`]: the burn-rate forecast gauge of budgets with `forecast_alert`.
 //! - [`reservations`]: settling budget reservations named by new events, in the batch transaction.
 //! - [`alert_outbox`]: pushes recorded crossings to Alertmanager and the webhook;
 //!   the spend-ratio gauges.
@@ -96,6 +97,7 @@ pub mod database;
 pub mod dead_letters;
 pub mod export;
 pub mod fair_labels;
+pub mod forecasts;
 pub mod health;
 pub mod label_metrics;
 pub mod log_check;

@@ -27,37 +27,38 @@ use crate::{db, DbError};
 /// The columns of a budget, in the order [`BudgetColumns::params`] binds
 /// them and [`budget_from_row`] reads them.
 const COLUMNS: &str = "id, name, tenant_id, provider, model, label_key, label_value, period, \
-                       timezone, amount_usd, thresholds, hard_limit";
+                       timezone, amount_usd, thresholds, hard_limit, forecast_alert";
 
 const INSERT: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 const UPDATE: &str = "
 UPDATE budgets SET name = $2, tenant_id = $3, provider = $4, model = $5, label_key = $6,
        label_value = $7, period = $8, timezone = $9, amount_usd = $10, thresholds = $11,
-       hard_limit = $12, updated_at = now()
+       hard_limit = $12, forecast_alert = $13, updated_at = now()
 WHERE id = $1";
 
 /// `processor budgets apply`: by name; a row that would not change is left
 /// alone (no `updated_at` bump, so batches need not evaluate again).
 const UPSERT_BY_NAME: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (name) DO UPDATE SET
     tenant_id = EXCLUDED.tenant_id, provider = EXCLUDED.provider, model = EXCLUDED.model,
     label_key = EXCLUDED.label_key, label_value = EXCLUDED.label_value,
     period = EXCLUDED.period, timezone = EXCLUDED.timezone, amount_usd = EXCLUDED.amount_usd,
-    thresholds = EXCLUDED.thresholds, hard_limit = EXCLUDED.hard_limit, updated_at = now()
+    thresholds = EXCLUDED.thresholds, hard_limit = EXCLUDED.hard_limit,
+    forecast_alert = EXCLUDED.forecast_alert, updated_at = now()
 WHERE (budgets.tenant_id, budgets.provider, budgets.model, budgets.label_key,
        budgets.label_value, budgets.period, budgets.timezone, budgets.amount_usd,
-       budgets.thresholds, budgets.hard_limit)
+       budgets.thresholds, budgets.hard_limit, budgets.forecast_alert)
       IS DISTINCT FROM
       (EXCLUDED.tenant_id, EXCLUDED.provider, EXCLUDED.model, EXCLUDED.label_key,
        EXCLUDED.label_value, EXCLUDED.period, EXCLUDED.timezone, EXCLUDED.amount_usd,
-       EXCLUDED.thresholds, EXCLUDED.hard_limit)
+       EXCLUDED.thresholds, EXCLUDED.hard_limit, EXCLUDED.forecast_alert)
 RETURNING id, (xmax = 0) AS inserted";
 
 /// The edit lock of one budget, and of every budget (in id order, the order
@@ -313,8 +314,8 @@ impl BudgetColumns {
         ]
     }
 
-    /// `$1..$12` in the order of [`COLUMNS`].
-    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 12] {
+    /// `$1..$13` in the order of [`COLUMNS`].
+    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 13] {
         [
             id,
             &budget.name,
@@ -328,6 +329,7 @@ impl BudgetColumns {
             &budget.amount_usd,
             &self.thresholds,
             &budget.hard_limit,
+            &budget.forecast_alert,
         ]
     }
 }
@@ -391,6 +393,7 @@ fn budget_from_row(row: &Row) -> Result<Budget, String> {
         amount_usd: row.try_get("amount_usd").map_err(get_err)?,
         thresholds,
         hard_limit: row.try_get("hard_limit").map_err(get_err)?,
+        forecast_alert: row.try_get("forecast_alert").map_err(get_err)?,
     })
 }
 

@@ -16,6 +16,8 @@
 //! - [`alerts`]: recording threshold crossings in `budget_alerts`.
 //! - [`exports`]: the FOCUS dataset and the monthly statements for finance
 //!   teams, streamed from the raw table.
+//! - [`forecasts`]: burn-rate forecasts from stored spend and a trailing
+//!   window of audit rows.
 //! - [`reservations`]: budget reservations: the grant, its holds on each
 //!   budget, and their release (cancelled, settled by a usage event,
 //!   expired), under the same lock order as a batch.
@@ -35,6 +37,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod exports;
+pub mod forecasts;
 pub mod reservations;
 pub mod spend;
 

@@ -176,6 +176,7 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
         amount_usd: Decimal::ONE_HUNDRED,
         thresholds: vec![100],
         hard_limit: false,
+        forecast_alert: false,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `[reservations]` section: how long an unsettled reservation holds
-//! its money.
+//! The `[reservations]` section (how long an unsettled reservation holds
+//! its money) and the `[forecasts]` section (the window of the burn-rate
+//! forecasts the budget status shows).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,21 @@ impl Default for ReservationsConfig {
             default_ttl_s: 300,
             max_ttl_s: 3600,
         }
+    }
+}
+
+/// The `[forecasts]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForecastConfig {
+    /// Seconds of the trailing window whose spend rate a forecast carries
+    /// to the end of the period (cut to the period's start).
+    pub window_s: u32,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self { window_s: 86_400 }
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::json;
 use store::reservations::{ReleaseReason, Released, Reserved, ReservationRequest};
 use uuid::Uuid;
 
-pub use config::ReservationsConfig;
+pub use config::{ForecastConfig, ReservationsConfig};
 pub use request::Planned;
 
 use crate::api::AppError;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::{PriceBook, UsageEvent};
 
 pub mod alert;
+pub mod forecast;
 pub mod parse;
 pub mod period;
 pub mod reservation;
@@ -148,6 +149,10 @@ pub struct Budget {
     /// (reported by the gateway's status endpoint; tokenledger itself
     /// refuses nothing).
     pub hard_limit: bool,
+    /// Whether the processor exports this budget's burn-rate forecast
+    /// (`tokenledger_budget_forecast_ratio`), which the
+    /// `LLMBudgetForecastExceeded` rule alerts on.
+    pub forecast_alert: bool,
 }
 
 impl Budget {
@@ -182,6 +187,7 @@ impl Budget {
             "amount_usd": self.amount_usd.normalize().to_string(),
             "thresholds": self.thresholds,
             "hard_limit": self.hard_limit,
+            "forecast_alert": self.forecast_alert,
         })
     }
 }

@@ -32,6 +32,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "amount_usd",
     "thresholds",
     "hard_limit",
+    "forecast_alert",
 ];
 
 impl Budget {
@@ -110,9 +111,25 @@ impl Budget {
                     .ok_or_else(|| format!("must be true or false, got {}", type_name(v)))
             }),
         );
+        let forecast_alert = take(
+            &mut errors,
+            "forecast_alert",
+            optional(object, "forecast_alert").map_or(Ok(false), |v| {
+                v.as_bool()
+                    .ok_or_else(|| format!("must be true or false, got {}", type_name(v)))
+            }),
+        );
         match (
-            name, tenant, provider, model, label, period, timezone, amount_usd, thresholds,
-            hard_limit,
+            name,
+            tenant,
+            provider,
+            model,
+            label,
+            period,
+            timezone,
+            amount_usd,
+            thresholds,
+            (hard_limit, forecast_alert),
         ) {
             (
                 Some(name),
@@ -124,7 +141,7 @@ impl Budget {
                 Some(timezone),
                 Some(amount_usd),
                 Some(thresholds),
-                Some(hard_limit),
+                (Some(hard_limit), Some(forecast_alert)),
             ) if errors.is_empty() => Ok(Budget {
                 id,
                 name,
@@ -139,6 +156,7 @@ impl Budget {
                 amount_usd,
                 thresholds,
                 hard_limit,
+                forecast_alert,
             }),
             _ => Err(errors),
         }
