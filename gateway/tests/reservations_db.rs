@@ -52,8 +52,11 @@ fn request(method: &str, path: &str, key: &str, body: Option<&Value>) -> Request
 }
 
 async fn create_budget(router: &Router, budget: Value) -> String {
-    let (status, _, created) =
-        send_json(router, request("POST", "/v1/budgets", ADMIN_KEY, Some(&budget))).await;
+    let (status, _, created) = send_json(
+        router,
+        request("POST", "/v1/budgets", ADMIN_KEY, Some(&budget)),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     created["id"].as_str().expect("an id").to_owned()
 }
@@ -108,7 +111,12 @@ async fn two_hundred_concurrent_reservations_against_fifty_dollars_grant_exactly
             second.clone()
         };
         tokio::spawn(async move {
-            reserve(&router, ACME_KEY, json!({"amount_usd": "1", "model": "gpt-4o"})).await
+            reserve(
+                &router,
+                ACME_KEY,
+                json!({"amount_usd": "1", "model": "gpt-4o"}),
+            )
+            .await
         })
     });
     let answers = futures::future::join_all(calls).await;
@@ -128,7 +136,11 @@ async fn two_hundred_concurrent_reservations_against_fifty_dollars_grant_exactly
         }
     }
     assert_eq!((granted, exhausted), (50, 150));
-    assert_eq!(held(&database).await, Decimal::new(100, 0), "50 on each budget");
+    assert_eq!(
+        held(&database).await,
+        Decimal::new(100, 0),
+        "50 on each budget"
+    );
 }
 
 #[tokio::test]
@@ -148,8 +160,12 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
     )
     .await;
 
-    let (status, _, granted) =
-        reserve(&router, ACME_KEY, json!({"amount_usd": "2", "provider": "openai"})).await;
+    let (status, _, granted) = reserve(
+        &router,
+        ACME_KEY,
+        json!({"amount_usd": "2", "provider": "openai"}),
+    )
+    .await;
     assert_eq!(status, 201, "{granted}");
     let names: Vec<&str> = granted["budgets"]
         .as_array()
@@ -157,7 +173,11 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
         .iter()
         .filter_map(|b| b["name"].as_str())
         .collect();
-    assert_eq!(names, ["acme-hard"], "a budget on another provider is not held");
+    assert_eq!(
+        names,
+        ["acme-hard"],
+        "a budget on another provider is not held"
+    );
     assert_eq!(granted["budgets"][0]["remaining_usd"], "3");
     assert!(granted["expires_at"].is_string());
 
@@ -166,7 +186,11 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["budget"]["name"], "anthropic-only");
     assert_eq!(refused["budget"]["remaining_usd"], "1");
-    assert_eq!(held(&database).await, Decimal::new(2, 0), "the refusal held nothing");
+    assert_eq!(
+        held(&database).await,
+        Decimal::new(2, 0),
+        "the refusal held nothing"
+    );
 
     let (status, _, shown) = send_json(
         &router,
@@ -180,7 +204,10 @@ async fn a_grant_names_every_budget_and_a_refusal_names_the_one_without_room() {
         .expect("acme-hard in the status");
     assert_eq!(acme["reserved_usd"], "2");
     assert_eq!(acme["available_usd"], "3");
-    assert_eq!(acme["remaining_usd"], "5", "remaining is the amount less spend, as before");
+    assert_eq!(
+        acme["remaining_usd"], "5",
+        "remaining is the amount less spend, as before"
+    );
     assert_eq!(acme["forecast_usd"], "0", "no spend, no rate");
     assert_eq!(acme["projected_exhaustion_at"], Value::Null);
 }
@@ -209,8 +236,14 @@ async fn an_idempotency_key_returns_the_same_reservation_and_refuses_a_different
         .map(|answer| answer.expect("task completes"))
         .collect();
     let ids: Vec<&Value> = answers.iter().map(|(_, _, body)| &body["id"]).collect();
-    assert!(answers.iter().all(|(status, _, _)| *status == 201), "{answers:?}");
-    assert!(ids.iter().all(|id| *id == ids[0] && id.is_string()), "{ids:?}");
+    assert!(
+        answers.iter().all(|(status, _, _)| *status == 201),
+        "{answers:?}"
+    );
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && id.is_string()),
+        "{ids:?}"
+    );
     assert_eq!(
         answers
             .iter()
@@ -287,7 +320,12 @@ async fn tenant_keys_reserve_and_release_only_their_own() {
     }
     let (status, _, _) = send_json(
         &router,
-        request("DELETE", "/v1/budgets/reservations/not-a-uuid", ACME_KEY, None),
+        request(
+            "DELETE",
+            "/v1/budgets/reservations/not-a-uuid",
+            ACME_KEY,
+            None,
+        ),
     )
     .await;
     assert_eq!(status, 400);

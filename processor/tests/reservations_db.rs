@@ -17,7 +17,7 @@ use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
 use processor::prepare;
 use processor::write::{AttemptState, Writer};
 use rust_decimal::Decimal;
-use store::reservations::{ReleaseReason, Released, Reserved, ReservationRequest};
+use store::reservations::{ReleaseReason, Released, ReservationRequest, Reserved};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -259,10 +259,17 @@ async fn no_instant_of_the_logged_history_holds_more_than_the_budget() {
     let mut totals = (0, 0, Decimal::ZERO);
     for worker in futures::future::join_all(workers).await {
         let (granted, refused, unreserved) = worker.expect("worker completes");
-        totals = (totals.0 + granted, totals.1 + refused, totals.2 + unreserved);
+        totals = (
+            totals.0 + granted,
+            totals.1 + refused,
+            totals.2 + unreserved,
+        );
     }
     let (granted, refused, unreserved_total) = totals;
-    assert!(granted > 0 && refused > 0, "granted {granted}, refused {refused}");
+    assert!(
+        granted > 0 && refused > 0,
+        "granted {granted}, refused {refused}"
+    );
 
     // Holds left to expire are released by the next grant or refusal that
     // finds them expired; make one once they all have.
@@ -281,7 +288,10 @@ async fn no_instant_of_the_logged_history_holds_more_than_the_budget() {
         if open_expired == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "holds never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "holds never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut sweeper = fixture.database.client().await;
@@ -319,14 +329,20 @@ async fn no_instant_of_the_logged_history_holds_more_than_the_budget() {
         let total = spend.get(&period).copied().unwrap_or_default() + held;
         assert!(held >= Decimal::ZERO, "negative holds at xact {xact}");
         if grants {
-            assert!(total <= limit, "a grant took the total to {total} (xact {xact})");
+            assert!(
+                total <= limit,
+                "a grant took the total to {total} (xact {xact})"
+            );
         }
         assert!(
             total <= limit + unreserved_so_far,
             "total {total} over {limit} + unreserved {unreserved_so_far} at xact {xact}"
         );
     }
-    assert_eq!(unreserved_so_far, unreserved_total, "every unreserved event is in the log");
+    assert_eq!(
+        unreserved_so_far, unreserved_total,
+        "every unreserved event is in the log"
+    );
 
     let stored_spend: Decimal = client
         .query_one(
@@ -387,11 +403,18 @@ async fn a_reservation_id_reused_by_another_tenant_releases_nothing() {
     fixture
         .write(0, &usage("globex", cents(100), Some(reservation.id)))
         .await;
-    assert_eq!(reservation_state(&client, reservation.id).await, (None, 1), "globex released acme's hold");
+    assert_eq!(
+        reservation_state(&client, reservation.id).await,
+        (None, 1),
+        "globex released acme's hold"
+    );
 
     let settling = usage("acme", cents(300), Some(reservation.id));
     fixture.write(0, &settling).await;
-    assert_eq!(reservation_state(&client, reservation.id).await, (Some("settled".into()), 0));
+    assert_eq!(
+        reservation_state(&client, reservation.id).await,
+        (Some("settled".into()), 0)
+    );
     let settled_by: Option<Uuid> = client
         .query_one(
             "SELECT settled_by FROM budget_reservations WHERE id = $1",
@@ -402,7 +425,14 @@ async fn a_reservation_id_reused_by_another_tenant_releases_nothing() {
         .get("settled_by");
     assert_eq!(settled_by, Some(settling.id));
     // $3 spent, nothing held: $7 of room.
-    assert!(reserve(&mut client, &fixture, &request("acme", Decimal::new(7, 0), 60)).await);
+    assert!(
+        reserve(
+            &mut client,
+            &fixture,
+            &request("acme", Decimal::new(7, 0), 60)
+        )
+        .await
+    );
 }
 
 /// Usage that arrives after its reservation expired is spend like any
@@ -456,6 +486,20 @@ async fn a_settlement_after_expiry_counts_the_cost_and_leaves_the_reservation_ex
         .expect("spend")
         .get("spend_usd");
     assert_eq!(spend, Decimal::new(5, 0));
-    assert!(!reserve(&mut client, &fixture, &request("acme", Decimal::new(6, 0), 60)).await);
-    assert!(reserve(&mut client, &fixture, &request("acme", Decimal::new(5, 0), 60)).await);
+    assert!(
+        !reserve(
+            &mut client,
+            &fixture,
+            &request("acme", Decimal::new(6, 0), 60)
+        )
+        .await
+    );
+    assert!(
+        reserve(
+            &mut client,
+            &fixture,
+            &request("acme", Decimal::new(5, 0), 60)
+        )
+        .await
+    );
 }

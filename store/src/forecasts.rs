@@ -35,7 +35,13 @@ pub async fn for_tenant(
 ) -> Result<HashMap<Uuid, Forecast>, DbError> {
     let rows: Vec<(&Budget, &str, Decimal)> = budgets
         .iter()
-        .map(|b| (b, tenant, spend.get(&b.id).copied().unwrap_or(Decimal::ZERO)))
+        .map(|b| {
+            (
+                b,
+                tenant,
+                spend.get(&b.id).copied().unwrap_or(Decimal::ZERO),
+            )
+        })
         .collect();
     let forecasts = compute(client, &rows, now, window, book).await?;
     Ok(budgets.iter().map(|b| b.id).zip(forecasts).collect())
@@ -93,12 +99,14 @@ pub async fn alerting(
     Ok(owned
         .into_iter()
         .zip(forecasts)
-        .map(|((budget, tenant_id, spend_usd), forecast)| TenantForecast {
-            budget,
-            tenant_id,
-            spend_usd,
-            forecast,
-        })
+        .map(
+            |((budget, tenant_id, spend_usd), forecast)| TenantForecast {
+                budget,
+                tenant_id,
+                spend_usd,
+                forecast,
+            },
+        )
         .collect())
 }
 

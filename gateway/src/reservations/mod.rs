@@ -21,7 +21,7 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
-use store::reservations::{ReleaseReason, Released, Reserved, ReservationRequest};
+use store::reservations::{ReleaseReason, Released, ReservationRequest, Reserved};
 use uuid::Uuid;
 
 pub use config::{ForecastConfig, ReservationsConfig};
@@ -182,8 +182,7 @@ async fn reserve(
         .with_client(async |client| {
             let mut attempt = 1;
             loop {
-                match store::reservations::reserve(client, &request, Utc::now(), store.book())
-                    .await
+                match store::reservations::reserve(client, &request, Utc::now(), store.book()).await
                 {
                     Err(error) if is_deadlock(&error) && attempt < ATTEMPTS => attempt += 1,
                     other => return Ok(other),
@@ -212,8 +211,8 @@ async fn cancel(
     who: Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Refusal> {
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| AppError::BadBudgetId(id.chars().take(80).collect()))?;
+    let id =
+        Uuid::parse_str(&id).map_err(|_| AppError::BadBudgetId(id.chars().take(80).collect()))?;
     // A tenant key sees only its own reservations; another tenant's id is
     // not found, so ids reveal nothing.
     let tenant = if who.admin { None } else { who.tenant.clone() };

@@ -154,8 +154,9 @@ mod tests {
 
     #[test]
     fn a_request_is_read_with_the_configured_default_ttl() {
-        let planned = parse(json!({"tenant_id": "acme", "amount_usd": "1.50", "provider": "OpenAI"}))
-            .expect("valid");
+        let planned =
+            parse(json!({"tenant_id": "acme", "amount_usd": "1.50", "provider": "OpenAI"}))
+                .expect("valid");
         assert_eq!(planned.amount_usd, Decimal::new(15, 1));
         assert_eq!(planned.ttl_s, ReservationsConfig::default().default_ttl_s);
         assert_eq!(planned.provider.as_deref(), Some("openai"));

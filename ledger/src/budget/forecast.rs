@@ -76,7 +76,10 @@ mod tests {
     fn april() -> PeriodBounds {
         PeriodBounds {
             start: at(1, 0),
-            end: Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).single().expect("valid"),
+            end: Utc
+                .with_ymd_and_hms(2026, 5, 1, 0, 0, 0)
+                .single()
+                .expect("valid"),
         }
     }
 
@@ -121,10 +124,24 @@ mod tests {
     fn no_spend_in_the_window_forecasts_the_spend_so_far() {
         let now = at(15, 0);
         let window = trailing_window(april(), now, Duration::days(1));
-        let idle = forecast(Decimal::from(10), Decimal::from(4), Decimal::ZERO, window, april(), now);
+        let idle = forecast(
+            Decimal::from(10),
+            Decimal::from(4),
+            Decimal::ZERO,
+            window,
+            april(),
+            now,
+        );
         assert_eq!(idle.forecast_usd, Decimal::from(4));
         assert_eq!(idle.projected_exhaustion_at, None);
-        let spent = forecast(Decimal::from(10), Decimal::from(12), Decimal::ZERO, window, april(), now);
+        let spent = forecast(
+            Decimal::from(10),
+            Decimal::from(12),
+            Decimal::ZERO,
+            window,
+            april(),
+            now,
+        );
         assert_eq!(spent.projected_exhaustion_at, Some(now));
     }
 }

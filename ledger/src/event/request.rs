@@ -399,7 +399,9 @@ fn expect_str(value: &Value) -> Result<&str, String> {
 /// A reservation id: any UUID (the gateway makes v7 ones, but the id only
 /// has to name the reservation).
 fn parse_any_uuid(value: &Value) -> Result<Uuid, String> {
-    let text = value.as_str().ok_or_else(|| "must be a UUID string".to_string())?;
+    let text = value
+        .as_str()
+        .ok_or_else(|| "must be a UUID string".to_string())?;
     Uuid::parse_str(text).map_err(|_| "must be a UUID".to_string())
 }
 

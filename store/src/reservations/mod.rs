@@ -150,10 +150,9 @@ async fn reserve_in(
     let budgets = locked_budgets(transaction, tenant, |b| b.scope.may_count(&call, book)).await?;
     let rooms = lock_rooms(transaction, tenant, &budgets, now, book).await?;
 
-    if let Some(short) = rooms
-        .iter()
-        .find(|room| room.hard_limit && room.amount_usd < room.spend_usd + room.reserved_usd + request.amount_usd)
-    {
+    if let Some(short) = rooms.iter().find(|room| {
+        room.hard_limit && room.amount_usd < room.spend_usd + room.reserved_usd + request.amount_usd
+    }) {
         return Ok(Some(Reserved::Exhausted {
             budget: short.clone(),
         }));
