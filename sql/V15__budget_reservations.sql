@@ -13,6 +13,11 @@
 -- "Burn-rate forecasts").
 ALTER TABLE budgets ADD COLUMN IF NOT EXISTS forecast_alert BOOLEAN NOT NULL DEFAULT FALSE;
 
+-- Weekly periods: Monday 00:00 to Monday 00:00 in the budget's time zone.
+ALTER TABLE budgets DROP CONSTRAINT IF EXISTS budgets_period_check;
+ALTER TABLE budgets ADD CONSTRAINT budgets_period_check
+    CHECK (period IN ('daily', 'weekly', 'monthly'));
+
 -- One reservation: what the caller asked for and how it ended. `released_at` is set when it is
 -- settled by a usage event carrying its id, cancelled by `DELETE`, or found expired.
 CREATE TABLE IF NOT EXISTS budget_reservations (

@@ -332,7 +332,7 @@ async fn tenant_keys_reserve_and_release_only_their_own() {
 }
 
 /// A reservation is held against its budget, not against a period: when
-/// the budget's period changes (an edit from monthly to daily here, or the
+/// the budget's period changes (an edit from monthly to weekly here, or the
 /// period rolling over) its open reservations keep holding against the
 /// new current period until they are settled, cancelled or expire.
 #[tokio::test]
@@ -346,7 +346,7 @@ async fn open_reservations_keep_holding_across_a_period_change() {
     assert_eq!(status, 201);
 
     let mut daily = budget;
-    daily["period"] = json!("daily");
+    daily["period"] = json!("weekly");
     let (status, _, answer) = send_json(
         &router,
         request("PUT", &format!("/v1/budgets/{id}"), ADMIN_KEY, Some(&daily)),

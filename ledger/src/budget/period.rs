@@ -1,5 +1,5 @@
-//! The calendar periods of a budget: a day or a month in the budget's own
-//! IANA time zone, as a half-open UTC interval.
+//! The calendar periods of a budget: a day, a week (Monday to Sunday) or a
+//! month in the budget's own IANA time zone, as a half-open UTC interval.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,6 +13,8 @@ use crate::event::printable;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Period {
     Daily,
+    /// Monday 00:00 to the next Monday 00:00, local time (ISO weeks).
+    Weekly,
     Monthly,
 }
 
@@ -20,6 +22,7 @@ impl Period {
     pub fn as_str(self) -> &'static str {
         match self {
             Period::Daily => "daily",
+            Period::Weekly => "weekly",
             Period::Monthly => "monthly",
         }
     }
@@ -37,9 +40,10 @@ impl FromStr for Period {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "daily" => Ok(Period::Daily),
+            "weekly" => Ok(Period::Weekly),
             "monthly" => Ok(Period::Monthly),
             _ => Err(format!(
-                "must be \"daily\" or \"monthly\", got {:?}",
+                "must be \"daily\", \"weekly\" or \"monthly\", got {:?}",
                 printable(text)
             )),
         }
@@ -68,6 +72,11 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
     let local_date = at.with_timezone(&timezone).date_naive();
     let (first_day, next_first_day) = match period {
         Period::Daily => (local_date, local_date.succ_opt()),
+        Period::Weekly => {
+            let monday = local_date
+                - chrono::Days::new(u64::from(local_date.weekday().num_days_from_monday()));
+            (monday, monday.checked_add_days(chrono::Days::new(7)))
+        }
         Period::Monthly => {
             let first = local_date.with_day(1).unwrap_or(local_date);
             let next = if first.month() == 12 {

@@ -142,10 +142,9 @@ proptest! {
     fn periods_contain_their_instant_and_tile_time(
         zone in prop::sample::select(ZONES),
         seconds in 946_684_800_i64..4_102_444_800_i64, // 2000..2100
-        monthly in any::<bool>(),
+        period in prop::sample::select(vec![Period::Daily, Period::Weekly, Period::Monthly]),
     ) {
         let tz: Tz = zone.parse().expect("zone");
-        let period = if monthly { Period::Monthly } else { Period::Daily };
         let at = Utc.timestamp_opt(seconds, 0).single().expect("valid");
         let bounds = period_bounds(period, tz, at);
         prop_assert!(bounds.contains(at), "{bounds:?} does not contain {at}");
@@ -157,6 +156,7 @@ proptest! {
         let (min, max) = match period {
             // Apia skipped a whole day in 2011; DST moves a day by ≤ 1 h.
             Period::Daily => (Duration::hours(22), Duration::hours(26)),
+            Period::Weekly => (Duration::days(6), Duration::days(8)),
             Period::Monthly => (Duration::days(27), Duration::days(32)),
         };
         prop_assert!(length >= min && length <= max, "{zone} {period}: {length:?}");
@@ -164,6 +164,15 @@ proptest! {
         prop_assert!(local_start.hour() <= 1, "{zone}: starts at local {local_start}");
         if period == Period::Monthly {
             prop_assert_eq!(local_start.day(), 1, "{}: month starts at local {}", zone, local_start);
+        }
+        if period == Period::Weekly {
+            prop_assert_eq!(
+                local_start.weekday(),
+                chrono::Weekday::Mon,
+                "{}: week starts at local {}",
+                zone,
+                local_start
+            );
         }
     }
 
@@ -296,7 +305,7 @@ fn validation_names_every_bad_field() {
     let errors = Budget::from_json(
         Uuid::nil(),
         &json!({
-            "name": "has space", "tenant_id": "", "period": "weekly", "timezone": "Mars/Olympus",
+            "name": "has space", "tenant_id": "", "period": "hourly", "timezone": "Mars/Olympus",
             "amount_usd": "-5", "thresholds": [50, 50], "hard_limit": "yes", "colour": "red",
             "label": {"key": "bad key", "value": "x"}
         }),
@@ -471,4 +480,23 @@ fn a_model_budget_counts_every_name_the_price_book_knows_the_model_by() {
         }));
         assert!(aliased.matches(&event("acme", &entry.provider, &alias, &[]), &book));
     };
+}
+
+/// A week is Monday 00:00 to Monday 00:00 local; the one with Europe's
+/// autumn DST change lasts 169 hours.
+#[test]
+fn weekly_periods_run_monday_to_monday_in_the_budgets_zone() {
+    let berlin: Tz = "Europe/Berlin".parse().expect("zone");
+    // Thursday 2026-10-29; the clocks went back on Sunday 2026-10-25.
+    let week = period_bounds(Period::Weekly, berlin, utc(2026, 10, 29, 12, 0));
+    assert_eq!(week.start, utc(2026, 10, 25, 23, 0), "Monday 26 00:00 CET");
+    assert_eq!(week.end, utc(2026, 11, 1, 23, 0));
+    let dst_week = period_bounds(Period::Weekly, berlin, utc(2026, 10, 22, 12, 0));
+    assert_eq!(
+        dst_week.start,
+        utc(2026, 10, 18, 22, 0),
+        "Monday 19 00:00 CEST"
+    );
+    assert_eq!(dst_week.end - dst_week.start, Duration::hours(169));
+    assert_eq!("weekly".parse::<Period>(), Ok(Period::Weekly));
 }
