@@ -382,8 +382,10 @@ fn the_executive_summary_is_complete_and_filtered_by_the_variables() {
             QueryKind::Sql { sql, .. } => sql.clone(),
             QueryKind::Other(v) => panic!("{}: unexpected target {v}", query.name()),
         };
-        // Usage queries take all three filters; the budget gauge has only a tenant.
-        let filters: &[&str] = if text.contains("tokenledger_budget_spend_ratio") {
+        // Usage queries take all three filters; the budget gauges have only a tenant.
+        let filters: &[&str] = if text.contains("tokenledger_budget_spend_ratio")
+            || text.contains("tokenledger_budget_forecast_ratio")
+        {
             &["tenant_id"]
         } else {
             &["tenant_id", "provider", "model"]
