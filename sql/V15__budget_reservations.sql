@@ -90,33 +90,43 @@ CREATE INDEX IF NOT EXISTS budget_reservation_log_budget_idx
 CREATE INDEX IF NOT EXISTS budget_reservation_log_at_idx ON budget_reservation_log (at);
 
 -- Spend changes reach the log from the table itself, so every writer of spend (the batch, the
--- status endpoint creating a row, a re-pricing's corrections) is logged. Only hard-limited
--- budgets: nothing is enforced on the others.
+-- status endpoint creating a row, a re-pricing's corrections, an edit resetting spend) is
+-- logged. Only hard-limited budgets: nothing is enforced on the others.
 CREATE OR REPLACE FUNCTION budget_reservation_log_spend() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     budget_amount NUMERIC;
     delta         NUMERIC;
+    changed       budget_spend;
 BEGIN
-    delta := NEW.spend_usd - CASE WHEN TG_OP = 'UPDATE' THEN OLD.spend_usd ELSE 0 END;
-    IF delta = 0 THEN
-        RETURN NEW;
+    -- A delete (an edit resetting a budget's spend) logs the spend going away, so that the
+    -- rebuilt row's insert does not count it twice in a replay.
+    IF TG_OP = 'DELETE' THEN
+        changed := OLD;
+        delta := -OLD.spend_usd;
+    ELSE
+        changed := NEW;
+        delta := NEW.spend_usd - CASE WHEN TG_OP = 'UPDATE' THEN OLD.spend_usd ELSE 0 END;
     END IF;
-    SELECT amount_usd INTO budget_amount FROM budgets WHERE id = NEW.budget_id AND hard_limit;
+    IF delta = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT amount_usd INTO budget_amount FROM budgets WHERE id = changed.budget_id AND hard_limit;
     IF budget_amount IS NULL THEN
-        RETURN NEW;
+        RETURN NULL;
     END IF;
     INSERT INTO budget_reservation_log (budget_id, tenant_id, period_start, kind,
                                         delta_spend_usd, delta_reserved_usd, spend_usd,
                                         reserved_usd, amount_usd)
-    VALUES (NEW.budget_id, NEW.tenant_id, NEW.period_start, 'spend', delta, 0, NEW.spend_usd,
+    VALUES (changed.budget_id, changed.tenant_id, changed.period_start, 'spend', delta, 0,
+            changed.spend_usd + CASE WHEN TG_OP = 'DELETE' THEN delta ELSE 0 END,
             (SELECT coalesce(sum(h.amount_usd), 0) FROM budget_reservation_holds AS h
-             WHERE h.budget_id = NEW.budget_id AND h.tenant_id = NEW.tenant_id),
+             WHERE h.budget_id = changed.budget_id AND h.tenant_id = changed.tenant_id),
             budget_amount);
-    RETURN NEW;
+    RETURN NULL;
 END $$;
 
 DROP TRIGGER IF EXISTS budget_reservation_log_spend ON budget_spend;
 CREATE TRIGGER budget_reservation_log_spend
-    AFTER INSERT OR UPDATE OF spend_usd ON budget_spend
+    AFTER INSERT OR UPDATE OF spend_usd OR DELETE ON budget_spend
     FOR EACH ROW EXECUTE FUNCTION budget_reservation_log_spend();

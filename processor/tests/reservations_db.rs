@@ -502,4 +502,17 @@ async fn a_settlement_after_expiry_counts_the_cost_and_leaves_the_reservation_ex
         )
         .await
     );
+
+    // An edit that resets the budget's spend is in the history too: the replayed spend
+    // follows the table down to nothing.
+    client
+        .execute("DELETE FROM budget_spend WHERE budget_id = $1", &[&budget])
+        .await
+        .expect("reset");
+    let replayed: Decimal = history(&client, budget)
+        .await
+        .iter()
+        .map(|entry| entry.delta_spend)
+        .sum();
+    assert_eq!(replayed, Decimal::ZERO);
 }
