@@ -166,6 +166,14 @@ async fn reserve_in(
         })
         .collect();
     let labels = serde_json::to_value(&request.labels).unwrap_or_default();
+    // `expires_at` is the database's and joins the answer once inserted.
+    let mut answer = json!({
+        "id": request.id,
+        "tenant_id": request.tenant_id,
+        "amount_usd": request.amount_usd.normalize().to_string(),
+        "budgets": granted.iter().map(Room::to_json).collect::<Vec<_>>(),
+    });
+    let ids: Vec<Uuid> = granted.iter().map(|room| room.budget_id).collect();
     let inserted = transaction
         .query_opt(
             sql::INSERT_RESERVATION,
@@ -181,6 +189,8 @@ async fn reserve_in(
                 &request.idempotency_key,
                 &request.request_sha256,
                 &f64::from(request.ttl_seconds),
+                &answer,
+                &ids,
             ],
         )
         .await
@@ -191,25 +201,7 @@ async fn reserve_in(
     let expires_at: DateTime<Utc> = inserted
         .try_get("expires_at")
         .map_err(db("reading a reservation"))?;
-    let answer = json!({
-        "id": request.id,
-        "tenant_id": request.tenant_id,
-        "amount_usd": request.amount_usd.normalize().to_string(),
-        "expires_at": expires_at,
-        "budgets": granted.iter().map(Room::to_json).collect::<Vec<_>>(),
-    });
-    transaction
-        .execute(sql::STORE_ANSWER, &[&request.id, &answer])
-        .await
-        .map_err(db("storing a reservation's answer"))?;
-    let ids: Vec<Uuid> = granted.iter().map(|room| room.budget_id).collect();
-    transaction
-        .execute(
-            sql::INSERT_HOLDS,
-            &[&ids, &tenant, &request.id, &request.amount_usd, &expires_at],
-        )
-        .await
-        .map_err(db("inserting holds"))?;
+    answer["expires_at"] = json!(expires_at);
     let entries: Vec<LogEntry<'_>> = granted
         .iter()
         .filter(|room| room.hard_limit)
@@ -246,9 +238,10 @@ async fn by_idempotency_key(
     if sha != request.request_sha256 {
         return Ok(Some(Reserved::KeyReused { reservation_id: id }));
     }
-    Ok(Some(Reserved::Replayed {
-        answer: row.try_get("answer").map_err(&get)?,
-    }))
+    let mut answer: Value = row.try_get("answer").map_err(&get)?;
+    let expires_at: DateTime<Utc> = row.try_get("expires_at").map_err(&get)?;
+    answer["expires_at"] = json!(expires_at);
+    Ok(Some(Reserved::Replayed { answer }))
 }
 
 /// The budgets of `tenant` that `applies` keeps, locked `FOR SHARE` (an

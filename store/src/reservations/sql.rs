@@ -1,23 +1,28 @@
 //! The statements over the reservation tables.
 
 pub(super) const BY_IDEMPOTENCY_KEY: &str = "
-SELECT id, request_sha256, answer FROM budget_reservations
+SELECT id, request_sha256, answer, expires_at FROM budget_reservations
 WHERE tenant_id = $1 AND idempotency_key = $2";
 
-/// `ON CONFLICT DO NOTHING`: a request with the same idempotency key that
-/// committed first wins, and this one answers with it.
+/// The reservation with its answer and its holds on budgets `$13`, in one
+/// statement (one round trip while the spend rows are locked). `ON CONFLICT
+/// DO NOTHING`: a request with the same idempotency key that committed
+/// first wins, nothing is held, and this one answers with that one.
 pub(super) const INSERT_RESERVATION: &str = "
-INSERT INTO budget_reservations (id, tenant_id, user_id, api_key, provider, model, labels,
-                                 amount_usd, idempotency_key, request_sha256, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
-ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-RETURNING expires_at";
-
-pub(super) const STORE_ANSWER: &str = "UPDATE budget_reservations SET answer = $2 WHERE id = $1";
-
-pub(super) const INSERT_HOLDS: &str = "
-INSERT INTO budget_reservation_holds (budget_id, tenant_id, reservation_id, amount_usd, expires_at)
-SELECT k.budget_id, $2, $3, $4, $5 FROM UNNEST($1::uuid[]) AS k(budget_id)";
+WITH r AS (
+    INSERT INTO budget_reservations (id, tenant_id, user_id, api_key, provider, model, labels,
+                                     amount_usd, idempotency_key, request_sha256, answer,
+                                     expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, now() + make_interval(secs => $11))
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING id, tenant_id, amount_usd, expires_at
+), held AS (
+    INSERT INTO budget_reservation_holds (budget_id, tenant_id, reservation_id, amount_usd,
+                                          expires_at)
+    SELECT k.budget_id, r.tenant_id, r.id, r.amount_usd, r.expires_at
+    FROM r, UNNEST($13::uuid[]) AS k(budget_id)
+)
+SELECT expires_at FROM r";
 
 /// The current spend rows, locked in the batch's key order.
 pub(super) const LOCK_SPEND_ROWS: &str = "
