@@ -174,6 +174,12 @@ async fn reserve_in(
         "budgets": granted.iter().map(Room::to_json).collect::<Vec<_>>(),
     });
     let ids: Vec<Uuid> = granted.iter().map(|room| room.budget_id).collect();
+    let hard: Vec<&Room> = granted.iter().filter(|room| room.hard_limit).collect();
+    let log_ids: Vec<Uuid> = hard.iter().map(|room| room.budget_id).collect();
+    let log_starts: Vec<DateTime<Utc>> = hard.iter().map(|room| room.period.start).collect();
+    let log_spend: Vec<Decimal> = hard.iter().map(|room| room.spend_usd).collect();
+    let log_reserved: Vec<Decimal> = hard.iter().map(|room| room.reserved_usd).collect();
+    let log_amounts: Vec<Decimal> = hard.iter().map(|room| room.amount_usd).collect();
     let inserted = transaction
         .query_opt(
             sql::INSERT_RESERVATION,
@@ -191,6 +197,11 @@ async fn reserve_in(
                 &f64::from(request.ttl_seconds),
                 &answer,
                 &ids,
+                &log_ids,
+                &log_starts,
+                &log_spend,
+                &log_reserved,
+                &log_amounts,
             ],
         )
         .await
@@ -202,17 +213,6 @@ async fn reserve_in(
         .try_get("expires_at")
         .map_err(db("reading a reservation"))?;
     answer["expires_at"] = json!(expires_at);
-    let entries: Vec<LogEntry<'_>> = granted
-        .iter()
-        .filter(|room| room.hard_limit)
-        .map(|room| LogEntry {
-            room,
-            kind: "grant",
-            reservation_id: request.id,
-            delta_reserved: request.amount_usd,
-        })
-        .collect();
-    log(transaction, tenant, &entries).await?;
     Ok(Some(Reserved::Granted { answer }))
 }
 

@@ -4,8 +4,9 @@ pub(super) const BY_IDEMPOTENCY_KEY: &str = "
 SELECT id, request_sha256, answer, expires_at FROM budget_reservations
 WHERE tenant_id = $1 AND idempotency_key = $2";
 
-/// The reservation with its answer and its holds on budgets `$13`, in one
-/// statement (one round trip while the spend rows are locked). `ON CONFLICT
+/// The reservation with its answer, its holds on budgets `$13` and the log
+/// entries of the hard-limited ones (`$14..$18`), in one statement (one
+/// round trip while the spend rows are locked). `ON CONFLICT
 /// DO NOTHING`: a request with the same idempotency key that committed
 /// first wins, nothing is held, and this one answers with that one.
 pub(super) const INSERT_RESERVATION: &str = "
@@ -21,6 +22,14 @@ WITH r AS (
                                           expires_at)
     SELECT k.budget_id, r.tenant_id, r.id, r.amount_usd, r.expires_at
     FROM r, UNNEST($13::uuid[]) AS k(budget_id)
+), logged AS (
+    INSERT INTO budget_reservation_log (tenant_id, budget_id, period_start, kind,
+                                        reservation_id, delta_spend_usd, delta_reserved_usd,
+                                        spend_usd, reserved_usd, amount_usd)
+    SELECT r.tenant_id, k.budget_id, k.period_start, 'grant', r.id, 0, r.amount_usd, k.spend,
+           k.reserved, k.amount
+    FROM r, UNNEST($14::uuid[], $15::timestamptz[], $16::numeric[], $17::numeric[],
+                   $18::numeric[]) AS k(budget_id, period_start, spend, reserved, amount)
 )
 SELECT expires_at FROM r";
 
