@@ -61,6 +61,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V15__budget_reservations.sql",
         include_str!("../../sql/V15__budget_reservations.sql"),
     ),
+    (
+        "V18__budget_scopes_and_rolling_periods.sql",
+        include_str!("../../sql/V18__budget_scopes_and_rolling_periods.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

@@ -7,9 +7,10 @@
 //! - A budget covers one tenant, or every tenant (`tenant_id = "*"`, spend
 //!   kept per tenant), optionally narrowed to a provider, a model and one
 //!   label value.
-//! - Periods are calendar days or months in the budget's IANA time zone
-//!   (UTC by default): `[local midnight, next local midnight)`, so a DST
-//!   day lasts 23 or 25 hours and a month starts at its local midnight.
+//! - Periods are calendar days, weeks or months in the budget's IANA time
+//!   zone (UTC by default): `[local midnight, next local midnight)`, so a
+//!   DST day lasts 23 or 25 hours and a month starts at its local midnight;
+//!   or `rolling_30d`, the trailing 30 local days (today included).
 //! - A threshold `t` (percent of the amount, 1..=1000) is reached when
 //!   `spend × 100 >= amount × t`; exact decimal arithmetic, no floats.
 //!
@@ -35,7 +36,7 @@ pub mod thresholds;
 
 pub use alert::{format_usd, severity, ThresholdAlert, ALERT_NAME, RUNBOOK_URL};
 pub use parse::{MAX_AMOUNT_SCALE, MAX_AMOUNT_USD, MAX_BUDGET_NAME_CHARS};
-pub use period::{period_bounds, Period, PeriodBounds};
+pub use period::{period_bounds, periods_containing, Period, PeriodBounds, ROLLING_DAYS};
 pub use thresholds::{
     crossed, has_reached, reached, spend_ratio, threshold_amount, DEFAULT_THRESHOLDS,
     MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT,
@@ -166,6 +167,12 @@ impl Budget {
     /// `created_at`: late events count toward their own period).
     pub fn period_of(&self, at: DateTime<Utc>) -> PeriodBounds {
         period_bounds(self.period, self.timezone, at)
+    }
+
+    /// Every period of this budget an event at `at` counts toward, as of
+    /// `now` (see [`periods_containing`]): one, except for a rolling window.
+    pub fn periods_counting(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Vec<PeriodBounds> {
+        periods_containing(self.period, self.timezone, at, now)
     }
 
     /// The JSON form the API answers with (the input shape plus `id`).

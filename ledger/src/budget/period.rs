@@ -1,5 +1,6 @@
-//! The calendar periods of a budget: a day, a week (Monday to Sunday) or a
-//! month in the budget's own IANA time zone, as a half-open UTC interval.
+//! The periods of a budget: a day, a week (Monday to Sunday), a month or a
+//! rolling window of the last 30 days, in the budget's own IANA time zone,
+//! as a half-open UTC interval.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +17,16 @@ pub enum Period {
     /// Monday 00:00 to the next Monday 00:00, local time (ISO weeks).
     Weekly,
     Monthly,
+    /// The trailing 30 local days, today included: `[local midnight 29
+    /// days ago, next local midnight)`. The window moves by whole local
+    /// days (the granularity the spend rows can represent exactly), so
+    /// "the last 30 days" of a rolling budget drops one day at each local
+    /// midnight rather than one event at a time.
+    Rolling30d,
 }
+
+/// How many local days a rolling window spans.
+pub const ROLLING_DAYS: u64 = 30;
 
 impl Period {
     pub fn as_str(self) -> &'static str {
@@ -24,6 +34,7 @@ impl Period {
             Period::Daily => "daily",
             Period::Weekly => "weekly",
             Period::Monthly => "monthly",
+            Period::Rolling30d => "rolling_30d",
         }
     }
 }
@@ -42,8 +53,9 @@ impl FromStr for Period {
             "daily" => Ok(Period::Daily),
             "weekly" => Ok(Period::Weekly),
             "monthly" => Ok(Period::Monthly),
+            "rolling_30d" => Ok(Period::Rolling30d),
             _ => Err(format!(
-                "must be \"daily\", \"weekly\" or \"monthly\", got {:?}",
+                "must be \"daily\", \"weekly\", \"monthly\" or \"rolling_30d\", got {:?}",
                 printable(text)
             )),
         }
@@ -86,6 +98,10 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
             };
             (first, next)
         }
+        Period::Rolling30d => (
+            local_date - chrono::Days::new(ROLLING_DAYS - 1),
+            local_date.succ_opt(),
+        ),
     };
     PeriodBounds {
         start: start_of_local_day(timezone, first_day),
@@ -93,6 +109,33 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
             start_of_local_day(timezone, day)
         }),
     }
+}
+
+/// Every period of kind `period` that contains `at` and has begun its last
+/// day by `now`, oldest first: the one calendar period containing `at`, or
+/// for a rolling window the windows ending on `at`'s local day and on each
+/// later day up to `now`'s (at most 30). A late event counts toward each
+/// of them, so today's window, whose spend row may have been computed
+/// before the event arrived, gains it too; windows ending after `now`'s
+/// day have no rows yet and are computed from the audit table when their
+/// day comes.
+pub fn periods_containing(
+    period: Period,
+    timezone: Tz,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<PeriodBounds> {
+    let first = period_bounds(period, timezone, at);
+    if period != Period::Rolling30d {
+        return vec![first];
+    }
+    let mut windows = vec![first];
+    let mut last = first;
+    while windows.len() < ROLLING_DAYS as usize && last.end <= now {
+        last = period_bounds(period, timezone, last.end);
+        windows.push(last);
+    }
+    windows
 }
 
 /// The first instant whose local date in `timezone` is `day`.

@@ -158,6 +158,7 @@ proptest! {
             Period::Daily => (Duration::hours(22), Duration::hours(26)),
             Period::Weekly => (Duration::days(6), Duration::days(8)),
             Period::Monthly => (Duration::days(27), Duration::days(32)),
+            Period::Rolling30d => (Duration::days(29), Duration::days(31)),
         };
         prop_assert!(length >= min && length <= max, "{zone} {period}: {length:?}");
         let local_start = bounds.start.with_timezone(&tz);
@@ -499,4 +500,67 @@ fn weekly_periods_run_monday_to_monday_in_the_budgets_zone() {
     );
     assert_eq!(dst_week.end - dst_week.start, Duration::hours(169));
     assert_eq!("weekly".parse::<Period>(), Ok(Period::Weekly));
+}
+
+#[test]
+fn a_rolling_window_is_the_last_thirty_local_days_and_moves_a_day_at_a_time() {
+    let at = |text: &str| text.parse::<DateTime<Utc>>().expect("instant");
+    assert_eq!("rolling_30d".parse::<Period>(), Ok(Period::Rolling30d));
+    assert_eq!(Period::Rolling30d.to_string(), "rolling_30d");
+    let today = period_bounds(
+        Period::Rolling30d,
+        chrono_tz::UTC,
+        at("2026-03-15T12:00:00Z"),
+    );
+    assert_eq!(
+        (today.start, today.end),
+        (at("2026-02-14T00:00:00Z"), at("2026-03-16T00:00:00Z"))
+    );
+    let tomorrow = period_bounds(Period::Rolling30d, chrono_tz::UTC, today.end);
+    assert_eq!(
+        (tomorrow.start, tomorrow.end),
+        (at("2026-02-15T00:00:00Z"), at("2026-03-17T00:00:00Z")),
+        "the window drops its oldest day at midnight"
+    );
+    // Local days: New York's window at 03:00 UTC on 15 March is still the
+    // 14th's, and the DST change of 8 March makes it 30 days less an hour.
+    let tz: Tz = "America/New_York".parse().expect("zone");
+    let local = period_bounds(Period::Rolling30d, tz, at("2026-03-15T03:00:00Z"));
+    assert_eq!(
+        (local.start, local.end),
+        (at("2026-02-13T05:00:00Z"), at("2026-03-15T04:00:00Z"))
+    );
+}
+
+#[test]
+fn a_late_event_counts_toward_every_rolling_window_up_to_today() {
+    let at = |text: &str| text.parse::<DateTime<Utc>>().expect("instant");
+    let now = at("2026-03-15T12:00:00Z");
+    let windows =
+        |event: &str| periods_containing(Period::Rolling30d, chrono_tz::UTC, at(event), now);
+    let today = period_bounds(Period::Rolling30d, chrono_tz::UTC, now);
+    assert_eq!(windows("2026-03-15T08:00:00Z"), vec![today]);
+    let late = windows("2026-03-13T23:00:00Z");
+    assert_eq!(late.len(), 3, "{late:?}");
+    assert_eq!(late.last(), Some(&today));
+    assert!(late.iter().all(|w| w.contains(at("2026-03-13T23:00:00Z"))));
+    // An event older than the window counts toward 30 past windows, none
+    // of them today's.
+    let old = windows("2026-02-01T00:00:00Z");
+    assert_eq!(old.len(), 30);
+    assert!(!old.contains(&today));
+    // Calendar periods: the one period of the event.
+    assert_eq!(
+        periods_containing(
+            Period::Monthly,
+            chrono_tz::UTC,
+            at("2026-02-01T00:00:00Z"),
+            now
+        ),
+        vec![period_bounds(
+            Period::Monthly,
+            chrono_tz::UTC,
+            at("2026-02-01T00:00:00Z")
+        )]
+    );
 }
