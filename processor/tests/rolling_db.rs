@@ -190,6 +190,31 @@ async fn a_rolling_budget_counts_the_last_thirty_days_and_its_holds_follow_the_w
         "$6 spent and $4 held"
     );
 
+    // The forecast projects today's window to its end, the next local
+    // midnight, at the rate of the last 48 hours ($3: today's $2 and
+    // yesterday's $1).
+    let later = now + chrono::Duration::seconds(1);
+    let spend = [(budget.id, usd(6))].into_iter().collect();
+    let window = chrono::Duration::hours(48);
+    let forecasts = store::forecasts::for_tenant(
+        &client,
+        "acme",
+        std::slice::from_ref(&budget),
+        &spend,
+        later,
+        window,
+        &fixture.book,
+    )
+    .await
+    .expect("forecast");
+    let period = budget.period_of(later);
+    assert_eq!(period.end, budget.period_of(now).end);
+    let trailing = ledger::budget::forecast::trailing_window(period, later, window);
+    assert_eq!(
+        forecasts[&budget.id],
+        ledger::budget::forecast::forecast(usd(10), usd(6), usd(3), trailing, period, later)
+    );
+
     // Tomorrow's window holds the same spend and today's reservation.
     assert_eq!(
         fixture.reserve(Decimal::new(1, 2), days(-1)).await,
