@@ -290,6 +290,9 @@ async fn remove(
 #[derive(Debug, Deserialize)]
 pub struct StatusQuery {
     tenant_id: Option<String>,
+    /// Only budgets that would count this user's calls (the tenant's and
+    /// this user's own); without it, every budget of the tenant.
+    user_id: Option<String>,
     /// Only budgets that would count a call to this provider / model.
     provider: Option<String>,
     model: Option<String>,
@@ -317,6 +320,12 @@ async fn status(
                 .await
                 .map_err(from_store)?
                 .into_iter()
+                .filter(|b| {
+                    query
+                        .user_id
+                        .as_ref()
+                        .is_none_or(|u| b.scope.user.as_ref().is_none_or(|bu| bu == u))
+                })
                 .filter(|b| {
                     provider
                         .as_ref()

@@ -6,7 +6,7 @@
 //!
 //! - A budget covers one tenant, or every tenant (`tenant_id = "*"`, spend
 //!   kept per tenant), optionally narrowed to a provider, a model and one
-//!   label value.
+//!   label value and one user (`user_id`).
 //! - Periods are calendar days, weeks or months in the budget's IANA time
 //!   zone (UTC by default): `[local midnight, next local midnight)`, so a
 //!   DST day lasts 23 or 25 hours and a month starts at its local midnight;
@@ -80,6 +80,9 @@ pub struct LabelMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub tenant: TenantScope,
+    /// Only this user's events (`user_id`), the tenant's spend narrowed like
+    /// by a provider or label; `None`: every user's together.
+    pub user: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub label: Option<LabelMatch>,
@@ -93,6 +96,10 @@ impl Scope {
     /// tests prove the two agree.
     pub fn matches(&self, event: &UsageEvent, book: &PriceBook) -> bool {
         self.tenant.covers(&event.tenant_id)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|user| event.user_id.as_ref() == Some(user))
             && self
                 .provider
                 .as_ref()
@@ -121,6 +128,9 @@ impl Scope {
     /// `openai/gpt-4o, label team=support`; empty when there is none.
     pub fn narrowing(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(user) = &self.user {
+            parts.push(format!("user {user}"));
+        }
         match (&self.provider, &self.model) {
             (Some(provider), Some(model)) => parts.push(format!("{provider}/{model}")),
             (Some(provider), None) => parts.push(format!("provider {provider}")),
@@ -186,6 +196,7 @@ impl Budget {
             "id": self.id,
             "name": self.name,
             "tenant_id": self.scope.tenant.as_str(),
+            "user_id": self.scope.user,
             "provider": self.scope.provider,
             "model": self.scope.model,
             "label": label,

@@ -19,6 +19,7 @@ use crate::PriceBook;
 #[derive(Debug, Clone, Copy)]
 pub struct PlannedCall<'a> {
     pub tenant_id: &'a str,
+    pub user_id: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub model: Option<&'a str>,
     pub labels: &'a BTreeMap<String, String>,
@@ -41,7 +42,11 @@ impl Scope {
                 .get(&label.key)
                 .is_none_or(|value| *value == label.value)
         });
-        self.tenant.covers(call.tenant_id) && provider_ok && model_ok && label_ok
+        let user_ok = match (&self.user, call.user_id) {
+            (Some(wanted), Some(user)) => wanted == user,
+            _ => true,
+        };
+        self.tenant.covers(call.tenant_id) && user_ok && provider_ok && model_ok && label_ok
     }
 }
 
@@ -61,6 +66,7 @@ mod tests {
     ) -> PlannedCall<'a> {
         PlannedCall {
             tenant_id: "acme",
+            user_id: None,
             provider,
             model,
             labels,
@@ -71,6 +77,7 @@ mod tests {
     fn what_the_caller_leaves_open_is_held_and_what_it_names_must_match() {
         let scope = Scope {
             tenant: TenantScope::Every,
+            user: None,
             provider: Some("openai".into()),
             model: Some("gpt-4o".into()),
             label: Some(LabelMatch {
@@ -92,10 +99,31 @@ mod tests {
         assert!(!scope.may_count(&call(None, None, &sales), &book));
         let other_tenant = Scope {
             tenant: TenantScope::One("globex".into()),
+            user: None,
             provider: None,
             model: None,
             label: None,
         };
         assert!(!other_tenant.may_count(&call(None, None, &none), &book));
+    }
+
+    #[test]
+    fn a_user_budget_holds_for_its_user_and_for_calls_that_name_none() {
+        let alice = Scope {
+            tenant: TenantScope::One("acme".into()),
+            user: Some("alice".into()),
+            provider: None,
+            model: None,
+            label: None,
+        };
+        let none = BTreeMap::new();
+        let book = book();
+        let as_user = |user_id| PlannedCall {
+            user_id,
+            ..call(None, None, &none)
+        };
+        assert!(alice.may_count(&as_user(Some("alice")), &book));
+        assert!(alice.may_count(&as_user(None), &book));
+        assert!(!alice.may_count(&as_user(Some("bob")), &book));
     }
 }

@@ -564,3 +564,34 @@ fn a_late_event_counts_toward_every_rolling_window_up_to_today() {
         )]
     );
 }
+
+#[test]
+fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
+    let alice = budget(json!({
+        "name": "acme-alice", "tenant_id": "acme", "user_id": "alice", "period": "daily",
+        "amount_usd": "5"
+    }));
+    assert_eq!(alice.to_json()["user_id"], "alice");
+    let with_user = |user: Option<&str>| UsageEvent {
+        user_id: user.map(str::to_owned),
+        ..event("acme", "openai", "gpt-4o", &[])
+    };
+    assert!(alice.matches(&with_user(Some("alice")), &book()));
+    assert!(!alice.matches(&with_user(Some("bob")), &book()));
+    assert!(!alice.matches(&with_user(None), &book()));
+    assert_eq!(alice.scope.narrowing(), "user alice");
+    let everyone = budget(
+        json!({"name": "acme", "tenant_id": "acme", "period": "daily",
+                                 "amount_usd": "5"}),
+    );
+    assert!(everyone.matches(&with_user(Some("bob")), &book()));
+
+    let errors = Budget::from_json(
+        Uuid::nil(),
+        &json!({"name": "u", "tenant_id": "acme", "user_id": "*", "period": "daily",
+                "amount_usd": "5"}),
+    )
+    .expect_err("every user is refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "user_id");
+}

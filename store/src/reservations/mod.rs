@@ -143,6 +143,7 @@ async fn reserve_in(
     let tenant = request.tenant_id.as_str();
     let call = PlannedCall {
         tenant_id: tenant,
+        user_id: request.user_id.as_deref(),
         provider: request.provider.as_deref(),
         model: request.model.as_deref(),
         labels: &request.labels,
