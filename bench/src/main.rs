@@ -6,13 +6,15 @@
 //! Layout: [`stack`] starts and stops the services and binaries,
 //! [`ceilings`] measures raw produce and raw COPY, [`scenarios`] drives and
 //! samples, [`latency`] computes exact accept → commit latencies,
-//! [`procstat`] reads CPU and memory from /proc, [`report`] renders.
+//! [`procstat`] reads CPU and memory from /proc, [`reservations`] drives
+//! budget reservations, [`report`] renders.
 
 mod ceilings;
 mod latency;
 mod pglite;
 mod procstat;
 mod report;
+mod reservations;
 mod scenarios;
 mod stack;
 
@@ -85,7 +87,7 @@ struct Args {
     /// Extra gateway setting, e.g. TOKENLEDGER_KAFKA__LINGER_MS=5 (repeatable).
     #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
     gateway_env: Vec<String>,
-    /// Only these scenarios (comma separated: ceilings,single,batch,sustained,latency,catchup,stall).
+    /// Only these scenarios (comma separated: ceilings,single,batch,sustained,latency,catchup,stall,reservations).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -322,6 +324,17 @@ async fn main() -> anyhow::Result<()> {
         report.stall = Some(stall(&mut stack, &probe, &base, drain_limit).await?);
     }
 
+    if wanted("reservations") {
+        reservations::create_budgets(&stack).await?;
+        let for_each = if quick { burst } else { burst / 2 };
+        for (name, tenants) in [("one tenant", 1), ("200 tenants", 200)] {
+            eprintln!("bench: reservations, {name}");
+            report
+                .reservations
+                .push(reservations::run(&stack, name, tenants, 16, for_each).await?);
+        }
+    }
+
     report.peak_rss = probe.peak_rss();
     report.processor_metrics_scrape = time_scrape(&stack.processor_metrics_url).await;
     let out = args
@@ -342,6 +355,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{}", report.to_table());
+    println!("{}", reservations::table(&report.reservations));
     eprintln!("bench: JSON report written to {}", out.display());
     Ok(())
 }

@@ -185,6 +185,8 @@ pub struct Report {
     pub catch_up: Option<CatchUpScenario>,
     pub peak_rss: PeakRss,
     pub processor_metrics_scrape: Option<MetricsScrape>,
+    /// Budget reservations over HTTP.
+    pub reservations: Vec<crate::reservations::ReservationRun>,
     pub targets: Vec<Target>,
 }
 
@@ -212,6 +214,7 @@ impl Report {
             catch_up: None,
             peak_rss: PeakRss::default(),
             processor_metrics_scrape: None,
+            reservations: Vec::new(),
             targets: Vec::new(),
         }
     }

@@ -366,6 +366,8 @@ impl Stack {
                 format!("127.0.0.1:{admin_port}"),
             ),
             ("TOKENLEDGER_LOG".into(), "warn".into()),
+            // The budget and reservation routes.
+            ("TOKENLEDGER_DATABASE__URL".into(), db_url.clone()),
         ];
         gateway_env.extend(overrides.gateway.iter().cloned());
         let env_refs: Vec<(&str, &str)> = gateway_env

@@ -49,6 +49,8 @@ pub struct BudgetStore {
     /// Which names a model budget counts (`Scope::matches_model`): the
     /// processor's book, so status agrees with the spend it keeps.
     book: Arc<PriceBook>,
+    /// The trailing window whose spend rate the forecasts carry forward.
+    forecast_window: chrono::Duration,
 }
 
 impl BudgetStore {
@@ -59,6 +61,9 @@ impl BudgetStore {
         Ok(Self {
             database,
             book: Arc::new(book),
+            forecast_window: chrono::Duration::seconds(i64::from(
+                crate::config::ForecastConfig::default().window_s,
+            )),
         })
     }
 
@@ -74,6 +79,25 @@ impl BudgetStore {
     pub fn with_price_book(mut self, book: Arc<PriceBook>) -> Self {
         self.book = book;
         self
+    }
+
+    /// The trailing window of the burn-rate forecasts.
+    pub fn with_forecast_window(mut self, window: chrono::Duration) -> Self {
+        self.forecast_window = window;
+        self
+    }
+
+    /// The price book the budget scopes use.
+    pub(crate) fn book(&self) -> &PriceBook {
+        &self.book
+    }
+
+    /// Runs `work` on the admin APIs' database within its timeout.
+    pub(crate) async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, BudgetError>,
+    ) -> Result<T, BudgetError> {
+        self.database.with_client(work).await
     }
 }
 
@@ -235,6 +259,9 @@ async fn remove(
 #[derive(Debug, Deserialize)]
 pub struct StatusQuery {
     tenant_id: Option<String>,
+    /// Only budgets that would count this user's calls (the tenant's and
+    /// this user's own); without it, every budget of the tenant.
+    user_id: Option<String>,
     /// Only budgets that would count a call to this provider / model.
     provider: Option<String>,
     model: Option<String>,
@@ -264,6 +291,12 @@ async fn status(
                 .map_err(BudgetError::from)?
                 .into_iter()
                 .filter(|b| {
+                    query
+                        .user_id
+                        .as_ref()
+                        .is_none_or(|u| b.scope.user.as_ref().is_none_or(|bu| bu == u))
+                })
+                .filter(|b| {
                     provider
                         .as_ref()
                         .is_none_or(|p| b.scope.provider.as_ref().is_none_or(|bp| bp == p))
@@ -283,10 +316,26 @@ async fn status(
             let spend = store::spend::current(&transaction, &tenant, &budgets, now, &store.book)
                 .await
                 .map_err(BudgetError::from)?;
+            let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
+            let held = store::reservations::open_holds(&*transaction, &tenant, &ids)
+                .await
+                .map_err(BudgetError::from)?;
+            let forecasts = store::forecasts::for_tenant(
+                &*transaction,
+                &tenant,
+                &budgets,
+                &spend,
+                now,
+                store.forecast_window,
+                &store.book,
+            )
+            .await
+            .map_err(BudgetError::from)?;
             transaction.commit().await.map_err(BudgetError::from)?;
-            Ok::<_, BudgetError>((budgets, spend))
+            Ok::<_, BudgetError>((budgets, (spend, held, forecasts)))
         })
         .await?;
+    let (spend, held, forecasts) = spend;
 
     let mut any_hard_limit_exceeded = false;
     let entries: Vec<Value> = budgets
@@ -311,6 +360,18 @@ async fn status(
             shown["thresholds_reached"] =
                 json!(reached(spent, budget.amount_usd, &budget.thresholds));
             shown["hard_limit_exceeded"] = json!(exceeded);
+            // Open reservations (`POST /v1/budgets/reservations`) and what
+            // a new one could still get.
+            let reserved = held.get(&budget.id).copied().unwrap_or(Decimal::ZERO);
+            shown["reserved_usd"] = json!(reserved.normalize().to_string());
+            shown["available_usd"] = json!((budget.amount_usd - spent - reserved)
+                .max(Decimal::ZERO)
+                .normalize()
+                .to_string());
+            if let Some(forecast) = forecasts.get(&budget.id) {
+                shown["forecast_usd"] = json!(forecast.forecast_usd.normalize().to_string());
+                shown["projected_exhaustion_at"] = json!(forecast.projected_exhaustion_at);
+            }
             shown
         })
         .collect();

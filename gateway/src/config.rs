@@ -48,6 +48,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub exports: ExportsConfig,
     pub reconciliation: ReconciliationConfig,
+    pub reservations: ReservationsConfig,
+    pub forecasts: ForecastConfig,
 }
 
 /// The database the budget API reads and writes (the processor's). Without
@@ -271,10 +273,12 @@ mod exports;
 mod keys;
 mod otlp;
 mod reconciliation;
+mod reservations;
 pub use exports::ExportsConfig;
 pub use keys::{AuthConfig, KeyConfig, KeyKind, KeyPolicy};
 pub use otlp::OtlpConfig;
 pub use reconciliation::{AnthropicTenants, OpenAiTenants, ReconciliationConfig};
+pub use reservations::{ForecastConfig, ReservationsConfig};
 
 /// The shape of `auth.keys_file`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -376,6 +380,10 @@ impl Config {
         self.validation.validate()?;
         self.otlp.validate()?;
         self.exports.validate()?;
+        self.reservations.check().map_err(ConfigError::Invalid)?;
+        if self.forecasts.window_s == 0 {
+            return invalid("forecasts.window_s must be positive".into());
+        }
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers must name at least one broker".into());
         }

@@ -22,6 +22,8 @@
 //!   routes, [`app::admin_router`]) and the layers they share.
 //! - [`budgets`]: the admin budget API and the budget status endpoint, on
 //!   the processor's database (`database.url`).
+//! - [`reservations`]: budget reservations (`/v1/budgets/reservations`):
+//!   money held against hard limits before a call, on the same database.
 //! - [`request_id`], [`readiness`], [`metrics`]: cross-cutting pieces.
 //! - [`server`]: serving both ports and draining once the shutdown token
 //!   is cancelled (by `infra::signals` on SIGTERM).
@@ -46,6 +48,7 @@ pub mod readiness;
 pub mod reconciliation;
 pub mod reports;
 pub mod request_id;
+pub mod reservations;
 pub mod server;
 pub mod state;
 

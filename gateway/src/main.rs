@@ -124,7 +124,7 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .map_err(anyhow::Error::msg)
         .context("configuring the database of the admin APIs")?;
     if admin_database.is_none() {
-        tracing::info!("database.url is not set: the budget, export, report and reconciliation endpoints answer 503");
+        tracing::info!("database.url is not set: the budget, reservation, export, report and reconciliation endpoints answer 503");
     }
     let budget_store = admin_database
         .clone()
@@ -132,8 +132,20 @@ async fn run(config: Config) -> anyhow::Result<Drained> {
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("loading the price book")?
-        .map(|store| store.with_price_book(budget_book));
+        .map(|store| {
+            store
+                .with_price_book(budget_book)
+                .with_forecast_window(chrono::Duration::seconds(i64::from(
+                    config.forecasts.window_s,
+                )))
+        });
+    let reservation_routes = gateway::reservations::routes(
+        Arc::new(keys.clone()),
+        budget_store.clone(),
+        config.reservations.clone(),
+    );
     let budget_routes = budgets::routes(Arc::new(keys.clone()), budget_store)
+        .merge(reservation_routes)
         .merge(gateway::exports::routes(
             gateway::exports::ExportApi::new(
                 Arc::new(keys.clone()),

@@ -71,7 +71,8 @@ fn own_settings<C: Serialize + Default>(env: Env) -> Env {
             // (crate::duration).
             let unitless = name
                 .strip_suffix("_ms")
-                .or_else(|| name.strip_suffix("_secs"));
+                .or_else(|| name.strip_suffix("_secs"))
+                .or_else(|| name.strip_suffix("_s"));
             name.eq_ignore_ascii_case(first)
                 || unitless.is_some_and(|unitless| unitless.eq_ignore_ascii_case(first))
         })
@@ -162,7 +163,7 @@ fn with_unit_names(dict: &mut figment::value::Dict, names: &figment::value::Dict
     for key in keys {
         let mut name = key.clone();
         if !names.contains_key(&key) {
-            if let Some(named) = ["_ms", "_secs"]
+            if let Some(named) = ["_ms", "_secs", "_s"]
                 .iter()
                 .map(|unit| format!("{key}{unit}"))
                 .find(|named| names.contains_key(named) && !dict.contains_key(named))

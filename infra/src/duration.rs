@@ -1,4 +1,4 @@
-//! Durations in configuration: a setting named `…_ms` (or `…_secs`) reads
+//! Durations in configuration: a setting named `…_ms` (or `…_secs`, `…_s`) reads
 //! a whole number in its unit, as it always did, or a duration written as
 //! one (`"30s"`, `"250ms"`, `"2m 30s"`); each such setting also answers to
 //! its name without the unit (`request_timeout = "30s"`). The value is kept
@@ -18,6 +18,12 @@ pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Erro
 /// A `…_secs` setting: a number of seconds or a duration.
 pub fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     deserializer.deserialize_any(InUnit { unit: Unit::Secs })
+}
+
+/// A `…_s` setting held as `u32`: a number of seconds or a duration.
+pub fn secs_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let secs = secs(deserializer)?;
+    u32::try_from(secs).map_err(|_| de::Error::custom(format!("{secs} seconds is too long")))
 }
 
 /// An optional `…_ms` setting.

@@ -195,6 +195,7 @@ mod tests {
             received_at: at,
             request_id: None,
             call_identity: false,
+            reservation_id: None,
         };
         event.labels = labels
             .iter()

@@ -11,7 +11,8 @@
 //! this module decides what to run in which order. Per batch:
 //! 1. Load the budgets (an edit applies to the next batch) and add each new
 //!    row's cost to its `(budget, tenant, period of created_at)` key, so a
-//!    late event counts toward its own period.
+//!    late event counts toward its own period (a rolling budget's: every
+//!    window up to today's that holds it).
 //! 2. Lock the budgets the batch touches (`FOR SHARE`), so an edit of a
 //!    budget's scope waits for the batch instead of racing it; if one
 //!    changed since step 1, evaluate again with the new definitions.
@@ -76,19 +77,23 @@ pub fn deltas(
     new_rows: &[&PricedEvent],
     book: &PriceBook,
 ) -> BTreeMap<SpendKey, (PeriodBounds, Decimal)> {
+    let now = chrono::Utc::now();
     let mut deltas: BTreeMap<SpendKey, (PeriodBounds, Decimal)> = BTreeMap::new();
     for row in new_rows {
         for budget in budgets
             .iter()
             .filter(|budget| budget.matches(&row.event, book))
         {
-            let bounds = budget.period_of(row.event.created_at);
-            let key = SpendKey {
-                budget_id: budget.id,
-                tenant_id: row.event.tenant_id.clone(),
-                period_start: bounds.start,
-            };
-            deltas.entry(key).or_insert((bounds, Decimal::ZERO)).1 += row.cost.usd;
+            // One period, or for a rolling budget every window up to today's
+            // that holds the event (a late event reaches today's too).
+            for bounds in budget.periods_counting(row.event.created_at, now) {
+                let key = SpendKey {
+                    budget_id: budget.id,
+                    tenant_id: row.event.tenant_id.clone(),
+                    period_start: bounds.start,
+                };
+                deltas.entry(key).or_insert((bounds, Decimal::ZERO)).1 += row.cost.usd;
+            }
         }
     }
     deltas
@@ -284,6 +289,7 @@ mod tests {
                 received_at: at,
                 request_id: None,
                 call_identity: false,
+                reservation_id: None,
             },
             cost: Cost {
                 usd: cost,

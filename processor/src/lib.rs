@@ -18,7 +18,9 @@
 //!   (crossings pushed to Alertmanager and the webhook), `health`
 //!   (`/healthz`, `/readyz`, `/metrics`); `pipeline` is the run loop tying
 //!   them together, retries and shutdown; `handoff` hands records to the
-//!   writers' channels (a full one pauses only its writer's partitions).
+//!   writers' channels (a full one pauses only its writer's partitions);
+//!   `reservations` settles the budget reservations new events name, in the
+//!   batch transaction; `forecasts` exports the burn-rate forecast gauge.
 //! - `commands`: the operator commands, one module each: `migrate`,
 //!   `report`, `refresh`, `reprice`, `rebuild_attribution`, `budgets`
 //!   (`budgets apply`), `offsets` (`offsets show|reset`), `export` (FOCUS,

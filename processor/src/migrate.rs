@@ -62,8 +62,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V14__optimization_rollup.sql"),
     ),
     (
+        "V15__budget_reservations.sql",
+        include_str!("../../sql/V15__budget_reservations.sql"),
+    ),
+    (
         "V16__provider_reports.sql",
         include_str!("../../sql/V16__provider_reports.sql"),
+    ),
+    (
+        "V18__budget_scopes_and_rolling_periods.sql",
+        include_str!("../../sql/V18__budget_scopes_and_rolling_periods.sql"),
     ),
 ];
 

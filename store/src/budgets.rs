@@ -27,37 +27,38 @@ use crate::{db, DbError};
 /// The columns of a budget, in the order [`BudgetColumns::params`] binds
 /// them and [`budget_from_row`] reads them.
 const COLUMNS: &str = "id, name, tenant_id, provider, model, label_key, label_value, period, \
-                       timezone, amount_usd, thresholds, hard_limit";
+                       timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id";
 
 const INSERT: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 const UPDATE: &str = "
 UPDATE budgets SET name = $2, tenant_id = $3, provider = $4, model = $5, label_key = $6,
        label_value = $7, period = $8, timezone = $9, amount_usd = $10, thresholds = $11,
-       hard_limit = $12, updated_at = now()
+       hard_limit = $12, forecast_alert = $13, user_id = $14, updated_at = now()
 WHERE id = $1";
 
 /// `processor budgets apply`: by name; a row that would not change is left
 /// alone (no `updated_at` bump, so batches need not evaluate again).
 const UPSERT_BY_NAME: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (name) DO UPDATE SET
     tenant_id = EXCLUDED.tenant_id, provider = EXCLUDED.provider, model = EXCLUDED.model,
     label_key = EXCLUDED.label_key, label_value = EXCLUDED.label_value,
     period = EXCLUDED.period, timezone = EXCLUDED.timezone, amount_usd = EXCLUDED.amount_usd,
-    thresholds = EXCLUDED.thresholds, hard_limit = EXCLUDED.hard_limit, updated_at = now()
+    thresholds = EXCLUDED.thresholds, hard_limit = EXCLUDED.hard_limit,
+    forecast_alert = EXCLUDED.forecast_alert, user_id = EXCLUDED.user_id, updated_at = now()
 WHERE (budgets.tenant_id, budgets.provider, budgets.model, budgets.label_key,
        budgets.label_value, budgets.period, budgets.timezone, budgets.amount_usd,
-       budgets.thresholds, budgets.hard_limit)
+       budgets.thresholds, budgets.hard_limit, budgets.forecast_alert, budgets.user_id)
       IS DISTINCT FROM
       (EXCLUDED.tenant_id, EXCLUDED.provider, EXCLUDED.model, EXCLUDED.label_key,
        EXCLUDED.label_value, EXCLUDED.period, EXCLUDED.timezone, EXCLUDED.amount_usd,
-       EXCLUDED.thresholds, EXCLUDED.hard_limit)
+       EXCLUDED.thresholds, EXCLUDED.hard_limit, EXCLUDED.forecast_alert, EXCLUDED.user_id)
 RETURNING id, (xmax = 0) AS inserted";
 
 /// The edit lock of one budget, and of every budget (in id order, the order
@@ -75,7 +76,8 @@ WHERE budget_id = $1
       SELECT 1 FROM budgets
       WHERE id = $1 AND tenant_id = $2 AND provider IS NOT DISTINCT FROM $3
         AND model IS NOT DISTINCT FROM $4 AND label_key IS NOT DISTINCT FROM $5
-        AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8)";
+        AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8
+        AND user_id IS NOT DISTINCT FROM $9)";
 
 /// SQLSTATE of a unique violation (a budget name taken).
 const UNIQUE_VIOLATION: &str = "23505";
@@ -272,6 +274,7 @@ fn duplicate_or(error: tokio_postgres::Error, name: &str, step: &'static str) ->
 #[derive(Debug)]
 struct BudgetColumns {
     tenant_id: String,
+    user_id: Option<String>,
     provider: Option<String>,
     model: Option<String>,
     label_key: Option<String>,
@@ -285,6 +288,7 @@ impl BudgetColumns {
     fn of(budget: &Budget) -> Self {
         Self {
             tenant_id: budget.scope.tenant.as_str().to_owned(),
+            user_id: budget.scope.user.clone(),
             provider: budget.scope.provider.clone(),
             model: budget.scope.model.clone(),
             label_key: budget.scope.label.as_ref().map(|l| l.key.clone()),
@@ -300,7 +304,7 @@ impl BudgetColumns {
     }
 
     /// The parameters of [`RESET_SPEND_IF_SCOPE_CHANGED`] for budget `id`.
-    fn scope_params<'a>(&'a self, id: &'a Uuid) -> [&'a (dyn ToSql + Sync); 8] {
+    fn scope_params<'a>(&'a self, id: &'a Uuid) -> [&'a (dyn ToSql + Sync); 9] {
         [
             id,
             &self.tenant_id,
@@ -310,11 +314,12 @@ impl BudgetColumns {
             &self.label_value,
             &self.period,
             &self.timezone,
+            &self.user_id,
         ]
     }
 
-    /// `$1..$12` in the order of [`COLUMNS`].
-    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 12] {
+    /// `$1..$14` in the order of [`COLUMNS`].
+    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 14] {
         [
             id,
             &budget.name,
@@ -328,6 +333,8 @@ impl BudgetColumns {
             &budget.amount_usd,
             &self.thresholds,
             &budget.hard_limit,
+            &budget.forecast_alert,
+            &self.user_id,
         ]
     }
 }
@@ -382,6 +389,7 @@ fn budget_from_row(row: &Row) -> Result<Budget, String> {
             } else {
                 TenantScope::One(tenant)
             },
+            user: row.try_get("user_id").map_err(get_err)?,
             provider: row.try_get("provider").map_err(get_err)?,
             model: row.try_get("model").map_err(get_err)?,
             label,
@@ -391,6 +399,7 @@ fn budget_from_row(row: &Row) -> Result<Budget, String> {
         amount_usd: row.try_get("amount_usd").map_err(get_err)?,
         thresholds,
         hard_limit: row.try_get("hard_limit").map_err(get_err)?,
+        forecast_alert: row.try_get("forecast_alert").map_err(get_err)?,
     })
 }
 

@@ -21,6 +21,11 @@
 //! - [`alerts`]: recording threshold crossings in `budget_alerts`.
 //! - [`exports`]: the FOCUS dataset and the monthly statements for finance
 //!   teams, streamed from the raw table.
+//! - [`forecasts`]: burn-rate forecasts from stored spend and a trailing
+//!   window of audit rows.
+//! - [`reservations`]: budget reservations: the grant, its holds on each
+//!   budget, and their release (cancelled, settled by a usage event,
+//!   expired), under the same lock order as a batch.
 //! - [`attribution`]: cost by use case, the daily rollup per attribution
 //!   label value (`usage_attribution_daily`).
 //! - [`reconcile`]: the providers' usage and cost reports as fetched
@@ -45,8 +50,10 @@ pub mod attribution;
 pub mod budgets;
 pub mod corrections;
 pub mod exports;
+pub mod forecasts;
 pub mod optimize;
 pub mod reconcile;
+pub mod reservations;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};

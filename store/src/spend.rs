@@ -3,8 +3,8 @@
 //!
 //! The spend rule says which audit rows count toward a budget's spend for
 //! a tenant in a period: the tenant's rows created in `[start, end)` that
-//! the budget's scope matches (provider, model, one label value; each only
-//! when the budget names it). In Rust it is `ledger::budget::Scope::matches`
+//! the budget's scope matches (user, provider, model, one label value; each
+//! only when the budget names it). In Rust it is `ledger::budget::Scope::matches`
 //! plus `PeriodBounds::contains`; here it is [`SPEND_FROM_AUDIT`], the only
 //! copy in SQL. store/tests/integration/spend_rule.rs proves the two agree.
 //!
@@ -32,13 +32,14 @@ use crate::{db, DbError};
 const SPEND_FROM_AUDIT: &str = "
 SELECT k.ord, a.provider, a.model, sum(a.estimated_cost)
 FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[])
+            $6::text[], $7::text[])
      WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, label_key,
-                          label_value, ord)
+                          label_value, user_id, ord)
 JOIN gateway_mode_audit AS a
   ON a.tenant_id = k.tenant_id
  AND a.created_at >= k.period_start AND a.created_at < k.period_end
  AND (k.provider IS NULL OR a.provider = k.provider)
+ AND (k.user_id IS NULL OR a.user_id = k.user_id)
  AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
 GROUP BY k.ord, a.provider, a.model";
 
@@ -122,6 +123,7 @@ pub async fn from_audit(
         .iter()
         .map(|k| k.scope.label.as_ref().map(|l| l.value.as_str()))
         .collect();
+    let users: Vec<Option<&str>> = keys.iter().map(|k| k.scope.user.as_deref()).collect();
     let rows = client
         .query(
             SPEND_FROM_AUDIT,
@@ -132,6 +134,7 @@ pub async fn from_audit(
                 &providers,
                 &label_keys,
                 &label_values,
+                &users,
             ],
         )
         .await

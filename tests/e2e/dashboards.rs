@@ -383,9 +383,11 @@ fn the_executive_summary_is_complete_and_filtered_by_the_variables() {
             QueryKind::Sql { sql, .. } => sql.clone(),
             QueryKind::Other(v) => panic!("{}: unexpected target {v}", query.name()),
         };
-        // Usage queries take all three filters; the budget gauge has only a tenant, the
+        // Usage queries take all three filters; the budget gauges have only a tenant, the
         // reconciliation gauges a tenant and a provider.
-        let filters: &[&str] = if text.contains("tokenledger_budget_spend_ratio") {
+        let filters: &[&str] = if text.contains("tokenledger_budget_spend_ratio")
+            || text.contains("tokenledger_budget_forecast_ratio")
+        {
             &["tenant_id"]
         } else if text.contains("tokenledger_reconciliation_") {
             &["tenant_id", "provider"]

@@ -645,6 +645,7 @@ fn spawn_processor(broker: &Broker, db: &Database, metrics: &str, group: &str) -
             ("TOKENLEDGER_DATABASE__URL", url.as_str()),
             ("TOKENLEDGER_METRICS__LISTEN", metrics),
             ("TOKENLEDGER_BATCH__MAX_LATENCY_MS", "100"),
+            ("TOKENLEDGER_ALERTING__FORECAST_INTERVAL_MS", "1000"),
         ],
     )
 }
@@ -678,6 +679,7 @@ name = "acme-monthly"
 tenant_id = "acme"
 period = "monthly"
 amount_usd = "100.00"
+forecast_alert = true
 
 [[budgets]]
 name = "globex-monthly"
@@ -1131,6 +1133,7 @@ async fn pipeline_metrics_dashboards_and_alerts() {
         "HighLLMSpend",
         "TokenUsageSpike",
         "TokenledgerBudgetExceeded",
+        "TokenledgerBudgetForecastExceeded",
         "TokenledgerBudgetNearlyExhausted",
         "TokenledgerConflictingEventIds",
         "TokenledgerUnpricedUsage",

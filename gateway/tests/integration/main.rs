@@ -13,6 +13,8 @@ mod handlers;
 mod kafka_mock;
 mod key_reload;
 mod otlp;
+mod reservations_db;
 mod socket;
 mod startup_refusals;
 mod trust;
+mod user_budgets_db;

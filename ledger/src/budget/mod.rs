@@ -6,10 +6,11 @@
 //!
 //! - A budget covers one tenant, or every tenant (`tenant_id = "*"`, spend
 //!   kept per tenant), optionally narrowed to a provider, a model and one
-//!   label value.
-//! - Periods are calendar days or months in the budget's IANA time zone
-//!   (UTC by default): `[local midnight, next local midnight)`, so a DST
-//!   day lasts 23 or 25 hours and a month starts at its local midnight.
+//!   label value and one user (`user_id`).
+//! - Periods are calendar days, weeks or months in the budget's IANA time
+//!   zone (UTC by default): `[local midnight, next local midnight)`, so a
+//!   DST day lasts 23 or 25 hours and a month starts at its local midnight;
+//!   or `rolling_30d`, the trailing 30 local days (today included).
 //! - A threshold `t` (percent of the amount, 1..=1000) is reached when
 //!   `spend × 100 >= amount × t`; exact decimal arithmetic, no floats.
 //!
@@ -27,13 +28,15 @@ use uuid::Uuid;
 use crate::{PriceBook, UsageEvent};
 
 pub mod alert;
+pub mod forecast;
 pub mod parse;
 pub mod period;
+pub mod reservation;
 pub mod thresholds;
 
 pub use alert::{format_usd, severity, ThresholdAlert, ALERT_NAME, RUNBOOK_URL};
 pub use parse::{MAX_AMOUNT_SCALE, MAX_AMOUNT_USD, MAX_BUDGET_NAME_CHARS};
-pub use period::{period_bounds, Period, PeriodBounds};
+pub use period::{period_bounds, periods_containing, Period, PeriodBounds, ROLLING_DAYS};
 pub use thresholds::{
     crossed, has_reached, reached, spend_ratio, threshold_amount, DEFAULT_THRESHOLDS,
     MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT,
@@ -77,6 +80,9 @@ pub struct LabelMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub tenant: TenantScope,
+    /// Only this user's events (`user_id`), the tenant's spend narrowed like
+    /// by a provider or label; `None`: every user's together.
+    pub user: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub label: Option<LabelMatch>,
@@ -90,6 +96,10 @@ impl Scope {
     /// tests prove the two agree.
     pub fn matches(&self, event: &UsageEvent, book: &PriceBook) -> bool {
         self.tenant.covers(&event.tenant_id)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|user| event.user_id.as_ref() == Some(user))
             && self
                 .provider
                 .as_ref()
@@ -118,6 +128,9 @@ impl Scope {
     /// `openai/gpt-4o, label team=support`; empty when there is none.
     pub fn narrowing(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(user) = &self.user {
+            parts.push(format!("user {user}"));
+        }
         match (&self.provider, &self.model) {
             (Some(provider), Some(model)) => parts.push(format!("{provider}/{model}")),
             (Some(provider), None) => parts.push(format!("provider {provider}")),
@@ -147,6 +160,10 @@ pub struct Budget {
     /// (reported by the gateway's status endpoint; tokenledger itself
     /// refuses nothing).
     pub hard_limit: bool,
+    /// Whether the processor exports this budget's burn-rate forecast
+    /// (`tokenledger_budget_forecast_ratio`), which the
+    /// `LLMBudgetForecastExceeded` rule alerts on.
+    pub forecast_alert: bool,
 }
 
 impl Budget {
@@ -162,6 +179,12 @@ impl Budget {
         period_bounds(self.period, self.timezone, at)
     }
 
+    /// Every period of this budget an event at `at` counts toward, as of
+    /// `now` (see [`periods_containing`]): one, except for a rolling window.
+    pub fn periods_counting(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Vec<PeriodBounds> {
+        periods_containing(self.period, self.timezone, at, now)
+    }
+
     /// The JSON form the API answers with (the input shape plus `id`).
     pub fn to_json(&self) -> Value {
         let label = self
@@ -173,6 +196,7 @@ impl Budget {
             "id": self.id,
             "name": self.name,
             "tenant_id": self.scope.tenant.as_str(),
+            "user_id": self.scope.user,
             "provider": self.scope.provider,
             "model": self.scope.model,
             "label": label,
@@ -181,6 +205,7 @@ impl Budget {
             "amount_usd": self.amount_usd.normalize().to_string(),
             "thresholds": self.thresholds,
             "hard_limit": self.hard_limit,
+            "forecast_alert": self.forecast_alert,
         })
     }
 }

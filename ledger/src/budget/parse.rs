@@ -13,6 +13,7 @@ use super::{Budget, LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
 use crate::event::{
     check_identifier, check_provider, is_invisible, printable, type_name, FieldError,
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS,
+    MAX_USER_ID_CHARS,
 };
 
 pub const MAX_BUDGET_NAME_CHARS: usize = 100;
@@ -24,6 +25,7 @@ pub const MAX_AMOUNT_SCALE: u32 = 10;
 const KNOWN_FIELDS: &[&str] = &[
     "name",
     "tenant_id",
+    "user_id",
     "provider",
     "model",
     "label",
@@ -32,6 +34,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "amount_usd",
     "thresholds",
     "hard_limit",
+    "forecast_alert",
 ];
 
 impl Budget {
@@ -65,6 +68,11 @@ impl Budget {
             &mut errors,
             "tenant_id",
             required(object, "tenant_id").and_then(parse_tenant_scope),
+        );
+        let user = take(
+            &mut errors,
+            "user_id",
+            optional(object, "user_id").map_or(Ok(None), |v| parse_user(v).map(Some)),
         );
         let provider = take(
             &mut errors,
@@ -110,13 +118,29 @@ impl Budget {
                     .ok_or_else(|| format!("must be true or false, got {}", type_name(v)))
             }),
         );
+        let forecast_alert = take(
+            &mut errors,
+            "forecast_alert",
+            optional(object, "forecast_alert").map_or(Ok(false), |v| {
+                v.as_bool()
+                    .ok_or_else(|| format!("must be true or false, got {}", type_name(v)))
+            }),
+        );
         match (
-            name, tenant, provider, model, label, period, timezone, amount_usd, thresholds,
-            hard_limit,
+            name,
+            (tenant, user),
+            provider,
+            model,
+            label,
+            period,
+            timezone,
+            amount_usd,
+            thresholds,
+            (hard_limit, forecast_alert),
         ) {
             (
                 Some(name),
-                Some(tenant),
+                (Some(tenant), Some(user)),
                 Some(provider),
                 Some(model),
                 Some(label),
@@ -124,12 +148,13 @@ impl Budget {
                 Some(timezone),
                 Some(amount_usd),
                 Some(thresholds),
-                Some(hard_limit),
+                (Some(hard_limit), Some(forecast_alert)),
             ) if errors.is_empty() => Ok(Budget {
                 id,
                 name,
                 scope: Scope {
                     tenant,
+                    user,
                     provider,
                     model,
                     label,
@@ -139,6 +164,7 @@ impl Budget {
                 amount_usd,
                 thresholds,
                 hard_limit,
+                forecast_alert,
             }),
             _ => Err(errors),
         }
@@ -209,6 +235,19 @@ fn parse_tenant_scope(value: &Value) -> Result<TenantScope, String> {
     check_identifier(tenant, MAX_TENANT_ID_CHARS)
         .map_err(|message| format!("{message} (or \"*\" for every tenant)"))?;
     Ok(TenantScope::One(tenant.to_owned()))
+}
+
+fn parse_user(value: &Value) -> Result<String, String> {
+    let user = expect_str(value)?;
+    if user == EVERY_TENANT {
+        // Spend is kept per budget, tenant and period: one user's row per
+        // budget, not one per user.
+        return Err(
+            "\"*\" (each user separately) is not supported; name one user or leave it out".into(),
+        );
+    }
+    check_identifier(user, MAX_USER_ID_CHARS)?;
+    Ok(user.to_owned())
 }
 
 fn parse_provider(value: &Value) -> Result<String, String> {

@@ -1,5 +1,6 @@
-//! The calendar periods of a budget: a day or a month in the budget's own
-//! IANA time zone, as a half-open UTC interval.
+//! The periods of a budget: a day, a week (Monday to Sunday), a month or a
+//! rolling window of the last 30 days, in the budget's own IANA time zone,
+//! as a half-open UTC interval.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,14 +14,27 @@ use crate::event::printable;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Period {
     Daily,
+    /// Monday 00:00 to the next Monday 00:00, local time (ISO weeks).
+    Weekly,
     Monthly,
+    /// The trailing 30 local days, today included: `[local midnight 29
+    /// days ago, next local midnight)`. The window moves by whole local
+    /// days (the granularity the spend rows can represent exactly), so
+    /// "the last 30 days" of a rolling budget drops one day at each local
+    /// midnight rather than one event at a time.
+    Rolling30d,
 }
+
+/// How many local days a rolling window spans.
+pub const ROLLING_DAYS: u64 = 30;
 
 impl Period {
     pub fn as_str(self) -> &'static str {
         match self {
             Period::Daily => "daily",
+            Period::Weekly => "weekly",
             Period::Monthly => "monthly",
+            Period::Rolling30d => "rolling_30d",
         }
     }
 }
@@ -37,9 +51,11 @@ impl FromStr for Period {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "daily" => Ok(Period::Daily),
+            "weekly" => Ok(Period::Weekly),
             "monthly" => Ok(Period::Monthly),
+            "rolling_30d" => Ok(Period::Rolling30d),
             _ => Err(format!(
-                "must be \"daily\" or \"monthly\", got {:?}",
+                "must be \"daily\", \"weekly\", \"monthly\" or \"rolling_30d\", got {:?}",
                 printable(text)
             )),
         }
@@ -68,6 +84,11 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
     let local_date = at.with_timezone(&timezone).date_naive();
     let (first_day, next_first_day) = match period {
         Period::Daily => (local_date, local_date.succ_opt()),
+        Period::Weekly => {
+            let monday = local_date
+                - chrono::Days::new(u64::from(local_date.weekday().num_days_from_monday()));
+            (monday, monday.checked_add_days(chrono::Days::new(7)))
+        }
         Period::Monthly => {
             let first = local_date.with_day(1).unwrap_or(local_date);
             let next = if first.month() == 12 {
@@ -77,6 +98,10 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
             };
             (first, next)
         }
+        Period::Rolling30d => (
+            local_date - chrono::Days::new(ROLLING_DAYS - 1),
+            local_date.succ_opt(),
+        ),
     };
     PeriodBounds {
         start: start_of_local_day(timezone, first_day),
@@ -84,6 +109,33 @@ pub fn period_bounds(period: Period, timezone: Tz, at: DateTime<Utc>) -> PeriodB
             start_of_local_day(timezone, day)
         }),
     }
+}
+
+/// Every period of kind `period` that contains `at` and has begun its last
+/// day by `now`, oldest first: the one calendar period containing `at`, or
+/// for a rolling window the windows ending on `at`'s local day and on each
+/// later day up to `now`'s (at most 30). A late event counts toward each
+/// of them, so today's window, whose spend row may have been computed
+/// before the event arrived, gains it too; windows ending after `now`'s
+/// day have no rows yet and are computed from the audit table when their
+/// day comes.
+pub fn periods_containing(
+    period: Period,
+    timezone: Tz,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<PeriodBounds> {
+    let first = period_bounds(period, timezone, at);
+    if period != Period::Rolling30d {
+        return vec![first];
+    }
+    let mut windows = vec![first];
+    let mut last = first;
+    while windows.len() < ROLLING_DAYS as usize && last.end <= now {
+        last = period_bounds(period, timezone, last.end);
+        windows.push(last);
+    }
+    windows
 }
 
 /// The first instant whose local date in `timezone` is `day`.

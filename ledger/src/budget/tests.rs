@@ -47,6 +47,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         received_at: at,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 
@@ -141,10 +142,9 @@ proptest! {
     fn periods_contain_their_instant_and_tile_time(
         zone in prop::sample::select(ZONES),
         seconds in 946_684_800_i64..4_102_444_800_i64, // 2000..2100
-        monthly in any::<bool>(),
+        period in prop::sample::select(vec![Period::Daily, Period::Weekly, Period::Monthly]),
     ) {
         let tz: Tz = zone.parse().expect("zone");
-        let period = if monthly { Period::Monthly } else { Period::Daily };
         let at = Utc.timestamp_opt(seconds, 0).single().expect("valid");
         let bounds = period_bounds(period, tz, at);
         prop_assert!(bounds.contains(at), "{bounds:?} does not contain {at}");
@@ -156,13 +156,24 @@ proptest! {
         let (min, max) = match period {
             // Apia skipped a whole day in 2011; DST moves a day by ≤ 1 h.
             Period::Daily => (Duration::hours(22), Duration::hours(26)),
+            Period::Weekly => (Duration::days(6), Duration::days(8)),
             Period::Monthly => (Duration::days(27), Duration::days(32)),
+            Period::Rolling30d => (Duration::days(29), Duration::days(31)),
         };
         prop_assert!(length >= min && length <= max, "{zone} {period}: {length:?}");
         let local_start = bounds.start.with_timezone(&tz);
         prop_assert!(local_start.hour() <= 1, "{zone}: starts at local {local_start}");
         if period == Period::Monthly {
             prop_assert_eq!(local_start.day(), 1, "{}: month starts at local {}", zone, local_start);
+        }
+        if period == Period::Weekly {
+            prop_assert_eq!(
+                local_start.weekday(),
+                chrono::Weekday::Mon,
+                "{}: week starts at local {}",
+                zone,
+                local_start
+            );
         }
     }
 
@@ -295,7 +306,7 @@ fn validation_names_every_bad_field() {
     let errors = Budget::from_json(
         Uuid::nil(),
         &json!({
-            "name": "has space", "tenant_id": "", "period": "weekly", "timezone": "Mars/Olympus",
+            "name": "has space", "tenant_id": "", "period": "hourly", "timezone": "Mars/Olympus",
             "amount_usd": "-5", "thresholds": [50, 50], "hard_limit": "yes", "colour": "red",
             "label": {"key": "bad key", "value": "x"}
         }),
@@ -470,4 +481,117 @@ fn a_model_budget_counts_every_name_the_price_book_knows_the_model_by() {
         }));
         assert!(aliased.matches(&event("acme", &entry.provider, &alias, &[]), &book));
     };
+}
+
+/// A week is Monday 00:00 to Monday 00:00 local; the one with Europe's
+/// autumn DST change lasts 169 hours.
+#[test]
+fn weekly_periods_run_monday_to_monday_in_the_budgets_zone() {
+    let berlin: Tz = "Europe/Berlin".parse().expect("zone");
+    // Thursday 2026-10-29; the clocks went back on Sunday 2026-10-25.
+    let week = period_bounds(Period::Weekly, berlin, utc(2026, 10, 29, 12, 0));
+    assert_eq!(week.start, utc(2026, 10, 25, 23, 0), "Monday 26 00:00 CET");
+    assert_eq!(week.end, utc(2026, 11, 1, 23, 0));
+    let dst_week = period_bounds(Period::Weekly, berlin, utc(2026, 10, 22, 12, 0));
+    assert_eq!(
+        dst_week.start,
+        utc(2026, 10, 18, 22, 0),
+        "Monday 19 00:00 CEST"
+    );
+    assert_eq!(dst_week.end - dst_week.start, Duration::hours(169));
+    assert_eq!("weekly".parse::<Period>(), Ok(Period::Weekly));
+}
+
+#[test]
+fn a_rolling_window_is_the_last_thirty_local_days_and_moves_a_day_at_a_time() {
+    let at = |text: &str| text.parse::<DateTime<Utc>>().expect("instant");
+    assert_eq!("rolling_30d".parse::<Period>(), Ok(Period::Rolling30d));
+    assert_eq!(Period::Rolling30d.to_string(), "rolling_30d");
+    let today = period_bounds(
+        Period::Rolling30d,
+        chrono_tz::UTC,
+        at("2026-03-15T12:00:00Z"),
+    );
+    assert_eq!(
+        (today.start, today.end),
+        (at("2026-02-14T00:00:00Z"), at("2026-03-16T00:00:00Z"))
+    );
+    let tomorrow = period_bounds(Period::Rolling30d, chrono_tz::UTC, today.end);
+    assert_eq!(
+        (tomorrow.start, tomorrow.end),
+        (at("2026-02-15T00:00:00Z"), at("2026-03-17T00:00:00Z")),
+        "the window drops its oldest day at midnight"
+    );
+    // Local days: New York's window at 03:00 UTC on 15 March is still the
+    // 14th's, and the DST change of 8 March makes it 30 days less an hour.
+    let tz: Tz = "America/New_York".parse().expect("zone");
+    let local = period_bounds(Period::Rolling30d, tz, at("2026-03-15T03:00:00Z"));
+    assert_eq!(
+        (local.start, local.end),
+        (at("2026-02-13T05:00:00Z"), at("2026-03-15T04:00:00Z"))
+    );
+}
+
+#[test]
+fn a_late_event_counts_toward_every_rolling_window_up_to_today() {
+    let at = |text: &str| text.parse::<DateTime<Utc>>().expect("instant");
+    let now = at("2026-03-15T12:00:00Z");
+    let windows =
+        |event: &str| periods_containing(Period::Rolling30d, chrono_tz::UTC, at(event), now);
+    let today = period_bounds(Period::Rolling30d, chrono_tz::UTC, now);
+    assert_eq!(windows("2026-03-15T08:00:00Z"), vec![today]);
+    let late = windows("2026-03-13T23:00:00Z");
+    assert_eq!(late.len(), 3, "{late:?}");
+    assert_eq!(late.last(), Some(&today));
+    assert!(late.iter().all(|w| w.contains(at("2026-03-13T23:00:00Z"))));
+    // An event older than the window counts toward 30 past windows, none
+    // of them today's.
+    let old = windows("2026-02-01T00:00:00Z");
+    assert_eq!(old.len(), 30);
+    assert!(!old.contains(&today));
+    // Calendar periods: the one period of the event.
+    assert_eq!(
+        periods_containing(
+            Period::Monthly,
+            chrono_tz::UTC,
+            at("2026-02-01T00:00:00Z"),
+            now
+        ),
+        vec![period_bounds(
+            Period::Monthly,
+            chrono_tz::UTC,
+            at("2026-02-01T00:00:00Z")
+        )]
+    );
+}
+
+#[test]
+fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
+    let alice = budget(json!({
+        "name": "acme-alice", "tenant_id": "acme", "user_id": "alice", "period": "daily",
+        "amount_usd": "5"
+    }));
+    assert_eq!(alice.to_json()["user_id"], "alice");
+    let with_user = |user: Option<&str>| UsageEvent {
+        user_id: user.map(str::to_owned),
+        ..event("acme", "openai", "gpt-4o", &[])
+    };
+    assert!(alice.matches(&with_user(Some("alice")), &book()));
+    assert!(!alice.matches(&with_user(Some("bob")), &book()));
+    assert!(!alice.matches(&with_user(None), &book()));
+    assert_eq!(alice.scope.narrowing(), "user alice");
+    let everyone = budget(
+        json!({"name": "acme", "tenant_id": "acme", "period": "daily",
+                                 "amount_usd": "5"}),
+    );
+    assert!(everyone.matches(&with_user(Some("bob")), &book()));
+
+    let errors = Budget::from_json(
+        Uuid::nil(),
+        &json!({"name": "u", "tenant_id": "acme", "user_id": "*", "period": "daily",
+                "amount_usd": "5"}),
+    )
+    .expect_err("every user is refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "user_id");
 }

@@ -53,6 +53,7 @@ impl UsageEvent {
             labels: &self.labels,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
             call_identity: self.call_identity,
+            reservation_id: self.reservation_id.as_ref(),
         };
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -104,6 +105,8 @@ struct Content<'a> {
     received_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "is_false")]
     call_identity: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<&'a Uuid>,
 }
 
 fn is_false(flag: &bool) -> bool {

@@ -97,6 +97,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "usage_format",
     "estimated_cost",
     "labels",
+    "reservation_id",
 ];
 
 /// One validated usage event.
@@ -170,6 +171,11 @@ pub struct UsageEvent {
     /// `(tenant_id, id, created_at)`. Not accepted on the HTTP API.
     #[serde(default, skip_serializing_if = "is_false")]
     pub call_identity: bool,
+    /// The budget reservation this call was made under: recording the
+    /// event's cost releases it, in the same transaction. Left out of the
+    /// Kafka form when absent, so other events hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<Uuid>,
 }
 
 fn is_zero(count: &u32) -> bool {

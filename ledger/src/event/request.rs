@@ -110,6 +110,7 @@ impl UsageEvent {
         let calls = fields.optional("calls", parse_calls);
         let estimated_cost = fields.optional("estimated_cost", parse_cost);
         let labels = fields.optional("labels", parse_labels);
+        let reservation_id = fields.optional("reservation_id", parse_any_uuid);
 
         let native = native::read(object, &mut errors);
         let tokens = Tokens {
@@ -167,6 +168,7 @@ impl UsageEvent {
             received_at: now,
             request_id: None,
             call_identity: false,
+            reservation_id: reservation_id.flatten(),
         };
         event.check_invariants()?;
         Ok(event)
@@ -392,6 +394,15 @@ fn expect_str(value: &Value) -> Result<&str, String> {
     value
         .as_str()
         .ok_or_else(|| format!("must be a string, got {}", type_name(value)))
+}
+
+/// A reservation id: any UUID (the gateway makes v7 ones, but the id only
+/// has to name the reservation).
+fn parse_any_uuid(value: &Value) -> Result<Uuid, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| "must be a UUID string".to_string())?;
+    Uuid::parse_str(text).map_err(|_| "must be a UUID".to_string())
 }
 
 fn parse_uuid(value: &Value) -> Result<Uuid, String> {

@@ -324,6 +324,7 @@ impl SpanContext<'_> {
             received_at: self.received_at,
             request_id: None,
             call_identity: response_id.is_some(),
+            reservation_id: None,
         };
         event
             .check_invariants()

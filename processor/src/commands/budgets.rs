@@ -198,7 +198,7 @@ mod tests {
             [[budgets]]
             name = "a"
             tenant_id = "acme"
-            period = "weekly"
+            period = "hourly"
             amount_usd = "10"
             [[budgets]]
             name = "a"

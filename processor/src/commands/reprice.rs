@@ -280,16 +280,18 @@ fn rate_page(
             summary.corrected += 1;
             page.days.insert(stored.event.created_at.date_naive());
             for budget in budgets.iter().filter(|b| b.matches(&stored.event, book)) {
-                let bounds = budget.period_of(stored.event.created_at);
-                let key = SpendKey {
-                    budget_id: budget.id,
-                    tenant_id: stored.event.tenant_id.clone(),
-                    period_start: bounds.start,
-                };
-                page.spend_deltas
-                    .entry(key)
-                    .or_insert((bounds, Decimal::ZERO))
-                    .1 += rating.cost - stored.cost;
+                // A rolling budget's correction reaches every window holding the event.
+                for bounds in budget.periods_counting(stored.event.created_at, chrono::Utc::now()) {
+                    let key = SpendKey {
+                        budget_id: budget.id,
+                        tenant_id: stored.event.tenant_id.clone(),
+                        period_start: bounds.start,
+                    };
+                    page.spend_deltas
+                        .entry(key)
+                        .or_insert((bounds, Decimal::ZERO))
+                        .1 += rating.cost - stored.cost;
+                }
             }
             page.corrections.push((
                 stored.event.clone(),

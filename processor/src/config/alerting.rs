@@ -48,6 +48,12 @@ pub struct AlertingConfig {
     /// Most `tokenledger_budget_spend_ratio` series exported (the highest
     /// ratios win).
     pub max_ratio_series: usize,
+    /// Seconds of the trailing window whose spend rate the burn-rate
+    /// forecasts carry to the end of each budget's period.
+    pub forecast_window_s: u32,
+    /// How often the forecasts of budgets with `forecast_alert` are
+    /// computed for `tokenledger_budget_forecast_ratio`.
+    pub forecast_interval_ms: u64,
     /// For tests only: push a crossing only once it has been recorded for
     /// this long, leaving a window between commit and push. 0 in production.
     #[serde(alias = "push_delay", deserialize_with = "infra::duration::millis")]
@@ -67,6 +73,8 @@ impl Default for AlertingConfig {
             timeout_ms: 5_000,
             batch_size: 100,
             max_ratio_series: 5_000,
+            forecast_window_s: 86_400,
+            forecast_interval_ms: 15_000,
             push_delay_ms: 0,
         }
     }

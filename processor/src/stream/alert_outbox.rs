@@ -476,6 +476,7 @@ pub fn start(
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, OutboxError> {
     let metrics = Arc::new(OutboxMetrics::new(registry)?);
+    crate::stream::forecasts::spawn(pool.clone(), config, registry, stop.clone())?;
     let outbox = AlertOutbox::new(pool, config.clone(), metrics)?;
     Ok(tokio::spawn(outbox.run(stop)))
 }

@@ -126,6 +126,7 @@ mod tests {
                 received_at: now,
                 request_id: None,
                 call_identity: false,
+                reservation_id: None,
             },
             cost: Cost {
                 usd: Decimal::new(25, 2),

@@ -360,6 +360,11 @@ impl<D: DeadLetterSink> Writer<D> {
         )
         .await??;
         self.bounded(
+            "reservations",
+            crate::stream::reservations::settle(&transaction, &new_rows, &self.price_book),
+        )
+        .await??;
+        self.bounded(
             "attribution",
             crate::attribution::record(
                 &transaction,

@@ -53,6 +53,7 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
         received_at: Utc::now().trunc_subsecs(6),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -159,6 +159,7 @@ fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         received_at: Utc::now(),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn report(id: Uuid, at: DateTime<Utc>, prompt_tokens: u32) -> UsageEvent {
         received_at: Utc::now(),
         request_id: Some("req".into()),
         call_identity: true,
+        reservation_id: None,
     }
 }
 

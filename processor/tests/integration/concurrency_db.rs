@@ -107,6 +107,7 @@ fn event(model: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         received_at: Utc::now(),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

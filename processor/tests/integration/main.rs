@@ -17,6 +17,8 @@ mod prices_cli;
 mod provenance_db;
 mod reconcile_db;
 mod reprice_db;
+mod reservations_db;
+mod rolling_db;
 mod tenant_key_db;
 mod unstorable_db;
 mod writer_db;

@@ -135,6 +135,7 @@ fn traffic(count: usize) -> Vec<UsageEvent> {
                 received_at: Utc::now(),
                 request_id: None,
                 call_identity: false,
+                reservation_id: None,
             }
         })
         .collect()

@@ -115,6 +115,7 @@ fn traffic() -> Vec<UsageEvent> {
             received_at: Utc::now().trunc_subsecs(6),
             request_id: None,
             call_identity: false,
+            reservation_id: None,
         });
     }
     events

@@ -90,6 +90,7 @@ fn event(tenant: &str, n: u32) -> UsageEvent {
         received_at: now,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn event(model: &str, prompt: u32, output: u32) -> UsageEvent {
         received_at: now,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

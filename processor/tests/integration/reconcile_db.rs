@@ -113,6 +113,7 @@ fn event(provider: &str, tenant: &str, model: &str, d: u32, t: Tokens) -> UsageE
         received_at: Utc::now().trunc_subsecs(6),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn event(tenant: &str, model: &str, prompt: u32, at: DateTime<Utc>) -> UsageEven
         received_at: Utc::now().trunc_subsecs(6),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -71,6 +71,7 @@ fn event(tenant: &str, prompt_tokens: u32, age: chrono::Duration) -> UsageEvent 
         received_at: now,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -79,6 +79,7 @@ fn event(model: &str, prompt_tokens: u32) -> UsageEvent {
         received_at: now,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

@@ -89,6 +89,7 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
         received_at: now,
         request_id: Some("req-1".into()),
         call_identity: false,
+        reservation_id: None,
     }
 }
 

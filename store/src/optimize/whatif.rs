@@ -253,5 +253,6 @@ pub(super) fn event_of(row: &tokio_postgres::Row) -> Result<UsageEvent, Optimize
         received_at: at,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     })
 }

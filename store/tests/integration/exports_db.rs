@@ -117,6 +117,7 @@ fn events(rng: &mut Rng, count: usize, start: DateTime<Utc>, days: i64) -> Vec<U
                 received_at: created_at + Duration::seconds(1),
                 request_id: None,
                 call_identity: false,
+                reservation_id: None,
             }
         })
         .collect()

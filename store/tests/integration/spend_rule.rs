@@ -21,6 +21,7 @@ use store::spend::AuditKey;
 use uuid::Uuid;
 
 const TENANTS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
+const USERS: [&str; 2] = ["alice", "bob"];
 const PROVIDERS: [&str; 3] = ["openai", "anthropic", "google"];
 /// Listed names, and names the price book prices as one of them (a dated snapshot).
 const MODELS: [&str; 6] = [
@@ -132,7 +133,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         id: Uuid::from_u64_pair(rng.next(), rng.next()),
         created_at,
         tenant_id: rng.pick(&TENANTS).to_owned(),
-        user_id: None,
+        user_id: maybe(rng, 70, &USERS).map(str::to_owned),
         provider: rng.pick(&PROVIDERS).to_owned(),
         model: rng.pick(&MODELS).to_owned(),
         prompt_tokens: 1,
@@ -150,6 +151,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         received_at: created_at,
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 
@@ -166,6 +168,7 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
                 Some(tenant) => TenantScope::One(tenant.to_owned()),
                 None => TenantScope::Every,
             },
+            user: maybe(rng, 30, &USERS).map(str::to_owned),
             provider: maybe(rng, 40, &PROVIDERS).map(str::to_owned),
             model: maybe(rng, 30, &MODELS).map(str::to_owned),
             label,
@@ -175,6 +178,7 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
         amount_usd: Decimal::ONE_HUNDRED,
         thresholds: vec![100],
         hard_limit: false,
+        forecast_alert: false,
     }
 }
 
@@ -193,8 +197,9 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
         .prepare(
             "INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens,
                  completion_tokens, total_tokens, estimated_cost, created_at, pricing_status,
-                 labels, received_at, payload_sha256, source_partition, source_offset, price_entry)
-             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9)",
+                 labels, received_at, payload_sha256, source_partition, source_offset, price_entry,
+                 user_id)
+             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9, $10)",
         )
         .await
         .expect("prepare");
@@ -214,6 +219,7 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
                     &labels,
                     &offset,
                     &entry,
+                    &event.user_id,
                 ],
             )
             .await
@@ -349,6 +355,7 @@ async fn a_model_budget_counts_usage_sent_under_another_name_of_the_model() {
     let mut budget = budget(&mut rng, 0);
     budget.scope = Scope {
         tenant: TenantScope::One("acme".into()),
+        user: None,
         provider: None,
         model: Some("gpt-4o".into()),
         label: None,

@@ -146,6 +146,7 @@ fn read_row(row: &Row) -> Result<Stored, RepriceError> {
         received_at: row.get(23),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     };
     let source: Option<String> = row.get(21);
     Ok(Stored {

@@ -40,6 +40,7 @@ fn row(tenant: &str, model: &str, status: PricingStatus) -> PricedEvent {
             received_at: now,
             request_id: None,
             call_identity: false,
+            reservation_id: None,
         },
         cost: Cost {
             usd: Decimal::new(25, 2),

@@ -37,6 +37,7 @@ pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
             .expect("valid time"),
         request_id: None,
         call_identity: false,
+        reservation_id: None,
     }
 }
 

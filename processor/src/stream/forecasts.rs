@@ -1,0 +1,87 @@
+//! Burn-rate forecasts as a gauge: every `alerting.forecast_interval_ms`,
+//! the forecast of each budget with `forecast_alert` for each tenant with
+//! spend in the current period (`store::forecasts`), divided by the
+//! amount, as `tokenledger_budget_forecast_ratio{tenant_id, budget,
+//! period}`. The `LLMBudgetForecastExceeded` rule (alerts/) fires, labelled
+//! `kind="forecast"`, while a forecast stays above 1 and resolves when it
+//! drops back; a new period is a new series value, so one alert per budget,
+//! tenant and period.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use ledger::PriceBook;
+use prometheus::{GaugeVec, Opts, Registry};
+use rust_decimal::prelude::ToPrimitive;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AlertingConfig;
+
+/// Registers the gauge and spawns the loop that refreshes it until `stop`.
+pub fn spawn(
+    pool: Pool,
+    config: &AlertingConfig,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<(), prometheus::Error> {
+    let gauge = GaugeVec::new(
+        Opts::new(
+            "tokenledger_budget_forecast_ratio",
+            "Projected spend at the end of the current period (the spend rate of the trailing \
+             alerting.forecast_window_s carried forward) divided by the budget amount, for \
+             budgets with forecast_alert, per tenant with spend this period.",
+        ),
+        &["tenant_id", "budget", "period"],
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    let window = chrono::Duration::seconds(i64::from(config.forecast_window_s));
+    let every = Duration::from_millis(config.forecast_interval_ms.max(1));
+    tokio::spawn(async move {
+        // The names a model budget counts come from the built-in book, the
+        // one the status endpoint uses by default.
+        let book = match PriceBook::builtin() {
+            Ok(book) => book,
+            Err(error) => {
+                tracing::error!(%error, "the built-in price book does not parse; no forecasts");
+                return;
+            }
+        };
+        loop {
+            if let Err(error) = refresh(&pool, &gauge, window, &book).await {
+                tracing::warn!(%error, "cannot refresh the budget forecasts");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn refresh(
+    pool: &Pool,
+    gauge: &GaugeVec,
+    window: chrono::Duration,
+    book: &PriceBook,
+) -> Result<(), String> {
+    let client = pool.get().await.map_err(|error| error.to_string())?;
+    let forecasts = store::forecasts::alerting(&**client, Utc::now(), window, book)
+        .await
+        .map_err(|error| error.to_string())?;
+    // Reset first: a budget deleted, renamed or in a new period must not
+    // keep its last value.
+    gauge.reset();
+    for row in &forecasts {
+        let ratio = ledger::budget::spend_ratio(row.forecast.forecast_usd, row.budget.amount_usd);
+        gauge
+            .with_label_values(&[
+                row.tenant_id.as_str(),
+                row.budget.name.as_str(),
+                row.budget.period.as_str(),
+            ])
+            .set(ratio.to_f64().unwrap_or(0.0));
+    }
+    Ok(())
+}
