@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object, Pool};
+use infra::database::DatabaseSettings;
 
 use crate::auth::Authenticated;
 use crate::config::DatabaseConfig;
@@ -32,6 +33,16 @@ pub fn require_admin(who: &Authenticated) -> Result<(), NotAdmin> {
     }
 }
 
+/// How the admin APIs connect, when `config.url` is set.
+pub fn pool_settings(config: &DatabaseConfig) -> Option<DatabaseSettings<'_>> {
+    Some(DatabaseSettings {
+        // Tenants' requests reach the database: none may hold a backend
+        // past the time the gateway waits for it.
+        statement_timeout: Some(config.timeout()),
+        ..config.settings("tokenledger-gateway")?
+    })
+}
+
 /// The admin APIs' database. Cheap to clone: clones share the pool.
 #[derive(Debug, Clone)]
 pub struct AdminDatabase {
@@ -44,7 +55,7 @@ impl AdminDatabase {
     /// lazily, so a database that is down at startup only fails admin
     /// requests, not the gateway.
     pub fn connect_lazily(config: &DatabaseConfig) -> Result<Option<Self>, String> {
-        let Some(settings) = config.settings() else {
+        let Some(settings) = pool_settings(config) else {
             return Ok(None);
         };
         let pool = infra::database::pool(&settings).map_err(|error| error.to_string())?;

@@ -7,8 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::Env;
-use infra::database::DatabaseSettings;
-use infra::kafka::Properties;
 use infra::Secret;
 use ledger::event::ValidationLimits;
 use serde::{Deserialize, Serialize};
@@ -52,49 +50,9 @@ pub struct Config {
     pub forecasts: ForecastConfig,
 }
 
-/// The database the budget API reads and writes (the processor's). Without
-/// `url` the budget endpoints answer 503 and everything else works.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// A libpq-style connection string (`host=… user=…` or `postgres://…`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<Secret>,
-    pub pool_size: usize,
-    /// Upper bound on getting a connection and on each query.
-    #[serde(alias = "timeout", deserialize_with = "infra::duration::millis")]
-    pub timeout_ms: u64,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            pool_size: 4,
-            timeout_ms: 2_000,
-        }
-    }
-}
-
-impl DatabaseConfig {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
-    /// How to connect, when `url` is set.
-    pub fn settings(&self) -> Option<DatabaseSettings<'_>> {
-        Some(DatabaseSettings {
-            url: self.url.as_ref()?,
-            pool_size: self.pool_size,
-            timeout: self.timeout(),
-            application_name: "tokenledger-gateway",
-            session_setup: None,
-            // Tenants' requests reach the database: none may hold a backend
-            // past the time the gateway waits for it.
-            statement_timeout: Some(self.timeout()),
-        })
-    }
-}
+/// The database the admin APIs read and write (the processor's). Without
+/// `url` their endpoints answer 503 and everything else works.
+pub type DatabaseConfig = infra::database::DatabaseConfig<Option<Secret>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -207,39 +165,35 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list.
-    pub brokers: String,
-    pub topic: String,
-    /// How long one record may wait for the broker's acknowledgement before
-    /// the request is answered 503.
-    #[serde(
-        alias = "message_timeout",
-        deserialize_with = "infra::duration::millis"
-    )]
-    pub message_timeout_ms: u64,
-    /// Bound of the producer's in-memory queue; a full queue answers 503
-    /// instead of growing.
-    pub queue_max_messages: u32,
-    #[serde(alias = "linger", deserialize_with = "infra::duration::millis")]
-    pub linger_ms: u64,
-    pub compression: Compression,
-    /// Extra librdkafka settings (security, tuning), applied verbatim.
-    pub properties: Properties,
+infra::kafka_config! {
+    /// The `[kafka]` section: the producer's settings besides the shared ones.
+    pub struct KafkaConfig {
+        /// How long one record may wait for the broker's acknowledgement before
+        /// the request is answered 503.
+        #[serde(
+            alias = "message_timeout",
+            deserialize_with = "infra::duration::millis"
+        )]
+        pub message_timeout_ms: u64,
+        /// Bound of the producer's in-memory queue; a full queue answers 503
+        /// instead of growing.
+        pub queue_max_messages: u32,
+        #[serde(alias = "linger", deserialize_with = "infra::duration::millis")]
+        pub linger_ms: u64,
+        pub compression: Compression,
+    }
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "usage-events".into(),
+            brokers: infra::kafka::DEFAULT_BROKERS.into(),
+            topic: infra::kafka::DEFAULT_TOPIC.into(),
             message_timeout_ms: 5_000,
             queue_max_messages: 100_000,
             linger_ms: 5,
             compression: Compression::Lz4,
-            properties: Properties::default(),
+            properties: infra::kafka::Properties::default(),
         }
     }
 }

@@ -8,7 +8,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use gateway::budgets::{self, BudgetStore};
 use gateway::config::Config;
 use gateway::kafka::KafkaAppender;
 use gateway::server::{serve_with, Drained};
-use infra::logging::LogFormat;
+use infra::cli::CommonArgs;
 use infra::signals::{self, Graceful};
 use tokio::net::TcpListener;
 
@@ -36,17 +35,8 @@ use tokio::net::TcpListener;
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 struct Cli {
-    /// TOML configuration file (default: $TOKENLEDGER_CONFIG).
-    #[arg(long, value_name = "PATH", global = true)]
-    config: Option<PathBuf>,
-
-    /// Print the effective configuration as TOML (secrets redacted) and exit.
-    #[arg(long)]
-    print_config: bool,
-
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    common: CommonArgs,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,12 +54,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::HashKey) = cli.command {
         return print_key_hash();
     }
-    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    if cli.print_config {
+    let config = Config::load(cli.common.config.as_deref()).context("loading configuration")?;
+    if cli.common.print_config {
         print!("{}", config.to_redacted_toml()?);
         return Ok(());
     }
-    infra::logging::init(cli.log_format)?;
+    infra::logging::init(cli.common.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

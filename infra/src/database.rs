@@ -3,7 +3,10 @@
 //! connection string asks for ([`tls`]). Connection strings are
 //! [`Secret`]s; errors show them redacted.
 
+mod config;
 pub mod tls;
+
+pub use config::{DatabaseConfig, DatabaseUrl};
 
 use std::time::Duration;
 

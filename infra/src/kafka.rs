@@ -18,6 +18,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::secret::{is_secret_name, read_secret_file, REDACTED};
 
+mod section;
+
+pub use section::{DEFAULT_BROKERS, DEFAULT_TOPIC};
+
 /// Forwards one librdkafka log line to tracing at its level. Clients with
 /// a context of their own call this from their `ClientContext::log`.
 pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {

@@ -1,18 +1,23 @@
 //! What tokenledger's gateway and processor both run on, written once.
 //!
 //! Layout:
+//! - [`cli`]: the flags both command lines take (`--config`,
+//!   `--print-config`, `--log-format`).
 //! - [`config`]: the configuration layering (defaults → TOML file →
 //!   `TOKENLEDGER_<SECTION>__<KEY>` variables filtered to the binary's own
 //!   sections) and the `--print-config` path; each binary keeps its typed
 //!   `Config`.
 //! - [`secret`]: [`secret::Secret`], the type of every credential-bearing
 //!   setting, and [`secret::redact`], the one rule for showing one.
-//! - [`database`]: the bounded Postgres pool and single connections.
+//! - [`database`]: the `[database]` section, the bounded Postgres pool and
+//!   single connections.
 //! - [`logging`]: log lines on stderr, text or JSON, `TOKENLEDGER_LOG`.
 //! - [`signals`]: SIGTERM / SIGINT to a graceful shutdown, twice to exit.
 //! - [`kafka`]: the librdkafka client context (log hook, fatal errors),
-//!   producer fencing, `kafka.properties` with hidden credentials.
+//!   producer fencing, `kafka.properties` with hidden credentials, and the
+//!   `[kafka]` settings both binaries share ([`kafka_config!`]).
 
+pub mod cli;
 pub mod config;
 pub mod database;
 pub mod duration;

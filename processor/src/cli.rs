@@ -1,12 +1,11 @@
 //! The `processor` command line: its flags and subcommands, and the dispatch of each subcommand
 //! to the stream (`run`) or to its operator command in [`crate::commands`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use infra::logging::LogFormat;
+use infra::cli::CommonArgs;
 use infra::signals::{self, Graceful};
 use tokio_util::sync::CancellationToken;
 
@@ -28,17 +27,8 @@ use crate::stream::pipeline;
 #[derive(Debug, Parser)]
 #[command(name = "processor", version, about, long_about)]
 pub struct Cli {
-    /// TOML configuration file (default: $TOKENLEDGER_CONFIG).
-    #[arg(long, value_name = "PATH", global = true)]
-    config: Option<PathBuf>,
-
-    /// Print the effective configuration as TOML (secrets redacted) and exit.
-    #[arg(long)]
-    print_config: bool,
-
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub common: CommonArgs,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -111,8 +101,8 @@ enum ReportKind {
 
 /// Loads the configuration and runs the subcommand.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref()).context("loading the configuration")?;
-    if cli.print_config {
+    let config = Config::load(cli.common.config.as_deref()).context("loading the configuration")?;
+    if cli.common.print_config {
         print!("{}", config.to_redacted_toml()?);
         return Ok(());
     }

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::Env;
-use infra::database::DatabaseSettings;
-use infra::kafka::Properties;
 use infra::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -37,54 +35,41 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma separated.
-    pub brokers: String,
-    pub topic: String,
-    pub group_id: String,
-    /// Where records that cannot be stored go, with the reason in a header.
-    pub dlq_topic: String,
-    #[serde(
-        alias = "session_timeout",
-        deserialize_with = "infra::duration::millis"
-    )]
-    pub session_timeout_ms: u64,
-    /// Partitions of the topics the processor creates when they are missing.
-    pub topic_partitions: i32,
-    /// Replication factor of the topics the processor creates.
-    pub topic_replication: i32,
-    /// `min.insync.replicas` of the topics the processor creates. Absent:
-    /// 2 when the replication factor is 2 or more (so an `acks=all` write
-    /// survives the loss of one replica), none (the broker's default) at 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub topic_min_insync_replicas: Option<i32>,
-    /// Extra librdkafka settings for the consumer, the dead-letter producer
-    /// and the admin client (e.g. `security.protocol`).
-    pub properties: Properties,
-    /// Operator and test option, off by default: consume exactly these
-    /// partitions of `topic` by manual assignment instead of joining the
-    /// consumer group. They still start at the offsets stored in the
-    /// database, so the exactly-once rules hold, but nothing keeps another
-    /// processor off them: two processors then write the same partitions at
-    /// once (docs/design.md, "Guarantees and failure modes"). For draining
-    /// chosen partitions by hand and for testing that overlap.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub manual_assignment: Option<Vec<i32>>,
+infra::kafka_config! {
+    /// The `[kafka]` section: the consumer's, the dead-letter producer's
+    /// and the admin client's settings besides the shared ones.
+    pub struct KafkaConfig {
+        pub group_id: String,
+        /// Where records that cannot be stored go, with the reason in a header.
+        pub dlq_topic: String,
+        #[serde(
+            alias = "session_timeout",
+            deserialize_with = "infra::duration::millis"
+        )]
+        pub session_timeout_ms: u64,
+        /// Partitions of the topics the processor creates when they are missing.
+        pub topic_partitions: i32,
+        /// Replication factor of the topics the processor creates.
+        pub topic_replication: i32,
+        /// `min.insync.replicas` of the topics the processor creates. Absent:
+        /// 2 when the replication factor is 2 or more (so an `acks=all` write
+        /// survives the loss of one replica), none (the broker's default) at 1.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub topic_min_insync_replicas: Option<i32>,
+        /// Operator and test option, off by default: consume exactly these
+        /// partitions of `topic` by manual assignment instead of joining the
+        /// consumer group. They still start at the offsets stored in the
+        /// database, so the exactly-once rules hold, but nothing keeps another
+        /// processor off them: two processors then write the same partitions at
+        /// once (docs/design.md, "Guarantees and failure modes"). For draining
+        /// chosen partitions by hand and for testing that overlap.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub manual_assignment: Option<Vec<i32>>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// A libpq-style connection string: `host=… port=… user=…` or `postgres://…`.
-    pub url: Secret,
-    pub pool_size: usize,
-    /// Upper bound on connecting and on any one query or transaction step;
-    /// a database that hangs becomes an error that is retried.
-    #[serde(alias = "timeout", deserialize_with = "infra::duration::millis")]
-    pub timeout_ms: u64,
-}
+/// The `[database]` section; the processor cannot run without one.
+pub type DatabaseConfig = infra::database::DatabaseConfig<Secret>;
 
 /// More writers than this cannot help: each needs a partition of its own.
 const MAX_WRITERS: usize = 64;
@@ -143,28 +128,16 @@ impl Default for Config {
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "usage-events".into(),
+            brokers: infra::kafka::DEFAULT_BROKERS.into(),
+            topic: infra::kafka::DEFAULT_TOPIC.into(),
             group_id: "tokenledger-processor".into(),
             dlq_topic: "usage-events.dlq".into(),
             session_timeout_ms: 10_000,
             topic_partitions: 6,
             topic_replication: 1,
             topic_min_insync_replicas: None,
-            properties: Properties::default(),
+            properties: infra::kafka::Properties::default(),
             manual_assignment: None,
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            // No password: defaults are serialized by the layering, and a
-            // Secret serializes redacted.
-            url: "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into(),
-            pool_size: 4,
-            timeout_ms: 30_000,
         }
     }
 }
@@ -296,24 +269,6 @@ impl Config {
     /// redacted so the output can be pasted into a ticket.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
         infra::config::to_toml(self)
-    }
-}
-
-impl DatabaseConfig {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
-    /// How to connect.
-    pub fn settings(&self) -> DatabaseSettings<'_> {
-        DatabaseSettings {
-            url: &self.url,
-            pool_size: self.pool_size,
-            timeout: self.timeout(),
-            application_name: "tokenledger-processor",
-            session_setup: None,
-            statement_timeout: None,
-        }
     }
 }
 

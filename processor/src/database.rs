@@ -9,6 +9,9 @@ pub use infra::database::DatabaseError;
 
 use crate::config::DatabaseConfig;
 
+/// How the processor's connections show in `pg_stat_activity`.
+const APPLICATION_NAME: &str = "tokenledger-processor";
+
 /// A pool whose every wait (for a free connection, to connect, to recycle)
 /// is bounded by `database.timeout_ms`. Every connection has the batch
 /// writer's staging table ([`crate::stream::write::copy`]) from its start, so a
@@ -19,11 +22,11 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
         // Each batch step has its own bound (`Writer::bounded`), and
         // reports and reprices may run long by design.
         statement_timeout: None,
-        ..config.settings()
+        ..config.settings(APPLICATION_NAME)
     })
 }
 
 /// One connection, its driver task spawned on the current runtime.
 pub async fn connect(config: &DatabaseConfig) -> Result<Client, DatabaseError> {
-    infra::database::connect(&config.settings()).await
+    infra::database::connect(&config.settings(APPLICATION_NAME)).await
 }

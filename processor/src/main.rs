@@ -14,7 +14,7 @@ use processor::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = infra::logging::init(cli.log_format) {
+    if let Err(error) = infra::logging::init(cli.common.log_format) {
         eprintln!("processor: {error}");
         return ExitCode::FAILURE;
     }

@@ -139,7 +139,7 @@ async fn every_gateway_connection_carries_a_statement_timeout() {
         pool_size: 2,
         timeout_ms: 1_500,
     };
-    let settings = config.settings().expect("url set");
+    let settings = gateway::admin::pool_settings(&config).expect("url set");
     let pool = infra::database::pool(&settings).expect("pool builds");
     let client = pool.get().await.expect("connection");
     let shown: String = client
