@@ -1,7 +1,9 @@
-//! What every admin API of the gateway shares (budgets, exports): one pool
-//! of connections to the processor's database with one rule for timeouts,
-//! and the admin guard. Each API keeps its own error type; this module's
-//! failures convert into them.
+//! What every admin API of the gateway shares (budgets, reservations,
+//! exports, reports, reconciliation): one pool of connections to the
+//! processor's database with one rule for timeouts, and the admin guard.
+//! The read-only APIs answer with one error type, [`AdminApiError`], named
+//! after each API; the budget API keeps its own (field-by-field
+//! validation); this module's failures convert into both.
 
 use std::time::Duration;
 
@@ -10,6 +12,10 @@ use infra::database::DatabaseSettings;
 
 use crate::auth::Authenticated;
 use crate::config::DatabaseConfig;
+
+mod error;
+
+pub use error::{database, parse_day, AdminApi, AdminApiError, Invalid, NoDatabase};
 
 /// Why the database did not answer an admin API request.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,6 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chrono::NaiveDate;
 use deadpool_postgres::ClientWrapper;
 use ledger::PriceBook;
 use serde::Deserialize;
@@ -25,13 +24,13 @@ use store::exports::statement::{write_statement, StatementFormat, StatementReque
 use store::exports::ExportError;
 use tokio::io::AsyncReadExt;
 
-use crate::admin::{require_admin, AdminDatabase};
+use crate::admin::{self, parse_day, require_admin, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
 use crate::config::ExportsConfig;
 
 mod error;
-pub use error::ExportApiError;
+pub use error::{ExportApiError, Exports};
 
 /// Bytes in flight between the export and the response body.
 const PIPE_BYTES: usize = 256 * 1024;
@@ -71,12 +70,7 @@ impl ExportApi {
     /// statement that may rightly outlast the budget routes' bound, on a
     /// connection of its own.
     async fn client(&self) -> Result<ClientWrapper, ExportApiError> {
-        let database = self.database.as_ref().ok_or_else(|| {
-            ExportApiError::Unavailable(
-                "exports need database.url in the gateway's configuration".into(),
-            )
-        })?;
-        Ok(database.detached_client().await?)
+        Ok(admin::database(&self.database)?.detached_client().await?)
     }
 }
 
@@ -100,15 +94,6 @@ pub struct StatementQuery {
     month: String,
     tenant: Option<String>,
     format: Option<String>,
-}
-
-fn parse_day(name: &str, text: &str) -> Result<NaiveDate, ExportApiError> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-        ExportApiError::Invalid(format!(
-            "{name} must be a date (YYYY-MM-DD), got {:?}",
-            text.chars().take(40).collect::<String>()
-        ))
-    })
 }
 
 async fn focus(
@@ -148,7 +133,7 @@ async fn statement(
         "csv" => StatementFormat::Csv,
         "json" => StatementFormat::Json,
         other => {
-            return Err(ExportApiError::Invalid(format!(
+            return Err(ExportApiError::invalid(format!(
                 "format must be csv or json, got {:?}",
                 other.chars().take(20).collect::<String>()
             )))

@@ -8,65 +8,31 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRef, Query, State};
-use axum::http::header::RETRY_AFTER;
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::NaiveDate;
 use ledger::PriceBook;
 use serde::Deserialize;
 use store::reconcile::PROVIDERS;
 
-use crate::admin::{require_admin, AdminDatabase, DatabaseFailure, NotAdmin};
+use crate::admin::{self, parse_day, require_admin, AdminApi, AdminApiError, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
 use crate::config::ReconciliationConfig;
 
+/// The reconciliation, as its refusals name it.
+#[derive(Debug)]
+pub enum Reconciliation {}
+
+impl AdminApi for Reconciliation {
+    const NAME: &'static str = "the reconciliation";
+    const VERB: &'static str = "is";
+    const INVALID: &'static str = "invalid_reconciliation";
+    const UNAVAILABLE: &'static str = "reconciliation_unavailable";
+}
+
 /// Why a reconciliation request was not answered.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconciliationError {
-    #[error("the reconciliation is read with an admin API key")]
-    AdminOnly,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the reconciliation is unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<NotAdmin> for ReconciliationError {
-    fn from(_: NotAdmin) -> Self {
-        Self::AdminOnly
-    }
-}
-
-impl From<DatabaseFailure> for ReconciliationError {
-    fn from(failure: DatabaseFailure) -> Self {
-        Self::Unavailable(failure.to_string())
-    }
-}
-
-impl IntoResponse for ReconciliationError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::AdminOnly => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_reconciliation"),
-            Self::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "reconciliation_unavailable",
-            ),
-        };
-        let body = serde_json::json!({ "error": code, "message": self.to_string() });
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %self, "reconciliation unavailable");
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        response
-    }
-}
+pub type ReconciliationError = AdminApiError<Reconciliation>;
 
 /// State of the reconciliation route.
 #[derive(Debug, Clone)]
@@ -104,14 +70,6 @@ impl ReconciliationApi {
             config: Arc::new(config.clone()),
         })
     }
-
-    fn database(&self) -> Result<&AdminDatabase, ReconciliationError> {
-        self.database.as_ref().ok_or_else(|| {
-            ReconciliationError::Unavailable(
-                "it needs database.url in the gateway's configuration".into(),
-            )
-        })
-    }
 }
 
 /// The route, merged into the API router so it shares its layers.
@@ -133,15 +91,6 @@ fn shown(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-fn parse_day(name: &str, text: &str) -> Result<NaiveDate, ReconciliationError> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-        ReconciliationError::Invalid(format!(
-            "{name} must be a date (YYYY-MM-DD), got {:?}",
-            shown(text)
-        ))
-    })
-}
-
 /// Longer ranges are split by the caller: a year of days is already more
 /// groups than a response should carry.
 const MAX_DAYS: i64 = 366;
@@ -156,7 +105,7 @@ async fn reconciliation(
         .iter()
         .find(|known| **known == query.provider)
         .ok_or_else(|| {
-            ReconciliationError::Invalid(format!(
+            ReconciliationError::invalid(format!(
                 "provider must be one of {}, got {:?}",
                 PROVIDERS.join(", "),
                 shown(&query.provider)
@@ -165,18 +114,17 @@ async fn reconciliation(
     let from = parse_day("from", &query.from)?;
     let to = parse_day("to", &query.to)?;
     if to <= from {
-        return Err(ReconciliationError::Invalid(format!(
+        return Err(ReconciliationError::invalid(format!(
             "from {from} must be before to {to} (to is exclusive)"
         )));
     }
     if (to - from).num_days() > MAX_DAYS {
-        return Err(ReconciliationError::Invalid(format!(
+        return Err(ReconciliationError::invalid(format!(
             "a reconciliation covers at most {MAX_DAYS} days"
         )));
     }
     let terms = api.config.terms(provider);
-    let reconciliation = api
-        .database()?
+    let reconciliation = admin::database(&api.database)?
         .with_client(async |client| {
             store::reconcile::reconciliation(
                 &***client,
@@ -187,7 +135,7 @@ async fn reconciliation(
                 query.tenant.as_deref(),
             )
             .await
-            .map_err(|error| ReconciliationError::Unavailable(error.to_string()))
+            .map_err(ReconciliationError::unavailable)
         })
         .await?;
     Ok(Json(reconciliation).into_response())

@@ -5,8 +5,8 @@
 //! `processor what-if --format json` (the figures are `store::optimize`'s,
 //! on the admin APIs' shared database;
 //! the what-if uses the price book the exports are configured with,
-//! `[exports] pricebook_path`). Refusals are the exports': 403 for a
-//! tenant key, 400 for a bad parameter, 503 without a database.
+//! `[exports] pricebook_path`). Refusals are [`ReportApiError`]s: 403 for
+//! a tenant key, 400 for a bad parameter, 503 without a database.
 
 use std::sync::Arc;
 
@@ -21,11 +21,23 @@ use store::optimize::report::optimize_report;
 use store::optimize::whatif::{what_if, WhatIfRequest};
 use store::optimize::{OptimizeError, Range};
 
-use crate::admin::{require_admin, AdminDatabase};
+use crate::admin::{self, require_admin, AdminApi, AdminApiError, AdminDatabase};
 use crate::app::AppState;
 use crate::auth::{Authenticated, KeyRing};
 use crate::config::ExportsConfig;
-use crate::exports::ExportApiError;
+
+/// The reports, as their refusals name them.
+#[derive(Debug)]
+pub enum Reports {}
+
+impl AdminApi for Reports {
+    const NAME: &'static str = "reports";
+    const VERB: &'static str = "are";
+    const INVALID: &'static str = "invalid_report";
+    const UNAVAILABLE: &'static str = "reports_unavailable";
+}
+
+pub type ReportApiError = AdminApiError<Reports>;
 
 /// State of the report routes.
 #[derive(Debug, Clone)]
@@ -55,14 +67,6 @@ impl ReportApi {
             book: Arc::new(config.price_book()?),
         })
     }
-
-    fn database(&self) -> Result<&AdminDatabase, ExportApiError> {
-        self.database.as_ref().ok_or_else(|| {
-            ExportApiError::Unavailable(
-                "reports need database.url in the gateway's configuration".into(),
-            )
-        })
-    }
 }
 
 /// The report routes, merged into the API router so they share its layers.
@@ -89,14 +93,14 @@ pub struct WhatIfQuery {
     tenant: Option<String>,
 }
 
-fn refused(error: OptimizeError) -> ExportApiError {
+fn refused(error: OptimizeError) -> ReportApiError {
     match error {
-        OptimizeError::Invalid(message) => ExportApiError::Invalid(message),
-        other => ExportApiError::Unavailable(other.to_string()),
+        OptimizeError::Invalid(message) => ReportApiError::invalid(message),
+        other => ReportApiError::unavailable(other),
     }
 }
 
-fn range(from: &str, to: &str, tenant: Option<String>) -> Result<Range, ExportApiError> {
+fn range(from: &str, to: &str, tenant: Option<String>) -> Result<Range, ReportApiError> {
     let range = Range {
         from: Range::parse_day("from", from).map_err(refused)?,
         to: Range::parse_day("to", to).map_err(refused)?,
@@ -110,11 +114,10 @@ async fn optimize(
     State(api): State<ReportApi>,
     who: Authenticated,
     Query(query): Query<OptimizeQuery>,
-) -> Result<Response, ExportApiError> {
+) -> Result<Response, ReportApiError> {
     require_admin(&who)?;
     let range = range(&query.from, &query.to, query.tenant)?;
-    let report = api
-        .database()?
+    let report = admin::database(&api.database)?
         .with_client(async |client| optimize_report(&***client, &range).await.map_err(refused))
         .await?;
     Ok(Json(report).into_response())
@@ -124,7 +127,7 @@ async fn whatif(
     State(api): State<ReportApi>,
     who: Authenticated,
     Query(query): Query<WhatIfQuery>,
-) -> Result<Response, ExportApiError> {
+) -> Result<Response, ReportApiError> {
     require_admin(&who)?;
     let (provider, model) = WhatIfRequest::parse_target(&query.model).map_err(refused)?;
     let request = WhatIfRequest {
@@ -133,8 +136,7 @@ async fn whatif(
         provider,
         model,
     };
-    let report = api
-        .database()?
+    let report = admin::database(&api.database)?
         .with_client(async |client| {
             what_if(&***client, &api.book, &request, Utc::now())
                 .await

@@ -1,62 +1,28 @@
-//! [`ExportApiError`]: how the export API refuses a request, and its
-//! answer: `{"error", "message"}`; a 503 says when to retry.
+//! [`ExportApiError`]: the admin API error named after the exports, and
+//! what the export code's own failures answer.
 
-use axum::http::header::RETRY_AFTER;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
 use store::exports::ExportError;
 
-use crate::admin::{DatabaseFailure, NotAdmin};
+use crate::admin::{AdminApi, AdminApiError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExportApiError {
-    #[error("exports are read with an admin API key")]
-    AdminOnly,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("exports are unavailable: {0}")]
-    Unavailable(String),
+/// The exports, as their refusals name them.
+#[derive(Debug)]
+pub enum Exports {}
+
+impl AdminApi for Exports {
+    const NAME: &'static str = "exports";
+    const VERB: &'static str = "are";
+    const INVALID: &'static str = "invalid_export";
+    const UNAVAILABLE: &'static str = "exports_unavailable";
 }
 
-impl From<NotAdmin> for ExportApiError {
-    fn from(_: NotAdmin) -> Self {
-        Self::AdminOnly
-    }
-}
-
-impl From<DatabaseFailure> for ExportApiError {
-    fn from(failure: DatabaseFailure) -> Self {
-        Self::Unavailable(failure.to_string())
-    }
-}
+pub type ExportApiError = AdminApiError<Exports>;
 
 impl From<ExportError> for ExportApiError {
     fn from(error: ExportError) -> Self {
         match error {
-            ExportError::Invalid(message) => Self::Invalid(message),
-            other => Self::Unavailable(other.to_string()),
+            ExportError::Invalid(message) => Self::invalid(message),
+            other => Self::unavailable(other),
         }
-    }
-}
-
-impl IntoResponse for ExportApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::AdminOnly => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_export"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "exports_unavailable"),
-        };
-        let message = self.to_string();
-        let mut response =
-            (status, Json(json!({ "error": code, "message": message }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %message, "export unavailable");
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        response
     }
 }

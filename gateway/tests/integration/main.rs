@@ -5,6 +5,7 @@
 mod support;
 
 mod admin_db;
+mod admin_refusals;
 mod budgets_api;
 mod budgets_db;
 mod connections;
