@@ -11,6 +11,8 @@
 //!   setting, and [`secret::redact`], the one rule for showing one.
 //! - [`database`]: the `[database]` section, the bounded Postgres pool and
 //!   single connections.
+//! - [`pricebook`]: the built-in price book with the operator's file laid
+//!   over it.
 //! - [`logging`]: log lines on stderr, text or JSON, `TOKENLEDGER_LOG`.
 //! - [`signals`]: SIGTERM / SIGINT to a graceful shutdown, twice to exit.
 //! - [`kafka`]: the librdkafka client context (log hook, fatal errors),
@@ -23,6 +25,7 @@ pub mod database;
 pub mod duration;
 pub mod kafka;
 pub mod logging;
+pub mod pricebook;
 pub mod secret;
 pub mod signals;
 

@@ -31,16 +31,7 @@ impl Default for ExportsConfig {
 impl ExportsConfig {
     /// The built-in price book with the configured file laid over it.
     pub fn price_book(&self) -> Result<PriceBook, String> {
-        let builtin = PriceBook::builtin()
-            .map_err(|error| format!("the built-in price book does not parse: {error}"))?;
-        let Some(path) = &self.pricebook_path else {
-            return Ok(builtin);
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let overrides = PriceBook::from_toml(&text)
-            .map_err(|error| format!("invalid price file {}: {error}", path.display()))?;
-        Ok(builtin.with_overrides(overrides))
+        infra::pricebook::load(self.pricebook_path.as_deref()).map_err(|error| error.to_string())
     }
 
     pub fn validate(&self) -> Result<(), super::ConfigError> {

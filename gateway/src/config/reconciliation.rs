@@ -67,10 +67,6 @@ impl ReconciliationConfig {
     }
 
     pub fn price_book(&self) -> Result<PriceBook, String> {
-        super::ExportsConfig {
-            pricebook_path: self.pricebook_path.clone(),
-            ..super::ExportsConfig::default()
-        }
-        .price_book()
+        infra::pricebook::load(self.pricebook_path.as_deref()).map_err(|error| error.to_string())
     }
 }

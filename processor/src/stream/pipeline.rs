@@ -28,16 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read the price book {path}: {source}")]
-    PriceBookFile {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid price book {path}: {source}")]
-    PriceBook {
-        path: String,
-        source: ledger::PriceBookError,
-    },
+    #[error(transparent)]
+    PriceBook(#[from] infra::pricebook::PriceBookLoadError),
     #[error(transparent)]
     Database(#[from] DatabaseError),
     #[error(transparent)]
@@ -60,23 +52,7 @@ pub enum RunError {
 
 /// The built-in price book with the configured file laid over it.
 pub fn load_price_book(pricing: &PricingConfig) -> Result<PriceBook, RunError> {
-    let builtin = PriceBook::builtin().map_err(|source| RunError::PriceBook {
-        path: "(built in)".to_owned(),
-        source,
-    })?;
-    let Some(path) = &pricing.pricebook_path else {
-        return Ok(builtin);
-    };
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::PriceBookFile {
-        path: shown.clone(),
-        source,
-    })?;
-    let overrides = PriceBook::from_toml(&text).map_err(|source| RunError::PriceBook {
-        path: shown,
-        source,
-    })?;
-    Ok(builtin.with_overrides(overrides))
+    Ok(infra::pricebook::load(pricing.pricebook_path.as_deref())?)
 }
 
 /// Runs the pipeline until `shutdown` is cancelled, then commits the
