@@ -7,10 +7,10 @@ use chrono::{DateTime, NaiveDate};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use store::reconcile::{CostLine, DayLines, ReportKind, TokenCounts, UsageLine};
+use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
 
 use super::config::AnthropicSettings;
-use super::http::{FetchError, Fetcher};
+use super::http::{self, FetchError, Fetcher, Report};
 use super::{decimal_field, int_field, midnight, Fetched};
 
 const PROVIDER: &str = "anthropic";
@@ -46,65 +46,31 @@ pub async fn fetch(
             .map_err(|_| bad_header("anthropic_version"))?,
     );
     let (path, query) = request(report, from, to);
-    let mut fetched = Fetched::new(super::show_query(path, &query));
-    let mut page: Option<String> = None;
-    loop {
-        let mut this_query = query.clone();
-        if let Some(token) = &page {
-            this_query.push(("page".into(), token.clone()));
-        }
-        let body = fetcher
-            .get_json(PROVIDER, &settings.base_url, path, &this_query, &headers)
-            .await?;
-        fetched.pages += 1;
-        let shape = |detail: String| FetchError::Shape {
+    http::pages(
+        fetcher,
+        &Report {
             provider: PROVIDER,
-            path: path.to_owned(),
-            detail,
-        };
-        let buckets = body
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| shape("no `data` array".into()))?;
-        for bucket in buckets {
-            let day = bucket
-                .get("starting_at")
-                .and_then(Value::as_str)
-                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
-                .map(|at| at.to_utc().date_naive())
-                .ok_or_else(|| shape("a bucket without a `starting_at`".into()))?;
-            let results = bucket
-                .get("results")
-                .and_then(Value::as_array)
-                .ok_or_else(|| shape("a bucket without `results`".into()))?;
-            let lines = match report {
-                ReportKind::Usage => DayLines::Usage(
-                    results
-                        .iter()
-                        .map(usage_line)
-                        .collect::<Result<_, _>>()
-                        .map_err(shape)?,
-                ),
-                ReportKind::Cost => DayLines::Cost(
-                    results
-                        .iter()
-                        .map(cost_line)
-                        .collect::<Result<_, _>>()
-                        .map_err(shape)?,
-                ),
-            };
-            fetched.add_day(day, lines);
-        }
-        let more = body
-            .get("has_more")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        match body.get("next_page").and_then(Value::as_str) {
-            Some(token) if more && !token.is_empty() => page = Some(token.to_owned()),
-            _ => break,
-        }
-    }
-    Ok(fetched)
+            base_url: &settings.base_url,
+            headers,
+            kind: report,
+            path,
+            query,
+            bucket_day,
+            usage_line,
+            cost_line,
+        },
+    )
+    .await
+}
+
+/// A bucket's `starting_at`, in RFC 3339.
+fn bucket_day(bucket: &Value) -> Result<NaiveDate, String> {
+    bucket
+        .get("starting_at")
+        .and_then(Value::as_str)
+        .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+        .map(|at| at.to_utc().date_naive())
+        .ok_or_else(|| "a bucket without a `starting_at`".into())
 }
 
 /// The path and query of a report's first page.

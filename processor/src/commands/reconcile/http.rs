@@ -1,14 +1,19 @@
-//! One page of a provider's admin API, fetched with the retries its rate
-//! limits and outages call for: a 429 waits its `retry-after`, a 5xx or a
-//! timeout backs off exponentially, a refused key stops at once.
+//! A provider's admin API: one page fetched with the retries its rate
+//! limits and outages call for (a 429 waits its `retry-after`, a 5xx or a
+//! timeout backs off exponentially, a refused key stops at once), and a
+//! report's pages followed to the last ([`pages`]), which both providers
+//! shape alike: daily buckets in `data`, `next_page` while `has_more`.
 
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
+use store::reconcile::{CostLine, DayLines, ReportKind, UsageLine};
 
 use super::config::ReconcileConfig;
+use super::Fetched;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -152,6 +157,92 @@ impl Fetcher {
             .saturating_mul(factor)
             .min(Duration::from_secs(60))
     }
+}
+
+/// One report of one provider: where to ask, and how its buckets read.
+#[derive(Debug)]
+pub struct Report<'a> {
+    pub provider: &'static str,
+    pub base_url: &'a str,
+    pub headers: HeaderMap,
+    pub kind: ReportKind,
+    /// The first page's path and query.
+    pub path: &'static str,
+    pub query: Vec<(String, String)>,
+    /// The day a bucket covers, or what the bucket lacks.
+    pub bucket_day: fn(&Value) -> Result<NaiveDate, String>,
+    pub usage_line: fn(&Value) -> Result<UsageLine, String>,
+    pub cost_line: fn(&Value) -> Result<CostLine, String>,
+}
+
+/// Every page of `report`: each asks for the one before's `next_page` (as
+/// `page`), and each bucket of its `data` becomes the lines of its day.
+pub async fn pages(fetcher: &Fetcher, report: &Report<'_>) -> Result<Fetched, FetchError> {
+    let path = report.path;
+    let shape = |detail: String| FetchError::Shape {
+        provider: report.provider,
+        path: path.to_owned(),
+        detail,
+    };
+    let mut fetched = Fetched::new(super::show_query(path, &report.query));
+    let mut page: Option<String> = None;
+    loop {
+        let mut query = report.query.clone();
+        if let Some(token) = &page {
+            query.push(("page".into(), token.clone()));
+        }
+        let body = fetcher
+            .get_json(
+                report.provider,
+                report.base_url,
+                path,
+                &query,
+                &report.headers,
+            )
+            .await?;
+        fetched.pages += 1;
+        let buckets = body
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shape("no `data` array".into()))?;
+        for bucket in buckets {
+            let day = (report.bucket_day)(bucket).map_err(shape)?;
+            let results = bucket
+                .get("results")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape("a bucket without `results`".into()))?;
+            let lines = match report.kind {
+                ReportKind::Usage => DayLines::Usage(
+                    results
+                        .iter()
+                        .map(report.usage_line)
+                        .collect::<Result<_, _>>()
+                        .map_err(shape)?,
+                ),
+                ReportKind::Cost => DayLines::Cost(
+                    results
+                        .iter()
+                        .map(report.cost_line)
+                        .collect::<Result<_, _>>()
+                        .map_err(shape)?,
+                ),
+            };
+            fetched.add_day(day, lines);
+        }
+        match next_page(&body) {
+            Some(token) => page = Some(token),
+            None => return Ok(fetched),
+        }
+    }
+}
+
+fn next_page(body: &Value) -> Option<String> {
+    let more = body
+        .get("has_more")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let token = body.get("next_page").and_then(Value::as_str)?;
+    (more && !token.is_empty()).then(|| token.to_owned())
 }
 
 /// `retry-after` in seconds; an HTTP date is left to the backoff.

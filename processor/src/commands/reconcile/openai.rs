@@ -5,10 +5,10 @@
 use chrono::{DateTime, NaiveDate};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::Value;
-use store::reconcile::{CostLine, DayLines, ReportKind, TokenCounts, UsageLine};
+use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
 
 use super::config::OpenAiSettings;
-use super::http::{FetchError, Fetcher};
+use super::http::{self, FetchError, Fetcher, Report};
 use super::{decimal_field, int_field, midnight_unix, Fetched};
 
 const PROVIDER: &str = "openai";
@@ -38,61 +38,31 @@ pub async fn fetch(
     })?;
     headers.insert(AUTHORIZATION, bearer);
     let (path, query) = request(report, from, to);
-    let mut fetched = Fetched::new(super::show_query(path, &query));
-    let mut page: Option<String> = None;
-    loop {
-        let mut this_query = query.clone();
-        if let Some(token) = &page {
-            this_query.push(("page".into(), token.clone()));
-        }
-        let body = fetcher
-            .get_json(PROVIDER, &settings.base_url, path, &this_query, &headers)
-            .await?;
-        fetched.pages += 1;
-        let shape = |detail: String| FetchError::Shape {
+    http::pages(
+        fetcher,
+        &Report {
             provider: PROVIDER,
-            path: path.to_owned(),
-            detail,
-        };
-        let buckets = body
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| shape("no `data` array".into()))?;
-        for bucket in buckets {
-            let start = bucket
-                .get("start_time")
-                .and_then(Value::as_i64)
-                .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
-                .ok_or_else(|| shape("a bucket without a `start_time`".into()))?;
-            let day = start.date_naive();
-            let results = bucket
-                .get("results")
-                .and_then(Value::as_array)
-                .ok_or_else(|| shape("a bucket without `results`".into()))?;
-            let lines = match report {
-                ReportKind::Usage => DayLines::Usage(
-                    results
-                        .iter()
-                        .map(usage_line)
-                        .collect::<Result<_, _>>()
-                        .map_err(shape)?,
-                ),
-                ReportKind::Cost => DayLines::Cost(
-                    results
-                        .iter()
-                        .map(cost_line)
-                        .collect::<Result<_, _>>()
-                        .map_err(shape)?,
-                ),
-            };
-            fetched.add_day(day, lines);
-        }
-        match next_page(&body) {
-            Some(token) => page = Some(token),
-            None => break,
-        }
-    }
-    Ok(fetched)
+            base_url: &settings.base_url,
+            headers,
+            kind: report,
+            path,
+            query,
+            bucket_day,
+            usage_line,
+            cost_line,
+        },
+    )
+    .await
+}
+
+/// A bucket's `start_time`, in Unix seconds.
+fn bucket_day(bucket: &Value) -> Result<NaiveDate, String> {
+    bucket
+        .get("start_time")
+        .and_then(Value::as_i64)
+        .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+        .map(|start| start.date_naive())
+        .ok_or_else(|| "a bucket without a `start_time`".into())
 }
 
 /// The path and query of a report's first page.
@@ -118,15 +88,6 @@ pub fn request(
             .map(|field| ("group_by".to_owned(), (*field).to_owned())),
     );
     (path, query)
-}
-
-fn next_page(body: &Value) -> Option<String> {
-    let more = body
-        .get("has_more")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let token = body.get("next_page").and_then(Value::as_str)?;
-    (more && !token.is_empty()).then(|| token.to_owned())
 }
 
 /// `input_tokens` includes the cached ones (`input_cached_tokens`); OpenAI
