@@ -9,6 +9,7 @@
 //!   periods in a time zone, threshold crossings, the text of their alerts
 //!   and the validation of a definition; stored by the `store` crate.
 //! - [`otlp`]: OpenTelemetry GenAI spans read as usage events.
+//! - [`day`]: UTC days, an instant's and a day's midnight.
 //! - [`timestamp`]: the RFC 3339 text of a timestamp on the Kafka wire.
 //! - [`usage_format`]: providers' own usage objects read as quantities.
 //!
@@ -16,6 +17,7 @@
 //! tested exhaustively (see the proptest suites in each module).
 
 pub mod budget;
+pub mod day;
 pub mod event;
 pub mod otlp;
 pub mod pricebook;

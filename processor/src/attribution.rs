@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use ledger::PricingStatus;
 use serde::{Deserialize, Serialize};
@@ -80,10 +79,7 @@ impl AttributionError {
     }
 }
 
-/// The UTC day an instant falls on, as its midnight.
-pub fn utc_day(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(Duration::days(1)).unwrap_or(at)
-}
+pub use ledger::day::utc_day;
 
 /// What `new_rows` add to the rollup: per key, one row per (day, tenant,
 /// value, provider, model), sorted.
@@ -168,7 +164,7 @@ pub fn table(rows: &[LabelCost], days: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{DateTime, TimeZone, Utc};
     use ledger::pricebook::Cost;
     use rust_decimal::Decimal;
 

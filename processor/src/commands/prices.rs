@@ -68,7 +68,7 @@ fn import_litellm(args: &ImportArgs, out: &mut impl Write) -> Result<(), PricesE
         .effective_from
         .unwrap_or_else(|| Utc::now().date_naive());
     let options = ImportOptions {
-        effective_from: day.and_time(chrono::NaiveTime::MIN).and_utc(),
+        effective_from: ledger::day::midnight(day),
         source: format!(
             "LiteLLM model_prices_and_context_window.json ({})",
             file_name(&args.input)

@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use clap::{Args, Subcommand, ValueEnum};
 use ledger::PriceBook;
 use rust_decimal::Decimal;
@@ -233,9 +233,7 @@ pub struct FetchOutcome {
     pub days: Vec<DayOutcome>,
 }
 
-pub fn midnight(day: NaiveDate) -> DateTime<Utc> {
-    day.and_time(chrono::NaiveTime::MIN).and_utc()
-}
+use ledger::day::midnight;
 
 fn midnight_unix(day: NaiveDate) -> i64 {
     midnight(day).timestamp()

@@ -124,7 +124,7 @@ pub async fn materialize(
     for rollup in ROLLUPS {
         for (index, (start, end)) in chunks.iter().enumerate() {
             let step = Instant::now();
-            let window = |day: &NaiveDate| day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+            let window = |day: &NaiveDate| Some(ledger::day::midnight(*day));
             refresh_waiting_out_policies(client, rollup, window(start), window(end))
                 .await
                 .map_err(|source| RefreshError::Refresh {

@@ -45,7 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use clap::Args;
 use ledger::{Budget, PeriodBounds, PriceBook, PricingStatus};
 use rust_decimal::Decimal;
@@ -347,9 +347,7 @@ async fn write_page(
     Ok(outcome)
 }
 
-fn midnight(day: NaiveDate) -> DateTime<Utc> {
-    day.and_time(chrono::NaiveTime::MIN).and_utc()
-}
+use ledger::day::midnight;
 
 fn print_summary(
     summary: &RepriceSummary,

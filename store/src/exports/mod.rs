@@ -14,7 +14,7 @@ pub mod focus;
 pub mod split;
 pub mod statement;
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{Datelike, NaiveDate};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::DbError;
@@ -41,10 +41,7 @@ pub enum ExportError {
     Json(#[from] serde_json::Error),
 }
 
-/// A UTC day's midnight.
-pub fn midnight(day: NaiveDate) -> DateTime<Utc> {
-    day.and_time(chrono::NaiveTime::MIN).and_utc()
-}
+pub use ledger::day::midnight;
 
 /// The first day of the month after `day`'s.
 pub fn next_month(day: NaiveDate) -> NaiveDate {

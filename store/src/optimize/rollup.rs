@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Utc};
 use ledger::{PriceBook, UsageEvent};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -163,10 +163,7 @@ pub fn rollup(
     (sums, histogram)
 }
 
-/// The UTC day an instant falls on, as its midnight.
-pub fn utc_day(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(Duration::days(1)).unwrap_or(at)
-}
+use ledger::day::utc_day;
 
 // A use case the attribution rollup folded into `(other)` for the tenant
 // and day is folded here too: the value counts as itself only when the

@@ -129,7 +129,7 @@ struct BookLookup<'a> {
 }
 
 fn noon(day: NaiveDate) -> chrono::DateTime<chrono::Utc> {
-    day.and_time(chrono::NaiveTime::MIN).and_utc() + Duration::hours(12)
+    ledger::day::midnight(day) + Duration::hours(12)
 }
 
 impl Lookup for BookLookup<'_> {
