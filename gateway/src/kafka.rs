@@ -2,12 +2,12 @@
 //! each event to the usage topic, keyed by tenant.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use infra::kafka::LogContext;
+use infra::kafka::{LogContext, Replaceable};
 use ledger::{UsageEvent, KAFKA_SCHEMA};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -39,7 +39,7 @@ struct ProducerHandle {
 }
 
 impl ProducerHandle {
-    fn create(config: &ClientConfig) -> Result<Self, KafkaSetupError> {
+    fn create(config: &ClientConfig) -> Result<Self, KafkaError> {
         let context = LogContext::default();
         let fatal = context.fatal_flag();
         let producer = config.create_with_context(context)?;
@@ -48,11 +48,10 @@ impl ProducerHandle {
 }
 
 pub struct KafkaAppender {
-    client_config: ClientConfig,
-    /// Replaced when the broker stops accepting the producer's identity
-    /// (see [`infra::kafka::producer_fenced`]); appends in flight keep the handle they started
-    /// with.
-    current: RwLock<Arc<ProducerHandle>>,
+    /// Replaced when the broker stops accepting the producer's identity:
+    /// records the old producer still holds are reported to their clients
+    /// as not acknowledged, and their retries go through the new one.
+    producers: Replaceable<ProducerHandle>,
     topic: String,
     delivery_wait: Duration,
     shut_down: AtomicBool,
@@ -110,11 +109,12 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 
 impl KafkaAppender {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaSetupError> {
-        let client_config = producer_config(config);
-        let handle = ProducerHandle::create(&client_config)?;
         Ok(Self {
-            client_config,
-            current: RwLock::new(Arc::new(handle)),
+            producers: Replaceable::new(
+                producer_config(config),
+                ProducerHandle::create,
+                "Kafka producer",
+            )?,
             topic: config.topic.clone(),
             delivery_wait: config.message_timeout() + DELIVERY_WAIT_MARGIN,
             shut_down: AtomicBool::new(false),
@@ -131,40 +131,7 @@ impl KafkaAppender {
     }
 
     fn handle(&self) -> Arc<ProducerHandle> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces `fenced` with a new producer (a new producer id), unless
-    /// another append already did.
-    ///
-    /// An idempotent producer whose records timed out bumps its epoch
-    /// (KIP-360). A broker that refuses the bumped epoch, or has forgotten
-    /// the producer id, answers every later record of that producer with
-    /// the same error, so without a new producer the gateway would answer
-    /// 503 forever after the broker came back. Records the old producer
-    /// still holds fail and are reported to their clients as not
-    /// acknowledged; their retries go through the new producer.
-    fn replace_fenced(&self, fenced: &Arc<ProducerHandle>) {
-        let replacement = match ProducerHandle::create(&self.client_config) {
-            Ok(handle) => Arc::new(handle),
-            Err(error) => {
-                tracing::error!(%error, "cannot create a replacement Kafka producer");
-                return;
-            }
-        };
-        let old = {
-            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-            if !Arc::ptr_eq(&current, fenced) {
-                return;
-            }
-            std::mem::replace(&mut *current, replacement)
-        };
-        tracing::warn!("the broker fenced the Kafka producer; replaced it with a new one");
-        // Destroying a librdkafka handle blocks until its threads stop.
-        tokio::task::spawn_blocking(move || drop(old));
+        self.producers.current()
     }
 
     fn enqueue(
@@ -252,7 +219,7 @@ impl Appender for KafkaAppender {
         }))
         .await;
         if fenced.load(Ordering::Relaxed) && !self.shut_down.load(Ordering::Relaxed) {
-            self.replace_fenced(&handle);
+            self.producers.replace(&handle);
         }
         AppendReport { outcomes }
     }

@@ -18,8 +18,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::secret::{is_secret_name, read_secret_file, REDACTED};
 
+mod replaceable;
 mod section;
 
+pub use replaceable::Replaceable;
 pub use section::{DEFAULT_BROKERS, DEFAULT_TOPIC};
 
 /// Forwards one librdkafka log line to tracing at its level. Clients with

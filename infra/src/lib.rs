@@ -16,7 +16,7 @@
 //! - [`logging`]: log lines on stderr, text or JSON, `TOKENLEDGER_LOG`.
 //! - [`signals`]: SIGTERM / SIGINT to a graceful shutdown, twice to exit.
 //! - [`kafka`]: the librdkafka client context (log hook, fatal errors),
-//!   producer fencing, `kafka.properties` with hidden credentials, and the
+//!   producer fencing and the producer replaced when fenced, `kafka.properties` with hidden credentials, and the
 //!   `[kafka]` settings both binaries share ([`kafka_config!`]).
 
 pub mod cli;

@@ -2,9 +2,10 @@
 //! the dead-letter topic with the original key and value.
 
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use infra::kafka::Replaceable;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -129,12 +130,10 @@ pub trait DeadLetterSink: Send + Sync {
 /// Produces dead letters to a Kafka topic with acks=all and idempotence.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    client_config: ClientConfig,
-    /// Replaced when the broker refuses the producer's identity (see
-    /// [`infra::kafka::producer_fenced`]): without a new producer
-    /// every later dead letter would fail alike, and no batch holding one
-    /// could commit again.
-    producer: Arc<RwLock<Arc<FutureProducer>>>,
+    /// Replaced when the broker refuses the producer's identity: without a
+    /// new producer no batch holding a dead letter could commit again. The
+    /// batch that saw the error is retried through the new one.
+    producer: Arc<Replaceable<FutureProducer>>,
     topic: String,
     queue_timeout: Duration,
 }
@@ -162,46 +161,18 @@ impl KafkaDeadLetters {
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
             );
-        let producer = client_config.create().map_err(DeadLetterError::Create)?;
+        let producer =
+            Replaceable::new(client_config, ClientConfig::create, "dead-letter producer")
+                .map_err(DeadLetterError::Create)?;
         Ok(Self {
-            client_config,
-            producer: Arc::new(RwLock::new(Arc::new(producer))),
+            producer: Arc::new(producer),
             topic: topic.to_owned(),
             queue_timeout: delivery_timeout,
         })
     }
 
     fn current(&self) -> Arc<FutureProducer> {
-        self.producer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces `fenced` with a new producer (a new producer id) unless
-    /// another send already did. The batch that saw the error is retried
-    /// and its dead letters go through the new producer.
-    fn replace_fenced(&self, fenced: &Arc<FutureProducer>) {
-        let replacement: FutureProducer = match self.client_config.create() {
-            Ok(producer) => producer,
-            Err(error) => {
-                tracing::error!(%error, "cannot create a replacement dead-letter producer");
-                return;
-            }
-        };
-        let old = {
-            let mut current = self
-                .producer
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !Arc::ptr_eq(&current, fenced) {
-                return;
-            }
-            std::mem::replace(&mut *current, Arc::new(replacement))
-        };
-        tracing::warn!("the broker fenced the dead-letter producer; replaced it with a new one");
-        // Destroying a librdkafka handle blocks until its threads stop.
-        tokio::task::spawn_blocking(move || drop(old));
+        self.producer.current()
     }
 }
 
@@ -245,7 +216,7 @@ impl DeadLetterSink for KafkaDeadLetters {
             Ok(_) => Ok(()),
             Err((source, _)) => {
                 if infra::kafka::producer_fenced(&source) {
-                    self.replace_fenced(&producer);
+                    self.producer.replace(&producer);
                 }
                 Err(DeadLetterError::Delivery {
                     topic: self.topic.clone(),
