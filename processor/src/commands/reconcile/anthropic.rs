@@ -10,9 +10,15 @@ use serde_json::Value;
 use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
 
 use super::config::AnthropicSettings;
-use super::http::{self, FetchError, Fetcher, Report};
+use super::http::{self, FetchError, Fetcher, Reading};
 use super::{decimal_field, int_field, midnight, Fetched};
 
+const READING: Reading = Reading {
+    provider: PROVIDER,
+    bucket_day,
+    usage_line,
+    cost_line,
+};
 const PROVIDER: &str = "anthropic";
 pub const USAGE_PATH: &str = "/v1/organizations/usage_report/messages";
 pub const COSTS_PATH: &str = "/v1/organizations/cost_report";
@@ -45,20 +51,14 @@ pub async fn fetch(
         HeaderValue::from_str(&settings.anthropic_version)
             .map_err(|_| bad_header("anthropic_version"))?,
     );
-    let (path, query) = request(report, from, to);
+    let first = request(report, from, to);
     http::pages(
         fetcher,
-        &Report {
-            provider: PROVIDER,
-            base_url: &settings.base_url,
-            headers,
-            kind: report,
-            path,
-            query,
-            bucket_day,
-            usage_line,
-            cost_line,
-        },
+        &READING,
+        &settings.base_url,
+        headers,
+        report,
+        first,
     )
     .await
 }

@@ -159,46 +159,42 @@ impl Fetcher {
     }
 }
 
-/// One report of one provider: where to ask, and how its buckets read.
+/// How one provider's report pages read.
 #[derive(Debug)]
-pub struct Report<'a> {
+pub struct Reading {
     pub provider: &'static str,
-    pub base_url: &'a str,
-    pub headers: HeaderMap,
-    pub kind: ReportKind,
-    /// The first page's path and query.
-    pub path: &'static str,
-    pub query: Vec<(String, String)>,
     /// The day a bucket covers, or what the bucket lacks.
     pub bucket_day: fn(&Value) -> Result<NaiveDate, String>,
     pub usage_line: fn(&Value) -> Result<UsageLine, String>,
     pub cost_line: fn(&Value) -> Result<CostLine, String>,
 }
 
-/// Every page of `report`: each asks for the one before's `next_page` (as
-/// `page`), and each bucket of its `data` becomes the lines of its day.
-pub async fn pages(fetcher: &Fetcher, report: &Report<'_>) -> Result<Fetched, FetchError> {
-    let path = report.path;
+/// Every page of a `kind` report from `first` (its path and query) on:
+/// each page asks for the one before's `next_page` (as `page`), and each
+/// bucket of its `data` becomes the lines of its day.
+pub async fn pages(
+    fetcher: &Fetcher,
+    reading: &Reading,
+    base_url: &str,
+    headers: HeaderMap,
+    kind: ReportKind,
+    first: (&'static str, Vec<(String, String)>),
+) -> Result<Fetched, FetchError> {
+    let (path, first_query) = first;
     let shape = |detail: String| FetchError::Shape {
-        provider: report.provider,
+        provider: reading.provider,
         path: path.to_owned(),
         detail,
     };
-    let mut fetched = Fetched::new(super::show_query(path, &report.query));
+    let mut fetched = Fetched::new(super::show_query(path, &first_query));
     let mut page: Option<String> = None;
     loop {
-        let mut query = report.query.clone();
+        let mut query = first_query.clone();
         if let Some(token) = &page {
             query.push(("page".into(), token.clone()));
         }
         let body = fetcher
-            .get_json(
-                report.provider,
-                report.base_url,
-                path,
-                &query,
-                &report.headers,
-            )
+            .get_json(reading.provider, base_url, path, &query, &headers)
             .await?;
         fetched.pages += 1;
         let buckets = body
@@ -206,23 +202,23 @@ pub async fn pages(fetcher: &Fetcher, report: &Report<'_>) -> Result<Fetched, Fe
             .and_then(Value::as_array)
             .ok_or_else(|| shape("no `data` array".into()))?;
         for bucket in buckets {
-            let day = (report.bucket_day)(bucket).map_err(shape)?;
+            let day = (reading.bucket_day)(bucket).map_err(shape)?;
             let results = bucket
                 .get("results")
                 .and_then(Value::as_array)
                 .ok_or_else(|| shape("a bucket without `results`".into()))?;
-            let lines = match report.kind {
+            let lines = match kind {
                 ReportKind::Usage => DayLines::Usage(
                     results
                         .iter()
-                        .map(report.usage_line)
+                        .map(reading.usage_line)
                         .collect::<Result<_, _>>()
                         .map_err(shape)?,
                 ),
                 ReportKind::Cost => DayLines::Cost(
                     results
                         .iter()
-                        .map(report.cost_line)
+                        .map(reading.cost_line)
                         .collect::<Result<_, _>>()
                         .map_err(shape)?,
                 ),

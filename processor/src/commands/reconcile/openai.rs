@@ -8,9 +8,15 @@ use serde_json::Value;
 use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
 
 use super::config::OpenAiSettings;
-use super::http::{self, FetchError, Fetcher, Report};
+use super::http::{self, FetchError, Fetcher, Reading};
 use super::{decimal_field, int_field, midnight_unix, Fetched};
 
+const READING: Reading = Reading {
+    provider: PROVIDER,
+    bucket_day,
+    usage_line,
+    cost_line,
+};
 const PROVIDER: &str = "openai";
 pub const USAGE_PATH: &str = "/v1/organization/usage/completions";
 pub const COSTS_PATH: &str = "/v1/organization/costs";
@@ -37,20 +43,14 @@ pub async fn fetch(
         }
     })?;
     headers.insert(AUTHORIZATION, bearer);
-    let (path, query) = request(report, from, to);
+    let first = request(report, from, to);
     http::pages(
         fetcher,
-        &Report {
-            provider: PROVIDER,
-            base_url: &settings.base_url,
-            headers,
-            kind: report,
-            path,
-            query,
-            bucket_day,
-            usage_line,
-            cost_line,
-        },
+        &READING,
+        &settings.base_url,
+        headers,
+        report,
+        first,
     )
     .await
 }
