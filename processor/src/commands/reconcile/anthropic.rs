@@ -4,7 +4,7 @@
 //! token kinds and USD (the cost report's amounts are cents).
 
 use chrono::{DateTime, NaiveDate};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
@@ -31,25 +31,15 @@ pub async fn fetch(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Fetched, FetchError> {
-    let key = settings
-        .admin_key
-        .as_ref()
-        .filter(|key| !key.expose().is_empty())
-        .ok_or(FetchError::NoKey { provider: PROVIDER })?;
-    let bad_header = |what: &str| FetchError::BadKey {
-        provider: PROVIDER,
-        status: reqwest::StatusCode::UNAUTHORIZED,
-        message: format!("{what} holds characters a header cannot carry"),
-    };
+    let key = http::admin_key(PROVIDER, settings.admin_key.as_ref())?;
     let mut headers = HeaderMap::new();
     headers.insert(
         HeaderName::from_static("x-api-key"),
-        HeaderValue::from_str(key.expose()).map_err(|_| bad_header("the key"))?,
+        http::header_value(PROVIDER, "the key", key.expose())?,
     );
     headers.insert(
         HeaderName::from_static("anthropic-version"),
-        HeaderValue::from_str(&settings.anthropic_version)
-            .map_err(|_| bad_header("anthropic_version"))?,
+        http::header_value(PROVIDER, "anthropic_version", &settings.anthropic_version)?,
     );
     let first = request(report, from, to);
     http::pages(

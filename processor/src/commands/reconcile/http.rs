@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use infra::Secret;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
 use store::reconcile::{CostLine, DayLines, ReportKind, UsageLine};
@@ -157,6 +158,28 @@ impl Fetcher {
             .saturating_mul(factor)
             .min(Duration::from_secs(60))
     }
+}
+
+/// The provider's admin key, refused when it is not set or empty.
+pub fn admin_key<'a>(
+    provider: &'static str,
+    key: Option<&'a Secret>,
+) -> Result<&'a Secret, FetchError> {
+    key.filter(|key| !key.expose().is_empty())
+        .ok_or(FetchError::NoKey { provider })
+}
+
+/// `text` as a header value; `what` names the setting it came from.
+pub fn header_value(
+    provider: &'static str,
+    what: &str,
+    text: &str,
+) -> Result<HeaderValue, FetchError> {
+    HeaderValue::from_str(text).map_err(|_| FetchError::BadKey {
+        provider,
+        status: StatusCode::UNAUTHORIZED,
+        message: format!("{what} holds characters a header cannot carry"),
+    })
 }
 
 /// How one provider's report pages read.

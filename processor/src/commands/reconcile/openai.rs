@@ -3,7 +3,7 @@
 //! model, and line item), read into tokenledger's token kinds and USD.
 
 use chrono::{DateTime, NaiveDate};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
 use serde_json::Value;
 use store::reconcile::{CostLine, ReportKind, TokenCounts, UsageLine};
 
@@ -29,20 +29,12 @@ pub async fn fetch(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Fetched, FetchError> {
-    let key = settings
-        .admin_key
-        .as_ref()
-        .filter(|key| !key.expose().is_empty())
-        .ok_or(FetchError::NoKey { provider: PROVIDER })?;
+    let key = http::admin_key(PROVIDER, settings.admin_key.as_ref())?;
     let mut headers = HeaderMap::new();
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-        FetchError::BadKey {
-            provider: PROVIDER,
-            status: reqwest::StatusCode::UNAUTHORIZED,
-            message: "the key holds characters a header cannot carry".into(),
-        }
-    })?;
-    headers.insert(AUTHORIZATION, bearer);
+    headers.insert(
+        AUTHORIZATION,
+        http::header_value(PROVIDER, "the key", &format!("Bearer {}", key.expose()))?,
+    );
     let first = request(report, from, to);
     http::pages(
         fetcher,
