@@ -45,12 +45,14 @@
 //! (the gateway's pool, the processor's batch transaction) and binds every
 //! value as a parameter.
 
+pub mod alert_outbox;
 pub mod alerts;
 pub mod attribution;
 pub mod budgets;
 pub mod corrections;
 pub mod exports;
 pub mod forecasts;
+pub mod offsets;
 pub mod optimize;
 pub mod reconcile;
 pub mod reservations;

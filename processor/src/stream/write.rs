@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::attribution::AttributionError;
 use crate::budget_spend::BudgetSpendError;
-use crate::offsets::{self, NextOffsets, OffsetsError};
+use crate::offsets::{self, NextOffsets};
 use crate::stream::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::stream::prepare::{
     classify, Classification, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
@@ -51,7 +51,7 @@ pub enum WriteError {
         timeout: Duration,
     },
     #[error("{0}{suffix}", suffix = write_errors::database_suffix(.0))]
-    Offsets(#[from] OffsetsError),
+    Offsets(store::DbError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     /// Budget spend failed; its database error decides retryability like
@@ -73,7 +73,7 @@ impl WriteError {
     pub fn database_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
             WriteError::Database { source, .. } => Some(source),
-            WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
+            WriteError::Offsets(error) => Some(&error.source),
             WriteError::Budgets(error) => write_errors::database_cause(error),
             WriteError::Attribution(error) => Some(error.database_error()),
             _ => None,
@@ -389,7 +389,8 @@ impl<D: DeadLetterSink> Writer<D> {
                 &prepared.records,
             ),
         )
-        .await??;
+        .await?
+        .map_err(WriteError::Offsets)?;
         match mode {
             Mode::Commit => self
                 .bounded("commit", transaction.commit())
