@@ -139,7 +139,10 @@ pub struct Claim {
 }
 
 /// Claims the due crossings, earliest due first.
-pub async fn claim_due(client: &impl GenericClient, claim: &Claim) -> Result<Vec<Claimed>, DbError> {
+pub async fn claim_due(
+    client: &impl GenericClient,
+    claim: &Claim,
+) -> Result<Vec<Claimed>, DbError> {
     const STEP: &str = "claiming due alerts";
     let rows = client
         .query(

@@ -48,6 +48,7 @@
 pub mod alert_outbox;
 pub mod alerts;
 pub mod attribution;
+pub mod audit;
 pub mod budgets;
 pub mod corrections;
 pub mod exports;
@@ -55,7 +56,9 @@ pub mod forecasts;
 pub mod offsets;
 pub mod optimize;
 pub mod reconcile;
+pub mod reprice;
 pub mod reservations;
+pub mod rollups;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};
