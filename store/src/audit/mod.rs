@@ -147,3 +147,38 @@ fn key_of(row: &Row) -> Result<AuditKey, tokio_postgres::Error> {
         row.try_get("created_at")?,
     ))
 }
+
+/// Where and when one stored row came in: `(received_at, source_partition,
+/// source_offset, ingested_at)`; `ingested_at` is the inserting
+/// transaction's `now()`.
+pub type Arrival = (DateTime<Utc>, i32, i64, DateTime<Utc>);
+
+/// The arrival of every row the gateway received in `[from, to)`: what the
+/// benchmark measures latency from.
+pub async fn received_between(
+    client: &impl tokio_postgres::GenericClient,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Arrival>, DbError> {
+    const STEP: &str = "reading the rows received in a window";
+    let rows = client
+        .query(
+            "SELECT received_at, source_partition, source_offset, ingested_at \
+             FROM gateway_mode_audit \
+             WHERE received_at >= $1 AND received_at < $2",
+            &[&from, &to],
+        )
+        .await
+        .map_err(db(STEP))?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("received_at")?,
+                row.try_get("source_partition")?,
+                row.try_get("source_offset")?,
+                row.try_get("ingested_at")?,
+            ))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(db(STEP))
+}
