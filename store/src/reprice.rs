@@ -60,6 +60,32 @@ SELECT $1, * FROM UNNEST($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], 
                          $12::text[], $13::text[])
 ON CONFLICT DO NOTHING";
 
+/// Held by a run from start to end ("reprice"): runs take turns. Pages are
+/// read without `FOR UPDATE`, which compressed chunks refuse; only a run
+/// changes a stored row (ingestion inserts), so this lock keeps a page as
+/// read until its update. Rebuilding the optimization rollup takes the same
+/// turn: a re-pricing changes the rows it reads.
+pub const LOCK_KEY: i64 = 0x0072_6570_7269_6365;
+
+/// Waits for the turn to change stored rows ([`LOCK_KEY`], a session lock:
+/// it outlives transactions, and a broken connection releases it).
+pub async fn take_turn(client: &impl GenericClient) -> Result<(), DbError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(db("waiting for another reprice run"))?;
+    Ok(())
+}
+
+/// Gives the turn taken by [`take_turn`] back.
+pub async fn end_turn(client: &impl GenericClient) -> Result<(), DbError> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(db("ending a reprice turn"))?;
+    Ok(())
+}
+
 /// Where the next page starts: the key of the last row read.
 #[derive(Debug, Clone)]
 pub struct Cursor {
