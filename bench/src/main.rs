@@ -399,19 +399,9 @@ async fn rows_received_between(
     to: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Vec<latency::StoredRow>> {
     let client = connect_db(db_url).await?;
-    let rows = client
-        .query(
-            "SELECT received_at, source_partition, source_offset, ingested_at \
-             FROM gateway_mode_audit \
-             WHERE received_at >= $1 AND received_at < $2",
-            &[&from, &to],
-        )
+    store::audit::received_between(&client, from, to)
         .await
-        .context("reading the latency window's rows")?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
-        .collect())
+        .context("reading the latency window's rows")
 }
 
 /// The processor alone catching up: stopped while the gateway fills the

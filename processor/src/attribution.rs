@@ -55,27 +55,15 @@ impl AttributionConfig {
     }
 }
 
+/// The store's step-tagged error, told as an attribution step.
 #[derive(Debug, thiserror::Error)]
-#[error("database error during attribution ({step}): {source}")]
-pub struct AttributionError {
-    step: &'static str,
-    #[source]
-    source: tokio_postgres::Error,
-}
-
-impl From<store::DbError> for AttributionError {
-    fn from(error: store::DbError) -> Self {
-        AttributionError {
-            step: error.step,
-            source: error.source,
-        }
-    }
-}
+#[error("database error during attribution ({}): {}", .0.step, .0.source)]
+pub struct AttributionError(#[from] store::DbError);
 
 impl AttributionError {
     /// The database error, which decides whether a retry can help.
     pub fn database_error(&self) -> &tokio_postgres::Error {
-        &self.source
+        &self.0.source
     }
 }
 

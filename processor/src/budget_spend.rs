@@ -46,21 +46,10 @@ pub use store::SpendKey;
 /// goes ahead with what it locked.
 const MAX_EVALUATIONS: usize = 3;
 
+/// The store's step-tagged error, told as a budgets step.
 #[derive(Debug, thiserror::Error)]
-#[error("database error during budgets ({step}): {source}")]
-pub struct BudgetSpendError {
-    step: &'static str,
-    source: tokio_postgres::Error,
-}
-
-impl From<store::DbError> for BudgetSpendError {
-    fn from(error: store::DbError) -> Self {
-        BudgetSpendError {
-            step: error.step,
-            source: error.source,
-        }
-    }
-}
+#[error("database error during budgets ({}): {}", .0.step, .0.source)]
+pub struct BudgetSpendError(#[from] store::DbError);
 
 /// What a batch did to budgets.
 #[derive(Debug, Clone, Default, PartialEq)]

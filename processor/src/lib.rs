@@ -30,10 +30,12 @@
 //!   or changes tables connects through `commands::connect_verified`.
 //! - Shared: [`config`] (the typed configuration; its layering, `Secret`,
 //!   logging, signals, the Postgres pool and the librdkafka log hook are the
-//!   `infra` crate's), [`database`] (the pool and single connections),
+//!   `infra` crate's; every statement on a table is the `store` crate's,
+//!   the processor decides what to run when), [`database`] (the pool and
+//!   single connections),
 //!   [`migrate`] (the embedded `sql/V*.sql` migrations: `run` and every
 //!   command verify them, `migrate` applies them), [`offsets`]
-//!   (`ingest_offsets` and the floor of stored offsets: written by the
+//!   (`store::offsets` and the floor of stored offsets: written by the
 //!   stream, shown and reset by a command), `log_check` (whether a
 //!   partition's log still reaches a stored offset), [`record`] (one Kafka
 //!   record, owned), `budget_spend` (spend and crossings: the batch

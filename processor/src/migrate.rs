@@ -246,9 +246,12 @@ impl Edition {
 /// The edition of the connected database.
 pub async fn edition(client: &Client) -> Result<Edition, MigrateError> {
     let license: Option<String> = client
-        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
+        .query_one(
+            "SELECT current_setting('timescaledb.license', true) AS license",
+            &[],
+        )
         .await?
-        .get(0);
+        .try_get("license")?;
     Ok(Edition::from_license(license.as_deref()))
 }
 
@@ -335,9 +338,12 @@ pub async fn apply(
     migrations: &[Migration],
 ) -> Result<Vec<MigrationOutcome>, MigrateError> {
     let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .query_one(
+            "SELECT pg_try_advisory_lock($1) AS locked",
+            &[&MIGRATE_LOCK_KEY],
+        )
         .await?
-        .get(0);
+        .try_get("locked")?;
     if !locked {
         tracing::info!("another `processor migrate` holds the migration lock; waiting for it");
         client
@@ -418,11 +424,11 @@ async fn apply_locked(
 pub async fn verify(client: &Client, expected: &[Migration]) -> Result<(), MigrateError> {
     let table_exists: bool = client
         .query_one(
-            "SELECT to_regclass('tokenledger_schema_migrations') IS NOT NULL",
+            "SELECT to_regclass('tokenledger_schema_migrations') IS NOT NULL AS present",
             &[],
         )
         .await?
-        .get(0);
+        .try_get("present")?;
     let applied = if table_exists {
         applied_checksums(client).await?
     } else {
@@ -452,7 +458,10 @@ async fn applied_checksums(client: &Client) -> Result<Vec<(i32, String)>, Migrat
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get("version")?, row.try_get("checksum")?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?)
 }
 
 /// Applies one migration; false when a concurrent run recorded it first
@@ -477,7 +486,9 @@ async fn apply_one(client: &mut Client, migration: &Migration) -> Result<bool, M
         )
         .await
         .map_err(failed)?
-        .map(|row| row.get(0));
+        .map(|row| row.try_get("checksum"))
+        .transpose()
+        .map_err(failed)?;
     if let Some(checksum) = recorded {
         transaction.rollback().await.map_err(failed)?;
         if checksum != migration.checksum {

@@ -1,6 +1,7 @@
-//! Kafka offsets stored in the database (`ingest_offsets`), which are the
-//! processor's only source of truth for where to resume, and the in-memory
-//! floor below which a fetched record is already stored.
+//! Kafka offsets stored in the database (`store::offsets`, the processor's
+//! only source of truth for where to resume): the mark of a batch's last
+//! record per partition, and the in-memory floor below which a fetched
+//! record is already stored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,51 +11,13 @@ use tokio_postgres::GenericClient;
 
 use crate::record::Record;
 
+pub use store::offsets::{list, load, load_marks, overwrite, LogMark, StoredOffset};
+
 /// Next offset to read, per (topic, partition).
 pub type NextOffsets = BTreeMap<(String, i32), i64>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OffsetsError {
-    #[error("database error reading or writing ingest_offsets: {0}")]
-    Database(#[from] tokio_postgres::Error),
-}
-
-const LOAD: &str = "SELECT partition, next_offset FROM ingest_offsets \
-                    WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)";
-
-// GREATEST: two processors briefly owning the same partition during a
-// rebalance must never move the stored position backwards; the last
-// record's mark moves with the position it belongs to.
-const UPSERT: &str = "
-INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset, updated_at,
-                            last_offset, last_record_sha256)
-SELECT $1, stored.topic, stored.partition, stored.next_offset, now(),
-       stored.last_offset, stored.last_record_sha256
-FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::bytea[])
-     AS stored(topic, partition, next_offset, last_offset, last_record_sha256)
-ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-SET next_offset = GREATEST(ingest_offsets.next_offset, EXCLUDED.next_offset),
-    last_offset = CASE WHEN EXCLUDED.next_offset >= ingest_offsets.next_offset
-                       THEN EXCLUDED.last_offset ELSE ingest_offsets.last_offset END,
-    last_record_sha256 = CASE WHEN EXCLUDED.next_offset >= ingest_offsets.next_offset
-                              THEN EXCLUDED.last_record_sha256
-                              ELSE ingest_offsets.last_record_sha256 END,
-    updated_at = now()";
-
-const LOAD_MARKS: &str = "SELECT partition, last_offset, last_record_sha256 FROM ingest_offsets \
-                          WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3) \
-                          AND last_offset IS NOT NULL AND last_record_sha256 IS NOT NULL";
-
-/// The last record a stored offset passed: where it was and a digest of
-/// its key and value ([`crate::log_check::record_digest`]). A log that
-/// holds another record there is not the log the offset was stored for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogMark {
-    pub offset: i64,
-    pub sha256: Vec<u8>,
-}
-
-/// The mark of the last record of each partition among `records`.
+/// The mark of the last record of each partition among `records`: where it
+/// was and [`crate::log_check::record_digest`] of it.
 pub fn log_marks(records: &[Record]) -> BTreeMap<(String, i32), LogMark> {
     let mut last: BTreeMap<(&str, i32), &Record> = BTreeMap::new();
     for record in records {
@@ -82,45 +45,6 @@ pub fn log_marks(records: &[Record]) -> BTreeMap<(String, i32), LogMark> {
         .collect()
 }
 
-/// The stored marks of `partitions` (those stored with one).
-pub async fn load_marks(
-    client: &impl GenericClient,
-    group_id: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, LogMark>, OffsetsError> {
-    let rows = client
-        .query(LOAD_MARKS, &[&group_id, &topic, &partitions])
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get(0),
-                LogMark {
-                    offset: row.get(1),
-                    sha256: row.get(2),
-                },
-            )
-        })
-        .collect())
-}
-
-/// The stored next offsets of `partitions`; partitions without a row are
-/// absent from the map (nothing stored yet: start from the earliest).
-pub async fn load(
-    client: &impl GenericClient,
-    group_id: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, OffsetsError> {
-    let statement = client.prepare(LOAD).await?;
-    let rows = client
-        .query(&statement, &[&group_id, &topic, &partitions])
-        .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
-
 /// Records `next_offsets` for `group_id`, each with the mark of the last
 /// record of `records` on its partition; meant to run inside the batch
 /// transaction so rows and offsets commit together.
@@ -129,94 +53,11 @@ pub async fn store(
     group_id: &str,
     next_offsets: &NextOffsets,
     records: &[Record],
-) -> Result<(), OffsetsError> {
+) -> Result<(), store::DbError> {
     if next_offsets.is_empty() {
         return Ok(());
     }
-    let marks = log_marks(records);
-    let topics: Vec<&str> = next_offsets.keys().map(|(t, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = next_offsets.keys().map(|(_, p)| *p).collect();
-    let offsets: Vec<i64> = next_offsets.values().copied().collect();
-    let last_offsets: Vec<Option<i64>> = next_offsets
-        .keys()
-        .map(|key| marks.get(key).map(|mark| mark.offset))
-        .collect();
-    let digests: Vec<Option<&[u8]>> = next_offsets
-        .keys()
-        .map(|key| marks.get(key).map(|mark| mark.sha256.as_slice()))
-        .collect();
-    let statement = client.prepare(UPSERT).await?;
-    client
-        .execute(
-            &statement,
-            &[
-                &group_id,
-                &topics,
-                &partitions,
-                &offsets,
-                &last_offsets,
-                &digests,
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// One stored position, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredOffset {
-    pub partition: i32,
-    pub next_offset: i64,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Every stored position of `group_id` on `topic`, by partition; with
-/// `lock`, the rows are locked until the transaction ends.
-pub async fn list(
-    client: &impl GenericClient,
-    group_id: &str,
-    topic: &str,
-    lock: bool,
-) -> Result<Vec<StoredOffset>, OffsetsError> {
-    let query = format!(
-        "SELECT partition, next_offset, updated_at FROM ingest_offsets \
-         WHERE consumer_group = $1 AND topic = $2 ORDER BY partition{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let rows = client.query(&query, &[&group_id, &topic]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| StoredOffset {
-            partition: row.get(0),
-            next_offset: row.get(1),
-            updated_at: row.get(2),
-        })
-        .collect())
-}
-
-/// Sets stored positions to exactly `next_offsets` (partition → offset),
-/// lower or higher: the operator's reset. Unlike [`store`] there is no
-/// `GREATEST`, which is the point.
-pub async fn overwrite(
-    client: &impl GenericClient,
-    group_id: &str,
-    topic: &str,
-    next_offsets: &BTreeMap<i32, i64>,
-) -> Result<(), OffsetsError> {
-    let partitions: Vec<i32> = next_offsets.keys().copied().collect();
-    let offsets: Vec<i64> = next_offsets.values().copied().collect();
-    client
-        .execute(
-            "INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset, updated_at)
-             SELECT $1, $2, target.partition, target.next_offset, now()
-             FROM UNNEST($3::int4[], $4::int8[]) AS target(partition, next_offset)
-             ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-             SET next_offset = EXCLUDED.next_offset, updated_at = now(),
-                 last_offset = NULL, last_record_sha256 = NULL",
-            &[&group_id, &topic, &partitions, &offsets],
-        )
-        .await?;
-    Ok(())
+    store::offsets::advance(client, group_id, next_offsets, &log_marks(records)).await
 }
 
 /// The lowest offset per partition that is not yet stored, as far as this

@@ -76,11 +76,14 @@ pub async fn record_crossings(
         )
         .await
         .map_err(db("record crossings"))?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|row| {
-            let threshold: i16 = row.get(1);
-            (row.get(0), u16::try_from(threshold).unwrap_or(0))
+            let threshold: i16 = row.try_get("threshold")?;
+            Ok((
+                row.try_get("budget_id")?,
+                u16::try_from(threshold).unwrap_or(0),
+            ))
         })
-        .collect())
+        .collect::<Result<_, _>>()
+        .map_err(db("record crossings"))
 }

@@ -132,7 +132,7 @@ SELECT pg_advisory_xact_lock(h) FROM (
 ) AS hashes";
 
 const ADMITTED: &str = "
-SELECT DISTINCT r.day, r.tenant_id::text, r.label_key, r.label_value
+SELECT DISTINCT r.day, r.tenant_id::text AS tenant_id, r.label_key, r.label_value
 FROM usage_attribution_daily AS r
 JOIN (SELECT DISTINCT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[])
       AS g(day, tenant_id, key)) AS g
@@ -168,10 +168,16 @@ pub async fn add_bounded(
         .await
         .map_err(db("reading the admitted attribution values"))?
     {
-        admitted
-            .entry((row.get(0), row.get(1), row.get(2)))
-            .or_default()
-            .insert(row.get(3));
+        let read = |row: &tokio_postgres::Row| -> Result<(Group, String), tokio_postgres::Error> {
+            let group = (
+                row.try_get("day")?,
+                row.try_get("tenant_id")?,
+                row.try_get("label_key")?,
+            );
+            Ok((group, row.try_get("label_value")?))
+        };
+        let (group, value) = read(&row).map_err(db("reading the admitted attribution values"))?;
+        admitted.entry(group).or_default().insert(value);
     }
     add(client, &fold(rows, &mut admitted, max_values)).await
 }
@@ -259,10 +265,13 @@ pub struct LabelCost {
 /// the tenant bound: cost per value of every key, over `[from, to)`.
 pub const COST_BY_LABEL: &str = "
 SELECT label_key, label_value,
-       sum(requests)::BIGINT, sum(prompt_tokens)::BIGINT, sum(completion_tokens)::BIGINT,
-       sum(total_tokens)::BIGINT, sum(cached_prompt_tokens)::BIGINT,
-       sum(cache_write_tokens)::BIGINT, sum(reasoning_tokens)::BIGINT,
-       sum(cost), sum(unpriced_requests)::BIGINT
+       sum(requests)::BIGINT AS requests, sum(prompt_tokens)::BIGINT AS prompt_tokens,
+       sum(completion_tokens)::BIGINT AS completion_tokens,
+       sum(total_tokens)::BIGINT AS total_tokens,
+       sum(cached_prompt_tokens)::BIGINT AS cached_prompt_tokens,
+       sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
+       sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
+       sum(cost) AS cost, sum(unpriced_requests)::BIGINT AS unpriced_requests
 FROM usage_attribution_daily
 WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR tenant_id = $3)
 GROUP BY label_key, label_value
@@ -280,24 +289,28 @@ pub async fn cost_by_label(
         .query(COST_BY_LABEL, &[&from, &to, &tenant])
         .await
         .map_err(db("reading cost by label"))?;
-    Ok(rows
-        .iter()
-        .map(|row| LabelCost {
-            label_key: row.get(0),
-            label_value: row.get(1),
-            sums: Sums {
-                requests: row.get(2),
-                prompt_tokens: row.get(3),
-                completion_tokens: row.get(4),
-                total_tokens: row.get(5),
-                cached_prompt_tokens: row.get(6),
-                cache_write_tokens: row.get(7),
-                reasoning_tokens: row.get(8),
-                cost: row.get::<_, Option<Decimal>>(9).unwrap_or_default(),
-                unpriced_requests: row.get(10),
-            },
+    rows.iter()
+        .map(|row| {
+            Ok(LabelCost {
+                label_key: row.try_get("label_key")?,
+                label_value: row.try_get("label_value")?,
+                sums: Sums {
+                    requests: row.try_get("requests")?,
+                    prompt_tokens: row.try_get("prompt_tokens")?,
+                    completion_tokens: row.try_get("completion_tokens")?,
+                    total_tokens: row.try_get("total_tokens")?,
+                    cached_prompt_tokens: row.try_get("cached_prompt_tokens")?,
+                    cache_write_tokens: row.try_get("cache_write_tokens")?,
+                    reasoning_tokens: row.try_get("reasoning_tokens")?,
+                    cost: row
+                        .try_get::<_, Option<Decimal>>("cost")?
+                        .unwrap_or_default(),
+                    unpriced_requests: row.try_get("unpriced_requests")?,
+                },
+            })
         })
-        .collect())
+        .collect::<Result<_, _>>()
+        .map_err(db("reading cost by label"))
 }
 
 /// Recomputes the rollup of `keys` over the UTC days `[from, to)` from the

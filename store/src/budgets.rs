@@ -205,15 +205,22 @@ pub async fn apply(
         .await
         .map_err(db("reading budgets"))?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+        .map(|row| Ok((row.try_get("name")?, row.try_get("id")?)))
+        .collect::<Result<_, _>>()
+        .map_err(db("reading budgets"))?;
     let mut report = ApplyReport::default();
     for budget in budgets {
         let id = existing.get(&budget.name).copied().unwrap_or(budget.id);
         let returned = write_locked(&transaction, id, budget, UPSERT_BY_NAME).await?;
         let list = match returned {
             None => &mut report.unchanged,
-            Some(row) if row.get::<_, bool>("inserted") => &mut report.created,
+            Some(row)
+                if row
+                    .try_get::<_, bool>("inserted")
+                    .map_err(db("writing a budget"))? =>
+            {
+                &mut report.created
+            }
             Some(_) => &mut report.updated,
         };
         list.push(budget.name.clone());
@@ -227,7 +234,11 @@ pub async fn apply(
             )
             .await
             .map_err(db("pruning budgets"))?;
-        report.deleted = rows.iter().map(|row| row.get(0)).collect();
+        report.deleted = rows
+            .iter()
+            .map(|row| row.try_get("name"))
+            .collect::<Result<_, _>>()
+            .map_err(db("pruning budgets"))?;
     }
     transaction.commit().await.map_err(db("committing"))?;
     Ok(report)

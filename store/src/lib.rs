@@ -1,13 +1,10 @@
-//! tokenledger's storage: the SQL over the tables that the gateway, the
-//! processor and the benchmark share, with each table's row mapping by
-//! column name. It owns the budgets tables (`budgets`, `budget_spend`,
-//! `budget_alerts`, sql/V3__budgets.sql), the reads behind the exports and
-//! the use-case rollup (`usage_attribution_daily`), and the totals of
-//! `cost_corrections`; the audit table's batch writes, `ingest_offsets`, the
-//! alert outbox's claims and re-pricing's paging are still the processor's.
-//! The domain rules (scope, periods, thresholds) are `ledger::budget`; this
-//! crate maps them to rows and back, and neither binary writes budgets SQL of
-//! its own. [`DbError`] is the one step-tagged database error, [`db`] its helper.
+//! tokenledger's storage: every SQL statement on tokenledger's tables, with
+//! one row mapping per table by column name (`try_get("col")`, never a
+//! position). The gateway, the processor and the benchmark call it and
+//! write no SQL on the tables of their own (what stays outside, and why:
+//! docs/design.md, "SQL outside `store`"). The domain rules (scope, periods,
+//! thresholds, pricing) are `ledger`'s; this crate maps them to rows and
+//! back. [`DbError`] is the one step-tagged database error, [`db`] its helper.
 //!
 //! Layout:
 //! - [`budgets`]: the definitions: the column list and row mapping, reads,
@@ -35,6 +32,18 @@
 //!   caching savings (`usage_optimize_daily`, `usage_optimize_histogram`).
 //! - [`corrections`]: the totals of `cost_corrections`, what re-pricing
 //!   changed.
+//! - [`audit`]: `gateway_mode_audit` as the processor's batch writes it:
+//!   the row an event becomes, the binary COPY and the staging insert that
+//!   skips stored keys, the stored hashes of the rest, and the call
+//!   identities (`call_identities`).
+//! - [`offsets`]: `ingest_offsets`, where each consumer group resumes, and
+//!   the mark of the last record each position passed.
+//! - [`alert_outbox`]: delivering `budget_alerts`: claims under a lease, the
+//!   targets' answers, the gauges' reads.
+//! - [`reprice`]: re-pricing's paging over the audit table, its updates and
+//!   `cost_corrections` rows, and the record of runs and pending days.
+//! - [`rollups`]: the continuous aggregates: refreshes, their policies'
+//!   windows, and the totals and daily rows `processor report` shows.
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -45,15 +54,20 @@
 //! (the gateway's pool, the processor's batch transaction) and binds every
 //! value as a parameter.
 
+pub mod alert_outbox;
 pub mod alerts;
 pub mod attribution;
+pub mod audit;
 pub mod budgets;
 pub mod corrections;
 pub mod exports;
 pub mod forecasts;
+pub mod offsets;
 pub mod optimize;
 pub mod reconcile;
+pub mod reprice;
 pub mod reservations;
+pub mod rollups;
 pub mod spend;
 
 pub use budgets::{ApplyReport, EditError};

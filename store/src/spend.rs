@@ -141,17 +141,25 @@ pub async fn from_audit(
         .map_err(db("spend from the audit table"))?;
     let mut spend = vec![Decimal::ZERO; keys.len()];
     for row in &rows {
-        let ordinal: i64 = row.get(0);
+        // The unaliased columns are named after what they select: `ord`,
+        // `provider`, `model`, `sum`.
+        let read = || -> Result<(i64, &str, &str, Decimal), tokio_postgres::Error> {
+            Ok((
+                row.try_get("ord")?,
+                row.try_get("provider")?,
+                row.try_get("model")?,
+                row.try_get("sum")?,
+            ))
+        };
+        let (ordinal, provider, model, cost) = read().map_err(db("spend from the audit table"))?;
         let Some(index) = usize::try_from(ordinal - 1).ok() else {
             continue;
         };
         let (Some(key), Some(slot)) = (keys.get(index), spend.get_mut(index)) else {
             continue;
         };
-        let provider: &str = row.get(1);
-        let model: &str = row.get(2);
         if key.scope.matches_model(provider, model, book) {
-            *slot += row.get::<_, Decimal>(3);
+            *slot += cost;
         }
     }
     Ok(spend)
@@ -246,13 +254,14 @@ async fn stored(
 ) -> Result<HashMap<Uuid, Decimal>, DbError> {
     let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
     let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
-    Ok(client
+    client
         .query(SPEND_FOR_PERIODS, &[&tenant, &ids, &starts])
         .await
         .map_err(db("reading spend"))?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect())
+        .map(|row| Ok((row.try_get("budget_id")?, row.try_get("spend_usd")?)))
+        .collect::<Result<_, _>>()
+        .map_err(db("reading spend"))
 }
 
 /// Every budget's version (`updated_at`), to tell whether a definition
@@ -264,7 +273,7 @@ pub async fn budget_versions(
         .query(LOAD_VERSIONS, &[])
         .await
         .map_err(db("reading budget versions"))?;
-    Ok(versions(&rows))
+    versions(&rows).map_err(db("reading budget versions"))
 }
 
 /// Locks budgets `ids` `FOR SHARE` until the transaction ends (edits wait;
@@ -278,11 +287,13 @@ pub async fn lock_for_batch(
         .query(LOCK_FOR_BATCH, &[&ids])
         .await
         .map_err(db("lock budgets"))?;
-    Ok(versions(&rows))
+    versions(&rows).map_err(db("lock budgets"))
 }
 
-fn versions(rows: &[Row]) -> HashMap<Uuid, DateTime<Utc>> {
-    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+fn versions(rows: &[Row]) -> Result<HashMap<Uuid, DateTime<Utc>>, tokio_postgres::Error> {
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("updated_at")?)))
+        .collect()
 }
 
 /// Adds each delta to its key's row; returns the keys whose row existed,
@@ -297,7 +308,7 @@ pub async fn add(
         .query(ADD_TO_SPEND, &[&ids, &tenants, &starts, &amounts])
         .await
         .map_err(db("add spend"))?;
-    Ok(spend_rows(&rows))
+    spend_rows(&rows).map_err(db("add spend"))
 }
 
 /// A spend row to create: its key, its period's end and its spend.
@@ -321,7 +332,7 @@ pub async fn insert(
         .query(INSERT_SPEND, &[&ids, &tenants, &starts, &ends, &spend])
         .await
         .map_err(db("insert spend"))?;
-    Ok(spend_rows(&inserted))
+    spend_rows(&inserted).map_err(db("insert spend"))
 }
 
 type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>);
@@ -337,17 +348,15 @@ fn key_columns<'a>(keys: impl Iterator<Item = &'a SpendKey>) -> KeyColumns {
 }
 
 /// Rows of `budget_id, tenant_id, period_start, spend_usd`.
-fn spend_rows(rows: &[Row]) -> BTreeMap<SpendKey, Decimal> {
+fn spend_rows(rows: &[Row]) -> Result<BTreeMap<SpendKey, Decimal>, tokio_postgres::Error> {
     rows.iter()
         .map(|row| {
-            (
-                SpendKey {
-                    budget_id: row.get(0),
-                    tenant_id: row.get(1),
-                    period_start: row.get(2),
-                },
-                row.get(3),
-            )
+            let key = SpendKey {
+                budget_id: row.try_get("budget_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                period_start: row.try_get("period_start")?,
+            };
+            Ok((key, row.try_get("spend_usd")?))
         })
         .collect()
 }

@@ -19,14 +19,14 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::log_check::{LogCheckError, LogChecker, Verdict, Watermarks};
-use crate::offsets::{self, OffsetsError, StoredOffset};
+use crate::offsets::{self, StoredOffset};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsAdminError {
     #[error(transparent)]
     LogCheck(#[from] LogCheckError),
     #[error(transparent)]
-    Offsets(#[from] OffsetsError),
+    Offsets(#[from] store::DbError),
     #[error("database error: {0}")]
     Database(#[from] tokio_postgres::Error),
     #[error("cannot write the output: {0}")]

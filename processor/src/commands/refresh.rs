@@ -88,18 +88,17 @@ pub async fn run(
     out: &mut impl Write,
 ) -> Result<(), RefreshError> {
     if let Some(days) = args.outage_margin_days {
-        let rows = client
-            .query(
-                "SELECT rollup, start_offset::text, end_offset::text \
-                 FROM tokenledger_set_refresh_windows(make_interval(days => $1))",
-                &[&i32::try_from(days).unwrap_or(i32::MAX)],
-            )
-            .await
-            .map_err(RefreshError::Windows)?;
+        let windows =
+            store::rollups::set_refresh_windows(client, i32::try_from(days).unwrap_or(i32::MAX))
+                .await
+                .map_err(|error| RefreshError::Windows(error.source))?;
         writeln!(out, "refresh windows set (lateness 35 days + {days} days):")?;
-        for row in rows {
-            let (rollup, start, end): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
+        for window in windows {
+            let (rollup, start, end) = (
+                window.rollup,
+                window.start_offset.unwrap_or_default(),
+                window.end_offset.unwrap_or_default(),
+            );
             writeln!(out, "  {rollup:<14} [now - {start}, now - {end})")?;
         }
     }
@@ -162,13 +161,9 @@ async fn refresh_waiting_out_policies(
     let deadline = Instant::now() + CONCURRENT_REFRESH_WAIT;
     let mut pause = Duration::from_millis(50);
     loop {
-        let result = client
-            .execute(
-                "CALL refresh_continuous_aggregate($1::text::regclass, $2::timestamptz, \
-                 $3::timestamptz)",
-                &[&rollup, &start, &end],
-            )
-            .await;
+        let result = store::rollups::refresh(client, rollup, start, end)
+            .await
+            .map_err(|error| error.source);
         match result {
             Err(e)
                 if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && Instant::now() < deadline =>
@@ -176,29 +171,23 @@ async fn refresh_waiting_out_policies(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            other => return other.map(drop),
+            other => return other,
         }
     }
 }
 
 async fn print_windows(client: &Client, out: &mut impl Write) -> Result<(), RefreshError> {
-    let rows = client
-        .query(
-            "SELECT ca.view_name::text, j.config->>'start_offset', j.config->>'end_offset', \
-                    j.schedule_interval::text \
-             FROM timescaledb_information.continuous_aggregates ca \
-             JOIN timescaledb_information.jobs j \
-               ON j.hypertable_name IN (ca.view_name, ca.materialization_hypertable_name) \
-              AND j.proc_name = 'policy_refresh_continuous_aggregate' \
-             ORDER BY j.job_id",
-            &[],
-        )
+    let policies = store::rollups::policies(client)
         .await
-        .map_err(RefreshError::Windows)?;
+        .map_err(|error| RefreshError::Windows(error.source))?;
     writeln!(out, "refresh policies:")?;
-    for row in rows {
-        let (rollup, start, end, every): (String, Option<String>, Option<String>, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+    for policy in policies {
+        let (rollup, start, end, every) = (
+            policy.window.rollup,
+            policy.window.start_offset,
+            policy.window.end_offset,
+            policy.schedule_interval,
+        );
         writeln!(
             out,
             "  {rollup:<14} [now - {}, now - {}) every {every}",

@@ -2,10 +2,11 @@
 //! daily rollups per tenant, per model and per tenant and model), as a
 //! readable table or as JSON.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Args, ValueEnum};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use store::rollups::Daily;
 use tokio_postgres::Client;
 
 #[derive(Debug, Args)]
@@ -42,12 +43,8 @@ pub async fn run(client: &Client, args: &ReportArgs) -> Result<(), ReportError> 
 
 /// The rollups in dependency order (the daily ones read `usage_hourly`),
 /// with their bucket width.
-pub const CONTINUOUS_AGGREGATES: [(&str, &str); 4] = [
-    ("usage_hourly", "1 hour"),
-    ("usage_daily", "1 day"),
-    ("tenant_daily", "1 day"),
-    ("model_daily", "1 day"),
-];
+pub use store::rollups::CONTINUOUS_AGGREGATES;
+pub use store::rollups::{DailyRow, Totals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -60,39 +57,6 @@ pub enum ReportError {
     },
     #[error("cannot render JSON: {0}")]
     Json(#[from] serde_json::Error),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Totals {
-    pub rows: i64,
-    pub tenants: i64,
-    pub models: i64,
-    pub total_tokens: i64,
-    pub cost_usd: Decimal,
-    pub unpriced_rows: i64,
-    /// Rows priced but for some of their tokens (`unpriced_tokens`), and
-    /// those tokens by component.
-    pub partly_priced_rows: i64,
-    pub unpriced_tokens: Vec<(String, i64)>,
-    pub first_created_at: Option<DateTime<Utc>>,
-    pub last_created_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DailyRow {
-    pub day: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    pub requests: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub total_tokens: i64,
-    pub cost_usd: Decimal,
-    pub unpriced_requests: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -116,13 +80,12 @@ pub struct Report {
 /// refresh.
 pub async fn refresh(client: &Client) -> Result<(), ReportError> {
     for (aggregate, width) in CONTINUOUS_AGGREGATES {
-        client
-            .batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{aggregate}', NULL, \
-                 time_bucket(INTERVAL '{width}', now()))"
-            ))
+        store::rollups::refresh_to_open_bucket(client, aggregate, width)
             .await
-            .map_err(|source| ReportError::Refresh { aggregate, source })?;
+            .map_err(|error| ReportError::Refresh {
+                aggregate,
+                source: error.source,
+            })?;
     }
     Ok(())
 }
@@ -130,78 +93,17 @@ pub async fn refresh(client: &Client) -> Result<(), ReportError> {
 /// Reads the report covering the last `days` days of rollups; the totals
 /// cover the whole raw table.
 pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
-    let totals_row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT tenant_id), count(DISTINCT (provider, model)),
-                    COALESCE(sum(total_tokens), 0)::BIGINT, COALESCE(sum(estimated_cost), 0),
-                    count(*) FILTER (WHERE pricing_status = 'unpriced'),
-                    min(created_at), max(created_at),
-                    count(*) FILTER (WHERE unpriced_tokens IS NOT NULL)
-             FROM gateway_mode_audit",
-            &[],
-        )
-        .await?;
-    let unpriced_tokens = client
-        .query(
-            "SELECT component, sum(tokens::bigint)::bigint
-             FROM gateway_mode_audit, jsonb_each_text(unpriced_tokens) AS u(component, tokens)
-             WHERE unpriced_tokens IS NOT NULL
-             GROUP BY component ORDER BY component",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let totals = Totals {
-        rows: totals_row.get(0),
-        tenants: totals_row.get(1),
-        models: totals_row.get(2),
-        total_tokens: totals_row.get(3),
-        cost_usd: totals_row.get(4),
-        unpriced_rows: totals_row.get(5),
-        partly_priced_rows: totals_row.get(8),
-        unpriced_tokens,
-        first_created_at: totals_row.get(6),
-        last_created_at: totals_row.get(7),
-    };
+    let totals = store::rollups::totals(client).await.map_err(database)?;
     let window = i32::try_from(days).unwrap_or(i32::MAX);
-    let sums = "requests, prompt_tokens, completion_tokens, total_tokens, cost, unpriced_requests";
-    let tenant_daily = daily(
-        client,
-        &format!(
-            "SELECT to_char(day, 'YYYY-MM-DD'), tenant_id, NULL::text, NULL::text, {sums}
-             FROM tenant_daily WHERE day > now() - make_interval(days => $1::int4)
-             ORDER BY day, tenant_id"
-        ),
-        window,
-    )
-    .await?;
-    let model_daily = daily(
-        client,
-        &format!(
-            "SELECT to_char(day, 'YYYY-MM-DD'), NULL::text, provider::text, model::text, {sums}
-             FROM model_daily WHERE day > now() - make_interval(days => $1::int4)
-             ORDER BY day, provider, model"
-        ),
-        window,
-    )
-    .await?;
-    let usage_daily = daily(
-        client,
-        &format!(
-            "SELECT to_char(day, 'YYYY-MM-DD'), tenant_id::text, provider::text, model::text, {sums}
-             FROM usage_daily WHERE day > now() - make_interval(days => $1::int4)
-             ORDER BY day, tenant_id, provider, model"
-        ),
-        window,
-    )
-    .await?;
+    let daily = |rollup| store::rollups::daily(client, rollup, window);
+    let tenant_daily = daily(Daily::Tenant).await.map_err(database)?;
+    let model_daily = daily(Daily::Model).await.map_err(database)?;
+    let usage_daily = daily(Daily::Usage).await.map_err(database)?;
     let to = Utc::now();
     let from = crate::attribution::utc_day(to - chrono::Duration::days(i64::from(days)));
     let cost_by_use_case = store::attribution::cost_by_label(client, from, to, None)
         .await
-        .map_err(|error| ReportError::Database(error.source))?;
+        .map_err(database)?;
     Ok(Report {
         days,
         totals,
@@ -212,23 +114,9 @@ pub async fn gather(client: &Client, days: u32) -> Result<Report, ReportError> {
     })
 }
 
-async fn daily(client: &Client, sql: &str, days: i32) -> Result<Vec<DailyRow>, ReportError> {
-    let rows = client.query(sql, &[&days]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| DailyRow {
-            day: row.get(0),
-            tenant_id: row.get(1),
-            provider: row.get(2),
-            model: row.get(3),
-            requests: row.get(4),
-            prompt_tokens: row.get(5),
-            completion_tokens: row.get(6),
-            total_tokens: row.get(7),
-            cost_usd: row.get::<_, Option<Decimal>>(8).unwrap_or_default(),
-            unpriced_requests: row.get(9),
-        })
-        .collect())
+/// The driver's error, as this command has always reported it.
+fn database(error: store::DbError) -> ReportError {
+    ReportError::Database(error.source)
 }
 
 impl Report {

@@ -62,11 +62,8 @@ mod optimize_days;
 mod pending;
 mod rows;
 
-/// Held by a run from start to end ("reprice"): runs take turns. Pages are
-/// read without `FOR UPDATE`, which compressed chunks refuse; only a run
-/// changes a stored row (ingestion inserts), so this lock keeps a page as
-/// read until its update.
-pub const REPRICE_LOCK_KEY: i64 = 0x0072_6570_7269_6365;
+/// Held by a run from start to end: runs take turns ([`store::reprice::LOCK_KEY`]).
+pub use store::reprice::LOCK_KEY as REPRICE_LOCK_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepriceError {
@@ -149,15 +146,10 @@ pub async fn run(
     if args.batch_rows == 0 {
         return Err(RepriceError::NoRows);
     }
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&REPRICE_LOCK_KEY])
-        .await
-        .map_err(db("waiting for another reprice run"))?;
+    store::reprice::take_turn(client).await?;
     let result = run_locked(client, book, args, out).await;
     // A connection that broke has released the lock with it.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&REPRICE_LOCK_KEY])
-        .await;
+    let _ = store::reprice::end_turn(client).await;
     result
 }
 

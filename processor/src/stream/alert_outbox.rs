@@ -31,12 +31,10 @@
 //! retried, so one bad alert never holds up the others.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use deadpool_postgres::Pool;
-use ledger::{Period, ThresholdAlert};
+use ledger::ThresholdAlert;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use rust_decimal::prelude::ToPrimitive;
-use rust_decimal::Decimal;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -48,47 +46,10 @@ mod record;
 
 use push::alert_payload;
 use push::{push, Outcome};
-use store::db;
+pub use store::alert_outbox::Target;
 
 /// How often the gauges are read from the database, in polls.
 const GAUGE_EVERY_POLLS: u32 = 5;
-
-const CLAIM_DUE: &str = "
-UPDATE budget_alerts AS a
-SET attempts = a.attempts + 1,
-    next_attempt_at = now() + $1::float8 * INTERVAL '1 millisecond'
-FROM (
-    SELECT budget_id, tenant_id, period_start, threshold
-    FROM budget_alerts
-    WHERE next_attempt_at <= now()
-      AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
-      AND (($3 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
-        OR ($4 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL))
-    ORDER BY next_attempt_at
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
-  AND a.period_start = due.period_start AND a.threshold = due.threshold
-RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
-          a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
-          a.alertmanager_delivered_at IS NULL AND a.alertmanager_rejected_at IS NULL
-              AS needs_alertmanager,
-          a.webhook_delivered_at IS NULL AND a.webhook_rejected_at IS NULL AS needs_webhook,
-          now() AS claimed_at";
-
-const PENDING: &str = "
-SELECT count(*), EXTRACT(EPOCH FROM now() - min(crossed_at))::float8
-FROM budget_alerts
-WHERE ($1 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
-   OR ($2 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL)";
-
-const CURRENT_RATIOS: &str = "
-SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
-FROM budget_spend AS s JOIN budgets AS b ON b.id = s.budget_id
-WHERE s.period_start <= now() AND s.period_end > now()
-ORDER BY s.spend_usd / b.amount_usd DESC, b.name, s.tenant_id
-LIMIT $1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -111,36 +72,6 @@ pub enum OutboxError {
     },
     #[error("cannot register metric: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Where a crossing is pushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Alertmanager,
-    Webhook,
-}
-
-impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Alertmanager => "alertmanager",
-            Target::Webhook => "webhook",
-        }
-    }
-
-    fn delivered_column(self) -> &'static str {
-        match self {
-            Target::Alertmanager => "alertmanager_delivered_at",
-            Target::Webhook => "webhook_delivered_at",
-        }
-    }
-
-    fn rejected_column(self) -> &'static str {
-        match self {
-            Target::Alertmanager => "alertmanager_rejected_at",
-            Target::Webhook => "webhook_rejected_at",
-        }
-    }
 }
 
 /// The outbox's and the budgets' metrics, in the processor's registry.
@@ -214,14 +145,6 @@ impl OutboxMetrics {
             rejected,
         })
     }
-}
-
-/// One claimed row of `budget_alerts`.
-#[derive(Debug, Clone)]
-struct Claimed {
-    alert: ThresholdAlert,
-    needs_alertmanager: bool,
-    needs_webhook: bool,
 }
 
 /// The delivery loop. Cheap to clone.
@@ -308,29 +231,17 @@ impl AlertOutbox {
     pub async fn deliver_due(&self) -> Result<usize, OutboxError> {
         let (alertmanager, webhook) = self.targets();
         let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-        let rows = {
-            let client = self.pool.get().await?;
-            client
-                .query(
-                    CLAIM_DUE,
-                    &[
-                        &self.lease_ms(1),
-                        &(self.config.push_delay_ms as f64),
-                        &alertmanager,
-                        &webhook,
-                        &limit,
-                    ],
-                )
-                .await
-                .map_err(db("claiming due alerts"))?
+        let claim = store::alert_outbox::Claim {
+            lease_ms: self.lease_ms(1),
+            push_delay_ms: self.config.push_delay_ms as f64,
+            alertmanager,
+            webhook,
+            limit,
         };
-        let Some(now) = rows
-            .first()
-            .map(|row| row.get::<_, DateTime<Utc>>("claimed_at"))
-        else {
+        let claimed = store::alert_outbox::claim_due(&**self.pool.get().await?, &claim).await?;
+        let Some(now) = claimed.first().map(|row| row.claimed_at) else {
             return Ok(0);
         };
-        let claimed: Vec<Claimed> = rows.iter().map(claimed_from_row).collect();
         for target in [Target::Alertmanager, Target::Webhook] {
             let url =
                 match target {
@@ -415,56 +326,23 @@ impl AlertOutbox {
         let (alertmanager, webhook) = self.targets();
         let client = self.pool.get().await?;
         let limit = i64::try_from(self.config.max_ratio_series).unwrap_or(i64::MAX);
-        let rows = client
-            .query(CURRENT_RATIOS, &[&limit])
-            .await
-            .map_err(db("reading spend ratios"))?;
-        let pending = client
-            .query_one(PENDING, &[&alertmanager, &webhook])
-            .await
-            .map_err(db("counting pending alerts"))?;
+        let rows = store::alert_outbox::current_ratios(&**client, limit).await?;
+        let pending = store::alert_outbox::pending(&**client, alertmanager, webhook).await?;
         // Reset first: a budget deleted, renamed or in a new period without
         // spend yet must not keep its last value.
         self.metrics.spend_ratio.reset();
         for row in &rows {
-            let name: String = row.get(0);
-            let tenant: String = row.get(1);
-            let period: String = row.get(2);
-            let ratio = ledger::budget::spend_ratio(row.get::<_, Decimal>(3), row.get(4));
+            let ratio = ledger::budget::spend_ratio(row.spend_usd, row.amount_usd);
             self.metrics
                 .spend_ratio
-                .with_label_values(&[&tenant, &name, &period])
+                .with_label_values(&[&row.tenant_id, &row.budget, &row.period])
                 .set(ratio.to_f64().unwrap_or(0.0));
         }
-        self.metrics.pending.set(pending.get(0));
+        self.metrics.pending.set(pending.count);
         self.metrics
             .oldest_pending_age
-            .set(pending.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0));
+            .set(pending.oldest_age_seconds.unwrap_or(0.0).max(0.0));
         Ok(())
-    }
-}
-
-fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
-    let period: String = row.get("period");
-    let timezone: String = row.get("timezone");
-    let threshold: i16 = row.get("threshold");
-    Claimed {
-        alert: ThresholdAlert {
-            budget_id: row.get("budget_id"),
-            budget_name: row.get("budget_name"),
-            tenant_id: row.get("tenant_id"),
-            period: period.parse().unwrap_or(Period::Monthly),
-            timezone: timezone.parse().unwrap_or(Tz::UTC),
-            period_start: row.get("period_start"),
-            period_end: row.get("period_end"),
-            threshold: u16::try_from(threshold).unwrap_or(0),
-            amount_usd: row.get("amount_usd"),
-            spend_usd: row.get("spend_usd"),
-            narrowing: row.get("narrowing"),
-            crossed_at: row.get("crossed_at"),
-        },
-        needs_alertmanager: row.get("needs_alertmanager"),
-        needs_webhook: row.get("needs_webhook"),
     }
 }
 

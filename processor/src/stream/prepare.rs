@@ -11,9 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
-use ledger::pricebook::Rating;
-use ledger::{Cost, PriceBook, PricingStatus, UsageEvent, KAFKA_SCHEMA};
-use rust_decimal::Decimal;
+use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
 use uuid::Uuid;
 
 use crate::offsets::NextOffsets;
@@ -46,55 +44,17 @@ pub struct PricedEvent {
     pub source_offset: i64,
 }
 
-/// The provenance columns of a row: which price made its cost, under which
-/// book, by which rule, and whose cost it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pricing {
-    pub list_cost: Option<Decimal>,
-    pub price_entry: Option<String>,
-    pub price_book_version: String,
-    pub pricing_rule: String,
-    /// `book`, `tenant_contract` or `caller`; `None` when unpriced.
-    pub cost_source: Option<&'static str>,
-}
+pub use store::audit::Pricing;
 
-impl From<Rating> for Pricing {
-    /// Moves the provenance out of a rating that is done with: cloning its
-    /// strings cost three allocations per event.
-    fn from(rating: Rating) -> Self {
-        let cost_source = Pricing::cost_source(&rating);
-        Self {
-            list_cost: rating.list_cost,
-            price_entry: rating.provenance.entry_id,
-            price_book_version: rating.provenance.book_version,
-            pricing_rule: rating.provenance.rule,
-            cost_source,
-        }
-    }
-}
-
-impl Pricing {
-    fn cost_source(rating: &Rating) -> Option<&'static str> {
-        match rating.status {
-            PricingStatus::Provided => Some("caller"),
-            PricingStatus::Priced if rating.provenance.tenant_rule.is_some() => {
-                Some("tenant_contract")
-            }
-            PricingStatus::Priced => Some("book"),
-            PricingStatus::Unpriced => None,
-        }
-    }
-}
-
-impl From<&Rating> for Pricing {
-    fn from(rating: &Rating) -> Self {
-        let cost_source = Pricing::cost_source(rating);
-        Self {
-            list_cost: rating.list_cost,
-            price_entry: rating.provenance.entry_id.clone(),
-            price_book_version: rating.provenance.book_version.clone(),
-            pricing_rule: rating.provenance.rule.clone(),
-            cost_source,
+impl store::audit::AsNewRow for PricedEvent {
+    fn new_row(&self) -> store::audit::NewRow<'_> {
+        store::audit::NewRow {
+            event: &self.event,
+            cost: &self.cost,
+            pricing: &self.pricing,
+            content_sha256: &self.content_sha256,
+            source_partition: self.source_partition,
+            source_offset: self.source_offset,
         }
     }
 }

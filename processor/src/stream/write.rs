@@ -17,41 +17,31 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
 use ledger::PriceBook;
-use uuid::Uuid;
+use store::audit::copy::CopyError;
+use store::{db, DbError};
 
 use crate::attribution::AttributionError;
 use crate::budget_spend::BudgetSpendError;
-use crate::offsets::{self, NextOffsets, OffsetsError};
+use crate::offsets::{self, NextOffsets};
 use crate::stream::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::stream::prepare::{
     classify, Classification, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
 };
 use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass};
 
-const STORED_HASHES: &str = "
-SELECT audit.tenant_id, audit.id, audit.created_at, audit.payload_sha256
-FROM gateway_mode_audit AS audit
-JOIN UNNEST($1::varchar[], $2::uuid[], $3::timestamptz[]) AS wanted(tenant_id, id, created_at)
-  ON audit.created_at = wanted.created_at
- AND audit.tenant_id = wanted.tenant_id
- AND audit.id = wanted.id";
-
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error during {step}: {}", write_errors::describe(source))]
-    Database {
-        step: &'static str,
-        source: tokio_postgres::Error,
-    },
+    #[error("database error during {}: {}", .0.step, write_errors::describe(&.0.source))]
+    Database(#[from] DbError),
     #[error("database step {step} did not finish within {timeout:?}")]
     Timeout {
         step: &'static str,
         timeout: Duration,
     },
     #[error("{0}{suffix}", suffix = write_errors::database_suffix(.0))]
-    Offsets(#[from] OffsetsError),
+    Offsets(store::DbError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     /// Budget spend failed; its database error decides retryability like
@@ -68,12 +58,21 @@ pub enum WriteError {
     Encode { column: usize, detail: String },
 }
 
+impl From<CopyError> for WriteError {
+    fn from(error: CopyError) -> Self {
+        match error {
+            CopyError::Database(error) => WriteError::Database(error),
+            CopyError::Encode { column, detail } => WriteError::Encode { column, detail },
+        }
+    }
+}
+
 impl WriteError {
     /// The PostgreSQL error behind this one, if any.
     pub fn database_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            WriteError::Database { source, .. } => Some(source),
-            WriteError::Offsets(OffsetsError::Database(source)) => Some(source),
+            WriteError::Database(error) => Some(&error.source),
+            WriteError::Offsets(error) => Some(&error.source),
             WriteError::Budgets(error) => write_errors::database_cause(error),
             WriteError::Attribution(error) => Some(error.database_error()),
             _ => None,
@@ -389,7 +388,8 @@ impl<D: DeadLetterSink> Writer<D> {
                 &prepared.records,
             ),
         )
-        .await??;
+        .await?
+        .map_err(WriteError::Offsets)?;
         match mode {
             Mode::Commit => self
                 .bounded("commit", transaction.commit())
@@ -535,39 +535,10 @@ enum Mode {
     Probe,
 }
 
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> WriteError {
-    move |source| WriteError::Database { step, source }
-}
-
+/// The stored content hash of each of `keys` that is stored.
 async fn stored_hashes(
     transaction: &Transaction<'_>,
     keys: &[EventKey],
 ) -> Result<HashMap<EventKey, Vec<u8>, KeyHasher>, WriteError> {
-    if keys.is_empty() {
-        return Ok(HashMap::default());
-    }
-    let tenants: Vec<&str> = keys.iter().map(|(tenant, _, _)| tenant.as_str()).collect();
-    let ids: Vec<Uuid> = keys.iter().map(|(_, id, _)| *id).collect();
-    let created: Vec<DateTime<Utc>> = keys.iter().map(|(_, _, at)| *at).collect();
-    let statement = transaction
-        .prepare_cached(STORED_HASHES)
-        .await
-        .map_err(db("prepare stored hashes"))?;
-    let rows = transaction
-        .query(&statement, &[&tenants, &ids, &created])
-        .await
-        .map_err(db("stored hashes"))?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                (
-                    row.get::<_, String>(0),
-                    row.get::<_, Uuid>(1),
-                    row.get::<_, DateTime<Utc>>(2),
-                ),
-                row.get::<_, Vec<u8>>(3),
-            )
-        })
-        .collect())
+    Ok(store::audit::stored_hashes(transaction, keys).await?)
 }

@@ -136,12 +136,16 @@ pub struct ExportSummary {
 
 fn grouped_sql() -> String {
     format!(
-        "SELECT time_bucket(INTERVAL '1 day', created_at), tenant_id::text, provider::text,
-                model::text, pricing_status, attribution, count(*)::BIGINT,
-                sum(GREATEST(prompt_tokens - cached_prompt_tokens - cache_write_tokens, 0))::BIGINT,
-                sum(cached_prompt_tokens)::BIGINT, sum(cache_write_tokens)::BIGINT,
-                sum(GREATEST(completion_tokens - reasoning_tokens, 0))::BIGINT,
-                sum(reasoning_tokens)::BIGINT, sum(estimated_cost), sum({LIST_COST_COLUMN})
+        "SELECT time_bucket(INTERVAL '1 day', created_at) AS day, tenant_id::text AS tenant,
+                provider::text AS provider, model::text AS model, pricing_status AS status,
+                attribution, count(*)::BIGINT AS requests,
+                sum(GREATEST(prompt_tokens - cached_prompt_tokens - cache_write_tokens, 0))::BIGINT
+                    AS input_tokens,
+                sum(cached_prompt_tokens)::BIGINT AS cache_read_tokens,
+                sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
+                sum(GREATEST(completion_tokens - reasoning_tokens, 0))::BIGINT AS output_tokens,
+                sum(reasoning_tokens)::BIGINT AS reasoning_tokens, sum(estimated_cost) AS cost,
+                sum({LIST_COST_COLUMN}) AS list_cost
          FROM (
              SELECT audit.*,
                     COALESCE((SELECT jsonb_object_agg(key, audit.labels ->> key)
@@ -200,6 +204,40 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ExportError> {
     serde_json::from_str(text).map_err(|error| ExportError::Labels(error.to_string()))
 }
 
+/// A grouped row as read, its labels still JSON text.
+struct Read {
+    group: Group,
+    labels_text: String,
+}
+
+fn group_of(row: &tokio_postgres::Row) -> Result<Read, tokio_postgres::Error> {
+    Ok(Read {
+        group: Group {
+            day: row.try_get("day")?,
+            tenant: row.try_get("tenant")?,
+            provider: row.try_get("provider")?,
+            model: row.try_get("model")?,
+            status: row.try_get("status")?,
+            labels: Default::default(),
+            requests: row.try_get("requests")?,
+            tokens: Tokens {
+                input: row.try_get("input_tokens")?,
+                cache_read: row.try_get("cache_read_tokens")?,
+                cache_write: row.try_get("cache_write_tokens")?,
+                output: row.try_get("output_tokens")?,
+                reasoning: row.try_get("reasoning_tokens")?,
+            },
+            cost: row
+                .try_get::<_, Option<Decimal>>("cost")?
+                .unwrap_or_default(),
+            list_cost: row
+                .try_get::<_, Option<Decimal>>("list_cost")?
+                .unwrap_or_default(),
+        },
+        labels_text: row.try_get("attribution")?,
+    })
+}
+
 /// Writes the dataset for `request` to `out`, streaming.
 pub async fn write_focus<W: AsyncWrite + Unpin>(
     client: &impl GenericClient,
@@ -225,23 +263,10 @@ pub async fn write_focus<W: AsyncWrite + Unpin>(
         .await
         .map_err(db("reading usage for the FOCUS export"))?
     {
+        let group = group_of(&row).map_err(db("reading usage for the FOCUS export"))?;
         let group = Group {
-            day: row.get(0),
-            tenant: row.get(1),
-            provider: row.get(2),
-            model: row.get(3),
-            status: row.get(4),
-            labels: parse_labels(row.get::<_, &str>(5))?,
-            requests: row.get(6),
-            tokens: Tokens {
-                input: row.get(7),
-                cache_read: row.get(8),
-                cache_write: row.get(9),
-                output: row.get(10),
-                reasoning: row.get(11),
-            },
-            cost: row.get::<_, Option<Decimal>>(12).unwrap_or_default(),
-            list_cost: row.get::<_, Option<Decimal>>(13).unwrap_or_default(),
+            labels: parse_labels(&group.labels_text)?,
+            ..group.group
         };
         for line in group.lines(book, &request.label_keys, &mut summary) {
             output.push(&line).await?;

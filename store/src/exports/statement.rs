@@ -114,19 +114,51 @@ pub const CSV_COLUMNS: [&str; 18] = [
 
 fn statement_sql() -> String {
     format!(
-        "SELECT tenant_id::text, provider::text, model::text, COALESCE(labels ->> $4, $5),
-                count(*)::BIGINT,
-                sum(GREATEST(prompt_tokens - cached_prompt_tokens - cache_write_tokens, 0))::BIGINT,
-                sum(cached_prompt_tokens)::BIGINT, sum(cache_write_tokens)::BIGINT,
-                sum(GREATEST(completion_tokens - reasoning_tokens, 0))::BIGINT,
-                sum(reasoning_tokens)::BIGINT, sum(total_tokens)::BIGINT,
-                count(*) FILTER (WHERE pricing_status = 'unpriced')::BIGINT,
-                sum({LIST_COST_COLUMN}), sum(estimated_cost)
+        "SELECT tenant_id::text AS tenant_id, provider::text AS provider, model::text AS model,
+                COALESCE(labels ->> $4, $5) AS use_case, count(*)::BIGINT AS requests,
+                sum(GREATEST(prompt_tokens - cached_prompt_tokens - cache_write_tokens, 0))::BIGINT
+                    AS input_tokens,
+                sum(cached_prompt_tokens)::BIGINT AS cache_read_tokens,
+                sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
+                sum(GREATEST(completion_tokens - reasoning_tokens, 0))::BIGINT AS output_tokens,
+                sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
+                sum(total_tokens)::BIGINT AS total_tokens,
+                count(*) FILTER (WHERE pricing_status = 'unpriced')::BIGINT AS unpriced_requests,
+                sum({LIST_COST_COLUMN}) AS list_cost, sum(estimated_cost) AS billed_cost
          FROM gateway_mode_audit
          WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR tenant_id = $3)
          GROUP BY 1, 2, 3, 4
          ORDER BY 1, 2, 3, 4"
     )
+}
+
+/// One grouped row: its tenant, its line item (provider, model, use case)
+/// and its amounts.
+fn statement_row(
+    row: &tokio_postgres::Row,
+) -> Result<(String, [String; 3], Amounts), tokio_postgres::Error> {
+    let amounts = Amounts {
+        requests: row.try_get("requests")?,
+        input_tokens: row.try_get("input_tokens")?,
+        cache_read_tokens: row.try_get("cache_read_tokens")?,
+        cache_write_tokens: row.try_get("cache_write_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        reasoning_tokens: row.try_get("reasoning_tokens")?,
+        total_tokens: row.try_get("total_tokens")?,
+        unpriced_requests: row.try_get("unpriced_requests")?,
+        list_cost: row
+            .try_get::<_, Option<Decimal>>("list_cost")?
+            .unwrap_or_default(),
+        billed_cost: row
+            .try_get::<_, Option<Decimal>>("billed_cost")?
+            .unwrap_or_default(),
+    };
+    let item = [
+        row.try_get("provider")?,
+        row.try_get("model")?,
+        row.try_get("use_case")?,
+    ];
+    Ok((row.try_get("tenant_id")?, item, amounts))
 }
 
 /// Writes the statement, streaming; returns the total of every tenant.
@@ -161,20 +193,9 @@ pub async fn write_statement<W: AsyncWrite + Unpin>(
         .await
         .map_err(db("reading usage for the statement"))?
     {
-        let amounts = Amounts {
-            requests: row.get(4),
-            input_tokens: row.get(5),
-            cache_read_tokens: row.get(6),
-            cache_write_tokens: row.get(7),
-            output_tokens: row.get(8),
-            reasoning_tokens: row.get(9),
-            total_tokens: row.get(10),
-            unpriced_requests: row.get(11),
-            list_cost: row.get::<_, Option<Decimal>>(12).unwrap_or_default(),
-            billed_cost: row.get::<_, Option<Decimal>>(13).unwrap_or_default(),
-        };
-        let item = [row.get::<_, String>(1), row.get(2), row.get(3)];
-        writer.item(row.get(0), &item, &amounts).await?;
+        let (tenant, item, amounts) =
+            statement_row(&row).map_err(db("reading usage for the statement"))?;
+        writer.item(tenant, &item, &amounts).await?;
     }
     writer.finish().await
 }

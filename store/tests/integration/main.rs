@@ -3,4 +3,5 @@
 mod budgets_db;
 mod corrections_db;
 mod exports_db;
+mod offsets_db;
 mod spend_rule;

@@ -11,8 +11,6 @@ use ledger::PriceBook;
 use store::optimize::rebuild::{rebuild_day, tenants_of_day};
 use tokio_postgres::Client;
 
-use crate::reprice::REPRICE_LOCK_KEY;
-
 /// `processor rebuild-optimize …`.
 #[derive(Debug, Clone, Args)]
 pub struct RebuildArgs {
@@ -51,14 +49,10 @@ pub async fn run(
         args.from,
         args.to
     );
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&REPRICE_LOCK_KEY])
-        .await?;
+    store::reprice::take_turn(client).await?;
     let result = run_locked(client, book, args, out).await;
     // A connection that broke has released the lock with it.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&REPRICE_LOCK_KEY])
-        .await;
+    let _ = store::reprice::end_turn(client).await;
     result
 }
 

@@ -1,6 +1,5 @@
-//! The record of `processor reprice` runs (`reprice_runs`) and of the days
-//! whose rollups a run changed but has not re-materialized yet
-//! (`reprice_pending_days`, sql/V13__reprice_runs.sql).
+//! The record of `processor reprice` runs and of the days whose rollups a
+//! run changed but has not re-materialized yet ([`store::reprice`]).
 //!
 //! A page's row changes, its corrections, its budget spend and its
 //! use-case rollup commit in one transaction, so they never disagree; the
@@ -17,7 +16,7 @@ use ledger::PriceBook;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use super::{db, RepriceArgs, RepriceError};
+use super::{RepriceArgs, RepriceError};
 use crate::commands::refresh;
 
 pub async fn start_run(
@@ -26,24 +25,16 @@ pub async fn start_run(
     args: &RepriceArgs,
     book_version: &str,
 ) -> Result<(), RepriceError> {
-    client
-        .execute(
-            "INSERT INTO reprice_runs (run_id, from_day, to_day, tenant_id, provider, model,
-                                       price_book_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &run_id,
-                &args.from,
-                &args.to,
-                &args.tenant,
-                &args.provider,
-                &args.model,
-                &book_version,
-            ],
-        )
-        .await
-        .map_err(db("recording the run"))?;
-    Ok(())
+    let run = store::reprice::Run {
+        run_id,
+        from: args.from,
+        to: args.to,
+        tenant: args.tenant.as_deref(),
+        provider: args.provider.as_deref(),
+        model: args.model.as_deref(),
+        price_book_version: book_version,
+    };
+    Ok(store::reprice::start_run(client, &run).await?)
 }
 
 /// Records `days` as changed by `run_id`, in the page's transaction.
@@ -56,16 +47,7 @@ pub async fn record_days(
         return Ok(());
     }
     let days: Vec<NaiveDate> = days.iter().copied().collect();
-    transaction
-        .execute(
-            "INSERT INTO reprice_pending_days (run_id, day)
-             SELECT $1, day FROM UNNEST($2::date[]) AS day
-             ON CONFLICT DO NOTHING",
-            &[&run_id, &days],
-        )
-        .await
-        .map_err(db("recording the days to refresh"))?;
-    Ok(())
+    Ok(store::reprice::record_days(transaction, run_id, &days).await?)
 }
 
 /// Refreshes the rollups over every pending day, of this run and of any
@@ -76,13 +58,7 @@ pub async fn refresh_pending(
     book: &PriceBook,
     out: &mut impl Write,
 ) -> Result<u64, RepriceError> {
-    let pending: Vec<(Uuid, NaiveDate)> = client
-        .query("SELECT run_id, day FROM reprice_pending_days", &[])
-        .await
-        .map_err(db("reading the days to refresh"))?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let pending: Vec<(Uuid, NaiveDate)> = store::reprice::pending_days(&*client).await?;
     let days: BTreeSet<NaiveDate> = pending.iter().map(|(_, day)| *day).collect();
     super::optimize_days::rebuild(client, book, &pending, out).await?;
     // A day at a time: on TimescaleDB 2.28.3 one refresh over several
@@ -93,27 +69,10 @@ pub async fn refresh_pending(
         let end = day.checked_add_days(Days::new(1)).unwrap_or(*day);
         refresh::materialize(&*client, *day, end, out).await?;
     }
-    let runs: Vec<Uuid> = pending.iter().map(|(run, _)| *run).collect();
-    let pending_days: Vec<NaiveDate> = pending.iter().map(|(_, day)| *day).collect();
-    client
-        .execute(
-            "DELETE FROM reprice_pending_days AS p
-             USING UNNEST($1::uuid[], $2::date[]) AS done(run_id, day)
-             WHERE p.run_id = done.run_id AND p.day = done.day",
-            &[&runs, &pending_days],
-        )
-        .await
-        .map_err(db("forgetting the refreshed days"))?;
+    store::reprice::forget_days(&*client, &pending).await?;
     Ok(days.len() as u64)
 }
 
 pub async fn finish_run(client: &Client, run_id: Uuid) -> Result<(), RepriceError> {
-    client
-        .execute(
-            "UPDATE reprice_runs SET finished_at = now() WHERE run_id = $1",
-            &[&run_id],
-        )
-        .await
-        .map_err(db("recording the run as finished"))?;
-    Ok(())
+    Ok(store::reprice::finish_run(client, run_id).await?)
 }

@@ -1,22 +1,15 @@
-//! Recording what a target answered on the outbox rows: delivered, retried
-//! later with backoff, or set aside as refused with the reason.
+//! Recording what a target answered on the outbox rows
+//! ([`store::alert_outbox`]): delivered, retried later with backoff, or set
+//! aside as refused with the reason; and counting and logging it.
 
-use chrono::{DateTime, Utc};
 use ledger::ThresholdAlert;
-use uuid::Uuid;
 
-use super::{db, AlertOutbox, OutboxError, Target};
+use super::{AlertOutbox, OutboxError, Target};
 
 /// First pause after a failed push; doubled per attempt up to `max_backoff_ms`.
 const FIRST_BACKOFF_MS: f64 = 1_000.0;
 /// The last error kept per row, in characters.
 const MAX_ERROR_CHARS: usize = 500;
-
-const KEYS: &str = "
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[])
-     AS k(budget_id, tenant_id, period_start, threshold)
-WHERE a.budget_id = k.budget_id AND a.tenant_id = k.tenant_id
-  AND a.period_start = k.period_start AND a.threshold = k.threshold";
 
 impl AlertOutbox {
     /// Holds the rows of `alerts` for `lease_ms` more, from now.
@@ -25,20 +18,7 @@ impl AlertOutbox {
         alerts: &[&ThresholdAlert],
         lease_ms: f64,
     ) -> Result<(), OutboxError> {
-        let statement = format!(
-            "UPDATE budget_alerts AS a
-             SET next_attempt_at = now() + $5::float8 * INTERVAL '1 millisecond' {KEYS}"
-        );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
-        self.pool
-            .get()
-            .await?
-            .execute(
-                &statement,
-                &[&ids, &tenants, &starts, &thresholds, &lease_ms],
-            )
-            .await
-            .map_err(db("extending the claim"))?;
+        store::alert_outbox::extend_claim(&**self.pool.get().await?, alerts, lease_ms).await?;
         Ok(())
     }
 
@@ -47,17 +27,7 @@ impl AlertOutbox {
         target: Target,
         alerts: &[&ThresholdAlert],
     ) -> Result<(), OutboxError> {
-        let statement = format!(
-            "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
-            target.delivered_column()
-        );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
-        self.pool
-            .get()
-            .await?
-            .execute(&statement, &[&ids, &tenants, &starts, &thresholds])
-            .await
-            .map_err(db("marking alerts delivered"))?;
+        store::alert_outbox::mark_delivered(&**self.pool.get().await?, target, alerts).await?;
         self.metrics
             .delivered
             .with_label_values(&[target.as_str()])
@@ -76,33 +46,15 @@ impl AlertOutbox {
         alerts: &[&ThresholdAlert],
         error: &str,
     ) -> Result<(), OutboxError> {
-        let statement = format!(
-            "UPDATE budget_alerts AS a
-             SET next_attempt_at = now() + LEAST($5::float8,
-                     $6::float8 * power(2, LEAST(a.attempts - 1, 30)))
-                     * INTERVAL '1 millisecond',
-                 last_error = $7
-             {KEYS}"
-        );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
         let message = error_text(target, error);
-        self.pool
-            .get()
-            .await?
-            .execute(
-                &statement,
-                &[
-                    &ids,
-                    &tenants,
-                    &starts,
-                    &thresholds,
-                    &(self.config.max_backoff_ms as f64),
-                    &FIRST_BACKOFF_MS,
-                    &message,
-                ],
-            )
-            .await
-            .map_err(db("scheduling a retry"))?;
+        store::alert_outbox::schedule_retry(
+            &**self.pool.get().await?,
+            alerts,
+            self.config.max_backoff_ms as f64,
+            FIRST_BACKOFF_MS,
+            &message,
+        )
+        .await?;
         self.metrics
             .failures
             .with_label_values(&[target.as_str()])
@@ -123,23 +75,9 @@ impl AlertOutbox {
         alert: &ThresholdAlert,
         reason: &str,
     ) -> Result<(), OutboxError> {
-        let statement = format!(
-            "UPDATE budget_alerts AS a
-             SET {} = now(), rejection = concat_ws('; ', a.rejection, $5::text), last_error = $5
-             {KEYS}",
-            target.rejected_column()
-        );
-        let (ids, tenants, starts, thresholds) = key_columns(&[alert]);
         let message = error_text(target, reason);
-        self.pool
-            .get()
-            .await?
-            .execute(
-                &statement,
-                &[&ids, &tenants, &starts, &thresholds, &message],
-            )
-            .await
-            .map_err(db("marking an alert rejected"))?;
+        store::alert_outbox::mark_rejected(&**self.pool.get().await?, target, alert, &message)
+            .await?;
         self.metrics
             .rejected
             .with_label_values(&[target.as_str()])
@@ -157,25 +95,10 @@ impl AlertOutbox {
     }
 }
 
-type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i16>);
-
 /// `<target>: <error>`, cut to what a row keeps.
 fn error_text(target: Target, error: &str) -> String {
     format!("{}: {error}", target.as_str())
         .chars()
         .take(MAX_ERROR_CHARS)
         .collect()
-}
-
-fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
-    let mut columns: KeyColumns = Default::default();
-    for alert in alerts {
-        columns.0.push(alert.budget_id);
-        columns.1.push(alert.tenant_id.clone());
-        columns.2.push(alert.period_start);
-        columns
-            .3
-            .push(i16::try_from(alert.threshold).unwrap_or(i16::MAX));
-    }
-    columns
 }

@@ -1,297 +1,37 @@
-//! How a batch's rows reach `gateway_mode_audit`: binary COPY straight into
-//! the hypertable when no key of the batch is stored yet, else binary COPY
-//! into a session-local staging table and one `INSERT … SELECT … ON CONFLICT
-//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_rows`]).
-//!
-//! COPY is the database's cheapest way in, but it has no `ON CONFLICT`:
-//! replays and client retries must be skipped, not fail the batch. The
-//! staging table keeps COPY's cheap parsing (binary, no per-row statement,
-//! no arrays to unnest) and leaves the conflict handling to one set-based
-//! insert. It is `TEMP … ON COMMIT DELETE ROWS`: written without WAL, private
-//! to the connection, emptied by every commit and rollback, so a retried
-//! or probed batch never sees another's rows. Its columns have no length or
-//! scale limits, so an over-long value is refused by the insert into the
-//! audit table, with the audit table's own SQLSTATE, as before.
+//! How a batch's rows reach `gateway_mode_audit`: the statements and the
+//! binary COPY encoding are [`store::audit::copy`]; this module gives them
+//! the batch's rows and errors.
 
-use std::collections::HashSet;
+use bytes::BytesMut;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use chrono::{DateTime, Utc};
-use futures::{pin_mut, SinkExt};
-use tokio_postgres::types::{IsNull, Json, ToSql, Type};
-use uuid::Uuid;
+use super::WriteError;
+use crate::stream::prepare::{KeyHasher, PricedEvent};
 
-use super::{db, WriteError};
-use crate::stream::prepare::{EventKey, KeyHasher, PricedEvent};
+pub use store::audit::copy::CREATE_STAGING;
 
-/// The connection's staging table; created once per pooled connection
-/// ([`crate::database::pool`]). `IF NOT EXISTS`: a server that multiplexes
-/// connections onto one session (PGlite) already has it.
-pub const CREATE_STAGING: &str = "
-CREATE TEMP TABLE IF NOT EXISTS tokenledger_staging (
-    id UUID NOT NULL, tenant_id TEXT NOT NULL, user_id TEXT, provider TEXT NOT NULL,
-    model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    total_tokens INTEGER NOT NULL, estimated_cost NUMERIC NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL, cached_prompt_tokens INTEGER NOT NULL,
-    cache_write_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
-    pricing_status TEXT NOT NULL, labels JSONB NOT NULL, request_id TEXT,
-    received_at TIMESTAMPTZ NOT NULL, payload_sha256 BYTEA NOT NULL,
-    source_partition INTEGER NOT NULL, source_offset BIGINT NOT NULL,
-    cache_write_1h_tokens INTEGER, service_tier TEXT, calls JSONB, list_cost NUMERIC,
-    price_entry TEXT, price_book_version TEXT, pricing_rule TEXT, cost_source TEXT,
-    unpriced_tokens JSONB
-) ON COMMIT DELETE ROWS";
-
-/// Every column the processor writes, in [`COPY_TYPES`]' order.
-pub const COLUMNS: &str = "id, tenant_id, user_id, provider, model, \
-    prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at, \
-    cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels, \
-    request_id, received_at, payload_sha256, source_partition, source_offset, \
-    cache_write_1h_tokens, service_tier, calls, list_cost, price_entry, \
-    price_book_version, pricing_rule, cost_source, unpriced_tokens";
-
-const COPY_TYPES: [Type; 29] = [
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::NUMERIC,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::BYTEA,
-    Type::INT4,
-    Type::INT8,
-    Type::INT4,
-    Type::TEXT,
-    Type::JSONB,
-    Type::NUMERIC,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-];
+/// Which of the rows given to [`insert_rows`] it inserted.
+pub type Inserted = store::audit::copy::Inserted<KeyHasher>;
 
 /// Binary COPY of `rows` into `table` (the staging table, or a scratch copy
 /// of the audit table for the benchmark's ceiling: one encoder for both).
-/// The whole batch is encoded into one buffer and sent as one message:
-/// sending it in small pieces woke the connection's task (and a thread) for
-/// every few kilobytes.
 pub async fn copy_rows(
     client: &tokio_postgres::Transaction<'_>,
     table: &str,
     rows: &[&PricedEvent],
 ) -> Result<(), WriteError> {
-    let mut buf = BytesMut::new();
-    encode_rows(rows, &mut buf)?;
-    let sink = client
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await
-        .map_err(db("copy"))?;
-    pin_mut!(sink);
-    sink.send(buf.freeze()).await.map_err(db("copy"))?;
-    sink.finish().await.map_err(db("copy"))?;
-    Ok(())
+    Ok(store::audit::copy::copy_rows(client, table, rows).await?)
 }
 
 /// Appends the binary COPY stream of `rows` (header, rows, trailer) to `buf`.
 pub fn encode_rows(rows: &[&PricedEvent], buf: &mut BytesMut) -> Result<(), WriteError> {
-    buf.reserve(COPY_HEADER.len() + 2 + rows.len() * ROW_BYTES);
-    buf.put_slice(COPY_HEADER);
-    for row in rows {
-        encode_row(row, buf)?;
-    }
-    buf.put_i16(-1);
-    Ok(())
+    Ok(store::audit::copy::encode_rows(rows, buf)?)
 }
 
-/// The binary COPY signature, flags and header extension length.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-
-/// About one row's encoded size, to size the buffer once.
-const ROW_BYTES: usize = 512;
-
-fn encode_row(row: &PricedEvent, buf: &mut BytesMut) -> Result<(), WriteError> {
-    let event = &row.event;
-    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
-    let calls = (!event.calls.is_empty()).then_some(Json(&event.calls));
-    let unpriced = (!event.unpriced_tokens.is_empty()).then_some(Json(&event.unpriced_tokens));
-    let values: [&(dyn ToSql + Sync); 29] = [
-        &event.id,
-        &event.tenant_id,
-        &event.user_id,
-        &event.provider,
-        &event.model,
-        &count(event.prompt_tokens),
-        &count(event.completion_tokens),
-        &count(event.total_tokens),
-        &row.cost.usd,
-        &event.created_at,
-        &count(event.cached_prompt_tokens),
-        &count(event.cache_write_tokens),
-        &count(event.reasoning_tokens),
-        &row.cost.status.as_str(),
-        // Serialized straight from the map, without a serde_json::Value.
-        &Json(&event.labels),
-        &event.request_id,
-        &event.received_at,
-        &row.content_sha256.as_slice(),
-        &row.source_partition,
-        &row.source_offset,
-        &count(event.cache_write_1h_tokens),
-        &event.service_tier.map(|tier| tier.as_str()),
-        &calls,
-        &row.pricing.list_cost,
-        &row.pricing.price_entry,
-        &row.pricing.price_book_version,
-        &row.pricing.pricing_rule,
-        &row.pricing.cost_source,
-        &unpriced,
-    ];
-    buf.put_i16(values.len() as i16);
-    for (column, (value, ty)) in values.iter().zip(&COPY_TYPES).enumerate() {
-        let at = buf.len();
-        buf.put_i32(0);
-        let length = match value.to_sql_checked(ty, buf) {
-            Ok(IsNull::Yes) => -1,
-            Ok(IsNull::No) => i32::try_from(buf.len() - at - 4).unwrap_or(i32::MAX),
-            Err(source) => {
-                return Err(WriteError::Encode {
-                    column,
-                    detail: source.to_string(),
-                })
-            }
-        };
-        buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
-    }
-    Ok(())
-}
-
-const INSERT_STAGED: &str = "
-INSERT INTO gateway_mode_audit (
-    id, tenant_id, user_id, provider, model,
-    prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
-    cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
-    request_id, received_at, payload_sha256, source_partition, source_offset,
-    cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
-    price_book_version, pricing_rule, cost_source, unpriced_tokens)
-SELECT
-    id, tenant_id, user_id, provider, model,
-    prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
-    cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
-    request_id, received_at, payload_sha256, source_partition, source_offset,
-    cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
-    price_book_version, pricing_rule, cost_source, unpriced_tokens
-FROM tokenledger_staging
-ON CONFLICT (created_at, tenant_id, id) DO NOTHING
-RETURNING tenant_id, id, created_at";
-
-/// Writes `rows` to the audit table; returns the keys it inserted.
-///
-/// Most batches hold no key that is stored already (a client's retry, a
-/// replay): for them the rows are COPYed straight into the hypertable,
-/// which costs the database about half of staging them and inserting from
-/// the staging table. COPY has no `ON CONFLICT`, so it runs under a
-/// savepoint: a stored key makes it fail with `unique_violation`, the
-/// savepoint is rolled back, and the batch takes the staging path, which
-/// skips stored keys. Any other error is the batch's (bisected, retried).
-///
-/// Rows go in key order: two writers inserting the same keys (one event
-/// written to two partitions) then wait for each other in the same order
-/// instead of deadlocking.
+/// Writes `rows` to the audit table; returns the keys it inserted
+/// ([`store::audit::copy::insert_rows`]).
 pub async fn insert_rows(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[&PricedEvent],
 ) -> Result<Inserted, WriteError> {
-    if rows.is_empty() {
-        return Ok(Inserted::Every);
-    }
-    let mut ordered: Vec<&PricedEvent> = rows.to_vec();
-    ordered.sort_unstable_by(|a, b| {
-        (a.event.created_at, &a.event.tenant_id, a.event.id).cmp(&(
-            b.event.created_at,
-            &b.event.tenant_id,
-            b.event.id,
-        ))
-    });
-    transaction
-        .batch_execute("SAVEPOINT tokenledger_direct_copy")
-        .await
-        .map_err(db("savepoint"))?;
-    match copy_rows(transaction, "gateway_mode_audit", &ordered).await {
-        Ok(()) => return Ok(Inserted::Every),
-        Err(error) if is_unique_violation(&error) => {
-            transaction
-                .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
-                .await
-                .map_err(db("rollback to savepoint"))?;
-        }
-        Err(error) => return Err(error),
-    }
-    copy_rows(transaction, "tokenledger_staging", &ordered).await?;
-    insert_staged(transaction).await.map(Inserted::Keys)
-}
-
-/// Which of the rows given to [`insert_rows`] it inserted.
-#[derive(Debug)]
-pub enum Inserted {
-    /// All of them: no key was stored before.
-    Every,
-    /// These keys; the others were stored before.
-    Keys(HashSet<EventKey, KeyHasher>),
-}
-
-impl Inserted {
-    /// The inserted keys of `rows` (the rows given to [`insert_rows`]).
-    pub fn into_keys(self, rows: &[&PricedEvent]) -> HashSet<EventKey, KeyHasher> {
-        match self {
-            Inserted::Every => rows.iter().map(|row| row.key()).collect(),
-            Inserted::Keys(keys) => keys,
-        }
-    }
-}
-
-fn is_unique_violation(error: &WriteError) -> bool {
-    matches!(
-        error,
-        WriteError::Database { source, .. }
-            if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-    )
-}
-
-/// Inserts the staged rows whose key is not stored yet; returns the keys
-/// it inserted.
-async fn insert_staged(
-    transaction: &deadpool_postgres::Transaction<'_>,
-) -> Result<HashSet<EventKey, KeyHasher>, WriteError> {
-    let statement = transaction
-        .prepare_cached(INSERT_STAGED)
-        .await
-        .map_err(db("prepare insert"))?;
-    let returned = transaction
-        .query(&statement, &[])
-        .await
-        .map_err(db("insert"))?;
-    Ok(returned
-        .iter()
-        .map(|row| {
-            (
-                row.get::<_, String>(0),
-                row.get::<_, Uuid>(1),
-                row.get::<_, DateTime<Utc>>(2),
-            )
-        })
-        .collect())
+    Ok(store::audit::copy::insert_rows(transaction, rows).await?)
 }

@@ -1,4 +1,4 @@
-//! Call identities: an event marked `call_identity` (an LLM call reported
+//! Call identities (`call_identities`, [`store::audit::identity`]): an event marked `call_identity` (an LLM call reported
 //! by OpenTelemetry spans, keyed by its provider's response id) is stored
 //! once per tenant and id, whatever its `created_at`. The audit table's
 //! unique key must contain its partitioning column, so it cannot say that;
@@ -19,29 +19,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::{db, WriteError};
+use store::audit::identity::{self, ClaimOf};
+
+use super::WriteError;
 use crate::stream::prepare::{EventKey, KeyHasher, MissingStoredRow, PricedEvent};
-
-// Claims in key order, earliest report first: two writers claiming the
-// same calls queue instead of deadlocking, and within a batch the earliest
-// report of a call is the one stored. DO NOTHING also skips a second claim
-// of one call inside the statement.
-const CLAIM: &str = "
-INSERT INTO call_identities (tenant_id, id, created_at, payload_sha256)
-SELECT tenant_id, id, created_at, payload_sha256
-FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bytea[])
-     AS claim(tenant_id, id, created_at, payload_sha256)
-ORDER BY tenant_id, id, created_at
-ON CONFLICT (tenant_id, id) DO NOTHING
-RETURNING tenant_id, id, created_at, payload_sha256";
-
-const STORED: &str = "
-SELECT call.tenant_id, call.id, call.created_at, call.payload_sha256
-FROM call_identities AS call
-JOIN UNNEST($1::text[], $2::uuid[]) AS wanted(tenant_id, id)
-  ON call.tenant_id = wanted.tenant_id AND call.id = wanted.id";
-
-const PRUNE: &str = "DELETE FROM call_identities WHERE created_at < $1";
 
 /// A batch's rows sorted by what the call identities say.
 #[derive(Debug)]
@@ -54,9 +35,8 @@ pub struct Resolved<'a> {
     pub repeated: HashMap<EventKey, Vec<u8>, KeyHasher>,
 }
 
-/// The call each call-identity event belongs to: `(created_at, hash)`;
-/// hash `None` for calls stored before their content was recorded.
-type Calls = HashMap<(String, Uuid), (DateTime<Utc>, Option<Vec<u8>>), KeyHasher>;
+/// The call each call-identity event belongs to: `(created_at, hash)`.
+type Calls = store::audit::identity::Calls<KeyHasher>;
 
 /// Claims the call identities of `rows`, in the batch's transaction.
 pub async fn resolve<'a>(
@@ -70,42 +50,25 @@ pub async fn resolve<'a>(
             repeated: HashMap::default(),
         });
     }
-    let tenants: Vec<&str> = claims
+    let claimed: Vec<ClaimOf<'_>> = claims
         .iter()
-        .map(|row| row.event.tenant_id.as_str())
+        .map(|row| ClaimOf {
+            tenant_id: &row.event.tenant_id,
+            id: row.event.id,
+            created_at: row.event.created_at,
+            content_sha256: &row.content_sha256,
+        })
         .collect();
-    let ids: Vec<Uuid> = claims.iter().map(|row| row.event.id).collect();
-    let times: Vec<DateTime<Utc>> = claims.iter().map(|row| row.event.created_at).collect();
-    let hashes: Vec<&[u8]> = claims
-        .iter()
-        .map(|row| row.content_sha256.as_slice())
-        .collect();
-    let claim = transaction
-        .prepare_cached(CLAIM)
-        .await
-        .map_err(db("prepare call identities"))?;
-    let mut calls: Calls = read_calls(
-        &transaction
-            .query(&claim, &[&tenants, &ids, &times, &hashes])
-            .await
-            .map_err(db("call identities"))?,
-    );
+    let mut calls: Calls = identity::claim(transaction, &claimed).await?;
     let (unclaimed_tenants, unclaimed_ids): (Vec<&str>, Vec<Uuid>) = claims
         .iter()
         .filter(|row| !calls.contains_key(&(row.event.tenant_id.clone(), row.event.id)))
         .map(|row| (row.event.tenant_id.as_str(), row.event.id))
         .unzip();
     if !unclaimed_ids.is_empty() {
-        let stored = transaction
-            .prepare_cached(STORED)
-            .await
-            .map_err(db("prepare stored call identities"))?;
-        calls.extend(read_calls(
-            &transaction
-                .query(&stored, &[&unclaimed_tenants, &unclaimed_ids])
-                .await
-                .map_err(db("stored call identities"))?,
-        ));
+        calls.extend(
+            identity::stored::<KeyHasher>(transaction, &unclaimed_tenants, &unclaimed_ids).await?,
+        );
     }
 
     let mut resolved = Resolved {
@@ -135,27 +98,13 @@ pub async fn resolve<'a>(
     Ok(resolved)
 }
 
-fn read_calls(rows: &[tokio_postgres::Row]) -> Calls {
-    rows.iter()
-        .map(|row| {
-            (
-                (row.get::<_, String>(0), row.get::<_, Uuid>(1)),
-                (
-                    row.get::<_, DateTime<Utc>>(2),
-                    row.get::<_, Option<Vec<u8>>>(3),
-                ),
-            )
-        })
-        .collect()
-}
-
 /// Forgets calls that started before `before`. No later report of them can
 /// pass the gateway's backfill window, and their rows keep their own keys.
 pub async fn prune(
     client: &impl tokio_postgres::GenericClient,
     before: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
-    client.execute(PRUNE, &[&before]).await
+    identity::prune(client, before).await
 }
 
 /// How long a call's identity is kept: the gateway's 35-day backfill window
