@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use chrono_tz::Tz;
-use ledger::budget::{LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use ledger::budget::{LabelMatch, Period, Scope, TenantScope, UserScope, EVERY_TENANT};
 use ledger::Budget;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
@@ -288,7 +288,7 @@ impl BudgetColumns {
     fn of(budget: &Budget) -> Self {
         Self {
             tenant_id: budget.scope.tenant.as_str().to_owned(),
-            user_id: budget.scope.user.clone(),
+            user_id: budget.scope.user.as_column().map(str::to_owned),
             provider: budget.scope.provider.clone(),
             model: budget.scope.model.clone(),
             label_key: budget.scope.label.as_ref().map(|l| l.key.clone()),
@@ -389,7 +389,7 @@ fn budget_from_row(row: &Row) -> Result<Budget, String> {
             } else {
                 TenantScope::One(tenant)
             },
-            user: row.try_get("user_id").map_err(get_err)?,
+            user: UserScope::from_column(row.try_get("user_id").map_err(get_err)?),
             provider: row.try_get("provider").map_err(get_err)?,
             model: row.try_get("model").map_err(get_err)?,
             label,

@@ -8,6 +8,7 @@ mod admin_db;
 mod budgets_api;
 mod budgets_db;
 mod connections;
+mod each_user_budgets_db;
 mod fuzz_usage;
 mod handlers;
 mod kafka_mock;

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::thresholds::{DEFAULT_THRESHOLDS, MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT};
-use super::{Budget, LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use super::{Budget, LabelMatch, Period, Scope, TenantScope, UserScope, EVERY_TENANT, EVERY_USER};
 use crate::event::{
     check_identifier, check_provider, is_invisible, printable, type_name, FieldError,
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS,
@@ -72,7 +72,7 @@ impl Budget {
         let user = take(
             &mut errors,
             "user_id",
-            optional(object, "user_id").map_or(Ok(None), |v| parse_user(v).map(Some)),
+            optional(object, "user_id").map_or(Ok(UserScope::All), parse_user),
         );
         let provider = take(
             &mut errors,
@@ -237,17 +237,14 @@ fn parse_tenant_scope(value: &Value) -> Result<TenantScope, String> {
     Ok(TenantScope::One(tenant.to_owned()))
 }
 
-fn parse_user(value: &Value) -> Result<String, String> {
+fn parse_user(value: &Value) -> Result<UserScope, String> {
     let user = expect_str(value)?;
-    if user == EVERY_TENANT {
-        // Spend is kept per budget, tenant and period: one user's row per
-        // budget, not one per user.
-        return Err(
-            "\"*\" (each user separately) is not supported; name one user or leave it out".into(),
-        );
+    if user == EVERY_USER {
+        return Ok(UserScope::Each);
     }
-    check_identifier(user, MAX_USER_ID_CHARS)?;
-    Ok(user.to_owned())
+    check_identifier(user, MAX_USER_ID_CHARS)
+        .map_err(|message| format!("{message} (or \"*\" for each user separately)"))?;
+    Ok(UserScope::One(user.to_owned()))
 }
 
 fn parse_provider(value: &Value) -> Result<String, String> {

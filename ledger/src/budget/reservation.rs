@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Scope;
+use super::{Scope, UserScope};
 use crate::PriceBook;
 
 /// The call a reservation is made for, as far as the caller knows it.
@@ -43,7 +43,7 @@ impl Scope {
                 .is_none_or(|value| *value == label.value)
         });
         let user_ok = match (&self.user, call.user_id) {
-            (Some(wanted), Some(user)) => wanted == user,
+            (UserScope::One(wanted), Some(user)) => wanted == user,
             _ => true,
         };
         self.tenant.covers(call.tenant_id) && user_ok && provider_ok && model_ok && label_ok
@@ -77,7 +77,7 @@ mod tests {
     fn what_the_caller_leaves_open_is_held_and_what_it_names_must_match() {
         let scope = Scope {
             tenant: TenantScope::Every,
-            user: None,
+            user: UserScope::All,
             provider: Some("openai".into()),
             model: Some("gpt-4o".into()),
             label: Some(LabelMatch {
@@ -99,7 +99,7 @@ mod tests {
         assert!(!scope.may_count(&call(None, None, &sales), &book));
         let other_tenant = Scope {
             tenant: TenantScope::One("globex".into()),
-            user: None,
+            user: UserScope::All,
             provider: None,
             model: None,
             label: None,
@@ -111,7 +111,7 @@ mod tests {
     fn a_user_budget_holds_for_its_user_and_for_calls_that_name_none() {
         let alice = Scope {
             tenant: TenantScope::One("acme".into()),
-            user: Some("alice".into()),
+            user: UserScope::One("alice".into()),
             provider: None,
             model: None,
             label: None,

@@ -369,6 +369,8 @@ fn alert(threshold: u16, spend: Decimal) -> ThresholdAlert {
         budget_id: Uuid::nil(),
         budget_name: "acme-monthly".into(),
         tenant_id: "acme".into(),
+        user_id: String::new(),
+        kind: AlertKind::Threshold,
         period: Period::Monthly,
         timezone: Tz::UTC,
         period_start: utc(2026, 1, 1, 0, 0),
@@ -378,6 +380,7 @@ fn alert(threshold: u16, spend: Decimal) -> ThresholdAlert {
         spend_usd: spend,
         narrowing: String::new(),
         crossed_at: utc(2026, 1, 20, 10, 30),
+        resolved_at: None,
     }
 }
 
@@ -566,7 +569,7 @@ fn a_late_event_counts_toward_every_rolling_window_up_to_today() {
 }
 
 #[test]
-fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
+fn a_user_budget_counts_its_users_events_only() {
     let alice = budget(json!({
         "name": "acme-alice", "tenant_id": "acme", "user_id": "alice", "period": "daily",
         "amount_usd": "5"
@@ -580,18 +583,35 @@ fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
     assert!(!alice.matches(&with_user(Some("bob")), &book()));
     assert!(!alice.matches(&with_user(None), &book()));
     assert_eq!(alice.scope.narrowing(), "user alice");
+    assert_eq!(alice.scope.user.spend_key(Some("alice")), "");
     let everyone = budget(
         json!({"name": "acme", "tenant_id": "acme", "period": "daily",
                                  "amount_usd": "5"}),
     );
     assert!(everyone.matches(&with_user(Some("bob")), &book()));
+}
 
-    let errors = Budget::from_json(
-        Uuid::nil(),
-        &json!({"name": "u", "tenant_id": "acme", "user_id": "*", "period": "daily",
-                "amount_usd": "5"}),
-    )
-    .expect_err("every user is refused");
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].field, "user_id");
+#[test]
+fn an_each_user_budget_counts_every_users_events_each_under_its_own_key() {
+    let each = budget(json!({
+        "name": "per-user", "tenant_id": "*", "user_id": "*", "period": "daily",
+        "amount_usd": "5"
+    }));
+    assert_eq!(each.scope.user, UserScope::Each);
+    assert_eq!(each.to_json()["user_id"], "*");
+    assert_eq!(each.scope.narrowing(), "each user");
+    let with_user = |user: Option<&str>| UsageEvent {
+        user_id: user.map(str::to_owned),
+        ..event("acme", "openai", "gpt-4o", &[])
+    };
+    for user in [Some("alice"), Some("bob"), None] {
+        assert!(each.matches(&with_user(user), &book()));
+    }
+    assert_eq!(each.scope.user.spend_key(Some("alice")), "alice");
+    assert_eq!(each.scope.user.spend_key(None), "");
+    assert_eq!(each.scope.user.filter("alice"), Some("alice"));
+    assert_eq!(
+        UserScope::from_column(each.scope.user.as_column().map(str::to_owned)),
+        UserScope::Each
+    );
 }

@@ -33,6 +33,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use deadpool_postgres::Pool;
+use ledger::budget::AlertKind;
 use ledger::{Period, ThresholdAlert};
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use rust_decimal::prelude::ToPrimitive;
@@ -58,7 +59,7 @@ UPDATE budget_alerts AS a
 SET attempts = a.attempts + 1,
     next_attempt_at = now() + $1::float8 * INTERVAL '1 millisecond'
 FROM (
-    SELECT budget_id, tenant_id, period_start, threshold
+    SELECT budget_id, tenant_id, user_id, period_start, kind, threshold
     FROM budget_alerts
     WHERE next_attempt_at <= now()
       AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
@@ -69,9 +70,11 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
-  AND a.period_start = due.period_start AND a.threshold = due.threshold
-RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
-          a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
+  AND a.user_id = due.user_id AND a.period_start = due.period_start AND a.kind = due.kind
+  AND a.threshold = due.threshold
+RETURNING a.budget_id, a.tenant_id, a.user_id, a.kind, a.period_start, a.threshold,
+          a.period_end, a.budget_name, a.period, a.timezone, a.narrowing, a.amount_usd,
+          a.spend_usd, a.crossed_at, a.resolved_at,
           a.alertmanager_delivered_at IS NULL AND a.alertmanager_rejected_at IS NULL
               AS needs_alertmanager,
           a.webhook_delivered_at IS NULL AND a.webhook_rejected_at IS NULL AS needs_webhook,
@@ -83,11 +86,15 @@ FROM budget_alerts
 WHERE ($1 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
    OR ($2 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL)";
 
+// An each-user budget has a row per user; its series per tenant is the
+// user nearest the amount (the users are in its alerts and the status
+// endpoint, not in label values: their number is unbounded).
 const CURRENT_RATIOS: &str = "
-SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
+SELECT b.name, s.tenant_id, b.period, max(s.spend_usd) AS spend_usd, b.amount_usd
 FROM budget_spend AS s JOIN budgets AS b ON b.id = s.budget_id
 WHERE s.period_start <= now() AND s.period_end > now()
-ORDER BY s.spend_usd / b.amount_usd DESC, b.name, s.tenant_id
+GROUP BY b.id, b.name, s.tenant_id, b.period, b.amount_usd
+ORDER BY max(s.spend_usd) / b.amount_usd DESC, b.name, s.tenant_id
 LIMIT $1";
 
 #[derive(Debug, thiserror::Error)]
@@ -453,6 +460,8 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
             budget_id: row.get("budget_id"),
             budget_name: row.get("budget_name"),
             tenant_id: row.get("tenant_id"),
+            user_id: row.get("user_id"),
+            kind: AlertKind::from_column(row.get("kind")),
             period: period.parse().unwrap_or(Period::Monthly),
             timezone: timezone.parse().unwrap_or(Tz::UTC),
             period_start: row.get("period_start"),
@@ -462,6 +471,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> Claimed {
             spend_usd: row.get("spend_usd"),
             narrowing: row.get("narrowing"),
             crossed_at: row.get("crossed_at"),
+            resolved_at: row.get("resolved_at"),
         },
         needs_alertmanager: row.get("needs_alertmanager"),
         needs_webhook: row.get("needs_webhook"),

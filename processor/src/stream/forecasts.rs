@@ -7,6 +7,7 @@
 //! drops back; a new period is a new series value, so one alert per budget,
 //! tenant and period.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -73,15 +74,25 @@ async fn refresh(
     // Reset first: a budget deleted, renamed or in a new period must not
     // keep its last value.
     gauge.reset();
+    // An each-user budget's series per tenant is its user nearest the
+    // amount: users are not label values (their number is unbounded).
+    let mut ratios: BTreeMap<(&str, &str, &str), f64> = BTreeMap::new();
     for row in &forecasts {
-        let ratio = ledger::budget::spend_ratio(row.forecast.forecast_usd, row.budget.amount_usd);
+        let ratio = ledger::budget::spend_ratio(row.forecast.forecast_usd, row.budget.amount_usd)
+            .to_f64()
+            .unwrap_or(0.0);
+        let key = (
+            row.tenant_id.as_str(),
+            row.budget.name.as_str(),
+            row.budget.period.as_str(),
+        );
+        let slot = ratios.entry(key).or_insert(ratio);
+        *slot = slot.max(ratio);
+    }
+    for ((tenant, budget, period), ratio) in ratios {
         gauge
-            .with_label_values(&[
-                row.tenant_id.as_str(),
-                row.budget.name.as_str(),
-                row.budget.period.as_str(),
-            ])
-            .set(ratio.to_f64().unwrap_or(0.0));
+            .with_label_values(&[tenant, budget, period])
+            .set(ratio);
     }
     Ok(())
 }

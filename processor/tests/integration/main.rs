@@ -8,6 +8,7 @@ mod attribution_db;
 mod budgets_db;
 mod call_identity_db;
 mod concurrency_db;
+mod each_user_budgets_db;
 mod handoff_kafka;
 mod migrate_db;
 mod optimize_db;

@@ -198,6 +198,7 @@ async fn a_rolling_budget_counts_the_last_thirty_days_and_its_holds_follow_the_w
     let forecasts = store::forecasts::for_tenant(
         &client,
         "acme",
+        None,
         std::slice::from_ref(&budget),
         &spend,
         later,

@@ -13,10 +13,14 @@ const FIRST_BACKOFF_MS: f64 = 1_000.0;
 const MAX_ERROR_CHARS: usize = 500;
 
 const KEYS: &str = "
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[])
-     AS k(budget_id, tenant_id, period_start, threshold)
+FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[], $5::text[], $6::text[],
+            $7::timestamptz[])
+     AS k(budget_id, tenant_id, period_start, threshold, user_id, kind, resolved_at)
 WHERE a.budget_id = k.budget_id AND a.tenant_id = k.tenant_id
-  AND a.period_start = k.period_start AND a.threshold = k.threshold";
+  AND a.period_start = k.period_start AND a.threshold = k.threshold
+  AND a.user_id = k.user_id AND a.kind = k.kind
+  -- A forecast alert resolved after it was claimed is pushed again, resolved.
+  AND a.resolved_at IS NOT DISTINCT FROM k.resolved_at";
 
 impl AlertOutbox {
     /// Holds the rows of `alerts` for `lease_ms` more, from now.
@@ -27,15 +31,24 @@ impl AlertOutbox {
     ) -> Result<(), OutboxError> {
         let statement = format!(
             "UPDATE budget_alerts AS a
-             SET next_attempt_at = now() + $5::float8 * INTERVAL '1 millisecond' {KEYS}"
+             SET next_attempt_at = now() + $8::float8 * INTERVAL '1 millisecond' {KEYS}"
         );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
+        let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
         self.pool
             .get()
             .await?
             .execute(
                 &statement,
-                &[&ids, &tenants, &starts, &thresholds, &lease_ms],
+                &[
+                    &ids,
+                    &tenants,
+                    &starts,
+                    &thresholds,
+                    &users,
+                    &kinds,
+                    &resolved,
+                    &lease_ms,
+                ],
             )
             .await
             .map_err(db("extending the claim"))?;
@@ -51,11 +64,22 @@ impl AlertOutbox {
             "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
             target.delivered_column()
         );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
+        let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
         self.pool
             .get()
             .await?
-            .execute(&statement, &[&ids, &tenants, &starts, &thresholds])
+            .execute(
+                &statement,
+                &[
+                    &ids,
+                    &tenants,
+                    &starts,
+                    &thresholds,
+                    &users,
+                    &kinds,
+                    &resolved,
+                ],
+            )
             .await
             .map_err(db("marking alerts delivered"))?;
         self.metrics
@@ -78,13 +102,13 @@ impl AlertOutbox {
     ) -> Result<(), OutboxError> {
         let statement = format!(
             "UPDATE budget_alerts AS a
-             SET next_attempt_at = now() + LEAST($5::float8,
-                     $6::float8 * power(2, LEAST(a.attempts - 1, 30)))
+             SET next_attempt_at = now() + LEAST($8::float8,
+                     $9::float8 * power(2, LEAST(a.attempts - 1, 30)))
                      * INTERVAL '1 millisecond',
-                 last_error = $7
+                 last_error = $10
              {KEYS}"
         );
-        let (ids, tenants, starts, thresholds) = key_columns(alerts);
+        let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
         let message = error_text(target, error);
         self.pool
             .get()
@@ -96,6 +120,9 @@ impl AlertOutbox {
                     &tenants,
                     &starts,
                     &thresholds,
+                    &users,
+                    &kinds,
+                    &resolved,
                     &(self.config.max_backoff_ms as f64),
                     &FIRST_BACKOFF_MS,
                     &message,
@@ -125,18 +152,27 @@ impl AlertOutbox {
     ) -> Result<(), OutboxError> {
         let statement = format!(
             "UPDATE budget_alerts AS a
-             SET {} = now(), rejection = concat_ws('; ', a.rejection, $5::text), last_error = $5
+             SET {} = now(), rejection = concat_ws('; ', a.rejection, $8::text), last_error = $8
              {KEYS}",
             target.rejected_column()
         );
-        let (ids, tenants, starts, thresholds) = key_columns(&[alert]);
+        let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(&[alert]);
         let message = error_text(target, reason);
         self.pool
             .get()
             .await?
             .execute(
                 &statement,
-                &[&ids, &tenants, &starts, &thresholds, &message],
+                &[
+                    &ids,
+                    &tenants,
+                    &starts,
+                    &thresholds,
+                    &users,
+                    &kinds,
+                    &resolved,
+                    &message,
+                ],
             )
             .await
             .map_err(db("marking an alert rejected"))?;
@@ -157,7 +193,15 @@ impl AlertOutbox {
     }
 }
 
-type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i16>);
+type KeyColumns = (
+    Vec<Uuid>,
+    Vec<String>,
+    Vec<DateTime<Utc>>,
+    Vec<i16>,
+    Vec<String>,
+    Vec<&'static str>,
+    Vec<Option<DateTime<Utc>>>,
+);
 
 /// `<target>: <error>`, cut to what a row keeps.
 fn error_text(target: Target, error: &str) -> String {
@@ -176,6 +220,9 @@ fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
         columns
             .3
             .push(i16::try_from(alert.threshold).unwrap_or(i16::MAX));
+        columns.4.push(alert.user_id.clone());
+        columns.5.push(alert.kind.as_str());
+        columns.6.push(alert.resolved_at);
     }
     columns
 }
