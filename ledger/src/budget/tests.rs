@@ -412,6 +412,33 @@ fn alert_text_labels_and_payload() {
 }
 
 #[test]
+fn an_each_user_alert_names_its_user_and_a_forecast_alert_its_kind() {
+    let mut per_user = alert(75, dec!(800));
+    per_user.user_id = "alice".into();
+    assert_eq!(per_user.labels()["user_id"], "alice");
+    assert!(per_user.summary().ends_with("(tenant acme, user alice)"));
+    assert!(!alert(75, dec!(800)).labels().contains_key("user_id"));
+
+    let mut forecast = alert(100, dec!(1500));
+    forecast.kind = AlertKind::Forecast;
+    let labels = forecast.labels();
+    assert_eq!(labels["alertname"], FORECAST_ALERT_NAME);
+    assert_eq!(labels["kind"], "forecast");
+    assert!(!labels.contains_key("threshold"));
+    assert_eq!(
+        forecast.summary(),
+        "The monthly budget is forecast to run out: $1500.00 projected of $1000.00 (tenant acme)"
+    );
+    let payload = forecast.to_alertmanager_json();
+    assert_eq!(payload["endsAt"], "2026-02-01T00:00:00.000Z");
+    forecast.resolved_at = Some(utc(2026, 1, 21, 8, 0));
+    assert_eq!(
+        forecast.to_alertmanager_json()["endsAt"],
+        "2026-01-21T08:00:00.000Z"
+    );
+}
+
+#[test]
 fn usd_formatting() {
     assert_eq!(format_usd(dec!(750)), "$750.00");
     assert_eq!(format_usd(dec!(0.5)), "$0.50");

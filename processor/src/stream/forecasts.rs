@@ -1,11 +1,14 @@
-//! Burn-rate forecasts as a gauge: every `alerting.forecast_interval_ms`,
-//! the forecast of each budget with `forecast_alert` for each tenant with
-//! spend in the current period (`store::forecasts`), divided by the
-//! amount, as `tokenledger_budget_forecast_ratio{tenant_id, budget,
-//! period}`. The `LLMBudgetForecastExceeded` rule (alerts/) fires, labelled
-//! `kind="forecast"`, while a forecast stays above 1 and resolves when it
-//! drops back; a new period is a new series value, so one alert per budget,
-//! tenant and period.
+//! Burn-rate forecasts: every `alerting.forecast_interval_ms`, the forecast
+//! of each budget with `forecast_alert` for each tenant (and user, for an
+//! each-user budget) with spend in the current period (`store::forecasts`).
+//!
+//! - Pushed alerts: a forecast above the amount raises one
+//!   `LLMBudgetForecast` alert (`kind="forecast"`) per budget, tenant, user
+//!   and period in the alert outbox (`store::forecast_alerts`), resolved when
+//!   the forecast drops back; the outbox delivers both like a crossing.
+//! - The gauge `tokenledger_budget_forecast_ratio{tenant_id, budget,
+//!   period}` (forecast / amount; an each-user budget's highest user), for
+//!   the `TokenledgerBudgetForecastExceeded` rule (alerts/).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,6 +74,16 @@ async fn refresh(
     let forecasts = store::forecasts::alerting(&**client, Utc::now(), window, book)
         .await
         .map_err(|error| error.to_string())?;
+    let changes = store::forecast_alerts::sync(&**client, &forecasts, Utc::now())
+        .await
+        .map_err(|error| error.to_string())?;
+    if changes != store::forecast_alerts::ForecastChanges::default() {
+        tracing::info!(
+            raised = changes.raised,
+            resolved = changes.resolved,
+            "budget forecast alerts recorded"
+        );
+    }
     // Reset first: a budget deleted, renamed or in a new period must not
     // keep its last value.
     gauge.reset();

@@ -9,6 +9,7 @@ mod budgets_db;
 mod call_identity_db;
 mod concurrency_db;
 mod each_user_budgets_db;
+mod forecast_alerts_db;
 mod handoff_kafka;
 mod migrate_db;
 mod optimize_db;
