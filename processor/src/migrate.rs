@@ -74,8 +74,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../sql/V18__budget_scopes_and_rolling_periods.sql"),
     ),
     (
-        "V19__budget_spend_per_user.sql",
-        include_str!("../../sql/V19__budget_spend_per_user.sql"),
+        "V19__budget_scopes_per_user_and_key.sql",
+        include_str!("../../sql/V19__budget_scopes_per_user_and_key.sql"),
     ),
 ];
 

@@ -4,8 +4,8 @@
 //!
 //! The spend rule says which audit rows count toward a budget's spend for
 //! a tenant in a period: the tenant's rows created in `[start, end)` that
-//! the budget's scope matches (user, provider, model, one label value; each
-//! only when the budget names it). In Rust it is `ledger::budget::Scope::matches`
+//! the budget's scope matches (user, API key, provider, model, one label
+//! value; each only when the budget names it). In Rust it is `ledger::budget::Scope::matches`
 //! plus `PeriodBounds::contains`; here it is [`SPEND_FROM_AUDIT`], the only
 //! copy in SQL. store/tests/integration/spend_rule.rs proves the two agree.
 //!
@@ -33,14 +33,15 @@ use crate::{db, DbError};
 const SPEND_FROM_AUDIT: &str = "
 SELECT k.ord, a.provider, a.model, sum(a.estimated_cost)
 FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[], $7::text[])
+            $6::text[], $7::text[], $8::text[])
      WITH ORDINALITY AS k(tenant_id, period_start, period_end, provider, label_key,
-                          label_value, user_id, ord)
+                          label_value, user_id, api_key, ord)
 JOIN gateway_mode_audit AS a
   ON a.tenant_id = k.tenant_id
  AND a.created_at >= k.period_start AND a.created_at < k.period_end
  AND (k.provider IS NULL OR a.provider = k.provider)
  AND (k.user_id IS NULL OR coalesce(a.user_id, '') = k.user_id)
+ AND (k.api_key IS NULL OR a.api_key = k.api_key)
  AND (k.label_key IS NULL OR a.labels ->> k.label_key = k.label_value)
 GROUP BY k.ord, a.provider, a.model";
 
@@ -144,6 +145,7 @@ pub async fn from_audit(
         .iter()
         .map(|k| k.scope.user.filter(k.user_id))
         .collect();
+    let api_keys: Vec<Option<&str>> = keys.iter().map(|k| k.scope.api_key.as_deref()).collect();
     let rows = client
         .query(
             SPEND_FROM_AUDIT,
@@ -155,6 +157,7 @@ pub async fn from_audit(
                 &label_keys,
                 &label_values,
                 &users,
+                &api_keys,
             ],
         )
         .await

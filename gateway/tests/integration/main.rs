@@ -12,6 +12,7 @@ mod each_user_budgets_db;
 mod fuzz_usage;
 mod handlers;
 mod kafka_mock;
+mod key_budgets;
 mod key_reload;
 mod otlp;
 mod reservations_db;

@@ -145,6 +145,9 @@ pub struct Scope {
     /// Every user's events together, one user's (narrowed like by a
     /// provider or label), or each user's separately.
     pub user: UserScope,
+    /// Only the usage appended with this API key (the key's name, which
+    /// the gateway stamps on the event as `api_key`; never its hash).
+    pub api_key: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub label: Option<LabelMatch>,
@@ -162,6 +165,10 @@ impl Scope {
                 UserScope::All | UserScope::Each => true,
                 UserScope::One(user) => event.user_id.as_ref() == Some(user),
             }
+            && self
+                .api_key
+                .as_ref()
+                .is_none_or(|key| event.api_key.as_ref() == Some(key))
             && self
                 .provider
                 .as_ref()
@@ -194,6 +201,9 @@ impl Scope {
             UserScope::All => {}
             UserScope::One(user) => parts.push(format!("user {user}")),
             UserScope::Each => parts.push("each user".to_owned()),
+        }
+        if let Some(key) = &self.api_key {
+            parts.push(format!("API key {key}"));
         }
         match (&self.provider, &self.model) {
             (Some(provider), Some(model)) => parts.push(format!("{provider}/{model}")),
@@ -261,6 +271,7 @@ impl Budget {
             "name": self.name,
             "tenant_id": self.scope.tenant.as_str(),
             "user_id": self.scope.user.as_column(),
+            "api_key": self.scope.api_key,
             "provider": self.scope.provider,
             "model": self.scope.model,
             "label": label,

@@ -26,6 +26,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "name",
     "tenant_id",
     "user_id",
+    "api_key",
     "provider",
     "model",
     "label",
@@ -73,6 +74,11 @@ impl Budget {
             &mut errors,
             "user_id",
             optional(object, "user_id").map_or(Ok(UserScope::All), parse_user),
+        );
+        let api_key = take(
+            &mut errors,
+            "api_key",
+            optional(object, "api_key").map_or(Ok(None), |v| parse_key_name(v).map(Some)),
         );
         let provider = take(
             &mut errors,
@@ -128,7 +134,7 @@ impl Budget {
         );
         match (
             name,
-            (tenant, user),
+            (tenant, user, api_key),
             provider,
             model,
             label,
@@ -140,7 +146,7 @@ impl Budget {
         ) {
             (
                 Some(name),
-                (Some(tenant), Some(user)),
+                (Some(tenant), Some(user), Some(api_key)),
                 Some(provider),
                 Some(model),
                 Some(label),
@@ -155,6 +161,7 @@ impl Budget {
                 scope: Scope {
                     tenant,
                     user,
+                    api_key,
                     provider,
                     model,
                     label,
@@ -245,6 +252,23 @@ fn parse_user(value: &Value) -> Result<UserScope, String> {
     check_identifier(user, MAX_USER_ID_CHARS)
         .map_err(|message| format!("{message} (or \"*\" for each user separately)"))?;
     Ok(UserScope::One(user.to_owned()))
+}
+
+/// An API key's name as the gateway's `auth.keys` give it (never a hash:
+/// the name is what the events carry).
+fn parse_key_name(value: &Value) -> Result<String, String> {
+    let name = expect_str(value)?;
+    if name.is_empty()
+        || name.len() > MAX_BUDGET_NAME_CHARS
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(
+            "must be an API key's name: 1-100 ASCII letters, digits, '-', '_', '.' or ':'".into(),
+        );
+    }
+    Ok(name.to_owned())
 }
 
 fn parse_provider(value: &Value) -> Result<String, String> {

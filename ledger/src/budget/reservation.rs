@@ -20,6 +20,9 @@ use crate::PriceBook;
 pub struct PlannedCall<'a> {
     pub tenant_id: &'a str,
     pub user_id: Option<&'a str>,
+    /// The name of the API key reserving (the key that will append the
+    /// call's usage).
+    pub api_key: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub model: Option<&'a str>,
     pub labels: &'a BTreeMap<String, String>,
@@ -46,7 +49,18 @@ impl Scope {
             (UserScope::One(wanted), Some(user)) => wanted == user,
             _ => true,
         };
-        self.tenant.covers(call.tenant_id) && user_ok && provider_ok && model_ok && label_ok
+        // A per-key budget counts only its key's usage; the reservation is
+        // made with the key that will report it.
+        let key_ok = self
+            .api_key
+            .as_ref()
+            .is_none_or(|wanted| call.api_key == Some(wanted.as_str()));
+        self.tenant.covers(call.tenant_id)
+            && user_ok
+            && key_ok
+            && provider_ok
+            && model_ok
+            && label_ok
     }
 }
 
@@ -67,6 +81,7 @@ mod tests {
         PlannedCall {
             tenant_id: "acme",
             user_id: None,
+            api_key: None,
             provider,
             model,
             labels,
@@ -78,6 +93,7 @@ mod tests {
         let scope = Scope {
             tenant: TenantScope::Every,
             user: UserScope::All,
+            api_key: None,
             provider: Some("openai".into()),
             model: Some("gpt-4o".into()),
             label: Some(LabelMatch {
@@ -100,6 +116,7 @@ mod tests {
         let other_tenant = Scope {
             tenant: TenantScope::One("globex".into()),
             user: UserScope::All,
+            api_key: None,
             provider: None,
             model: None,
             label: None,
@@ -112,6 +129,7 @@ mod tests {
         let alice = Scope {
             tenant: TenantScope::One("acme".into()),
             user: UserScope::One("alice".into()),
+            api_key: None,
             provider: None,
             model: None,
             label: None,

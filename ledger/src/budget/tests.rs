@@ -48,6 +48,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

@@ -160,6 +160,7 @@ pub(crate) fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> Usag
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

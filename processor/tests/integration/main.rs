@@ -11,6 +11,7 @@ mod concurrency_db;
 mod each_user_budgets_db;
 mod forecast_alerts_db;
 mod handoff_kafka;
+mod key_budgets_db;
 mod migrate_db;
 mod optimize_db;
 mod optimize_rebuild_db;

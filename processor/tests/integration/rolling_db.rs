@@ -136,6 +136,7 @@ fn usage(cost: Decimal, created_at: DateTime<Utc>) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

@@ -148,6 +148,7 @@ async fn reserve_in(
     let call = PlannedCall {
         tenant_id: tenant,
         user_id: request.user_id.as_deref(),
+        api_key: request.api_key.as_deref(),
         provider: request.provider.as_deref(),
         model: request.model.as_deref(),
         labels: &request.labels,

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 const TENANTS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 const USERS: [&str; 2] = ["alice", "bob"];
+const API_KEYS: [&str; 2] = ["batch-jobs", "web"];
 const PROVIDERS: [&str; 3] = ["openai", "anthropic", "google"];
 /// Listed names, and names the price book prices as one of them (a dated snapshot).
 const MODELS: [&str; 6] = [
@@ -152,6 +153,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: maybe(rng, 70, &API_KEYS).map(str::to_owned),
     }
 }
 
@@ -173,6 +175,7 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
             } else {
                 maybe(rng, 30, &USERS).map_or(UserScope::All, |u| UserScope::One(u.to_owned()))
             },
+            api_key: maybe(rng, 25, &API_KEYS).map(str::to_owned),
             provider: maybe(rng, 40, &PROVIDERS).map(str::to_owned),
             model: maybe(rng, 30, &MODELS).map(str::to_owned),
             label,
@@ -202,8 +205,9 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
             "INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens,
                  completion_tokens, total_tokens, estimated_cost, created_at, pricing_status,
                  labels, received_at, payload_sha256, source_partition, source_offset, price_entry,
-                 user_id)
-             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9, $10)",
+                 user_id, api_key)
+             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9, $10,
+                     $11)",
         )
         .await
         .expect("prepare");
@@ -224,6 +228,7 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
                     &offset,
                     &entry,
                     &event.user_id,
+                    &event.api_key,
                 ],
             )
             .await
@@ -372,6 +377,7 @@ async fn a_model_budget_counts_usage_sent_under_another_name_of_the_model() {
     budget.scope = Scope {
         tenant: TenantScope::One("acme".into()),
         user: UserScope::All,
+        api_key: None,
         provider: None,
         model: Some("gpt-4o".into()),
         label: None,

@@ -147,6 +147,7 @@ fn read_row(row: &Row) -> Result<Stored, RepriceError> {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     };
     let source: Option<String> = row.get(21);
     Ok(Stored {

@@ -1,6 +1,6 @@
--- V19__budget_spend_per_user.sql: budgets that apply to every user separately (`user_id = '*'`)
--- and forecast alerts in the alert outbox. Runs inside one transaction; every statement is
--- idempotent.
+-- V19__budget_scopes_per_user_and_key.sql: budgets that apply to every user separately
+-- (`user_id = '*'`), budgets of one API key, and forecast alerts in the alert outbox. Runs inside
+-- one transaction; every statement is idempotent.
 --
 -- A budget with `user_id = '*'` keeps its spend, holds, log and alerts per user, the way one
 -- with `tenant_id = '*'` keeps them per tenant: the key gains `user_id`. '' is the key of every
@@ -80,3 +80,10 @@ BEGIN
             budget_amount);
     RETURN NULL;
 END $$;
+
+-- Budgets of one API key: the key's name (never its hash), which the gateway stamps on each event
+-- it appends from the key that authenticated it; the audit row keeps it. Nullable, no default:
+-- adding it to the compressed hypertable rewrites nothing, and the guide's columns and queries
+-- stay as they are.
+ALTER TABLE budgets ADD COLUMN IF NOT EXISTS api_key TEXT;
+ALTER TABLE gateway_mode_audit ADD COLUMN IF NOT EXISTS api_key TEXT;
