@@ -265,6 +265,9 @@ pub struct StatusQuery {
     /// user's own, and each-user budgets for this user); without it, every
     /// budget of the tenant, each-user ones once per user with spend.
     user_id: Option<String>,
+    /// Only budgets that would count this API key's calls (by the key's
+    /// name: the tenant's and this key's own, not other keys').
+    api_key: Option<String>,
     /// Only budgets that would count a call to this provider / model.
     provider: Option<String>,
     model: Option<String>,
@@ -335,6 +338,12 @@ async fn status(
                 .filter(|b| match (&b.scope.user, user) {
                     (UserScope::One(own), Some(asked)) => own == asked,
                     _ => true,
+                })
+                .filter(|b| {
+                    query
+                        .api_key
+                        .as_ref()
+                        .is_none_or(|k| b.scope.api_key.as_ref().is_none_or(|bk| bk == k))
                 })
                 .filter(|b| {
                     provider

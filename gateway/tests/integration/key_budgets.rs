@@ -131,4 +131,24 @@ async fn a_reservation_holds_against_the_budget_of_the_key_that_makes_it() {
     let (status, _, granted) = reserve(ACME_KEY, "1").await;
     assert_eq!(status, 201, "{granted}");
     assert_eq!(granted["budgets"], json!([]));
+
+    // The status narrowed to a key shows that key's budget, not other keys'.
+    for (key, shown) in [("acme-batch", 1), ("acme-web", 0)] {
+        let (status, _, body) = send_json(
+            &router,
+            request(
+                "GET",
+                &format!("/v1/budgets/status?tenant_id=acme&api_key={key}"),
+                ADMIN,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["budgets"].as_array().map(Vec::len),
+            Some(shown),
+            "{body}"
+        );
+    }
 }
