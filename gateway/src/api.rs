@@ -154,6 +154,9 @@ async fn accept_usage(
 
     for event in &mut events {
         event.request_id = Some(request.id.as_str().to_owned());
+        // The key that authenticated the request, by name: what per-key
+        // budgets count (a client cannot send `api_key`: not an API field).
+        event.api_key.clone_from(&caller.key_name);
     }
     let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
     request.in_flight.record(&ids);

@@ -79,6 +79,9 @@ pub struct Authenticated {
     pub admin: bool,
     pub kind: KeyKind,
     pub policy: TrustPolicy,
+    /// The key's configured name (never its hash), if it has one: stamped
+    /// on the events it appends and on its reservations.
+    pub key_name: Option<String>,
 }
 
 impl Authenticated {
@@ -89,6 +92,7 @@ impl Authenticated {
             admin: true,
             kind: KeyKind::Admin,
             policy: TrustPolicy::TRUSTED,
+            key_name: None,
         }
     }
 
@@ -343,6 +347,9 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// Longest key name (a budget's `api_key`).
+const MAX_KEY_NAME_CHARS: usize = 100;
+
 fn parse_key(
     config: &AuthConfig,
     key: &KeyConfig,
@@ -367,6 +374,17 @@ fn parse_key(
         ),
         None => None,
     };
+    if let Some(name) = &key.name {
+        let valid = (1..=MAX_KEY_NAME_CHARS).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !valid {
+            return Err(invalid(
+                "name must be 1-100 ASCII letters, digits, '-', '_', '.' or ':'",
+            ));
+        }
+    }
     let principal = Authenticated {
         tenant: key
             .tenant_id
@@ -378,6 +396,7 @@ fn parse_key(
             allow_caller_cost: policy.allow_caller_cost,
             max_lateness,
         },
+        key_name: key.name.clone(),
     };
     Ok(KeyEntry { sha256, principal })
 }

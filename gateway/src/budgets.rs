@@ -14,6 +14,7 @@
 //! stores it, so later calls read the row. Every
 //! statement is the `store` crate's; failures are [`BudgetError`]s.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -24,7 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use ledger::budget::{reached, spend_ratio};
+use ledger::budget::forecast::Forecast;
+use ledger::budget::{reached, spend_ratio, UserScope};
 use ledger::{Budget, PriceBook};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -259,12 +261,54 @@ async fn remove(
 #[derive(Debug, Deserialize)]
 pub struct StatusQuery {
     tenant_id: Option<String>,
-    /// Only budgets that would count this user's calls (the tenant's and
-    /// this user's own); without it, every budget of the tenant.
+    /// Only budgets that would count this user's calls (the tenant's, this
+    /// user's own, and each-user budgets for this user); without it, every
+    /// budget of the tenant, each-user ones once per user with spend.
     user_id: Option<String>,
+    /// Only budgets that would count this API key's calls (by the key's
+    /// name: the tenant's and this key's own, not other keys').
+    api_key: Option<String>,
     /// Only budgets that would count a call to this provider / model.
     provider: Option<String>,
     model: Option<String>,
+}
+
+/// The most users of an each-user budget one status answer lists (those
+/// with spend this period, by name); ask with `user_id` for any one.
+const MAX_USERS_SHOWN: usize = 1000;
+
+type Evaluated = (
+    Vec<Budget>,
+    HashMap<Uuid, Decimal>,
+    HashMap<Uuid, Decimal>,
+    HashMap<Uuid, Forecast>,
+);
+
+/// The spend, open holds and forecast of `budgets` for `tenant` (and
+/// `user` on each-user budgets).
+async fn evaluate(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    store: &BudgetStore,
+    tenant: &str,
+    user: Option<&str>,
+    budgets: Vec<Budget>,
+    now: chrono::DateTime<Utc>,
+) -> Result<Evaluated, BudgetError> {
+    let spend =
+        store::spend::current(transaction, tenant, user, &budgets, now, &store.book).await?;
+    let held = store::reservations::open_holds(&**transaction, tenant, user, &budgets).await?;
+    let forecasts = store::forecasts::for_tenant(
+        &**transaction,
+        tenant,
+        user,
+        &budgets,
+        &spend,
+        now,
+        store.forecast_window,
+        &store.book,
+    )
+    .await?;
+    Ok((budgets, spend, held, forecasts))
 }
 
 async fn status(
@@ -283,18 +327,23 @@ async fn status(
     let store = api.store()?;
     let now = Utc::now();
     let provider = query.provider.as_deref().map(str::to_ascii_lowercase);
-    let (budgets, spend) = store
+    let user = query.user_id.as_deref();
+    let evaluated = store
         .database
         .with_client(async |client| {
             let budgets: Vec<Budget> = store::budgets::covering_tenant(&***client, &tenant)
                 .await
                 .map_err(BudgetError::from)?
                 .into_iter()
+                .filter(|b| match (&b.scope.user, user) {
+                    (UserScope::One(own), Some(asked)) => own == asked,
+                    _ => true,
+                })
                 .filter(|b| {
                     query
-                        .user_id
+                        .api_key
                         .as_ref()
-                        .is_none_or(|u| b.scope.user.as_ref().is_none_or(|bu| bu == u))
+                        .is_none_or(|k| b.scope.api_key.as_ref().is_none_or(|bk| bk == k))
                 })
                 .filter(|b| {
                     provider
@@ -313,39 +362,58 @@ async fn status(
                 .collect();
             // A transaction: a missing spend row is computed once and stored.
             let transaction = client.transaction().await.map_err(BudgetError::from)?;
-            let spend = store::spend::current(&transaction, &tenant, &budgets, now, &store.book)
-                .await
-                .map_err(BudgetError::from)?;
-            let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
-            let held = store::reservations::open_holds(&*transaction, &tenant, &ids)
-                .await
-                .map_err(BudgetError::from)?;
-            let forecasts = store::forecasts::for_tenant(
-                &*transaction,
-                &tenant,
-                &budgets,
-                &spend,
-                now,
-                store.forecast_window,
-                &store.book,
-            )
-            .await
-            .map_err(BudgetError::from)?;
+            // Without a user, an each-user budget is shown once per user
+            // with spend this period; with one, for that user.
+            let (each, shared): (Vec<Budget>, Vec<Budget>) = budgets
+                .into_iter()
+                .partition(|b| user.is_none() && b.scope.user.is_each());
+            let mut subjects: Vec<(Option<String>, Vec<Budget>)> =
+                vec![(user.map(str::to_owned), shared)];
+            let each_refs: Vec<&Budget> = each.iter().collect();
+            let mut users: Vec<String> =
+                store::spend::users_with_spend(&*transaction, &tenant, &each_refs, now)
+                    .await
+                    .map_err(BudgetError::from)?
+                    .into_iter()
+                    .map(|(_, user, _)| user)
+                    .collect();
+            users.sort();
+            users.dedup();
+            users.truncate(MAX_USERS_SHOWN);
+            for shown_user in users {
+                subjects.push((Some(shown_user), each.clone()));
+            }
+            let mut evaluated = Vec::new();
+            for (subject, budgets) in subjects {
+                let one = evaluate(
+                    &transaction,
+                    store,
+                    &tenant,
+                    subject.as_deref(),
+                    budgets,
+                    now,
+                )
+                .await?;
+                evaluated.push((subject, one));
+            }
             transaction.commit().await.map_err(BudgetError::from)?;
-            Ok::<_, BudgetError>((budgets, (spend, held, forecasts)))
+            Ok::<_, BudgetError>(evaluated)
         })
         .await?;
-    let (spend, held, forecasts) = spend;
 
     let mut any_hard_limit_exceeded = false;
-    let entries: Vec<Value> = budgets
-        .iter()
-        .map(|budget| {
+    let mut entries: Vec<Value> = Vec::new();
+    for (subject, (budgets, spend, held, forecasts)) in &evaluated {
+        for budget in budgets {
             let bounds = budget.period_of(now);
             let spent = spend.get(&budget.id).copied().unwrap_or(Decimal::ZERO);
             let exceeded = budget.hard_limit && spent >= budget.amount_usd;
             any_hard_limit_exceeded |= exceeded;
             let mut shown = budget.to_json();
+            if budget.scope.user.is_each() {
+                // Whose spend this entry is ("" for usage naming no user).
+                shown["spend_user_id"] = json!(subject.as_deref().unwrap_or_default());
+            }
             shown["period_start"] = json!(bounds.start);
             shown["period_end"] = json!(bounds.end);
             shown["spend_usd"] = json!(spent.normalize().to_string());
@@ -372,9 +440,9 @@ async fn status(
                 shown["forecast_usd"] = json!(forecast.forecast_usd.normalize().to_string());
                 shown["projected_exhaustion_at"] = json!(forecast.projected_exhaustion_at);
             }
-            shown
-        })
-        .collect();
+            entries.push(shown);
+        }
+    }
     Ok(Json(json!({
         "tenant_id": tenant,
         "as_of": now,

@@ -122,6 +122,7 @@ async fn export(
     state.metrics.rejected(RejectReason::TooLate, too_late);
     for event in &mut mapped.events {
         event.request_id = Some(request_id.as_str().to_owned());
+        event.api_key.clone_from(&caller.key_name);
     }
     state.metrics.otlp_spans("event", mapped.events.len());
     state

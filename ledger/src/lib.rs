@@ -24,6 +24,6 @@ pub mod pricebook;
 pub mod timestamp;
 pub mod usage_format;
 
-pub use budget::{Budget, Period, PeriodBounds, Scope, TenantScope, ThresholdAlert};
+pub use budget::{Budget, Period, PeriodBounds, Scope, TenantScope, ThresholdAlert, UserScope};
 pub use event::{BatchError, EventError, FieldError, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 pub use pricebook::{Cost, Price, PriceBook, PriceBookError, PricingStatus};

@@ -180,6 +180,7 @@ mod tests {
             request_id: None,
             call_identity: false,
             reservation_id: None,
+            api_key: None,
         };
         event.labels = labels
             .iter()

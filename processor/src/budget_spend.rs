@@ -10,7 +10,8 @@
 //! The SQL is the `store` crate's ([`store::spend`], [`store::alerts`]);
 //! this module decides what to run in which order. Per batch:
 //! 1. Load the budgets (an edit applies to the next batch) and add each new
-//!    row's cost to its `(budget, tenant, period of created_at)` key, so a
+//!    row's cost to its `(budget, tenant, user, period of created_at)` key
+//!    (the user only for an each-user budget, `""` otherwise), so a
 //!    late event counts toward its own period (a rolling budget's: every
 //!    window up to today's that holds it).
 //! 2. Lock the budgets the batch touches (`FOR SHARE`), so an edit of a
@@ -23,8 +24,9 @@
 //!    batch is not added twice; `INSERT … ON CONFLICT DO NOTHING`, and a key
 //!    that another transaction created meanwhile gets the delta added.
 //! 4. Record every threshold the new spend has reached in `budget_alerts`
-//!    (`ON CONFLICT DO NOTHING`): the primary key (budget, tenant, period
-//!    start, threshold) makes each crossing exactly once, a jump from 40 %
+//!    (`ON CONFLICT DO NOTHING`): the primary key (budget, tenant, user,
+//!    period start, kind, threshold) makes each crossing exactly once (per
+//!    user of an each-user budget), a jump from 40 %
 //!    to 95 % records 50, 75 and 90 together, and a lowered amount records
 //!    the thresholds it newly puts behind the spend.
 
@@ -79,6 +81,7 @@ pub fn deltas(
                 let key = SpendKey {
                     budget_id: budget.id,
                     tenant_id: row.event.tenant_id.clone(),
+                    user_id: budget.scope.user.spend_key(row.event.user_id.as_deref()),
                     period_start: bounds.start,
                 };
                 deltas.entry(key).or_insert((bounds, Decimal::ZERO)).1 += row.cost.usd;
@@ -186,6 +189,7 @@ async fn add_spend(
         .iter()
         .map(|(key, budget, bounds)| AuditKey {
             tenant_id: &key.tenant_id,
+            user_id: &key.user_id,
             period: *bounds,
             scope: &budget.scope,
         })
@@ -279,6 +283,7 @@ mod tests {
                 request_id: None,
                 call_identity: false,
                 reservation_id: None,
+                api_key: None,
             },
             cost: Cost {
                 usd: cost,

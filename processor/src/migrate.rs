@@ -73,6 +73,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V18__budget_scopes_and_rolling_periods.sql",
         include_str!("../../sql/V18__budget_scopes_and_rolling_periods.sql"),
     ),
+    (
+        "V19__budget_scopes_per_user_and_key.sql",
+        include_str!("../../sql/V19__budget_scopes_per_user_and_key.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

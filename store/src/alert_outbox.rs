@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use ledger::budget::AlertKind;
 use ledger::{Period, ThresholdAlert};
 use rust_decimal::Decimal;
 use tokio_postgres::{GenericClient, Row};
@@ -20,7 +21,7 @@ UPDATE budget_alerts AS a
 SET attempts = a.attempts + 1,
     next_attempt_at = now() + $1::float8 * INTERVAL '1 millisecond'
 FROM (
-    SELECT budget_id, tenant_id, period_start, threshold
+    SELECT budget_id, tenant_id, user_id, period_start, kind, threshold
     FROM budget_alerts
     WHERE next_attempt_at <= now()
       AND crossed_at <= now() - $2::float8 * INTERVAL '1 millisecond'
@@ -31,9 +32,11 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE a.budget_id = due.budget_id AND a.tenant_id = due.tenant_id
-  AND a.period_start = due.period_start AND a.threshold = due.threshold
-RETURNING a.budget_id, a.tenant_id, a.period_start, a.threshold, a.period_end, a.budget_name,
-          a.period, a.timezone, a.narrowing, a.amount_usd, a.spend_usd, a.crossed_at,
+  AND a.user_id = due.user_id AND a.period_start = due.period_start AND a.kind = due.kind
+  AND a.threshold = due.threshold
+RETURNING a.budget_id, a.tenant_id, a.user_id, a.kind, a.period_start, a.threshold,
+          a.period_end, a.budget_name, a.period, a.timezone, a.narrowing, a.amount_usd,
+          a.spend_usd, a.crossed_at, a.resolved_at,
           a.alertmanager_delivered_at IS NULL AND a.alertmanager_rejected_at IS NULL
               AS needs_alertmanager,
           a.webhook_delivered_at IS NULL AND a.webhook_rejected_at IS NULL AS needs_webhook,
@@ -45,18 +48,26 @@ FROM budget_alerts
 WHERE ($1 AND alertmanager_delivered_at IS NULL AND alertmanager_rejected_at IS NULL)
    OR ($2 AND webhook_delivered_at IS NULL AND webhook_rejected_at IS NULL)";
 
+// An each-user budget has a row per user; its series per tenant is the
+// user nearest the amount (the users are in its alerts and the status
+// endpoint, not in label values: their number is unbounded).
 const CURRENT_RATIOS: &str = "
-SELECT b.name, s.tenant_id, b.period, s.spend_usd, b.amount_usd
+SELECT b.name, s.tenant_id, b.period, max(s.spend_usd) AS spend_usd, b.amount_usd
 FROM budget_spend AS s JOIN budgets AS b ON b.id = s.budget_id
 WHERE s.period_start <= now() AND s.period_end > now()
-ORDER BY s.spend_usd / b.amount_usd DESC, b.name, s.tenant_id
+GROUP BY b.id, b.name, s.tenant_id, b.period, b.amount_usd
+ORDER BY max(s.spend_usd) / b.amount_usd DESC, b.name, s.tenant_id
 LIMIT $1";
 
 const KEYS: &str = "
-FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[])
-     AS k(budget_id, tenant_id, period_start, threshold)
+FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[], $5::text[], $6::text[],
+            $7::timestamptz[])
+     AS k(budget_id, tenant_id, period_start, threshold, user_id, kind, resolved_at)
 WHERE a.budget_id = k.budget_id AND a.tenant_id = k.tenant_id
-  AND a.period_start = k.period_start AND a.threshold = k.threshold";
+  AND a.period_start = k.period_start AND a.threshold = k.threshold
+  AND a.user_id = k.user_id AND a.kind = k.kind
+  -- A forecast alert resolved after it was claimed is pushed again, resolved.
+  AND a.resolved_at IS NOT DISTINCT FROM k.resolved_at";
 
 /// Where a crossing is pushed; each has its own delivery columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +119,8 @@ impl Claimed {
                 budget_id: row.try_get("budget_id")?,
                 budget_name: row.try_get("budget_name")?,
                 tenant_id: row.try_get("tenant_id")?,
+                user_id: row.try_get("user_id")?,
+                kind: AlertKind::from_column(row.try_get("kind")?),
                 period: period.parse().unwrap_or(Period::Monthly),
                 timezone: timezone.parse().unwrap_or(Tz::UTC),
                 period_start: row.try_get("period_start")?,
@@ -117,6 +130,7 @@ impl Claimed {
                 spend_usd: row.try_get("spend_usd")?,
                 narrowing: row.try_get("narrowing")?,
                 crossed_at: row.try_get("crossed_at")?,
+                resolved_at: row.try_get("resolved_at")?,
             },
             needs_alertmanager: row.try_get("needs_alertmanager")?,
             needs_webhook: row.try_get("needs_webhook")?,
@@ -171,13 +185,13 @@ pub async fn extend_claim(
 ) -> Result<(), DbError> {
     let statement = format!(
         "UPDATE budget_alerts AS a
-         SET next_attempt_at = now() + $5::float8 * INTERVAL '1 millisecond' {KEYS}"
+         SET next_attempt_at = now() + $8::float8 * INTERVAL '1 millisecond' {KEYS}"
     );
-    let (ids, tenants, starts, thresholds) = key_columns(alerts);
+    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
     client
         .execute(
             &statement,
-            &[&ids, &tenants, &starts, &thresholds, &lease_ms],
+            &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved, &lease_ms],
         )
         .await
         .map_err(db("extending the claim"))?;
@@ -194,9 +208,9 @@ pub async fn mark_delivered(
         "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
         target.delivered_column()
     );
-    let (ids, tenants, starts, thresholds) = key_columns(alerts);
+    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
     client
-        .execute(&statement, &[&ids, &tenants, &starts, &thresholds])
+        .execute(&statement, &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved])
         .await
         .map_err(db("marking alerts delivered"))?;
     Ok(())
@@ -213,13 +227,13 @@ pub async fn schedule_retry(
 ) -> Result<(), DbError> {
     let statement = format!(
         "UPDATE budget_alerts AS a
-         SET next_attempt_at = now() + LEAST($5::float8,
-                 $6::float8 * power(2, LEAST(a.attempts - 1, 30)))
+         SET next_attempt_at = now() + LEAST($8::float8,
+                 $9::float8 * power(2, LEAST(a.attempts - 1, 30)))
                  * INTERVAL '1 millisecond',
-             last_error = $7
+             last_error = $10
          {KEYS}"
     );
-    let (ids, tenants, starts, thresholds) = key_columns(alerts);
+    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
     client
         .execute(
             &statement,
@@ -228,6 +242,9 @@ pub async fn schedule_retry(
                 &tenants,
                 &starts,
                 &thresholds,
+                &users,
+                &kinds,
+                &resolved,
                 &max_backoff_ms,
                 &first_backoff_ms,
                 &last_error,
@@ -247,13 +264,13 @@ pub async fn mark_rejected(
 ) -> Result<(), DbError> {
     let statement = format!(
         "UPDATE budget_alerts AS a
-         SET {} = now(), rejection = concat_ws('; ', a.rejection, $5::text), last_error = $5
+         SET {} = now(), rejection = concat_ws('; ', a.rejection, $8::text), last_error = $8
          {KEYS}",
         target.rejected_column()
     );
-    let (ids, tenants, starts, thresholds) = key_columns(&[alert]);
+    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(&[alert]);
     client
-        .execute(&statement, &[&ids, &tenants, &starts, &thresholds, &reason])
+        .execute(&statement, &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved, &reason])
         .await
         .map_err(db("marking an alert rejected"))?;
     Ok(())
@@ -318,7 +335,15 @@ pub async fn current_ratios(
         .map_err(db(STEP))
 }
 
-type KeyColumns = (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i16>);
+type KeyColumns = (
+    Vec<Uuid>,
+    Vec<String>,
+    Vec<DateTime<Utc>>,
+    Vec<i16>,
+    Vec<String>,
+    Vec<&'static str>,
+    Vec<Option<DateTime<Utc>>>,
+);
 
 fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
     let mut columns: KeyColumns = Default::default();
@@ -329,6 +354,9 @@ fn key_columns(alerts: &[&ThresholdAlert]) -> KeyColumns {
         columns
             .3
             .push(i16::try_from(alert.threshold).unwrap_or(i16::MAX));
+        columns.4.push(alert.user_id.clone());
+        columns.5.push(alert.kind.as_str());
+        columns.6.push(alert.resolved_at);
     }
     columns
 }

@@ -1,6 +1,6 @@
 //! Threshold crossings in `budget_alerts`. The batch transaction records
-//! each crossing once (the primary key is budget, tenant, period start and
-//! threshold); the row snapshots what its alert says, so the alert reads the
+//! each crossing once (the primary key is budget, tenant, user of an
+//! each-user budget, period start, kind and threshold); the row snapshots what its alert says, so the alert reads the
 //! same after the budget is edited or deleted. Delivering the rows (the
 //! outbox columns) is the processor's alone and stays with it.
 
@@ -14,10 +14,11 @@ use crate::{db, DbError, SpendKey};
 
 const RECORD_CROSSINGS: &str = "
 INSERT INTO budget_alerts (budget_id, tenant_id, period_start, threshold, period_end,
-                           budget_name, period, timezone, narrowing, amount_usd, spend_usd)
+                           budget_name, period, timezone, narrowing, amount_usd, spend_usd,
+                           user_id)
 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int2[], $5::timestamptz[],
                      $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[],
-                     $11::numeric[])
+                     $11::numeric[], $12::text[])
 ON CONFLICT DO NOTHING
 RETURNING budget_id, threshold";
 
@@ -57,6 +58,7 @@ pub async fn record_crossings(
         .collect();
     let amounts: Vec<Decimal> = crossings.iter().map(|c| c.budget.amount_usd).collect();
     let spends: Vec<Decimal> = crossings.iter().map(|c| c.spend_usd).collect();
+    let users: Vec<&str> = crossings.iter().map(|c| c.key.user_id.as_str()).collect();
     let rows = client
         .query(
             RECORD_CROSSINGS,
@@ -72,6 +74,7 @@ pub async fn record_crossings(
                 &narrowings,
                 &amounts,
                 &spends,
+                &users,
             ],
         )
         .await

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use chrono_tz::Tz;
-use ledger::budget::{LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use ledger::budget::{LabelMatch, Period, Scope, TenantScope, UserScope, EVERY_TENANT};
 use ledger::Budget;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
@@ -27,38 +27,45 @@ use crate::{db, DbError};
 /// The columns of a budget, in the order [`BudgetColumns::params`] binds
 /// them and [`budget_from_row`] reads them.
 const COLUMNS: &str = "id, name, tenant_id, provider, model, label_key, label_value, period, \
-                       timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id";
+                       timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id, \
+                       api_key";
 
 const INSERT: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id,
+                     api_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 const UPDATE: &str = "
 UPDATE budgets SET name = $2, tenant_id = $3, provider = $4, model = $5, label_key = $6,
        label_value = $7, period = $8, timezone = $9, amount_usd = $10, thresholds = $11,
-       hard_limit = $12, forecast_alert = $13, user_id = $14, updated_at = now()
+       hard_limit = $12, forecast_alert = $13, user_id = $14, api_key = $15,
+       updated_at = now()
 WHERE id = $1";
 
 /// `processor budgets apply`: by name; a row that would not change is left
 /// alone (no `updated_at` bump, so batches need not evaluate again).
 const UPSERT_BY_NAME: &str = "
 INSERT INTO budgets (id, name, tenant_id, provider, model, label_key, label_value, period,
-                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     timezone, amount_usd, thresholds, hard_limit, forecast_alert, user_id,
+                     api_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (name) DO UPDATE SET
     tenant_id = EXCLUDED.tenant_id, provider = EXCLUDED.provider, model = EXCLUDED.model,
     label_key = EXCLUDED.label_key, label_value = EXCLUDED.label_value,
     period = EXCLUDED.period, timezone = EXCLUDED.timezone, amount_usd = EXCLUDED.amount_usd,
     thresholds = EXCLUDED.thresholds, hard_limit = EXCLUDED.hard_limit,
-    forecast_alert = EXCLUDED.forecast_alert, user_id = EXCLUDED.user_id, updated_at = now()
+    forecast_alert = EXCLUDED.forecast_alert, user_id = EXCLUDED.user_id,
+    api_key = EXCLUDED.api_key, updated_at = now()
 WHERE (budgets.tenant_id, budgets.provider, budgets.model, budgets.label_key,
        budgets.label_value, budgets.period, budgets.timezone, budgets.amount_usd,
-       budgets.thresholds, budgets.hard_limit, budgets.forecast_alert, budgets.user_id)
+       budgets.thresholds, budgets.hard_limit, budgets.forecast_alert, budgets.user_id,
+       budgets.api_key)
       IS DISTINCT FROM
       (EXCLUDED.tenant_id, EXCLUDED.provider, EXCLUDED.model, EXCLUDED.label_key,
        EXCLUDED.label_value, EXCLUDED.period, EXCLUDED.timezone, EXCLUDED.amount_usd,
-       EXCLUDED.thresholds, EXCLUDED.hard_limit, EXCLUDED.forecast_alert, EXCLUDED.user_id)
+       EXCLUDED.thresholds, EXCLUDED.hard_limit, EXCLUDED.forecast_alert, EXCLUDED.user_id,
+       EXCLUDED.api_key)
 RETURNING id, (xmax = 0) AS inserted";
 
 /// The edit lock of one budget, and of every budget (in id order, the order
@@ -77,7 +84,7 @@ WHERE budget_id = $1
       WHERE id = $1 AND tenant_id = $2 AND provider IS NOT DISTINCT FROM $3
         AND model IS NOT DISTINCT FROM $4 AND label_key IS NOT DISTINCT FROM $5
         AND label_value IS NOT DISTINCT FROM $6 AND period = $7 AND timezone = $8
-        AND user_id IS NOT DISTINCT FROM $9)";
+        AND user_id IS NOT DISTINCT FROM $9 AND api_key IS NOT DISTINCT FROM $10)";
 
 /// SQLSTATE of a unique violation (a budget name taken).
 const UNIQUE_VIOLATION: &str = "23505";
@@ -286,6 +293,7 @@ fn duplicate_or(error: tokio_postgres::Error, name: &str, step: &'static str) ->
 struct BudgetColumns {
     tenant_id: String,
     user_id: Option<String>,
+    api_key: Option<String>,
     provider: Option<String>,
     model: Option<String>,
     label_key: Option<String>,
@@ -299,7 +307,8 @@ impl BudgetColumns {
     fn of(budget: &Budget) -> Self {
         Self {
             tenant_id: budget.scope.tenant.as_str().to_owned(),
-            user_id: budget.scope.user.clone(),
+            user_id: budget.scope.user.as_column().map(str::to_owned),
+            api_key: budget.scope.api_key.clone(),
             provider: budget.scope.provider.clone(),
             model: budget.scope.model.clone(),
             label_key: budget.scope.label.as_ref().map(|l| l.key.clone()),
@@ -315,7 +324,7 @@ impl BudgetColumns {
     }
 
     /// The parameters of [`RESET_SPEND_IF_SCOPE_CHANGED`] for budget `id`.
-    fn scope_params<'a>(&'a self, id: &'a Uuid) -> [&'a (dyn ToSql + Sync); 9] {
+    fn scope_params<'a>(&'a self, id: &'a Uuid) -> [&'a (dyn ToSql + Sync); 10] {
         [
             id,
             &self.tenant_id,
@@ -326,11 +335,12 @@ impl BudgetColumns {
             &self.period,
             &self.timezone,
             &self.user_id,
+            &self.api_key,
         ]
     }
 
-    /// `$1..$14` in the order of [`COLUMNS`].
-    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 14] {
+    /// `$1..$15` in the order of [`COLUMNS`].
+    fn params<'a>(&'a self, id: &'a Uuid, budget: &'a Budget) -> [&'a (dyn ToSql + Sync); 15] {
         [
             id,
             &budget.name,
@@ -346,6 +356,7 @@ impl BudgetColumns {
             &budget.hard_limit,
             &budget.forecast_alert,
             &self.user_id,
+            &self.api_key,
         ]
     }
 }
@@ -400,7 +411,8 @@ fn budget_from_row(row: &Row) -> Result<Budget, String> {
             } else {
                 TenantScope::One(tenant)
             },
-            user: row.try_get("user_id").map_err(get_err)?,
+            user: UserScope::from_column(row.try_get("user_id").map_err(get_err)?),
+            api_key: row.try_get("api_key").map_err(get_err)?,
             provider: row.try_get("provider").map_err(get_err)?,
             model: row.try_get("model").map_err(get_err)?,
             label,

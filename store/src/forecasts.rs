@@ -17,28 +17,36 @@ use crate::spend::{from_audit, AuditKey};
 use crate::{db, DbError};
 
 const CURRENT_SPEND: &str = "
-SELECT s.budget_id, s.tenant_id, s.spend_usd
+SELECT s.budget_id, s.tenant_id, s.user_id, s.spend_usd
 FROM budget_spend AS s
 JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS k(budget_id, period_start)
   ON s.budget_id = k.budget_id AND s.period_start = k.period_start";
 
-/// The forecast of each of `budgets` for `tenant`, whose current spend is
-/// `spend`.
+/// The forecast of each of `budgets` for `tenant` (and `user` on each-user
+/// budgets), whose current spend is `spend`.
+#[allow(clippy::too_many_arguments)]
 pub async fn for_tenant(
     client: &impl GenericClient,
     tenant: &str,
+    user: Option<&str>,
     budgets: &[Budget],
     spend: &HashMap<Uuid, Decimal>,
     now: DateTime<Utc>,
     window: Duration,
     book: &PriceBook,
 ) -> Result<HashMap<Uuid, Forecast>, DbError> {
-    let rows: Vec<(&Budget, &str, Decimal)> = budgets
+    let users: Vec<String> = budgets
         .iter()
-        .map(|b| {
+        .map(|b| b.scope.user.spend_key(user))
+        .collect();
+    let rows: Vec<(&Budget, &str, &str, Decimal)> = budgets
+        .iter()
+        .zip(&users)
+        .map(|(b, user)| {
             (
                 b,
                 tenant,
+                user.as_str(),
                 spend.get(&b.id).copied().unwrap_or(Decimal::ZERO),
             )
         })
@@ -52,6 +60,8 @@ pub async fn for_tenant(
 pub struct TenantForecast {
     pub budget: Budget,
     pub tenant_id: String,
+    /// The user of an each-user budget's row; `""` otherwise.
+    pub user_id: String,
     pub spend_usd: Decimal,
     pub forecast: Forecast,
 }
@@ -79,7 +89,7 @@ pub async fn alerting(
         .query(CURRENT_SPEND, &[&ids, &starts])
         .await
         .map_err(db("reading current spend"))?;
-    let mut owned: Vec<(Budget, String, Decimal)> = Vec::with_capacity(spend_rows.len());
+    let mut owned: Vec<(Budget, String, String, Decimal)> = Vec::with_capacity(spend_rows.len());
     for row in &spend_rows {
         let get = db("reading current spend");
         let id: Uuid = row.try_get("budget_id").map_err(&get)?;
@@ -87,22 +97,24 @@ pub async fn alerting(
             owned.push((
                 (*budget).clone(),
                 row.try_get("tenant_id").map_err(&get)?,
+                row.try_get("user_id").map_err(&get)?,
                 row.try_get("spend_usd").map_err(&get)?,
             ));
         }
     }
-    let rows: Vec<(&Budget, &str, Decimal)> = owned
+    let rows: Vec<(&Budget, &str, &str, Decimal)> = owned
         .iter()
-        .map(|(b, tenant, spend)| (b, tenant.as_str(), *spend))
+        .map(|(b, tenant, user, spend)| (b, tenant.as_str(), user.as_str(), *spend))
         .collect();
     let forecasts = compute(client, &rows, now, window, book).await?;
     Ok(owned
         .into_iter()
         .zip(forecasts)
         .map(
-            |((budget, tenant_id, spend_usd), forecast)| TenantForecast {
+            |((budget, tenant_id, user_id, spend_usd), forecast)| TenantForecast {
                 budget,
                 tenant_id,
+                user_id,
                 spend_usd,
                 forecast,
             },
@@ -112,15 +124,16 @@ pub async fn alerting(
 
 async fn compute(
     client: &impl GenericClient,
-    rows: &[(&Budget, &str, Decimal)],
+    rows: &[(&Budget, &str, &str, Decimal)],
     now: DateTime<Utc>,
     window: Duration,
     book: &PriceBook,
 ) -> Result<Vec<Forecast>, DbError> {
     let keys: Vec<AuditKey<'_>> = rows
         .iter()
-        .map(|(budget, tenant, _)| AuditKey {
+        .map(|(budget, tenant, user, _)| AuditKey {
             tenant_id: tenant,
+            user_id: user,
             period: trailing_window(budget.period_of(now), now, window),
             scope: &budget.scope,
         })
@@ -129,7 +142,7 @@ async fn compute(
     Ok(rows
         .iter()
         .zip(keys.iter().zip(window_spend))
-        .map(|((budget, _, spend), (key, in_window))| {
+        .map(|((budget, _, _, spend), (key, in_window))| {
             forecast(
                 budget.amount_usd,
                 *spend,

@@ -19,7 +19,8 @@
 //! - [`exports`]: the FOCUS dataset and the monthly statements for finance
 //!   teams, streamed from the raw table.
 //! - [`forecasts`]: burn-rate forecasts from stored spend and a trailing
-//!   window of audit rows.
+//!   window of audit rows; [`forecast_alerts`]: raising and resolving the
+//!   forecast alerts of budgets with `forecast_alert` in `budget_alerts`.
 //! - [`reservations`]: budget reservations: the grant, its holds on each
 //!   budget, and their release (cancelled, settled by a usage event,
 //!   expired), under the same lock order as a batch.
@@ -61,6 +62,7 @@ pub mod audit;
 pub mod budgets;
 pub mod corrections;
 pub mod exports;
+pub mod forecast_alerts;
 pub mod forecasts;
 pub mod offsets;
 pub mod optimize;

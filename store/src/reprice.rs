@@ -29,7 +29,7 @@ SELECT id, created_at, tenant_id, user_id, provider, model,
        reasoning_tokens, COALESCE(cache_write_1h_tokens, 0) AS cache_write_1h_tokens,
        service_tier, calls,
        estimated_cost, pricing_status, list_cost, price_entry, price_book_version, pricing_rule,
-       cost_source, labels, received_at, unpriced_tokens
+       cost_source, labels, received_at, unpriced_tokens, api_key
 FROM gateway_mode_audit
 WHERE created_at >= $1 AND created_at < $2
   AND ($3::text IS NULL OR tenant_id = $3)
@@ -191,6 +191,7 @@ fn read_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: row.try_get("api_key")?,
     };
     let source: Option<String> = row.try_get("cost_source")?;
     Ok(Stored {

@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TOPIC: &str = "usage-events";
 const DLQ_TOPIC: &str = "usage-events.dlq";
 const STARTUP: Duration = Duration::from_secs(60);
-const ADMIN_KEY: &str = "budget-test-admin-key-0123456789";
+pub(crate) const ADMIN_KEY: &str = "budget-test-admin-key-0123456789";
 const ACME_KEY: &str = "budget-test-acme-key-0123456789";
 
 fn http() -> reqwest::Client {
@@ -51,10 +51,10 @@ fn http() -> reqwest::Client {
         .expect("http client")
 }
 
-struct Stack {
+pub(crate) struct Stack {
     broker: Broker,
-    db: Database,
-    alertmanager: Alertmanager,
+    pub(crate) db: Database,
+    pub(crate) alertmanager: Alertmanager,
     gateway: ChildProcess,
     gateway_url: String,
     _config_dir: tempfile::TempDir,
@@ -73,7 +73,7 @@ async fn wait_ready(process: &mut ChildProcess, url: &str) {
 }
 
 impl Stack {
-    async fn start() -> Stack {
+    pub(crate) async fn start() -> Stack {
         let broker = Broker::start().await;
         broker.create_topic(TOPIC, 3).await;
         broker.create_topic(DLQ_TOPIC, 1).await;
@@ -151,7 +151,7 @@ impl Stack {
     }
 
     /// Like [`Stack::processor_to`], with `extra` settings.
-    async fn processor_with(
+    pub(crate) async fn processor_with(
         &self,
         alertmanager: &str,
         webhook: &str,
@@ -184,7 +184,13 @@ impl Stack {
         (processor, url)
     }
 
-    async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.gateway_url);
         let mut request = http()
             .request(method.parse().expect("method"), &url)
@@ -208,7 +214,7 @@ impl Stack {
     }
 
     /// POSTs the given usage events with the admin key (which may backfill 35 days).
-    async fn usage_events(&self, events: Vec<Value>) {
+    pub(crate) async fn usage_events(&self, events: Vec<Value>) {
         let (status, body) = self
             .call("POST", "/v1/usage", ADMIN_KEY, Some(Value::Array(events)))
             .await;
@@ -250,7 +256,7 @@ impl Stack {
 }
 
 /// One usage event of `tenant` with a caller-known cost.
-fn event(tenant: &str, cost: &str) -> Value {
+pub(crate) fn event(tenant: &str, cost: &str) -> Value {
     json!({
         "tenant_id": tenant, "provider": "openai", "model": "gpt-4o",
         "prompt_tokens": 1000, "completion_tokens": 100, "estimated_cost": cost,

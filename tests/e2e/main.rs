@@ -5,6 +5,7 @@
 //! (`tests/support/`, also used by the other crates' integration tests).
 
 mod adversarial;
+mod budget_forecasts;
 mod budgets;
 mod dashboards;
 mod deploy;

@@ -84,6 +84,11 @@ pub enum KeyKind {
 pub struct KeyConfig {
     /// A secret too: it is all an attacker needs to test guesses offline.
     pub sha256: Secret,
+    /// The key's name, `[A-Za-z0-9._:-]{1,100}`: stamped on the events it
+    /// appends (`api_key`) and what a per-key budget names. Two keys may
+    /// share one (a rotation: the new key keeps the old one's budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<KeyKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +140,7 @@ impl KeyConfig {
     ) -> Self {
         Self {
             sha256: sha256.into(),
+            name: None,
             kind,
             tenant_id: tenant_id.map(str::to_owned),
             admin: false,

@@ -72,7 +72,7 @@ pub fn routes(
 enum Refusal {
     Budget(BudgetError),
     Invalid(String),
-    Exhausted(store::reservations::Room),
+    Exhausted(Box<store::reservations::Room>),
     KeyReused(Uuid),
     Contended,
     NotFound(Uuid),
@@ -168,7 +168,7 @@ async fn reserve(
         request_sha256: planned.fingerprint(&tenant),
         tenant_id: tenant,
         user_id: planned.user_id,
-        api_key: None,
+        api_key: who.key_name.clone(),
         provider: planned.provider,
         model: planned.model,
         labels: planned.labels,
@@ -199,7 +199,7 @@ async fn reserve(
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(response)
         }
-        Reserved::Exhausted { budget } => Err(Refusal::Exhausted(budget)),
+        Reserved::Exhausted { budget } => Err(Refusal::Exhausted(Box::new(budget))),
         Reserved::KeyReused { reservation_id } => Err(Refusal::KeyReused(reservation_id)),
         Reserved::Contended => Err(Refusal::Contended),
     }

@@ -216,6 +216,7 @@ async fn status_stores_the_spend_it_computes_so_later_calls_do_not_scan_the_audi
     let key = SpendKey {
         budget_id: id,
         tenant_id: "acme".into(),
+        user_id: String::new(),
         period_start: batch
             .query_one(
                 "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
@@ -307,6 +308,7 @@ async fn status_racing_a_batch_that_created_the_row_answers_the_batchs_row() {
     let key = SpendKey {
         budget_id: id,
         tenant_id: "acme".into(),
+        user_id: String::new(),
         period_start: start,
     };
     let inserted = store::spend::insert(

@@ -13,8 +13,40 @@ use uuid::Uuid;
 use super::thresholds::{spend_ratio, threshold_amount};
 use super::Period;
 
-/// The `alertname` label of every budget alert.
+/// The `alertname` label of every threshold alert.
 pub const ALERT_NAME: &str = "LLMBudgetThreshold";
+/// The `alertname` label of a forecast alert (`kind="forecast"`).
+pub const FORECAST_ALERT_NAME: &str = "LLMBudgetForecast";
+/// The runbook section for forecast alerts.
+pub const FORECAST_RUNBOOK_URL: &str =
+    "https://github.com/tokenledger/tokenledger/blob/main/docs/runbooks.md#llmbudgetforecast";
+
+/// What a `budget_alerts` row stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// Spend reached a threshold.
+    Threshold,
+    /// The burn-rate forecast of the period's end exceeds the amount.
+    Forecast,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Threshold => "threshold",
+            AlertKind::Forecast => "forecast",
+        }
+    }
+
+    /// The `kind` column read back; anything else is a threshold.
+    pub fn from_column(column: &str) -> AlertKind {
+        if column == "forecast" {
+            AlertKind::Forecast
+        } else {
+            AlertKind::Threshold
+        }
+    }
+}
 /// The runbook section for budget alerts.
 pub const RUNBOOK_URL: &str =
     "https://github.com/tokenledger/tokenledger/blob/main/docs/runbooks.md#llmbudgetthreshold";
@@ -37,14 +69,18 @@ pub fn severity(percent: u16) -> &'static str {
     }
 }
 
-/// One recorded threshold crossing, with everything its alert says. Built
-/// from a `budget_alerts` row, which snapshots the budget's name, period and
-/// amount, so the alert reads the same after the budget is edited.
+/// One recorded threshold crossing (or forecast above the amount), with
+/// everything its alert says. Built from a `budget_alerts` row, which
+/// snapshots the budget's name, period and amount, so the alert reads the
+/// same after the budget is edited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThresholdAlert {
     pub budget_id: Uuid,
     pub budget_name: String,
     pub tenant_id: String,
+    /// The user of an each-user budget (`user_id = "*"`); empty otherwise.
+    pub user_id: String,
+    pub kind: AlertKind,
     pub period: Period,
     pub timezone: Tz,
     pub period_start: DateTime<Utc>,
@@ -57,6 +93,8 @@ pub struct ThresholdAlert {
     /// Empty, or what the budget is narrowed to (see [`Scope::narrowing`]).
     pub narrowing: String,
     pub crossed_at: DateTime<Utc>,
+    /// When a forecast alert's forecast dropped back below the amount.
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 impl ThresholdAlert {
@@ -70,27 +108,59 @@ impl ThresholdAlert {
 
     /// The alert's identity in Alertmanager. `period_start` keeps a late
     /// crossing of last month apart from this month's alert.
+    /// An each-user budget's alerts carry `user_id`, one per user; a
+    /// forecast alert carries `kind="forecast"` instead of a threshold.
     pub fn labels(&self) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
-            ("alertname", ALERT_NAME.to_owned()),
+        let mut labels = BTreeMap::from([
             ("tenant_id", self.tenant_id.clone()),
             ("budget", self.budget_name.clone()),
-            ("threshold", self.threshold.to_string()),
             ("period", self.period.as_str().to_owned()),
             ("period_start", self.period_label()),
-            ("severity", severity(self.threshold).to_owned()),
-        ])
+        ]);
+        match self.kind {
+            AlertKind::Threshold => {
+                labels.insert("alertname", ALERT_NAME.to_owned());
+                labels.insert("threshold", self.threshold.to_string());
+                labels.insert("severity", severity(self.threshold).to_owned());
+            }
+            AlertKind::Forecast => {
+                labels.insert("alertname", FORECAST_ALERT_NAME.to_owned());
+                labels.insert("kind", AlertKind::Forecast.as_str().to_owned());
+                labels.insert("severity", "warning".to_owned());
+            }
+        }
+        if !self.user_id.is_empty() {
+            labels.insert("user_id", self.user_id.clone());
+        }
+        labels
+    }
+
+    fn whose(&self) -> String {
+        if self.user_id.is_empty() {
+            format!("tenant {}", self.tenant_id)
+        } else {
+            format!("tenant {}, user {}", self.tenant_id, self.user_id)
+        }
     }
 
     /// `75% of the monthly budget used: $750.00 of $1000.00 (tenant acme)`.
     pub fn summary(&self) -> String {
+        if self.kind == AlertKind::Forecast {
+            return format!(
+                "The {} budget is forecast to run out: {} projected of {} ({})",
+                self.period,
+                format_usd(self.spend_usd),
+                format_usd(self.amount_usd),
+                self.whose()
+            );
+        }
         format!(
-            "{}% of the {} budget used: {} of {} (tenant {})",
+            "{}% of the {} budget used: {} of {} ({})",
             self.threshold,
             self.period,
             format_usd(threshold_amount(self.amount_usd, self.threshold)),
             format_usd(self.amount_usd),
-            self.tenant_id
+            self.whose()
         )
     }
 
@@ -108,10 +178,24 @@ impl ThresholdAlert {
                 .format("%Y-%m-%d %H:%M")
                 .to_string()
         };
+        if self.kind == AlertKind::Forecast {
+            return format!(
+                "Budget {}{scope} of {}: at the spend rate of the trailing window, {} of {} \
+                 ({percent:.1}%) by the end of the period, as forecast at {}. Period {} to {} {}.",
+                self.budget_name,
+                self.whose(),
+                format_usd(self.spend_usd),
+                format_usd(self.amount_usd),
+                local(self.crossed_at),
+                local(self.period_start),
+                local(self.period_end),
+                self.timezone.name(),
+            );
+        }
         format!(
-            "Budget {}{scope} of tenant {}: {} spent of {} ({percent:.1}%) when the {}% threshold was recorded at {}. Period {} to {} {}.",
+            "Budget {}{scope} of {}: {} spent of {} ({percent:.1}%) when the {}% threshold was recorded at {}. Period {} to {} {}.",
             self.budget_name,
-            self.tenant_id,
+            self.whose(),
             format_usd(self.spend_usd),
             format_usd(self.amount_usd),
             self.threshold,
@@ -124,17 +208,22 @@ impl ThresholdAlert {
 
     /// One element of the array `POST /api/v2/alerts` takes (and the
     /// optional webhook receives): active from the crossing until the end
-    /// of the period.
+    /// of the period, or until a forecast alert was resolved.
     pub fn to_alertmanager_json(&self) -> Value {
+        let runbook = match self.kind {
+            AlertKind::Threshold => RUNBOOK_URL,
+            AlertKind::Forecast => FORECAST_RUNBOOK_URL,
+        };
+        let ends_at = self.resolved_at.unwrap_or(self.period_end);
         json!({
             "labels": self.labels(),
             "annotations": {
                 "summary": self.summary(),
                 "description": self.description(),
-                "runbook_url": RUNBOOK_URL,
+                "runbook_url": runbook,
             },
             "startsAt": self.crossed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "endsAt": self.period_end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "endsAt": ends_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
     }
 }

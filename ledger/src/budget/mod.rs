@@ -6,7 +6,8 @@
 //!
 //! - A budget covers one tenant, or every tenant (`tenant_id = "*"`, spend
 //!   kept per tenant), optionally narrowed to a provider, a model and one
-//!   label value and one user (`user_id`).
+//!   label value and one user (`user_id`), or applying to every user of
+//!   its tenants separately (`user_id = "*"`, spend kept per user).
 //! - Periods are calendar days, weeks or months in the budget's IANA time
 //!   zone (UTC by default): `[local midnight, next local midnight)`, so a
 //!   DST day lasts 23 or 25 hours and a month starts at its local midnight;
@@ -34,7 +35,9 @@ pub mod period;
 pub mod reservation;
 pub mod thresholds;
 
-pub use alert::{format_usd, severity, ThresholdAlert, ALERT_NAME, RUNBOOK_URL};
+pub use alert::{
+    format_usd, severity, AlertKind, ThresholdAlert, ALERT_NAME, FORECAST_ALERT_NAME, RUNBOOK_URL,
+};
 pub use parse::{MAX_AMOUNT_SCALE, MAX_AMOUNT_USD, MAX_BUDGET_NAME_CHARS};
 pub use period::{period_bounds, periods_containing, Period, PeriodBounds, ROLLING_DAYS};
 pub use thresholds::{
@@ -69,6 +72,65 @@ impl TenantScope {
     }
 }
 
+/// The `user_id` of a budget that applies to each user separately.
+pub const EVERY_USER: &str = "*";
+
+/// Which users' usage a budget counts, and whether per user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UserScope {
+    /// Every user's usage together: one spend per tenant.
+    All,
+    /// Only this user's usage.
+    One(String),
+    /// Every user separately, each with its own spend; usage that names
+    /// no user is one more "user", keyed `""`.
+    Each,
+}
+
+impl UserScope {
+    /// The `user_id` column of the budget's definition.
+    pub fn as_column(&self) -> Option<&str> {
+        match self {
+            UserScope::All => None,
+            UserScope::One(user) => Some(user),
+            UserScope::Each => Some(EVERY_USER),
+        }
+    }
+
+    /// The definition's `user_id` column read back.
+    pub fn from_column(column: Option<String>) -> UserScope {
+        match column {
+            None => UserScope::All,
+            Some(user) if user == EVERY_USER => UserScope::Each,
+            Some(user) => UserScope::One(user),
+        }
+    }
+
+    /// The user part of the spend key that usage of `user` counts under:
+    /// the user for an each-user budget (`""` when none is named), `""`
+    /// for every other budget (one spend for all the users it counts).
+    pub fn spend_key(&self, user: Option<&str>) -> String {
+        match self {
+            UserScope::Each => user.unwrap_or_default().to_owned(),
+            UserScope::All | UserScope::One(_) => String::new(),
+        }
+    }
+
+    /// Which events the spend row keyed `key_user` counts, for the spend
+    /// rule in SQL: `None` every user's, `Some("")` those naming no user.
+    pub fn filter<'a>(&'a self, key_user: &'a str) -> Option<&'a str> {
+        match self {
+            UserScope::All => None,
+            UserScope::One(user) => Some(user),
+            UserScope::Each => Some(key_user),
+        }
+    }
+
+    pub fn is_each(&self) -> bool {
+        matches!(self, UserScope::Each)
+    }
+}
+
 /// One label that an event must carry with this exact value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LabelMatch {
@@ -80,9 +142,12 @@ pub struct LabelMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub tenant: TenantScope,
-    /// Only this user's events (`user_id`), the tenant's spend narrowed like
-    /// by a provider or label; `None`: every user's together.
-    pub user: Option<String>,
+    /// Every user's events together, one user's (narrowed like by a
+    /// provider or label), or each user's separately.
+    pub user: UserScope,
+    /// Only the usage appended with this API key (the key's name, which
+    /// the gateway stamps on the event as `api_key`; never its hash).
+    pub api_key: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub label: Option<LabelMatch>,
@@ -96,10 +161,14 @@ impl Scope {
     /// tests prove the two agree.
     pub fn matches(&self, event: &UsageEvent, book: &PriceBook) -> bool {
         self.tenant.covers(&event.tenant_id)
+            && match &self.user {
+                UserScope::All | UserScope::Each => true,
+                UserScope::One(user) => event.user_id.as_ref() == Some(user),
+            }
             && self
-                .user
+                .api_key
                 .as_ref()
-                .is_none_or(|user| event.user_id.as_ref() == Some(user))
+                .is_none_or(|key| event.api_key.as_ref() == Some(key))
             && self
                 .provider
                 .as_ref()
@@ -128,8 +197,13 @@ impl Scope {
     /// `openai/gpt-4o, label team=support`; empty when there is none.
     pub fn narrowing(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(user) = &self.user {
-            parts.push(format!("user {user}"));
+        match &self.user {
+            UserScope::All => {}
+            UserScope::One(user) => parts.push(format!("user {user}")),
+            UserScope::Each => parts.push("each user".to_owned()),
+        }
+        if let Some(key) = &self.api_key {
+            parts.push(format!("API key {key}"));
         }
         match (&self.provider, &self.model) {
             (Some(provider), Some(model)) => parts.push(format!("{provider}/{model}")),
@@ -196,7 +270,8 @@ impl Budget {
             "id": self.id,
             "name": self.name,
             "tenant_id": self.scope.tenant.as_str(),
-            "user_id": self.scope.user,
+            "user_id": self.scope.user.as_column(),
+            "api_key": self.scope.api_key,
             "provider": self.scope.provider,
             "model": self.scope.model,
             "label": label,

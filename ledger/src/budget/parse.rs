@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::thresholds::{DEFAULT_THRESHOLDS, MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT};
-use super::{Budget, LabelMatch, Period, Scope, TenantScope, EVERY_TENANT};
+use super::{Budget, LabelMatch, Period, Scope, TenantScope, UserScope, EVERY_TENANT, EVERY_USER};
 use crate::event::{
     check_identifier, check_provider, is_invisible, printable, type_name, FieldError,
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_MODEL_CHARS, MAX_TENANT_ID_CHARS,
@@ -26,6 +26,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "name",
     "tenant_id",
     "user_id",
+    "api_key",
     "provider",
     "model",
     "label",
@@ -72,7 +73,12 @@ impl Budget {
         let user = take(
             &mut errors,
             "user_id",
-            optional(object, "user_id").map_or(Ok(None), |v| parse_user(v).map(Some)),
+            optional(object, "user_id").map_or(Ok(UserScope::All), parse_user),
+        );
+        let api_key = take(
+            &mut errors,
+            "api_key",
+            optional(object, "api_key").map_or(Ok(None), |v| parse_key_name(v).map(Some)),
         );
         let provider = take(
             &mut errors,
@@ -128,7 +134,7 @@ impl Budget {
         );
         match (
             name,
-            (tenant, user),
+            (tenant, user, api_key),
             provider,
             model,
             label,
@@ -140,7 +146,7 @@ impl Budget {
         ) {
             (
                 Some(name),
-                (Some(tenant), Some(user)),
+                (Some(tenant), Some(user), Some(api_key)),
                 Some(provider),
                 Some(model),
                 Some(label),
@@ -155,6 +161,7 @@ impl Budget {
                 scope: Scope {
                     tenant,
                     user,
+                    api_key,
                     provider,
                     model,
                     label,
@@ -237,17 +244,31 @@ fn parse_tenant_scope(value: &Value) -> Result<TenantScope, String> {
     Ok(TenantScope::One(tenant.to_owned()))
 }
 
-fn parse_user(value: &Value) -> Result<String, String> {
+fn parse_user(value: &Value) -> Result<UserScope, String> {
     let user = expect_str(value)?;
-    if user == EVERY_TENANT {
-        // Spend is kept per budget, tenant and period: one user's row per
-        // budget, not one per user.
+    if user == EVERY_USER {
+        return Ok(UserScope::Each);
+    }
+    check_identifier(user, MAX_USER_ID_CHARS)
+        .map_err(|message| format!("{message} (or \"*\" for each user separately)"))?;
+    Ok(UserScope::One(user.to_owned()))
+}
+
+/// An API key's name as the gateway's `auth.keys` give it (never a hash:
+/// the name is what the events carry).
+fn parse_key_name(value: &Value) -> Result<String, String> {
+    let name = expect_str(value)?;
+    if name.is_empty()
+        || name.len() > MAX_BUDGET_NAME_CHARS
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
         return Err(
-            "\"*\" (each user separately) is not supported; name one user or leave it out".into(),
+            "must be an API key's name: 1-100 ASCII letters, digits, '-', '_', '.' or ':'".into(),
         );
     }
-    check_identifier(user, MAX_USER_ID_CHARS)?;
-    Ok(user.to_owned())
+    Ok(name.to_owned())
 }
 
 fn parse_provider(value: &Value) -> Result<String, String> {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Scope;
+use super::{Scope, UserScope};
 use crate::PriceBook;
 
 /// The call a reservation is made for, as far as the caller knows it.
@@ -20,6 +20,9 @@ use crate::PriceBook;
 pub struct PlannedCall<'a> {
     pub tenant_id: &'a str,
     pub user_id: Option<&'a str>,
+    /// The name of the API key reserving (the key that will append the
+    /// call's usage).
+    pub api_key: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub model: Option<&'a str>,
     pub labels: &'a BTreeMap<String, String>,
@@ -43,10 +46,21 @@ impl Scope {
                 .is_none_or(|value| *value == label.value)
         });
         let user_ok = match (&self.user, call.user_id) {
-            (Some(wanted), Some(user)) => wanted == user,
+            (UserScope::One(wanted), Some(user)) => wanted == user,
             _ => true,
         };
-        self.tenant.covers(call.tenant_id) && user_ok && provider_ok && model_ok && label_ok
+        // A per-key budget counts only its key's usage; the reservation is
+        // made with the key that will report it.
+        let key_ok = self
+            .api_key
+            .as_ref()
+            .is_none_or(|wanted| call.api_key == Some(wanted.as_str()));
+        self.tenant.covers(call.tenant_id)
+            && user_ok
+            && key_ok
+            && provider_ok
+            && model_ok
+            && label_ok
     }
 }
 
@@ -67,6 +81,7 @@ mod tests {
         PlannedCall {
             tenant_id: "acme",
             user_id: None,
+            api_key: None,
             provider,
             model,
             labels,
@@ -77,7 +92,8 @@ mod tests {
     fn what_the_caller_leaves_open_is_held_and_what_it_names_must_match() {
         let scope = Scope {
             tenant: TenantScope::Every,
-            user: None,
+            user: UserScope::All,
+            api_key: None,
             provider: Some("openai".into()),
             model: Some("gpt-4o".into()),
             label: Some(LabelMatch {
@@ -99,7 +115,8 @@ mod tests {
         assert!(!scope.may_count(&call(None, None, &sales), &book));
         let other_tenant = Scope {
             tenant: TenantScope::One("globex".into()),
-            user: None,
+            user: UserScope::All,
+            api_key: None,
             provider: None,
             model: None,
             label: None,
@@ -111,7 +128,8 @@ mod tests {
     fn a_user_budget_holds_for_its_user_and_for_calls_that_name_none() {
         let alice = Scope {
             tenant: TenantScope::One("acme".into()),
-            user: Some("alice".into()),
+            user: UserScope::One("alice".into()),
+            api_key: None,
             provider: None,
             model: None,
             label: None,

@@ -48,6 +48,7 @@ fn event(tenant: &str, provider: &str, model: &str, labels: &[(&str, &str)]) -> 
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 
@@ -369,6 +370,8 @@ fn alert(threshold: u16, spend: Decimal) -> ThresholdAlert {
         budget_id: Uuid::nil(),
         budget_name: "acme-monthly".into(),
         tenant_id: "acme".into(),
+        user_id: String::new(),
+        kind: AlertKind::Threshold,
         period: Period::Monthly,
         timezone: Tz::UTC,
         period_start: utc(2026, 1, 1, 0, 0),
@@ -378,6 +381,7 @@ fn alert(threshold: u16, spend: Decimal) -> ThresholdAlert {
         spend_usd: spend,
         narrowing: String::new(),
         crossed_at: utc(2026, 1, 20, 10, 30),
+        resolved_at: None,
     }
 }
 
@@ -406,6 +410,33 @@ fn alert_text_labels_and_payload() {
     assert_eq!(payload["endsAt"], "2026-02-01T00:00:00.000Z");
     assert_eq!(payload["labels"]["tenant_id"], "acme");
     assert_eq!(payload["annotations"]["runbook_url"], RUNBOOK_URL);
+}
+
+#[test]
+fn an_each_user_alert_names_its_user_and_a_forecast_alert_its_kind() {
+    let mut per_user = alert(75, dec!(800));
+    per_user.user_id = "alice".into();
+    assert_eq!(per_user.labels()["user_id"], "alice");
+    assert!(per_user.summary().ends_with("(tenant acme, user alice)"));
+    assert!(!alert(75, dec!(800)).labels().contains_key("user_id"));
+
+    let mut forecast = alert(100, dec!(1500));
+    forecast.kind = AlertKind::Forecast;
+    let labels = forecast.labels();
+    assert_eq!(labels["alertname"], FORECAST_ALERT_NAME);
+    assert_eq!(labels["kind"], "forecast");
+    assert!(!labels.contains_key("threshold"));
+    assert_eq!(
+        forecast.summary(),
+        "The monthly budget is forecast to run out: $1500.00 projected of $1000.00 (tenant acme)"
+    );
+    let payload = forecast.to_alertmanager_json();
+    assert_eq!(payload["endsAt"], "2026-02-01T00:00:00.000Z");
+    forecast.resolved_at = Some(utc(2026, 1, 21, 8, 0));
+    assert_eq!(
+        forecast.to_alertmanager_json()["endsAt"],
+        "2026-01-21T08:00:00.000Z"
+    );
 }
 
 #[test]
@@ -566,7 +597,7 @@ fn a_late_event_counts_toward_every_rolling_window_up_to_today() {
 }
 
 #[test]
-fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
+fn a_user_budget_counts_its_users_events_only() {
     let alice = budget(json!({
         "name": "acme-alice", "tenant_id": "acme", "user_id": "alice", "period": "daily",
         "amount_usd": "5"
@@ -580,18 +611,35 @@ fn a_user_budget_counts_its_users_events_only_and_refuses_every_user() {
     assert!(!alice.matches(&with_user(Some("bob")), &book()));
     assert!(!alice.matches(&with_user(None), &book()));
     assert_eq!(alice.scope.narrowing(), "user alice");
+    assert_eq!(alice.scope.user.spend_key(Some("alice")), "");
     let everyone = budget(
         json!({"name": "acme", "tenant_id": "acme", "period": "daily",
                                  "amount_usd": "5"}),
     );
     assert!(everyone.matches(&with_user(Some("bob")), &book()));
+}
 
-    let errors = Budget::from_json(
-        Uuid::nil(),
-        &json!({"name": "u", "tenant_id": "acme", "user_id": "*", "period": "daily",
-                "amount_usd": "5"}),
-    )
-    .expect_err("every user is refused");
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].field, "user_id");
+#[test]
+fn an_each_user_budget_counts_every_users_events_each_under_its_own_key() {
+    let each = budget(json!({
+        "name": "per-user", "tenant_id": "*", "user_id": "*", "period": "daily",
+        "amount_usd": "5"
+    }));
+    assert_eq!(each.scope.user, UserScope::Each);
+    assert_eq!(each.to_json()["user_id"], "*");
+    assert_eq!(each.scope.narrowing(), "each user");
+    let with_user = |user: Option<&str>| UsageEvent {
+        user_id: user.map(str::to_owned),
+        ..event("acme", "openai", "gpt-4o", &[])
+    };
+    for user in [Some("alice"), Some("bob"), None] {
+        assert!(each.matches(&with_user(user), &book()));
+    }
+    assert_eq!(each.scope.user.spend_key(Some("alice")), "alice");
+    assert_eq!(each.scope.user.spend_key(None), "");
+    assert_eq!(each.scope.user.filter("alice"), Some("alice"));
+    assert_eq!(
+        UserScope::from_column(each.scope.user.as_column().map(str::to_owned)),
+        UserScope::Each
+    );
 }

@@ -13,7 +13,7 @@ use super::{EventError, FieldError, UsageEvent, ValidationLimits};
 pub const KAFKA_SCHEMA: &str = "usage.v1";
 
 /// Fields a producer may add to the HTTP API's: what the gateway adds.
-pub const PRODUCER_FIELDS: [&str; 3] = ["received_at", "request_id", "call_identity"];
+pub const PRODUCER_FIELDS: [&str; 4] = ["received_at", "request_id", "call_identity", "api_key"];
 
 impl UsageEvent {
     /// The Kafka record value.
@@ -70,6 +70,11 @@ impl UsageEvent {
             Some(Value::Bool(flag)) => flag,
             Some(_) => return Err(single("call_identity", "must be true or false")),
         };
+        let api_key = match object.remove(PRODUCER_FIELDS[3]) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(name),
+            Some(_) => return Err(single("api_key", "must be a string")),
+        };
         // Kafka has no receive window of its own: the gateway's applies to
         // HTTP clients, and the topic keeps what a producer wrote.
         let unbounded = ValidationLimits {
@@ -84,6 +89,7 @@ impl UsageEvent {
         event.received_at = received_at.or(record_time).unwrap_or(event.created_at);
         event.request_id = request_id;
         event.call_identity = call_identity;
+        event.api_key = api_key;
         event.check_invariants()?;
         Ok(event)
     }

@@ -176,6 +176,13 @@ pub struct UsageEvent {
     /// Kafka form when absent, so other events hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<Uuid>,
+    /// The name (never the hash) of the API key that appended the event,
+    /// stamped by the gateway from the key that authenticated the request;
+    /// never accepted from the client (not a field of the HTTP API). What
+    /// per-key budgets count. Left out of the Kafka form when absent and
+    /// out of the content hash (who sent an event is not what it says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 fn is_zero(count: &u32) -> bool {

@@ -169,6 +169,7 @@ impl UsageEvent {
             request_id: None,
             call_identity: false,
             reservation_id: reservation_id.flatten(),
+            api_key: None,
         };
         event.check_invariants()?;
         Ok(event)

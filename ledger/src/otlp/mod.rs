@@ -325,6 +325,7 @@ impl SpanContext<'_> {
             request_id: None,
             call_identity: response_id.is_some(),
             reservation_id: None,
+            api_key: None,
         };
         event
             .check_invariants()

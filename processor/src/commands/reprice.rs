@@ -277,6 +277,7 @@ fn rate_page(
                     let key = SpendKey {
                         budget_id: budget.id,
                         tenant_id: stored.event.tenant_id.clone(),
+                        user_id: budget.scope.user.spend_key(stored.event.user_id.as_deref()),
                         period_start: bounds.start,
                     };
                     page.spend_deltas

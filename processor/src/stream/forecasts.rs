@@ -1,12 +1,16 @@
-//! Burn-rate forecasts as a gauge: every `alerting.forecast_interval_ms`,
-//! the forecast of each budget with `forecast_alert` for each tenant with
-//! spend in the current period (`store::forecasts`), divided by the
-//! amount, as `tokenledger_budget_forecast_ratio{tenant_id, budget,
-//! period}`. The `LLMBudgetForecastExceeded` rule (alerts/) fires, labelled
-//! `kind="forecast"`, while a forecast stays above 1 and resolves when it
-//! drops back; a new period is a new series value, so one alert per budget,
-//! tenant and period.
+//! Burn-rate forecasts: every `alerting.forecast_interval_ms`, the forecast
+//! of each budget with `forecast_alert` for each tenant (and user, for an
+//! each-user budget) with spend in the current period (`store::forecasts`).
+//!
+//! - Pushed alerts: a forecast above the amount raises one
+//!   `LLMBudgetForecast` alert (`kind="forecast"`) per budget, tenant, user
+//!   and period in the alert outbox (`store::forecast_alerts`), resolved when
+//!   the forecast drops back; the outbox delivers both like a crossing.
+//! - The gauge `tokenledger_budget_forecast_ratio{tenant_id, budget,
+//!   period}` (forecast / amount; an each-user budget's highest user), for
+//!   the `TokenledgerBudgetForecastExceeded` rule (alerts/).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -70,18 +74,38 @@ async fn refresh(
     let forecasts = store::forecasts::alerting(&**client, Utc::now(), window, book)
         .await
         .map_err(|error| error.to_string())?;
+    let changes = store::forecast_alerts::sync(&**client, &forecasts, Utc::now())
+        .await
+        .map_err(|error| error.to_string())?;
+    if changes != store::forecast_alerts::ForecastChanges::default() {
+        tracing::info!(
+            raised = changes.raised,
+            resolved = changes.resolved,
+            "budget forecast alerts recorded"
+        );
+    }
     // Reset first: a budget deleted, renamed or in a new period must not
     // keep its last value.
     gauge.reset();
+    // An each-user budget's series per tenant is its user nearest the
+    // amount: users are not label values (their number is unbounded).
+    let mut ratios: BTreeMap<(&str, &str, &str), f64> = BTreeMap::new();
     for row in &forecasts {
-        let ratio = ledger::budget::spend_ratio(row.forecast.forecast_usd, row.budget.amount_usd);
+        let ratio = ledger::budget::spend_ratio(row.forecast.forecast_usd, row.budget.amount_usd)
+            .to_f64()
+            .unwrap_or(0.0);
+        let key = (
+            row.tenant_id.as_str(),
+            row.budget.name.as_str(),
+            row.budget.period.as_str(),
+        );
+        let slot = ratios.entry(key).or_insert(ratio);
+        *slot = slot.max(ratio);
+    }
+    for ((tenant, budget, period), ratio) in ratios {
         gauge
-            .with_label_values(&[
-                row.tenant_id.as_str(),
-                row.budget.name.as_str(),
-                row.budget.period.as_str(),
-            ])
-            .set(ratio.to_f64().unwrap_or(0.0));
+            .with_label_values(&[tenant, budget, period])
+            .set(ratio);
     }
     Ok(())
 }

@@ -127,6 +127,7 @@ mod tests {
                 request_id: None,
                 call_identity: false,
                 reservation_id: None,
+                api_key: None,
             },
             cost: Cost {
                 usd: Decimal::new(25, 2),

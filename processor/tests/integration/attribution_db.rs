@@ -54,6 +54,7 @@ fn event(tenant: &str, at: DateTime<Utc>, use_case: Option<&str>, model: &str) -
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

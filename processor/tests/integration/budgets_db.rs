@@ -35,14 +35,14 @@ impl DeadLetterSink for NoDeadLetters {
     }
 }
 
-struct Fixture {
-    database: Database,
+pub(crate) struct Fixture {
+    pub(crate) database: Database,
     writer: Writer<NoDeadLetters>,
     next_offset: i64,
 }
 
 impl Fixture {
-    async fn start() -> Fixture {
+    pub(crate) async fn start() -> Fixture {
         let database = migrated_database().await;
         let pool = database::pool(&DatabaseConfig {
             url: database.url().into(),
@@ -58,7 +58,7 @@ impl Fixture {
         }
     }
 
-    fn records(&mut self, events: &[UsageEvent]) -> Vec<Record> {
+    pub(crate) fn records(&mut self, events: &[UsageEvent]) -> Vec<Record> {
         events
             .iter()
             .map(|event| {
@@ -68,7 +68,7 @@ impl Fixture {
             .collect()
     }
 
-    async fn write_records(&self, records: Vec<Record>) -> usize {
+    pub(crate) async fn write_records(&self, records: Vec<Record>) -> usize {
         let mut prepared = prepare::prepare(
             records,
             &PriceBook::builtin().expect("the built-in book parses"),
@@ -81,12 +81,12 @@ impl Fixture {
             .len()
     }
 
-    async fn write(&mut self, events: &[UsageEvent]) -> usize {
+    pub(crate) async fn write(&mut self, events: &[UsageEvent]) -> usize {
         let records = self.records(events);
         self.write_records(records).await
     }
 
-    async fn apply_budgets(&self, toml: &str, prune: bool) -> budgets::ApplyReport {
+    pub(crate) async fn apply_budgets(&self, toml: &str, prune: bool) -> budgets::ApplyReport {
         let parsed = budgets::parse_file(Path::new("budgets.toml"), toml).expect("valid budgets");
         let mut client = self.database.client().await;
         budgets::apply(&mut client, &parsed, prune)
@@ -129,14 +129,14 @@ impl Fixture {
     }
 }
 
-fn at(y: i32, mo: u32, d: u32, h: u32) -> DateTime<Utc> {
+pub(crate) fn at(y: i32, mo: u32, d: u32, h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, 0, 0)
         .single()
         .expect("valid time")
 }
 
 /// An event with a caller-provided cost, so spend is exact and obvious.
-fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
+pub(crate) fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
     UsageEvent {
         id: Uuid::now_v7(),
         created_at,
@@ -160,10 +160,11 @@ fn event(tenant: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 
-fn usd(text: &str) -> Decimal {
+pub(crate) fn usd(text: &str) -> Decimal {
     text.parse().expect("decimal")
 }
 

@@ -64,6 +64,7 @@ fn report(id: Uuid, at: DateTime<Utc>, prompt_tokens: u32) -> UsageEvent {
         request_id: Some("req".into()),
         call_identity: true,
         reservation_id: None,
+        api_key: None,
     }
 }
 

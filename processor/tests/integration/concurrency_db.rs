@@ -108,6 +108,7 @@ fn event(model: &str, cost: &str, created_at: DateTime<Utc>) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

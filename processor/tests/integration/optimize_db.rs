@@ -136,6 +136,7 @@ fn traffic(count: usize) -> Vec<UsageEvent> {
                 request_id: None,
                 call_identity: false,
                 reservation_id: None,
+                api_key: None,
             }
         })
         .collect()

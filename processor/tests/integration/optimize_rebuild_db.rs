@@ -116,6 +116,7 @@ fn traffic() -> Vec<UsageEvent> {
             request_id: None,
             call_identity: false,
             reservation_id: None,
+            api_key: None,
         });
     }
     events

@@ -91,6 +91,7 @@ fn event(tenant: &str, n: u32) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

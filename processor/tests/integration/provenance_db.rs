@@ -51,6 +51,7 @@ fn event(model: &str, prompt: u32, output: u32) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

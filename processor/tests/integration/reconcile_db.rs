@@ -114,6 +114,7 @@ fn event(provider: &str, tenant: &str, model: &str, d: u32, t: Tokens) -> UsageE
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

@@ -92,6 +92,7 @@ fn event(tenant: &str, model: &str, prompt: u32, at: DateTime<Utc>) -> UsageEven
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

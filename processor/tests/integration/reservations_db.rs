@@ -165,6 +165,7 @@ fn usage(tenant: &str, cost: Decimal, reservation: Option<Uuid>) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: reservation,
+        api_key: None,
     }
 }
 

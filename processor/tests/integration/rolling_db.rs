@@ -136,6 +136,7 @@ fn usage(cost: Decimal, created_at: DateTime<Utc>) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 
@@ -198,6 +199,7 @@ async fn a_rolling_budget_counts_the_last_thirty_days_and_its_holds_follow_the_w
     let forecasts = store::forecasts::for_tenant(
         &client,
         "acme",
+        None,
         std::slice::from_ref(&budget),
         &spend,
         later,

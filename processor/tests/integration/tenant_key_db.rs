@@ -72,6 +72,7 @@ fn event(tenant: &str, prompt_tokens: u32, age: chrono::Duration) -> UsageEvent 
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

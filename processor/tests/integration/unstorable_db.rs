@@ -80,6 +80,7 @@ fn event(model: &str, prompt_tokens: u32) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

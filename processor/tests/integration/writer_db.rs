@@ -90,6 +90,7 @@ fn event(tenant: &str, prompt_tokens: u32) -> UsageEvent {
         request_id: Some("req-1".into()),
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 

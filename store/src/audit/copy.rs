@@ -39,7 +39,7 @@ CREATE TEMP TABLE IF NOT EXISTS tokenledger_staging (
     source_partition INTEGER NOT NULL, source_offset BIGINT NOT NULL,
     cache_write_1h_tokens INTEGER, service_tier TEXT, calls JSONB, list_cost NUMERIC,
     price_entry TEXT, price_book_version TEXT, pricing_rule TEXT, cost_source TEXT,
-    unpriced_tokens JSONB
+    unpriced_tokens JSONB, api_key TEXT
 ) ON COMMIT DELETE ROWS";
 
 /// Every column the processor writes, in [`COPY_TYPES`]' order.
@@ -48,9 +48,9 @@ pub const COLUMNS: &str = "id, tenant_id, user_id, provider, model, \
     cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels, \
     request_id, received_at, payload_sha256, source_partition, source_offset, \
     cache_write_1h_tokens, service_tier, calls, list_cost, price_entry, \
-    price_book_version, pricing_rule, cost_source, unpriced_tokens";
+    price_book_version, pricing_rule, cost_source, unpriced_tokens, api_key";
 
-const COPY_TYPES: [Type; 29] = [
+const COPY_TYPES: [Type; 30] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
@@ -80,6 +80,7 @@ const COPY_TYPES: [Type; 29] = [
     Type::TEXT,
     Type::TEXT,
     Type::JSONB,
+    Type::TEXT,
 ];
 
 /// Why a batch's rows were not written.
@@ -150,7 +151,7 @@ fn encode_row<R: AsNewRow>(row: &R, buf: &mut BytesMut) -> Result<(), CopyError>
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
     let calls = (!event.calls.is_empty()).then_some(Json(&event.calls));
     let unpriced = (!event.unpriced_tokens.is_empty()).then_some(Json(&event.unpriced_tokens));
-    let values: [&(dyn ToSql + Sync); 29] = [
+    let values: [&(dyn ToSql + Sync); 30] = [
         &event.id,
         &event.tenant_id,
         &event.user_id,
@@ -181,6 +182,7 @@ fn encode_row<R: AsNewRow>(row: &R, buf: &mut BytesMut) -> Result<(), CopyError>
         &row.pricing.pricing_rule,
         &row.pricing.cost_source,
         &unpriced,
+        &event.api_key,
     ];
     buf.put_i16(values.len() as i16);
     for (column, (value, ty)) in values.iter().zip(&COPY_TYPES).enumerate() {
@@ -208,14 +210,14 @@ INSERT INTO gateway_mode_audit (
     cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
     request_id, received_at, payload_sha256, source_partition, source_offset,
     cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
-    price_book_version, pricing_rule, cost_source, unpriced_tokens)
+    price_book_version, pricing_rule, cost_source, unpriced_tokens, api_key)
 SELECT
     id, tenant_id, user_id, provider, model,
     prompt_tokens, completion_tokens, total_tokens, estimated_cost, created_at,
     cached_prompt_tokens, cache_write_tokens, reasoning_tokens, pricing_status, labels,
     request_id, received_at, payload_sha256, source_partition, source_offset,
     cache_write_1h_tokens, service_tier, calls, list_cost, price_entry,
-    price_book_version, pricing_rule, cost_source, unpriced_tokens
+    price_book_version, pricing_rule, cost_source, unpriced_tokens, api_key
 FROM tokenledger_staging
 ON CONFLICT (created_at, tenant_id, id) DO NOTHING
 RETURNING tenant_id, id, created_at";

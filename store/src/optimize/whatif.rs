@@ -254,5 +254,6 @@ pub(super) fn event_of(row: &tokio_postgres::Row) -> Result<UsageEvent, Optimize
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     })
 }

@@ -51,10 +51,13 @@ pub struct ReservationRequest {
     pub request_sha256: Vec<u8>,
 }
 
-/// Where one budget stands for the reservation's tenant.
+/// Where one budget stands for the reservation's tenant (and user, for an
+/// each-user budget).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Room {
     pub budget_id: Uuid,
+    /// The user key of the budget's spend row (`UserScope::spend_key`).
+    pub user_id: String,
     pub name: String,
     pub hard_limit: bool,
     pub amount_usd: Decimal,
@@ -73,6 +76,7 @@ impl Room {
         json!({
             "id": self.budget_id,
             "name": self.name,
+            "user_id": self.user_id,
             "hard_limit": self.hard_limit,
             "amount_usd": self.amount_usd.normalize().to_string(),
             "period_start": self.period.start,
@@ -144,12 +148,21 @@ async fn reserve_in(
     let call = PlannedCall {
         tenant_id: tenant,
         user_id: request.user_id.as_deref(),
+        api_key: request.api_key.as_deref(),
         provider: request.provider.as_deref(),
         model: request.model.as_deref(),
         labels: &request.labels,
     };
     let budgets = locked_budgets(transaction, tenant, |b| b.scope.may_count(&call, book)).await?;
-    let rooms = lock_rooms(transaction, tenant, &budgets, now, book).await?;
+    let rooms = lock_rooms(
+        transaction,
+        tenant,
+        request.user_id.as_deref(),
+        &budgets,
+        now,
+        book,
+    )
+    .await?;
 
     if let Some(short) = rooms.iter().find(|room| {
         room.hard_limit && room.amount_usd < room.spend_usd + room.reserved_usd + request.amount_usd
@@ -175,7 +188,9 @@ async fn reserve_in(
         "budgets": granted.iter().map(Room::to_json).collect::<Vec<_>>(),
     });
     let ids: Vec<Uuid> = granted.iter().map(|room| room.budget_id).collect();
+    let users: Vec<&str> = granted.iter().map(|room| room.user_id.as_str()).collect();
     let hard: Vec<&Room> = granted.iter().filter(|room| room.hard_limit).collect();
+    let log_users: Vec<&str> = hard.iter().map(|room| room.user_id.as_str()).collect();
     let log_ids: Vec<Uuid> = hard.iter().map(|room| room.budget_id).collect();
     let log_starts: Vec<DateTime<Utc>> = hard.iter().map(|room| room.period.start).collect();
     let log_spend: Vec<Decimal> = hard.iter().map(|room| room.spend_usd).collect();
@@ -203,6 +218,8 @@ async fn reserve_in(
                 &log_spend,
                 &log_reserved,
                 &log_amounts,
+                &users,
+                &log_users,
             ],
         )
         .await
@@ -273,13 +290,15 @@ async fn locked_budgets(
     Ok(budgets)
 }
 
-/// Each budget's current spend row for `tenant`, created if missing and
-/// locked `FOR UPDATE` in key order, with the open holds read under that
+/// Each budget's current spend row for `tenant` (and `user`, for an
+/// each-user budget), created if missing and locked `FOR UPDATE` in key
+/// order, with the open holds read under that
 /// lock after the expired ones are released. The budgets are locked by the
 /// caller.
 async fn lock_rooms(
     transaction: &Transaction<'_>,
     tenant: &str,
+    user: Option<&str>,
     budgets: &[Budget],
     now: DateTime<Utc>,
     book: &PriceBook,
@@ -287,11 +306,15 @@ async fn lock_rooms(
     if budgets.is_empty() {
         return Ok(Vec::new());
     }
-    crate::spend::current(transaction, tenant, budgets, now, book).await?;
+    crate::spend::current(transaction, tenant, user, budgets, now, book).await?;
     let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
     let starts: Vec<DateTime<Utc>> = budgets.iter().map(|b| b.period_of(now).start).collect();
+    let users: Vec<String> = budgets
+        .iter()
+        .map(|b| b.scope.user.spend_key(user))
+        .collect();
     let spend: HashMap<Uuid, Decimal> = transaction
-        .query(sql::LOCK_SPEND_ROWS, &[&tenant, &ids, &starts])
+        .query(sql::LOCK_SPEND_ROWS, &[&tenant, &ids, &starts, &users])
         .await
         .map_err(db("locking spend rows"))?
         .iter()
@@ -302,6 +325,7 @@ async fn lock_rooms(
         .iter()
         .map(|budget| Room {
             budget_id: budget.id,
+            user_id: budget.scope.user.spend_key(user),
             name: budget.name.clone(),
             hard_limit: budget.hard_limit,
             amount_usd: budget.amount_usd,
@@ -311,7 +335,7 @@ async fn lock_rooms(
         })
         .collect();
     let expired = release::expire_holds(transaction, tenant, &rooms).await?;
-    let held = held(transaction, tenant, &ids).await?;
+    let held = held(transaction, tenant, &ids, &users).await?;
     for room in &mut rooms {
         room.reserved_usd = held.get(&room.budget_id).copied().unwrap_or(Decimal::ZERO);
     }
@@ -333,14 +357,16 @@ async fn lock_rooms(
     Ok(rooms)
 }
 
-/// The open holds of `tenant` on each budget of `ids`.
+/// The open holds of `tenant` on each budget of `ids`, under the user key
+/// beside it in `users`.
 async fn held(
     client: &impl GenericClient,
     tenant: &str,
     ids: &[Uuid],
+    users: &[String],
 ) -> Result<HashMap<Uuid, Decimal>, DbError> {
     client
-        .query(sql::HELD, &[&tenant, &ids])
+        .query(sql::HELD, &[&tenant, &ids, &users])
         .await
         .map_err(db("reading holds"))?
         .iter()
@@ -350,14 +376,20 @@ async fn held(
 }
 
 /// What each budget of `tenant` holds in open reservations at `now` (the
-/// status endpoint's `reserved_usd`).
+/// status endpoint's `reserved_usd`), for `user` on each-user budgets.
 pub async fn open_holds(
     client: &impl GenericClient,
     tenant: &str,
-    ids: &[Uuid],
+    user: Option<&str>,
+    budgets: &[Budget],
 ) -> Result<HashMap<Uuid, Decimal>, DbError> {
+    let ids: Vec<Uuid> = budgets.iter().map(|b| b.id).collect();
+    let users: Vec<String> = budgets
+        .iter()
+        .map(|b| b.scope.user.spend_key(user))
+        .collect();
     client
-        .query(sql::OPEN_HOLDS, &[&tenant, &ids])
+        .query(sql::OPEN_HOLDS, &[&tenant, &ids, &users])
         .await
         .map_err(db("reading holds"))?
         .iter()
@@ -391,6 +423,7 @@ async fn log(
     let spend: Vec<Decimal> = entries.iter().map(|e| e.room.spend_usd).collect();
     let reserved: Vec<Decimal> = entries.iter().map(|e| e.room.reserved_usd).collect();
     let amounts: Vec<Decimal> = entries.iter().map(|e| e.room.amount_usd).collect();
+    let users: Vec<&str> = entries.iter().map(|e| e.room.user_id.as_str()).collect();
     transaction
         .execute(
             sql::LOG,
@@ -404,6 +437,7 @@ async fn log(
                 &spend,
                 &reserved,
                 &amounts,
+                &users,
             ],
         )
         .await

@@ -60,8 +60,9 @@ pub(super) async fn expire_holds(
     rooms: &[Room],
 ) -> Result<Vec<(Uuid, Uuid, Decimal)>, DbError> {
     let ids: Vec<Uuid> = rooms.iter().map(|room| room.budget_id).collect();
+    let users: Vec<&str> = rooms.iter().map(|room| room.user_id.as_str()).collect();
     transaction
-        .query(sql::EXPIRE_HOLDS, &[&tenant, &ids])
+        .query(sql::EXPIRE_HOLDS, &[&tenant, &ids, &users])
         .await
         .map_err(db("expiring holds"))?
         .iter()
@@ -102,6 +103,7 @@ pub async fn release(
         return Ok(Released::AlreadyClosed(closed));
     }
     let owner: String = found.try_get("tenant_id").map_err(&get)?;
+    let user: Option<String> = found.try_get("user_id").map_err(&get)?;
     let held_on: Vec<Uuid> = transaction
         .query(sql::HOLD_BUDGETS, &[&id])
         .await
@@ -111,7 +113,7 @@ pub async fn release(
         .collect::<Result<_, _>>()
         .map_err(&get)?;
     let budgets = locked_budgets(transaction, &owner, |b| held_on.contains(&b.id)).await?;
-    let mut rooms = lock_rooms(transaction, &owner, &budgets, now, book).await?;
+    let mut rooms = lock_rooms(transaction, &owner, user.as_deref(), &budgets, now, book).await?;
 
     let Some(closed) = transaction
         .query_opt(sql::CLOSE, &[&id, &reason.as_str(), &settled_by])

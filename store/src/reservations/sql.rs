@@ -4,8 +4,9 @@ pub(super) const BY_IDEMPOTENCY_KEY: &str = "
 SELECT id, request_sha256, answer, expires_at FROM budget_reservations
 WHERE tenant_id = $1 AND idempotency_key = $2";
 
-/// The reservation with its answer, its holds on budgets `$13` and the log
-/// entries of the hard-limited ones (`$14..$18`), in one statement (one
+/// The reservation with its answer, its holds on budgets `$13` (each under
+/// the user key `$19`) and the log entries of the hard-limited ones
+/// (`$14..$18`, `$20`), in one statement (one
 /// round trip while the spend rows are locked). `ON CONFLICT
 /// DO NOTHING`: a request with the same idempotency key that committed
 /// first wins, nothing is held, and this one answers with that one.
@@ -18,18 +19,19 @@ WITH r AS (
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING id, tenant_id, amount_usd, expires_at
 ), held AS (
-    INSERT INTO budget_reservation_holds (budget_id, tenant_id, reservation_id, amount_usd,
-                                          expires_at)
-    SELECT k.budget_id, r.tenant_id, r.id, r.amount_usd, r.expires_at
-    FROM r, UNNEST($13::uuid[]) AS k(budget_id)
+    INSERT INTO budget_reservation_holds (budget_id, tenant_id, user_id, reservation_id,
+                                          amount_usd, expires_at)
+    SELECT k.budget_id, r.tenant_id, k.user_id, r.id, r.amount_usd, r.expires_at
+    FROM r, UNNEST($13::uuid[], $19::text[]) AS k(budget_id, user_id)
 ), logged AS (
-    INSERT INTO budget_reservation_log (tenant_id, budget_id, period_start, kind,
+    INSERT INTO budget_reservation_log (tenant_id, budget_id, user_id, period_start, kind,
                                         reservation_id, delta_spend_usd, delta_reserved_usd,
                                         spend_usd, reserved_usd, amount_usd)
-    SELECT r.tenant_id, k.budget_id, k.period_start, 'grant', r.id, 0, r.amount_usd, k.spend,
-           k.reserved, k.amount
+    SELECT r.tenant_id, k.budget_id, k.user_id, k.period_start, 'grant', r.id, 0, r.amount_usd,
+           k.spend, k.reserved, k.amount
     FROM r, UNNEST($14::uuid[], $15::timestamptz[], $16::numeric[], $17::numeric[],
-                   $18::numeric[]) AS k(budget_id, period_start, spend, reserved, amount)
+                   $18::numeric[], $20::text[])
+         AS k(budget_id, period_start, spend, reserved, amount, user_id)
 )
 SELECT expires_at FROM r";
 
@@ -37,32 +39,40 @@ SELECT expires_at FROM r";
 pub(super) const LOCK_SPEND_ROWS: &str = "
 SELECT s.budget_id, s.spend_usd
 FROM budget_spend AS s
-JOIN UNNEST($2::uuid[], $3::timestamptz[]) AS k(budget_id, period_start)
-  ON s.budget_id = k.budget_id AND s.period_start = k.period_start
+JOIN UNNEST($2::uuid[], $3::timestamptz[], $4::text[]) AS k(budget_id, period_start, user_id)
+  ON s.budget_id = k.budget_id AND s.period_start = k.period_start AND s.user_id = k.user_id
 WHERE s.tenant_id = $1
-ORDER BY s.budget_id, s.tenant_id, s.period_start
+ORDER BY s.budget_id, s.tenant_id, s.user_id, s.period_start
 FOR UPDATE OF s";
 
 /// Every hold still stored, expired or not: the grant runs after the
 /// expired ones of its budgets were released under the same lock.
 pub(super) const HELD: &str = "
-SELECT budget_id, sum(amount_usd) AS held_usd FROM budget_reservation_holds
-WHERE tenant_id = $1 AND budget_id = ANY($2)
-GROUP BY budget_id";
+SELECT h.budget_id, sum(h.amount_usd) AS held_usd
+FROM budget_reservation_holds AS h
+JOIN UNNEST($2::uuid[], $3::text[]) AS k(budget_id, user_id)
+  ON h.budget_id = k.budget_id AND h.user_id = k.user_id
+WHERE h.tenant_id = $1
+GROUP BY h.budget_id";
 
 /// The holds of reservations still open at the statement's time.
 pub(super) const OPEN_HOLDS: &str = "
-SELECT budget_id, sum(amount_usd) AS held_usd FROM budget_reservation_holds
-WHERE tenant_id = $1 AND budget_id = ANY($2) AND expires_at > now()
-GROUP BY budget_id";
+SELECT h.budget_id, sum(h.amount_usd) AS held_usd
+FROM budget_reservation_holds AS h
+JOIN UNNEST($2::uuid[], $3::text[]) AS k(budget_id, user_id)
+  ON h.budget_id = k.budget_id AND h.user_id = k.user_id
+WHERE h.tenant_id = $1 AND h.expires_at > now()
+GROUP BY h.budget_id";
 
 /// Releases the expired holds of a tenant on the given budgets; a
 /// reservation still open is closed as expired at its expiry time.
 pub(super) const EXPIRE_HOLDS: &str = "
 WITH gone AS (
-    DELETE FROM budget_reservation_holds
-    WHERE tenant_id = $1 AND budget_id = ANY($2) AND expires_at <= now()
-    RETURNING budget_id, reservation_id, amount_usd
+    DELETE FROM budget_reservation_holds AS h
+    USING UNNEST($2::uuid[], $3::text[]) AS k(budget_id, user_id)
+    WHERE h.tenant_id = $1 AND h.budget_id = k.budget_id AND h.user_id = k.user_id
+      AND h.expires_at <= now()
+    RETURNING h.budget_id, h.reservation_id, h.amount_usd
 ), closed AS (
     UPDATE budget_reservations AS r
     SET released_at = r.expires_at, release_reason = 'expired'
@@ -71,7 +81,7 @@ WITH gone AS (
 SELECT budget_id, reservation_id, amount_usd FROM gone ORDER BY budget_id, reservation_id";
 
 pub(super) const FIND: &str = "
-SELECT tenant_id, release_reason FROM budget_reservations
+SELECT tenant_id, user_id, release_reason FROM budget_reservations
 WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)";
 
 pub(super) const HOLD_BUDGETS: &str = "
@@ -92,11 +102,12 @@ DELETE FROM budget_reservation_holds WHERE reservation_id = $1
 RETURNING budget_id, amount_usd";
 
 pub(super) const LOG: &str = "
-INSERT INTO budget_reservation_log (tenant_id, budget_id, period_start, kind, reservation_id,
-                                    delta_spend_usd, delta_reserved_usd, spend_usd,
-                                    reserved_usd, amount_usd)
-SELECT $1, k.budget_id, k.period_start, k.kind, k.reservation_id, 0, k.delta, k.spend,
-       k.reserved, k.amount
+INSERT INTO budget_reservation_log (tenant_id, budget_id, user_id, period_start, kind,
+                                    reservation_id, delta_spend_usd, delta_reserved_usd,
+                                    spend_usd, reserved_usd, amount_usd)
+SELECT $1, k.budget_id, k.user_id, k.period_start, k.kind, k.reservation_id, 0, k.delta,
+       k.spend, k.reserved, k.amount
 FROM UNNEST($2::uuid[], $3::timestamptz[], $4::text[], $5::uuid[], $6::numeric[],
-            $7::numeric[], $8::numeric[], $9::numeric[])
-     AS k(budget_id, period_start, kind, reservation_id, delta, spend, reserved, amount)";
+            $7::numeric[], $8::numeric[], $9::numeric[], $10::text[])
+     AS k(budget_id, period_start, kind, reservation_id, delta, spend, reserved, amount,
+          user_id)";

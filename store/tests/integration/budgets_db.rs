@@ -255,6 +255,7 @@ async fn current_spend_is_the_stored_row_or_else_the_audit_table() {
     let spend = store::spend::current(
         &transaction,
         "acme",
+        None,
         &[stored.clone(), fresh.clone()],
         now,
         &book,

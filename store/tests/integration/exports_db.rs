@@ -118,6 +118,7 @@ fn events(rng: &mut Rng, count: usize, start: DateTime<Utc>, days: i64) -> Vec<U
                 request_id: None,
                 call_identity: false,
                 reservation_id: None,
+                api_key: None,
             }
         })
         .collect()

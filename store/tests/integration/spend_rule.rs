@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use e2e::Database;
-use ledger::budget::{LabelMatch, Period, PeriodBounds, Scope, TenantScope};
+use ledger::budget::{LabelMatch, Period, PeriodBounds, Scope, TenantScope, UserScope};
 use ledger::{Budget, PriceBook, UsageEvent};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 const TENANTS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 const USERS: [&str; 2] = ["alice", "bob"];
+const API_KEYS: [&str; 2] = ["batch-jobs", "web"];
 const PROVIDERS: [&str; 3] = ["openai", "anthropic", "google"];
 /// Listed names, and names the price book prices as one of them (a dated snapshot).
 const MODELS: [&str; 6] = [
@@ -152,6 +153,7 @@ fn event(rng: &mut Rng) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: maybe(rng, 70, &API_KEYS).map(str::to_owned),
     }
 }
 
@@ -168,7 +170,12 @@ fn budget(rng: &mut Rng, index: usize) -> Budget {
                 Some(tenant) => TenantScope::One(tenant.to_owned()),
                 None => TenantScope::Every,
             },
-            user: maybe(rng, 30, &USERS).map(str::to_owned),
+            user: if rng.chance(15) {
+                UserScope::Each
+            } else {
+                maybe(rng, 30, &USERS).map_or(UserScope::All, |u| UserScope::One(u.to_owned()))
+            },
+            api_key: maybe(rng, 25, &API_KEYS).map(str::to_owned),
             provider: maybe(rng, 40, &PROVIDERS).map(str::to_owned),
             model: maybe(rng, 30, &MODELS).map(str::to_owned),
             label,
@@ -198,8 +205,9 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
             "INSERT INTO gateway_mode_audit (id, tenant_id, provider, model, prompt_tokens,
                  completion_tokens, total_tokens, estimated_cost, created_at, pricing_status,
                  labels, received_at, payload_sha256, source_partition, source_offset, price_entry,
-                 user_id)
-             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9, $10)",
+                 user_id, api_key)
+             VALUES ($1, $2, $3, $4, 1, 1, 2, $5, $6, 'provided', $7, $6, '\\x00', 0, $8, $9, $10,
+                     $11)",
         )
         .await
         .expect("prepare");
@@ -220,6 +228,7 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
                     &offset,
                     &entry,
                     &event.user_id,
+                    &event.api_key,
                 ],
             )
             .await
@@ -233,6 +242,7 @@ async fn insert_audit_rows(database: &Database, events: &[UsageEvent]) {
 fn rust_spend(
     budget: &Budget,
     tenant: &str,
+    user: &str,
     period: PeriodBounds,
     events: &[UsageEvent],
 ) -> Decimal {
@@ -240,7 +250,10 @@ fn rust_spend(
     events
         .iter()
         .filter(|e| {
-            e.tenant_id == tenant && budget.matches(e, &book) && period.contains(e.created_at)
+            e.tenant_id == tenant
+                && budget.scope.user.spend_key(e.user_id.as_deref()) == user
+                && budget.matches(e, &book)
+                && period.contains(e.created_at)
         })
         .filter_map(|e| e.estimated_cost)
         .sum()
@@ -268,7 +281,7 @@ async fn the_spend_rule_in_sql_agrees_with_scope_matches_on_generated_cases() {
 
         // Keys as the batch makes them: a covered tenant and the period of
         // an instant (an event's own time, so most periods hold rows).
-        let mut keys: Vec<(&Budget, &str, PeriodBounds)> = Vec::new();
+        let mut keys: Vec<(&Budget, &str, &str, PeriodBounds)> = Vec::new();
         for budget in &budgets {
             for tenant in TENANTS.iter().filter(|t| budget.scope.tenant.covers(t)) {
                 for _ in 0..PROBES_PER_BUDGET_AND_TENANT {
@@ -277,14 +290,22 @@ async fn the_spend_rule_in_sql_agrees_with_scope_matches_on_generated_cases() {
                     } else {
                         instant(&mut rng)
                     };
-                    keys.push((budget, tenant, budget.period_of(at)));
+                    // An each-user budget's key names a user, or "" for
+                    // the usage naming none.
+                    let user = if budget.scope.user.is_each() {
+                        rng.pick(&["alice", "bob", ""])
+                    } else {
+                        ""
+                    };
+                    keys.push((budget, tenant, user, budget.period_of(at)));
                 }
             }
         }
         let audit_keys: Vec<AuditKey<'_>> = keys
             .iter()
-            .map(|(budget, tenant, period)| AuditKey {
+            .map(|(budget, tenant, user, period)| AuditKey {
                 tenant_id: tenant,
+                user_id: user,
                 period: *period,
                 scope: &budget.scope,
             })
@@ -299,8 +320,8 @@ async fn the_spend_rule_in_sql_agrees_with_scope_matches_on_generated_cases() {
         assert_eq!(from_sql.len(), keys.len());
 
         let mut disagreements = Vec::new();
-        for ((budget, tenant, period), sql) in keys.iter().zip(&from_sql) {
-            let rust = rust_spend(budget, tenant, *period, &events);
+        for ((budget, tenant, user, period), sql) in keys.iter().zip(&from_sql) {
+            let rust = rust_spend(budget, tenant, user, *period, &events);
             if rust != *sql {
                 disagreements.push(format!(
                     "seed {seed:#x}: {:?} tenant {tenant} {} {}..{}: Rust {rust}, SQL {sql}",
@@ -355,7 +376,8 @@ async fn a_model_budget_counts_usage_sent_under_another_name_of_the_model() {
     let mut budget = budget(&mut rng, 0);
     budget.scope = Scope {
         tenant: TenantScope::One("acme".into()),
-        user: None,
+        user: UserScope::All,
+        api_key: None,
         provider: None,
         model: Some("gpt-4o".into()),
         label: None,
@@ -366,6 +388,7 @@ async fn a_model_budget_counts_usage_sent_under_another_name_of_the_model() {
         &client,
         &[AuditKey {
             tenant_id: "acme",
+            user_id: "",
             period,
             scope: &budget.scope,
         }],

@@ -41,6 +41,10 @@ pub(super) fn is_rejection(status: StatusCode) -> bool {
 /// late crossing can be routed, silenced or inhibited on its own.
 pub fn alert_payload(alert: &ThresholdAlert, now: DateTime<Utc>) -> Value {
     let mut payload = alert.to_alertmanager_json();
+    if alert.resolved_at.is_some() {
+        // A resolved forecast alert ends when it was resolved.
+        return payload;
+    }
     let ends_at = alert.period_end.max(now + MIN_ACTIVE_AFTER_PUSH);
     payload["endsAt"] = json!(ends_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     if alert.period_end <= now {

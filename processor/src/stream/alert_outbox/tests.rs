@@ -1,5 +1,6 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
+use ledger::budget::alert::AlertKind;
 use ledger::{Period, ThresholdAlert};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
@@ -23,6 +24,8 @@ fn crossing(crossed_at: DateTime<Utc>) -> ThresholdAlert {
         budget_id: Uuid::nil(),
         budget_name: "acme-daily".into(),
         tenant_id: "acme".into(),
+        user_id: String::new(),
+        kind: AlertKind::Threshold,
         period: Period::Daily,
         timezone: Tz::Europe__Berlin,
         period_start: at(9, 23, 0),
@@ -32,6 +35,7 @@ fn crossing(crossed_at: DateTime<Utc>) -> ThresholdAlert {
         spend_usd: Decimal::from(80),
         narrowing: String::new(),
         crossed_at,
+        resolved_at: None,
     }
 }
 

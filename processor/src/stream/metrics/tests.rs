@@ -41,6 +41,7 @@ fn row(tenant: &str, model: &str, status: PricingStatus) -> PricedEvent {
             request_id: None,
             call_identity: false,
             reservation_id: None,
+            api_key: None,
         },
         cost: Cost {
             usd: Decimal::new(25, 2),

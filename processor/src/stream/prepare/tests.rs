@@ -38,6 +38,7 @@ pub(crate) fn event(n: u128, tenant: &str, prompt: u32) -> UsageEvent {
         request_id: None,
         call_identity: false,
         reservation_id: None,
+        api_key: None,
     }
 }
 
