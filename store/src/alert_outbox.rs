@@ -191,7 +191,16 @@ pub async fn extend_claim(
     client
         .execute(
             &statement,
-            &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved, &lease_ms],
+            &[
+                &ids,
+                &tenants,
+                &starts,
+                &thresholds,
+                &users,
+                &kinds,
+                &resolved,
+                &lease_ms,
+            ],
         )
         .await
         .map_err(db("extending the claim"))?;
@@ -210,7 +219,18 @@ pub async fn mark_delivered(
     );
     let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
     client
-        .execute(&statement, &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved])
+        .execute(
+            &statement,
+            &[
+                &ids,
+                &tenants,
+                &starts,
+                &thresholds,
+                &users,
+                &kinds,
+                &resolved,
+            ],
+        )
         .await
         .map_err(db("marking alerts delivered"))?;
     Ok(())
@@ -270,7 +290,19 @@ pub async fn mark_rejected(
     );
     let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(&[alert]);
     client
-        .execute(&statement, &[&ids, &tenants, &starts, &thresholds, &users, &kinds, &resolved, &reason])
+        .execute(
+            &statement,
+            &[
+                &ids,
+                &tenants,
+                &starts,
+                &thresholds,
+                &users,
+                &kinds,
+                &resolved,
+                &reason,
+            ],
+        )
         .await
         .map_err(db("marking an alert rejected"))?;
     Ok(())

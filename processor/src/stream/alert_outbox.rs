@@ -346,15 +346,17 @@ impl AlertOutbox {
     }
 }
 
-/// Registers the metrics and spawns the delivery loop until `stop`.
+/// Registers the metrics and spawns the delivery loop until `stop`; the
+/// forecasts count a model budget's names with `book`, the stream's own.
 pub fn start(
     pool: Pool,
     config: &AlertingConfig,
     registry: &Registry,
     stop: CancellationToken,
+    book: Arc<ledger::PriceBook>,
 ) -> Result<tokio::task::JoinHandle<()>, OutboxError> {
     let metrics = Arc::new(OutboxMetrics::new(registry)?);
-    crate::stream::forecasts::spawn(pool.clone(), config, registry, stop.clone())?;
+    crate::stream::forecasts::spawn(pool.clone(), config, registry, stop.clone(), book)?;
     let outbox = AlertOutbox::new(pool, config.clone(), metrics)?;
     Ok(tokio::spawn(outbox.run(stop)))
 }

@@ -11,6 +11,7 @@
 //!   the `TokenledgerBudgetForecastExceeded` rule (alerts/).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -28,6 +29,7 @@ pub fn spawn(
     config: &AlertingConfig,
     registry: &Registry,
     stop: CancellationToken,
+    book: Arc<PriceBook>,
 ) -> Result<(), prometheus::Error> {
     let gauge = GaugeVec::new(
         Opts::new(
@@ -42,15 +44,9 @@ pub fn spawn(
     let window = chrono::Duration::seconds(i64::from(config.forecast_window_s));
     let every = Duration::from_millis(config.forecast_interval_ms.max(1));
     tokio::spawn(async move {
-        // The names a model budget counts come from the built-in book, the
-        // one the status endpoint uses by default.
-        let book = match PriceBook::builtin() {
-            Ok(book) => book,
-            Err(error) => {
-                tracing::error!(%error, "the built-in price book does not parse; no forecasts");
-                return;
-            }
-        };
+        // The names a model budget counts come from the stream's own book
+        // (the operator's file over the built-in one), so a forecast counts
+        // the spend the batch counted.
         loop {
             if let Err(error) = refresh(&pool, &gauge, window, &book).await {
                 tracing::warn!(%error, "cannot refresh the budget forecasts");

@@ -139,6 +139,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         &config.alerting,
         metrics.registry(),
         outbox_stop.clone(),
+        Arc::new(price_book.clone()),
     )?;
     // Exports `processor reprice`'s corrections as their own series.
     let corrections = crate::stream::corrections::start(
