@@ -73,6 +73,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V18__budget_scopes_and_rolling_periods.sql",
         include_str!("../../sql/V18__budget_scopes_and_rolling_periods.sql"),
     ),
+    (
+        "V20__optimization_rollup_fillfactor.sql",
+        include_str!("../../sql/V20__optimization_rollup_fillfactor.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):
