@@ -80,7 +80,12 @@ pub fn split(book: &PriceBook, event: &UsageEvent) -> Option<(Parts, bool)> {
         full - output
     } else {
         without(prompt, |t| {
-            (t.input_uncached, t.cache_read, t.cache_write_5m, t.cache_write_1h) = (0, 0, 0, 0)
+            (
+                t.input_uncached,
+                t.cache_read,
+                t.cache_write_5m,
+                t.cache_write_1h,
+            ) = (0, 0, 0, 0)
         })?
     };
     let cache_read = without(read, |t| t.cache_read = 0)?;
@@ -115,6 +120,8 @@ pub fn split(book: &PriceBook, event: &UsageEvent) -> Option<(Parts, bool)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use chrono::{DateTime, Utc};
     use ledger::pricebook::rating::UNPRICED_INPUT;
     use ledger::pricebook::{RatingRequest, ServiceTier, UsageQuantities};
@@ -164,8 +171,12 @@ mod tests {
             without(prompt, &|e| {
                 let n = e.input_uncached + e.cache_read + e.cache_write_5m + e.cache_write_1h;
                 uncharge(e, n);
-                (e.input_uncached, e.cache_read, e.cache_write_5m, e.cache_write_1h) =
-                    (0, 0, 0, 0);
+                (
+                    e.input_uncached,
+                    e.cache_read,
+                    e.cache_write_5m,
+                    e.cache_write_1h,
+                ) = (0, 0, 0, 0);
             })?
         };
         let cache_read = without(read, &|e| {
@@ -261,13 +272,18 @@ mod tests {
             event.unpriced_tokens.insert("input_audio".into(), audio_in);
         }
         if audio_out > 0 {
-            event.unpriced_tokens.insert("output_audio".into(), audio_out);
+            event
+                .unpriced_tokens
+                .insert("output_audio".into(), audio_out);
         }
         event
     }
 
+    static BOOK: LazyLock<PriceBook> =
+        LazyLock::new(|| PriceBook::builtin().expect("the built-in book parses"));
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
 
         #[test]
         fn the_split_equals_the_difference_of_whole_ratings(
@@ -283,7 +299,7 @@ mod tests {
             audio_in in prop_oneof![Just(0_u32), 0..2_000_u32],
             audio_out in prop_oneof![Just(0_u32), 0..2_000_u32],
         ) {
-            let book = PriceBook::builtin().expect("the built-in book parses");
+            let book = &*BOOK;
             let event = event(
                 model,
                 prompt,
@@ -294,8 +310,8 @@ mod tests {
                 tier,
                 (web_search, audio_in, audio_out),
             );
-            let expected = parts_by_rating(&book, &event);
-            let split = split(&book, &event);
+            let expected = parts_by_rating(book, &event);
+            let split = split(book, &event);
             prop_assert_eq!(split.as_ref().map(|s| &s.0), expected.as_ref());
             let caching = book
                 .resolve(&event.provider, &event.model, event.created_at)
