@@ -1,6 +1,7 @@
 //! `tokenledger-work`: the processor's own work per event, without I/O:
 //! what the batch preparation (decode, re-validate, price, content hash,
-//! in-batch dedupe) and the COPY encoder cost on the benchmark's events, in
+//! in-batch dedupe), the COPY encoder and the optimization rollup's rows
+//! (`store::optimize::rollup`) cost on the benchmark's events, in
 //! CPU time of the one thread doing it, with the processor's allocator.
 //! Apart from librdkafka (the raw-consume floor) and the database, this is
 //! the processor's CPU per event; it is also a steady target for a
@@ -13,10 +14,11 @@ use anyhow::Context;
 use bytes::BytesMut;
 use chrono::Utc;
 use clap::Parser;
-use ledger::{PriceBook, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
+use ledger::{PriceBook, PricingStatus, UsageEvent, ValidationLimits, KAFKA_SCHEMA};
 use loadgen::traffic::{TrafficConfig, TrafficGenerator};
 use processor::prepare::{Preparer, PricedEvent};
 use processor::record::Record;
+use store::optimize::rollup::{rollup, StoredRow};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -90,13 +92,14 @@ fn main() -> anyhow::Result<()> {
     let book = PriceBook::builtin().context("the built-in price book")?;
     let template = records(args.events)?;
     let per_100k = |elapsed: Duration| elapsed.as_secs_f64() / args.events as f64 * 100_000.0;
-    let (mut prepare_s, mut encode_s) = (Vec::new(), Vec::new());
+    let (mut prepare_s, mut encode_s, mut optimize_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut preparer = Preparer::with_capacity(&book, args.batch);
     let mut buffer = BytesMut::new();
     for _ in 0..args.repeats {
         // The copy of the records is the consumer thread's, not measured.
         let mut input = template.clone().into_iter();
-        let (mut preparing, mut encoding) = (Duration::ZERO, Duration::ZERO);
+        let (mut preparing, mut encoding, mut optimizing) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         loop {
             let chunk: Vec<Record> = input.by_ref().take(args.batch).collect();
             if chunk.is_empty() {
@@ -113,25 +116,44 @@ fn main() -> anyhow::Result<()> {
             processor::write::copy::encode_rows(&rows, &mut buffer)
                 .map_err(|error| anyhow::anyhow!("{error}"))?;
             std::hint::black_box(&buffer);
+            let encoded = thread_cpu();
+            let stored: Vec<StoredRow<'_>> = rows
+                .iter()
+                .map(|row| StoredRow {
+                    event: &row.event,
+                    cost: row.cost.usd,
+                    unpriced: row.cost.status == PricingStatus::Unpriced,
+                })
+                .collect();
+            std::hint::black_box(rollup(&book, &stored));
+            drop(stored);
             drop(rows);
             drop(batch);
-            let encoded = thread_cpu();
+            let optimized = thread_cpu();
             preparing += prepared - started;
             encoding += encoded - prepared;
+            optimizing += optimized - encoded;
         }
         prepare_s.push(per_100k(preparing));
         encode_s.push(per_100k(encoding));
+        optimize_s.push(per_100k(optimizing));
     }
-    let (prepare, encode) = (median(prepare_s.clone()), median(encode_s.clone()));
+    let (prepare, encode, optimize) = (
+        median(prepare_s.clone()),
+        median(encode_s.clone()),
+        median(optimize_s.clone()),
+    );
     println!(
         "processor work without I/O, {} events × {} repeats, batches of {}: \
-         prepare {prepare:.3} + encode {encode:.3} = {:.3} CPU-s per 100k events (medians)",
+         prepare {prepare:.3} + encode {encode:.3} + optimization rows {optimize:.3} \
+         = {:.3} CPU-s per 100k events (medians)",
         args.events,
         args.repeats,
         args.batch,
-        prepare + encode
+        prepare + encode + optimize
     );
     println!("prepare per repeat: {prepare_s:.3?}");
     println!("encode per repeat: {encode_s:.3?}");
+    println!("optimization rows per repeat: {optimize_s:.3?}");
     Ok(())
 }

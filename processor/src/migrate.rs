@@ -77,6 +77,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V19__budget_scopes_per_user_and_key.sql",
         include_str!("../../sql/V19__budget_scopes_per_user_and_key.sql"),
     ),
+    (
+        "V20__optimization_rollup_fillfactor.sql",
+        include_str!("../../sql/V20__optimization_rollup_fillfactor.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

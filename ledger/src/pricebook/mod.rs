@@ -10,6 +10,8 @@
 //!   snapshot, Bedrock inference profile), and provider aliases.
 //! - [`rating`]: usage quantities in, cost, list cost, status and
 //!   provenance out.
+//! - [`list_pricer`]: the list price of variants of one request's token
+//!   counts, the card chosen once (the optimization split).
 //! - [`tenant`]: per-tenant negotiated terms.
 //! - [`event_usage`]: today's usage event read as quantities.
 //! - [`litellm`]: LiteLLM's community price catalog converted to a price
@@ -21,6 +23,7 @@
 pub mod entry;
 pub mod event_usage;
 pub mod file;
+pub mod list_pricer;
 pub mod litellm;
 
 pub mod rating;
@@ -40,8 +43,9 @@ pub use entry::{
     TierPricing, UnknownServiceTier,
 };
 pub use file::PriceFile;
+pub use list_pricer::ListPricer;
 pub use rating::{
-    Cost, PricingStatus, Provenance, Rating, RatingRequest, UnpricedReason, UnpricedSide,
+    Cost, PricingStatus, Provenance, Rating, RatingRequest, Tokens, UnpricedReason, UnpricedSide,
     UsageQuantities, COST_DECIMAL_PLACES,
 };
 pub use resolve::MatchKind;

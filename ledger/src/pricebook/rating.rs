@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use super::entry::{Price, ProviderDefaults, ServiceTier, Tariff, TierPricing};
+use super::entry::{Price, ProviderDefaults, RateCard, ServiceTier, Tariff, TierPricing};
 use super::resolve::MatchKind;
 
 /// Costs are stored with this many decimal places (`NUMERIC(20,10)`).
@@ -235,26 +235,99 @@ pub(crate) fn price_tariff(
     tier: ServiceTier,
     quantities: &UsageQuantities,
 ) -> Result<Priced, UnpricedReason> {
-    let (card, multiplier, tier_rule) = if tier == ServiceTier::Standard {
-        (&tariff.standard, Decimal::ONE, String::new())
-    } else {
-        let pricing = tariff
-            .service_tiers
-            .get(&tier)
-            .or_else(|| defaults.and_then(|d| d.service_tiers.get(&tier)))
-            .ok_or(UnpricedReason::ServiceTierNotPriced(tier))?;
-        match pricing {
-            TierPricing::Multiplier(m) => (&tariff.standard, *m, format!("{tier} ×{m}")),
-            TierPricing::Rates(card) => (card, Decimal::ONE, format!("{tier} rates")),
-        }
-    };
+    let pricing = tier_pricing(tariff, defaults, tier)?;
+    let (card, multiplier) = card_of(tariff, pricing);
     let (price, long_context_above) = card.for_prompt(quantities.prompt_tokens());
-    let tokens = token_cost(price, quantities)
+    let usd = charge(
+        price,
+        multiplier,
+        tariff,
+        defaults,
+        &Tokens::of(quantities),
+        &quantities.calls,
+    )?;
+    let tier_rule = match pricing {
+        None => String::new(),
+        Some(TierPricing::Multiplier(m)) => format!("{tier} ×{m}"),
+        Some(TierPricing::Rates(_)) => format!("{tier} rates"),
+    };
+    Ok(Priced {
+        usd,
+        long_context_above,
+        tier_rule,
+    })
+}
+
+/// How `tier` is priced under `tariff`: `None` for standard.
+pub(crate) fn tier_pricing<'t>(
+    tariff: &'t Tariff,
+    defaults: Option<&'t ProviderDefaults>,
+    tier: ServiceTier,
+) -> Result<Option<&'t TierPricing>, UnpricedReason> {
+    if tier == ServiceTier::Standard {
+        return Ok(None);
+    }
+    tariff
+        .service_tiers
+        .get(&tier)
+        .or_else(|| defaults.and_then(|d| d.service_tiers.get(&tier)))
+        .map(Some)
+        .ok_or(UnpricedReason::ServiceTierNotPriced(tier))
+}
+
+/// The rate card and the multiplier of its rates a tier's pricing means.
+pub(crate) fn card_of<'t>(
+    tariff: &'t Tariff,
+    pricing: Option<&'t TierPricing>,
+) -> (&'t RateCard, Decimal) {
+    match pricing {
+        None => (&tariff.standard, Decimal::ONE),
+        Some(TierPricing::Multiplier(m)) => (&tariff.standard, *m),
+        Some(TierPricing::Rates(card)) => (card, Decimal::ONE),
+    }
+}
+
+/// The token counts of a usage, by the kinds the book prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input_uncached: u64,
+    pub cache_read: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    pub fn of(q: &UsageQuantities) -> Self {
+        Self {
+            input_uncached: q.input_uncached,
+            cache_read: q.cache_read,
+            cache_write_5m: q.cache_write_5m,
+            cache_write_1h: q.cache_write_1h,
+            output: q.output,
+            reasoning: q.reasoning,
+        }
+    }
+}
+
+/// The unrounded charge of `tokens` at `price` × `multiplier` plus the
+/// per-call charges: the one computation every list and contracted cost
+/// goes through, so a caller pricing variants of a request gets exactly
+/// the figure [`crate::PriceBook::rate`] would give each.
+pub(crate) fn charge(
+    price: &Price,
+    multiplier: Decimal,
+    tariff: &Tariff,
+    defaults: Option<&ProviderDefaults>,
+    tokens: &Tokens,
+    calls: &BTreeMap<String, u64>,
+) -> Result<Decimal, UnpricedReason> {
+    let mut usd = token_cost(price, tokens)
         .and_then(|per_million| per_million.checked_mul(multiplier))
         .and_then(|per_million| per_million.checked_div(TOKENS_PER_PRICE_UNIT))
         .ok_or(UnpricedReason::Overflow)?;
-    let mut usd = tokens;
-    for (kind, count) in quantities.calls.iter().filter(|(_, count)| **count > 0) {
+    for (kind, count) in calls.iter().filter(|(_, count)| **count > 0) {
         let rate = tariff
             .per_1k_calls
             .get(kind)
@@ -266,15 +339,11 @@ pub(crate) fn price_tariff(
             .and_then(|c| usd.checked_add(c))
             .ok_or(UnpricedReason::Overflow)?;
     }
-    Ok(Priced {
-        usd,
-        long_context_above,
-        tier_rule,
-    })
+    Ok(usd)
 }
 
 /// Σ tokens × USD per million, over the disjoint token kinds.
-fn token_cost(price: &Price, q: &UsageQuantities) -> Option<Decimal> {
+fn token_cost(price: &Price, q: &Tokens) -> Option<Decimal> {
     [
         (q.input_uncached, price.input),
         (q.cache_read, price.cache_read_rate()),
