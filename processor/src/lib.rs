@@ -33,8 +33,8 @@
 //!   `infra` crate's; every statement on a table is the `store` crate's,
 //!   the processor decides what to run when), [`database`] (the pool and
 //!   single connections),
-//!   [`migrate`] (the embedded `sql/V*.sql` migrations: `run` and every
-//!   command verify them, `migrate` applies them), [`offsets`]
+//!   [`migrate`] (`store::migrate`, the embedded `sql/V*.sql` migrations:
+//!   `run` and every command verify them, `migrate` applies them), [`offsets`]
 //!   (`store::offsets` and the floor of stored offsets: written by the
 //!   stream, shown and reset by a command), `log_check` (whether a
 //!   partition's log still reaches a stored offset), [`record`] (one Kafka
@@ -88,7 +88,7 @@ mod commands;
 pub mod config;
 pub mod database;
 mod log_check;
-pub mod migrate;
+pub use store::migrate;
 pub mod offsets;
 pub mod record;
 mod stream;

@@ -11,6 +11,7 @@ use chrono_tz::Tz;
 use ledger::budget::AlertKind;
 use ledger::{Period, ThresholdAlert};
 use rust_decimal::Decimal;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
@@ -183,28 +184,10 @@ pub async fn extend_claim(
     alerts: &[&ThresholdAlert],
     lease_ms: f64,
 ) -> Result<(), DbError> {
-    let statement = format!(
-        "UPDATE budget_alerts AS a
-         SET next_attempt_at = now() + $8::float8 * INTERVAL '1 millisecond' {KEYS}"
-    );
-    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
-    client
-        .execute(
-            &statement,
-            &[
-                &ids,
-                &tenants,
-                &starts,
-                &thresholds,
-                &users,
-                &kinds,
-                &resolved,
-                &lease_ms,
-            ],
-        )
+    let set = "next_attempt_at = now() + $8::float8 * INTERVAL '1 millisecond'";
+    update_keyed(client, set, alerts, &[&lease_ms])
         .await
-        .map_err(db("extending the claim"))?;
-    Ok(())
+        .map_err(db("extending the claim"))
 }
 
 /// Marks `alerts` accepted by `target`.
@@ -213,27 +196,10 @@ pub async fn mark_delivered(
     target: Target,
     alerts: &[&ThresholdAlert],
 ) -> Result<(), DbError> {
-    let statement = format!(
-        "UPDATE budget_alerts AS a SET {} = now(), last_error = NULL {KEYS}",
-        target.delivered_column()
-    );
-    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
-    client
-        .execute(
-            &statement,
-            &[
-                &ids,
-                &tenants,
-                &starts,
-                &thresholds,
-                &users,
-                &kinds,
-                &resolved,
-            ],
-        )
+    let set = format!("{} = now(), last_error = NULL", target.delivered_column());
+    update_keyed(client, &set, alerts, &[])
         .await
-        .map_err(db("marking alerts delivered"))?;
-    Ok(())
+        .map_err(db("marking alerts delivered"))
 }
 
 /// Schedules the next attempt at `alerts` after a failed push: the backoff
@@ -245,34 +211,18 @@ pub async fn schedule_retry(
     first_backoff_ms: f64,
     last_error: &str,
 ) -> Result<(), DbError> {
-    let statement = format!(
-        "UPDATE budget_alerts AS a
-         SET next_attempt_at = now() + LEAST($8::float8,
-                 $9::float8 * power(2, LEAST(a.attempts - 1, 30)))
-                 * INTERVAL '1 millisecond',
-             last_error = $10
-         {KEYS}"
-    );
-    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
-    client
-        .execute(
-            &statement,
-            &[
-                &ids,
-                &tenants,
-                &starts,
-                &thresholds,
-                &users,
-                &kinds,
-                &resolved,
-                &max_backoff_ms,
-                &first_backoff_ms,
-                &last_error,
-            ],
-        )
-        .await
-        .map_err(db("scheduling a retry"))?;
-    Ok(())
+    let set = "next_attempt_at = now() + LEAST($8::float8,
+                   $9::float8 * power(2, LEAST(a.attempts - 1, 30)))
+                   * INTERVAL '1 millisecond',
+               last_error = $10";
+    update_keyed(
+        client,
+        set,
+        alerts,
+        &[&max_backoff_ms, &first_backoff_ms, &last_error],
+    )
+    .await
+    .map_err(db("scheduling a retry"))
 }
 
 /// Sets `alert` aside for `target` with the reason it was refused.
@@ -282,30 +232,36 @@ pub async fn mark_rejected(
     alert: &ThresholdAlert,
     reason: &str,
 ) -> Result<(), DbError> {
-    let statement = format!(
-        "UPDATE budget_alerts AS a
-         SET {} = now(), rejection = concat_ws('; ', a.rejection, $8::text), last_error = $8
-         {KEYS}",
+    let set = format!(
+        "{} = now(), rejection = concat_ws('; ', a.rejection, $8::text), last_error = $8",
         target.rejected_column()
     );
-    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(&[alert]);
-    client
-        .execute(
-            &statement,
-            &[
-                &ids,
-                &tenants,
-                &starts,
-                &thresholds,
-                &users,
-                &kinds,
-                &resolved,
-                &reason,
-            ],
-        )
+    update_keyed(client, &set, &[alert], &[&reason])
         .await
-        .map_err(db("marking an alert rejected"))?;
-    Ok(())
+        .map_err(db("marking an alert rejected"))
+}
+
+/// `UPDATE budget_alerts AS a SET <set>` on the rows of `alerts`: their
+/// keys are parameters `$1`–`$7` ([`KEYS`]), `extra` follows from `$8`.
+async fn update_keyed(
+    client: &impl GenericClient,
+    set: &str,
+    alerts: &[&ThresholdAlert],
+    extra: &[&(dyn ToSql + Sync)],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = format!("UPDATE budget_alerts AS a SET {set} {KEYS}");
+    let (ids, tenants, starts, thresholds, users, kinds, resolved) = key_columns(alerts);
+    let keys: [&(dyn ToSql + Sync); 7] = [
+        &ids,
+        &tenants,
+        &starts,
+        &thresholds,
+        &users,
+        &kinds,
+        &resolved,
+    ];
+    let params: Vec<&(dyn ToSql + Sync)> = keys.iter().chain(extra).copied().collect();
+    client.execute(&statement, &params).await.map(drop)
 }
 
 /// Crossings not yet accepted by every configured target.

@@ -45,6 +45,9 @@
 //!   `cost_corrections` rows, and the record of runs and pending days.
 //! - [`rollups`]: the continuous aggregates: refreshes, their policies'
 //!   windows, and the totals and daily rows `processor report` shows.
+//! - [`migrate`]: the schema itself, `sql/V<N>__*.sql` embedded and applied
+//!   in version order with their checksums (`processor migrate`, and the
+//!   test harness's databases, through the same runner).
 //!
 //! Lock order, everywhere: a budget's row in `budgets` first, then its
 //! `budget_spend` rows. A batch holds the budgets it adds to `FOR SHARE`
@@ -64,6 +67,7 @@ pub mod corrections;
 pub mod exports;
 pub mod forecast_alerts;
 pub mod forecasts;
+pub mod migrate;
 pub mod offsets;
 pub mod optimize;
 pub mod reconcile;

@@ -46,10 +46,6 @@ full_page_writes = off
 log_lock_waits = on
 ";
 
-/// First line of a migration that must run outside a transaction, statement by statement (see
-/// sql/README.md).
-const NO_TRANSACTION_MARKER: &str = "-- tokenledger:no-transaction";
-
 /// A running PostgreSQL + TimescaleDB cluster. Drop shuts it down immediately and removes its
 /// data.
 #[derive(Debug)]
@@ -260,10 +256,16 @@ impl Database {
         client
     }
 
-    /// Applies every `sql/V<N>__*.sql` in version order.
+    /// Applies every `sql/V<N>__*.sql` with `processor migrate`'s own runner
+    /// ([`store::migrate`]): in version order, each once, recorded with its checksum.
     pub async fn migrate(&self) {
         let mut client = self.client().await;
-        apply_migrations(&mut client, &repo_root().join("sql")).await;
+        let dir = repo_root().join("sql");
+        let migrations = store::migrate::from_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read the migrations in {}: {e}", dir.display()));
+        store::migrate::apply(&mut client, &migrations)
+            .await
+            .unwrap_or_else(|e| panic!("cannot apply the migrations: {e}"));
     }
 
     /// Stops the server with a fast shutdown (open sessions are ended, committed data is kept):
@@ -353,121 +355,4 @@ fn pg_bin_dir() -> PathBuf {
         }
     }
     dir
-}
-
-/// The migration files in `dir` (`V<N>__<name>.sql`), sorted by N.
-fn migration_files(dir: &Path) -> Vec<(u32, PathBuf)> {
-    let entries = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read migrations in {}: {e}", dir.display()));
-    let mut files: Vec<(u32, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter_map(|path| {
-            let name = path.file_name()?.to_str()?;
-            let version = name.strip_prefix('V')?.split_once("__")?.0.parse().ok()?;
-            name.ends_with(".sql").then_some((version, path))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Applies every migration in `dir` in version order (re-applying is safe: migrations are
-/// idempotent; this helper does not record versions, `processor migrate` does).
-async fn apply_migrations(client: &mut Client, dir: &Path) {
-    let files = migration_files(dir);
-    assert!(
-        !files.is_empty(),
-        "no V<N>__*.sql migrations in {}",
-        dir.display()
-    );
-    // Like `processor migrate`, each file is applied once and recorded: a later migration may
-    // change what an earlier one set up (V5 replaces V2's refresh policies), so running V2 again
-    // on top of V5 is not a no-op.
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS e2e_applied_migrations (file TEXT PRIMARY KEY)")
-        .await
-        .unwrap_or_else(|e| panic!("cannot create the migration record: {e}"));
-    for (_, path) in files {
-        let file = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let applied = client
-            .query_opt(
-                "SELECT 1 FROM e2e_applied_migrations WHERE file = $1",
-                &[&file],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cannot read the migration record: {e}"))
-            .is_some();
-        if applied {
-            continue;
-        }
-        run_sql_file(client, &path).await;
-        client
-            .execute(
-                "INSERT INTO e2e_applied_migrations (file) VALUES ($1)",
-                &[&file],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cannot record {file}: {e}"));
-    }
-}
-
-/// Runs a SQL file: in one transaction, or, when its first line is [`NO_TRANSACTION_MARKER`],
-/// statement by statement outside a transaction (a multi-statement simple query would be one
-/// implicit transaction).
-async fn run_sql_file(client: &mut Client, path: &Path) {
-    let sql = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let fail = |e: tokio_postgres::Error| -> ! {
-        let detail = e
-            .as_db_error()
-            .map(|d| format!("{}: {} ({:?})", d.code().code(), d.message(), d.detail()))
-            .unwrap_or_else(|| e.to_string());
-        panic!("{}: {detail}", path.display())
-    };
-    if sql.lines().next().map(str::trim_end) == Some(NO_TRANSACTION_MARKER) {
-        for statement in split_statements(&sql) {
-            client
-                .batch_execute(statement)
-                .await
-                .unwrap_or_else(|e| fail(e));
-        }
-    } else {
-        let tx = client.transaction().await.unwrap_or_else(|e| fail(e));
-        tx.batch_execute(&sql).await.unwrap_or_else(|e| fail(e));
-        tx.commit().await.unwrap_or_else(|e| fail(e));
-    }
-}
-
-/// Splits a no-transaction file at `;` + line break (the sql/README.md rule), dropping pieces
-/// that hold only comments and whitespace.
-fn split_statements(sql: &str) -> Vec<&str> {
-    sql.split_inclusive(";\n")
-        .filter(|s| {
-            s.lines().any(|l| {
-                let l = l.trim();
-                !l.is_empty() && !l.starts_with("--")
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_statements_and_drops_comment_only_pieces() {
-        let sql = "-- tokenledger:no-transaction\n-- why\nSELECT 1;\n\nCALL x(\n 'a;b');\n-- end\n";
-        assert_eq!(
-            split_statements(sql),
-            vec![
-                "-- tokenledger:no-transaction\n-- why\nSELECT 1;\n",
-                "\nCALL x(\n 'a;b');\n"
-            ]
-        );
-    }
 }
