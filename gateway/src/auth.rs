@@ -297,6 +297,14 @@ impl KeyRing {
         Ok(count)
     }
 
+    /// Whether a key in force carries `name`: a budget of one key names
+    /// it, and a name no key has would count nothing.
+    pub fn has_key_named(&self, name: &str) -> bool {
+        self.current()
+            .iter()
+            .any(|entry| entry.principal.key_name.as_deref() == Some(name))
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }

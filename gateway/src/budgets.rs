@@ -150,6 +150,24 @@ fn budget_from_body(id: Uuid, body: &Bytes) -> Result<Budget, BudgetError> {
     Budget::from_json(id, &value).map_err(BudgetError::Invalid)
 }
 
+/// Refuses a budget of an API key that no configured key is named: its
+/// spend would stay zero and its limit never act (a typo, or a key not yet
+/// given its name).
+fn check_key_name(keys: &KeyRing, budget: &Budget) -> Result<(), BudgetError> {
+    match &budget.scope.api_key {
+        Some(name) if !keys.has_key_named(name) => {
+            Err(BudgetError::Invalid(vec![ledger::FieldError {
+                field: "api_key".into(),
+                message: format!(
+                    "no configured API key is named {name:?}: name the key in auth.keys or \
+                     auth.keys_file first"
+                ),
+            }]))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn list(
     State(api): State<BudgetApi>,
     who: Authenticated,
@@ -176,6 +194,7 @@ async fn create(
 ) -> Result<Response, BudgetError> {
     require_admin(&who)?;
     let budget = budget_from_body(Uuid::now_v7(), &body)?;
+    check_key_name(&api.keys, &budget)?;
     let store = api.store()?;
     store
         .database
@@ -225,6 +244,7 @@ async fn replace(
     require_admin(&who)?;
     let id = parse_id(&id)?;
     let budget = budget_from_body(id, &body)?;
+    check_key_name(&api.keys, &budget)?;
     let store = api.store()?;
     store
         .database

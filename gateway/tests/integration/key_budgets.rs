@@ -151,4 +151,26 @@ async fn a_reservation_holds_against_the_budget_of_the_key_that_makes_it() {
             "{body}"
         );
     }
+
+    // A budget of a key no configured key is named would count nothing: refused, created or
+    // replaced, and nothing stored.
+    let typo = json!({"name": "typo-key", "tenant_id": "acme", "api_key": "acme-btach",
+                      "period": "monthly", "amount_usd": "2", "hard_limit": true});
+    let (status, _, refused) =
+        send_json(&router, request("POST", "/v1/budgets", ADMIN, Some(&typo))).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"], "invalid_budget", "{refused}");
+    assert!(refused.to_string().contains("acme-btach"), "{refused}");
+    let path = format!("/v1/budgets/{}", created["id"].as_str().expect("id"));
+    let (status, _, refused) = send_json(&router, request("PUT", &path, ADMIN, Some(&typo))).await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, _, listed) = send_json(&router, request("GET", "/v1/budgets", ADMIN, None)).await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["budgets"]
+        .as_array()
+        .expect("budgets")
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["batch-key"]);
 }
