@@ -18,8 +18,6 @@ use clap::Args;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-/// The rollups in hierarchy order: the daily ones read `usage_hourly`.
-pub const ROLLUPS: [&str; 4] = ["usage_hourly", "usage_daily", "tenant_daily", "model_daily"];
 /// Days refreshed per call.
 const CHUNK_DAYS: u64 = 7;
 /// How long one refresh call waits out a policy job refreshing an overlapping window.
@@ -120,7 +118,8 @@ pub async fn materialize(
 ) -> Result<(), RefreshError> {
     let chunks = chunks(from, to)?;
     let started = Instant::now();
-    for rollup in ROLLUPS {
+    // In hierarchy order: the daily rollups read `usage_hourly`.
+    for (rollup, _) in store::rollups::CONTINUOUS_AGGREGATES {
         for (index, (start, end)) in chunks.iter().enumerate() {
             let step = Instant::now();
             let window = |day: &NaiveDate| Some(ledger::day::midnight(*day));
