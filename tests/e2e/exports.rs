@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use e2e::usage::{answers_ok, hash_key};
-use e2e::{free_port, required_path, wait_for, Binary, ChildProcess, Database};
+use crate::admin_gateway::{self, get};
+use e2e::{required_path, Binary, Database};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -331,66 +331,20 @@ async fn the_focus_export_passes_focus_validator_and_statements_add_up() {
 const ADMIN_KEY: &str = "exports-test-admin-key-0123456789";
 const ACME_KEY: &str = "exports-test-acme-key-0123456789";
 
-/// The gateway with an admin and a tenant key, the database and the processor's attribution
-/// labels; no broker (the export routes do not need one).
-fn spawn_gateway(db: &Database, dir: &Path) -> (ChildProcess, String) {
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[exports]\nattribution_labels = [\"use_case\", \"team\"]\n\n\
-             [[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n\n\
-             [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n",
-            hash_key(ADMIN_KEY),
-            hash_key(ACME_KEY)
-        ),
-    )
-    .expect("write the gateway configuration");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin_listen = format!("127.0.0.1:{}", free_port());
-    let config = config.to_string_lossy().into_owned();
-    let url = db.url();
-    let gateway = ChildProcess::spawn(
-        "gateway",
-        Binary::path("gateway"),
-        &["--config", config.as_str()],
-        &[
-            ("TOKENLEDGER_KAFKA__BROKERS", "127.0.0.1:9"),
-            ("TOKENLEDGER_HTTP__LISTEN", listen.as_str()),
-            ("TOKENLEDGER_HTTP__ADMIN_LISTEN", admin_listen.as_str()),
-            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
-        ],
-    );
-    (gateway, format!("http://{listen}"))
-}
-
-async fn get(url: &str, key: &str) -> (u16, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(key)
-        .timeout(COMMAND_TIMEOUT)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    let body = response.bytes().await.expect("body").to_vec();
-    (status, body)
-}
-
 #[tokio::test]
 async fn the_gateway_serves_admins_the_same_bytes_as_the_processor() {
     let db = Database::start().await;
     processor(&db, &["migrate"]).await;
     insert_usage(&db).await;
     let dir = temp_dir();
-    let (mut gateway, base) = spawn_gateway(&db, dir.path());
-    let healthz = format!("{base}/healthz");
-    let up = wait_for(COMMAND_TIMEOUT, || {
-        answers_ok(&healthz, Duration::from_secs(5))
-    })
+    let (_gateway, base) = admin_gateway::start(
+        &db,
+        dir.path(),
+        "[exports]\nattribution_labels = [\"use_case\", \"team\"]\n\n",
+        ADMIN_KEY,
+        ACME_KEY,
+    )
     .await;
-    gateway.assert_running();
-    assert!(up, "gateway not up; log:\n{}", gateway.log_tail());
 
     let cli = processor(
         &db,

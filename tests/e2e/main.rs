@@ -4,6 +4,7 @@
 //! `dashboards` and `observability` tests. What they share is this crate's library
 //! (`tests/support/`, also used by the other crates' integration tests).
 
+mod admin_gateway;
 mod adversarial;
 mod budget_forecasts;
 mod budgets;

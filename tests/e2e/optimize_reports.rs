@@ -4,12 +4,11 @@
 //! `PROVIDER/MODEL` or not in the price book are refused with a clear 4xx. The figures themselves
 //! are checked against the raw table in processor/tests/optimize_db.rs.
 
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use e2e::usage::{answers_ok, hash_key};
-use e2e::{free_port, wait_for, Binary, ChildProcess, Database};
+use crate::admin_gateway::{self, get};
+use e2e::{Binary, Database};
 use serde_json::Value;
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -142,48 +141,6 @@ async fn processor_ok(db: &Database, args: &[&str]) -> Vec<u8> {
     output.stdout
 }
 
-fn spawn_gateway(db: &Database, dir: &Path) -> (ChildProcess, String) {
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n\n\
-             [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n",
-            hash_key(ADMIN_KEY),
-            hash_key(ACME_KEY)
-        ),
-    )
-    .expect("write the gateway configuration");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin_listen = format!("127.0.0.1:{}", free_port());
-    let config = config.to_string_lossy().into_owned();
-    let url = db.url();
-    let gateway = ChildProcess::spawn(
-        "gateway",
-        Binary::path("gateway"),
-        &["--config", config.as_str()],
-        &[
-            ("TOKENLEDGER_KAFKA__BROKERS", "127.0.0.1:9"),
-            ("TOKENLEDGER_HTTP__LISTEN", listen.as_str()),
-            ("TOKENLEDGER_HTTP__ADMIN_LISTEN", admin_listen.as_str()),
-            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
-        ],
-    );
-    (gateway, format!("http://{listen}"))
-}
-
-async fn get(url: &str, key: &str) -> (u16, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(key)
-        .timeout(COMMAND_TIMEOUT)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    (status, response.bytes().await.expect("body").to_vec())
-}
-
 fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
@@ -202,14 +159,7 @@ async fn the_cli_and_the_gateway_answer_the_same_reports_to_admins_only() {
     processor_ok(&db, &["migrate"]).await;
     insert_usage(&db).await;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (mut gateway, base) = spawn_gateway(&db, dir.path());
-    let healthz = format!("{base}/healthz");
-    let up = wait_for(COMMAND_TIMEOUT, || {
-        answers_ok(&healthz, Duration::from_secs(5))
-    })
-    .await;
-    gateway.assert_running();
-    assert!(up, "gateway not up; log:\n{}", gateway.log_tail());
+    let (_gateway, base) = admin_gateway::start(&db, dir.path(), "", ADMIN_KEY, ACME_KEY).await;
 
     let range = ["--from", "2026-01-31", "--to", "2026-02-03"];
     let cli = processor_ok(

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use e2e::usage::{answers_ok, hash_key};
-use e2e::{free_port, wait_for, Binary, ChildProcess, Database};
+use crate::admin_gateway::{self, get};
+use e2e::{Binary, Database};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const ADMIN_KEY: &str = "reconciliation-test-admin-key-0123456789";
@@ -97,50 +97,6 @@ async fn processor(db: &Database, dir: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run processor {args:?}: {e}"))
 }
 
-fn spawn_gateway(db: &Database, dir: &Path) -> (ChildProcess, String) {
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[reconciliation.openai]\nproject_tenants = {{ proj_acme = \"acme\" }}\n\n\
-             [[auth.keys]]\nsha256 = \"{}\"\nadmin = true\n\n\
-             [[auth.keys]]\nsha256 = \"{}\"\ntenant_id = \"acme\"\n",
-            hash_key(ADMIN_KEY),
-            hash_key(ACME_KEY)
-        ),
-    )
-    .expect("write the gateway configuration");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin_listen = format!("127.0.0.1:{}", free_port());
-    let config = config.to_string_lossy().into_owned();
-    let url = db.url();
-    let gateway = ChildProcess::spawn(
-        "gateway",
-        Binary::path("gateway"),
-        &["--config", config.as_str()],
-        &[
-            ("TOKENLEDGER_KAFKA__BROKERS", "127.0.0.1:9"),
-            ("TOKENLEDGER_HTTP__LISTEN", listen.as_str()),
-            ("TOKENLEDGER_HTTP__ADMIN_LISTEN", admin_listen.as_str()),
-            ("TOKENLEDGER_DATABASE__URL", url.as_str()),
-        ],
-    );
-    (gateway, format!("http://{listen}"))
-}
-
-async fn get(url: &str, key: &str) -> (u16, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(key)
-        .timeout(COMMAND_TIMEOUT)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    let body = response.bytes().await.expect("body").to_vec();
-    (status, body)
-}
-
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
@@ -157,14 +113,14 @@ async fn the_gateway_answers_admins_the_processors_json_and_refuses_the_rest() {
         String::from_utf8_lossy(&migrated.stderr)
     );
     store_data(&db).await;
-    let (mut gateway, base) = spawn_gateway(&db, dir.path());
-    let healthz = format!("{base}/healthz");
-    let up = wait_for(COMMAND_TIMEOUT, || {
-        answers_ok(&healthz, Duration::from_secs(5))
-    })
+    let (mut gateway, base) = admin_gateway::start(
+        &db,
+        dir.path(),
+        "[reconciliation.openai]\nproject_tenants = { proj_acme = \"acme\" }\n\n",
+        ADMIN_KEY,
+        ACME_KEY,
+    )
     .await;
-    gateway.assert_running();
-    assert!(up, "gateway not up; log:\n{}", gateway.log_tail());
 
     let range = ["--from", "2026-03-01", "--to", "2026-03-04"];
     for tenant in [None, Some("acme")] {
