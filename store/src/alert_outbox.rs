@@ -8,13 +8,13 @@
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use ledger::budget::AlertKind;
 use ledger::{Period, ThresholdAlert};
 use rust_decimal::Decimal;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use crate::column::{Kind, Parsed, Percent};
 use crate::{db, DbError};
 
 const CLAIM_DUE: &str = "
@@ -112,21 +112,22 @@ pub struct Claimed {
 
 impl Claimed {
     fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
-        let period: String = row.try_get("period")?;
-        let timezone: String = row.try_get("timezone")?;
-        let threshold: i16 = row.try_get("threshold")?;
+        let Parsed(period) = row.try_get::<_, Parsed<Period>>("period")?;
+        let Parsed(timezone) = row.try_get::<_, Parsed<Tz>>("timezone")?;
+        let Parsed(Kind(kind)) = row.try_get::<_, Parsed<Kind>>("kind")?;
+        let Percent(threshold) = row.try_get("threshold")?;
         Ok(Self {
             alert: ThresholdAlert {
                 budget_id: row.try_get("budget_id")?,
                 budget_name: row.try_get("budget_name")?,
                 tenant_id: row.try_get("tenant_id")?,
                 user_id: row.try_get("user_id")?,
-                kind: AlertKind::from_column(row.try_get("kind")?),
-                period: period.parse().unwrap_or(Period::Monthly),
-                timezone: timezone.parse().unwrap_or(Tz::UTC),
+                kind,
+                period,
+                timezone,
                 period_start: row.try_get("period_start")?,
                 period_end: row.try_get("period_end")?,
-                threshold: u16::try_from(threshold).unwrap_or(0),
+                threshold,
                 amount_usd: row.try_get("amount_usd")?,
                 spend_usd: row.try_get("spend_usd")?,
                 narrowing: row.try_get("narrowing")?,

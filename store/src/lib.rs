@@ -63,6 +63,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod audit;
 pub mod budgets;
+mod column;
 pub mod corrections;
 pub mod exports;
 pub mod forecast_alerts;

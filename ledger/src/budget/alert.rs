@@ -37,16 +37,8 @@ impl AlertKind {
             AlertKind::Forecast => "forecast",
         }
     }
-
-    /// The `kind` column read back; anything else is a threshold.
-    pub fn from_column(column: &str) -> AlertKind {
-        if column == "forecast" {
-            AlertKind::Forecast
-        } else {
-            AlertKind::Threshold
-        }
-    }
 }
+
 /// The runbook section for budget alerts.
 pub const RUNBOOK_URL: &str =
     "https://github.com/tokenledger/tokenledger/blob/main/docs/runbooks.md#llmbudgetthreshold";
