@@ -134,7 +134,7 @@ pub trait DeadLetterSink: Send + Sync {
 /// each of its 100 ms polls (rdkafka truncates the remaining wait to whole
 /// milliseconds), about 1% of a core for as long as it lives, while most
 /// processors never dead-letter anything. The settings are checked at
-/// start-up all the same.
+/// start-up all the same, by a producer made and dropped there.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
     /// Replaced when the broker refuses the producer's identity: without a
@@ -169,11 +169,12 @@ impl KafkaDeadLetters {
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
             );
-        // Every property is parsed and checked here, as making the
-        // producer would, so a wrong setting stops the start.
-        client_config
-            .create_native_config()
-            .map_err(DeadLetterError::Create)?;
+        // A wrong setting must stop the start, as it did when the producer
+        // was made here: one without a polling thread is made and dropped
+        // (librdkafka checks some settings only together, when a client is
+        // made).
+        let _checked: rdkafka::producer::BaseProducer =
+            client_config.create().map_err(DeadLetterError::Create)?;
         Ok(Self {
             producer: Arc::new(tokio::sync::OnceCell::new()),
             config: client_config,
@@ -342,11 +343,20 @@ mod tests {
         use rdkafka::mocking::MockCluster;
         use rdkafka::producer::DefaultProducerContext;
 
-        let mut wrong = ClientConfig::new();
-        wrong.set("compression.type", "no-such-codec");
-        let error = KafkaDeadLetters::new(wrong, "usage-events.dlq", Duration::from_secs(5))
-            .expect_err("a wrong setting is refused at start");
-        assert!(matches!(error, DeadLetterError::Create(_)), "{error}");
+        for (key, value) in [
+            ("compression.type", "no-such-codec"),
+            // refused only in combination with idempotence, set by `new`
+            ("max.in.flight.requests.per.connection", "10"),
+        ] {
+            let mut wrong = ClientConfig::new();
+            wrong.set(key, value);
+            let error = KafkaDeadLetters::new(wrong, "usage-events.dlq", Duration::from_secs(5))
+                .expect_err("a wrong setting is refused at start");
+            assert!(
+                matches!(error, DeadLetterError::Create(_)),
+                "{key}: {error}"
+            );
+        }
 
         let cluster: MockCluster<'static, DefaultProducerContext> =
             MockCluster::new(1).expect("mock cluster starts");
