@@ -72,7 +72,10 @@ pub use ledger::day::utc_day;
 /// What `new_rows` add to the rollup: per key, one row per (day, tenant,
 /// value, provider, model), sorted.
 pub fn rollup(keys: &[String], new_rows: &[&PricedEvent]) -> Vec<(AttributionKey, Sums)> {
-    let mut sums: BTreeMap<AttributionKey, Sums> = BTreeMap::new();
+    // Keyed by borrowed strings, in `AttributionKey`'s order (its fields in
+    // declaration order): the owned key is made once per row of the rollup,
+    // not once per event and label key.
+    let mut sums: BTreeMap<(_, &str, &str, &str, &str, &str), Sums> = BTreeMap::new();
     for row in new_rows {
         let event = &row.event;
         let one = Sums {
@@ -89,18 +92,32 @@ pub fn rollup(keys: &[String], new_rows: &[&PricedEvent]) -> Vec<(AttributionKey
         let day = utc_day(event.created_at);
         for key in keys {
             let value = event.labels.get(key).map_or(UNLABELLED, String::as_str);
-            let rollup_key = AttributionKey {
+            let rollup_key = (
                 day,
-                tenant_id: event.tenant_id.clone(),
-                label_key: key.clone(),
-                label_value: value.to_owned(),
-                provider: event.provider.clone(),
-                model: event.model.clone(),
-            };
+                event.tenant_id.as_str(),
+                key.as_str(),
+                value,
+                event.provider.as_str(),
+                event.model.as_str(),
+            );
             sums.entry(rollup_key).or_default().add(&one);
         }
     }
-    sums.into_iter().collect()
+    sums.into_iter()
+        .map(
+            |((day, tenant_id, label_key, label_value, provider, model), sums)| {
+                let key = AttributionKey {
+                    day,
+                    tenant_id: tenant_id.to_owned(),
+                    label_key: label_key.to_owned(),
+                    label_value: label_value.to_owned(),
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                };
+                (key, sums)
+            },
+        )
+        .collect()
 }
 
 /// Adds the new rows to the rollup, in the batch's transaction.
@@ -257,6 +274,34 @@ mod tests {
             rollup.windows(2).all(|pair| pair[0].0 < pair[1].0),
             "sorted"
         );
+    }
+
+    /// The rows come out in `AttributionKey`'s order, one per key: the
+    /// order every writer upserts in.
+    #[test]
+    fn rows_come_out_once_each_in_key_order() {
+        let at = Utc
+            .with_ymd_and_hms(2026, 1, 31, 12, 0, 0)
+            .single()
+            .expect("t");
+        let mut rows = Vec::new();
+        for (n, tenant) in ["globex", "acme", "initech", "acme"].iter().enumerate() {
+            for value in ["chat", "search", "batch"] {
+                let mut row = priced(tenant, at, &[("use_case", value), ("team", "core")], 5);
+                row.event.model = if n % 2 == 0 { "gpt-4o" } else { "o1" }.into();
+                rows.push(row);
+            }
+        }
+        let refs: Vec<&PricedEvent> = rows.iter().collect();
+        let keys = vec!["use_case".to_owned(), "team".to_owned()];
+        let rollup = rollup(&keys, &refs);
+        let mut expected: Vec<AttributionKey> = rollup.iter().map(|(k, _)| k.clone()).collect();
+        expected.sort();
+        expected.dedup();
+        let got: Vec<AttributionKey> = rollup.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, expected);
+        let requests: i64 = rollup.iter().map(|(_, sums)| sums.requests).sum();
+        assert_eq!(requests, 2 * 12, "every event under each of the two keys");
     }
 
     #[test]

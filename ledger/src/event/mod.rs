@@ -119,7 +119,10 @@ pub const KNOWN_FIELDS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct UsageEvent {
     pub id: Uuid,
-    #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[serde(
+        serialize_with = "crate::timestamp::serialize",
+        deserialize_with = "crate::timestamp::deserialize"
+    )]
     pub created_at: DateTime<Utc>,
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +162,10 @@ pub struct UsageEvent {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// When the gateway accepted the event; the start of end-to-end latency.
-    #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[serde(
+        serialize_with = "crate::timestamp::serialize",
+        deserialize_with = "crate::timestamp::deserialize"
+    )]
     pub received_at: DateTime<Utc>,
     /// The gateway's id for the HTTP request that carried the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -218,11 +218,89 @@ impl PriceEntry {
     }
 }
 
+/// `provider/model@day`, or `@dayTtimeZ` for a price from a time of day.
+/// Made for every rated event: written with integer formatting, the same
+/// text chrono's `%Y-%m-%d` and `%H:%M:%S` write for years 0–9999 (chrono's
+/// format-string interpreter was a quarter of rating an event).
 pub(crate) fn entry_id(provider: &str, model: &str, from: DateTime<Utc>) -> String {
-    let day = from.format("%Y-%m-%d");
-    if from.time() == chrono::NaiveTime::MIN {
-        format!("{provider}/{model}@{day}")
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let mut id = String::with_capacity(provider.len() + model.len() + 24);
+    let _ = write!(id, "{provider}/{model}@");
+    // Writing to a String cannot fail.
+    let _ = if (0..=9999).contains(&from.year()) {
+        write!(
+            id,
+            "{:04}-{:02}-{:02}",
+            from.year(),
+            from.month(),
+            from.day()
+        )
     } else {
-        format!("{provider}/{model}@{}", from.format("%Y-%m-%dT%H:%M:%SZ"))
+        write!(id, "{}", from.format("%Y-%m-%d"))
+    };
+    if from.time() != chrono::NaiveTime::MIN {
+        // A leap second's `%S` is 60, as `second()` + 1.
+        let second = from.second() + u32::from(from.nanosecond() >= 1_000_000_000);
+        let _ = write!(
+            id,
+            "T{:02}:{:02}:{:02}Z",
+            from.hour(),
+            from.minute(),
+            second
+        );
+    }
+    id
+}
+
+#[cfg(test)]
+mod entry_id_tests {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    /// What `entry_id` wrote before it stopped going through chrono's
+    /// format strings.
+    fn by_chrono(provider: &str, model: &str, from: DateTime<Utc>) -> String {
+        let day = from.format("%Y-%m-%d");
+        if from.time() == chrono::NaiveTime::MIN {
+            format!("{provider}/{model}@{day}")
+        } else {
+            format!("{provider}/{model}@{}", from.format("%Y-%m-%dT%H:%M:%SZ"))
+        }
+    }
+
+    #[test]
+    fn the_edges_are_written_as_chrono_writes_them() {
+        for from in [
+            DateTime::<Utc>::UNIX_EPOCH,
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::from_timestamp(1_735_689_599, 1_500_000_000).expect("a leap second"),
+            DateTime::from_timestamp(-62_167_219_200, 0).expect("year 0"),
+            DateTime::from_timestamp(253_402_300_800, 0).expect("year 10000"),
+        ] {
+            assert_eq!(
+                super::entry_id("openai", "gpt-4o", from),
+                by_chrono("openai", "gpt-4o", from)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_start_is_written_as_chrono_writes_it(
+            seconds in -300_000_000_000i64..300_000_000_000i64,
+            nanos in prop_oneof![Just(0u32), 0u32..2_000_000_000],
+            midnight in any::<bool>(),
+        ) {
+            let seconds = if midnight { seconds - seconds.rem_euclid(86_400) } else { seconds };
+            let nanos = if midnight { 0 } else { nanos };
+            if let Some(from) = DateTime::from_timestamp(seconds, nanos) {
+                prop_assert_eq!(
+                    super::entry_id("anthropic", "claude-sonnet-4-5", from),
+                    by_chrono("anthropic", "claude-sonnet-4-5", from)
+                );
+            }
+        }
     }
 }

@@ -397,6 +397,15 @@ impl PriceBook {
         request: &RatingRequest<'_>,
         resolution: Option<&Resolution<'_>>,
     ) -> Option<&TenantRule> {
+        // Most tenants have no terms: say so before listing every name the
+        // model is known by, which cost as much as resolving it.
+        if !self
+            .tenants
+            .iter()
+            .any(|rule| rule.tenant == request.tenant)
+        {
+            return None;
+        }
         let provider = request.provider.to_ascii_lowercase();
         let mut names: Vec<String> = resolve::list_providers(&provider)
             .iter()

@@ -128,12 +128,20 @@ pub trait DeadLetterSink: Send + Sync {
 }
 
 /// Produces dead letters to a Kafka topic with acks=all and idempotence.
+///
+/// The producer is made when the first letter is sent, not before: a
+/// `FutureProducer`'s polling thread spins through the last millisecond of
+/// each of its 100 ms polls (rdkafka truncates the remaining wait to whole
+/// milliseconds), about 1% of a core for as long as it lives, while most
+/// processors never dead-letter anything. The settings are checked at
+/// start-up all the same, by a producer made and dropped there.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
     /// Replaced when the broker refuses the producer's identity: without a
     /// new producer no batch holding a dead letter could commit again. The
     /// batch that saw the error is retried through the new one.
-    producer: Arc<Replaceable<FutureProducer>>,
+    producer: Arc<tokio::sync::OnceCell<Replaceable<FutureProducer>>>,
+    config: ClientConfig,
     topic: String,
     queue_timeout: Duration,
 }
@@ -161,18 +169,46 @@ impl KafkaDeadLetters {
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
             );
-        let producer =
-            Replaceable::new(client_config, ClientConfig::create, "dead-letter producer")
-                .map_err(DeadLetterError::Create)?;
+        // A wrong setting must stop the start, as it did when the producer
+        // was made here: one without a polling thread is made and dropped
+        // (librdkafka checks some settings only together, when a client is
+        // made).
+        let _checked: rdkafka::producer::BaseProducer =
+            client_config.create().map_err(DeadLetterError::Create)?;
         Ok(Self {
-            producer: Arc::new(producer),
+            producer: Arc::new(tokio::sync::OnceCell::new()),
+            config: client_config,
             topic: topic.to_owned(),
             queue_timeout: delivery_timeout,
         })
     }
 
+    /// The producer, made on first use.
+    async fn producer(&self) -> Result<&Replaceable<FutureProducer>, DeadLetterError> {
+        self.producer
+            .get_or_try_init(|| async {
+                Replaceable::new(
+                    self.config.clone(),
+                    ClientConfig::create,
+                    "dead-letter producer",
+                )
+                .map_err(DeadLetterError::Create)
+            })
+            .await
+    }
+
+    /// Whether a letter has been sent, i.e. the producer exists.
+    #[cfg(test)]
+    fn started(&self) -> bool {
+        self.producer.initialized()
+    }
+
+    #[cfg(test)]
     fn current(&self) -> Arc<FutureProducer> {
-        self.producer.current()
+        self.producer
+            .get()
+            .expect("a letter was sent before")
+            .current()
     }
 }
 
@@ -211,12 +247,13 @@ impl DeadLetterSink for KafkaDeadLetters {
         if let Some(value) = &letter.record.value {
             record = record.payload(value.as_slice());
         }
-        let producer = self.current();
+        let producers = self.producer().await?;
+        let producer = producers.current();
         match producer.send(record, self.queue_timeout).await {
             Ok(_) => Ok(()),
             Err((source, _)) => {
                 if infra::kafka::producer_fenced(&source) {
-                    self.producer.replace(&producer);
+                    producers.replace(&producer);
                 }
                 Err(DeadLetterError::Delivery {
                     topic: self.topic.clone(),
@@ -297,6 +334,42 @@ mod tests {
             detail: "expected value".into(),
             database: None,
         }
+    }
+
+    /// No producer (and no polling thread) until the first letter; a
+    /// wrong setting still fails at start-up.
+    #[tokio::test]
+    async fn the_producer_is_made_by_the_first_letter_and_settings_are_checked_at_start() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::DefaultProducerContext;
+
+        for (key, value) in [
+            ("compression.type", "no-such-codec"),
+            // refused only in combination with idempotence, set by `new`
+            ("max.in.flight.requests.per.connection", "10"),
+        ] {
+            let mut wrong = ClientConfig::new();
+            wrong.set(key, value);
+            let error = KafkaDeadLetters::new(wrong, "usage-events.dlq", Duration::from_secs(5))
+                .expect_err("a wrong setting is refused at start");
+            assert!(
+                matches!(error, DeadLetterError::Create(_)),
+                "{key}: {error}"
+            );
+        }
+
+        let cluster: MockCluster<'static, DefaultProducerContext> =
+            MockCluster::new(1).expect("mock cluster starts");
+        cluster
+            .create_topic("usage-events.dlq", 1, 1)
+            .expect("topic created");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        let sink = KafkaDeadLetters::new(config, "usage-events.dlq", Duration::from_secs(5))
+            .expect("settings accepted");
+        assert!(!sink.started(), "no producer before the first letter");
+        sink.send(&letter(1)).await.expect("delivered");
+        assert!(sink.started());
     }
 
     /// A record larger than the producer may send fails as too large (so

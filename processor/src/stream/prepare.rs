@@ -333,6 +333,49 @@ pub fn classify<S: BuildHasher>(
     Ok(classification)
 }
 
+/// [`classify`] for a batch whose every unique event the insert stored (the
+/// usual case while catching up): all are new, and each in-batch repeat
+/// compares with its first occurrence. Gives what `classify` gives with
+/// every key inserted, without an owned key per event: hashing and copying
+/// the whole batch's tenant ids twice was about 3% of the processor's CPU
+/// when a batch held a client's retry.
+pub fn classify_all_inserted(prepared: &PreparedBatch) -> Classification {
+    let mut classification = Classification {
+        new: (0..prepared.unique.len()).collect(),
+        ..Classification::default()
+    };
+    if prepared.repeats.is_empty() {
+        return classification;
+    }
+    // Only the repeated keys are looked up: a few per batch.
+    let mut first: HashMap<_, Option<&[u8; 32]>, KeyHasher> = prepared
+        .repeats
+        .iter()
+        .map(|priced| (key_of(priced), None))
+        .collect();
+    for priced in &prepared.unique {
+        if let Some(hash) = first.get_mut(&key_of(priced)) {
+            hash.get_or_insert(&priced.content_sha256);
+        }
+    }
+    for priced in &prepared.repeats {
+        // The preparer puts a repeat only beside its first occurrence.
+        if let Some(Some(hash)) = first.get(&key_of(priced)) {
+            compare(priced, hash.as_slice(), &mut classification);
+        }
+    }
+    classification
+}
+
+/// An event's key, borrowed from it.
+fn key_of(priced: &PricedEvent) -> (&str, Uuid, DateTime<Utc>) {
+    (
+        priced.event.tenant_id.as_str(),
+        priced.event.id,
+        priced.event.created_at,
+    )
+}
+
 fn compare(priced: &PricedEvent, stored_hash: &[u8], classification: &mut Classification) {
     if stored_hash == priced.content_sha256.as_slice() {
         classification.duplicates += 1;

@@ -25,7 +25,8 @@ use crate::budget_spend::BudgetSpendError;
 use crate::offsets::{self, NextOffsets};
 use crate::stream::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink, Reason};
 use crate::stream::prepare::{
-    classify, Classification, EventKey, KeyHasher, MissingStoredRow, PreparedBatch, PricedEvent,
+    classify, classify_all_inserted, EventKey, KeyHasher, MissingStoredRow, PreparedBatch,
+    PricedEvent,
 };
 use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass};
 
@@ -286,16 +287,12 @@ impl<D: DeadLetterSink> Writer<D> {
             .await??;
         let classification = match inserted {
             // Every event of the batch is a row this transaction inserted
-            // (the usual case): nothing to look up, no key to hash.
+            // (the usual case): nothing to look up, and only in-batch
+            // repeats to compare.
             copy::Inserted::Every
-                if prepared.repeats.is_empty()
-                    && resolved.repeated.is_empty()
-                    && resolved.rows.len() == prepared.unique.len() =>
+                if resolved.repeated.is_empty() && resolved.rows.len() == prepared.unique.len() =>
             {
-                Classification {
-                    new: (0..prepared.unique.len()).collect(),
-                    ..Classification::default()
-                }
+                classify_all_inserted(prepared)
             }
             inserted => {
                 let inserted = inserted.into_keys(&resolved.rows);

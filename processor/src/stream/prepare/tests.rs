@@ -266,6 +266,50 @@ fn classify_separates_new_duplicates_and_conflicts() {
 }
 
 #[test]
+fn a_batch_inserted_whole_is_classified_as_with_every_key_inserted() {
+    let first = event(1, "acme", 1);
+    let other = event(2, "globex", 2);
+    let mut retried = first.clone();
+    retried.request_id = Some("req-2".into());
+    let mut conflicting = other.clone();
+    conflicting.prompt_tokens = 30;
+    conflicting.total_tokens = 40;
+    let book = PriceBook::builtin().expect("the built-in book parses");
+    let batches = [
+        vec![event_record(0, 0, &first), event_record(0, 1, &other)],
+        vec![
+            event_record(0, 0, &first),
+            event_record(0, 1, &other),
+            event_record(0, 2, &retried), // in-batch repeat, same content
+            event_record(0, 3, &conflicting), // in-batch repeat, other content
+            event_record(0, 4, &first),
+        ],
+    ];
+    for records in batches {
+        let prepared = prepare(records, &book);
+        let every: HashSet<EventKey, KeyHasher> =
+            prepared.unique.iter().map(PricedEvent::key).collect();
+        let expected =
+            classify(&prepared, &every, &HashMap::default()).expect("every key inserted");
+        assert_eq!(classify_all_inserted(&prepared), expected);
+    }
+    let prepared = prepare(
+        vec![
+            event_record(0, 0, &first),
+            event_record(0, 1, &other),
+            event_record(0, 2, &retried),
+            event_record(0, 3, &conflicting),
+        ],
+        &book,
+    );
+    let classification = classify_all_inserted(&prepared);
+    assert_eq!(classification.new, [0, 1]);
+    assert_eq!(classification.duplicates, 1);
+    assert_eq!(classification.conflicts.len(), 1);
+    assert_eq!(classification.conflicts[0].0, 3);
+}
+
+#[test]
 fn classify_reports_a_key_that_is_neither_inserted_nor_stored() {
     let prepared = prepare(
         vec![event_record(0, 0, &event(1, "acme", 1))],
