@@ -374,7 +374,7 @@ impl<D: DeadLetterSink> Writer<D> {
         )
         .await??;
         self.bounded(
-            "optimization rollup",
+            "optimization deltas",
             crate::optimize::record(&transaction, &self.price_book, &new_rows),
         )
         .await??;

@@ -1,5 +1,6 @@
-//! Optimization in the processor: adding each batch's new rows to the
-//! optimization rollup inside the batch transaction ([`record`]), and the
+//! Optimization in the processor: storing what each batch's new rows add
+//! to the optimization rollup inside the batch transaction ([`record`]; the
+//! applier, `crate::stream::optimize_apply`, adds it to the tables), and the
 //! commands `processor report optimize` and `processor what-if`. The
 //! figures are `store::optimize`'s, which the gateway's `/v1/reports/*`
 //! serve too; this module prints them.
@@ -22,10 +23,10 @@ use tokio_postgres::GenericClient;
 use crate::attribution::AttributionError;
 use crate::prepare::PricedEvent;
 
-/// Adds the batch's new rows to the optimization rollup, in the batch's
-/// transaction, after the attribution rollup (whose use-case bound it
-/// follows). Its errors are the attribution step's: the same kind of
-/// upsert in the same transaction, retried the same way.
+/// Stores what the batch's new rows add to the optimization rollup as one
+/// pending row, in the batch's transaction, after the attribution rollup
+/// (whose use-case bound it follows). Its errors are the attribution
+/// step's: statements in the same transaction, retried the same way.
 pub async fn record(
     transaction: &Transaction<'_>,
     book: &PriceBook,
@@ -39,7 +40,7 @@ pub async fn record(
             unpriced: row.cost.status == PricingStatus::Unpriced,
         })
         .collect();
-    store::optimize::rollup::add(&**transaction, book, &rows).await?;
+    store::optimize::pending::record(&**transaction, book, &rows).await?;
     Ok(())
 }
 
