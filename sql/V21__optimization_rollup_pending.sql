@@ -4,8 +4,8 @@
 -- Upserting ~1,400 daily and ~13,500 histogram rows was most of a batch transaction's time. The
 -- batch transaction now computes exactly what it used to add (summed per target row, use cases
 -- folded against usage_attribution_daily as before) and inserts it here as ONE row of arrays;
--- the processor's applier (processor/src/stream/optimize_apply.rs) takes many of these rows at
--- a time, sums them per target row, upserts the sums and deletes the rows it summed, all in one
+-- the processor's applier (processor/src/stream/optimize_apply.rs) reads many of these rows at
+-- a time, sums them per target row, upserts the sums and deletes the rows it read, all in one
 -- transaction (store/src/optimize/pending.rs). A batch's events and its deltas commit together,
 -- and a delta leaves this table in the same transaction that adds it to the rollup, so every
 -- event is counted exactly once; what is here after a crash is applied by the next applier.
@@ -14,9 +14,10 @@
 -- the histogram rows as `h_key` (1-based position of the row's key in the daily arrays: every
 -- histogram row's key has a daily row in the same batch), `h_metric`, `h_bucket`, `h_requests`.
 -- The cost columns are NUMERIC(30,10) like V14's, so each batch's sums are rounded exactly as
--- the upsert into V14's columns rounded them. The views usage_optimize_pending_daily and usage_optimize_pending_histogram unnest them into
--- the rollup tables' columns, for the applier and for the readers that must see every committed
--- batch (the optimization report reads the tables plus these views in one statement).
+-- the upsert into V14's columns rounded them. The views usage_optimize_pending_daily and
+-- usage_optimize_pending_histogram unnest them into the rollup tables' columns, for the readers
+-- that must see every committed batch (the optimization report reads the tables plus these
+-- views in one statement).
 --
 -- Runs inside one transaction; every statement is idempotent.
 
@@ -55,6 +56,41 @@ CREATE TABLE IF NOT EXISTS usage_optimize_pending (
     h_bucket                   INTEGER[]        NOT NULL,
     h_requests                 BIGINT[]         NOT NULL
 );
+
+-- Stored out of line uncompressed: a row lives a few seconds, and compressing ~600 KB of arrays
+-- in every batch transaction cost more than the bytes it saved.
+ALTER TABLE usage_optimize_pending
+    ALTER COLUMN day SET STORAGE EXTERNAL,
+    ALTER COLUMN tenant_id SET STORAGE EXTERNAL,
+    ALTER COLUMN provider SET STORAGE EXTERNAL,
+    ALTER COLUMN model SET STORAGE EXTERNAL,
+    ALTER COLUMN use_case SET STORAGE EXTERNAL,
+    ALTER COLUMN requests SET STORAGE EXTERNAL,
+    ALTER COLUMN prompt_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN completion_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN total_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN cached_prompt_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN cache_write_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN reasoning_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN max_prompt_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN cost SET STORAGE EXTERNAL,
+    ALTER COLUMN priced_requests SET STORAGE EXTERNAL,
+    ALTER COLUMN priced_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN listed_requests SET STORAGE EXTERNAL,
+    ALTER COLUMN list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN input_list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN output_list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN cache_read_list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN cache_read_at_input_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN cache_write_list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN cache_write_at_input_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN no_cache_requests SET STORAGE EXTERNAL,
+    ALTER COLUMN no_cache_prompt_tokens SET STORAGE EXTERNAL,
+    ALTER COLUMN no_cache_input_list_cost SET STORAGE EXTERNAL,
+    ALTER COLUMN h_key SET STORAGE EXTERNAL,
+    ALTER COLUMN h_metric SET STORAGE EXTERNAL,
+    ALTER COLUMN h_bucket SET STORAGE EXTERNAL,
+    ALTER COLUMN h_requests SET STORAGE EXTERNAL;
 
 CREATE OR REPLACE VIEW usage_optimize_pending_daily AS
 SELECT p.id AS pending_id, d.*

@@ -23,6 +23,8 @@ pub enum ApplyError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Database(#[from] store::DbError),
+    #[error(transparent)]
+    Optimize(#[from] store::optimize::OptimizeError),
     #[error("applying the optimization deltas took longer than {0:?}")]
     Timeout(Duration),
 }
@@ -48,6 +50,7 @@ pub async fn apply_once(pool: &Pool, limit: i64) -> Result<Option<Applied>, Appl
             daily_rows = applied.daily_rows,
             histogram_rows = applied.histogram_rows,
             micros = applied.micros,
+            upsert_micros = applied.upsert_micros,
             micros_per_event = applied.micros as f64 / applied.events.max(1) as f64,
             "optimization deltas applied"
         );
@@ -71,6 +74,7 @@ pub async fn drain(pool: &Pool, timeout: Duration) -> Result<Applied, ApplyError
         total.daily_rows += one.daily_rows;
         total.histogram_rows += one.histogram_rows;
         total.micros += one.micros;
+        total.upsert_micros += one.upsert_micros;
         if one.batches < BATCHES_PER_APPLY as u64 {
             return Ok(total);
         }

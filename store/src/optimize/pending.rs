@@ -22,8 +22,14 @@ use ledger::PriceBook;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
 use super::columns::{key_positions, DailyColumns, HistogramColumns};
-use super::rollup::{fold, histogram_conflict, sums_columns, sums_conflict, StoredRow};
+use super::rollup::{
+    fold, sums_columns, upsert, Folded, OptimizeKey, OptimizeSums, StoredRow, METRICS,
+};
+use super::OptimizeError;
 use crate::{db, DbError};
 
 /// The lock an apply holds for its transaction ("optapply" in ASCII): one
@@ -71,37 +77,6 @@ pub async fn record(
     Ok(())
 }
 
-const APPLY_SUMS: &str = concat!(
-    "
-INSERT INTO usage_optimize_daily AS r (
-    day, tenant_id, provider, model, use_case, ",
-    sums_columns!(),
-    ")
-SELECT day, tenant_id, provider, model, use_case, sum(requests), sum(prompt_tokens),
-       sum(completion_tokens), sum(total_tokens), sum(cached_prompt_tokens),
-       sum(cache_write_tokens), sum(reasoning_tokens), max(max_prompt_tokens), sum(cost),
-       sum(priced_requests), sum(priced_tokens), sum(listed_requests), sum(list_cost),
-       sum(input_list_cost), sum(output_list_cost), sum(cache_read_list_cost),
-       sum(cache_read_at_input_cost), sum(cache_write_list_cost),
-       sum(cache_write_at_input_cost), sum(no_cache_requests), sum(no_cache_prompt_tokens),
-       sum(no_cache_input_list_cost)
-FROM usage_optimize_pending_daily
-WHERE pending_id = ANY($1)
-GROUP BY day, tenant_id, provider, model, use_case",
-    sums_conflict!()
-);
-
-const APPLY_HISTOGRAM: &str = concat!(
-    "
-INSERT INTO usage_optimize_histogram AS r (
-    day, tenant_id, provider, model, use_case, metric, bucket, requests)
-SELECT day, tenant_id, provider, model, use_case, metric, bucket, sum(requests)
-FROM usage_optimize_pending_histogram
-WHERE pending_id = ANY($1)
-GROUP BY day, tenant_id, provider, model, use_case, metric, bucket",
-    histogram_conflict!()
-);
-
 /// What one [`apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -112,13 +87,22 @@ pub struct Applied {
     pub daily_rows: u64,
     pub histogram_rows: u64,
     pub micros: u64,
+    /// Of `micros`: the two upserts.
+    pub upsert_micros: u64,
 }
 
 /// Adds up to `limit` pending rows to the tables and deletes them, in the
 /// caller's transaction, which must commit for it to count. `None` when
 /// another transaction holds [`APPLY_LOCK_KEY`] (another applier, a
 /// rebuild): nothing was done, try again later.
-pub async fn apply(client: &impl GenericClient, limit: i64) -> Result<Option<Applied>, DbError> {
+///
+/// The rows are summed here, per target row, and added with the batch
+/// path's own upserts ([`upsert`]): one plain upsert of distinct rows per
+/// table, whatever the number of batches.
+pub async fn apply(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Option<Applied>, OptimizeError> {
     let started = Instant::now();
     let step = "taking the optimization applier's lock";
     let locked: bool = client
@@ -134,39 +118,36 @@ pub async fn apply(client: &impl GenericClient, limit: i64) -> Result<Option<App
         return Ok(None);
     }
     // The ids claimed are the ids summed and deleted: a batch committing
-    // meanwhile adds a row none of the three statements names.
-    let step = "claiming pending optimization deltas";
+    // meanwhile adds a row neither statement names.
     let claimed = client
-        .query(
-            "SELECT id, (SELECT COALESCE(sum(n), 0) FROM UNNEST(requests) AS n)::int8 AS events
-             FROM usage_optimize_pending ORDER BY id LIMIT $1",
-            &[&limit],
+        .query(CLAIM, &[&limit])
+        .await
+        .map_err(db("claiming pending optimization deltas"))?
+        .iter()
+        .map(PendingRow::read)
+        .collect::<Result<Vec<PendingRow>, OptimizeError>>()?;
+    let mut applied = Applied::default();
+    if claimed.is_empty() {
+        applied.micros = started.elapsed().as_micros() as u64;
+        return Ok(Some(applied));
+    }
+    let mut folded = Folded::default();
+    for row in &claimed {
+        applied.events += row.add_to(&mut folded)?;
+    }
+    applied.daily_rows = folded.sums.len() as u64;
+    applied.histogram_rows = folded.counts.len() as u64;
+    let upserting = Instant::now();
+    upsert(client, &folded).await?;
+    applied.upsert_micros = upserting.elapsed().as_micros() as u64;
+    let ids: Vec<i64> = claimed.iter().map(|row| row.id).collect();
+    applied.batches = client
+        .execute(
+            "DELETE FROM usage_optimize_pending WHERE id = ANY($1)",
+            &[&ids],
         )
         .await
-        .map_err(db(step))?;
-    let mut ids: Vec<i64> = Vec::with_capacity(claimed.len());
-    let mut applied = Applied::default();
-    for row in &claimed {
-        ids.push(row.try_get("id").map_err(db(step))?);
-        applied.events += row.try_get::<_, i64>("events").map_err(db(step))?;
-    }
-    if !ids.is_empty() {
-        applied.daily_rows = client
-            .execute(APPLY_SUMS, &[&ids])
-            .await
-            .map_err(db("applying the optimization rollup's deltas"))?;
-        applied.histogram_rows = client
-            .execute(APPLY_HISTOGRAM, &[&ids])
-            .await
-            .map_err(db("applying the optimization histogram's deltas"))?;
-        applied.batches = client
-            .execute(
-                "DELETE FROM usage_optimize_pending WHERE id = ANY($1)",
-                &[&ids],
-            )
-            .await
-            .map_err(db("deleting applied optimization deltas"))?;
-    }
+        .map_err(db("deleting applied optimization deltas"))?;
     applied.micros = started.elapsed().as_micros() as u64;
     Ok(Some(applied))
 }
@@ -176,7 +157,7 @@ pub async fn apply(client: &impl GenericClient, limit: i64) -> Result<Option<App
 pub async fn apply_all(
     client: &impl GenericClient,
     limit: i64,
-) -> Result<Option<Applied>, DbError> {
+) -> Result<Option<Applied>, OptimizeError> {
     let mut total = Applied::default();
     loop {
         let Some(one) = apply(client, limit).await? else {
@@ -187,8 +168,175 @@ pub async fn apply_all(
         total.daily_rows += one.daily_rows;
         total.histogram_rows += one.histogram_rows;
         total.micros += one.micros;
+        total.upsert_micros += one.upsert_micros;
         if one.batches < limit.max(1) as u64 {
             return Ok(Some(total));
         }
+    }
+}
+
+const CLAIM: &str = concat!(
+    "
+SELECT id, day, tenant_id, provider, model, use_case, ",
+    sums_columns!(),
+    ",
+    h_key, h_metric, h_bucket, h_requests
+FROM usage_optimize_pending ORDER BY id LIMIT $1"
+);
+
+/// One claimed pending row, its arrays as read.
+struct PendingRow {
+    id: i64,
+    day: Vec<DateTime<Utc>>,
+    tenant_id: Vec<String>,
+    provider: Vec<String>,
+    model: Vec<String>,
+    use_case: Vec<String>,
+    sums: Vec<OptimizeSums>,
+    h_key: Vec<i32>,
+    h_metric: Vec<String>,
+    h_bucket: Vec<i32>,
+    h_requests: Vec<i64>,
+}
+
+impl PendingRow {
+    fn read(row: &tokio_postgres::Row) -> Result<Self, OptimizeError> {
+        let step = "reading a pending optimization delta";
+        let day: Vec<DateTime<Utc>> = row.try_get("day").map_err(db(step))?;
+        let keys = day.len();
+        let column = |name: &'static str| -> Result<Vec<i64>, OptimizeError> {
+            let values: Vec<i64> = row.try_get(name).map_err(db(step))?;
+            same_length(name, values, keys)
+        };
+        let money = |name: &'static str| -> Result<Vec<Decimal>, OptimizeError> {
+            let values: Vec<Decimal> = row.try_get(name).map_err(db(step))?;
+            same_length(name, values, keys)
+        };
+        let text = |name: &'static str| -> Result<Vec<String>, OptimizeError> {
+            let values: Vec<String> = row.try_get(name).map_err(db(step))?;
+            same_length(name, values, keys)
+        };
+        let requests = column("requests")?;
+        let prompt_tokens = column("prompt_tokens")?;
+        let completion_tokens = column("completion_tokens")?;
+        let total_tokens = column("total_tokens")?;
+        let cached_prompt_tokens = column("cached_prompt_tokens")?;
+        let cache_write_tokens = column("cache_write_tokens")?;
+        let reasoning_tokens = column("reasoning_tokens")?;
+        let max_prompt_tokens = column("max_prompt_tokens")?;
+        let cost = money("cost")?;
+        let priced_requests = column("priced_requests")?;
+        let priced_tokens = column("priced_tokens")?;
+        let listed_requests = column("listed_requests")?;
+        let list_cost = money("list_cost")?;
+        let input_list_cost = money("input_list_cost")?;
+        let output_list_cost = money("output_list_cost")?;
+        let cache_read_list_cost = money("cache_read_list_cost")?;
+        let cache_read_at_input_cost = money("cache_read_at_input_cost")?;
+        let cache_write_list_cost = money("cache_write_list_cost")?;
+        let cache_write_at_input_cost = money("cache_write_at_input_cost")?;
+        let no_cache_requests = column("no_cache_requests")?;
+        let no_cache_prompt_tokens = column("no_cache_prompt_tokens")?;
+        let no_cache_input_list_cost = money("no_cache_input_list_cost")?;
+        let sums = (0..keys)
+            .map(|i| OptimizeSums {
+                requests: requests[i],
+                prompt_tokens: prompt_tokens[i],
+                completion_tokens: completion_tokens[i],
+                total_tokens: total_tokens[i],
+                cached_prompt_tokens: cached_prompt_tokens[i],
+                cache_write_tokens: cache_write_tokens[i],
+                reasoning_tokens: reasoning_tokens[i],
+                max_prompt_tokens: max_prompt_tokens[i],
+                cost: cost[i],
+                priced_requests: priced_requests[i],
+                priced_tokens: priced_tokens[i],
+                listed_requests: listed_requests[i],
+                list_cost: list_cost[i],
+                input_list_cost: input_list_cost[i],
+                output_list_cost: output_list_cost[i],
+                cache_read_list_cost: cache_read_list_cost[i],
+                cache_read_at_input_cost: cache_read_at_input_cost[i],
+                cache_write_list_cost: cache_write_list_cost[i],
+                cache_write_at_input_cost: cache_write_at_input_cost[i],
+                no_cache_requests: no_cache_requests[i],
+                no_cache_prompt_tokens: no_cache_prompt_tokens[i],
+                no_cache_input_list_cost: no_cache_input_list_cost[i],
+            })
+            .collect();
+        let h_key: Vec<i32> = row.try_get("h_key").map_err(db(step))?;
+        let histogram = h_key.len();
+        let h_metric: Vec<String> = row.try_get("h_metric").map_err(db(step))?;
+        let h_bucket: Vec<i32> = row.try_get("h_bucket").map_err(db(step))?;
+        let h_requests: Vec<i64> = row.try_get("h_requests").map_err(db(step))?;
+        Ok(Self {
+            id: row.try_get("id").map_err(db(step))?,
+            day,
+            tenant_id: text("tenant_id")?,
+            provider: text("provider")?,
+            model: text("model")?,
+            use_case: text("use_case")?,
+            sums,
+            h_key,
+            h_metric: same_length("h_metric", h_metric, histogram)?,
+            h_bucket: same_length("h_bucket", h_bucket, histogram)?,
+            h_requests: same_length("h_requests", h_requests, histogram)?,
+        })
+    }
+
+    /// Adds this batch's deltas to `folded`; the events it counted.
+    fn add_to<'a>(&'a self, folded: &mut Folded<'a>) -> Result<i64, OptimizeError> {
+        let keys: Vec<OptimizeKey<'a>> = (0..self.day.len())
+            .map(|i| OptimizeKey {
+                day: self.day[i],
+                tenant_id: &self.tenant_id[i],
+                provider: &self.provider[i],
+                model: &self.model[i],
+                use_case: &self.use_case[i],
+            })
+            .collect();
+        let mut events = 0;
+        for (key, sums) in keys.iter().zip(&self.sums) {
+            folded.sums.entry(*key).or_default().add(sums);
+            events += sums.requests;
+        }
+        for (j, position) in self.h_key.iter().enumerate() {
+            let key = usize::try_from(*position - 1)
+                .ok()
+                .and_then(|at| keys.get(at))
+                .ok_or_else(|| {
+                    OptimizeError::Stored(format!(
+                        "pending optimization delta {}: histogram key {position} of {}",
+                        self.id,
+                        keys.len()
+                    ))
+                })?;
+            let metric = METRICS
+                .iter()
+                .position(|m| *m == self.h_metric[j])
+                .ok_or_else(|| {
+                    OptimizeError::Stored(format!(
+                        "pending optimization delta {}: unknown metric {:?}",
+                        self.id, self.h_metric[j]
+                    ))
+                })?;
+            *folded
+                .counts
+                .entry((*key, metric, self.h_bucket[j]))
+                .or_default() += self.h_requests[j];
+        }
+        Ok(events)
+    }
+}
+
+/// `values` if it has one element per key.
+fn same_length<T>(name: &str, values: Vec<T>, keys: usize) -> Result<Vec<T>, OptimizeError> {
+    if values.len() == keys {
+        Ok(values)
+    } else {
+        Err(OptimizeError::Stored(format!(
+            "a pending optimization delta's {name} has {} elements, not {keys}",
+            values.len()
+        )))
     }
 }

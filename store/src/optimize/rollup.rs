@@ -262,8 +262,7 @@ macro_rules! sums_columns {
     };
 }
 
-/// Adds the inserted sums to a daily row that exists; shared by the
-/// direct upsert and the applier's, so both add the same way.
+/// Adds the inserted sums to a daily row that exists.
 macro_rules! sums_conflict {
     () => {
         "
@@ -303,7 +302,7 @@ ON CONFLICT (day, tenant_id, provider, model, use_case, metric, bucket) DO UPDAT
     };
 }
 
-pub(super) use {histogram_conflict, sums_columns, sums_conflict};
+pub(super) use sums_columns;
 
 const ADD_SUMS: &str = concat!(
     "
