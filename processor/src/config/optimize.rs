@@ -42,3 +42,36 @@ impl OptimizeConfig {
         Duration::from_millis(self.apply_interval_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use figment::Jail;
+
+    use crate::config::Config;
+
+    #[test]
+    fn the_apply_interval_is_a_duration_from_the_file_or_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            assert_eq!(Config::default().optimize.apply_interval_ms, 2_000);
+            jail.create_file("processor.toml", "[optimize]\napply_interval = \"5s\"\n")?;
+            let config =
+                Config::load(Some(Path::new("processor.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.optimize.apply_interval_ms, 5_000);
+            jail.set_env("TOKENLEDGER_OPTIMIZE__APPLY_INTERVAL_MS", "750");
+            let config =
+                Config::load(Some(Path::new("processor.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.optimize.apply_interval_ms, 750);
+            jail.set_env("TOKENLEDGER_OPTIMIZE__APPLY_INTERVAL_MS", "0");
+            let error = Config::load(Some(Path::new("processor.toml")))
+                .expect_err("an interval of 0 is refused");
+            assert!(
+                error.to_string().contains("optimize.apply_interval_ms"),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+}
