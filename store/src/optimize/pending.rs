@@ -2,9 +2,9 @@
 //! transaction to `usage_optimize_daily` and `usage_optimize_histogram`
 //! (sql/V21__optimization_rollup_pending.sql).
 //!
-//! [`record`] stores what a batch adds, folded exactly as the direct
-//! upsert folds it, as one row of `usage_optimize_pending` in the batch's
-//! transaction: one insert instead of ~15,000 upserted rows. [`apply`]
+//! [`insert`] stores what a batch adds, folded exactly as the direct
+//! upsert folds it ([`super::rollup::fold`]), as one row of `usage_optimize_pending` in
+//! the batch's transaction: one insert instead of ~15,000 upserted rows. [`apply`]
 //! adds many such rows to the tables and deletes them in one transaction
 //! under [`APPLY_LOCK_KEY`], so each is added exactly once: the delete and
 //! the upserts commit or roll back together, and a row left by a crash is
@@ -18,17 +18,13 @@
 
 use std::time::Instant;
 
-use ledger::PriceBook;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-
 use super::columns::{key_positions, DailyColumns, HistogramColumns};
-use super::rollup::{
-    fold, sums_columns, upsert, Folded, OptimizeKey, OptimizeSums, StoredRow, METRICS,
-};
+use super::rollup::{sums_columns, upsert, Folded, OptimizeKey, OptimizeSums, METRICS};
 use super::OptimizeError;
 use crate::{db, DbError};
 
@@ -48,15 +44,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
 );
 
-/// Stores what `rows` (the rows this transaction inserted) add to the
-/// rollup as one pending row, in the caller's transaction, after the
-/// attribution rollup's own upsert (whose use cases it folds by).
-pub async fn record(
-    client: &impl GenericClient,
-    book: &PriceBook,
-    rows: &[StoredRow<'_>],
-) -> Result<(), DbError> {
-    let mut folded = fold(client, book, rows).await?;
+/// Stores `folded` (what [`super::rollup::fold`] gave for the rows this transaction
+/// inserted, after the attribution rollup's upsert) as one pending row, in
+/// the caller's transaction.
+pub async fn insert(client: &impl GenericClient, mut folded: Folded<'_>) -> Result<(), DbError> {
     if folded.is_empty() {
         return Ok(());
     }
