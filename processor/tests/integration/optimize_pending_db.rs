@@ -349,3 +349,75 @@ async fn a_rebuild_with_a_batch_pending_counts_the_batch_once() {
     assert_eq!(actual.0, expected.0, "usage_optimize_daily");
     assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
 }
+
+/// Batches committing while rebuilds and appliers run, all at once: each
+/// rebuild's snapshot has a batch's rows and its delta, or neither, so
+/// every batch still counts once.
+#[tokio::test]
+async fn batches_committing_during_rebuilds_and_applies_count_once() {
+    let mut ledger = Ledger::start().await;
+    let events = traffic(480);
+    ledger.batch(&events[..40]).await;
+    drain(&ledger.pool, TIMEOUT).await.expect("drain");
+    let writer = Writer::new(
+        ledger.pool.clone(),
+        "optimize-pending",
+        NoDeadLetters,
+        TIMEOUT,
+    )
+    .with_attribution_keys(vec!["use_case".into()])
+    .with_price_book(Arc::new(ledger.book.clone()));
+    let book = ledger.book.clone();
+    let first_offset = ledger.next_offset + 1;
+    let writing = async {
+        for (n, chunk) in events[40..].chunks(40).enumerate() {
+            let records: Vec<Record> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, e)| event_record(0, first_offset + (n * 40 + i) as i64, e))
+                .collect();
+            let mut prepared = prepare::prepare(records, &book);
+            writer
+                .write(&mut prepared, &mut AttemptState::default())
+                .await
+                .expect("batch commits");
+        }
+    };
+    let Ledger {
+        ref mut client,
+        ref pool,
+        ..
+    } = ledger;
+    let rebuilding = async {
+        for _ in 0..4 {
+            rebuild::run(
+                client,
+                &book,
+                &RebuildArgs {
+                    from: day(1),
+                    to: day(31),
+                    tenant: None,
+                },
+                &mut Vec::new(),
+            )
+            .await
+            .expect("rebuild");
+        }
+    };
+    let applying = async {
+        for _ in 0..6 {
+            drain(pool, TIMEOUT).await.expect("drain");
+        }
+    };
+    tokio::join!(writing, rebuilding, applying);
+    drain(&ledger.pool, TIMEOUT).await.expect("drain");
+    let (actual, expected) = ledger.actual_and_from_raw().await;
+    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
+    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+    let requests: i64 = actual
+        .0
+        .iter()
+        .map(|r| r["requests"].as_i64().expect("requests"))
+        .sum();
+    assert_eq!(requests, 480);
+}
