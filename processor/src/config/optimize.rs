@@ -44,6 +44,7 @@ impl OptimizeConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use std::path::Path;
 
