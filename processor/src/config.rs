@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 pub use infra::config::ConfigError;
 
 mod alerting;
+mod optimize;
 
 pub use alerting::AlertingConfig;
+pub use optimize::OptimizeConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,7 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub attribution: crate::attribution::AttributionConfig,
     pub reconcile: crate::reconcile::ReconcileConfig,
+    pub optimize: OptimizeConfig,
     /// How long a graceful shutdown may take: finishing and committing the
     /// in-flight batch, leaving the consumer group.
     #[serde(
@@ -120,6 +123,7 @@ impl Default for Config {
             alerting: AlertingConfig::default(),
             attribution: crate::attribution::AttributionConfig::default(),
             reconcile: crate::reconcile::ReconcileConfig::default(),
+            optimize: OptimizeConfig::default(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -250,6 +254,7 @@ impl Config {
             }
         }
         self.alerting.validate()?;
+        self.optimize.validate()?;
         self.attribution.validate().map_err(ConfigError::Invalid)?;
         self.reconcile.validate().map_err(ConfigError::Invalid)?;
         if let Some(key) = self

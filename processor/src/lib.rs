@@ -95,4 +95,4 @@ mod stream;
 
 // The benchmark and the integration tests drive these steps one at a time.
 pub use commands::{budgets, optimize, reconcile, refresh, report, reprice};
-pub use stream::{consumer, dead_letters, metrics, pipeline, prepare, write};
+pub use stream::{consumer, dead_letters, metrics, optimize_apply, pipeline, prepare, write};

@@ -81,6 +81,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V20__optimization_rollup_fillfactor.sql",
         include_str!("../../sql/V20__optimization_rollup_fillfactor.sql"),
     ),
+    (
+        "V21__optimization_rollup_pending.sql",
+        include_str!("../../sql/V21__optimization_rollup_pending.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

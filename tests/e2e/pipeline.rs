@@ -167,6 +167,8 @@ fn spawn_processor(broker: &Broker, database: &Database) -> (ChildProcess, Strin
             ("TOKENLEDGER_DATABASE__URL", url.as_str()),
             ("TOKENLEDGER_METRICS__LISTEN", metrics.as_str()),
             ("TOKENLEDGER_BATCH__MAX_LATENCY_MS", "100"),
+            // the optimization deltas are applied only when the processor stops
+            ("TOKENLEDGER_OPTIMIZE__APPLY_INTERVAL_MS", "3600000"),
             ("TOKENLEDGER_LOG", "info"),
         ],
     );
@@ -537,6 +539,23 @@ async fn every_accepted_event_lands_exactly_once() {
         "{metrics}"
     );
 
+    // The optimization rollup's deltas of every batch so far wait for the applier.
+    let client = stack.client().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .expect(sql)
+                .get::<_, i64>("n")
+        }
+    };
+    let pending = "SELECT count(*) AS n FROM usage_optimize_pending";
+    let stored = "SELECT count(*) AS n FROM gateway_mode_audit";
+    let rolled_up = "SELECT COALESCE(sum(requests), 0)::int8 AS n FROM usage_optimize_daily";
+    assert!(count(pending).await > 0, "deltas pending before the stop");
+
     // SIGTERM: a graceful stop well within shutdown_timeout_ms (10 s by default).
     stack.processor.sigterm();
     let status = stack.processor.wait_exit(Duration::from_secs(15)).await;
@@ -545,6 +564,10 @@ async fn every_accepted_event_lands_exactly_once() {
         "processor exit after SIGTERM: {status:?}; log:\n{}",
         stack.processor.log_tail()
     );
+    // The stop applied them all, each once (the processor that was killed
+    // earlier left its own for this one).
+    assert_eq!(count(pending).await, 0, "deltas applied on the way out");
+    assert_eq!(count(rolled_up).await, count(stored).await);
 }
 
 fn cost(cell: &Option<String>) -> i128 {

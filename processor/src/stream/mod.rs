@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod health;
 pub mod label_metrics;
 pub mod metrics;
+pub mod optimize_apply;
 pub mod pipeline;
 pub mod prepare;
 mod reservations;

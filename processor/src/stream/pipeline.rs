@@ -153,6 +153,15 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         outbox_stop.clone(),
     );
     let pruning = crate::stream::write::identity::start_pruning(pool.clone(), outbox_stop.clone());
+    // Adds the batches' optimization deltas to the rollup tables; stopped
+    // after the writers' last commit, so that it applies their deltas too.
+    let applier_stop = CancellationToken::new();
+    let applier = crate::stream::optimize_apply::start(
+        pool.clone(),
+        config.optimize.apply_interval(),
+        db_timeout,
+        applier_stop.clone(),
+    );
     readiness.set(true);
     tracing::info!(
         topic = %config.kafka.topic,
@@ -205,10 +214,13 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         .await;
     server_stop.cancel();
     outbox_stop.cancel();
+    applier_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), outbox).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), corrections).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), pruning).await;
+    // The deltas left behind stay pending for the next applier either way.
+    let _ = tokio::time::timeout(db_timeout, applier).await;
     match (result, consumer_result) {
         (Err(error), _) => Err(error),
         (Ok(()), Err(error)) => Err(error.into()),

@@ -370,9 +370,15 @@ impl<D: DeadLetterSink> Writer<D> {
             ),
         )
         .await??;
+        let folded = self
+            .bounded(
+                "optimization fold",
+                crate::optimize::fold(&transaction, &self.price_book, &new_rows),
+            )
+            .await??;
         self.bounded(
-            "optimization rollup",
-            crate::optimize::record(&transaction, &self.price_book, &new_rows),
+            "optimization deltas",
+            crate::optimize::record(&transaction, folded),
         )
         .await??;
 

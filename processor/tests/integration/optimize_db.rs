@@ -37,6 +37,14 @@ impl DeadLetterSink for NoDeadLetters {
     }
 }
 
+/// Adds every batch's optimization deltas to the rollup tables, as the
+/// processor's applier does every `optimize.apply_interval`.
+async fn apply_deltas(pool: &deadpool_postgres::Pool) {
+    processor::optimize_apply::drain(pool, Duration::from_secs(30))
+        .await
+        .expect("the deltas apply");
+}
+
 /// A small deterministic generator, so a failure can be replayed.
 struct Lcg(u64);
 
@@ -681,7 +689,7 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
     })
     .expect("pool");
     let writer = Writer::new(
-        pool,
+        pool.clone(),
         "optimize-test",
         NoDeadLetters,
         Duration::from_secs(30),
@@ -755,6 +763,8 @@ async fn every_figure_agrees_with_the_raw_table_and_the_price_book() {
     let report = optimize_report(&client, &everything).await.expect("report");
     check_report(&book, &rows, &report);
     assert_eq!(report.prompt_length_by_day.len(), 4);
+    // the dashboard reads the tables, which the applier fills
+    apply_deltas(&pool).await;
     check_dashboard_and_sql_reports(&client, &report).await;
 
     // across the month boundary: February only, one tenant
@@ -854,7 +864,7 @@ async fn use_cases_past_the_attribution_bound_fold_into_other() {
     })
     .expect("pool");
     let writer = Writer::new(
-        pool,
+        pool.clone(),
         "optimize-fold",
         NoDeadLetters,
         Duration::from_secs(30),
@@ -878,6 +888,7 @@ async fn use_cases_past_the_attribution_bound_fold_into_other() {
         .write(&mut prepared, &mut AttemptState::default())
         .await
         .expect("batch commits");
+    apply_deltas(&pool).await;
     let client = database.client().await;
     let names = |sql: &'static str| {
         let client = &client;

@@ -133,7 +133,7 @@ async fn stored(events: &[UsageEvent], book: &str) -> (e2e::Database, tokio_post
     })
     .expect("pool");
     let writer = Writer::new(
-        pool,
+        pool.clone(),
         "optimize-rebuild",
         NoDeadLetters,
         Duration::from_secs(20),
@@ -151,6 +151,9 @@ async fn stored(events: &[UsageEvent], book: &str) -> (e2e::Database, tokio_post
         .write(&mut prepared, &mut AttemptState::default())
         .await
         .expect("batch commits");
+    processor::optimize_apply::drain(&pool, Duration::from_secs(20))
+        .await
+        .expect("the deltas apply");
     let client = database.client().await;
     (database, client)
 }
@@ -160,7 +163,7 @@ async fn stored(events: &[UsageEvent], book: &str) -> (e2e::Database, tokio_post
 async fn dump(client: &tokio_postgres::Client, table: &str) -> Vec<BTreeMap<String, String>> {
     let rows = client
         .query(
-            &format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6"),
+            &format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6, 7"),
             &[],
         )
         .await

@@ -9,15 +9,22 @@
 //!   relative error.
 //! - [`parts`]: one request's list price split by token kind, by the
 //!   ledger's own rating.
-//! - [`rollup`]: adding a batch's new rows to `usage_optimize_daily` and
-//!   `usage_optimize_histogram` (sql/V14__optimization_rollup.sql).
+//! - [`rollup`]: what stored rows add to `usage_optimize_daily` and
+//!   `usage_optimize_histogram` (sql/V14__optimization_rollup.sql), and
+//!   the upserts that add it; [`columns`]: those rows as column arrays.
+//! - [`pending`]: a batch's deltas stored in its transaction
+//!   (sql/V21__optimization_rollup_pending.sql), and the applier that adds
+//!   many batches' to the tables at once, exactly once.
 //! - [`rebuild`]: one day and tenant of the rollup recomputed from the
 //!   raw table (re-pricing, usage stored before the rollup).
-//! - [`report`]: the optimization report, from the rollup alone.
+//! - [`report`]: the optimization report, from the rollup alone (the
+//!   tables plus the deltas not applied yet).
 //! - [`whatif`]: the usage of a range re-priced at another model.
 
+pub mod columns;
 pub mod histogram;
 pub mod parts;
+pub mod pending;
 pub mod rebuild;
 pub mod report;
 pub mod rollup;

@@ -1,8 +1,17 @@
 //! The optimization rollup of one UTC day and tenant recomputed from the
 //! raw table: its rows deleted and the day's stored rows added again
-//! through the batch path's own [`add`], in the caller's transaction. Used
-//! by `processor reprice` for every (day, tenant) whose cost it changed and
-//! by `processor rebuild-optimize` for usage stored before the rollup.
+//! through the batch path's own fold ([`add`]). Used by `processor
+//! reprice` for every (day, tenant) whose cost it changed and by
+//! `processor rebuild-optimize` for usage stored before the rollup.
+//!
+//! A committed batch whose delta is still pending (sql/V21) has its rows in
+//! the raw table already: adding that delta after the rebuild would count
+//! it twice. So a rebuild holds the applier's lock and reads in one
+//! repeatable-read snapshot taken after it: it first applies every delta
+//! that snapshot holds (whose rows it is about to read), and a batch
+//! committing later has neither its rows nor its delta in it, so the
+//! applier adds that one afterwards. No apply can commit in between, and
+//! the rollup rows it rewrites are written by lock holders only.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +20,9 @@ use futures::{pin_mut, TryStreamExt};
 use ledger::{PriceBook, PricingStatus, UsageEvent};
 use rust_decimal::Decimal;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
+use super::pending::{apply_all, APPLY_LOCK_KEY};
 use super::rollup::{add, StoredRow};
 use super::whatif::event_of;
 use super::OptimizeError;
@@ -32,10 +42,66 @@ SELECT created_at, tenant_id::text AS tenant_id, provider::text AS provider,
 FROM gateway_mode_audit
 WHERE created_at >= $1 AND created_at < $2 AND tenant_id = $3";
 
+/// Pending rows applied per statement while a rebuild catches up.
+const APPLY_CHUNK: i64 = 64;
+
 /// Replaces the rollup of `day` and `tenant` with the one its stored rows
-/// give under `book`; returns how many rows it read. Run it in a
-/// transaction: the delete and the adds must commit together.
+/// give under `book`, in a transaction of its own on `client`; returns how
+/// many rows it read. Waits for a running apply to finish, and holds
+/// appliers off until it commits.
 pub async fn rebuild_day(
+    client: &mut Client,
+    book: &PriceBook,
+    day: NaiveDate,
+    tenant: &str,
+) -> Result<u64, OptimizeError> {
+    // A session lock, so that it is held before the transaction's snapshot
+    // is taken (a transaction lock would be taken by its first statement,
+    // which takes the snapshot first). A broken connection releases it.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&APPLY_LOCK_KEY])
+        .await
+        .map_err(db("waiting for the optimization applier"))?;
+    let rebuilt = rebuild_locked(client, book, day, tenant).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&APPLY_LOCK_KEY])
+        .await
+        .map_err(db("releasing the optimization applier's lock"));
+    let read = rebuilt?;
+    unlocked?;
+    Ok(read)
+}
+
+async fn rebuild_locked(
+    client: &mut Client,
+    book: &PriceBook,
+    day: NaiveDate,
+    tenant: &str,
+) -> Result<u64, OptimizeError> {
+    let transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .map_err(db("beginning a rebuild"))?;
+    // this transaction holds the lock through its session: a try-lock of
+    // its own succeeds
+    if apply_all(&transaction, APPLY_CHUNK).await?.is_none() {
+        return Err(OptimizeError::Stored(
+            "the optimization applier's lock is held elsewhere".into(),
+        ));
+    }
+    let read = recompute(&transaction, book, day, tenant).await?;
+    transaction
+        .commit()
+        .await
+        .map_err(db("committing a rebuild"))?;
+    Ok(read)
+}
+
+/// The rollup of `day` and `tenant` deleted and added again from the
+/// stored rows the caller's transaction sees.
+async fn recompute(
     client: &impl GenericClient,
     book: &PriceBook,
     day: NaiveDate,

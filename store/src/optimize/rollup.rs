@@ -1,12 +1,15 @@
-//! Adding a batch's new rows to `usage_optimize_daily` and
-//! `usage_optimize_histogram` (sql/V14__optimization_rollup.sql), in the
-//! batch's transaction.
+//! What a set of stored rows adds to `usage_optimize_daily` and
+//! `usage_optimize_histogram` (sql/V14__optimization_rollup.sql): the sums
+//! per target row, use cases folded ([`fold`]), and the upserts that add
+//! them ([`upsert`], [`add`]).
 //!
-//! The batch's rows are summed per target row here, use cases folded here
-//! too, so each statement is a plain upsert of distinct rows: the database
-//! pays one index probe and one write per target row, which is what the
-//! rollup costs (a batch of 5,000 events touches about 1,400 daily rows and
-//! 13,000 histogram rows on the benchmark's traffic).
+//! The rows are summed per target row here, use cases folded here too, so
+//! each statement is a plain upsert of distinct rows: the database pays one
+//! index probe and one write per target row, which is what the rollup
+//! costs (a batch of 5,000 events touches about 1,400 daily rows and 13,000
+//! histogram rows on the benchmark's traffic). The batch transaction does
+//! not upsert: it stores the folded sums as one pending row
+//! ([`super::pending`]), and the applier adds many batches' at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,6 +19,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tokio_postgres::GenericClient;
 
+use super::columns::{DailyColumns, HistogramColumns};
 use super::histogram::bucket;
 use super::parts::split;
 use super::USE_CASE_LABEL;
@@ -245,21 +249,23 @@ fn folded<'a>(key: &OptimizeKey<'a>, kept: &Kept<'_>) -> OptimizeKey<'a> {
     }
 }
 
-const ADD_SUMS: &str = "
-INSERT INTO usage_optimize_daily AS r (
-    day, tenant_id, provider, model, use_case, requests, prompt_tokens,
+/// The daily table's columns after the key, in the order of [`OptimizeSums`].
+macro_rules! sums_columns {
+    () => {
+        "requests, prompt_tokens,
     completion_tokens, total_tokens, cached_prompt_tokens, cache_write_tokens,
     reasoning_tokens, max_prompt_tokens, cost, priced_requests, priced_tokens,
     listed_requests, list_cost, input_list_cost, output_list_cost,
     cache_read_list_cost, cache_read_at_input_cost, cache_write_list_cost,
     cache_write_at_input_cost, no_cache_requests, no_cache_prompt_tokens,
-    no_cache_input_list_cost)
-SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-    $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-    $11::int8[], $12::int8[], $13::int8[], $14::numeric[], $15::int8[],
-    $16::int8[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[],
-    $21::numeric[], $22::numeric[], $23::numeric[], $24::numeric[], $25::int8[],
-    $26::int8[], $27::numeric[])
+    no_cache_input_list_cost"
+    };
+}
+
+/// Adds the inserted sums to a daily row that exists.
+macro_rules! sums_conflict {
+    () => {
+        "
 ON CONFLICT (day, tenant_id, provider, model, use_case) DO UPDATE SET
     requests = r.requests + EXCLUDED.requests,
     prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens,
@@ -284,97 +290,113 @@ ON CONFLICT (day, tenant_id, provider, model, use_case) DO UPDATE SET
     no_cache_requests = r.no_cache_requests + EXCLUDED.no_cache_requests,
     no_cache_prompt_tokens = r.no_cache_prompt_tokens + EXCLUDED.no_cache_prompt_tokens,
     no_cache_input_list_cost = r.no_cache_input_list_cost + EXCLUDED.no_cache_input_list_cost,
-    updated_at = now()";
+    updated_at = now()"
+    };
+}
 
-const ADD_HISTOGRAM: &str = "
+macro_rules! histogram_conflict {
+    () => {
+        "
+ON CONFLICT (day, tenant_id, provider, model, use_case, metric, bucket) DO UPDATE SET
+    requests = r.requests + EXCLUDED.requests"
+    };
+}
+
+pub(super) use sums_columns;
+
+const ADD_SUMS: &str = concat!(
+    "
+INSERT INTO usage_optimize_daily AS r (
+    day, tenant_id, provider, model, use_case, ",
+    sums_columns!(),
+    ")
+SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+    $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+    $11::int8[], $12::int8[], $13::int8[], $14::numeric[], $15::int8[],
+    $16::int8[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[],
+    $21::numeric[], $22::numeric[], $23::numeric[], $24::numeric[], $25::int8[],
+    $26::int8[], $27::numeric[])",
+    sums_conflict!()
+);
+
+const ADD_HISTOGRAM: &str = concat!(
+    "
 INSERT INTO usage_optimize_histogram AS r (
     day, tenant_id, provider, model, use_case, metric, bucket, requests)
 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-    $5::text[], $6::text[], $7::int4[], $8::int8[])
-ON CONFLICT (day, tenant_id, provider, model, use_case, metric, bucket) DO UPDATE SET
-    requests = r.requests + EXCLUDED.requests";
+    $5::text[], $6::text[], $7::int4[], $8::int8[])",
+    histogram_conflict!()
+);
 
-/// Adds `rows` (the rows this transaction inserted) to both tables, in
-/// the caller's transaction, after the attribution rollup's own upsert.
+/// What some stored rows add to the rollup, use cases folded: the sums
+/// per daily row and the counts per histogram row, each target row once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Folded<'a> {
+    pub sums: BTreeMap<OptimizeKey<'a>, OptimizeSums>,
+    pub counts: BTreeMap<(OptimizeKey<'a>, usize, i32), i64>,
+}
+
+impl Folded<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty()
+    }
+}
+
+/// What `rows` add, with use cases folded as the attribution rollup
+/// (written earlier in the same transaction) folds them.
+pub async fn fold<'a>(
+    client: &impl GenericClient,
+    book: &PriceBook,
+    rows: &[StoredRow<'a>],
+) -> Result<Folded<'a>, DbError> {
+    if rows.is_empty() {
+        return Ok(Folded::default());
+    }
+    let (by_key, histogram) = rollup(book, rows);
+    let kept = kept_use_cases(client, by_key.keys()).await?;
+    // folding can merge keys: each statement must touch a row once
+    let mut folded_sums = Folded::default();
+    for (key, one) in &by_key {
+        folded_sums
+            .sums
+            .entry(folded(key, &kept))
+            .or_default()
+            .add(one);
+    }
+    for ((key, metric, b), n) in histogram {
+        *folded_sums
+            .counts
+            .entry((folded(&key, &kept), metric, b))
+            .or_default() += n;
+    }
+    Ok(folded_sums)
+}
+
+/// Adds `folded` to both tables, in the caller's transaction.
+pub async fn upsert(client: &impl GenericClient, folded: &Folded<'_>) -> Result<(), DbError> {
+    if folded.is_empty() {
+        return Ok(());
+    }
+    let daily = DailyColumns::of(&folded.sums);
+    client
+        .execute(ADD_SUMS, &daily.params())
+        .await
+        .map_err(db("adding to the optimization rollup"))?;
+    let histogram = HistogramColumns::of(&folded.counts);
+    client
+        .execute(ADD_HISTOGRAM, &histogram.params())
+        .await
+        .map_err(db("adding to the optimization histogram"))?;
+    Ok(())
+}
+
+/// Adds `rows` to both tables at once, in the caller's transaction, after
+/// the attribution rollup's own upsert ([`fold`], then [`upsert`]).
 pub async fn add(
     client: &impl GenericClient,
     book: &PriceBook,
     rows: &[StoredRow<'_>],
 ) -> Result<(), DbError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let (by_key, histogram) = rollup(book, rows);
-    let kept = kept_use_cases(client, by_key.keys()).await?;
-    // folding can merge keys: each statement must touch a row once
-    let mut sums: BTreeMap<OptimizeKey<'_>, OptimizeSums> = BTreeMap::new();
-    for (key, one) in &by_key {
-        sums.entry(folded(key, &kept)).or_default().add(one);
-    }
-    let mut counts: BTreeMap<(OptimizeKey<'_>, usize, i32), i64> = BTreeMap::new();
-    for ((key, metric, b), n) in histogram {
-        *counts.entry((folded(&key, &kept), metric, b)).or_default() += n;
-    }
-    let keys: Vec<&OptimizeKey> = sums.keys().collect();
-    let days: Vec<DateTime<Utc>> = keys.iter().map(|k| k.day).collect();
-    let tenants: Vec<&str> = keys.iter().map(|k| k.tenant_id).collect();
-    let providers: Vec<&str> = keys.iter().map(|k| k.provider).collect();
-    let models: Vec<&str> = keys.iter().map(|k| k.model).collect();
-    let use_cases: Vec<&str> = keys.iter().map(|k| k.use_case).collect();
-    let int = |f: fn(&OptimizeSums) -> i64| sums.values().map(f).collect::<Vec<i64>>();
-    let num = |f: fn(&OptimizeSums) -> Decimal| sums.values().map(f).collect::<Vec<Decimal>>();
-    client
-        .execute(
-            ADD_SUMS,
-            &[
-                &days,
-                &tenants,
-                &providers,
-                &models,
-                &use_cases,
-                &int(|s| s.requests),
-                &int(|s| s.prompt_tokens),
-                &int(|s| s.completion_tokens),
-                &int(|s| s.total_tokens),
-                &int(|s| s.cached_prompt_tokens),
-                &int(|s| s.cache_write_tokens),
-                &int(|s| s.reasoning_tokens),
-                &int(|s| s.max_prompt_tokens),
-                &num(|s| s.cost),
-                &int(|s| s.priced_requests),
-                &int(|s| s.priced_tokens),
-                &int(|s| s.listed_requests),
-                &num(|s| s.list_cost),
-                &num(|s| s.input_list_cost),
-                &num(|s| s.output_list_cost),
-                &num(|s| s.cache_read_list_cost),
-                &num(|s| s.cache_read_at_input_cost),
-                &num(|s| s.cache_write_list_cost),
-                &num(|s| s.cache_write_at_input_cost),
-                &int(|s| s.no_cache_requests),
-                &int(|s| s.no_cache_prompt_tokens),
-                &num(|s| s.no_cache_input_list_cost),
-            ],
-        )
-        .await
-        .map_err(db("adding to the optimization rollup"))?;
-    let keys: Vec<&OptimizeKey> = counts.keys().map(|k| &k.0).collect();
-    let days: Vec<DateTime<Utc>> = keys.iter().map(|k| k.day).collect();
-    let tenants: Vec<&str> = keys.iter().map(|k| k.tenant_id).collect();
-    let providers: Vec<&str> = keys.iter().map(|k| k.provider).collect();
-    let models: Vec<&str> = keys.iter().map(|k| k.model).collect();
-    let use_cases: Vec<&str> = keys.iter().map(|k| k.use_case).collect();
-    let metrics: Vec<&str> = counts.keys().map(|k| METRICS[k.1]).collect();
-    let buckets: Vec<i32> = counts.keys().map(|k| k.2).collect();
-    let requests: Vec<i64> = counts.values().copied().collect();
-    client
-        .execute(
-            ADD_HISTOGRAM,
-            &[
-                &days, &tenants, &providers, &models, &use_cases, &metrics, &buckets, &requests,
-            ],
-        )
-        .await
-        .map_err(db("adding to the optimization histogram"))?;
-    Ok(())
+    let folded = fold(client, book, rows).await?;
+    upsert(client, &folded).await
 }

@@ -1,6 +1,8 @@
-//! Optimization in the processor: adding each batch's new rows to the
-//! optimization rollup inside the batch transaction ([`record`]), and the
-//! commands `processor report optimize` and `processor what-if`. The
+//! Optimization in the processor: storing what each batch's new rows add
+//! to the optimization rollup inside the batch transaction ([`fold`],
+//! [`record`]; the applier, `crate::stream::optimize_apply`, adds it to the
+//! tables), and the commands `processor report optimize` and `processor
+//! what-if`. The
 //! figures are `store::optimize`'s, which the gateway's `/v1/reports/*`
 //! serve too; this module prints them.
 
@@ -14,7 +16,7 @@ use clap::{Args, ValueEnum};
 use deadpool_postgres::Transaction;
 use ledger::{PriceBook, PricingStatus};
 use store::optimize::report::optimize_report;
-use store::optimize::rollup::StoredRow;
+use store::optimize::rollup::{Folded, StoredRow};
 use store::optimize::whatif::{what_if, WhatIfRequest};
 use store::optimize::Range;
 use tokio_postgres::GenericClient;
@@ -22,16 +24,16 @@ use tokio_postgres::GenericClient;
 use crate::attribution::AttributionError;
 use crate::prepare::PricedEvent;
 
-/// Adds the batch's new rows to the optimization rollup, in the batch's
-/// transaction, after the attribution rollup (whose use-case bound it
-/// follows). Its errors are the attribution step's: the same kind of
-/// upsert in the same transaction, retried the same way.
-pub async fn record(
+/// What the batch's new rows add to the optimization rollup, in the
+/// batch's transaction, after the attribution rollup (whose use-case bound
+/// it follows: one query). Its errors are the attribution step's:
+/// statements in the same transaction, retried the same way.
+pub async fn fold<'a>(
     transaction: &Transaction<'_>,
     book: &PriceBook,
-    new_rows: &[&PricedEvent],
-) -> Result<(), AttributionError> {
-    let rows: Vec<StoredRow<'_>> = new_rows
+    new_rows: &[&'a PricedEvent],
+) -> Result<Folded<'a>, AttributionError> {
+    let rows: Vec<StoredRow<'a>> = new_rows
         .iter()
         .map(|row| StoredRow {
             event: &row.event,
@@ -39,7 +41,16 @@ pub async fn record(
             unpriced: row.cost.status == PricingStatus::Unpriced,
         })
         .collect();
-    store::optimize::rollup::add(&**transaction, book, &rows).await?;
+    Ok(store::optimize::rollup::fold(&**transaction, book, &rows).await?)
+}
+
+/// Stores `folded` as the batch's one pending row of deltas, which the
+/// applier (`crate::stream::optimize_apply`) adds to the tables.
+pub async fn record(
+    transaction: &Transaction<'_>,
+    folded: Folded<'_>,
+) -> Result<(), AttributionError> {
+    store::optimize::pending::insert(&**transaction, folded).await?;
     Ok(())
 }
 

@@ -77,9 +77,7 @@ async fn run_locked(
             None => tenants_of_day(&*client, day).await?,
         };
         for tenant in tenants {
-            let transaction = client.transaction().await?;
-            let rows = rebuild_day(&transaction, book, day, &tenant).await?;
-            transaction.commit().await?;
+            let rows = rebuild_day(client, book, day, &tenant).await?;
             summary.days += 1;
             summary.rows += rows;
             writeln!(out, "  {day} {tenant}: {rows} rows")?;

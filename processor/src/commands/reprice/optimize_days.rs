@@ -14,7 +14,7 @@ use store::optimize::rebuild::{rebuild_day, tenants_corrected};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::{db, RepriceError};
+use super::RepriceError;
 
 pub async fn rebuild(
     client: &mut Client,
@@ -29,9 +29,7 @@ pub async fn rebuild(
         }
     }
     for (day, tenant) in changed {
-        let transaction = client.transaction().await.map_err(db("begin"))?;
-        let rows = rebuild_day(&transaction, book, day, &tenant).await?;
-        transaction.commit().await.map_err(db("commit"))?;
+        let rows = rebuild_day(client, book, day, &tenant).await?;
         writeln!(
             out,
             "  optimization rollup of {day} {tenant} rebuilt from {rows} rows"

@@ -1,0 +1,166 @@
+//! The rollup's rows as one array per column, the shape both the upserts
+//! (`UNNEST` of the arrays) and the pending rows (the arrays themselves)
+//! bind them in.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tokio_postgres::types::ToSql;
+
+use super::rollup::{OptimizeKey, OptimizeSums, METRICS};
+
+/// The key columns of some rows.
+#[derive(Debug, Default)]
+pub struct KeyColumns<'a> {
+    pub days: Vec<DateTime<Utc>>,
+    pub tenants: Vec<&'a str>,
+    pub providers: Vec<&'a str>,
+    pub models: Vec<&'a str>,
+    pub use_cases: Vec<&'a str>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of<'k>(keys: impl Iterator<Item = &'k OptimizeKey<'a>>) -> Self
+    where
+        'a: 'k,
+    {
+        let mut columns = Self::default();
+        for key in keys {
+            columns.days.push(key.day);
+            columns.tenants.push(key.tenant_id);
+            columns.providers.push(key.provider);
+            columns.models.push(key.model);
+            columns.use_cases.push(key.use_case);
+        }
+        columns
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.days,
+            &self.tenants,
+            &self.providers,
+            &self.models,
+            &self.use_cases,
+        ]
+    }
+}
+
+/// `usage_optimize_daily`'s rows: the key, then the sums in the table's
+/// order (`requests` … `no_cache_input_list_cost`).
+#[derive(Debug)]
+pub struct DailyColumns<'a> {
+    pub keys: KeyColumns<'a>,
+    ints: Vec<Vec<i64>>,
+    nums: Vec<Vec<Decimal>>,
+}
+
+/// Where each sum goes: an integer column, or a numeric one.
+enum Sum {
+    Int(fn(&OptimizeSums) -> i64),
+    Num(fn(&OptimizeSums) -> Decimal),
+}
+
+/// The sums in the table's column order.
+const SUMS: [Sum; 22] = [
+    Sum::Int(|s| s.requests),
+    Sum::Int(|s| s.prompt_tokens),
+    Sum::Int(|s| s.completion_tokens),
+    Sum::Int(|s| s.total_tokens),
+    Sum::Int(|s| s.cached_prompt_tokens),
+    Sum::Int(|s| s.cache_write_tokens),
+    Sum::Int(|s| s.reasoning_tokens),
+    Sum::Int(|s| s.max_prompt_tokens),
+    Sum::Num(|s| s.cost),
+    Sum::Int(|s| s.priced_requests),
+    Sum::Int(|s| s.priced_tokens),
+    Sum::Int(|s| s.listed_requests),
+    Sum::Num(|s| s.list_cost),
+    Sum::Num(|s| s.input_list_cost),
+    Sum::Num(|s| s.output_list_cost),
+    Sum::Num(|s| s.cache_read_list_cost),
+    Sum::Num(|s| s.cache_read_at_input_cost),
+    Sum::Num(|s| s.cache_write_list_cost),
+    Sum::Num(|s| s.cache_write_at_input_cost),
+    Sum::Int(|s| s.no_cache_requests),
+    Sum::Int(|s| s.no_cache_prompt_tokens),
+    Sum::Num(|s| s.no_cache_input_list_cost),
+];
+
+impl<'a> DailyColumns<'a> {
+    pub fn of(sums: &BTreeMap<OptimizeKey<'a>, OptimizeSums>) -> Self {
+        let mut ints = Vec::new();
+        let mut nums = Vec::new();
+        for sum in &SUMS {
+            match sum {
+                Sum::Int(f) => ints.push(sums.values().map(f).collect()),
+                Sum::Num(f) => nums.push(sums.values().map(f).collect()),
+            }
+        }
+        Self {
+            keys: KeyColumns::of(sums.keys()),
+            ints,
+            nums,
+        }
+    }
+
+    /// The 27 arrays: key, then sums, in the table's column order.
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = self.keys.params().to_vec();
+        let (mut int, mut num) = (self.ints.iter(), self.nums.iter());
+        for sum in &SUMS {
+            match sum {
+                Sum::Int(_) => params.extend(int.next().map(|c| c as &(dyn ToSql + Sync))),
+                Sum::Num(_) => params.extend(num.next().map(|c| c as &(dyn ToSql + Sync))),
+            }
+        }
+        params
+    }
+}
+
+/// `usage_optimize_histogram`'s rows.
+#[derive(Debug)]
+pub struct HistogramColumns<'a> {
+    pub keys: KeyColumns<'a>,
+    pub metrics: Vec<&'static str>,
+    pub buckets: Vec<i32>,
+    pub requests: Vec<i64>,
+}
+
+impl<'a> HistogramColumns<'a> {
+    pub fn of(counts: &BTreeMap<(OptimizeKey<'a>, usize, i32), i64>) -> Self {
+        Self {
+            keys: KeyColumns::of(counts.keys().map(|k| &k.0)),
+            metrics: counts.keys().map(|k| METRICS[k.1]).collect(),
+            buckets: counts.keys().map(|k| k.2).collect(),
+            requests: counts.values().copied().collect(),
+        }
+    }
+
+    /// The 8 arrays, in the table's column order.
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = self.keys.params().to_vec();
+        params.extend([
+            &self.metrics as &(dyn ToSql + Sync),
+            &self.buckets,
+            &self.requests,
+        ]);
+        params
+    }
+}
+
+/// Each histogram row's key as its 1-based position among the daily rows'
+/// keys. Folding puts every histogram key among the daily ones (both come
+/// from the same rows); a key that were missing gets a daily row of zeros
+/// rather than losing its counts.
+pub fn key_positions<'a>(
+    sums: &mut BTreeMap<OptimizeKey<'a>, OptimizeSums>,
+    counts: &BTreeMap<(OptimizeKey<'a>, usize, i32), i64>,
+) -> Vec<i32> {
+    for (key, _, _) in counts.keys() {
+        sums.entry(*key).or_default();
+    }
+    let position: HashMap<&OptimizeKey<'_>, i32> = sums.keys().zip(1..).collect();
+    counts.keys().map(|k| position[&k.0]).collect()
+}
