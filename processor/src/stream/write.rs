@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
 use ledger::PriceBook;
 use store::audit::copy::CopyError;
+use store::optimize::rollup::Rolled;
 use store::{db, DbError};
 
 use crate::attribution::AttributionError;
@@ -229,11 +230,14 @@ impl<D: DeadLetterSink> Writer<D> {
             .iter()
             .map(|(index, letter)| (*index, letter));
         self.dead_letter_all(poison, attempt).await?;
+        // The optimization rollup needs no database: computed here for every
+        // row, it is used as is when the transaction inserts them all.
+        let rolled = crate::optimize::rollup(&self.price_book, &prepared.unique);
 
         let (mut outcome, new) = loop {
             let mut client = self.bounded("connect", self.pool.get()).await??;
             let result = self
-                .write_in_transaction(&mut client, prepared, attempt, Mode::Commit)
+                .write_in_transaction(&mut client, prepared, Some(&rolled), attempt, Mode::Commit)
                 .await;
             match result {
                 Ok(Attempted::Committed(outcome, new)) => break (outcome, new),
@@ -264,10 +268,13 @@ impl<D: DeadLetterSink> Writer<D> {
         Ok(outcome)
     }
 
+    /// `rolled` is the optimization rollup of all of `prepared.unique`, if
+    /// computed already.
     async fn write_in_transaction(
         &self,
         client: &mut Object,
         prepared: &PreparedBatch,
+        rolled: Option<&Rolled<'_>>,
         attempt: &mut AttemptState,
         mode: Mode,
     ) -> Result<Attempted, WriteError> {
@@ -370,10 +377,14 @@ impl<D: DeadLetterSink> Writer<D> {
             ),
         )
         .await??;
+        // Rows found stored already (redeliveries) or in conflict are not
+        // new: the batch's rollup counts them, so it is computed again for
+        // the new rows alone.
+        let rolled = rolled.filter(|_| new_rows.len() == prepared.unique.len());
         let folded = self
             .bounded(
                 "optimization fold",
-                crate::optimize::fold(&transaction, &self.price_book, &new_rows),
+                crate::optimize::fold(&transaction, &self.price_book, &new_rows, rolled),
             )
             .await??;
         self.bounded(

@@ -245,6 +245,35 @@ async fn many_batches_applied_at_once_equal_the_rollup_of_the_raw_table() {
     assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
 }
 
+/// A batch computes its rollup before its transaction, over every event it
+/// holds; events it finds stored already (redelivered after a commit whose
+/// offsets were lost) are not counted again, whether some or all of the
+/// batch.
+#[tokio::test]
+async fn redelivered_events_in_a_batch_are_counted_once() {
+    let mut ledger = Ledger::start().await;
+    let events = traffic(120);
+    ledger.batch(&events[..60]).await;
+    // half stored already, half new, interleaved
+    let mixed: Vec<UsageEvent> = events[30..60]
+        .iter()
+        .zip(&events[60..90])
+        .flat_map(|(old, new)| [old.clone(), new.clone()])
+        .collect();
+    ledger.batch(&mixed).await;
+    // every event stored already
+    ledger.batch(&events[..90]).await;
+    ledger.batch(&events[90..]).await;
+    let applied = apply_once(&ledger.pool, 64)
+        .await
+        .expect("apply")
+        .expect("the turn is free");
+    assert_eq!(applied.events, 120, "each event counted once");
+    let (actual, expected) = ledger.actual_and_from_raw().await;
+    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
+    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+}
+
 /// The report and the endpoint read the deltas of committed batches too:
 /// exact as soon as a batch commits, and unchanged by the apply.
 #[tokio::test]

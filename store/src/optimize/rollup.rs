@@ -107,13 +107,19 @@ pub const METRICS: [&str; 3] = ["prompt_tokens", "cost", "cost_per_1k_tokens"];
 /// bucket.
 pub type Histogram<'a> = BTreeMap<(OptimizeKey<'a>, usize, i32), i64>;
 
+/// What some rows add before use cases are folded ([`rollup`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rolled<'a> {
+    /// The sums per key.
+    pub sums: BTreeMap<OptimizeKey<'a>, OptimizeSums>,
+    pub histogram: Histogram<'a>,
+}
+
 /// What `rows` add: the sums per key, and the histogram counts per key,
-/// metric and bucket, before use cases are folded. Pure, so every figure
-/// is unit-testable.
-pub fn rollup<'a>(
-    book: &PriceBook,
-    rows: &[StoredRow<'a>],
-) -> (BTreeMap<OptimizeKey<'a>, OptimizeSums>, Histogram<'a>) {
+/// metric and bucket, before use cases are folded. Pure (no database), so
+/// the batch computes it before its transaction, and every figure is
+/// unit-testable.
+pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
     // keys by index, so that the histogram's entries hash an integer
     // rather than five fields
     let mut index: HashMap<OptimizeKey<'a>, usize> = HashMap::new();
@@ -179,7 +185,10 @@ pub fn rollup<'a>(
         .into_iter()
         .map(|((at, metric, b), n)| ((sums[at].0, metric, b), n))
         .collect();
-    (sums.into_iter().collect(), histogram)
+    Rolled {
+        sums: sums.into_iter().collect(),
+        histogram,
+    }
 }
 
 use ledger::day::utc_day;
@@ -188,9 +197,9 @@ use ledger::day::utc_day;
 /// their tenant and day, i.e. has a row of (written earlier in the same
 /// transaction); any other value it folded into `(other)`, and so does
 /// this rollup, so both name the same use cases and the table is bounded.
-async fn kept_use_cases<'a>(
+async fn kept_use_cases<'k, 'a: 'k>(
     client: &impl GenericClient,
-    keys: impl Iterator<Item = &'a OptimizeKey<'a>>,
+    keys: impl Iterator<Item = &'k OptimizeKey<'a>>,
 ) -> Result<Kept<'a>, DbError> {
     let asked: Kept<'a> = keys
         .filter(|k| k.use_case != UNLABELLED && k.use_case != OTHER)
@@ -352,21 +361,32 @@ pub async fn fold<'a>(
     if rows.is_empty() {
         return Ok(Folded::default());
     }
-    let (by_key, histogram) = rollup(book, rows);
-    let kept = kept_use_cases(client, by_key.keys()).await?;
+    fold_rolled(client, &rollup(book, rows)).await
+}
+
+/// [`fold`] of rows whose [`rollup`] is already computed: only the use
+/// cases the attribution rollup keeps are asked of the database.
+pub async fn fold_rolled<'a>(
+    client: &impl GenericClient,
+    rolled: &Rolled<'a>,
+) -> Result<Folded<'a>, DbError> {
+    if rolled.sums.is_empty() {
+        return Ok(Folded::default());
+    }
+    let kept = kept_use_cases(client, rolled.sums.keys()).await?;
     // folding can merge keys: each statement must touch a row once
     let mut folded_sums = Folded::default();
-    for (key, one) in &by_key {
+    for (key, one) in &rolled.sums {
         folded_sums
             .sums
             .entry(folded(key, &kept))
             .or_default()
             .add(one);
     }
-    for ((key, metric, b), n) in histogram {
+    for ((key, metric, b), n) in &rolled.histogram {
         *folded_sums
             .counts
-            .entry((folded(&key, &kept), metric, b))
+            .entry((folded(key, &kept), *metric, *b))
             .or_default() += n;
     }
     Ok(folded_sums)

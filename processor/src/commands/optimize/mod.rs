@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use deadpool_postgres::Transaction;
 use ledger::{PriceBook, PricingStatus};
 use store::optimize::report::optimize_report;
-use store::optimize::rollup::{Folded, StoredRow};
+use store::optimize::rollup::{Folded, Rolled, StoredRow};
 use store::optimize::whatif::{what_if, WhatIfRequest};
 use store::optimize::Range;
 use tokio_postgres::GenericClient;
@@ -24,24 +24,43 @@ use tokio_postgres::GenericClient;
 use crate::attribution::AttributionError;
 use crate::prepare::PricedEvent;
 
-/// What the batch's new rows add to the optimization rollup, in the
-/// batch's transaction, after the attribution rollup (whose use-case bound
-/// it follows: one query). Its errors are the attribution step's:
-/// statements in the same transaction, retried the same way.
-pub async fn fold<'a>(
-    transaction: &Transaction<'_>,
-    book: &PriceBook,
-    new_rows: &[&'a PricedEvent],
-) -> Result<Folded<'a>, AttributionError> {
-    let rows: Vec<StoredRow<'a>> = new_rows
-        .iter()
+/// What `rows` add to the optimization rollup before use cases are folded:
+/// no database, so a batch computes it for all its rows before its
+/// transaction starts.
+pub fn rollup<'a>(book: &PriceBook, rows: impl IntoIterator<Item = &'a PricedEvent>) -> Rolled<'a> {
+    let rows: Vec<StoredRow<'a>> = rows
+        .into_iter()
         .map(|row| StoredRow {
             event: &row.event,
             cost: row.cost.usd,
             unpriced: row.cost.status == PricingStatus::Unpriced,
         })
         .collect();
-    Ok(store::optimize::rollup::fold(&**transaction, book, &rows).await?)
+    store::optimize::rollup::rollup(book, &rows)
+}
+
+/// What the batch's new rows add to the optimization rollup, in the
+/// batch's transaction, after the attribution rollup (whose use-case bound
+/// it follows: one query). `rolled` is their [`rollup`] when the batch
+/// computed it before the transaction for exactly these rows (every row of
+/// the batch new: the usual case); otherwise it is computed here. Its
+/// errors are the attribution step's: statements in the same transaction,
+/// retried the same way.
+pub async fn fold<'a>(
+    transaction: &Transaction<'_>,
+    book: &PriceBook,
+    new_rows: &[&'a PricedEvent],
+    rolled: Option<&Rolled<'a>>,
+) -> Result<Folded<'a>, AttributionError> {
+    let computed;
+    let rolled = match rolled {
+        Some(rolled) => rolled,
+        None => {
+            computed = rollup(book, new_rows.iter().copied());
+            &computed
+        }
+    };
+    Ok(store::optimize::rollup::fold_rolled(&**transaction, rolled).await?)
 }
 
 /// Stores `folded` as the batch's one pending row of deltas, which the

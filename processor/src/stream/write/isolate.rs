@@ -94,7 +94,7 @@ impl<D: DeadLetterSink> Writer<D> {
         let mut client = self.bounded("connect", self.pool.get()).await??;
         let mut unused = AttemptState::default();
         let result = self
-            .write_in_transaction(&mut client, &subset, &mut unused, Mode::Probe)
+            .write_in_transaction(&mut client, &subset, None, &mut unused, Mode::Probe)
             .await;
         match result {
             Ok(_) => Ok(Probe::Stored),
