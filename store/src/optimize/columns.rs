@@ -2,13 +2,12 @@
 //! (`UNNEST` of the arrays) and the pending rows (the arrays themselves)
 //! bind them in.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tokio_postgres::types::ToSql;
 
 use super::rollup::{OptimizeKey, OptimizeSums, METRICS};
+use super::sums::Folded;
 
 /// The key columns of some rows.
 #[derive(Debug, Default)]
@@ -89,17 +88,18 @@ const SUMS: [Sum; 22] = [
 ];
 
 impl<'a> DailyColumns<'a> {
-    pub fn of(sums: &BTreeMap<OptimizeKey<'a>, OptimizeSums>) -> Self {
+    pub fn of(folded: &Folded<'a>) -> Self {
+        let sums = &folded.sums;
         let mut ints = Vec::new();
         let mut nums = Vec::new();
         for sum in &SUMS {
             match sum {
-                Sum::Int(f) => ints.push(sums.values().map(f).collect()),
-                Sum::Num(f) => nums.push(sums.values().map(f).collect()),
+                Sum::Int(f) => ints.push(sums.iter().map(f).collect()),
+                Sum::Num(f) => nums.push(sums.iter().map(f).collect()),
             }
         }
         Self {
-            keys: KeyColumns::of(sums.keys()),
+            keys: KeyColumns::of(folded.keys.iter()),
             ints,
             nums,
         }
@@ -129,12 +129,20 @@ pub struct HistogramColumns<'a> {
 }
 
 impl<'a> HistogramColumns<'a> {
-    pub fn of(counts: &BTreeMap<(OptimizeKey<'a>, usize, i32), i64>) -> Self {
+    pub fn of(folded: &Folded<'a>) -> Self {
+        let counts = &folded.counts;
         Self {
-            keys: KeyColumns::of(counts.keys().map(|k| &k.0)),
-            metrics: counts.keys().map(|k| METRICS[k.1]).collect(),
-            buckets: counts.keys().map(|k| k.2).collect(),
-            requests: counts.values().copied().collect(),
+            keys: KeyColumns::of(
+                counts
+                    .iter()
+                    .map(|((at, _, _), _)| &folded.keys[*at as usize]),
+            ),
+            metrics: counts
+                .iter()
+                .map(|((_, metric, _), _)| METRICS[usize::from(*metric)])
+                .collect(),
+            buckets: counts.iter().map(|((_, _, bucket), _)| *bucket).collect(),
+            requests: counts.iter().map(|(_, n)| *n).collect(),
         }
     }
 
@@ -151,16 +159,11 @@ impl<'a> HistogramColumns<'a> {
 }
 
 /// Each histogram row's key as its 1-based position among the daily rows'
-/// keys. Folding puts every histogram key among the daily ones (both come
-/// from the same rows); a key that were missing gets a daily row of zeros
-/// rather than losing its counts.
-pub fn key_positions<'a>(
-    sums: &mut BTreeMap<OptimizeKey<'a>, OptimizeSums>,
-    counts: &BTreeMap<(OptimizeKey<'a>, usize, i32), i64>,
-) -> Vec<i32> {
-    for (key, _, _) in counts.keys() {
-        sums.entry(*key).or_default();
-    }
-    let position: HashMap<&OptimizeKey<'_>, i32> = sums.keys().zip(1..).collect();
-    counts.keys().map(|k| position[&k.0]).collect()
+/// keys (every histogram key is among them: both come from the same rows).
+pub fn key_positions(folded: &Folded<'_>) -> Vec<i32> {
+    folded
+        .counts
+        .iter()
+        .map(|((at, _, _), _)| *at as i32 + 1)
+        .collect()
 }

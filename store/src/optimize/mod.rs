@@ -28,6 +28,7 @@ pub mod pending;
 pub mod rebuild;
 pub mod report;
 pub mod rollup;
+pub mod sums;
 pub mod whatif;
 
 use chrono::{DateTime, NaiveDate, Utc};

@@ -24,7 +24,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use super::columns::{key_positions, DailyColumns, HistogramColumns};
-use super::rollup::{sums_columns, upsert, Folded, OptimizeKey, OptimizeSums, METRICS};
+use super::rollup::{sums_columns, upsert, OptimizeKey, OptimizeSums, METRICS};
+use super::sums::{Folded, Metric, Summed};
 use super::OptimizeError;
 use crate::{db, DbError};
 
@@ -47,13 +48,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 /// Stores `folded` (what [`super::rollup::fold`] gave for the rows this transaction
 /// inserted, after the attribution rollup's upsert) as one pending row, in
 /// the caller's transaction.
-pub async fn insert(client: &impl GenericClient, mut folded: Folded<'_>) -> Result<(), DbError> {
+pub async fn insert(client: &impl GenericClient, folded: Folded<'_>) -> Result<(), DbError> {
     if folded.is_empty() {
         return Ok(());
     }
-    let positions = key_positions(&mut folded.sums, &folded.counts);
-    let daily = DailyColumns::of(&folded.sums);
-    let histogram = HistogramColumns::of(&folded.counts);
+    let positions = key_positions(&folded);
+    let daily = DailyColumns::of(&folded);
+    let histogram = HistogramColumns::of(&folded);
     let mut params: Vec<&(dyn ToSql + Sync)> = daily.params();
     params.extend([
         &positions as &(dyn ToSql + Sync),
@@ -122,11 +123,12 @@ pub async fn apply(
         applied.micros = started.elapsed().as_micros() as u64;
         return Ok(Some(applied));
     }
-    let mut folded = Folded::default();
+    let mut summed = Summed::default();
     for row in &claimed {
-        applied.events += row.add_to(&mut folded)?;
+        applied.events += row.add_to(&mut summed)?;
     }
-    applied.daily_rows = folded.sums.len() as u64;
+    let folded = summed.finish();
+    applied.daily_rows = folded.keys.len() as u64;
     applied.histogram_rows = folded.counts.len() as u64;
     let upserting = Instant::now();
     upsert(client, &folded).await?;
@@ -276,30 +278,31 @@ impl PendingRow {
     }
 
     /// Adds this batch's deltas to `folded`; the events it counted.
-    fn add_to<'a>(&'a self, folded: &mut Folded<'a>) -> Result<i64, OptimizeError> {
-        let keys: Vec<OptimizeKey<'a>> = (0..self.day.len())
-            .map(|i| OptimizeKey {
-                day: self.day[i],
-                tenant_id: &self.tenant_id[i],
-                provider: &self.provider[i],
-                model: &self.model[i],
-                use_case: &self.use_case[i],
+    fn add_to<'a>(&'a self, summed: &mut Summed<'a>) -> Result<i64, OptimizeError> {
+        let mut events = 0;
+        let ids: Vec<u32> = (0..self.day.len())
+            .map(|i| {
+                let id = summed.id(OptimizeKey {
+                    day: self.day[i],
+                    tenant_id: &self.tenant_id[i],
+                    provider: &self.provider[i],
+                    model: &self.model[i],
+                    use_case: &self.use_case[i],
+                });
+                summed.sums[id as usize].add(&self.sums[i]);
+                events += self.sums[i].requests;
+                id
             })
             .collect();
-        let mut events = 0;
-        for (key, sums) in keys.iter().zip(&self.sums) {
-            folded.sums.entry(*key).or_default().add(sums);
-            events += sums.requests;
-        }
         for (j, position) in self.h_key.iter().enumerate() {
-            let key = usize::try_from(*position - 1)
+            let id = usize::try_from(*position - 1)
                 .ok()
-                .and_then(|at| keys.get(at))
+                .and_then(|at| ids.get(at))
                 .ok_or_else(|| {
                     OptimizeError::Stored(format!(
                         "pending optimization delta {}: histogram key {position} of {}",
                         self.id,
-                        keys.len()
+                        ids.len()
                     ))
                 })?;
             let metric = METRICS
@@ -311,10 +314,7 @@ impl PendingRow {
                         self.id, self.h_metric[j]
                     ))
                 })?;
-            *folded
-                .counts
-                .entry((*key, metric, self.h_bucket[j]))
-                .or_default() += self.h_requests[j];
+            summed.count(*id, metric as Metric, self.h_bucket[j], self.h_requests[j]);
         }
         Ok(events)
     }

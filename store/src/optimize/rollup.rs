@@ -11,7 +11,7 @@
 //! not upsert: it stores the folded sums as one pending row
 //! ([`super::pending`]), and the applier adds many batches' at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use ledger::{PriceBook, UsageEvent};
@@ -22,6 +22,7 @@ use tokio_postgres::GenericClient;
 use super::columns::{DailyColumns, HistogramColumns};
 use super::histogram::bucket;
 use super::parts::split;
+pub use super::sums::{Folded, Summed};
 use super::USE_CASE_LABEL;
 use crate::attribution::{OTHER, UNLABELLED};
 use crate::{db, DbError};
@@ -103,28 +104,16 @@ impl OptimizeSums {
 /// The metrics the histogram counts.
 pub const METRICS: [&str; 3] = ["prompt_tokens", "cost", "cost_per_1k_tokens"];
 
-/// The histogram counts per key, metric (an index of [`METRICS`]) and
-/// bucket.
-pub type Histogram<'a> = BTreeMap<(OptimizeKey<'a>, usize, i32), i64>;
-
-/// What some rows add before use cases are folded ([`rollup`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rolled<'a> {
-    /// The sums per key.
-    pub sums: BTreeMap<OptimizeKey<'a>, OptimizeSums>,
-    pub histogram: Histogram<'a>,
-}
+/// What some rows add before use cases are folded ([`rollup`]): sums and
+/// histogram counts under key ids, in no order.
+pub type Rolled<'a> = Summed<'a>;
 
 /// What `rows` add: the sums per key, and the histogram counts per key,
 /// metric and bucket, before use cases are folded. Pure (no database), so
 /// the batch computes it before its transaction, and every figure is
 /// unit-testable.
 pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
-    // keys by index, so that the histogram's entries hash an integer
-    // rather than five fields
-    let mut index: HashMap<OptimizeKey<'a>, usize> = HashMap::new();
-    let mut sums: Vec<(OptimizeKey<'a>, OptimizeSums)> = Vec::new();
-    let mut counts: HashMap<(usize, usize, i32), i64> = HashMap::new();
+    let mut rolled = Rolled::default();
     for row in rows {
         let event = row.event;
         let key = OptimizeKey {
@@ -137,11 +126,8 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
                 .get(USE_CASE_LABEL)
                 .map_or(UNLABELLED, String::as_str),
         };
-        let at = *index.entry(key).or_insert_with(|| {
-            sums.push((key, OptimizeSums::default()));
-            sums.len() - 1
-        });
-        let one = &mut sums[at].1;
+        let at = rolled.id(key);
+        let one = &mut rolled.sums[at as usize];
         let prompt = i64::from(event.prompt_tokens);
         let total = i64::from(event.total_tokens);
         one.requests += 1;
@@ -153,17 +139,14 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
             i64::from(event.cache_write_tokens) + i64::from(event.cache_write_1h_tokens);
         one.reasoning_tokens += i64::from(event.reasoning_tokens);
         one.max_prompt_tokens = one.max_prompt_tokens.max(prompt);
-        *counts.entry((at, 0, bucket(prompt as f64))).or_default() += 1;
+        let mut cost_buckets = None;
         if !row.unpriced {
             one.cost += row.cost;
             one.priced_requests += 1;
             one.priced_tokens += total;
             let cost = row.cost.to_f64().unwrap_or(0.0);
-            *counts.entry((at, 1, bucket(cost))).or_default() += 1;
-            if total > 0 {
-                let per_1k = bucket(cost * 1000.0 / total as f64);
-                *counts.entry((at, 2, per_1k)).or_default() += 1;
-            }
+            let per_1k = (total > 0).then(|| bucket(cost * 1000.0 / total as f64));
+            cost_buckets = Some((bucket(cost), per_1k));
         }
         if let Some((p, caching)) = split(book, event) {
             one.listed_requests += 1;
@@ -180,15 +163,15 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
                 one.no_cache_input_list_cost += p.input;
             }
         }
+        rolled.count(at, 0, bucket(prompt as f64), 1);
+        if let Some((cost, per_1k)) = cost_buckets {
+            rolled.count(at, 1, cost, 1);
+            if let Some(per_1k) = per_1k {
+                rolled.count(at, 2, per_1k, 1);
+            }
+        }
     }
-    let histogram = counts
-        .into_iter()
-        .map(|((at, metric, b), n)| ((sums[at].0, metric, b), n))
-        .collect();
-    Rolled {
-        sums: sums.into_iter().collect(),
-        histogram,
-    }
+    rolled
 }
 
 use ledger::day::utc_day;
@@ -337,20 +320,6 @@ SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
     histogram_conflict!()
 );
 
-/// What some stored rows add to the rollup, use cases folded: the sums
-/// per daily row and the counts per histogram row, each target row once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Folded<'a> {
-    pub sums: BTreeMap<OptimizeKey<'a>, OptimizeSums>,
-    pub counts: BTreeMap<(OptimizeKey<'a>, usize, i32), i64>,
-}
-
-impl Folded<'_> {
-    pub fn is_empty(&self) -> bool {
-        self.sums.is_empty()
-    }
-}
-
 /// What `rows` add, with use cases folded as the attribution rollup
 /// (written earlier in the same transaction) folds them.
 pub async fn fold<'a>(
@@ -370,26 +339,12 @@ pub async fn fold_rolled<'a>(
     client: &impl GenericClient,
     rolled: &Rolled<'a>,
 ) -> Result<Folded<'a>, DbError> {
-    if rolled.sums.is_empty() {
+    if rolled.is_empty() {
         return Ok(Folded::default());
     }
-    let kept = kept_use_cases(client, rolled.sums.keys()).await?;
+    let kept = kept_use_cases(client, rolled.keys.iter()).await?;
     // folding can merge keys: each statement must touch a row once
-    let mut folded_sums = Folded::default();
-    for (key, one) in &rolled.sums {
-        folded_sums
-            .sums
-            .entry(folded(key, &kept))
-            .or_default()
-            .add(one);
-    }
-    for ((key, metric, b), n) in &rolled.histogram {
-        *folded_sums
-            .counts
-            .entry((folded(key, &kept), *metric, *b))
-            .or_default() += n;
-    }
-    Ok(folded_sums)
+    Ok(rolled.fold(|key| folded(key, &kept)))
 }
 
 /// Adds `folded` to both tables, in the caller's transaction.
@@ -397,12 +352,12 @@ pub async fn upsert(client: &impl GenericClient, folded: &Folded<'_>) -> Result<
     if folded.is_empty() {
         return Ok(());
     }
-    let daily = DailyColumns::of(&folded.sums);
+    let daily = DailyColumns::of(folded);
     client
         .execute(ADD_SUMS, &daily.params())
         .await
         .map_err(db("adding to the optimization rollup"))?;
-    let histogram = HistogramColumns::of(&folded.counts);
+    let histogram = HistogramColumns::of(folded);
     client
         .execute(ADD_HISTOGRAM, &histogram.params())
         .await
