@@ -1061,6 +1061,20 @@ async fn pipeline_metrics_dashboards_and_alerts() {
     .await;
     wait_value(&prometheus, "sum(tokenledger_events_duplicate_total)", 1.0).await;
     wait_value(&prometheus, "sum(tokenledger_events_conflict_total)", 1.0).await;
+    // The optimization applier has applied the batches' deltas and says none is left.
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_optimize_batches_applied_total) > bool 0",
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_optimize_apply_duration_seconds_count) > bool 0",
+        1.0,
+    )
+    .await;
+    wait_value(&prometheus, "sum(tokenledger_optimize_pending_batches)", 0.0).await;
     wait_value(
         &prometheus,
         "sum(tokenledger_gateway_events_accepted_total)",

@@ -160,6 +160,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Run
         pool.clone(),
         config.optimize.apply_interval(),
         db_timeout,
+        crate::stream::optimize_apply::ApplierMetrics::new(metrics.registry())
+            .map_err(MetricsError::from)?,
         applier_stop.clone(),
     );
     readiness.set(true);

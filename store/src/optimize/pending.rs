@@ -145,6 +145,21 @@ pub async fn apply(
     Ok(Some(applied))
 }
 
+/// The batches whose deltas are not applied yet: how far the applier is
+/// behind.
+pub async fn count(client: &impl GenericClient) -> Result<i64, DbError> {
+    let step = "counting pending optimization deltas";
+    client
+        .query_one(
+            "SELECT count(*) AS pending FROM usage_optimize_pending",
+            &[],
+        )
+        .await
+        .map_err(db(step))?
+        .try_get("pending")
+        .map_err(db(step))
+}
+
 /// Applies every pending row the caller's transaction sees, `limit` at a
 /// time; `None` when the lock is held elsewhere.
 pub async fn apply_all(
