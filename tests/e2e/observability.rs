@@ -1074,7 +1074,12 @@ async fn pipeline_metrics_dashboards_and_alerts() {
         1.0,
     )
     .await;
-    wait_value(&prometheus, "sum(tokenledger_optimize_pending_batches)", 0.0).await;
+    wait_value(
+        &prometheus,
+        "sum(tokenledger_optimize_pending_batches)",
+        0.0,
+    )
+    .await;
     wait_value(
         &prometheus,
         "sum(tokenledger_gateway_events_accepted_total)",

@@ -1,7 +1,8 @@
 //! What a set of stored rows adds to `usage_optimize_daily` and
 //! `usage_optimize_histogram` (sql/V14__optimization_rollup.sql): the sums
-//! per target row, use cases folded ([`fold`]), and the upserts that add
-//! them ([`upsert`], [`add`]).
+//! per target row ([`rollup`], pure, computed before the batch transaction),
+//! use cases folded ([`fold_rolled`], in it), and the upserts that add them
+//! ([`upsert`], [`add`]).
 //!
 //! The rows are summed per target row here, use cases folded here too, so
 //! each statement is a plain upsert of distinct rows: the database pays one
