@@ -126,12 +126,7 @@ async fn drain_observed(
         if let Some(metrics) = metrics {
             metrics.observe(&one);
         }
-        total.batches += one.batches;
-        total.events += one.events;
-        total.daily_rows += one.daily_rows;
-        total.histogram_rows += one.histogram_rows;
-        total.micros += one.micros;
-        total.upsert_micros += one.upsert_micros;
+        total += one;
         if one.batches < BATCHES_PER_APPLY as u64 {
             return Ok(total);
         }

@@ -83,6 +83,18 @@ pub struct Applied {
     pub upsert_micros: u64,
 }
 
+impl std::ops::AddAssign for Applied {
+    /// Turns taken one after another, as one.
+    fn add_assign(&mut self, one: Applied) {
+        self.batches += one.batches;
+        self.events += one.events;
+        self.daily_rows += one.daily_rows;
+        self.histogram_rows += one.histogram_rows;
+        self.micros += one.micros;
+        self.upsert_micros += one.upsert_micros;
+    }
+}
+
 /// Adds up to `limit` pending rows to the tables and deletes them, in the
 /// caller's transaction, which must commit for it to count. `None` when
 /// another transaction holds [`APPLY_LOCK_KEY`] (another applier, a
@@ -171,12 +183,7 @@ pub async fn apply_all(
         let Some(one) = apply(client, limit).await? else {
             return Ok(None);
         };
-        total.batches += one.batches;
-        total.events += one.events;
-        total.daily_rows += one.daily_rows;
-        total.histogram_rows += one.histogram_rows;
-        total.micros += one.micros;
-        total.upsert_micros += one.upsert_micros;
+        total += one;
         if one.batches < limit.max(1) as u64 {
             return Ok(Some(total));
         }
