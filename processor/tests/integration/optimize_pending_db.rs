@@ -196,6 +196,15 @@ impl Ledger {
         (actual, fresh)
     }
 
+    /// Asserts that the tables hold exactly what the raw table gives
+    /// ([`Self::actual_and_from_raw`]); the tables as they were.
+    async fn assert_equal_to_raw(&mut self) -> Tables {
+        let (actual, expected) = self.actual_and_from_raw().await;
+        assert_eq!(actual.0, expected.0, "usage_optimize_daily");
+        assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+        actual
+    }
+
     async fn rebuild(&mut self) {
         rebuild::run(
             &mut self.client,
@@ -240,9 +249,7 @@ async fn many_batches_applied_at_once_equal_the_rollup_of_the_raw_table() {
         .expect("the turn is free");
     assert_eq!(applied.batches, 10);
     assert_eq!(applied.events, 400);
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
-    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+    ledger.assert_equal_to_raw().await;
 }
 
 /// A batch computes its rollup before its transaction, over every event it
@@ -269,9 +276,7 @@ async fn redelivered_events_in_a_batch_are_counted_once() {
         .expect("apply")
         .expect("the turn is free");
     assert_eq!(applied.events, 120, "each event counted once");
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
-    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+    ledger.assert_equal_to_raw().await;
 }
 
 /// The report and the endpoint read the deltas of committed batches too:
@@ -323,8 +328,7 @@ async fn a_crash_between_the_batch_commit_and_the_apply_counts_the_batch_once() 
     assert_eq!(applied.batches, 2);
     let again = drain(&ledger.pool, TIMEOUT).await.expect("drain");
     assert_eq!(again.batches, 0);
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual, expected);
+    ledger.assert_equal_to_raw().await;
 }
 
 /// Two appliers at once (two processors): while one holds the turn the
@@ -356,8 +360,7 @@ async fn two_appliers_at_once_apply_each_batch_once() {
     // the one that found the turn taken may leave rows to the next turn
     let rest = drain(&ledger.pool, TIMEOUT).await.expect("drain").batches;
     assert_eq!(applied + rest, 6);
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual, expected);
+    ledger.assert_equal_to_raw().await;
 }
 
 /// A rebuild of a day while a committed batch's delta is still pending:
@@ -374,9 +377,7 @@ async fn a_rebuild_with_a_batch_pending_counts_the_batch_once() {
     assert_eq!(ledger.pending().await, 1);
     ledger.rebuild().await;
     drain(&ledger.pool, TIMEOUT).await.expect("drain");
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
-    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+    ledger.assert_equal_to_raw().await;
 }
 
 /// Batches committing while rebuilds and appliers run, all at once: each
@@ -440,9 +441,7 @@ async fn batches_committing_during_rebuilds_and_applies_count_once() {
     };
     tokio::join!(writing, rebuilding, applying);
     drain(&ledger.pool, TIMEOUT).await.expect("drain");
-    let (actual, expected) = ledger.actual_and_from_raw().await;
-    assert_eq!(actual.0, expected.0, "usage_optimize_daily");
-    assert_eq!(actual.1, expected.1, "usage_optimize_histogram");
+    let actual = ledger.assert_equal_to_raw().await;
     let requests: i64 = actual
         .0
         .iter()

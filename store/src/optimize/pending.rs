@@ -8,8 +8,10 @@
 //! adds many such rows to the tables and deletes them in one transaction
 //! under [`APPLY_LOCK_KEY`], so each is added exactly once: the delete and
 //! the upserts commit or roll back together, and a row left by a crash is
-//! still there for the next apply. The distinct target rows of many
-//! batches are barely more than those of one, which is what this saves.
+//! still there for the next apply. What this saves is the batch
+//! transaction's time, and the target rows many batches share: the daily
+//! rows almost all, the histogram rows far fewer (on the benchmark's
+//! traffic ~2.8 per event for one batch, 1.2-1.9 over 11-28 batches).
 //!
 //! Readers that must see every committed batch read the tables plus the
 //! views `usage_optimize_pending_daily` / `_histogram` in one statement

@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use ledger::day::utc_day;
 use ledger::{PriceBook, UsageEvent};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -175,8 +176,6 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
     rolled
 }
 
-use ledger::day::utc_day;
-
 /// The use cases of `keys` the attribution rollup counts as themselves on
 /// their tenant and day, i.e. has a row of (written earlier in the same
 /// transaction); any other value it folded into `(other)`, and so does
@@ -255,10 +254,20 @@ macro_rules! sums_columns {
     };
 }
 
-/// Adds the inserted sums to a daily row that exists.
-macro_rules! sums_conflict {
-    () => {
-        "
+pub(super) use sums_columns;
+
+const ADD_SUMS: &str = concat!(
+    "
+INSERT INTO usage_optimize_daily AS r (
+    day, tenant_id, provider, model, use_case, ",
+    sums_columns!(),
+    ")
+SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+    $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+    $11::int8[], $12::int8[], $13::int8[], $14::numeric[], $15::int8[],
+    $16::int8[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[],
+    $21::numeric[], $22::numeric[], $23::numeric[], $24::numeric[], $25::int8[],
+    $26::int8[], $27::numeric[])
 ON CONFLICT (day, tenant_id, provider, model, use_case) DO UPDATE SET
     requests = r.requests + EXCLUDED.requests,
     prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens,
@@ -284,42 +293,15 @@ ON CONFLICT (day, tenant_id, provider, model, use_case) DO UPDATE SET
     no_cache_prompt_tokens = r.no_cache_prompt_tokens + EXCLUDED.no_cache_prompt_tokens,
     no_cache_input_list_cost = r.no_cache_input_list_cost + EXCLUDED.no_cache_input_list_cost,
     updated_at = now()"
-    };
-}
-
-macro_rules! histogram_conflict {
-    () => {
-        "
-ON CONFLICT (day, tenant_id, provider, model, use_case, metric, bucket) DO UPDATE SET
-    requests = r.requests + EXCLUDED.requests"
-    };
-}
-
-pub(super) use sums_columns;
-
-const ADD_SUMS: &str = concat!(
-    "
-INSERT INTO usage_optimize_daily AS r (
-    day, tenant_id, provider, model, use_case, ",
-    sums_columns!(),
-    ")
-SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-    $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-    $11::int8[], $12::int8[], $13::int8[], $14::numeric[], $15::int8[],
-    $16::int8[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[],
-    $21::numeric[], $22::numeric[], $23::numeric[], $24::numeric[], $25::int8[],
-    $26::int8[], $27::numeric[])",
-    sums_conflict!()
 );
 
-const ADD_HISTOGRAM: &str = concat!(
-    "
+const ADD_HISTOGRAM: &str = "
 INSERT INTO usage_optimize_histogram AS r (
     day, tenant_id, provider, model, use_case, metric, bucket, requests)
 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-    $5::text[], $6::text[], $7::int4[], $8::int8[])",
-    histogram_conflict!()
-);
+    $5::text[], $6::text[], $7::int4[], $8::int8[])
+ON CONFLICT (day, tenant_id, provider, model, use_case, metric, bucket) DO UPDATE SET
+    requests = r.requests + EXCLUDED.requests";
 
 /// What `rows` add, with use cases folded as the attribution rollup
 /// (written earlier in the same transaction) folds them.
