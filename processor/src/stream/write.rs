@@ -29,6 +29,7 @@ use crate::stream::prepare::{
     classify, classify_all_inserted, EventKey, KeyHasher, MissingStoredRow, PreparedBatch,
     PricedEvent,
 };
+use crate::stream::write::recent::RecentKeys;
 use crate::stream::write_errors::{self, DatabaseFailure, ErrorClass};
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,9 @@ pub struct Writer<D> {
     attribution_bound: usize,
     /// Which names a model budget counts (`Scope::matches_model`).
     price_book: Arc<PriceBook>,
+    /// Keys committed recently, shared by the writer's tasks: a batch's
+    /// retries of them skip the direct COPY.
+    recent: RecentKeys,
 }
 
 impl<D: DeadLetterSink> Writer<D> {
@@ -155,6 +159,7 @@ impl<D: DeadLetterSink> Writer<D> {
             // the processor's start (a failure there is a startup error)
             // before any writer exists.
             price_book: Arc::new(PriceBook::builtin().expect("the built-in price book parses")),
+            recent: RecentKeys::default(),
         }
     }
 
@@ -180,6 +185,11 @@ impl<D: DeadLetterSink> Writer<D> {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The keys this writer committed recently, and its insert paths.
+    pub fn recent_keys(&self) -> &RecentKeys {
+        &self.recent
     }
 
     /// One attempt at committing `prepared`. On error nothing was committed
@@ -290,7 +300,10 @@ impl<D: DeadLetterSink> Writer<D> {
             )
             .await??;
         let inserted = self
-            .bounded("insert", copy::insert_rows(&transaction, &resolved.rows))
+            .bounded(
+                "insert",
+                copy::insert_hinted(&transaction, &resolved.rows, &self.recent),
+            )
             .await??;
         let classification = match inserted {
             // Every event of the batch is a row this transaction inserted
@@ -405,10 +418,14 @@ impl<D: DeadLetterSink> Writer<D> {
         .await?
         .map_err(WriteError::Offsets)?;
         match mode {
-            Mode::Commit => self
-                .bounded("commit", transaction.commit())
-                .await?
-                .map_err(db("commit"))?,
+            Mode::Commit => {
+                self.bounded("commit", transaction.commit())
+                    .await?
+                    .map_err(db("commit"))?;
+                // Every row's key is stored now, inserted or found.
+                self.recent
+                    .remember(resolved.rows.iter().map(|row| &row.content_sha256));
+            }
             Mode::Probe => self
                 .bounded("rollback", transaction.rollback())
                 .await?
@@ -529,6 +546,7 @@ impl<D: DeadLetterSink> Writer<D> {
 pub mod copy;
 pub mod identity;
 mod isolate;
+pub mod recent;
 
 /// How one transaction of a batch ended.
 #[derive(Debug)]

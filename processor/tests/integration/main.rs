@@ -19,6 +19,7 @@ mod optimize_rebuild_db;
 mod pipeline_kafka;
 mod prices_cli;
 mod provenance_db;
+mod recent_keys_db;
 mod reconcile_db;
 mod reprice_db;
 mod reservations_db;

@@ -1,7 +1,9 @@
 //! How a batch's rows reach `gateway_mode_audit`: binary COPY straight into
 //! the hypertable when no key of the batch is stored yet, else binary COPY
 //! into a session-local staging table and one `INSERT … SELECT … ON CONFLICT
-//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_rows`]).
+//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_rows`]);
+//! or, when the caller knows which rows probably are stored, the others
+//! straight in and those alone through staging ([`insert_hinted`]).
 //!
 //! COPY is the database's cheapest way in, but it has no `ON CONFLICT`:
 //! replays and client retries must be skipped, not fail the batch. The
@@ -239,30 +241,87 @@ pub async fn insert_rows<R: AsNewRow, S: BuildHasher + Default>(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[&R],
 ) -> Result<Inserted<S>, CopyError> {
-    if rows.is_empty() {
-        return Ok(Inserted::Every);
+    Ok(insert_hinted(transaction, rows.to_vec(), Vec::new())
+        .await?
+        .0)
+}
+
+/// [`insert_rows`] for a batch some of whose rows are `hinted`: their key
+/// was probably stored already (the caller committed it recently). The
+/// other rows are COPYed straight in; the hinted ones alone take the
+/// staging insert, which skips those stored and inserts the others, so a
+/// wrong hint costs time, never a row. Without this, one stored key made
+/// the whole batch's direct COPY fail part-way and the whole batch take
+/// the staging path. Should the direct COPY still meet a stored key, the
+/// whole batch takes the staging path as in [`insert_rows`].
+///
+/// Each part goes in key order. Two writers holding the same keys in
+/// different parts could wait for each other in opposite orders; that
+/// needs a hinted key that another writer is inserting right now (a hint
+/// is of committed keys), and the database breaks such a deadlock by
+/// failing one transaction, which is retried.
+pub async fn insert_hinted<R: AsNewRow, S: BuildHasher + Default>(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    mut direct: Vec<&R>,
+    mut hinted: Vec<&R>,
+) -> Result<(Inserted<S>, Path), CopyError> {
+    if direct.is_empty() && hinted.is_empty() {
+        return Ok((Inserted::Every, Path::Direct));
     }
-    let mut ordered: Vec<&R> = rows.to_vec();
-    ordered.sort_unstable_by(|a, b| {
+    let by_key = |a: &&R, b: &&R| {
         let (a, b) = (a.new_row().event, b.new_row().event);
         (a.created_at, &a.tenant_id, a.id).cmp(&(b.created_at, &b.tenant_id, b.id))
-    });
-    transaction
-        .batch_execute("SAVEPOINT tokenledger_direct_copy")
-        .await
-        .map_err(db("savepoint"))?;
-    match copy_rows(transaction, "gateway_mode_audit", &ordered).await {
-        Ok(()) => return Ok(Inserted::Every),
-        Err(error) if error.is_unique_violation() => {
-            transaction
-                .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
-                .await
-                .map_err(db("rollback to savepoint"))?;
+    };
+    direct.sort_unstable_by(by_key);
+    hinted.sort_unstable_by(by_key);
+    if !direct.is_empty() {
+        transaction
+            .batch_execute("SAVEPOINT tokenledger_direct_copy")
+            .await
+            .map_err(db("savepoint"))?;
+        match copy_rows(transaction, "gateway_mode_audit", &direct).await {
+            Ok(()) if hinted.is_empty() => return Ok((Inserted::Every, Path::Direct)),
+            Ok(()) => {}
+            Err(error) if error.is_unique_violation() => {
+                transaction
+                    .batch_execute("ROLLBACK TO SAVEPOINT tokenledger_direct_copy")
+                    .await
+                    .map_err(db("rollback to savepoint"))?;
+                direct.append(&mut hinted);
+                direct.sort_unstable_by(by_key);
+                copy_rows(transaction, "tokenledger_staging", &direct).await?;
+                let inserted = insert_staged(transaction).await?;
+                return Ok((Inserted::Keys(inserted), Path::Staged));
+            }
+            Err(error) => return Err(error),
         }
-        Err(error) => return Err(error),
     }
-    copy_rows(transaction, "tokenledger_staging", &ordered).await?;
-    Ok(Inserted::Keys(insert_staged(transaction).await?))
+    copy_rows(transaction, "tokenledger_staging", &hinted).await?;
+    let mut inserted: HashSet<AuditKey, S> = insert_staged(transaction).await?;
+    inserted.reserve(direct.len());
+    inserted.extend(direct.iter().map(|row| row.new_row().key()));
+    Ok((Inserted::Keys(inserted), Path::Hinted))
+}
+
+/// How [`insert_hinted`] wrote a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// One COPY straight into the audit table.
+    Direct,
+    /// The rows not hinted by COPY straight in, the hinted ones staged.
+    Hinted,
+    /// Every row staged, after the direct COPY met a stored key.
+    Staged,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Hinted => "hinted",
+            Path::Staged => "staged",
+        }
+    }
 }
 
 /// Which of the rows given to [`insert_rows`] it inserted.

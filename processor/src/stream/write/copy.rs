@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 
+use super::recent::RecentKeys;
 use super::WriteError;
 use crate::stream::prepare::{KeyHasher, PricedEvent};
 
@@ -34,4 +35,20 @@ pub async fn insert_rows(
     rows: &[&PricedEvent],
 ) -> Result<Inserted, WriteError> {
     Ok(store::audit::copy::insert_rows(transaction, rows).await?)
+}
+
+/// [`insert_rows`] with the rows whose key `recent` remembers left out of
+/// the direct COPY and staged alone ([`store::audit::copy::insert_hinted`]).
+pub async fn insert_hinted(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    rows: &[&PricedEvent],
+    recent: &RecentKeys,
+) -> Result<Inserted, WriteError> {
+    let (direct, hinted) = recent.split(rows);
+    let hinted_rows = hinted.len();
+    let (inserted, path) = store::audit::copy::insert_hinted(transaction, direct, hinted).await?;
+    recent.count(path);
+    // Which path a batch took, for tuning beside the "batch step" times.
+    tracing::trace!(path = path.as_str(), hinted_rows, "batch insert path");
+    Ok(inserted)
 }
