@@ -10,7 +10,7 @@ use crate::stream::prepare::{KeyHasher, PricedEvent};
 
 pub use store::audit::copy::CREATE_STAGING;
 
-/// Which of the rows given to [`insert_rows`] it inserted.
+/// Which of the rows given to [`insert_hinted`] it inserted.
 pub type Inserted = store::audit::copy::Inserted<KeyHasher>;
 
 /// Binary COPY of `rows` into `table` (the staging table, or a scratch copy
@@ -28,17 +28,9 @@ pub fn encode_rows(rows: &[&PricedEvent], buf: &mut BytesMut) -> Result<(), Writ
     Ok(store::audit::copy::encode_rows(rows, buf)?)
 }
 
-/// Writes `rows` to the audit table; returns the keys it inserted
-/// ([`store::audit::copy::insert_rows`]).
-pub async fn insert_rows(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    rows: &[&PricedEvent],
-) -> Result<Inserted, WriteError> {
-    Ok(store::audit::copy::insert_rows(transaction, rows).await?)
-}
-
-/// [`insert_rows`] with the rows whose key `recent` remembers left out of
-/// the direct COPY and staged alone ([`store::audit::copy::insert_hinted`]).
+/// Writes `rows` to the audit table; returns the keys it inserted. The
+/// rows whose key `recent` remembers are left out of the direct COPY and
+/// staged alone ([`store::audit::copy::insert_hinted`]).
 pub async fn insert_hinted(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[&PricedEvent],
