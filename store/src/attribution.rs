@@ -22,6 +22,9 @@ use tokio_postgres::GenericClient;
 
 use crate::{db, DbError};
 
+mod admitted;
+pub use admitted::Admitted;
+
 /// The value an event without the label counts under, so the values of one
 /// key always add up to the tenant's whole cost.
 pub const UNLABELLED: &str = "(unlabelled)";
@@ -142,14 +145,15 @@ WHERE r.label_value <> $4 AND r.label_value <> $5";
 type Group = (DateTime<Utc>, String, String);
 
 /// Folds the values of `rows` past `max_values` per (day, tenant, key) into
-/// [`OTHER`] and adds them to the rollup, in the caller's transaction.
+/// [`OTHER`] and adds them to the rollup, in the caller's transaction;
+/// returns the values each of those groups has rows under now.
 pub async fn add_bounded(
     client: &impl GenericClient,
     rows: Vec<(AttributionKey, Sums)>,
     max_values: usize,
-) -> Result<(), DbError> {
+) -> Result<Admitted, DbError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Admitted::default());
     }
     let groups: BTreeSet<Group> = rows
         .iter()
@@ -179,11 +183,13 @@ pub async fn add_bounded(
         let (group, value) = read(&row).map_err(db("reading the admitted attribution values"))?;
         admitted.entry(group).or_default().insert(value);
     }
-    add(client, &fold(rows, &mut admitted, max_values)).await
+    add(client, &fold(rows, &mut admitted, max_values)).await?;
+    Ok(Admitted::of(admitted))
 }
 
 /// The rows with each value past the bound replaced by [`OTHER`], merged
-/// and sorted; new values are admitted in key order while there is room.
+/// and sorted; new values are admitted in key order while there is room,
+/// and `admitted` gets every group of `rows`, with the values admitted.
 fn fold(
     rows: Vec<(AttributionKey, Sums)>,
     admitted: &mut BTreeMap<Group, BTreeSet<String>>,
