@@ -133,7 +133,7 @@ pub async fn record(
         return Ok(Admitted::default());
     }
     Ok(
-        store::attribution::add_bounded(&**transaction, rollup(keys, new_rows), max_values_per_day)
+        store::attribution::add_bounded(transaction, rollup(keys, new_rows), max_values_per_day)
             .await?,
     )
 }
