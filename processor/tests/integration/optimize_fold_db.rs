@@ -3,7 +3,8 @@
 //! and key has rows under) folds the batch's use cases exactly as asking
 //! `usage_attribution_daily` does, for values kept by earlier batches,
 //! values past the bound, `(unlabelled)`, values this batch admits, and
-//! when `use_case` is not an attribution key (the table is asked then).
+//! when `use_case` is not an attribution key (the table is asked then); and
+//! the step's answer holds while another batch waits for the same group.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -211,4 +212,89 @@ async fn the_attribution_steps_answer_folds_use_cases_as_the_table_does() {
             ("initech", d2, OTHER),
         ]),
     );
+}
+
+/// The backends waiting on an advisory lock.
+async fn waiting_on_advisory_locks(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// A batch that waits for another's lock on a (day, tenant, key) reads
+/// that group's values only once it holds the lock, so it sees (and
+/// answers with) the value the other admitted: the lock and the read are
+/// sent together, and the read must still run after the lock is taken.
+#[tokio::test]
+async fn a_batch_waiting_for_a_groups_lock_reads_the_values_admitted_before_it() {
+    let database = migrated_database().await;
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 3,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    let book = PriceBook::builtin().expect("the built-in book parses");
+    let at = day(2) + Duration::hours(9);
+    let keys = vec!["use_case".to_owned()];
+    let first = priced(&book, &[("acme", at, Some("beta"))]);
+    let second = priced(&book, &[("acme", at, Some("alpha"))]);
+
+    let mut holder = pool.get().await.expect("a connection");
+    let holding = holder.transaction().await.expect("begin");
+    let first_rows: Vec<&PricedEvent> = first.iter().collect();
+    attribution::record(&holding, &keys, 1, &first_rows)
+        .await
+        .expect("the first batch's attribution step");
+
+    let waiter = {
+        let pool = pool.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut client = pool.get().await.expect("a connection");
+            let transaction = client.transaction().await.expect("begin");
+            let rows: Vec<&PricedEvent> = second.iter().collect();
+            let admitted = attribution::record(&transaction, &keys, 1, &rows)
+                .await
+                .expect("the second batch's attribution step");
+            transaction.commit().await.expect("commit");
+            admitted
+        })
+    };
+    let observer = database.client().await;
+    let waited = e2e::wait_for(std::time::Duration::from_secs(20), || async {
+        waiting_on_advisory_locks(&observer).await >= 1
+    })
+    .await;
+    assert!(waited, "the second batch never waited for the group's lock");
+    holding.commit().await.expect("commit");
+    let admitted = waiter.await.expect("the second batch");
+
+    let day = day(2);
+    assert_eq!(
+        admitted.has_row(day, "acme", "use_case", "beta"),
+        Some(true)
+    );
+    assert_eq!(
+        admitted.has_row(day, "acme", "use_case", "alpha"),
+        Some(false),
+        "the bound of 1 was taken by the first batch"
+    );
+    let values: Vec<String> = observer
+        .query(
+            "SELECT label_value FROM usage_attribution_daily ORDER BY label_value",
+            &[],
+        )
+        .await
+        .expect("the rollup")
+        .iter()
+        .map(|row| row.get("label_value"))
+        .collect();
+    assert_eq!(values, vec![OTHER.to_owned(), "beta".to_owned()]);
 }

@@ -18,14 +18,17 @@ use super::Group;
 /// that a lookup borrows the caller's strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admitted {
-    by_key: BTreeMap<String, BTreeMap<String, BTreeMap<DateTime<Utc>, BTreeSet<String>>>>,
+    by_key: BTreeMap<String, ByTenant>,
 }
+
+/// One key's values with a row, per tenant and day.
+type ByTenant = BTreeMap<String, BTreeMap<DateTime<Utc>, BTreeSet<String>>>;
 
 impl Admitted {
     /// `groups` as [`super::fold`] left them: every group of the batch,
     /// with the values read and those admitted.
     pub(super) fn of(groups: BTreeMap<Group, BTreeSet<String>>) -> Self {
-        let mut by_key: BTreeMap<String, BTreeMap<String, BTreeMap<_, _>>> = BTreeMap::new();
+        let mut by_key: BTreeMap<String, ByTenant> = BTreeMap::new();
         for ((day, tenant, key), values) in groups {
             by_key
                 .entry(key)
