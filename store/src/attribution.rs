@@ -143,6 +143,12 @@ JOIN (SELECT DISTINCT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[])
   ON r.day = g.day AND r.tenant_id = g.tenant_id AND r.label_key = g.key
 WHERE r.label_value <> $4 AND r.label_value <> $5";
 
+// The lock the upsert takes anyway, taken before the read: a rebuild
+// (`rebuild`, which locks the table against it and takes no group lock)
+// then commits before the read or waits for the batch, so the values read
+// stay the table's until the batch commits.
+const LOCK_TABLE: &str = "LOCK TABLE usage_attribution_daily IN ROW EXCLUSIVE MODE";
+
 type Group = (DateTime<Utc>, String, String);
 
 /// Folds the values of `rows` past `max_values` per (day, tenant, key) into
@@ -166,8 +172,9 @@ pub async fn add_bounded(
     let tenants: Vec<&str> = groups.iter().map(|g| g.1.as_str()).collect();
     let keys: Vec<&str> = groups.iter().map(|g| g.2.as_str()).collect();
     let started = Instant::now();
-    let (lock, read, upsert) = futures::try_join!(
+    let (lock, lock_table, read, upsert) = futures::try_join!(
         transaction.prepare_cached(LOCK_GROUPS),
+        transaction.prepare_cached(LOCK_TABLE),
         transaction.prepare_cached(ADMITTED),
         transaction.prepare_cached(ADD),
     )
@@ -175,13 +182,19 @@ pub async fn add_bounded(
     let prepared = started.elapsed();
     // Sent in this order without waiting for the first: the server runs the
     // read once every lock is held, so its snapshot has the values of any
-    // batch that held one of them before.
-    let (_, read_rows) = futures::try_join!(
+    // batch that held one of them before, and of a rebuild that committed.
+    let (_, _, read_rows) = futures::try_join!(
         async {
             transaction
                 .query(&lock, &[&days, &tenants, &keys])
                 .await
                 .map_err(db("locking the attribution value bound"))
+        },
+        async {
+            transaction
+                .execute(&lock_table, &[])
+                .await
+                .map_err(db("locking the attribution rollup"))
         },
         async {
             transaction

@@ -11,13 +11,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, SubsecRound, TimeZone, Utc};
 use ledger::{PriceBook, UsageEvent};
 use processor::config::DatabaseConfig;
+use processor::dead_letters::{DeadLetter, DeadLetterError, DeadLetterSink};
 use processor::prepare::PricedEvent;
+use processor::write::{AttemptState, Writer};
 use processor::{attribution, database, optimize, prepare};
 use store::attribution::{Admitted, OTHER, UNLABELLED};
 use store::optimize::rollup::Folded;
 use uuid::Uuid;
 
 use crate::support::{event_record, migrated_database};
+
+#[derive(Debug, Clone, Default)]
+struct NoDeadLetters;
+
+impl DeadLetterSink for NoDeadLetters {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        panic!("unexpected dead letter: {}", letter.detail);
+    }
+}
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn day(d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0)
@@ -85,13 +98,14 @@ fn named(rows: &[(&str, DateTime<Utc>, &str)]) -> BTreeSet<(String, DateTime<Utc
         .collect()
 }
 
-/// Runs the attribution step under `keys` and the fold for `rows` in one
-/// transaction, and returns the fold from the step's answer, the fold from
-/// the table's, and the step's answer; rolled back unless `commit`.
+/// Runs the attribution step under `keys` and `bound` and the fold for
+/// `rows` in one transaction, and returns the fold from the step's answer,
+/// the fold from the table's, and the step's answer; rolled back unless
+/// `commit`.
 async fn fold_both_ways<'a>(
     pool: &deadpool_postgres::Pool,
     book: &PriceBook,
-    keys: &[&str],
+    (keys, bound): (&[&str], usize),
     rows: &'a [PricedEvent],
     commit: bool,
 ) -> (Folded<'a>, Folded<'a>, Admitted) {
@@ -99,7 +113,7 @@ async fn fold_both_ways<'a>(
     let new_rows: Vec<&PricedEvent> = rows.iter().collect();
     let mut client = pool.get().await.expect("a connection");
     let transaction = client.transaction().await.expect("begin");
-    let admitted = attribution::record(&transaction, &keys, 2, &new_rows)
+    let admitted = attribution::record(&transaction, &keys, bound, &new_rows)
         .await
         .expect("the attribution step");
     let known = optimize::fold(&transaction, book, &new_rows, None, &admitted)
@@ -138,7 +152,7 @@ async fn the_attribution_steps_answer_folds_use_cases_as_the_table_does() {
             ("globex", d1, Some("chat")),
         ],
     );
-    fold_both_ways(&pool, &book, &["use_case", "team"], &earlier, true).await;
+    fold_both_ways(&pool, &book, (&["use_case", "team"], 2), &earlier, true).await;
 
     let batch = priced(
         &book,
@@ -161,7 +175,7 @@ async fn the_attribution_steps_answer_folds_use_cases_as_the_table_does() {
         ],
     );
     let (known, asked, admitted) =
-        fold_both_ways(&pool, &book, &["team", "use_case"], &batch, false).await;
+        fold_both_ways(&pool, &book, (&["team", "use_case"], 2), &batch, false).await;
     let (d1, d2) = (day(2), day(3));
     assert_eq!(
         use_cases(&asked),
@@ -196,7 +210,8 @@ async fn the_attribution_steps_answer_folds_use_cases_as_the_table_does() {
 
     // `use_case` not an attribution key: the step knows nothing of it, and
     // the table (where earlier batches kept chat and search) answers.
-    let (known, asked, admitted) = fold_both_ways(&pool, &book, &["team"], &batch, false).await;
+    let (known, asked, admitted) =
+        fold_both_ways(&pool, &book, (&["team"], 2), &batch, false).await;
     assert_eq!(admitted.has_row(d1, "acme", "use_case", "chat"), None);
     assert_eq!(admitted.has_row(d1, "acme", "team", "core"), Some(true));
     assert_eq!(known, asked);
@@ -297,4 +312,79 @@ async fn a_batch_waiting_for_a_groups_lock_reads_the_values_admitted_before_it()
         .map(|row| row.get("label_value"))
         .collect();
     assert_eq!(values, vec![OTHER.to_owned(), "beta".to_owned()]);
+}
+
+/// A `rebuild-attribution` that commits while a batch's attribution step
+/// runs changes the groups the step answers for; the step reads them only
+/// once the rebuild is done, so its answer is still the table's.
+#[tokio::test]
+async fn a_rebuild_committing_during_the_attribution_step_leaves_its_answer_the_tables() {
+    let database = migrated_database().await;
+    let pool = database::pool(&DatabaseConfig {
+        url: database.url().into(),
+        pool_size: 3,
+        timeout_ms: 20_000,
+    })
+    .expect("pool");
+    let book = PriceBook::builtin().expect("the built-in book parses");
+    let at = day(2) + Duration::hours(9);
+    // Stored while `use_case` was not an attribution key: only the raw
+    // table has alpha, which a rebuild of the key admits.
+    let stored = Writer::new(pool.clone(), "fold-rebuild", NoDeadLetters, TIMEOUT)
+        .with_attribution_keys(vec!["team".to_owned()]);
+    let records = vec![event_record(
+        0,
+        0,
+        &event("acme", at, Some("alpha"), "core"),
+    )];
+    stored
+        .write(
+            &mut prepare::prepare(records, &book),
+            &mut AttemptState::default(),
+        )
+        .await
+        .expect("the stored batch commits");
+    // ... while the rollup has beta, from before (bound 1: full)
+    let beta = priced(&book, &[("acme", at, Some("beta"))]);
+    fold_both_ways(&pool, &book, (&["use_case"], 1), &beta, true).await;
+
+    let mut rebuilder = database.client().await;
+    let rebuilding = rebuilder.transaction().await.expect("begin");
+    store::attribution::rebuild(&rebuilding, &["use_case".to_owned()], day(2), day(3), 1)
+        .await
+        .expect("the rebuild");
+
+    let batch = priced(&book, &[("acme", at, Some("alpha"))]);
+    let waiter = {
+        let pool = pool.clone();
+        let book = book.clone();
+        tokio::spawn(async move {
+            let (known, asked, _) =
+                fold_both_ways(&pool, &book, (&["use_case"], 1), &batch, true).await;
+            (use_cases(&known), use_cases(&asked))
+        })
+    };
+    let observer = database.client().await;
+    let waited = e2e::wait_for(std::time::Duration::from_secs(20), || async {
+        observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND wait_event = 'relation'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+    assert!(waited, "the batch never waited for the rebuild");
+    rebuilding.commit().await.expect("the rebuild commits");
+    let (known, asked) = waiter.await.expect("the batch");
+    assert_eq!(
+        asked,
+        named(&[("acme", day(2), "alpha")]),
+        "the table's answer"
+    );
+    assert_eq!(known, asked, "the step's answer");
 }

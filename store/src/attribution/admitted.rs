@@ -6,10 +6,9 @@
 //! ends, so no other batch adds a value to these groups meanwhile, and a
 //! later statement of the same transaction asking the table would get the
 //! same answer: the optimization fold asks here instead
-//! ([`crate::optimize::rollup::fold_rolled`]). (A `rebuild-attribution`
-//! takes no group lock: one committing between a batch's read and its
-//! upsert changes the table under it, and the batch's bound and fold both
-//! follow its read.)
+//! ([`crate::optimize::rollup::fold_rolled`]). A rebuild
+//! ([`super::rebuild`]) takes no group lock, but the table lock the batch
+//! takes before its read keeps it out until the batch commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 
