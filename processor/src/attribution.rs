@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use deadpool_postgres::Transaction;
 use ledger::PricingStatus;
 use serde::{Deserialize, Serialize};
-use store::attribution::{AttributionKey, LabelCost, Sums, UNLABELLED};
+use store::attribution::{Admitted, AttributionKey, LabelCost, Sums, UNLABELLED};
 
 use crate::stream::prepare::PricedEvent;
 
@@ -120,19 +120,22 @@ pub fn rollup(keys: &[String], new_rows: &[&PricedEvent]) -> Vec<(AttributionKey
         .collect()
 }
 
-/// Adds the new rows to the rollup, in the batch's transaction.
+/// Adds the new rows to the rollup, in the batch's transaction; returns
+/// the values each (day, tenant, key) of theirs has rows under now, which
+/// the optimization fold needs (nothing when no key is configured).
 pub async fn record(
     transaction: &Transaction<'_>,
     keys: &[String],
     max_values_per_day: usize,
     new_rows: &[&PricedEvent],
-) -> Result<(), AttributionError> {
+) -> Result<Admitted, AttributionError> {
     if keys.is_empty() || new_rows.is_empty() {
-        return Ok(());
+        return Ok(Admitted::default());
     }
-    store::attribution::add_bounded(&**transaction, rollup(keys, new_rows), max_values_per_day)
-        .await?;
-    Ok(())
+    Ok(
+        store::attribution::add_bounded(transaction, rollup(keys, new_rows), max_values_per_day)
+            .await?,
+    )
 }
 
 /// The "cost by use case" section of `processor report`: per key, its

@@ -14,6 +14,7 @@
 //! row an event was counted under.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -21,6 +22,9 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use crate::{db, DbError};
+
+mod admitted;
+pub use admitted::Admitted;
 
 /// The value an event without the label counts under, so the values of one
 /// key always add up to the tenant's whole cost.
@@ -139,17 +143,26 @@ JOIN (SELECT DISTINCT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[])
   ON r.day = g.day AND r.tenant_id = g.tenant_id AND r.label_key = g.key
 WHERE r.label_value <> $4 AND r.label_value <> $5";
 
+// The lock the upsert takes anyway, taken before the read: a rebuild
+// (`rebuild`, which locks the table against it and takes no group lock)
+// then commits before the read or waits for the batch, so the values read
+// stay the table's until the batch commits.
+const LOCK_TABLE: &str = "LOCK TABLE usage_attribution_daily IN ROW EXCLUSIVE MODE";
+
 type Group = (DateTime<Utc>, String, String);
 
 /// Folds the values of `rows` past `max_values` per (day, tenant, key) into
-/// [`OTHER`] and adds them to the rollup, in the caller's transaction.
+/// [`OTHER`] and adds them to the rollup, in the caller's transaction;
+/// returns the values each of those groups has rows under now. The three
+/// statements are prepared once per connection, and the lock and the read
+/// are sent together: two round trips per batch.
 pub async fn add_bounded(
-    client: &impl GenericClient,
+    transaction: &deadpool_postgres::Transaction<'_>,
     rows: Vec<(AttributionKey, Sums)>,
     max_values: usize,
-) -> Result<(), DbError> {
+) -> Result<Admitted, DbError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Admitted::default());
     }
     let groups: BTreeSet<Group> = rows
         .iter()
@@ -158,16 +171,41 @@ pub async fn add_bounded(
     let days: Vec<DateTime<Utc>> = groups.iter().map(|g| g.0).collect();
     let tenants: Vec<&str> = groups.iter().map(|g| g.1.as_str()).collect();
     let keys: Vec<&str> = groups.iter().map(|g| g.2.as_str()).collect();
-    client
-        .query(LOCK_GROUPS, &[&days, &tenants, &keys])
-        .await
-        .map_err(db("locking the attribution value bound"))?;
+    let started = Instant::now();
+    let (lock, lock_table, read, upsert) = futures::try_join!(
+        transaction.prepare_cached(LOCK_GROUPS),
+        transaction.prepare_cached(LOCK_TABLE),
+        transaction.prepare_cached(ADMITTED),
+        transaction.prepare_cached(ADD),
+    )
+    .map_err(db("preparing the attribution rollup statements"))?;
+    let prepared = started.elapsed();
+    // Sent in this order without waiting for the first: the server runs the
+    // read once every lock is held, so its snapshot has the values of any
+    // batch that held one of them before, and of a rebuild that committed.
+    let (_, _, read_rows) = futures::try_join!(
+        async {
+            transaction
+                .query(&lock, &[&days, &tenants, &keys])
+                .await
+                .map_err(db("locking the attribution value bound"))
+        },
+        async {
+            transaction
+                .execute(&lock_table, &[])
+                .await
+                .map_err(db("locking the attribution rollup"))
+        },
+        async {
+            transaction
+                .query(&read, &[&days, &tenants, &keys, &UNLABELLED, &OTHER])
+                .await
+                .map_err(db("reading the admitted attribution values"))
+        },
+    )?;
+    let read = started.elapsed();
     let mut admitted: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
-    for row in client
-        .query(ADMITTED, &[&days, &tenants, &keys, &UNLABELLED, &OTHER])
-        .await
-        .map_err(db("reading the admitted attribution values"))?
-    {
+    for row in read_rows {
         let read = |row: &tokio_postgres::Row| -> Result<(Group, String), tokio_postgres::Error> {
             let group = (
                 row.try_get("day")?,
@@ -179,11 +217,25 @@ pub async fn add_bounded(
         let (group, value) = read(&row).map_err(db("reading the admitted attribution values"))?;
         admitted.entry(group).or_default().insert(value);
     }
-    add(client, &fold(rows, &mut admitted, max_values)).await
+    let folded = fold(rows, &mut admitted, max_values);
+    let summed = started.elapsed();
+    execute_add(&**transaction, &upsert, &folded).await?;
+    // Where the step's time goes, for tuning (off by default).
+    tracing::trace!(
+        groups = groups.len(),
+        rows = folded.len(),
+        prepare_micros = prepared.as_micros() as u64,
+        lock_and_read_micros = (read - prepared).as_micros() as u64,
+        fold_micros = (summed - read).as_micros() as u64,
+        upsert_micros = (started.elapsed() - summed).as_micros() as u64,
+        "attribution statements"
+    );
+    Ok(Admitted::of(admitted))
 }
 
 /// The rows with each value past the bound replaced by [`OTHER`], merged
-/// and sorted; new values are admitted in key order while there is room.
+/// and sorted; new values are admitted in key order while there is room,
+/// and `admitted` gets every group of `rows`, with the values admitted.
 fn fold(
     rows: Vec<(AttributionKey, Sums)>,
     admitted: &mut BTreeMap<Group, BTreeSet<String>>,
@@ -214,6 +266,22 @@ pub async fn add(
     if rows.is_empty() {
         return Ok(());
     }
+    let statement = client
+        .prepare(ADD)
+        .await
+        .map_err(db("preparing the attribution rollup upsert"))?;
+    execute_add(client, &statement, rows).await
+}
+
+/// [`add`] with its upsert (`ADD`) already prepared.
+async fn execute_add(
+    client: &impl GenericClient,
+    statement: &tokio_postgres::Statement,
+    rows: &[(AttributionKey, Sums)],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let column = |f: fn(&Sums) -> i64| rows.iter().map(|(_, s)| f(s)).collect::<Vec<i64>>();
     let days: Vec<DateTime<Utc>> = rows.iter().map(|(k, _)| k.day).collect();
     let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.tenant_id.as_str()).collect();
@@ -222,13 +290,9 @@ pub async fn add(
     let providers: Vec<&str> = rows.iter().map(|(k, _)| k.provider.as_str()).collect();
     let models: Vec<&str> = rows.iter().map(|(k, _)| k.model.as_str()).collect();
     let costs: Vec<Decimal> = rows.iter().map(|(_, s)| s.cost).collect();
-    let statement = client
-        .prepare(ADD)
-        .await
-        .map_err(db("preparing the attribution rollup upsert"))?;
     client
         .execute(
-            &statement,
+            statement,
             &[
                 &days,
                 &tenants,

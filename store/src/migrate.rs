@@ -85,6 +85,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "V21__optimization_rollup_pending.sql",
         include_str!("../../sql/V21__optimization_rollup_pending.sql"),
     ),
+    (
+        "V22__attribution_rollup_fillfactor.sql",
+        include_str!("../../sql/V22__attribution_rollup_fillfactor.sql"),
+    ),
 ];
 
 /// The advisory lock `apply` holds for the whole run ("tokenled" in ASCII):

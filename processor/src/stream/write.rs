@@ -380,16 +380,17 @@ impl<D: DeadLetterSink> Writer<D> {
             crate::stream::reservations::settle(&transaction, &new_rows, &self.price_book),
         )
         .await??;
-        self.bounded(
-            "attribution",
-            crate::attribution::record(
-                &transaction,
-                &self.attribution_keys,
-                self.attribution_bound,
-                &new_rows,
-            ),
-        )
-        .await??;
+        let admitted = self
+            .bounded(
+                "attribution",
+                crate::attribution::record(
+                    &transaction,
+                    &self.attribution_keys,
+                    self.attribution_bound,
+                    &new_rows,
+                ),
+            )
+            .await??;
         // Rows found stored already (redeliveries) or in conflict are not
         // new: the batch's rollup counts them, so it is computed again for
         // the new rows alone.
@@ -397,7 +398,7 @@ impl<D: DeadLetterSink> Writer<D> {
         let folded = self
             .bounded(
                 "optimization fold",
-                crate::optimize::fold(&transaction, &self.price_book, &new_rows, rolled),
+                crate::optimize::fold(&transaction, &self.price_book, &new_rows, rolled, &admitted),
             )
             .await??;
         self.bounded(

@@ -14,6 +14,7 @@ mod handoff_kafka;
 mod key_budgets_db;
 mod migrate_db;
 mod optimize_db;
+mod optimize_fold_db;
 mod optimize_pending_db;
 mod optimize_rebuild_db;
 mod pipeline_kafka;

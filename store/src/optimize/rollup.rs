@@ -26,7 +26,7 @@ use super::histogram::bucket;
 use super::parts::split;
 pub use super::sums::{Folded, Summed};
 use super::USE_CASE_LABEL;
-use crate::attribution::{OTHER, UNLABELLED};
+use crate::attribution::{Admitted, OTHER, UNLABELLED};
 use crate::{db, DbError};
 
 /// One stored row as the rollup needs it.
@@ -180,16 +180,30 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
 /// their tenant and day, i.e. has a row of (written earlier in the same
 /// transaction); any other value it folded into `(other)`, and so does
 /// this rollup, so both name the same use cases and the table is bounded.
+/// What `known` (the attribution step's own answer, when `use_case` is one
+/// of its keys) tells is not asked of the database.
 async fn kept_use_cases<'k, 'a: 'k>(
     client: &impl GenericClient,
     keys: impl Iterator<Item = &'k OptimizeKey<'a>>,
+    known: Option<&Admitted>,
 ) -> Result<Kept<'a>, DbError> {
+    let mut kept = Kept::new();
     let asked: Kept<'a> = keys
         .filter(|k| k.use_case != UNLABELLED && k.use_case != OTHER)
         .map(|k| (k.day, k.tenant_id, k.use_case))
+        .filter(
+            |a| match known.and_then(|known| known.has_row(a.0, a.1, USE_CASE_LABEL, a.2)) {
+                Some(true) => {
+                    kept.insert(*a);
+                    false
+                }
+                Some(false) => false,
+                None => true,
+            },
+        )
         .collect();
     if asked.is_empty() {
-        return Ok(asked);
+        return Ok(kept);
     }
     let days: Vec<DateTime<Utc>> = asked.iter().map(|a| a.0).collect();
     let tenants: Vec<&str> = asked.iter().map(|a| a.1).collect();
@@ -216,10 +230,11 @@ async fn kept_use_cases<'k, 'a: 'k>(
         ));
     }
     // the batch's own strings, so that folding compares borrowed keys
-    let kept = asked
-        .into_iter()
-        .filter(|a| found.contains(&(a.0, a.1.to_owned(), a.2.to_owned())))
-        .collect();
+    kept.extend(
+        asked
+            .into_iter()
+            .filter(|a| found.contains(&(a.0, a.1.to_owned(), a.2.to_owned()))),
+    );
     Ok(kept)
 }
 
@@ -313,19 +328,22 @@ pub async fn fold<'a>(
     if rows.is_empty() {
         return Ok(Folded::default());
     }
-    fold_rolled(client, &rollup(book, rows)).await
+    fold_rolled(client, &rollup(book, rows), None).await
 }
 
 /// [`fold`] of rows whose [`rollup`] is already computed: only the use
-/// cases the attribution rollup keeps are asked of the database.
+/// cases the attribution rollup keeps are asked of the database, and only
+/// those `known` does not tell (what the transaction's bounded attribution
+/// upsert returned for these rows; `None` when it did not run).
 pub async fn fold_rolled<'a>(
     client: &impl GenericClient,
     rolled: &Rolled<'a>,
+    known: Option<&Admitted>,
 ) -> Result<Folded<'a>, DbError> {
     if rolled.is_empty() {
         return Ok(Folded::default());
     }
-    let kept = kept_use_cases(client, rolled.keys.iter()).await?;
+    let kept = kept_use_cases(client, rolled.keys.iter(), known).await?;
     // folding can merge keys: each statement must touch a row once
     Ok(rolled.fold(|key| folded(key, &kept)))
 }

@@ -15,6 +15,7 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, ValueEnum};
 use deadpool_postgres::Transaction;
 use ledger::{PriceBook, PricingStatus};
+use store::attribution::Admitted;
 use store::optimize::report::optimize_report;
 use store::optimize::rollup::{Folded, Rolled, StoredRow};
 use store::optimize::whatif::{what_if, WhatIfRequest};
@@ -40,8 +41,10 @@ pub fn rollup<'a>(book: &PriceBook, rows: impl IntoIterator<Item = &'a PricedEve
 }
 
 /// What the batch's new rows add to the optimization rollup, in the
-/// batch's transaction, after the attribution rollup (whose use-case bound
-/// it follows: one query). `rolled` is their [`rollup`] when the batch
+/// batch's transaction, after the attribution rollup, whose use-case bound
+/// it follows: `admitted` is what that step returned for the same rows, and
+/// tells which use cases it kept when `use_case` is one of its keys (else
+/// one query asks the table). `rolled` is their [`rollup`] when the batch
 /// computed it before the transaction for exactly these rows (every row of
 /// the batch new: the usual case); otherwise it is computed here. Its
 /// errors are the attribution step's: statements in the same transaction,
@@ -51,6 +54,7 @@ pub async fn fold<'a>(
     book: &PriceBook,
     new_rows: &[&'a PricedEvent],
     rolled: Option<&Rolled<'a>>,
+    admitted: &Admitted,
 ) -> Result<Folded<'a>, AttributionError> {
     let computed;
     let rolled = match rolled {
@@ -60,7 +64,7 @@ pub async fn fold<'a>(
             &computed
         }
     };
-    Ok(store::optimize::rollup::fold_rolled(&**transaction, rolled).await?)
+    Ok(store::optimize::rollup::fold_rolled(&**transaction, rolled, Some(admitted)).await?)
 }
 
 /// Stores `folded` as the batch's one pending row of deltas, which the
