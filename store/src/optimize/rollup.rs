@@ -23,7 +23,7 @@ use tokio_postgres::GenericClient;
 
 use super::columns::{DailyColumns, HistogramColumns};
 use super::histogram::bucket;
-use super::parts::split;
+use super::parts::Listings;
 pub use super::sums::{Folded, Summed};
 use super::USE_CASE_LABEL;
 use crate::attribution::{OTHER, UNLABELLED};
@@ -116,6 +116,7 @@ pub type Rolled<'a> = Summed<'a>;
 /// unit-testable.
 pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
     let mut rolled = Rolled::default();
+    let mut listings = Listings::new(book);
     for row in rows {
         let event = row.event;
         let key = OptimizeKey {
@@ -150,7 +151,7 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
             let per_1k = (total > 0).then(|| bucket(cost * 1000.0 / total as f64));
             cost_buckets = Some((bucket(cost), per_1k));
         }
-        if let Some((p, caching)) = split(book, event) {
+        if let Some((p, caching)) = listings.split(event) {
             one.listed_requests += 1;
             one.list_cost += p.list_cost;
             one.input_list_cost += p.input;
