@@ -123,10 +123,13 @@ const MAX_LISTINGS: usize = 1_024;
 #[derive(Debug)]
 pub struct Listings<'b> {
     book: &'b PriceBook,
-    /// By `provider` NUL `model`: looked up through `key` without
-    /// allocating.
+    /// By `provider` NUL `model`, for providers without a NUL (so that the
+    /// first NUL ends the provider and no two pairs share a key): looked up
+    /// through `key` without allocating.
     seen: std::collections::HashMap<String, Listing<'b>>,
     key: String,
+    /// The listing of a pair whose provider has a NUL, found every time.
+    uncached: Listing<'b>,
 }
 
 impl<'b> Listings<'b> {
@@ -135,11 +138,16 @@ impl<'b> Listings<'b> {
             book,
             seen: Default::default(),
             key: String::new(),
+            uncached: Listing::default(),
         }
     }
 
     /// The book's listing of `provider`/`model`.
     pub fn of(&mut self, provider: &str, model: &str) -> &Listing<'b> {
+        if provider.contains('\0') {
+            self.uncached = self.book.listing(provider, model);
+            return &self.uncached;
+        }
         self.key.clear();
         self.key.push_str(provider);
         self.key.push('\0');
@@ -165,6 +173,26 @@ mod tests {
     /// both sides of every price change in the book (and names the book
     /// prices by wildcard, alias, snapshot, or not at all): each time, what
     /// the kept listing finds is what resolving afresh finds.
+    /// Pairs whose names would run together in a key (NUL in a name) are
+    /// listed as themselves.
+    #[test]
+    fn names_with_a_nul_are_listed_as_themselves() {
+        let book = PriceBook::builtin().expect("the built-in book parses");
+        let mut listings = Listings::new(&book);
+        let at: DateTime<Utc> = "2026-06-10T12:00:00Z".parse().expect("time");
+        for (provider, model) in [
+            ("openai", "x\0gpt-4o"),
+            ("openai\0x", "gpt-4o"),
+            ("openai", "gpt-4o"),
+            ("openai\0", "gpt-4o"),
+            ("openai", "\0gpt-4o"),
+        ] {
+            let kept = listings.of(provider, model).at(at).map(|r| r.entry);
+            let fresh = book.resolve(provider, model, at).map(|r| r.entry);
+            assert_eq!(kept, fresh, "{provider:?}/{model:?}");
+        }
+    }
+
     #[test]
     fn a_kept_listing_finds_what_resolving_finds_at_every_time() {
         let book = PriceBook::builtin().expect("the built-in book parses");
