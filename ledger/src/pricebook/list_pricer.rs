@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 use super::entry::{Price, PriceEntry, ProviderDefaults, ServiceTier};
 use super::rating::{card_of, charge, round_cost, tier_pricing, Tokens};
-use super::PriceBook;
+use super::{PriceBook, Resolution};
 
 /// One request's list-price card: the entry in force, the service tier's
 /// pricing, and the long-context tier its prompt length picked.
@@ -38,6 +38,14 @@ impl PriceBook {
         prompt_tokens: u64,
     ) -> Option<ListPricer<'_>> {
         let resolution = self.resolve(provider, model, at).ok()?;
+        ListPricer::new(resolution, tier, prompt_tokens)
+    }
+}
+
+impl<'b> ListPricer<'b> {
+    /// [`PriceBook::list_pricer`] for the entry `resolution` found (by
+    /// [`PriceBook::resolve`] or a [`super::Listing`] kept for many events).
+    pub fn new(resolution: Resolution<'b>, tier: ServiceTier, prompt_tokens: u64) -> Option<Self> {
         let tariff = &resolution.entry.tariff;
         let pricing = tier_pricing(tariff, resolution.defaults, tier).ok()?;
         let (card, multiplier) = card_of(tariff, pricing);

@@ -24,6 +24,7 @@ pub mod entry;
 pub mod event_usage;
 pub mod file;
 pub mod list_pricer;
+pub mod listing;
 pub mod litellm;
 
 pub mod rating;
@@ -44,6 +45,7 @@ pub use entry::{
 };
 pub use file::PriceFile;
 pub use list_pricer::ListPricer;
+pub use listing::{Listing, Listings};
 pub use rating::{
     Cost, PricingStatus, Provenance, Rating, RatingRequest, Tokens, UnpricedReason, UnpricedSide,
     UsageQuantities, COST_DECIMAL_PLACES,
@@ -247,67 +249,25 @@ impl PriceBook {
         model: &str,
         at: DateTime<Utc>,
     ) -> Result<Resolution<'_>, UnpricedReason> {
-        for canonical in resolve::list_providers(provider) {
-            let defaults = self.providers.get(&canonical);
-            let forms = resolve::name_forms(&canonical, model);
-            for (index, form) in forms.iter().enumerate() {
-                let snapshot = index > 0;
-                let listed = self
-                    .entries
-                    .get(&(canonical.clone(), form.clone()))
-                    .map(|history| {
-                        (
-                            history,
-                            if snapshot {
-                                MatchKind::Snapshot
-                            } else {
-                                MatchKind::Exact
-                            },
-                        )
-                    })
-                    .or_else(|| {
-                        let target = self.aliases.get(&(canonical.clone(), form.clone()))?;
-                        let history = self.entries.get(&(canonical.clone(), target.clone()))?;
-                        Some((
-                            history,
-                            if snapshot {
-                                MatchKind::Snapshot
-                            } else {
-                                MatchKind::Alias
-                            },
-                        ))
-                    });
-                if let Some((history, matched_by)) = listed {
-                    return in_force(history, at)
-                        .map(|entry| Resolution {
-                            entry,
-                            matched_by,
-                            defaults,
-                        })
-                        .ok_or(UnpricedReason::NoPriceInForce);
-                }
-            }
-            if let Some(entry) = self
-                .entries
-                .get(&(canonical.clone(), "*".to_owned()))
-                .and_then(|history| in_force(history, at))
-            {
-                return Ok(Resolution {
-                    entry,
-                    matched_by: MatchKind::Wildcard,
-                    defaults,
-                });
-            }
-        }
-        Err(UnpricedReason::UnknownModel)
+        self.listing(provider, model).at(at)
     }
 
     /// Rates one request: its list cost from the entry in force, the
     /// tenant's cost under its negotiated terms, and how both were made.
     pub fn rate(&self, request: &RatingRequest<'_>) -> Rating {
+        let resolution = self.resolve(request.provider, request.model, request.at);
+        self.rate_resolved(request, resolution)
+    }
+
+    /// [`PriceBook::rate`] given what [`PriceBook::resolve`] gives for the
+    /// request's provider, model and time.
+    fn rate_resolved(
+        &self,
+        request: &RatingRequest<'_>,
+        resolution: Result<Resolution<'_>, UnpricedReason>,
+    ) -> Rating {
         let quantities = request.quantities;
         let tier = request.service_tier;
-        let resolution = self.resolve(request.provider, request.model, request.at);
         let list: Result<Priced, UnpricedReason> = resolution
             .as_ref()
             .map_err(Clone::clone)
@@ -426,8 +386,15 @@ impl PriceBook {
     /// [`PriceBook::rate`] for a usage event (see [`event_usage`]); an
     /// event without a service tier is standard.
     pub fn rate_event(&self, event: &UsageEvent) -> Rating {
+        self.rate_event_listed(event, &self.listing(&event.provider, &event.model))
+    }
+
+    /// [`PriceBook::rate_event`] with the book's [`Listing`] of the event's
+    /// provider and model already found (by a caller rating many events of
+    /// the same few models).
+    pub fn rate_event_listed(&self, event: &UsageEvent, listing: &Listing<'_>) -> Rating {
         let quantities = event_usage::quantities(event);
-        self.rate(&RatingRequest {
+        let request = RatingRequest {
             tenant: &event.tenant_id,
             provider: &event.provider,
             model: &event.model,
@@ -435,16 +402,9 @@ impl PriceBook {
             service_tier: event.service_tier.unwrap_or_default(),
             quantities: &quantities,
             supplied_cost: event.estimated_cost,
-        })
+        };
+        self.rate_resolved(&request, listing.at(event.created_at))
     }
-}
-
-fn in_force(history: &[PriceEntry], at: DateTime<Utc>) -> Option<&PriceEntry> {
-    history
-        .iter()
-        .rev()
-        .find(|entry| entry.effective.from <= at)
-        .filter(|entry| entry.effective.contains(at))
 }
 
 fn entry_error(index: usize, entry: &PriceEntry, message: String) -> PriceBookError {

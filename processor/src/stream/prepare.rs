@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
+use ledger::pricebook::Listings;
 use ledger::{Cost, PriceBook, UsageEvent, KAFKA_SCHEMA};
 use uuid::Uuid;
 
@@ -100,6 +101,9 @@ pub fn prepare(records: Vec<Record>, price_book: &PriceBook) -> PreparedBatch {
 #[derive(Debug)]
 pub struct Preparer<'a> {
     price_book: &'a PriceBook,
+    /// The book's listing of each model rated, found once rather than per
+    /// event (its names' forms are strings built and hashed).
+    listings: Listings<'a>,
     batch: PreparedBatch,
     /// Indexes into the batch's `unique` by key: looked up with the
     /// event's own fields, so no key is copied per event.
@@ -117,6 +121,7 @@ impl<'a> Preparer<'a> {
     pub fn with_capacity(price_book: &'a PriceBook, capacity: usize) -> Self {
         Self {
             price_book,
+            listings: Listings::new(price_book),
             batch: PreparedBatch::with_capacity(capacity),
             first_seen: FirstSeen::with_capacity(capacity),
             capacity,
@@ -144,7 +149,8 @@ impl<'a> Preparer<'a> {
         raise_next_offset(&mut batch.next_offsets, &record);
         match decode(&record) {
             Ok(event) => {
-                let rating = self.price_book.rate_event(&event);
+                let listing = self.listings.of(&event.provider, &event.model);
+                let rating = self.price_book.rate_event_listed(&event, listing);
                 let priced = PricedEvent {
                     cost: Cost::from(&rating),
                     pricing: Pricing::from(rating),

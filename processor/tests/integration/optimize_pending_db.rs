@@ -449,3 +449,27 @@ async fn batches_committing_during_rebuilds_and_applies_count_once() {
         .sum();
     assert_eq!(requests, 480);
 }
+
+/// An apply whose rows take several upsert statements
+/// (`store::optimize::rollup::ROWS_PER_STATEMENT` each) adds exactly what
+/// one statement did: the tables equal the raw table recomputed.
+#[tokio::test]
+async fn an_apply_upserted_in_chunks_equals_the_rollup_of_the_raw_table() {
+    let mut ledger = Ledger::start().await;
+    let events = traffic(6_000);
+    for chunk in events.chunks(1_000) {
+        ledger.batch(chunk).await;
+    }
+    let applied = apply_once(&ledger.pool, 64)
+        .await
+        .expect("apply")
+        .expect("the turn is free");
+    assert_eq!(applied.events, 6_000);
+    let chunk = store::optimize::rollup::ROWS_PER_STATEMENT as u64;
+    assert!(
+        applied.histogram_rows > chunk,
+        "{} histogram rows: one statement's worth",
+        applied.histogram_rows
+    );
+    ledger.assert_equal_to_raw().await;
+}

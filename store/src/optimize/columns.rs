@@ -1,6 +1,9 @@
 //! The rollup's rows as one array per column, the shape both the upserts
 //! (`UNNEST` of the arrays) and the pending rows (the arrays themselves)
-//! bind them in.
+//! bind them in; the upserts bind them a bounded range of rows at a time
+//! ([`DailyColumns::of_range`], [`HistogramColumns::of_range`]).
+
+use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -89,7 +92,12 @@ const SUMS: [Sum; 22] = [
 
 impl<'a> DailyColumns<'a> {
     pub fn of(folded: &Folded<'a>) -> Self {
-        let sums = &folded.sums;
+        Self::of_range(folded, 0..folded.keys.len())
+    }
+
+    /// The daily rows `rows` (positions in `folded.keys`).
+    pub fn of_range(folded: &Folded<'a>, rows: Range<usize>) -> Self {
+        let sums = &folded.sums[rows.clone()];
         let mut ints = Vec::new();
         let mut nums = Vec::new();
         for sum in &SUMS {
@@ -99,7 +107,7 @@ impl<'a> DailyColumns<'a> {
             }
         }
         Self {
-            keys: KeyColumns::of(folded.keys.iter()),
+            keys: KeyColumns::of(folded.keys[rows].iter()),
             ints,
             nums,
         }
@@ -130,7 +138,12 @@ pub struct HistogramColumns<'a> {
 
 impl<'a> HistogramColumns<'a> {
     pub fn of(folded: &Folded<'a>) -> Self {
-        let counts = &folded.counts;
+        Self::of_range(folded, 0..folded.counts.len())
+    }
+
+    /// The histogram rows `rows` (positions in `folded.counts`).
+    pub fn of_range(folded: &Folded<'a>, rows: Range<usize>) -> Self {
+        let counts = &folded.counts[rows];
         Self {
             keys: KeyColumns::of(
                 counts

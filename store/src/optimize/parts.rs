@@ -10,7 +10,7 @@
 //! real usage, and no rate is looked up here.
 
 use ledger::pricebook::event_usage::quantities;
-use ledger::pricebook::Tokens;
+use ledger::pricebook::{ListPricer, Listing, Tokens};
 use ledger::{PriceBook, UsageEvent};
 use rust_decimal::Decimal;
 
@@ -47,11 +47,17 @@ pub fn parts(book: &PriceBook, event: &UsageEvent) -> Option<Parts> {
 /// [`PriceBook::rate`] gives the variant (the unit test below holds the two
 /// side by side).
 pub fn split(book: &PriceBook, event: &UsageEvent) -> Option<(Parts, bool)> {
+    split_listed(&book.listing(&event.provider, &event.model), event)
+}
+
+/// [`split`] with the book's [`Listing`] of `event`'s provider and model
+/// already found: a rollup finds it once per pair ([`Listings`]), not once
+/// per event.
+pub fn split_listed(listing: &Listing<'_>, event: &UsageEvent) -> Option<(Parts, bool)> {
     let q = quantities(event);
-    let pricer = book.list_pricer(
-        &event.provider,
-        &event.model,
-        event.created_at,
+    let resolution = listing.at(event.created_at).ok()?;
+    let pricer = ListPricer::new(
+        resolution,
         event.service_tier.unwrap_or_default(),
         q.prompt_tokens(),
     )?;
@@ -116,6 +122,33 @@ pub fn split(book: &PriceBook, event: &UsageEvent) -> Option<(Parts, bool)> {
         },
         caching,
     ))
+}
+
+/// The book's listing of each provider/model pair some events name, found
+/// the first time the pair is seen.
+#[derive(Debug)]
+pub struct Listings<'e, 'b> {
+    book: &'b PriceBook,
+    seen: foldhash::HashMap<(&'e str, &'e str), Listing<'b>>,
+}
+
+impl<'e, 'b> Listings<'e, 'b> {
+    pub fn new(book: &'b PriceBook) -> Self {
+        Self {
+            book,
+            seen: Default::default(),
+        }
+    }
+
+    /// [`split`] of `event`.
+    pub fn split(&mut self, event: &'e UsageEvent) -> Option<(Parts, bool)> {
+        let book = self.book;
+        let listing = self
+            .seen
+            .entry((&event.provider, &event.model))
+            .or_insert_with(|| book.listing(&event.provider, &event.model));
+        split_listed(listing, event)
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +346,14 @@ mod tests {
             let expected = parts_by_rating(book, &event);
             let split = split(book, &event);
             prop_assert_eq!(split.as_ref().map(|s| &s.0), expected.as_ref());
+            // a rollup's kept listing, found for another event of the pair first
+            let mut listings = Listings::new(book);
+            let earlier = UsageEvent {
+                created_at: event.created_at - chrono::Duration::days(400),
+                ..event.clone()
+            };
+            listings.split(&earlier);
+            prop_assert_eq!(&listings.split(&event), &split);
             let caching = book
                 .resolve(&event.provider, &event.model, event.created_at)
                 .is_ok_and(|r| r.entry.tariff.standard.base.cache_read.is_some());

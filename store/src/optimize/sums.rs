@@ -27,6 +27,18 @@ pub struct Summed<'a> {
 }
 
 impl<'a> Summed<'a> {
+    /// Room for `keys` keys and `counts` histogram entries: the maps and
+    /// vectors are allocated once at their size instead of growing through
+    /// every power of two (each step a fresh allocation, rehashed).
+    pub fn with_capacity(keys: usize, counts: usize) -> Self {
+        Self {
+            index: foldhash::HashMap::with_capacity_and_hasher(keys, Default::default()),
+            keys: Vec::with_capacity(keys),
+            sums: Vec::with_capacity(keys),
+            counts: foldhash::HashMap::with_capacity_and_hasher(counts, Default::default()),
+        }
+    }
+
     /// The id of `key`, given a row of zero sums if new.
     pub fn id(&mut self, key: OptimizeKey<'a>) -> u32 {
         *self.index.entry(key).or_insert_with(|| {
@@ -47,7 +59,7 @@ impl<'a> Summed<'a> {
     /// These sums with every key mapped by `to` (keys it maps alike are
     /// summed), in the tables' order.
     pub fn fold(&self, mut to: impl FnMut(&OptimizeKey<'a>) -> OptimizeKey<'a>) -> Folded<'a> {
-        let mut out = Summed::default();
+        let mut out = Summed::with_capacity(self.keys.len(), self.counts.len());
         let ids: Vec<u32> = self
             .keys
             .iter()
