@@ -51,8 +51,8 @@ pub fn split(book: &PriceBook, event: &UsageEvent) -> Option<(Parts, bool)> {
 }
 
 /// [`split`] with the book's [`Listing`] of `event`'s provider and model
-/// already found: a rollup finds it once per pair ([`Listings`]), not once
-/// per event.
+/// already found: a rollup finds it once per pair
+/// ([`ledger::pricebook::Listings`]), not once per event.
 pub fn split_listed(listing: &Listing<'_>, event: &UsageEvent) -> Option<(Parts, bool)> {
     let q = quantities(event);
     let resolution = listing.at(event.created_at).ok()?;
@@ -122,33 +122,6 @@ pub fn split_listed(listing: &Listing<'_>, event: &UsageEvent) -> Option<(Parts,
         },
         caching,
     ))
-}
-
-/// The book's listing of each provider/model pair some events name, found
-/// the first time the pair is seen.
-#[derive(Debug)]
-pub struct Listings<'e, 'b> {
-    book: &'b PriceBook,
-    seen: foldhash::HashMap<(&'e str, &'e str), Listing<'b>>,
-}
-
-impl<'e, 'b> Listings<'e, 'b> {
-    pub fn new(book: &'b PriceBook) -> Self {
-        Self {
-            book,
-            seen: Default::default(),
-        }
-    }
-
-    /// [`split`] of `event`.
-    pub fn split(&mut self, event: &'e UsageEvent) -> Option<(Parts, bool)> {
-        let book = self.book;
-        let listing = self
-            .seen
-            .entry((&event.provider, &event.model))
-            .or_insert_with(|| book.listing(&event.provider, &event.model));
-        split_listed(listing, event)
-    }
 }
 
 #[cfg(test)]
@@ -347,13 +320,14 @@ mod tests {
             let split = split(book, &event);
             prop_assert_eq!(split.as_ref().map(|s| &s.0), expected.as_ref());
             // a rollup's kept listing, found for another event of the pair first
-            let mut listings = Listings::new(book);
+            let mut listings = ledger::pricebook::Listings::new(book);
             let earlier = UsageEvent {
                 created_at: event.created_at - chrono::Duration::days(400),
                 ..event.clone()
             };
-            listings.split(&earlier);
-            prop_assert_eq!(&listings.split(&event), &split);
+            split_listed(listings.of(&earlier.provider, &earlier.model), &earlier);
+            let kept = split_listed(listings.of(&event.provider, &event.model), &event);
+            prop_assert_eq!(&kept, &split);
             let caching = book
                 .resolve(&event.provider, &event.model, event.created_at)
                 .is_ok_and(|r| r.entry.tariff.standard.base.cache_read.is_some());

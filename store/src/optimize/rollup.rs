@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use ledger::day::utc_day;
+use ledger::pricebook::Listings;
 use ledger::{PriceBook, UsageEvent};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -23,7 +24,7 @@ use tokio_postgres::GenericClient;
 
 use super::columns::{DailyColumns, HistogramColumns};
 use super::histogram::bucket;
-use super::parts::Listings;
+use super::parts::split_listed;
 pub use super::sums::{Folded, Summed};
 use super::USE_CASE_LABEL;
 use crate::attribution::{Admitted, OTHER, UNLABELLED};
@@ -154,7 +155,8 @@ pub fn rollup<'a>(book: &PriceBook, rows: &[StoredRow<'a>]) -> Rolled<'a> {
             let per_1k = (total > 0).then(|| bucket(cost * 1000.0 / total as f64));
             cost_buckets = Some((bucket(cost), per_1k));
         }
-        if let Some((p, caching)) = listings.split(event) {
+        if let Some((p, caching)) = split_listed(listings.of(&event.provider, &event.model), event)
+        {
             one.listed_requests += 1;
             one.list_cost += p.list_cost;
             one.input_list_cost += p.input;
