@@ -1,7 +1,7 @@
 //! How a batch's rows reach `gateway_mode_audit`: binary COPY straight into
 //! the hypertable when no key of the batch is stored yet, else binary COPY
 //! into a session-local staging table and one `INSERT … SELECT … ON CONFLICT
-//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_rows`]);
+//! DO NOTHING RETURNING`, in the batch's transaction ([`insert_hinted`]);
 //! or, when the caller knows which rows probably are stored, the others
 //! straight in and those alone through staging ([`insert_hinted`]).
 //!
@@ -224,7 +224,8 @@ FROM tokenledger_staging
 ON CONFLICT (created_at, tenant_id, id) DO NOTHING
 RETURNING tenant_id, id, created_at";
 
-/// Writes `rows` to the audit table; returns the keys it inserted.
+/// Writes `direct` and `hinted` to the audit table; returns the keys it
+/// inserted and the path the batch took.
 ///
 /// Most batches hold no key that is stored already (a client's retry, a
 /// replay): for them the rows are COPYed straight into the hypertable,
@@ -237,23 +238,14 @@ RETURNING tenant_id, id, created_at";
 /// Rows go in key order: two writers inserting the same keys (one event
 /// written to two partitions) then wait for each other in the same order
 /// instead of deadlocking.
-pub async fn insert_rows<R: AsNewRow, S: BuildHasher + Default>(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    rows: &[&R],
-) -> Result<Inserted<S>, CopyError> {
-    Ok(insert_hinted(transaction, rows.to_vec(), Vec::new())
-        .await?
-        .0)
-}
-
-/// [`insert_rows`] for a batch some of whose rows are `hinted`: their key
-/// was probably stored already (the caller committed it recently). The
-/// other rows are COPYed straight in; the hinted ones alone take the
-/// staging insert, which skips those stored and inserts the others, so a
+///
+/// The `hinted` rows' keys were probably stored already (the caller
+/// committed them recently): the `direct` rows are COPYed straight in,
+/// the hinted ones alone take the staging insert, which skips those stored and inserts the others, so a
 /// wrong hint costs time, never a row. Without this, one stored key made
 /// the whole batch's direct COPY fail part-way and the whole batch take
 /// the staging path. Should the direct COPY still meet a stored key, the
-/// whole batch takes the staging path as in [`insert_rows`].
+/// whole batch takes the staging path as above.
 ///
 /// Each part goes in key order. Two writers holding the same keys in
 /// different parts could wait for each other in opposite orders; that
@@ -324,7 +316,7 @@ impl Path {
     }
 }
 
-/// Which of the rows given to [`insert_rows`] it inserted.
+/// Which of the rows given to [`insert_hinted`] it inserted.
 #[derive(Debug)]
 pub enum Inserted<S> {
     /// All of them: no key was stored before.
@@ -334,7 +326,7 @@ pub enum Inserted<S> {
 }
 
 impl<S: BuildHasher + Default> Inserted<S> {
-    /// The inserted keys of `rows` (the rows given to [`insert_rows`]).
+    /// The inserted keys of `rows` (the rows given to [`insert_hinted`]).
     pub fn into_keys<R: AsNewRow>(self, rows: &[&R]) -> HashSet<AuditKey, S> {
         match self {
             Inserted::Every => rows.iter().map(|row| row.new_row().key()).collect(),
